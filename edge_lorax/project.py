@@ -1,0 +1,81 @@
+"""Move between LoRA adapters and coefficients: training-free projection, reconstruction, merged weights.
+
+Projection is least squares onto orthonormal components: coeff_A = A·Cᴀᵀ, coeff_B = Cʙᵀ·B (scaling folded in).
+Lower-rank sources are zero-padded to the subspace's rank r, which leaves ΔW unchanged.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_lorax import names
+from edge_lorax.coeffs import Coefficients, check_fingerprint
+from edge_lorax.models import canonical_base
+from edge_lorax.peft_io import AdapterError, read_adapter, read_factors, write_adapter
+from edge_lorax.subspace import Subspace
+
+
+@dataclass(frozen=True)
+class Projection:
+    coeffs: Coefficients
+    errors: dict  # module -> ||ΔW - ΔŴ||_F / ||ΔW||_F
+    overall: float  # sqrt(Σ num²) / sqrt(Σ den²) over all modules
+
+
+def _pad(arr: np.ndarray, rank: int, axis: int) -> np.ndarray:
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (0, rank - arr.shape[axis])
+    return np.pad(arr, pad)
+
+
+def _check_adapter(subspace: Subspace, info):
+    if set(info.modules) != set(subspace.modules):
+        raise AdapterError(f"{info.path}: targets {len(info.modules)} modules, the subspace {len(subspace.modules)}; "
+                           "project adapters of the same target modules")
+    if canonical_base(info.base_model) != canonical_base(subspace.base_model):
+        raise AdapterError(f"{info.path}: base model {info.base_model!r}, subspace built for {subspace.base_model!r}")
+
+
+def project_adapter(subspace: Subspace, adapter_dir) -> Projection:
+    """Training-free coefficients for an existing LoRA, with the relative ΔW reconstruction error."""
+    info = read_adapter(adapter_dir)
+    _check_adapter(subspace, info)
+    tensors, errors, num, den = {}, {}, 0.0, 0.0
+    for module, ms in subspace.modules.items():
+        A, B = read_factors(info, module)  # (r, in), (out, r)
+        ca = _pad(A @ ms.components_A.T.astype(np.float64), ms.rank, 0)  # (r, K)
+        cb = _pad(ms.components_B.T.astype(np.float64) @ B, ms.rank, 1)  # (K, r)
+        dw, dw_hat = B @ A, ms.components_B @ cb @ ca @ ms.components_A  # (out, in)
+        n2, d2 = float(np.square(dw - dw_hat).sum()), float(np.square(dw).sum())
+        errors[module], num, den = (n2 / d2) ** 0.5 if d2 else 0.0, num + n2, den + d2
+        tensors[names.coeff_name(module, names.COEFF_A)] = ca.astype(np.float32)
+        tensors[names.coeff_name(module, names.COEFF_B)] = cb.astype(np.float32)
+    meta = {"source": info.path.name, "method": "projection", "base_model": subspace.base_model}
+    return Projection(Coefficients(subspace.fingerprint, tensors, {}, meta), errors, (num / den) ** 0.5 if den else 0.0)
+
+
+def lora_factors(subspace: Subspace, coeffs: Coefficients) -> dict:
+    """{module: (lora_A (r, in), lora_B (out, r))} with scaling 1: lora_A = coeff_A @ Cᴀ, lora_B = Cʙ @ coeff_B."""
+    check_fingerprint(coeffs, subspace.fingerprint)
+    out = {}
+    for module, ms in subspace.modules.items():
+        ca, cb = coeffs.pair(module)  # (r, K'), (K', r); K' may be a prefix of K
+        k = ca.shape[1]
+        out[module] = (ca @ ms.components_A[:k], ms.components_B[:, :k] @ cb)
+    return out
+
+
+def delta_weights(subspace: Subspace, coeffs: Coefficients) -> dict:
+    """{module: ΔW (out, in)} in float32."""
+    return {m: b @ a for m, (a, b) in lora_factors(subspace, coeffs).items()}
+
+
+def reconstruct_adapter(subspace: Subspace, coeffs: Coefficients, out_dir, overwrite=False, head_module="classifier"):
+    """A standard PEFT LoRA folder that PeftModel.from_pretrained loads; a task head goes in modules_to_save."""
+    extra, save = {}, None
+    if coeffs.head:
+        extra = {f"{head_module}.weight": coeffs.head[names.HEAD_WEIGHT_T].T, f"{head_module}.bias": coeffs.head[names.HEAD_BIAS]}
+        save = [head_module]
+    return write_adapter(out_dir, lora_factors(subspace, coeffs), subspace.base_model,
+                         fan_in_fan_out=subspace.config.get("fan_in_fan_out", False), extra=extra,
+                         modules_to_save=save, task_type="SEQ_CLS" if coeffs.head else None, overwrite=overwrite)

@@ -1,0 +1,257 @@
+"""Build, save and load an EigenLoRAx subspace: per adapted module, principal directions of the stacked LoRA factors.
+
+Per module: rows of all A's (N·r × in) and columns of all B's (out × N·r, taken as rows) each go through a
+streaming, mean-updating SVD (exact while the stack's rank ≤ max_rank, truncated to max_rank beyond), so memory
+stays flat in N. Components are orthonormal rows with deterministic signs. Does not train anything.
+"""
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from edge_lorax import names
+from edge_lorax.models import canonical_base
+from edge_lorax.peft_io import AdapterError, AdapterInfo, read_adapter, read_factors
+from edge_lorax.util import atomic_dir
+
+MEAN_MODES = ("drop", "keep")
+
+
+@dataclass(frozen=True)
+class ModuleSubspace:
+    components_A: np.ndarray  # (K, in) float32, orthonormal rows
+    components_B: np.ndarray  # (out, K) float32, orthonormal columns
+    explained_A: np.ndarray  # (L,) explained-variance ratio per principal direction (centred stack)
+    explained_B: np.ndarray  # (L,)
+    rank: int  # largest source rank: the default coefficient rank r
+    principal: int  # how many of the K components are principal (incl. the mean when kept); the rest augmented
+
+    @property
+    def k(self) -> int:
+        return self.components_A.shape[0]
+
+
+@dataclass(frozen=True)
+class Subspace:
+    modules: dict  # module name -> ModuleSubspace
+    config: dict  # the subspace_config.json content (incl. fingerprint)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.config["fingerprint"]
+
+    @property
+    def base_model(self) -> str:
+        return self.config["base_model"]
+
+
+class _StreamingSVD:
+    """Incremental PCA (Ross et al. 2008): exact mean and scatter, top max_rank directions kept."""
+
+    def __init__(self, max_rank: int):
+        self.max_rank, self.n, self.total = max_rank, 0, 0.0
+        self.mean = self.S = self.Vt = None
+
+    def update(self, X: np.ndarray):  # X: (m, d) rows
+        m, mean_b = X.shape[0], X.mean(axis=0)
+        Xc = X - mean_b
+        self.total += float((Xc * Xc).sum())
+        if self.n == 0:
+            self.n, self.mean, stacked = m, mean_b, Xc
+        else:
+            n_tot = self.n + m
+            shift = np.sqrt(self.n * m / n_tot) * (self.mean - mean_b)  # (d,)
+            self.total += float(shift @ shift)
+            stacked = np.vstack([self.S[:, None] * self.Vt, Xc, shift[None]])
+            self.mean, self.n = (self.n * self.mean + m * mean_b) / n_tot, n_tot
+        _, S, Vt = np.linalg.svd(stacked, full_matrices=False)
+        keep = min(self.max_rank, int((S > S[0] * 1e-12).sum()) if S.size and S[0] > 0 else 0)
+        self.S, self.Vt = S[:keep], Vt[:keep]
+
+
+def fix_signs(rows: np.ndarray) -> np.ndarray:
+    """Flip each row so its largest-magnitude entry is positive: same inputs, bit-identical components."""
+    idx = np.abs(rows).argmax(axis=1)
+    signs = np.sign(rows[np.arange(rows.shape[0]), idx])
+    return rows * np.where(signs == 0, 1.0, signs)[:, None]
+
+
+def orthonormal_extend(basis: np.ndarray, candidates: np.ndarray, what: str) -> np.ndarray:
+    """Gram–Schmidt each candidate row against basis (twice, for stability) and append it; refuses a null residual."""
+    rows = list(basis)
+    for v in candidates:
+        for _ in range(2):
+            for b in rows:
+                v = v - (v @ b) * b
+        norm = np.linalg.norm(v)
+        if norm < 1e-8:
+            raise ValueError(f"{what}: residual norm {norm:.1e} < 1e-8; the space is full, ask for fewer directions")
+        rows.append(v / norm)
+    return np.array(rows).reshape(len(rows), basis.shape[1])
+
+
+def _module_rng(seed: int, module: str, side: str) -> np.random.Generator:
+    """A generator per (seed, module, side), independent of build order."""
+    return np.random.default_rng([seed, zlib.crc32(module.encode()), ord(side)])
+
+
+def _stack_rows(infos, module: str, side: str, max_rank: int, chunk_rows: int) -> _StreamingSVD:
+    """Stream one module's A rows (side "A") or B columns (side "B") through the SVD, a chunk at a time."""
+    svd, chunk = _StreamingSVD(max_rank), []
+    for info in infos:
+        A, B = read_factors(info, module)
+        chunk.append(A if side == "A" else B.T)  # (r, in) or (r, out)
+        if sum(c.shape[0] for c in chunk) >= chunk_rows:
+            svd.update(np.vstack(chunk))
+            chunk = []
+    if chunk:
+        svd.update(np.vstack(chunk))
+    return svd
+
+
+def _side_components(svd: _StreamingSVD, k: int, augment: int, mean: str, rng, what: str) -> np.ndarray:
+    """K principal rows (the unit mean first when kept) + `augment` random orthonormal rows -> (K+augment, d)."""
+    d = svd.Vt.shape[1]
+    if mean == "keep":
+        unit = svd.mean / max(np.linalg.norm(svd.mean), 1e-300)
+        basis = orthonormal_extend(unit[None], svd.Vt[: k - 1], what) if k > 1 else unit[None]
+    else:
+        basis = svd.Vt[:k]
+    basis = fix_signs(basis.reshape(-1, d))
+    if augment:
+        basis = np.vstack([basis, fix_signs(orthonormal_extend(basis, rng.standard_normal((augment, d)), what)[len(basis):])])
+    return basis
+
+
+def choose_k(svd_a: _StreamingSVD, svd_b: _StreamingSVD, components, explained_variance, mean: str) -> int:
+    """Fixed K, or the smallest K whose cumulative explained variance reaches the target on both sides."""
+    if components is not None:
+        return components
+    extra = 1 if mean == "keep" else 0
+    ks = [int(np.searchsorted(np.cumsum(svd.S**2) / svd.total, explained_variance - 1e-12) + 1) for svd in (svd_a, svd_b)]
+    return max(ks) + extra
+
+
+def _available(svd: _StreamingSVD, mean: str) -> int:
+    return svd.S.shape[0] + (1 if mean == "keep" else 0)
+
+
+def build_module(infos, module: str, *, components=None, explained_variance=None, augment=0, mean="drop", seed=0,
+                 max_rank=512, chunk_rows=512) -> ModuleSubspace:
+    """One module's subspace; K beyond the stack's rank without augmentation is refused."""
+    svd_a = _stack_rows(infos, module, "A", max_rank, chunk_rows)
+    svd_b = _stack_rows(infos, module, "B", max_rank, chunk_rows)
+    k = choose_k(svd_a, svd_b, components, explained_variance, mean)
+    have = min(_available(svd_a, mean), _available(svd_b, mean))
+    if k > have:
+        raise ValueError(f"{module}: K={k} exceeds the rank {have} of {len(infos)} stacked adapters; "
+                         f"use --components {have} or add --augment {k - have}")
+    comp_a = _side_components(svd_a, k, augment, mean, _module_rng(seed, module, "A"), module)
+    comp_b = _side_components(svd_b, k, augment, mean, _module_rng(seed, module, "B"), module)
+    ratio = lambda svd: (svd.S**2 / svd.total if svd.total > 0 else svd.S * 0).astype(np.float32)  # noqa: E731
+    return ModuleSubspace(comp_a.astype(np.float32), np.ascontiguousarray(comp_b.T.astype(np.float32)),
+                          ratio(svd_a), ratio(svd_b), max(i.ranks[module] for i in infos), k)
+
+
+def check_compatible(infos: list, allow_base_mismatch: bool = False):
+    """Same modules, shapes and base model across adapters; the message names the adapter and module."""
+    first = infos[0]
+    for info in infos[1:]:
+        if set(info.modules) != set(first.modules):
+            diff = sorted(set(info.modules) ^ set(first.modules))[0]
+            raise AdapterError(f"{info.path}: target modules differ from {first.path} (e.g. {diff}); "
+                               "build one subspace per set of target modules")
+        bad = [m for m in first.modules if info.shapes[m] != first.shapes[m]]
+        if bad:
+            raise AdapterError(f"{info.path}: module {bad[0]} is {info.shapes[bad[0]]}, {first.path} has "
+                               f"{first.shapes[bad[0]]}; adapters must share one base model")
+        if not allow_base_mismatch and canonical_base(info.base_model) != canonical_base(first.base_model):
+            raise AdapterError(f"{info.path}: base model {info.base_model!r} differs from {first.base_model!r} "
+                               f"({first.path}); pass --allow-base-mismatch if they really share weights")
+
+
+def fingerprint_tensors(tensors: dict, config: dict) -> str:
+    """sha256 over the config (minus fingerprint) and every tensor's name, dtype, shape and bytes, in key order."""
+    digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if k != "fingerprint"}, sort_keys=True).encode())
+    for key in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[key])
+        digest.update(f"{key}|{arr.dtype.str}|{arr.shape}".encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _module_config(ms: ModuleSubspace, shape: tuple) -> dict:
+    explained = lambda e: round(float(e[: ms.principal].sum()), 6)  # noqa: E731
+    return {"out": shape[0], "in": shape[1], "K": ms.k, "r": ms.rank, "principal": ms.principal,
+            "augmented": ms.k - ms.principal, "explained_variance_A": explained(ms.explained_A),
+            "explained_variance_B": explained(ms.explained_B)}
+
+
+def _source_entry(info: AdapterInfo) -> dict:
+    return {"name": info.path.name, "sha256": info.sha256, "base_model": info.base_model,
+            "ranks": sorted(set(info.ranks.values()))}
+
+
+def build_subspace(adapter_dirs, *, components=None, explained_variance=None, augment=0, mean="drop", seed=0,
+                   allow_base_mismatch=False, max_rank=512, progress=None) -> Subspace:
+    """Stack, SVD and select per module; exactly one of components / explained_variance."""
+    if (components is None) == (explained_variance is None):
+        raise ValueError("give exactly one of --components K or --explained-variance F")
+    if mean not in MEAN_MODES:
+        raise ValueError(f"--mean must be one of {MEAN_MODES}, got {mean!r}")
+    infos = [read_adapter(d) for d in adapter_dirs]
+    if not infos:
+        raise ValueError("no adapters given; pass one or more PEFT adapter folders")
+    check_compatible(infos, allow_base_mismatch)
+    modules = {}
+    for module in (progress or (lambda x: x))(infos[0].modules):
+        modules[module] = build_module(infos, module, components=components, explained_variance=explained_variance,
+                                       augment=augment, mean=mean, seed=seed, max_rank=max_rank)
+    config = {"format_version": names.FORMAT_VERSION, "kind": "edge-lorax-subspace",
+              "base_model": infos[0].base_model, "fan_in_fan_out": infos[0].fan_in_fan_out, "mean": mean,
+              "augment": augment, "seed": seed, "max_rank": max_rank,
+              "selection": {"components": components} if components is not None else {"explained_variance": explained_variance},
+              "modules": {m: _module_config(ms, infos[0].shapes[m]) for m, ms in modules.items()},
+              "sources": [_source_entry(i) for i in infos]}
+    config["fingerprint"] = fingerprint_tensors(_tensors(modules), config)
+    return Subspace(modules, config)
+
+
+def _tensors(modules: dict) -> dict:
+    out = {}
+    for m, ms in modules.items():
+        out[names.component_name(m, names.COMPONENTS_A)] = ms.components_A
+        out[names.component_name(m, names.COMPONENTS_B)] = ms.components_B
+        out[f"{m}.explained_A"], out[f"{m}.explained_B"] = ms.explained_A, ms.explained_B
+    return out
+
+
+def save_subspace(subspace: Subspace, path, overwrite: bool = False) -> Path:
+    """subspace_config.json + subspace.safetensors, written to a temp dir and renamed into place."""
+    with atomic_dir(path, overwrite) as tmp:
+        save_file(_tensors(subspace.modules), str(tmp / names.SUBSPACE_WEIGHTS), metadata={"fingerprint": subspace.fingerprint})
+        (tmp / names.SUBSPACE_CONFIG).write_text(json.dumps(subspace.config, indent=1, sort_keys=True) + "\n")
+    return Path(path)
+
+
+def load_subspace(path) -> Subspace:
+    """Load and verify: the stored fingerprint must match the tensors and config (edited files are refused)."""
+    path = Path(path)
+    cfg_path, weights = path / names.SUBSPACE_CONFIG, path / names.SUBSPACE_WEIGHTS
+    if not (cfg_path.is_file() and weights.is_file()):
+        raise FileNotFoundError(f"{path}: not a subspace folder (needs {names.SUBSPACE_CONFIG} and "
+                                f"{names.SUBSPACE_WEIGHTS}); create one with `edge-lorax build`")
+    config, tensors = json.loads(cfg_path.read_text()), load_file(str(weights))
+    if config.get("format_version") != names.FORMAT_VERSION:
+        raise ValueError(f"{cfg_path}: format_version {config.get('format_version')} unsupported; rebuild with this edge-lorax")
+    if fingerprint_tensors(tensors, config) != config.get("fingerprint"):
+        raise ValueError(f"{path}: fingerprint mismatch, the files were edited or mixed; rebuild with `edge-lorax build`")
+    modules = {m: ModuleSubspace(tensors[f"{m}.{names.COMPONENTS_A}"], tensors[f"{m}.{names.COMPONENTS_B}"],
+                                 tensors[f"{m}.explained_A"], tensors[f"{m}.explained_B"], c["r"], c["principal"])
+               for m, c in config["modules"].items()}
+    return Subspace(modules, config)
