@@ -43,6 +43,7 @@ def load_model(path: Path, num_labels: int = 0):
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     if num_labels == 0:
         return AutoModel.from_pretrained(path).eval()
     problem = "regression" if num_labels == 1 else "single_label_classification"
@@ -56,8 +57,11 @@ def load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(path)
 
 
+def portable_base(name: str) -> str:
+    """A base-model string fit for committed files: a local folder becomes its portable id, an id stays."""
+    return portable_model_id(Path(name)) if name and Path(name).is_dir() else name
+
+
 def canonical_base(name: str) -> str:
-    """Compare base models by id, never by raw path: a local folder maps to its portable id, then `org/` is dropped."""
-    if name and Path(name).is_dir():
-        name = portable_model_id(Path(name))
-    return name.rstrip("/").rsplit("/", 1)[-1].lower()
+    """Compare base models by id, never by raw path: portable id, then `org/` dropped, lower case."""
+    return portable_base(name).rstrip("/").rsplit("/", 1)[-1].lower()

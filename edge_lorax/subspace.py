@@ -15,7 +15,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from edge_lorax import names
-from edge_lorax.models import canonical_base
+from edge_lorax.models import canonical_base, portable_base
 from edge_lorax.peft_io import AdapterError, AdapterInfo, read_adapter, read_factors
 from edge_lorax.util import atomic_dir
 
@@ -193,7 +193,7 @@ def _module_config(ms: ModuleSubspace, shape: tuple) -> dict:
 
 
 def _source_entry(info: AdapterInfo) -> dict:
-    return {"name": info.path.name, "sha256": info.sha256, "base_model": info.base_model,
+    return {"name": info.path.name, "sha256": info.sha256, "base_model": portable_base(info.base_model),
             "ranks": sorted(set(info.ranks.values()))}
 
 
@@ -213,7 +213,7 @@ def build_subspace(adapter_dirs, *, components=None, explained_variance=None, au
         modules[module] = build_module(infos, module, components=components, explained_variance=explained_variance,
                                        augment=augment, mean=mean, seed=seed, max_rank=max_rank)
     config = {"format_version": names.FORMAT_VERSION, "kind": "edge-lorax-subspace",
-              "base_model": infos[0].base_model, "fan_in_fan_out": infos[0].fan_in_fan_out, "mean": mean,
+              "base_model": portable_base(infos[0].base_model), "fan_in_fan_out": infos[0].fan_in_fan_out, "mean": mean,
               "augment": augment, "seed": seed, "max_rank": max_rank,
               "selection": {"components": components} if components is not None else {"explained_variance": explained_variance},
               "modules": {m: _module_config(ms, infos[0].shapes[m]) for m, ms in modules.items()},
