@@ -65,3 +65,14 @@ def portable_base(name: str) -> str:
 def canonical_base(name: str) -> str:
     """Compare base models by id, never by raw path: portable id, then `org/` dropped, lower case."""
     return portable_base(name).rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+HEAD_MODULES = ("classifier", "score")  # BERT-family / GPT-2 and Llama sequence-classification heads
+
+
+def head_module(model) -> str:
+    """Name of the task head Linear of a *ForSequenceClassification model (the one user.npz `head.*` replaces)."""
+    for name in HEAD_MODULES:
+        if hasattr(model, name):
+            return name
+    raise ValueError(f"{type(model).__name__} has no task head ({'/'.join(HEAD_MODULES)}); load it with num_labels > 0")
