@@ -22,6 +22,34 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 BUNDLE_MANIFEST = "manifest.json"
 BUNDLE_MODEL = "model.onnx"
+BUNDLE_MODEL_INT8 = "model.int8.onnx"  # dynamic int8 base weights; coefficient inputs and the low-rank path stay fp32
+BUNDLE_MODEL_INT8_ORT = "model.int8.ort"
+BUNDLE_MODEL_ORT = "model.ort"
+BUNDLE_KIND = "edge-lorax-bundle"
+ORT_SUFFIX = ".ort"  # ORT-format model beside its .onnx: model.onnx -> model.ort
+EXTERNAL_DATA_SUFFIX = ".data"  # model.onnx -> model.onnx.data, only when the weights exceed protobuf's 2 GB
+
+FEATURES = "features"  # (batch, hidden) masked mean of the last hidden state (sentence-transformers pooling)
+DIM_BATCH = "batch"  # symbolic dims of graph inputs/outputs, as written in the bundle manifest
+DIM_SEQUENCE = "sequence"
+
+TASK_CLASSIFICATION = "classification"
+TASK_REGRESSION = "regression"
+TASK_FEATURES = "features"
+TASK_CAUSAL_LM = "causal-lm"
+TASKS = (TASK_CLASSIFICATION, TASK_REGRESSION, TASK_FEATURES, TASK_CAUSAL_LM)
+MODE_SHARED = "coefficients"  # one user per run: coefficient inputs (r, K)
+MODE_PER_EXAMPLE = "per-example"  # one user per example: coefficient inputs (batch, r, K)
+MODE_MERGED = "merged"  # one user's ΔW folded into the weights: no coefficient inputs
+BUNDLE_CONFIG = "config.json"  # the HF model config inside a bundle (labels, problem type)
+TOKENIZER_FILE = "tokenizer.json"  # the fast tokenizer inside a bundle, read by the `tokenizers` package
+ADAPTER_SUFFIX = ".onnx_adapter"  # ONNX Runtime LoraAdapter file of one user
+TOKEN_TYPE_IDS = "token_type_ids"
+TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS)  # graph inputs fed from the tokenizer; all others are per-user
+# Model files of a bundle by variant; the runtime falls back to these when the manifest has no `files` entry.
+BUNDLE_VARIANT_FILES = {"fp32": BUNDLE_MODEL, "int8": BUNDLE_MODEL_INT8, "ort": BUNDLE_MODEL_ORT,
+                        "int8_ort": BUNDLE_MODEL_INT8_ORT, "per_example": "model.per_example.onnx",
+                        "merged": "model.merged.onnx"}
 
 FORMAT_VERSION = 1
 
