@@ -5,6 +5,8 @@ A coefficients file (`user.npz`) is the ONNX feed: its keys are the graph's coef
 
 COEFF_A = "coeff_A"  # (r, K): lora_A = coeff_A @ components_A
 COEFF_B = "coeff_B"  # (K, r): lora_B = components_B @ coeff_B
+LORA_A = "lora_A"  # (r, in): a full LoRA factor as a graph input (the multi-LoRA anchor graph)
+LORA_B = "lora_B"  # (out, r)
 COMPONENTS_A = "components_A"  # (K, in)
 COMPONENTS_B = "components_B"  # (out, K)
 HEAD_PREFIX = "head."  # task-head tensors in a coefficients file: head.weight_t (in, labels), head.bias (labels,)

@@ -1,0 +1,195 @@
+"""Open an exported bundle folder as one ONNX Runtime session plus what the runtime needs to feed it.
+
+Coefficient inputs (names, shapes, dtypes) are read from the session itself — every input or overridable
+initializer that is not a token input — so the runtime never trusts a manifest over the graph. The manifest gives
+the fingerprint, the files and the task. Does not tokenize or run (see infer.py) and does not load users (users.py).
+"""
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_lorax import names
+
+
+class BundleError(ValueError):
+    """A bundle folder that cannot be served; the message names the path and the fix."""
+
+
+_OPT_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+VARIANTS = ("fp32", "int8", "ort", "per_example", "merged")
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+               "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How the session is built. threads=0: all usable cores (never more: oversubscribed ORT runs ~3x slower)."""
+
+    threads: int = 0
+    opt_level: str = "all"  # disable | basic | extended | all
+    arena: bool = True  # CPU memory arena: faster repeated runs, holds its peak allocation
+    variant: str = "fp32"  # which model file: fp32 | int8 | ort | per_example | merged | mobile (ort, else int8, else fp32)
+    spinning: bool = True  # intra-op threads spin between runs: lower latency, burns CPU while idle
+
+
+PROFILES = {
+    "default": SessionConfig(),
+    "mobile": SessionConfig(threads=1, variant="mobile", arena=False, spinning=False),
+    "server": SessionConfig(threads=0, variant="fp32"),
+}
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (affinity), the most threads a session should get."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def session_options(config: SessionConfig) -> ort.SessionOptions:
+    """SessionOptions for a config; intra-op threads capped at the usable cores, inter-op 1 (sequential)."""
+    if config.opt_level not in _OPT_LEVELS:
+        raise BundleError(f"opt_level must be one of {sorted(_OPT_LEVELS)}, got {config.opt_level!r}")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = min(config.threads, usable_cores()) if config.threads > 0 else usable_cores()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = _OPT_LEVELS[config.opt_level]
+    so.enable_cpu_mem_arena = config.arena
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spinning else "0")
+    so.log_severity_level = 3
+    return so
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input: shape has None for symbolic dims; has_default when an initializer backs it (optional)."""
+
+    name: str
+    shape: tuple
+    dtype: type
+    has_default: bool
+
+    @property
+    def per_example(self) -> bool:
+        """A leading symbolic (batch) dim: one row per example. Single-user graphs have static coefficient shapes."""
+        return bool(self.shape) and self.shape[0] is None
+
+
+def _spec(arg, has_default: bool) -> InputSpec:
+    shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape)
+    return InputSpec(arg.name, shape, _ORT_DTYPES.get(arg.type, np.float32), has_default)
+
+
+def read_manifest(path: Path) -> dict:
+    """manifest.json of a bundle folder; a missing or unreadable one is a BundleError naming the fix."""
+    mpath = Path(path) / names.BUNDLE_MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{path}: not a bundle folder (no {names.BUNDLE_MANIFEST}); create one with `edge-lorax export`")
+    try:
+        return json.loads(mpath.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{mpath}: not valid JSON ({e}); re-export the bundle") from e
+
+
+def _manifest_files(manifest: dict) -> dict:
+    files = manifest.get("files") or {}
+    return files if isinstance(files, dict) else {}
+
+
+def model_file(path: Path, manifest: dict, variant: str) -> Path:
+    """The model file for a variant: the manifest's `files` entry first, then the conventional name."""
+    if variant == "mobile":
+        for v in ("ort", "int8", "fp32"):
+            if (found := _find_variant(path, manifest, v)) is not None:
+                return found
+    found = _find_variant(path, manifest, variant)
+    if found is None:
+        have = [v for v in VARIANTS if _find_variant(path, manifest, v) is not None]
+        raise BundleError(f"{path}: no {variant} model in this bundle (has {', '.join(have) or 'none'}); "
+                          f"re-export with the matching `edge-lorax export` option or pick another variant")
+    return found
+
+
+def _find_variant(path: Path, manifest: dict, variant: str):
+    files = _manifest_files(manifest)
+    candidates = [files.get(variant), files.get(f"model_{variant}"), names.BUNDLE_VARIANT_FILES.get(variant)]
+    for rel in candidates:
+        if isinstance(rel, str) and (path / rel).is_file():
+            return path / rel
+    return None
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: one session (thread-safe for concurrent runs), its token and coefficient inputs."""
+
+    path: Path
+    manifest: dict
+    model_path: Path
+    session: ort.InferenceSession = field(repr=False)
+    config: SessionConfig
+    token_inputs: tuple  # input_ids, attention_mask, token_type_ids: those the graph has, in graph order
+    coeff_inputs: dict  # name -> InputSpec: every other input (coefficients and head tensors)
+    outputs: tuple
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest.get("fingerprint", ""))
+
+    @property
+    def per_example(self) -> bool:
+        """True when coefficient inputs carry a leading batch dim (a mixed batch of users per run)."""
+        return any(s.per_example for n, s in self.coeff_inputs.items() if n.endswith(names.COEFF_A))
+
+    @cached_property
+    def model_config(self) -> dict:
+        """config.json of the bundle (labels, problem type), {} when absent."""
+        cfg = self.path / names.BUNDLE_CONFIG
+        return json.loads(cfg.read_text()) if cfg.is_file() else {}
+
+    def with_variant(self, variant: str) -> "Bundle":
+        """The same bundle folder opened on another model file (e.g. per_example for mixed batches)."""
+        return open_bundle(self.path, replace(self.config, variant=variant))
+
+
+def _inputs(session: ort.InferenceSession) -> tuple:
+    required = [_spec(a, False) for a in session.get_inputs()]
+    optional = [_spec(a, True) for a in session.get_overridable_initializers()]
+    tokens = tuple(s.name for s in required if s.name in names.TOKEN_INPUTS)
+    coeffs = {s.name: s for s in required + optional if s.name not in names.TOKEN_INPUTS}
+    return tokens, coeffs
+
+
+def _check_fingerprint(path: Path, manifest: dict, session: ort.InferenceSession):
+    """The manifest and the graph's own metadata (when it carries one) must name the same subspace."""
+    meta = session.get_modelmeta().custom_metadata_map or {}
+    inside = meta.get("fingerprint") or meta.get("edge_lorax.fingerprint")
+    if inside and manifest.get("fingerprint") and inside != manifest["fingerprint"]:
+        raise BundleError(f"{path}: manifest fingerprint {manifest['fingerprint']} but the model was exported for "
+                          f"{inside}; the folder mixes two exports, re-export it")
+
+
+def open_bundle(path, config: SessionConfig | str = "default") -> Bundle:
+    """Load a bundle folder once; `config` is a SessionConfig or a profile name ("default", "mobile", "server")."""
+    path = Path(path)
+    if isinstance(config, str):
+        if config not in PROFILES:
+            raise BundleError(f"unknown profile {config!r}; choose one of {', '.join(PROFILES)}")
+        config = PROFILES[config]
+    manifest = read_manifest(path)
+    model = model_file(path, manifest, config.variant)
+    try:
+        session = ort.InferenceSession(str(model), session_options(config), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise BundleError(f"{model}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]}); re-export the bundle") from e
+    _check_fingerprint(path, manifest, session)
+    tokens, coeffs = _inputs(session)
+    if names.INPUT_IDS not in tokens:
+        raise BundleError(f"{model}: no {names.INPUT_IDS} input; not an edge-lorax text model, re-export it")
+    return Bundle(path, manifest, model, session, config, tokens, coeffs, tuple(o.name for o in session.get_outputs()))

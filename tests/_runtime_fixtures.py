@@ -1,0 +1,112 @@
+"""Shared builders for the runtime tests: a tiny random BERT (with tokenizer), a random subspace over its q/v
+projections, random users, and bundles written by the project's exporter."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edge_lorax import names
+from edge_lorax.coeffs import Coefficients, save_coeffs
+from edge_lorax.subspace import ModuleSubspace, Subspace, fingerprint_tensors
+
+WORDS = ["good", "bad", "great", "awful", "movie", "film", "the", "a", "was", "is", "not", "very", "i", "it", "love",
+         "hate", "plot", "acting", "boring", "fun"]
+K, R, HIDDEN, LAYERS = 4, 2, 32, 2
+MODULES = [f"bert.encoder.layer.{i}.attention.self.{p}" for i in range(LAYERS) for p in ("query", "value")]
+TEXTS = ["the movie was great", "i hate the plot , very boring", "good fun", "a film"]
+
+
+def tiny_tokenizer():
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list("abcdefghijklmnopqrstuvwxyz,.!?") + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
+    vocab = {t: i for i, t in enumerate(specials + WORDS + chars)}
+    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.decoder = decoders.WordPiece()
+    return tok, len(vocab)
+
+
+def tiny_model_dir(path: Path, num_labels: int = 2) -> Path:
+    """A random 2-layer BERT sequence classifier + fast tokenizer, saved like a hub folder."""
+    import torch
+    import transformers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    transformers.logging.set_verbosity_error()
+    tok, vocab = tiny_tokenizer()
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=vocab, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=256, num_labels=num_labels,
+                     id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    BertForSequenceClassification(cfg).eval().save_pretrained(path)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    fast.save_pretrained(path)
+    return Path(path)
+
+
+def _orthonormal(rng, rows: int, cols: int) -> np.ndarray:
+    q, _ = np.linalg.qr(rng.standard_normal((cols, rows)))
+    return np.ascontiguousarray(q.T.astype(np.float32))  # (rows, cols), orthonormal rows
+
+
+def tiny_subspace(base_model: str = "tiny-bert", seed: int = 0) -> Subspace:
+    """A random K=4, r=2 subspace over the q/v projections; a different seed gives a different fingerprint."""
+    rng = np.random.default_rng(seed)
+    modules = {m: ModuleSubspace(_orthonormal(rng, K, HIDDEN), np.ascontiguousarray(_orthonormal(rng, K, HIDDEN).T),
+                                 np.full(K, 0.25, np.float32), np.full(K, 0.25, np.float32), R, K) for m in MODULES}
+    config = {"format_version": names.FORMAT_VERSION, "kind": "edge-lorax-subspace", "base_model": base_model,
+              "mean": "drop", "seed": seed, "modules": {m: {"out": HIDDEN, "in": HIDDEN, "K": K, "r": R, "principal": K}
+                                                        for m in MODULES}}
+    tensors = {}
+    for m, ms in modules.items():
+        tensors[f"{m}.{names.COMPONENTS_A}"], tensors[f"{m}.{names.COMPONENTS_B}"] = ms.components_A, ms.components_B
+        tensors[f"{m}.explained_A"], tensors[f"{m}.explained_B"] = ms.explained_A, ms.explained_B
+    config["fingerprint"] = fingerprint_tensors(tensors, config)
+    return Subspace(modules, config)
+
+
+def random_user(subspace: Subspace, seed: int, scale: float = 2.0, labels: int = 2, head: bool = True) -> Coefficients:
+    """Random coefficients large enough to move the tiny model's logits visibly; random head."""
+    rng = np.random.default_rng(1000 + seed)
+    tensors = {}
+    for m in subspace.modules:
+        tensors[names.coeff_name(m, names.COEFF_A)] = (rng.standard_normal((R, K)) * scale).astype(np.float32)
+        tensors[names.coeff_name(m, names.COEFF_B)] = (rng.standard_normal((K, R)) * scale).astype(np.float32)
+    heads = {names.HEAD_WEIGHT_T: rng.standard_normal((HIDDEN, labels)).astype(np.float32),
+             names.HEAD_BIAS: rng.standard_normal(labels).astype(np.float32)} if head else {}
+    return Coefficients(subspace.fingerprint, tensors, heads, {"name": f"user{seed}"})
+
+
+def save_user(subspace: Subspace, seed: int, path: Path, **kw) -> Path:
+    return save_coeffs(random_user(subspace, seed, **kw), path)
+
+
+def torch_logits(model_dir: Path, subspace: Subspace, coeffs: Coefficients | None, batch: dict) -> np.ndarray:
+    """The reference: the injected torch model (edge_lorax.inject) with the user's coefficients and head."""
+    import torch
+
+    from edge_lorax.inject import inject_subspace
+    from edge_lorax.models import load_model
+
+    model = load_model(model_dir, num_labels=2)
+    if coeffs is not None:
+        inject_subspace(model, subspace, coeffs=coeffs.tensors)
+        with torch.no_grad():
+            model.classifier.weight.copy_(torch.from_numpy(coeffs.head[names.HEAD_WEIGHT_T].T.copy()))
+            model.classifier.bias.copy_(torch.from_numpy(coeffs.head[names.HEAD_BIAS]))
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(batch[names.INPUT_IDS]),
+                    attention_mask=torch.from_numpy(batch[names.ATTENTION_MASK]))
+    return out.logits.numpy()
+
+
+def write_manifest(bundle: Path, fingerprint: str, **extra):
+    (bundle / names.BUNDLE_MANIFEST).write_text(json.dumps({"fingerprint": fingerprint, "mode": "shared", **extra}))
