@@ -155,5 +155,46 @@ def inspect(path, as_json):
     emit(describe(path), as_json)
 
 
+@cli.command()
+@click.option("--subspace", "subspace_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--data", required=True, help="vader:<domain>-<binary|3class|regression>, or a .csv/.tsv/.jsonl file.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True,
+              help="Task kind of a data file (vader: tasks know theirs).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="user.npz to write.")
+@click.option("--model", default="default", show_default=True, help="Base model folder (must match the subspace).")
+@click.option("--rank", type=int, help="Coefficient rank r (default: the subspace's).")
+@click.option("--k", "k", type=int, help="Use only the first K components (default: all).")
+@click.option("--init", type=click.Choice(["zero_b", "uniform"]), default="zero_b", show_default=True,
+              help="zero_b: step 0 is the base model; uniform: U(-0.5, 0.5) both, as in the paper.")
+@click.option("--lr", default=4e-3, show_default=True)
+@click.option("--steps", type=int, help="Optimizer steps (overrides --epochs).")
+@click.option("--epochs", default=1.0, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--max-length", default=64, show_default=True)
+@click.option("--patience", default=0, show_default=True, help="Early stopping: evals without a better val loss.")
+@click.option("--seed", default=0, show_default=True)
+@friendly
+def train(subspace_dir, data, text_column, label_column, kind, output, model, rank, k, init, lr, steps, epochs,
+          batch_size, max_length, patience, seed):
+    """Train a new user's coefficients (+ task head) on frozen components -> user.npz.
+
+    \b
+    Example:
+      edge-lorax train --subspace subspace --data vader:nyt-binary -o nyt.npz --steps 100
+    """
+    from edge_lorax.baselines import TrainConfig
+    from edge_lorax.data import load_task
+    from edge_lorax.subspace import load_subspace
+    from edge_lorax.train import train_coeffs
+
+    task = load_task(data, text_column=text_column, label_column=label_column, kind=kind, seed=seed)
+    config = TrainConfig(lr=lr, batch_size=batch_size, max_length=max_length, steps=steps, epochs=epochs, seed=seed,
+                         patience=patience)
+    report = train_coeffs(load_subspace(subspace_dir), task, output, model=model, rank=rank, k=k, init=init, config=config)
+    click.echo(report.summary())
+
+
 def main():
     cli()

@@ -4,7 +4,11 @@ This file prepares the model and turns it into a `user.npz`; the optimisation lo
 `edge_lorax.baselines`, so EigenLoRAx, LoRA, VeRA and head-only runs are measured by the same harness.
 """
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from edge_lorax import names
 from edge_lorax.coeffs import Coefficients
@@ -47,8 +51,6 @@ def user_coefficients(net, subspace: Subspace, meta: dict) -> Coefficients:
 
 def apply_user(net, coeffs: Coefficients):
     """Load a user.npz into an injected model: coefficients into the layers, head tensors into the head."""
-    import torch
-
     from edge_lorax.inject import load_coeff_tensors
 
     load_coeff_tensors(net, coeffs.tensors)
@@ -58,3 +60,45 @@ def apply_user(net, coeffs: Coefficients):
             head.weight.copy_(torch.from_numpy(coeffs.head[names.HEAD_WEIGHT_T].T.copy()))
             head.bias.copy_(torch.from_numpy(coeffs.head[names.HEAD_BIAS]))
     return net
+
+
+@dataclass(frozen=True)
+class CoeffReport:
+    task: str
+    output: str
+    coeff_params: int
+    head_params: int
+    bytes: int  # the user.npz file
+    wall_s: float
+    result: object  # baselines.TrainResult
+
+    def summary(self) -> str:
+        """The final line: test metric, trainable params (coefficients, head), file bytes, time."""
+        metric = "accuracy" if "accuracy" in self.result.test else "pearson"
+        return (f"{self.task} eigenlorax: test {metric} {self.result.test.get(metric, float('nan')):.4f} | trainable "
+                f"{self.coeff_params:,} coefficients + {self.head_params:,} head | {self.bytes:,} bytes | "
+                f"{self.wall_s:.1f} s wall, {self.result.s_per_step:.3f} s/step x {self.result.steps}")
+
+
+def _task_meta(task, result, settings: dict) -> dict:
+    return {"method": "eigenlorax", "task": task.name, "kind": task.kind, "labels": list(task.labels), **settings,
+            "test": {k: round(v, 6) for k, v in result.test.items()}}
+
+
+def train_coeffs(subspace: Subspace, task, output, *, model=None, rank=None, k=None, init="zero_b",
+                 config=None, progress=True) -> CoeffReport:
+    """Train one user's coefficients + head on `task` and save them as user.npz (carries the fingerprint)."""
+    from edge_lorax.baselines import TrainConfig, fit
+    from edge_lorax.coeffs import save_coeffs
+    from edge_lorax.models import load_tokenizer
+
+    start, config = time.perf_counter(), config or TrainConfig(lr=4e-3)
+    torch.manual_seed(config.seed)
+    net = coeff_model(model, subspace, task.num_labels, rank=rank, k=k, init=init, seed=config.seed)
+    result = fit(net, task, load_tokenizer(resolve_model(model)), config, progress=progress)
+    settings = {"rank": rank, "k": k, "init": init, "base_model": subspace.base_model}
+    user = user_coefficients(net, subspace, _task_meta(task, result, settings))
+    save_coeffs(user, output)
+    return CoeffReport(task.name, str(output), sum(v.size for v in user.tensors.values()),
+                       sum(v.size for v in user.head.values()), Path(output).stat().st_size,
+                       round(time.perf_counter() - start, 2), result)
