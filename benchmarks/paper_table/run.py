@@ -1,0 +1,243 @@
+"""Leave-one-domain-out reproduction of EigenLoRAx's central claim on the VADER task family (issue 5).
+
+For each held-out domain the subspace is built only from the other three domains' nine source adapters
+(`adapters/<domain>-<type>`), then every method trains on the held-out domain's binary task with the same step
+budget, batch, sequence length and head. Each run's result is a JSON file under `runs/`, so an interrupted run
+resumes; `report.py` turns them into the Markdown/JSON report. Does not retrain the source adapters.
+
+    .venv/bin/python benchmarks/paper_table/run.py            # the full grid (~90 min on 2 idle cores)
+    .venv/bin/python benchmarks/paper_table/run.py --quick    # one domain, one seed, a few steps (tests)
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from edge_lorax.baselines import TrainConfig, baseline_model, count_params, encode, evaluate, fit  # noqa: E402
+from edge_lorax.coeffs import save_coeffs  # noqa: E402
+from edge_lorax.data import VADER_DOMAINS, VADER_TYPES, Split, Task, load_task  # noqa: E402
+from edge_lorax.models import default_model_path, head_module, load_tokenizer  # noqa: E402
+from edge_lorax.project import project_adapter  # noqa: E402
+from edge_lorax.subspace import Subspace, build_subspace, fingerprint_tensors, _tensors  # noqa: E402
+from edge_lorax.train import apply_user, coeff_model, user_coefficients  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ADAPTERS = ROOT / "adapters"
+TRAINED = ("eigen-drop", "eigen-keep", "random", "lora", "vera", "head")
+LR = {"eigen-drop": 5e-3, "eigen-keep": 5e-3, "random": 5e-3, "lora": 5e-4, "vera": 5e-3, "head": 2e-3}
+VERA_RANK = 256  # the paper's VeRA setting
+VAL_ROWS = 128  # validation rows scored during training (steps-to-95%); the test split is scored whole
+
+
+@dataclass(frozen=True)
+class Run:
+    domain: str
+    method: str  # TRAINED or "projection-drop" / "projection-keep"
+    rows: str  # "64" | "256" | "all" training examples
+    seed: int
+    k: int | None = 8  # None: every principal direction the nine sources give
+    augment: int = 0
+    init: str = "zero_b"
+    grid: str = "main"  # "main" | "lowdata" | "ablation"
+
+    @property
+    def key(self) -> str:
+        return f"{self.grid}_{self.domain}_{self.method}_n{self.rows}_k{self.k}_a{self.augment}_{self.init}_s{self.seed}"
+
+
+def plan(quick: bool, seeds: int) -> list:
+    """The runs: main grid (all rows), low-data grid (64, 256), ablations on amazon, projections."""
+    if quick:
+        return [Run("amazon", m, "64", 0, grid="quick") for m in TRAINED + ("projection-drop",)]
+    runs = []
+    for domain in VADER_DOMAINS:
+        runs += [Run(domain, f"projection-{mean}", "all", 0) for mean in ("drop", "keep")]
+        for rows, grid in (("all", "main"), ("256", "lowdata"), ("64", "lowdata")):
+            runs += [Run(domain, m, rows, s, grid=grid) for s in range(seeds) for m in TRAINED]
+    for s in range(seeds):
+        runs += [Run("amazon", "eigen-drop", "256", s, k=k, grid="ablation") for k in (2, 4, None)]
+        runs += [Run("amazon", "eigen-drop", "256", s, augment=8, grid="ablation"),
+                 Run("amazon", "eigen-drop", "256", s, init="uniform", grid="ablation")]
+    return runs
+
+
+# --------------------------------------------------------------------------------------------- ingredients
+
+def sources(held_out: str) -> list:
+    """The nine source adapters of the other domains."""
+    return [ADAPTERS / f"{d}-{t}" for d in VADER_DOMAINS if d != held_out for t in VADER_TYPES]
+
+
+_SUBSPACES: dict = {}
+
+
+def subspace_for(run: Run) -> Subspace:
+    """LODO subspace (cached per process); K=None asks for every direction (rank of the centred stack)."""
+    mean = "keep" if run.method.endswith("keep") else "drop"
+    key = (run.domain, mean, run.k, run.augment)
+    if key not in _SUBSPACES:
+        k = run.k if run.k is not None else 9 * 8 - 1
+        _SUBSPACES[key] = build_subspace(sources(run.domain), components=k, augment=run.augment, mean=mean, seed=0)
+    sub = _SUBSPACES[key]
+    return random_like(sub, run.seed) if run.method == "random" else sub
+
+
+def random_like(sub: Subspace, seed: int) -> Subspace:
+    """The control: random orthonormal components of the same shapes (QR of a seeded Gaussian)."""
+    rng, modules = np.random.default_rng(seed + 1000), {}
+    for name, ms in sub.modules.items():
+        qa = np.linalg.qr(rng.standard_normal(ms.components_A.T.shape))[0].T.astype(np.float32)  # (K, in)
+        qb = np.linalg.qr(rng.standard_normal(ms.components_B.shape))[0].astype(np.float32)  # (out, K)
+        modules[name] = replace(ms, components_A=qa, components_B=qb)
+    config = {**sub.config, "kind": "random-control", "seed": seed}
+    config["fingerprint"] = fingerprint_tensors(_tensors(modules), config)
+    return Subspace(modules, config)
+
+
+def task_for(run: Run) -> Task:
+    """The held-out binary task: first `rows` training rows (the split is already seeded-shuffled), val capped."""
+    full = load_task(f"vader:{run.domain}-binary", seed=0)
+    n = len(full.train) if run.rows == "all" else int(run.rows)
+    cut = lambda s, k: Split(s.texts[:k], s.targets[:k])  # noqa: E731
+    return replace(full, train=cut(full.train, n), validation=cut(full.validation, VAL_ROWS))
+
+
+class PeakRSS:
+    """Samples this process's RSS every 20 ms; .peak_mib is the rise above the level at start."""
+
+    def __enter__(self):
+        self.start, self.peak, self.stop = self._rss(), 0, threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def _watch(self):
+        while not self.stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    @property
+    def peak_mib(self) -> float:
+        return round(max(0, self.peak - self.start) / 2**20, 1)
+
+
+# -------------------------------------------------------------------------------------------------- running
+
+def model_for(run: Run, num_labels: int):
+    """(model, user-bytes function) for a trained method."""
+    if run.method in ("lora", "vera", "head"):
+        rank = VERA_RANK if run.method == "vera" else 8
+        return baseline_model(default_model_path(), num_labels, run.method, rank=rank, seed=run.seed), None
+    sub = subspace_for(run)
+    torch.manual_seed(run.seed)
+    return coeff_model(None, sub, num_labels, init=run.init, seed=run.seed), sub
+
+
+def user_bytes(run: Run, net, sub) -> int:
+    """Bytes one user costs: user.npz (EigenLoRAx), the PEFT adapter file, or the head weights."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if sub is not None:
+            return save_coeffs(user_coefficients(net, sub, {}), Path(tmp) / "u.npz").stat().st_size
+        if run.method == "head":
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in getattr(net, head_module(net)).state_dict().items()}, f"{tmp}/h")
+            return Path(f"{tmp}/h").stat().st_size
+        net.save_pretrained(tmp)
+        return (Path(tmp) / "adapter_model.safetensors").stat().st_size
+
+
+def steps_to_95(history) -> int | None:
+    """First evaluated step whose val accuracy reaches 95% of the final one."""
+    if not history:
+        return None
+    final = history[-1][3]
+    return next(step for step, _, _, acc in history if acc >= 0.95 * final)
+
+
+def train_run(run: Run, config: TrainConfig) -> dict:
+    """Train one method on the held-out task and measure it."""
+    task = task_for(run)
+    net, sub = model_for(run, task.num_labels)
+    adapter, head = count_params(net, "classifier")
+    with PeakRSS() as mem:
+        result = fit(net, task, load_tokenizer(default_model_path()), replace(config, lr=LR[run.method], seed=run.seed),
+                     progress=False)
+    return {"test_accuracy": result.test["accuracy"], "adapter_params": adapter, "head_params": head,
+            "user_bytes": user_bytes(run, net, sub), "s_per_step": result.s_per_step, "steps": result.steps,
+            "peak_train_mib": mem.peak_mib, "steps_to_95": steps_to_95(result.history),
+            "history": [list(h) for h in result.history]}
+
+
+def projection_run(run: Run, config: TrainConfig) -> dict:
+    """Training-free: the held-out domain's own LoRA projected onto the LODO subspace, with its own head."""
+    from safetensors.numpy import load_file
+
+    sub, own = subspace_for(run), ADAPTERS / f"{run.domain}-binary"
+    proj = project_adapter(sub, own)
+    weights = load_file(str(own / "adapter_model.safetensors"))
+    head = {k.split("classifier.")[-1].replace("modules_to_save.", "").replace("default.", ""): v
+            for k, v in weights.items() if ".classifier." in k}
+    user = replace(proj.coeffs, head={"head.weight_t": head["weight"].T.copy(), "head.bias": head["bias"]})
+    net = apply_user(coeff_model(None, sub, 2), user)
+    task = task_for(run)
+    test = evaluate(net, encode(task.test, task.kind, load_tokenizer(default_model_path()), config.max_length))
+    return {"test_accuracy": test["accuracy"], "relative_error": round(proj.overall, 6), "adapter_params": 0,
+            "head_params": 0, "user_bytes": user.nbytes(), "steps": 0}
+
+
+def execute(run: Run, config: TrainConfig, out_dir: Path) -> dict:
+    """Run (or reuse the cached result of) one configuration; the JSON is written atomically."""
+    path = out_dir / f"{run.key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    start = time.perf_counter()
+    measured = projection_run(run, config) if run.method.startswith("projection") else train_run(run, config)
+    result = {**asdict(run), **measured, "wall_s": round(time.perf_counter() - start, 2), "config": asdict(config)}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, path)
+    return result
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="one domain, one seed, 64 rows, a few steps")
+    ap.add_argument("--steps", type=int, help="optimizer steps per run (default 80; quick 4)")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--out", type=Path, help="folder of per-run JSON (default runs/ or runs_quick/)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    steps = args.steps or (4 if args.quick else 80)
+    config = TrainConfig(batch_size=16, max_length=48, steps=steps, eval_every=max(1, steps // 4), warmup=0.06)
+    out_dir = args.out or HERE / ("runs_quick" if args.quick else "runs")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = plan(args.quick, args.seeds)
+    for i, run in enumerate(runs, 1):
+        result = execute(run, config, out_dir)
+        print(f"[{i}/{len(runs)}] {run.key}: acc {result['test_accuracy']:.4f} ({result['wall_s']} s)", file=sys.stderr)
+    return out_dir
+
+
+if __name__ == "__main__":
+    main()
