@@ -111,6 +111,19 @@ def read_adapter(path) -> AdapterInfo:
                        bool(cfg.get("fan_in_fan_out", False)), file_sha256(weights))
 
 
+def _get_tensor(f, weights: Path, key: str) -> np.ndarray:
+    """One tensor as numpy; bfloat16 (which numpy lacks) is widened to float32 exactly from the raw bytes."""
+    if f.get_slice(key).get_dtype() != "BF16":
+        return f.get_tensor(key)
+    with open(weights, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        entry = json.loads(fh.read(n))[key]
+        start, end = entry["data_offsets"]
+        fh.seek(8 + n + start)
+        raw = np.frombuffer(fh.read(end - start), dtype="<u2")
+    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
+
+
 def read_factors(info: AdapterInfo, module: str) -> tuple[np.ndarray, np.ndarray]:
     """(A, B) in float64 with sqrt(scaling) folded into each, so B @ A is the adapter's full ΔW (out, in)."""
     prefix = PEFT_PREFIX + module
@@ -118,8 +131,8 @@ def read_factors(info: AdapterInfo, module: str) -> tuple[np.ndarray, np.ndarray
         keys = set(f.keys())
         a_key = next(k for k in (f"{prefix}.lora_A.weight", f"{prefix}.lora_A.default.weight") if k in keys)
         b_key = a_key.replace("lora_A", "lora_B")
-        A = f.get_tensor(a_key).astype(np.float64)  # (r, in)
-        B = f.get_tensor(b_key).astype(np.float64)  # (out, r)
+        A = _get_tensor(f, info.path / ADAPTER_WEIGHTS, a_key).astype(np.float64)  # (r, in)
+        B = _get_tensor(f, info.path / ADAPTER_WEIGHTS, b_key).astype(np.float64)  # (out, r)
     if not (np.isfinite(A).all() and np.isfinite(B).all()):
         raise AdapterError(f"{info.path / ADAPTER_WEIGHTS}: NaN or Inf in {module}; retrain or drop this adapter")
     root = math.sqrt(info.scalings[module])

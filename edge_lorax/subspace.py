@@ -1,8 +1,8 @@
 """Build, save and load an EigenLoRAx subspace: per adapted module, principal directions of the stacked LoRA factors.
 
 Per module: rows of all A's (N·r × in) and columns of all B's (out × N·r, taken as rows) each go through a
-streaming, mean-updating SVD (exact while the stack's rank ≤ max_rank, truncated to max_rank beyond), so memory
-stays flat in N. Components are orthonormal rows with deterministic signs. Does not train anything.
+streaming, mean-updating SVD (exact while the stack's rank ≤ max_rank, truncated to max_rank beyond), chunk_rows
+rows at a time, so memory stays flat in N and time grows linearly. Components are orthonormal rows with deterministic signs. Does not train anything.
 """
 
 import hashlib
@@ -69,9 +69,25 @@ class _StreamingSVD:
             self.total += float(shift @ shift)
             stacked = np.vstack([self.S[:, None] * self.Vt, Xc, shift[None]])
             self.mean, self.n = (self.n * self.mean + m * mean_b) / n_tot, n_tot
-        _, S, Vt = np.linalg.svd(stacked, full_matrices=False)
-        keep = min(self.max_rank, int((S > S[0] * 1e-12).sum()) if S.size and S[0] > 0 else 0)
-        self.S, self.Vt = S[:keep], Vt[:keep]
+        self.S, self.Vt = top_rows(stacked, self.max_rank)
+
+
+def top_rows(M: np.ndarray, max_rank: int, rtol: float = 1e-6) -> tuple:
+    """(S, Vt) of M's top right singular vectors, via two Gram eigendecompositions (BLAS-3; ~2x faster than LAPACK's
+    SVD on wide stacks). Pass 1 rotates M's rows onto its principal axes, pass 2 re-orthogonalises the top ones, so
+    singular values and orthonormality are accurate to float64 rounding; directions below rtol·S[0] (variance ratio
+    < 1e-12; float32 storage noise sits near 1e-8) are treated as null, which defines the stack's rank."""
+    if M.shape[0] > M.shape[1]:
+        M = np.linalg.qr(M, mode="r")  # (d, d): same singular values and right vectors, smaller Gram
+    _, U = np.linalg.eigh(M @ M.T)
+    rows = U[:, ::-1][:, : max_rank + 8].T @ M  # pass 1: top rows, nearly orthogonal
+    _, U = np.linalg.eigh(rows @ rows.T)
+    rows = U[:, ::-1].T @ rows  # pass 2: orthogonal to rounding
+    S = np.sqrt(np.einsum("ij,ij->i", rows, rows))
+    order = np.argsort(-S, kind="stable")
+    S, rows = S[order], rows[order]
+    keep = min(max_rank, int((S > S[0] * rtol).sum()) if S.size and S[0] > 0 else 0)
+    return S[:keep], rows[:keep] / S[:keep, None]
 
 
 def fix_signs(rows: np.ndarray) -> np.ndarray:
@@ -118,14 +134,33 @@ def _side_components(svd: _StreamingSVD, k: int, augment: int, mean: str, rng, w
     """K principal rows (the unit mean first when kept) + `augment` random orthonormal rows -> (K+augment, d)."""
     d = svd.Vt.shape[1]
     if mean == "keep":
-        unit = svd.mean / max(np.linalg.norm(svd.mean), 1e-300)
-        basis = orthonormal_extend(unit[None], svd.Vt[: k - 1], what) if k > 1 else unit[None]
+        basis = _mean_first(svd, k, what)
     else:
         basis = svd.Vt[:k]
     basis = fix_signs(basis.reshape(-1, d))
     if augment:
         basis = np.vstack([basis, fix_signs(orthonormal_extend(basis, rng.standard_normal((augment, d)), what)[len(basis):])])
     return basis
+
+
+def _mean_first(svd: _StreamingSVD, k: int, what: str) -> np.ndarray:
+    """The unit mean, then principal directions Gram–Schmidt'ed against it; a direction already in the span (the mean
+    lies inside the principal subspace, e.g. adapters from a planted subspace) is skipped, not normalised noise."""
+    norm = np.linalg.norm(svd.mean)
+    if norm == 0:
+        raise ValueError(f"{what}: the mean adapter is zero, it has no direction to keep; use --mean drop")
+    rows = [svd.mean / norm]
+    for v in svd.Vt:
+        if len(rows) == k:
+            break
+        for _ in range(2):
+            v = v - (np.array(rows) @ v) @ np.array(rows)
+        if np.linalg.norm(v) > 1e-5:  # float32-stored factors leave ~1e-7 of a mean that lies in the span
+            rows.append(v / np.linalg.norm(v))
+    if len(rows) < k:
+        raise ValueError(f"{what}: K={k} exceeds the rank {len(rows)} of the stacked adapters with their mean; "
+                         f"use --components {len(rows)}, or --components {len(rows)} --augment {k - len(rows)}")
+    return np.array(rows)
 
 
 def choose_k(svd_a: _StreamingSVD, svd_b: _StreamingSVD, components, explained_variance, mean: str) -> int:
@@ -150,7 +185,7 @@ def build_module(infos, module: str, *, components=None, explained_variance=None
     have = min(_available(svd_a, mean), _available(svd_b, mean))
     if k > have:
         raise ValueError(f"{module}: K={k} exceeds the rank {have} of {len(infos)} stacked adapters; "
-                         f"use --components {have} or add --augment {k - have}")
+                         f"use --components {have}, or --components {have} --augment {k - have} for {k} directions")
     comp_a = _side_components(svd_a, k, augment, mean, _module_rng(seed, module, "A"), module)
     comp_b = _side_components(svd_b, k, augment, mean, _module_rng(seed, module, "B"), module)
     ratio = lambda svd: (svd.S**2 / svd.total if svd.total > 0 else svd.S * 0).astype(np.float32)  # noqa: E731
