@@ -196,5 +196,136 @@ def train(subspace_dir, data, text_column, label_column, kind, output, model, ra
     click.echo(report.summary())
 
 
+@cli.command("train-lora")
+@click.option("--data", required=True, help="vader:<domain>-<binary|3class|regression>, or a .csv/.tsv/.jsonl file.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True,
+              help="Task kind of a data file (vader: tasks know theirs).")
+@click.option("--validation-file", type=click.Path(dir_okay=False), help="Validation rows (default: cut from --data).")
+@click.option("--test-file", type=click.Path(dir_okay=False), help="Test rows (default: cut from --data).")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Adapter folder to write (PEFT format).")
+@click.option("--method", type=click.Choice(["lora", "vera", "head"]), default="lora", show_default=True)
+@click.option("--model", default="default", show_default=True, help="Base model folder.")
+@click.option("--rank", default=8, show_default=True, help="LoRA rank, or VeRA's shared projection rank.")
+@click.option("--alpha", default=16.0, show_default=True, help="LoRA alpha (scaling alpha/rank).")
+@click.option("--targets", default="query,value", show_default=True, help="Comma-separated target module names.")
+@click.option("--lr", type=float, help="Learning rate [default: lora 2e-3, vera 1e-2, head 5e-3].")
+@click.option("--steps", type=int, help="Optimizer steps (overrides --epochs).")
+@click.option("--epochs", default=1.0, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--max-length", default=64, show_default=True)
+@click.option("--patience", default=0, show_default=True, help="Early stopping: evals without a better val loss.")
+@click.option("--seed", default=0, show_default=True, help="Split, init and batch order.")
+@click.option("--threads", type=int, help="torch threads (default: torch's choice).")
+@click.option("--overwrite", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Metrics as JSON.")
+@friendly
+def train_lora(data, text_column, label_column, kind, validation_file, test_file, output, method, model, rank, alpha,
+               targets, lr, steps, epochs, batch_size, max_length, patience, seed, threads, overwrite, as_json):
+    """Train a PEFT LoRA / VeRA / head-only baseline -> adapter folder (portable base id).
+
+    \b
+    Example:
+      edge-lorax train-lora --data vader:tweets-binary -o adapters/tweets-binary --steps 150
+      edge-lorax train-lora --data vader:nyt-binary -o nyt-vera --method vera --rank 256
+    """
+    from edge_lorax.baselines import METHOD_LR, TrainConfig, train_lora as run
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    task = load_cli_task(data, text_column, label_column, kind, validation_file, test_file, seed)
+    config = TrainConfig(lr=lr or METHOD_LR[method], batch_size=batch_size, max_length=max_length, steps=steps,
+                         epochs=epochs, seed=seed, patience=patience)
+    report = run(task, output, method=method, rank=rank, alpha=alpha, targets=tuple(targets.split(",")), model=model,
+                 config=config, overwrite=overwrite)
+    data_out = {"output": output, "test": report.result.test, "validation": report.result.validation,
+                "adapter_params": report.adapter_params, "head_params": report.head_params, "bytes": report.bytes}
+    emit(data_out, True) if as_json else click.echo(report.summary())
+
+
+def load_cli_task(data, text_column, label_column, kind, validation_file=None, test_file=None, seed=0):
+    """The task behind the --data options (vader:... or a file), with the seeded split."""
+    from edge_lorax.data import load_task
+
+    return load_task(data, text_column=text_column, label_column=label_column, kind=kind,
+                     seed=seed, **({"validation": validation_file, "test": test_file} if not data.startswith("vader:") else {}))
+
+
+@cli.command("data")
+@click.argument("spec")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@friendly
+def data_cmd(spec, text_column, label_column, kind, seed):
+    """Check a task and show its split sizes and class counts (vader:... or a .csv/.tsv/.jsonl file).
+
+    \b
+    Example:
+      edge-lorax data vader:nyt-3class
+      edge-lorax data reviews.csv --text-column review --label-column stars
+    """
+    from edge_lorax.data import task_summary
+
+    emit(task_summary(load_cli_task(spec, text_column, label_column, kind, seed=seed)), True)
+
+
+@cli.command("run")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--coeffs", type=click.Path(dir_okay=False), help="user.npz or .onnx_adapter [default: the bundle's defaults].")
+@click.option("--profile", default="default", show_default=True, help="default | mobile (1 thread, .ort/int8) | server.")
+@click.option("--max-length", default=128, show_default=True, help="Tokens per text (longer texts are truncated).")
+@click.option("--json", "as_json", is_flag=True, help="Predictions as JSON.")
+@friendly
+def run_cmd(bundle, texts, coeffs, profile, max_length, as_json):
+    """Predict with an exported bundle for one user (torch-free runtime).
+
+    \b
+    Example:
+      edge-lorax run out/bundle --coeffs nyt.npz "what a fine day" "this is awful"
+    """
+    from edge_lorax.runtime.infer import predict_file
+
+    preds = predict_file(bundle, coeffs, list(texts), profile, max_length)
+    if as_json:
+        click.echo(json.dumps({"bundle": bundle, "coeffs": coeffs, "profile": profile,
+                               "predictions": [p.to_dict() for p in preds]}, indent=1, sort_keys=True))
+        return
+    for p in preds:
+        value = p.label if p.label is not None else (p.score if p.score is not None else f"[{len(p.vector)} floats]")
+        click.echo(f"{value}\t{'' if p.label is None or p.score is None else f'{p.score:.4f}'}\t{p.text}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Report folder to write.")
+@click.option("--subspace", type=click.Path(exists=True, file_okay=False), required=True,
+              help="The bundle's subspace folder (for the multi-LoRA anchor and the torch reference).")
+@click.option("--model", help="Base model folder [default: the manifest's base_model].")
+@click.option("--coeffs", type=click.Path(exists=True, dir_okay=False), help="The bench user [default: seeded random].")
+@click.option("--quick", is_flag=True, help="Few configurations, few runs (a smoke test, not a measurement).")
+@friendly
+def bench(bundle, output, subspace, model, coeffs, quick):
+    """Latency, switch cost and memory vs plain, merged, int8, multi-LoRA and torch -> report.json/md/png.
+
+    \b
+    Example (on a quiet machine):
+      edge-lorax bench out/bundle --subspace out/subspace -o benchmarks/reports/minilm
+    """
+    import shlex
+
+    from edge_lorax.runtime.bench import run_bench
+
+    command = shlex.join(["edge-lorax", "bench", bundle, "-o", output, "--subspace", subspace]
+                         + (["--model", model] if model else []) + (["--coeffs", coeffs] if coeffs else [])
+                         + (["--quick"] if quick else []))
+    out = run_bench(bundle, output, quick, model, subspace, coeffs, command, log=lambda m: click.echo(m, err=True))
+    emit({"report": str(out / "report.md"), "json": str(out / "report.json"), "plot": str(out / "report.png")}, False)
+
 def main():
     cli()
