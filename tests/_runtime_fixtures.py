@@ -2,6 +2,7 @@
 projections, random users, and bundles written by the project's exporter."""
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ WORDS = ["good", "bad", "great", "awful", "movie", "film", "the", "a", "was", "i
          "hate", "plot", "acting", "boring", "fun"]
 K, R, HIDDEN, LAYERS = 4, 2, 32, 2
 MODULES = [f"bert.encoder.layer.{i}.attention.self.{p}" for i in range(LAYERS) for p in ("query", "value")]
+MODEL_NAME = "tiny-bert"  # the model folder's name is its portable id: the subspace's base_model must match
 TEXTS = ["the movie was great", "i hate the plot , very boring", "good fun", "a film"]
 
 
@@ -23,7 +25,7 @@ def tiny_tokenizer():
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     chars = list("abcdefghijklmnopqrstuvwxyz,.!?") + ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
-    vocab = {t: i for i, t in enumerate(specials + WORDS + chars)}
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + WORDS + chars))}  # unique tokens, dense ids
     tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -57,7 +59,7 @@ def _orthonormal(rng, rows: int, cols: int) -> np.ndarray:
     return np.ascontiguousarray(q.T.astype(np.float32))  # (rows, cols), orthonormal rows
 
 
-def tiny_subspace(base_model: str = "tiny-bert", seed: int = 0) -> Subspace:
+def tiny_subspace(base_model: str = MODEL_NAME, seed: int = 0) -> Subspace:
     """A random K=4, r=2 subspace over the q/v projections; a different seed gives a different fingerprint."""
     rng = np.random.default_rng(seed)
     modules = {m: ModuleSubspace(_orthonormal(rng, K, HIDDEN), np.ascontiguousarray(_orthonormal(rng, K, HIDDEN).T),
@@ -110,3 +112,36 @@ def torch_logits(model_dir: Path, subspace: Subspace, coeffs: Coefficients | Non
 
 def write_manifest(bundle: Path, fingerprint: str, **extra):
     (bundle / names.BUNDLE_MANIFEST).write_text(json.dumps({"fingerprint": fingerprint, "mode": "shared", **extra}))
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Everything the runtime tests share, built once per session by the project's exporter."""
+
+    root: Path
+    model: Path
+    subspace: Subspace
+    subspace_dir: Path
+    users: tuple  # user{i}.npz paths; user0 is the bundle's default
+    bundle: Path  # shared coefficients + int8
+    per_example: Path  # per-example bundle
+
+
+_CACHE = {}
+
+
+def get_setup(tmp_path_factory) -> Setup:
+    """Tiny model, subspace, three users, a shared bundle (fp32 + int8) and a per-example bundle (~6 s, cached)."""
+    if "setup" not in _CACHE:
+        from edge_lorax.export import export_bundle
+        from edge_lorax.subspace import save_subspace
+
+        root = tmp_path_factory.mktemp("runtime")
+        model = tiny_model_dir(root / MODEL_NAME)
+        sub = tiny_subspace()
+        save_subspace(sub, root / "subspace")
+        users = tuple(save_user(sub, i, root / f"user{i}.npz") for i in range(3))
+        bundle = export_bundle(model, root / "subspace", root / "bundle", users[0], quantize="int8")
+        per_example = export_bundle(model, root / "subspace", root / "bundle-pe", users[0], per_example=True)
+        _CACHE["setup"] = Setup(root, model, sub, root / "subspace", users, Path(bundle), Path(per_example))
+    return _CACHE["setup"]

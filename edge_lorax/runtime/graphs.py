@@ -89,6 +89,11 @@ def add_defaults(path: Path, defaults: dict):
         if name not in have:
             raise RuntimeError(f"{path}: feed {name} was constant-folded away by the exporter; it must stay an input")
         model.graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
+    seen = set()
+    for i, node in enumerate(model.graph.node):  # unique node names: nodes_to_exclude matches by name
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
     onnx.save(model, str(path))
 
 
@@ -125,12 +130,20 @@ def export_anchor(model, components: dict, coeffs: dict, head: dict, path) -> Pa
     return export_fed(model, {**lora_feeds(components, coeffs), **head}, holder, path)
 
 
-def feed_consumers(path) -> list:
-    """Names of the nodes that read a non-token graph input: what quantize_dynamic must leave alone."""
+def feed_names(path) -> list:
+    """Graph inputs other than token inputs (per-user feeds), in graph order."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    feeds = {i.name for i in model.graph.input} - set(names.TOKEN_INPUTS)
+    return [i.name for i in model.graph.input if i.name not in names.TOKEN_INPUTS]
+
+
+def feed_consumers(path) -> list:
+    """Names of the nodes that read a per-user graph input: what quantize_dynamic must leave alone."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    feeds = set(feed_names(path))
     return [n.name for n in model.graph.node if feeds & set(n.input)]
 
 

@@ -1,0 +1,222 @@
+"""Bench preparation: every graph and user file a benchmark run compares, written into a work folder.
+
+From a bundle (the swappable EigenLoRAx graph) plus its base model and subspace: the plain base model, the int8
+variants, the merged export, the multi-LoRA anchor (the same user's full A and B as inputs), N user files (npz and
+.onnx_adapter) and a parity check across all of them. Needs torch/transformers/onnx, imported inside functions so
+the runtime package still imports without them. Does not time anything.
+"""
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_lorax import names
+from edge_lorax.coeffs import Coefficients, load_coeffs, save_coeffs
+from edge_lorax.runtime import graphs
+from edge_lorax.runtime.bundle import open_bundle, read_manifest
+
+EIGEN, ANCHOR, PLAIN, MERGED = "eigenlorax", "multi-lora anchor", "plain", "merged"
+INT8 = " int8"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Paths of everything the workers load; `models`/`feeds` keyed by label (feeds None: no per-user inputs)."""
+
+    models: dict
+    feeds: dict
+    user_files: list
+    eigen_adapters: list
+    lora_adapters: list
+    merged_model: str
+    vocab: int
+    num_labels: int
+    model_dir: str
+    subspace: str
+    coeffs: str
+    user_bytes: dict = field(default_factory=dict)
+    parity: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def torch_model(model_dir, subspace_dir, coeffs_path, num_labels: int):
+    """The injected torch model with a user's coefficients and head: the reference every graph must match."""
+    import torch
+
+    from edge_lorax.inject import inject_subspace
+    from edge_lorax.models import head_module, load_model
+    from edge_lorax.subspace import load_subspace
+
+    coeffs = load_coeffs(coeffs_path)
+    model = load_model(Path(model_dir), num_labels)
+    inject_subspace(model, load_subspace(subspace_dir), coeffs=coeffs.tensors)
+    if coeffs.head and num_labels:
+        head = getattr(model, head_module(model))
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(coeffs.head[names.HEAD_WEIGHT_T].T.copy()))
+            head.bias.copy_(torch.from_numpy(coeffs.head[names.HEAD_BIAS]))
+    return model.eval()
+
+
+def num_labels_of(bundle_dir: Path) -> int:
+    """Labels of the bundle's task head (0: a features model without head)."""
+    manifest = read_manifest(bundle_dir)
+    if manifest.get("task") not in (names.TASK_CLASSIFICATION, names.TASK_REGRESSION):
+        return 0
+    return int(manifest.get("labels") or 2)
+
+
+def random_user(bundle, seed: int, scale: float = 0.5) -> Coefficients:
+    """Coefficients of the bundle's shapes (seeded): latency does not depend on the values, parity checks use them."""
+    rng = np.random.default_rng(seed)
+    arrays = {k: (rng.standard_normal(s.shape) * scale).astype(np.float32) for k, s in bundle.coeff_inputs.items()}
+    head = {k: v for k, v in arrays.items() if k.startswith(names.HEAD_PREFIX)}
+    tensors = {k: v for k, v in arrays.items() if k not in head}
+    return Coefficients(bundle.fingerprint, tensors, head, {"name": f"bench-user-{seed}"})
+
+
+def write_adapter(feeds: dict, path: Path) -> Path:
+    """An ONNX Runtime .onnx_adapter holding `feeds` (name -> float32 array)."""
+    fmt = ort.AdapterFormat()
+    fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()})
+    fmt.export_adapter(str(path))
+    return path
+
+
+def components_of(subspace_dir, modules) -> dict:
+    """{module: (components_A (K, in), components_B (out, K))} from the subspace folder."""
+    from edge_lorax.subspace import load_subspace
+
+    sub = load_subspace(subspace_dir)
+    return {m: (sub.modules[m].components_A, sub.modules[m].components_B) for m in modules}
+
+
+def _save_feeds(feeds: dict, path: Path) -> str:
+    np.savez(path, **feeds)
+    return str(path)
+
+
+def export_merged(bundle_dir: Path, model_dir, subspace_dir, coeffs_path, out: Path) -> Path:
+    """The exporter's --merge bundle for the bench user (ΔW folded into the weights, verified against torch)."""
+    from edge_lorax.export import export_bundle
+
+    manifest = read_manifest(bundle_dir)
+    dest = export_bundle(model_dir, subspace_dir, out / "merged-bundle", coeffs_path, task=manifest.get("task"),
+                         merge=True, num_labels=manifest.get("labels"), allow_base_mismatch=True)
+    return Path(dest) / names.BUNDLE_MODEL
+
+
+def int8_of(src: Path, dst: Path, shipped: Path | None = None) -> Path:
+    """The bundle's own int8 model when shipped, else the exporter's quantization (same for plain, EigenLoRAx and
+    anchor: base weights int8, every node on a per-user input's path kept fp32)."""
+    if shipped is not None and shipped.is_file():
+        return shipped
+    inputs = graphs.feed_names(src)
+    try:
+        from edge_lorax.export.quantize import quantize_int8
+    except ImportError:
+        return graphs.quantize_int8(src, dst)
+    return quantize_int8(src, dst, inputs)
+
+
+def _user_files(bundle, base: Coefficients, lora_components: dict, out: Path, n: int) -> tuple:
+    """n users (the bench user first, then seeded random ones): npz files and .onnx_adapter files for both graphs."""
+    users = [base] + [random_user(bundle, 100 + i) for i in range(n - 1)]
+    npz, eigen_ad, lora_ad = [], [], []
+    for i, user in enumerate(users):
+        npz.append(str(save_coeffs(user, out / f"user{i}.npz")))
+        eigen_ad.append(str(write_adapter(user.feeds(), out / f"user{i}.eigen{names.ADAPTER_SUFFIX}")))
+        lora = {**graphs.lora_feeds(lora_components, user.tensors), **user.head}
+        lora_ad.append(str(write_adapter(lora, out / f"user{i}.lora{names.ADAPTER_SUFFIX}")))
+    return npz, eigen_ad, lora_ad
+
+
+def user_bytes(coeffs: Coefficients, lora: dict, comps: dict, files: dict) -> dict:
+    """Per-user sizes: tensors in memory (with and without the task head), the same user's LoRA at its rank and at
+    r=8 (the issue's yardstick), and the files on disk (`files`: name -> path)."""
+    head = sum(v.nbytes for v in coeffs.head.values())
+    lora_tensors = sum(v.nbytes for k, v in lora.items() if not k.startswith(names.HEAD_PREFIX))
+    lora_r8 = sum(8 * (a.shape[1] + b.shape[0]) * 4 for a, b in comps.values())  # A (8, in) + B (out, 8), float32
+    ks = sorted({a.shape[1] for a in coeffs.tensors.values()} | {a.shape[0] for a in coeffs.tensors.values()})
+    return {"eigen_tensors": coeffs.nbytes() - head, "eigen_with_head": coeffs.nbytes(), "head": head,
+            "lora_tensors": lora_tensors, "lora_with_head": lora_tensors + head, "lora_r8_tensors": lora_r8,
+            "lora_r8_with_head": lora_r8 + head, "coeff_dims": ks, "modules": len(comps),
+            "module_shapes": sorted({(b.shape[0], a.shape[1]) for a, b in comps.values()}),
+            **{k: Path(v).stat().st_size for k, v in files.items()}}
+
+
+def parity(models: dict, feeds: dict, reference: np.ndarray, tokens: dict) -> dict:
+    """Max abs diff of each graph's logits vs the torch reference on the same tokens (int8: expected larger)."""
+    from edge_lorax.runtime.bench_workers import load_feeds, open_session
+
+    out = {}
+    for label, path in models.items():
+        session = open_session(path, 1)
+        declared = {i.name for i in session.get_inputs()} | {i.name for i in session.get_overridable_initializers()}
+        feed = {k: v for k, v in {**tokens, **load_feeds(feeds.get(label))}.items() if k in declared}
+        out[label] = float(np.abs(session.run(None, feed)[0] - reference).max())
+    return out
+
+
+def _reference(model_dir, subspace_dir, coeffs_path, num_labels: int, tokens: dict) -> np.ndarray:
+    import torch
+
+    model = torch_model(model_dir, subspace_dir, coeffs_path, num_labels)
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v) for k, v in tokens.items()})
+    if hasattr(out, "logits"):
+        return out.logits.numpy()
+    from edge_lorax.export.graph import mean_pool  # features bundles output the masked mean
+
+    return mean_pool(out.last_hidden_state, torch.from_numpy(tokens[names.ATTENTION_MASK])).numpy()
+
+
+def _resolve_inputs(bundle_dir: Path, model_dir, subspace_dir) -> tuple:
+    """Base model folder and subspace folder: given, else from the manifest (base_model id, subspace path)."""
+    from edge_lorax.models import resolve_model
+
+    manifest = read_manifest(bundle_dir)
+    model_dir = resolve_model(model_dir or manifest.get("base_model") or "default")
+    subspace_dir = subspace_dir or manifest.get("subspace_path") or manifest.get("subspace")
+    if not subspace_dir or not Path(subspace_dir).is_dir():
+        raise FileNotFoundError(f"{bundle_dir}: the bench needs the bundle's subspace folder for the anchor graph and "
+                                "the torch reference; pass --subspace DIR")
+    return Path(model_dir), Path(subspace_dir)
+
+
+def prepare(bundle_dir, work, model_dir=None, subspace_dir=None, coeffs_path=None, n_users: int = 10) -> Prepared:
+    """Write every compared graph and user file into `work`; returns their paths and a parity table vs torch."""
+    from edge_lorax.models import load_model
+
+    bundle_dir, work = Path(bundle_dir), Path(work)
+    model_dir, subspace_dir = _resolve_inputs(bundle_dir, model_dir, subspace_dir)
+    (work / "users").mkdir(parents=True, exist_ok=True)
+    bundle, notes, labels = open_bundle(bundle_dir), [], num_labels_of(bundle_dir)
+    coeffs = load_coeffs(coeffs_path) if coeffs_path else random_user(bundle, 0)
+    coeffs_path = save_coeffs(coeffs, work / "users" / "bench-user.npz")
+    comps = components_of(subspace_dir, coeffs.modules())
+    npz, eigen_ad, lora_ad = _user_files(bundle, coeffs, comps, work / "users", n_users)
+    anchor = graphs.export_anchor(load_model(model_dir, labels), comps, coeffs.tensors, coeffs.head, work / "anchor.onnx")
+    models = {PLAIN: graphs.export_plain(load_model(model_dir, labels), work / "plain.onnx"), EIGEN: bundle.model_path,
+              ANCHOR: anchor, MERGED: export_merged(bundle_dir, model_dir, subspace_dir, coeffs_path, work)}
+    for label in (PLAIN, EIGEN, ANCHOR):
+        models[label + INT8] = int8_of(models[label], work / f"{label.replace(' ', '-')}.int8.onnx",
+                                       bundle_dir / names.BUNDLE_MODEL_INT8 if label == EIGEN else None)
+    lora = {**graphs.lora_feeds(comps, coeffs.tensors), **coeffs.head}
+    feeds = {EIGEN: _save_feeds(coeffs.feeds(), work / "eigen-feeds.npz"), ANCHOR: _save_feeds(lora, work / "lora-feeds.npz")}
+    feeds.update({k + INT8: feeds[k] for k in (EIGEN, ANCHOR)})
+    from edge_lorax.runtime.bench_workers import token_inputs
+
+    vocab = int(bundle.model_config.get("vocab_size", 1000))
+    tokens = token_inputs(2, 16, vocab)
+    ref = _reference(model_dir, subspace_dir, coeffs_path, labels, tokens)
+    return Prepared({k: str(v) for k, v in models.items()}, feeds, npz, eigen_ad, lora_ad, str(models[MERGED]), vocab,
+                    labels, str(model_dir), str(subspace_dir), str(coeffs_path),
+                    user_bytes(coeffs, lora, comps, {"eigen_npz_file": npz[0], "eigen_adapter_file": eigen_ad[0],
+                                                     "lora_adapter_file": lora_ad[0]}),
+                    parity({k: v for k, v in models.items() if not k.startswith(PLAIN)}, feeds, ref, tokens), notes)

@@ -1,0 +1,245 @@
+"""One bench measurement per fresh process: `python -m edge_lorax.runtime.bench_workers SPEC_JSON` prints one JSON line.
+
+Kinds: latency (one model, one shape, one thread count), paired (several models alternated in blocks, for
+overhead ratios robust to drift), switch (user-switch costs), memory (N resident users), torch (eager reference).
+Every ORT model is fed the same way — preloaded OrtValues through run_with_ort_values — so paths differ only in
+the graph. The torch kind imports torch; nothing else here does. Does not prepare models or write reports.
+"""
+
+import json
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+from edge_lorax import names
+from edge_lorax.runtime import measure
+from edge_lorax.runtime.bundle import SessionConfig, session_options
+
+RESULT_PREFIX = "BENCH_RESULT "
+
+
+def token_inputs(batch: int, seq: int, vocab: int, seed: int = 0) -> dict:
+    """Deterministic random token ids (avoiding the first 5 special ids) and an all-ones mask."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, max(vocab, 6), size=(batch, seq), dtype=np.int64)
+    return {names.INPUT_IDS: ids, names.ATTENTION_MASK: np.ones_like(ids)}
+
+
+def load_feeds(path) -> dict:
+    """A feeds .npz (plain arrays, pickles refused) -> {name: float32 array}; None -> {}."""
+    if not path:
+        return {}
+    with np.load(path, allow_pickle=False) as npz:
+        return {k: np.ascontiguousarray(npz[k]) for k in npz.files if k != names.META_KEY}
+
+
+def open_session(path, threads: int) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), session_options(SessionConfig(threads=threads)),
+                                providers=["CPUExecutionProvider"])
+
+
+def runner(session, feeds: dict, tokens: dict):
+    """A zero-argument run closure over preloaded OrtValues (only feeds the graph declares are bound)."""
+    declared = {i.name for i in session.get_inputs()} | {i.name for i in session.get_overridable_initializers()}
+    values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in {**tokens, **feeds}.items() if k in declared}
+    outputs = [o.name for o in session.get_outputs()]
+    return lambda: session.run_with_ort_values(outputs, values)
+
+
+def latency(spec: dict) -> dict:
+    """Session creation, warm-up, calibrated consecutive runs; p50/p90/p99, peak and anon/file RSS."""
+    mem0 = measure.proc_status()
+    t0 = time.perf_counter()
+    session = open_session(spec["model"], spec["threads"])
+    session_s = time.perf_counter() - t0
+    mem1 = measure.proc_status()
+    run = runner(session, load_feeds(spec.get("feeds")), token_inputs(spec["batch"], spec["seq"], spec["vocab"]))
+    n = measure.calibrate(run, spec["warmup"], spec["budget_s"], spec["min_runs"], spec["max_runs"])
+    times = [t for block in measure.time_blocks(run, spec["blocks"], max(1, n // spec["blocks"])) for t in block]
+    return {"stats": measure.summarize(times).to_dict(), "session_s": session_s,
+            "memory": {"start": mem0, "session": mem1, "end": measure.proc_status()}}
+
+
+def paired(spec: dict) -> dict:
+    """All models loaded in one process, alternated in blocks (rotating order); per-model block medians in ms."""
+    tokens = token_inputs(spec["batch"], spec["seq"], spec["vocab"])
+    runs = {m["label"]: runner(open_session(m["model"], spec["threads"]), load_feeds(m.get("feeds")), tokens)
+            for m in spec["models"]}
+    per_block = {lab: measure.calibrate(fn, spec["warmup"], spec["block_s"], 3, 500) for lab, fn in runs.items()}
+    labels, medians = list(runs), {lab: [] for lab in runs}
+    for r in range(spec["rounds"]):
+        for lab in labels[r % len(labels):] + labels[: r % len(labels)]:
+            medians[lab].append(float(np.median(measure.time_runs(runs[lab], per_block[lab]))) * 1e3)
+    return {"block_medians_ms": medians, "per_block": per_block}
+
+
+def _median_us(fn, reps: int) -> dict:
+    times = np.asarray(measure.time_runs(fn, reps)) * 1e6
+    return {"p50_us": float(np.median(times)), "p90_us": float(np.percentile(times, 90)), "n": reps}
+
+
+def _run_closures(bundle, users: list, tokens: dict, adapter_paths: list) -> dict:
+    """Three per-run paths on the same session: one user; rebinding a different preloaded user each run; ORT's
+    LoraAdapter path with a different preloaded adapter (its own RunOptions) each run."""
+    from edge_lorax.runtime.infer import feeds_for
+
+    out_names, state = list(bundle.outputs), {"i": 0, "j": 0}
+    tok_values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in tokens.items()}
+    options = []
+    for p in adapter_paths:
+        adapter, ro = ort.LoraAdapter(), ort.RunOptions()
+        adapter.Load(str(p))
+        ro.add_active_adapter(adapter)
+        options.append((adapter, ro))
+
+    def bind():
+        state["i"] += 1
+        return {**tok_values, **users[state["i"] % len(users)].values}
+
+    def adapter_run():
+        state["j"] += 1
+        return bundle.session.run(out_names, tokens, options[state["j"] % len(options)][1])
+
+    return {"bind": bind, "same": lambda: bundle.session.run_with_ort_values(out_names, feeds_for(bundle, users[0], tokens)),
+            "rebind": lambda: bundle.session.run_with_ort_values(out_names, bind()), "adapter": adapter_run}
+
+
+def _switch_rebind(bundle, users: list, tokens: dict, adapter_paths: list, reps: int) -> dict:
+    """The switch itself (binding another preloaded user's values, µs) and whole runs per path, interleaved in
+    blocks of 10 so drift hits every path alike."""
+    fns = _run_closures(bundle, users, tokens, adapter_paths)
+    paths = ("same", "rebind", "adapter")
+    times = {k: [] for k in paths}
+    for k in paths:
+        measure.time_runs(fns[k], 5)
+    for _ in range(max(1, reps // 10)):
+        for k in paths:
+            times[k] += measure.time_runs(fns[k], 10)
+    return {"bind": _median_us(fns["bind"], reps * 10), "run_same_user": measure.summarize(times["same"]).to_dict(),
+            "run_rebind_alternating": measure.summarize(times["rebind"]).to_dict(),
+            "run_lora_adapter_alternating": measure.summarize(times["adapter"]).to_dict()}
+
+
+def _switch_adapter(adapter_paths: list, reps: int) -> dict:
+    """ORT's multi-LoRA path: activate a preloaded LoraAdapter (fresh RunOptions), and load + activate from file."""
+    adapters = []
+    for p in adapter_paths:
+        a = ort.LoraAdapter()
+        a.Load(str(p))
+        adapters.append(a)
+    state = {"i": 0}
+
+    def activate():
+        state["i"] += 1
+        ro = ort.RunOptions()
+        ro.add_active_adapter(adapters[state["i"] % len(adapters)])
+        return ro
+
+    def load_activate():
+        state["i"] += 1
+        a = ort.LoraAdapter()
+        a.Load(str(adapter_paths[state["i"] % len(adapter_paths)]))
+        ro = ort.RunOptions()
+        ro.add_active_adapter(a)
+        return ro
+
+    return {"activate_preloaded": _median_us(activate, reps * 10), "load_and_activate": _median_us(load_activate, reps)}
+
+
+def switch(spec: dict) -> dict:
+    """User-switch costs on the EigenLoRAx bundle, ORT's LoraAdapter path (both graphs), and a new merged session."""
+    from edge_lorax.runtime.bundle import open_bundle
+    from edge_lorax.runtime.users import load_user
+
+    bundle = open_bundle(spec["bundle"], SessionConfig(threads=spec["threads"]))
+    tokens = token_inputs(spec["batch"], spec["seq"], spec["vocab"])
+    users = [load_user(bundle, p) for p in spec["user_files"]]
+    files = spec["user_files"]
+    state = {"i": 0}
+
+    def load_one():
+        state["i"] += 1
+        return load_user(bundle, files[state["i"] % len(files)])
+
+    out = {"rebind_preloaded": _switch_rebind(bundle, users, tokens, spec["eigen_adapters"], spec["reps"]),
+           "load_user_npz": _median_us(load_one, spec["reps"]),
+           "adapter_eigen": _switch_adapter(spec["eigen_adapters"], spec["reps"]),
+           "adapter_lora": _switch_adapter(spec["lora_adapters"], spec["reps"])}
+    out["new_merged_session"] = _new_session(spec["merged_model"], spec["threads"], tokens, spec["session_reps"])
+    return out
+
+
+def _new_session(model, threads: int, tokens: dict, reps: int) -> dict:
+    """Creating a session on a merged model (the switch a merged deployment needs), and that plus its first run."""
+    create, first = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        session = open_session(model, threads)
+        t1 = time.perf_counter()
+        runner(session, {}, tokens)()
+        first.append((time.perf_counter() - t0) * 1e3)
+        create.append((t1 - t0) * 1e3)
+        del session
+    return {"create_ms": float(np.median(create)), "create_and_first_run_ms": float(np.median(first)), "n": reps}
+
+
+def _random_users(specs: dict, n: int, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    return [{k: rng.standard_normal(s).astype(np.float32) for k, s in specs.items()} for _ in range(n)]
+
+
+def memory(spec: dict) -> dict:
+    """RSS growth from N users held resident as preloaded OrtValues, after the session is open and warm."""
+    session = open_session(spec["model"], 1)
+    run = runner(session, load_feeds(spec.get("feeds")), token_inputs(1, 16, spec["vocab"]))
+    run()
+    shapes = {k: tuple(v.shape) for k, v in load_feeds(spec["feeds"]).items()}
+    before = measure.proc_status()
+    arrays = _random_users(shapes, spec["users"], 1)
+    values = [{k: ort.OrtValue.ortvalue_from_numpy(a) for k, a in u.items()} for u in arrays]
+    after = measure.proc_status()
+    tensor_bytes = sum(a.nbytes for u in arrays for a in u.values())
+    del values
+    return {"before": before, "after": after, "tensor_bytes": tensor_bytes,
+            "delta_anon_mib": after.get("RssAnon", 0) - before.get("RssAnon", 0),
+            "delta_rss_mib": after.get("VmRSS", 0) - before.get("VmRSS", 0)}
+
+
+def torch_ref(spec: dict) -> dict:
+    """The injected torch model in eager mode on `device`, same token inputs; 'not available' without that device."""
+    import torch
+
+    if spec["device"] == "cuda" and not torch.cuda.is_available():
+        return {"available": False, "reason": "not available: no CUDA device"}
+    from edge_lorax.runtime.bench_prepare import torch_model
+
+    torch.set_num_threads(spec["threads"])
+    model = torch_model(spec["model_dir"], spec["subspace"], spec["coeffs"], spec["num_labels"]).to(spec["device"])
+    tokens = {k: torch.from_numpy(v).to(spec["device"]) for k, v in
+              token_inputs(spec["batch"], spec["seq"], spec["vocab"]).items()}
+    sync = torch.cuda.synchronize if spec["device"] == "cuda" else (lambda: None)
+
+    def run():
+        with torch.inference_mode():
+            model(**tokens)
+        sync()
+
+    n = measure.calibrate(run, spec["warmup"], spec["budget_s"], spec["min_runs"], spec["max_runs"])
+    stats = measure.summarize(measure.time_runs(run, n)).to_dict()
+    return {"available": True, "stats": stats, "device_name": torch.cuda.get_device_name() if spec["device"] == "cuda"
+            else measure.cpu_model(), "memory": measure.proc_status()}
+
+
+KINDS = {"latency": latency, "paired": paired, "switch": switch, "memory": memory, "torch": torch_ref}
+
+
+def main(argv=None):
+    spec = json.loads((argv or sys.argv[1:])[0])
+    result = KINDS[spec["kind"]](spec)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

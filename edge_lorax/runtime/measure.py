@@ -1,0 +1,139 @@
+"""Measuring primitives for the bench: block timing, percentiles, process memory from /proc, the machine stamp.
+
+Latency is wall time per run (perf_counter_ns) after warm-up; memory is read from /proc/self/status (VmHWM peak,
+RssAnon private, RssFile file-backed and shareable — mmapped weights land there). numpy and the standard library
+only. Does not spawn processes or decide what to run (bench.py does).
+"""
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Latency summary in milliseconds over `n` runs."""
+
+    n: int
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+    min: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(seconds) -> Stats:
+    """Percentiles of run times given in seconds, reported in ms (p99 of < 100 runs is close to the max)."""
+    ms = np.asarray(seconds, np.float64) * 1e3
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return Stats(int(ms.size), float(p50), float(p90), float(p99), float(ms.mean()), float(ms.min()))
+
+
+def time_runs(fn, n: int) -> list:
+    """n consecutive calls of fn, each timed (seconds)."""
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter_ns()
+        fn()
+        out.append((time.perf_counter_ns() - t0) * 1e-9)
+    return out
+
+
+def calibrate(fn, warmup: int, budget_s: float, min_runs: int, max_runs: int) -> int:
+    """Warm up, then the number of runs that fits the time budget (clamped); the sharp edge: never 0."""
+    times = time_runs(fn, max(warmup, 1))
+    per = float(np.median(times[-max(1, warmup // 2):]))
+    return int(min(max(budget_s / max(per, 1e-9), min_runs), max_runs))
+
+
+def time_blocks(fn, blocks: int, per_block: int) -> list:
+    """`blocks` blocks of `per_block` consecutive runs; returns one list of run times per block."""
+    return [time_runs(fn, per_block) for _ in range(blocks)]
+
+
+def proc_status() -> dict:
+    """VmHWM, VmRSS, RssAnon, RssFile, RssShmem of this process in MiB ({} off Linux)."""
+    out = {}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmHWM", "VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                out[key] = int(rest.split()[0]) / 1024.0
+    except OSError:
+        pass
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def physical_cores() -> int:
+    """Distinct (physical id, core id) pairs in /proc/cpuinfo; falls back to the logical count."""
+    try:
+        pairs, phys = set(), "0"
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = (s.strip() for s in line.partition(":"))
+            if key == "physical id":
+                phys = value
+            elif key == "core id":
+                pairs.add((phys, value))
+        return len(pairs) or (os.cpu_count() or 1)
+    except OSError:
+        return os.cpu_count() or 1
+
+
+def ram_gib() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+def git_commit(repo: Path) -> str:
+    """HEAD commit, with `+dirty` when tracked files differ; "unknown" outside a git checkout."""
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def versions(packages=("numpy", "onnxruntime", "tokenizers", "onnx", "torch", "transformers", "edge-lorax")) -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in packages:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def machine() -> dict:
+    """The stamp every report carries: CPU, cores, RAM, OS, load average now."""
+    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
+            "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "ram_gib": ram_gib(), "os": f"{platform.system()} {platform.release()}", "machine": platform.machine(),
+            "load_average": [round(x, 2) for x in os.getloadavg()], "python_executable": sys.executable}
