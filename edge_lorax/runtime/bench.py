@@ -128,11 +128,18 @@ def resident_memory(prep, plan: Plan) -> list:
 
 
 def torch_reference(prep, plan: Plan) -> list:
-    """Eager torch on CPU (1 thread and all cores) and CUDA; CUDA rows say 'not available' without a GPU."""
+    """Eager torch on CPU (1 thread and all cores) and CUDA, fresh process each; without a GPU the CUDA rows say
+    'not available' (never a figure)."""
+    import torch  # already loaded by the preparation; a CUDA row without a device is a row, not a process
+
     rows = []
     for device in ("cpu", "cuda"):
         for threads in (plan.threads if device == "cpu" else (1,)):
             for batch, seq in plan.torch_cells:
+                if device == "cuda" and not torch.cuda.is_available():
+                    rows.append({"device": device, "threads": threads_of(threads), "batch": batch, "seq": seq,
+                                 "available": False, "reason": "not available: no CUDA device on this machine"})
+                    continue
                 spec = {"kind": "torch", "device": device, "threads": threads_of(threads), "batch": batch, "seq": seq,
                         "vocab": prep.vocab, "model_dir": prep.model_dir, "subspace": prep.subspace,
                         "coeffs": prep.coeffs, "num_labels": prep.num_labels, "warmup": plan.warmup,

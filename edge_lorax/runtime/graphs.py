@@ -7,6 +7,7 @@ Bench preparation only: needs torch, transformers and onnx, imported inside the 
 module (as the runtime-without-torch test does) pulls none of them. Never used on the serving path.
 """
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,8 @@ def export_fed(model, feeds: dict, holder: dict, path) -> Path:
     args = (ids, torch.ones_like(ids), *[torch.from_numpy(np.asarray(feeds[k], np.float32)) for k in feed_names])
     axes = {names.INPUT_IDS: {0: "batch", 1: "sequence"}, names.ATTENTION_MASK: {0: "batch", 1: "sequence"},
             names.LOGITS: {0: "batch"}}
-    with torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer warnings, as in the exporter
         torch.onnx.export(wrapper, args, str(path), input_names=[names.INPUT_IDS, names.ATTENTION_MASK, *feed_names],
                           output_names=[names.LOGITS], dynamic_axes=axes, opset_version=OPSET, dynamo=False,
                           do_constant_folding=True)
