@@ -1,0 +1,253 @@
+"""`edge-lorax export`: a self-contained bundle folder, written atomically and verified before it appears.
+
+Folder: model.onnx (weights inline; `model.onnx.data` only past protobuf's 2 GB), optionally model.int8.onnx and
+the .ort files, tokenizer files, config.json, manifest.json and `<user>.onnx_adapter` when --coeffs is given.
+Refuses: an existing folder (unless overwrite), coefficients of another subspace or shape, a model whose modules,
+shapes or id differ from the subspace's. Any failure, including a parity check, leaves nothing behind.
+Does not benchmark, tokenize at run time or serve users (edge_lorax.runtime does).
+"""
+
+import contextlib
+import io
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edge_lorax import __version__, names
+from edge_lorax.coeffs import Coefficients, check_fingerprint, load_coeffs
+from edge_lorax.export import defaults as passes
+from edge_lorax.export import graph as g
+from edge_lorax.export.adapter_file import write_onnx_adapter
+from edge_lorax.export.quantize import quantize_int8
+from edge_lorax.export.verify import TOLERANCES, check_variant
+from edge_lorax.models import canonical_base, portable_model_id, resolve_model
+from edge_lorax.subspace import Subspace, load_subspace
+from edge_lorax.util import atomic_dir
+
+QUANTIZE = ("int8",)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+                   "merges.txt", "tokenizer.model")
+INLINE_LIMIT = 1_800_000_000  # bytes of initializers above which weights go to external data (protobuf: 2 GB)
+VERIFY_TEXTS = ("A short one.", "The exporter checks every graph against torch before the folder appears.", "ok")
+
+
+def _check_options(coeffs_path, per_example: bool, merge: bool, quantize, exporter: str):
+    if merge and coeffs_path is None:
+        raise ValueError("--merge folds one user's ΔW into the weights; pass that user with --coeffs")
+    if merge and per_example:
+        raise ValueError("--merge and --per-example exclude each other: a merged graph serves exactly one user")
+    if quantize not in (None, *QUANTIZE):
+        raise ValueError(f"--quantize must be one of {QUANTIZE}, got {quantize!r}")
+    if exporter not in g.EXPORTERS:
+        raise ValueError(f"exporter must be one of {g.EXPORTERS}, got {exporter!r}")
+
+
+def load_user(coeffs_path, subspace: Subspace) -> Coefficients | None:
+    """The --coeffs file, refused unless made for this subspace, one user (2-D tensors), every module, K' ≤ K."""
+    if coeffs_path is None:
+        return None
+    coeffs = load_coeffs(coeffs_path)
+    check_fingerprint(coeffs, subspace.fingerprint, coeffs_path)
+    if set(coeffs.modules()) != set(subspace.modules):
+        missing = sorted(set(subspace.modules) ^ set(coeffs.modules()))[0]
+        raise ValueError(f"{coeffs_path}: modules differ from the subspace's (e.g. {missing}); re-project this user")
+    for module, ms in subspace.modules.items():
+        ca, cb = coeffs.pair(module)  # (r, K'), (K', r)
+        if ca.ndim != 2 or cb.shape != ca.shape[::-1] or ca.shape[1] > ms.k:
+            raise ValueError(f"{coeffs_path}: {module} coefficients are {ca.shape} and {cb.shape}; one user's "
+                             f"(r, K) and (K, r) with K ≤ {ms.k} are needed (per-example files are not exported)")
+    return coeffs
+
+
+def check_base(path: Path, subspace: Subspace, allow_mismatch: bool):
+    """The model id must be the subspace's base (compared by portable id, never raw path)."""
+    have = portable_model_id(path)
+    if not allow_mismatch and canonical_base(have) != canonical_base(subspace.base_model):
+        raise ValueError(f"{path}: model {have!r}, but the subspace was built for {subspace.base_model!r}; pass that "
+                         "model or --allow-base-mismatch if the weights really match")
+
+
+def default_task(path: Path, coeffs: Coefficients | None) -> str:
+    """A head in the coefficients: regression (1 label) or classification; else causal-lm for LM checkpoints, else features."""
+    if coeffs is not None and coeffs.head:
+        labels = coeffs.head[names.HEAD_BIAS].shape[-1]
+        return names.TASK_REGRESSION if labels == 1 else names.TASK_CLASSIFICATION
+    archs = json.loads((path / names.BUNDLE_CONFIG).read_text()).get("architectures") or []
+    return names.TASK_CAUSAL_LM if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) else names.TASK_FEATURES
+
+
+def num_labels_for(task: str, coeffs: Coefficients | None, num_labels: int | None, path: Path) -> int:
+    """Labels of the head: the coefficients' head decides; regression needs 1; else the argument or config (2)."""
+    if task not in g.HEAD_TASKS:
+        return 0
+    have = coeffs.head[names.HEAD_BIAS].shape[-1] if coeffs is not None and coeffs.head else None
+    want = 1 if task == names.TASK_REGRESSION else (num_labels or have or _config_labels(path))
+    if have is not None and have != want:
+        raise ValueError(f"the coefficients' head has {have} labels, task {task} needs {want}; pass the matching --task")
+    return want
+
+
+def _config_labels(path: Path) -> int:
+    cfg = json.loads((path / names.BUNDLE_CONFIG).read_text())
+    return len(cfg["id2label"]) if cfg.get("id2label") else cfg.get("num_labels", 2)
+
+
+def prepare_graphs(path: Path, subspace: Subspace, coeffs, task: str, labels: int, per_example: bool, merge: bool):
+    """(graph, reference): the same Prepared unless merged, where the reference is the unmerged user model."""
+    reference = g.prepare(*g.load_task_model(path, task, labels), subspace, coeffs, task, per_example and not merge)
+    if not merge:
+        return reference, reference
+    model, _ = g.load_task_model(path, task, labels)
+    return g.prepare_merged(model, subspace, coeffs, task), reference
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> list:
+    """Write the proto; weights inline unless over INLINE_LIMIT. Returns the file names written."""
+    size = sum(int(np.prod(t.dims)) * 4 for t in model.graph.initializer)
+    if size <= INLINE_LIMIT:
+        onnx.save_model(model, str(path))
+        return [path.name]
+    data = path.name + names.EXTERNAL_DATA_SUFFIX
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data)
+    return [path.name, data]
+
+
+def build_onnx(prepared: g.Prepared, exporter: str, meta: dict) -> onnx.ModelProto:
+    """torch -> proto, then the passes: dim names, node names, input defaults, metadata; checked in full."""
+    proto = onnx.load_from_string(g.export_onnx(prepared, g.sample_tokens(prepared.wrapper.model.config.vocab_size), exporter))
+    proto = passes.name_dims(proto, prepared.spec)
+    proto = passes.add_input_defaults(passes.name_nodes(proto), prepared.defaults)
+    proto = passes.set_metadata(proto, meta)
+    missing = [n for n in prepared.spec.feed_names if n not in {i.name for i in proto.graph.input}]
+    if missing:
+        raise RuntimeError(f"the exporter folded coefficient inputs away (e.g. {missing[0]}); nothing written")
+    return proto
+
+
+def verify_tokens(path: Path, vocab_size: int) -> dict:
+    """Token inputs for the parity checks, shaped unlike the trace: the bundle's tokenizer if any, else seeded ids."""
+    if (path / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+        tok.enable_padding()
+        enc = tok.encode_batch(list(VERIFY_TEXTS))
+        return {names.INPUT_IDS: np.array([e.ids for e in enc], np.int64),
+                names.ATTENTION_MASK: np.array([e.attention_mask for e in enc], np.int64)}
+    return g.sample_tokens(vocab_size, batch=3, seq=11, seed=1)
+
+
+@contextlib.contextmanager
+def quiet():
+    """ONNX Runtime's logger at ERROR and Python logging up to WARNING muted (the quantizer's advice), then restored."""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+        onnxruntime.set_default_logger_severity(2)
+
+
+def to_ort_format(onnx_path: Path) -> Path:
+    """ORT-format model beside the .onnx (optimizations fixed at conversion); the operator config is dropped."""
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    out = onnx_path.with_suffix(names.ORT_SUFFIX)
+    with tempfile.TemporaryDirectory(dir=onnx_path.parent) as scratch, contextlib.redirect_stdout(io.StringIO()):
+        convert_onnx_models_to_ort(onnx_path, output_dir=Path(scratch), optimization_styles=[OptimizationStyle.Fixed])
+        shutil.move(str(Path(scratch) / out.name), out)
+    return out
+
+
+def copy_tokenizer(path: Path, out: Path) -> list:
+    """The model folder's tokenizer files, byte for byte; [] for a model without a tokenizer."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (path / name).is_file():
+            shutil.copyfile(path / name, out / name)
+            copied.append(name)
+    return copied
+
+
+def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=None, per_example=False, merge=False,
+                  quantize=None, ort_format=False, overwrite=False, exporter="torchscript", num_labels=None,
+                  allow_base_mismatch=False) -> Path:
+    """Export, verify and write a bundle folder; returns its path. See docs/formats.md, "Bundle manifest"."""
+    _check_options(coeffs_path, per_example, merge, quantize, exporter)
+    out_dir, subspace = Path(out_dir), load_subspace(subspace_path)
+    coeffs, path = load_user(coeffs_path, subspace), resolve_model(model_path)
+    check_base(path, subspace, allow_base_mismatch)
+    task = task or default_task(path, coeffs)
+    if task not in names.TASKS:
+        raise ValueError(f"task must be one of {names.TASKS}, got {task!r}")
+    labels = num_labels_for(task, coeffs, num_labels, path)
+    with atomic_dir(out_dir, overwrite) as tmp:
+        graph, reference = prepare_graphs(path, subspace, coeffs, task, labels, per_example, merge)
+        side = write_side_files(tmp, path, graph, coeffs_path, coeffs)  # first: verification uses the tokenizer
+        files, checks = write_models(tmp, graph, reference, exporter, quantize, ort_format, subspace.fingerprint)
+        manifest = build_manifest(graph, subspace, path, coeffs_path, exporter, {**files, **side}, checks)
+        (tmp / names.BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return out_dir
+
+
+def write_models(tmp: Path, graph: g.Prepared, reference: g.Prepared, exporter: str, quantize, ort_format: bool,
+                 fingerprint: str) -> dict:
+    """model.onnx (+ int8, + .ort), each checked against torch; returns ({variant: file}, {variant: check})."""
+    meta = {"edge_lorax.fingerprint": fingerprint, "edge_lorax.mode": graph.spec.mode, "edge_lorax.task": graph.spec.task}
+    fp32 = tmp / names.BUNDLE_MODEL
+    written = save_model(build_onnx(graph, exporter, meta), fp32)
+    onnx.checker.check_model(str(fp32), full_check=True)
+    tokens = verify_tokens(tmp, graph.wrapper.model.config.vocab_size)
+    models = {"fp32": fp32}
+    with quiet():
+        if quantize == "int8":
+            models["int8"] = quantize_int8(fp32, tmp / names.BUNDLE_MODEL_INT8, graph.spec.feed_names)
+        if ort_format:
+            models.update({("ort" if v == "fp32" else f"{v}_ort"): to_ort_format(p) for v, p in list(models.items())})
+    checks = {v: check_variant(v, p, graph, reference, tokens).as_dict() for v, p in models.items()}
+    files = {v: p.name for v, p in models.items()}
+    if graph.spec.mode != names.MODE_SHARED:
+        files[graph.spec.mode.replace("-", "_")] = fp32.name  # runtime variant keys: per_example, merged
+    return {**files, "external_data": written[1:]}, checks
+
+
+def write_side_files(tmp: Path, path: Path, graph: g.Prepared, coeffs_path, coeffs) -> dict:
+    """Tokenizer files, config.json and the user's .onnx_adapter; returns their names for the manifest."""
+    graph.wrapper.model.config.to_json_file(str(tmp / names.BUNDLE_CONFIG))
+    adapter = None
+    if coeffs is not None and graph.spec.feeds:
+        adapter = Path(coeffs_path).stem + names.ADAPTER_SUFFIX
+        write_onnx_adapter({n: graph.defaults[n] for n in graph.spec.feed_names}, tmp / adapter)
+    return {"tokenizer": copy_tokenizer(path, tmp), "config": names.BUNDLE_CONFIG, "adapter": adapter}
+
+
+def build_manifest(graph: g.Prepared, subspace: Subspace, path: Path, coeffs_path, exporter: str, files: dict,
+                   checks: dict) -> dict:
+    """The manifest.json content (schema: docs/formats.md, "Bundle manifest"); no times, so it is reproducible."""
+    import onnxruntime
+    import torch
+
+    spec = graph.spec
+    feeds = [{**s.as_dict(), "default": True} for s in spec.feeds]
+    head = {s.name: list(s.shape) for s in spec.feeds if s.name.startswith(names.HEAD_PREFIX)}
+    return {
+        "kind": names.BUNDLE_KIND, "format_version": names.FORMAT_VERSION, "fingerprint": subspace.fingerprint,
+        "base_model": portable_model_id(path), "subspace_base_model": subspace.base_model,
+        "task": spec.task, "mode": spec.mode, "labels": spec.outputs[0].shape[-1] if spec.task in g.HEAD_TASKS else None,
+        "pooling": "mean" if spec.task == names.TASK_FEATURES else None,
+        "inputs": [s.as_dict() for s in spec.tokens] + feeds, "outputs": [s.as_dict() for s in spec.outputs],
+        "coefficients": {s.name: list(s.shape) for s in spec.feeds if s.name in spec.coeff_names},
+        "head": {"inputs": head, "default": graph.head_source} if (head or graph.head_source) else None,
+        "defaults": Path(coeffs_path).name if coeffs_path else "zeros",
+        "files": files, "tolerances": {v: TOLERANCES[v] for v in checks}, "verification": checks,
+        "exporter": {"name": exporter, "opset": g.OPSET, "edge_lorax": __version__, "torch": torch.__version__,
+                     "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+    }

@@ -1,0 +1,257 @@
+"""Torch -> ONNX for an injected model: base weights and components as constants, coefficients as graph inputs.
+
+The wrapper's forward(input_ids, attention_mask, *coefficient tensors) hands the tensors to the EigenLoRAx layers
+(and to the task head) through `set_feed`, so no exporter can constant-fold them; the graph inputs are named
+exactly like the keys of a user.npz. Exports with the TorchScript exporter (fast, checked on BERT, GPT-2, Llama)
+or, on request, the dynamo exporter. Tasks: sequence classification / regression (head = MatMul + Add over a
+pre-transposed weight input), mean-pooled features, causal-LM logits.
+Does not: KV cache or generation, token_type_ids inputs, encoder-decoder models, heads other than a Linear.
+"""
+
+import io
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_lorax import names
+from edge_lorax.coeffs import Coefficients
+from edge_lorax.inject import inject_subspace, set_feed
+from edge_lorax.models import head_module
+from edge_lorax.subspace import Subspace
+
+OPSET = 17
+EXPORTERS = ("torchscript", "dynamo")
+HEAD_TASKS = (names.TASK_CLASSIFICATION, names.TASK_REGRESSION)
+SAMPLE_BATCH, SAMPLE_SEQ = 2, 7  # trace shapes; both axes are exported as symbolic dims
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: shape holds ints and symbolic dim names (names.DIM_BATCH, names.DIM_SEQUENCE)."""
+
+    name: str
+    shape: tuple
+    dtype: str = "float32"
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """What an exported graph takes and gives; `feeds` are the per-user inputs (coefficients, then head)."""
+
+    task: str
+    mode: str
+    tokens: tuple  # TensorSpec of input_ids, attention_mask
+    feeds: tuple  # TensorSpec per coefficient / head input, in graph order
+    outputs: tuple  # TensorSpec
+
+    @property
+    def feed_names(self) -> list:
+        return [s.name for s in self.feeds]
+
+    @property
+    def coeff_names(self) -> list:
+        return [s.name for s in self.feeds if not s.name.startswith(names.HEAD_PREFIX)]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A model ready to export: the eager wrapper (also the torch reference), its spec and the input defaults."""
+
+    wrapper: nn.Module
+    spec: GraphSpec
+    defaults: dict = field(repr=False)  # input name -> float32 array: the optional inputs' initializers
+    head_source: str | None = None  # "coeffs" | "checkpoint" | "zeros" | None (no head input)
+
+
+class FeedHead(nn.Module):
+    """The task head as MatMul + Add over feed tensors head.weight_t (in, L) and head.bias (L,); never Gemm."""
+
+    def __init__(self):
+        super().__init__()
+        self.feed = {}
+
+    def forward(self, x):  # x: (B, in) or (B, T, in)
+        w, b = self.feed[names.HEAD_WEIGHT_T], self.feed[names.HEAD_BIAS]  # (in, L), (L,) or (B, in, L), (B, L)
+        if w.dim() == 2:
+            return x @ w + b  # (..., L)
+        x3 = x.unsqueeze(1) if x.dim() == 2 else x  # (B, T|1, in)
+        y = x3 @ w + b.unsqueeze(1)  # (B, T|1, L)
+        return y.squeeze(1) if x.dim() == 2 else y
+
+
+class ExportWrapper(nn.Module):
+    """forward(input_ids, attention_mask, *feeds) -> the task output; feeds named like user.npz keys."""
+
+    def __init__(self, model: nn.Module, task: str, feed_names: list, head: FeedHead | None):
+        super().__init__()
+        self.model, self.task, self.feed_names, self.head = model, task, list(feed_names), head
+
+    def forward(self, input_ids, attention_mask, *tensors):  # (B, T) int64 x2, then one tensor per feed name
+        feed = dict(zip(self.feed_names, tensors))  # a fresh dict per call: the dynamo tracer sees every read
+        if self.feed_names:
+            set_feed(self.model, feed)
+        if self.head is not None:
+            self.head.feed = feed
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        if self.task == names.TASK_FEATURES:
+            return mean_pool(out.last_hidden_state, attention_mask)  # (B, H)
+        return out.logits  # (B, L) or (B, T, V)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Masked mean over tokens (sentence-transformers pooling); an all-padding row gives zeros, not NaN."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, H)
+
+
+def load_task_model(path, task: str, num_labels: int):
+    """(model in eval mode, head_in_checkpoint); heads missing from the checkpoint are seeded, never trusted."""
+    import transformers
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    torch.manual_seed(0)  # a head absent from the checkpoint is initialised identically on every export
+    if task == names.TASK_FEATURES:
+        return AutoModel.from_pretrained(path).eval(), False
+    if task == names.TASK_CAUSAL_LM:
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        model.config.use_cache = False
+        return model, False
+    problem = "regression" if task == names.TASK_REGRESSION else "single_label_classification"
+    model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, problem_type=problem,
+                                                                   output_loading_info=True)
+    head = head_module(model)
+    return model.eval(), not any(k.startswith(head + ".") for k in info["missing_keys"])
+
+
+def coeff_shapes(subspace: Subspace, coeffs: Coefficients | None) -> dict:
+    """{input name: (r, K)} per module, sorted by name: the coefficients' shapes if given, else the subspace's."""
+    out = {}
+    for module in sorted(subspace.modules):
+        ms = subspace.modules[module]
+        for side, default in ((names.COEFF_A, (ms.rank, ms.k)), (names.COEFF_B, (ms.k, ms.rank))):
+            key = names.coeff_name(module, side)
+            out[key] = tuple(coeffs.tensors[key].shape) if coeffs else default
+    return out
+
+
+def head_defaults(model, head_in_checkpoint: bool, coeffs: Coefficients | None) -> tuple:
+    """({head.weight_t, head.bias} defaults, source): the user's head, else the checkpoint's, else zeros."""
+    if coeffs is not None and coeffs.head:
+        return {k: np.asarray(coeffs.head[k], np.float32) for k in (names.HEAD_WEIGHT_T, names.HEAD_BIAS)}, "coeffs"
+    head = getattr(model, head_module(model))
+    w_t = head.weight.detach().T.contiguous().numpy()  # (in, L)
+    bias = head.bias.detach().numpy() if head.bias is not None else np.zeros(w_t.shape[1], np.float32)
+    if not head_in_checkpoint:
+        return {names.HEAD_WEIGHT_T: np.zeros_like(w_t), names.HEAD_BIAS: np.zeros_like(bias)}, "zeros"
+    return {names.HEAD_WEIGHT_T: w_t.copy(), names.HEAD_BIAS: bias.astype(np.float32).copy()}, "checkpoint"
+
+
+def _batched(shape: tuple, per_example: bool) -> tuple:
+    return (names.DIM_BATCH, *shape) if per_example else tuple(shape)
+
+
+def _output_spec(task: str, model) -> TensorSpec:
+    cfg = model.config
+    if task == names.TASK_FEATURES:
+        return TensorSpec(names.FEATURES, (names.DIM_BATCH, cfg.hidden_size))
+    if task == names.TASK_CAUSAL_LM:
+        return TensorSpec(names.LOGITS, (names.DIM_BATCH, names.DIM_SEQUENCE, cfg.vocab_size))
+    return TensorSpec(names.LOGITS, (names.DIM_BATCH, cfg.num_labels))
+
+
+def prepare(model, head_in_checkpoint: bool, subspace: Subspace, coeffs: Coefficients | None, task: str,
+            per_example: bool) -> Prepared:
+    """Inject the subspace, swap the head for a FeedHead, and collect specs and defaults (zeros or the user's)."""
+    shapes = coeff_shapes(subspace, coeffs)
+    inject_subspace(model, subspace, coeffs=coeffs.tensors if coeffs else None)
+    defaults = {k: np.asarray(coeffs.tensors[k], np.float32) if coeffs else np.zeros(s, np.float32)
+                for k, s in shapes.items()}
+    head, source = None, None
+    if task in HEAD_TASKS:
+        head_vals, source = head_defaults(model, head_in_checkpoint, coeffs)
+        defaults.update(head_vals)
+        head = FeedHead()
+        setattr(model, head_module(model), head)
+    if per_example:
+        defaults = {k: v[None] for k, v in defaults.items()}  # (1, ...): broadcasts over any batch when not fed
+    feeds = tuple(TensorSpec(k, _batched(v.shape[1:] if per_example else v.shape, per_example)) for k, v in defaults.items())
+    mode = names.MODE_PER_EXAMPLE if per_example else names.MODE_SHARED
+    spec = GraphSpec(task, mode, token_specs(), feeds, (_output_spec(task, model),))
+    return Prepared(ExportWrapper(model, task, list(defaults), head).eval(), spec, defaults, source)
+
+
+def prepare_merged(model, subspace: Subspace, coeffs: Coefficients, task: str) -> Prepared:
+    """One user's ΔW folded into the base weights and the head set from the user; the graph has no feeds."""
+    from edge_lorax.merge import merged_model
+
+    if task in HEAD_TASKS and coeffs.head:
+        head = getattr(model, head_module(model))
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(coeffs.head[names.HEAD_WEIGHT_T].T.copy()))  # (L, in)
+            head.bias.copy_(torch.from_numpy(coeffs.head[names.HEAD_BIAS]))  # (L,)
+    merged_model(model, subspace, coeffs)
+    spec = GraphSpec(task, names.MODE_MERGED, token_specs(), (), (_output_spec(task, model),))
+    return Prepared(ExportWrapper(model, task, [], None).eval(), spec, {}, "coeffs" if coeffs.head else None)
+
+
+def token_specs() -> tuple:
+    dims = (names.DIM_BATCH, names.DIM_SEQUENCE)
+    return (TensorSpec(names.INPUT_IDS, dims, "int64"), TensorSpec(names.ATTENTION_MASK, dims, "int64"))
+
+
+def sample_tokens(vocab_size: int, batch: int = SAMPLE_BATCH, seq: int = SAMPLE_SEQ, seed: int = 0) -> dict:
+    """Seeded token ids in [1, vocab) and a mask whose last row is right-padded: masks are exercised."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab_size, size=(batch, seq), dtype=np.int64)  # (B, T)
+    mask = np.ones((batch, seq), np.int64)  # (B, T)
+    mask[-1, seq - 2:] = 0
+    return {names.INPUT_IDS: ids, names.ATTENTION_MASK: mask}
+
+
+def trace_args(spec: GraphSpec, defaults: dict, tokens: dict) -> tuple:
+    """Positional torch args: tokens, then each feed at the tokens' batch size (per-example) or as is."""
+    batch = tokens[names.INPUT_IDS].shape[0]
+    feeds = [np.repeat(defaults[s.name], batch, 0) if s.shape[:1] == (names.DIM_BATCH,) else defaults[s.name]
+             for s in spec.feeds]
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (*tokens.values(), *feeds))
+
+
+def _dynamic_axes(spec: GraphSpec) -> dict:
+    return {s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str)}
+            for s in (*spec.tokens, *spec.feeds, *spec.outputs) if any(isinstance(d, str) for d in s.shape)}
+
+
+def export_onnx(prepared: Prepared, tokens: dict, exporter: str = "torchscript") -> bytes:
+    """Serialized ModelProto (weights inline; callers handle > 2 GB); the wrapper stays usable eagerly after."""
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    spec, args = prepared.spec, trace_args(prepared.spec, prepared.defaults, tokens)
+    input_names = [s.name for s in (*spec.tokens, *spec.feeds)]
+    output_names = [s.name for s in spec.outputs]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer warnings
+        if exporter == "dynamo":
+            return _export_dynamo(prepared.wrapper, args, spec, input_names, output_names)
+        buf = io.BytesIO()
+        torch.onnx.export(prepared.wrapper, args, buf, dynamo=False, opset_version=OPSET, input_names=input_names,
+                          output_names=output_names, dynamic_axes=_dynamic_axes(spec), do_constant_folding=True)
+        return buf.getvalue()
+
+
+def _export_dynamo(wrapper, args, spec: GraphSpec, input_names, output_names) -> bytes:
+    """torch.export first (torch.onnx turns a varargs dynamic_shapes tuple into a list and rejects it), then ONNX."""
+    dyn = torch.export.Dim.DYNAMIC
+    feed_dims = tuple({0: dyn} if s.shape[:1] == (names.DIM_BATCH,) else None for s in spec.feeds)
+    program = torch.export.export(wrapper, args, dynamic_shapes=({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, feed_dims),
+                                  strict=False)
+    onnx_program = torch.onnx.export(program, args, None, dynamo=True, external_data=False, input_names=input_names,
+                                     output_names=output_names, verbose=False)
+    return onnx_program.model_proto.SerializeToString()

@@ -1,0 +1,102 @@
+"""Tiny random models, PEFT LoRA adapters, subspaces and users: seconds on a CPU, no downloads. For tests and demos.
+
+`tiny_setup("bert" | "gpt2" | "llama", root)` writes a model folder, N random LoRA adapters on it
+(init_lora_weights=False), a subspace built from them and one projected user. Numbers mean nothing; shapes and
+plumbing are real (BERT Linear, GPT-2 Conv1D, Llama GQA). Needs torch, transformers and peft.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge_lorax import names
+
+TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
+
+
+@dataclass(frozen=True)
+class TinySetup:
+    model: Path  # a save_pretrained folder (no tokenizer)
+    subspace: Path
+    adapters: tuple  # PEFT adapter folders
+    user: Path  # user.npz: adapter 0 projected onto the subspace (no head)
+
+
+def _config(arch: str):
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    if arch == "bert":
+        return BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=64, architectures=["BertModel"])
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=2, n_positions=64, architectures=["GPT2LMHeadModel"])
+    if arch == "llama":
+        return LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           intermediate_size=64, max_position_embeddings=64, architectures=["LlamaForCausalLM"])
+    raise ValueError(f"arch must be one of {sorted(TARGETS)}, got {arch!r}")
+
+
+def tiny_model(arch: str, out: Path, seed: int = 0) -> Path:
+    """A seeded random model folder (BertModel, GPT2LMHeadModel or LlamaForCausalLM)."""
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cls = AutoModel if arch == "bert" else AutoModelForCausalLM
+    cls.from_config(_config(arch)).save_pretrained(out)
+    return Path(out)
+
+
+def tiny_adapters(model_dir: Path, arch: str, out: Path, n: int = 4, rank: int = 4) -> list:
+    """n random PEFT LoRA adapters on model_dir (loaded from disk, so the adapter names it as its base)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    cls = AutoModel if arch == "bert" else AutoModelForCausalLM
+    dirs = []
+    for i in range(n):
+        torch.manual_seed(100 + i)
+        model = cls.from_pretrained(model_dir)
+        peft = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS[arch],
+                                                init_lora_weights=False, fan_in_fan_out=arch == "gpt2"))
+        peft.save_pretrained(out / f"adapter{i}")
+        dirs.append(out / f"adapter{i}")
+    return dirs
+
+
+def random_user(subspace, seed: int, labels: int = 0, hidden: int = 32):
+    """A seeded U(-0.5, 0.5) user for `subspace` (Coefficients), with a random head when labels > 0."""
+    from edge_lorax.coeffs import Coefficients
+
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for module, ms in sorted(subspace.modules.items()):
+        tensors[names.coeff_name(module, names.COEFF_A)] = rng.random((ms.rank, ms.k), dtype=np.float32) - 0.5
+        tensors[names.coeff_name(module, names.COEFF_B)] = rng.random((ms.k, ms.rank), dtype=np.float32) - 0.5
+    head = {}
+    if labels:
+        head = {names.HEAD_WEIGHT_T: rng.standard_normal((hidden, labels)).astype(np.float32),
+                names.HEAD_BIAS: rng.standard_normal(labels).astype(np.float32)}
+    return Coefficients(subspace.fingerprint, tensors, head, {"method": "random", "seed": seed})
+
+
+def tiny_setup(arch: str, root, n_adapters: int = 4, k: int = 4) -> TinySetup:
+    """Model + adapters + subspace (K=k) + one projected user under root."""
+    import transformers
+
+    from edge_lorax.coeffs import save_coeffs
+    from edge_lorax.project import project_adapter
+    from edge_lorax.subspace import build_subspace, save_subspace
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    root = Path(root)
+    model = tiny_model(arch, root / f"tiny-{arch}")
+    adapters = tiny_adapters(model, arch, root / "adapters", n_adapters)
+    subspace = save_subspace(build_subspace(adapters, components=k), root / "subspace")
+    from edge_lorax.subspace import load_subspace
+
+    user = save_coeffs(project_adapter(load_subspace(subspace), adapters[0]).coeffs, root / "user.npz")
+    return TinySetup(model, subspace, tuple(adapters), user)

@@ -1,0 +1,108 @@
+"""Parity checks run after writing a bundle: ONNX Runtime vs the eager torch wrapper on seeded sample inputs.
+
+Each check feeds several coefficient sets (the defaults, random coefficients, random coefficients + head) and
+fails if the max abs diff exceeds the stated tolerance times the output scale (TOLERANCE_RULE); `effect` records how far the random sets move the torch
+output (a graph that ignored its coefficient inputs would miss by that much). Does not test accuracy.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from edge_lorax import names
+from edge_lorax.export.graph import Prepared
+
+TOLERANCES = {"fp32": 1e-4, "int8": 0.25, "ort": 1e-4, "int8_ort": 0.25}  # of max abs diff / scale, vs torch fp32
+TOLERANCE_RULE = "max_abs_diff <= tolerance * scale, scale = max(1, max |torch output|)"
+RESPONSE_MIN = 0.9  # cosine(Δgraph, Δtorch): a graph that ignores its coefficient inputs scores 0
+COEFF_SCALES = (0.5, 2.0)  # random sets ~ U(-s, s): the paper's initialisation, and strong enough to beat int8 noise
+
+
+@dataclass(frozen=True)
+class Check:
+    variant: str  # key of names.BUNDLE_VARIANT_FILES
+    max_abs_diff: float
+    tolerance: float
+    scale: float  # max(1, max |torch output|): tolerances are relative to it
+    effect: float  # max |Δtorch|, Δ = output(random set) - output(defaults)
+    response: float  # cosine(Δgraph, Δtorch) over all random sets: the coefficient inputs at work (1 = as torch)
+    sets: int
+
+    def as_dict(self) -> dict:
+        return {"max_abs_diff": float(self.max_abs_diff), "tolerance": self.tolerance, "scale": float(self.scale),
+                "effect": float(self.effect),
+                "response": float(self.response), "response_min": RESPONSE_MIN,
+                "coefficient_sets": self.sets}
+
+
+def make_session(path) -> ort.InferenceSession:
+    """One intra-op thread (shared machines), errors only."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = 1, 1, 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def random_feeds(prepared: Prepared, batch: int, seed: int, with_head: bool, scale: float = 0.5) -> dict:
+    """Seeded U(-scale, scale) coefficients (per-example: a different user per row); head only if with_head."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for s in prepared.spec.feeds:
+        if s.name.startswith(names.HEAD_PREFIX) and not with_head:
+            continue
+        shape = (batch, *s.shape[1:]) if s.shape[:1] == (names.DIM_BATCH,) else s.shape
+        out[s.name] = (rng.random(shape, dtype=np.float32) - 0.5) * np.float32(2 * scale)
+    return out
+
+
+def feed_sets(prepared: Prepared, batch: int, seed: int = 1) -> list:
+    """[{}, random coefficients per scale (with a random head on the last, if the graph has one)]; {} = defaults."""
+    if not prepared.spec.feeds:
+        return [{}]
+    head = any(n.startswith(names.HEAD_PREFIX) for n in prepared.spec.feed_names)
+    last = len(COEFF_SCALES) - 1
+    return [{}] + [random_feeds(prepared, batch, seed + i, head and i == last, s) for i, s in enumerate(COEFF_SCALES)]
+
+
+@torch.no_grad()
+def torch_output(prepared: Prepared, tokens: dict, feeds: dict) -> np.ndarray:
+    """The eager wrapper with `feeds` over the defaults (per-example defaults broadcast over the batch)."""
+    batch = tokens[names.INPUT_IDS].shape[0]
+    args = [torch.from_numpy(tokens[s.name]) for s in prepared.spec.tokens]
+    for s in prepared.spec.feeds:
+        value = feeds.get(s.name, prepared.defaults[s.name])
+        if s.shape[:1] == (names.DIM_BATCH,) and value.shape[0] != batch:
+            value = np.repeat(value, batch, 0)
+        args.append(torch.from_numpy(np.ascontiguousarray(value)))
+    return prepared.wrapper(*args).numpy()
+
+
+def ort_output(session: ort.InferenceSession, tokens: dict, feeds: dict) -> np.ndarray:
+    return session.run(None, {**tokens, **feeds})[0]
+
+
+def cosine(got: list, want: list) -> float:
+    """cos(Δgot, Δwant), Δ = each output minus the first (the defaults'), all flattened; 1.0 when there is no Δ."""
+    dg = np.concatenate([(g - got[0]).ravel() for g in got[1:]] or [np.zeros(1)]).astype(np.float64)
+    dw = np.concatenate([(w - want[0]).ravel() for w in want[1:]] or [np.zeros(1)]).astype(np.float64)
+    norm = float(np.linalg.norm(dg) * np.linalg.norm(dw))
+    return float(dg @ dw / norm) if norm > 0 else float(not dw.any() and not dg.any())
+
+
+def check_variant(variant: str, path, graph: Prepared, reference: Prepared, tokens: dict) -> Check:
+    """Max abs diff of the graph at `path` vs the `reference` wrapper over every feed set; raises above tolerance."""
+    session, tol = make_session(path), TOLERANCES[variant]
+    sets = feed_sets(graph, tokens[names.INPUT_IDS].shape[0])
+    want = [torch_output(reference, tokens, feeds) for feeds in sets]  # sets[0] is the defaults
+    got = [ort_output(session, tokens, feeds) for feeds in sets]
+    worst = max(float(np.abs(a - b).max()) for a, b in zip(got, want))
+    effect = max(float(np.abs(w - want[0]).max()) for w in want)
+    response, scale = cosine(got, want), max(1.0, max(float(np.abs(w).max()) for w in want))
+    if not worst <= tol * scale:  # NaN fails too
+        raise RuntimeError(f"{variant} graph {path.name}: ONNX Runtime differs from torch by {worst:.3g} > "
+                           f"{tol:g} x {scale:.3g}; nothing written")
+    if len(sets) > 1 and not response >= RESPONSE_MIN:
+        raise RuntimeError(f"{variant} graph {path.name}: its output follows the coefficients with cosine {response:.3f} "
+                           f"to torch's (< {RESPONSE_MIN}); the coefficient inputs are not wired; nothing written")
+    return Check(variant, worst, tol, scale, effect, response, len(sets))
