@@ -75,6 +75,8 @@ def load_coeffs(path) -> Coefficients:
     path = Path(path)
     if not path.is_file():
         raise CoeffsError(f"{path}: no such coefficients file; create one with `edge-lorax project` or `edge-lorax train`")
+    if not zipfile.is_zipfile(path):  # np.load would take any other file for a pickle
+        raise CoeffsError(f"{path}: not an .npz file; create one with `edge-lorax project`")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}

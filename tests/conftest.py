@@ -150,3 +150,10 @@ def token_batch(batch: int = 3, length: int = 7, seed: int = 0) -> torch.Tensor:
     """Random token ids (never 0, the GPT-2 pad id here)."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(1, VOCAB, (batch, length), generator=gen)
+
+
+def model_outputs(model, ids: torch.Tensor, **kwargs) -> torch.Tensor:
+    """Last hidden states (B, T, H) of a *ForSequenceClassification model, no grad: they carry every adapted layer's
+    effect at full scale (the tiny random heads give logits of ~1e-2)."""
+    with torch.no_grad():
+        return model(input_ids=ids, output_hidden_states=True, **kwargs).hidden_states[-1]
