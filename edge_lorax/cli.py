@@ -327,5 +327,43 @@ def bench(bundle, output, subspace, model, coeffs, quick):
     out = run_bench(bundle, output, quick, model, subspace, coeffs, command, log=lambda m: click.echo(m, err=True))
     emit({"report": str(out / "report.md"), "json": str(out / "report.json"), "plot": str(out / "report.png")}, False)
 
+from edge_lorax import names as _names  # noqa: E402  (export's choices come from the shared names)
+
+
+@cli.command()
+@click.option("--model", default="default", show_default=True, help="Base model folder ('default': the embedded MiniLM).")
+@click.option("--subspace", "subspace_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--coeffs", type=click.Path(exists=True, dir_okay=False), help="user.npz: the graph's defaults (else zeros).")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Bundle folder to write.")
+@click.option("--task", type=click.Choice(_names.TASKS),
+              help="Default: from the coefficients' head, else features (encoders) or causal-lm (LM checkpoints).")
+@click.option("--per-example", is_flag=True, help="Coefficient inputs with a leading batch dim: one user per example.")
+@click.option("--merge", is_flag=True, help="Fold the --coeffs user into the weights: no coefficient inputs.")
+@click.option("--quantize", type=click.Choice(["int8"]), help="Also write model.int8.onnx (base weights int8).")
+@click.option("--ort-format", is_flag=True, help="Also write .ort files (ORT Mobile) beside each .onnx.")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
+@click.option("--allow-base-mismatch", is_flag=True, help="Accept a model whose id differs from the subspace's base.")
+@click.option("--overwrite", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def export(model, subspace_dir, coeffs, output, task, per_example, merge, quantize, ort_format, exporter,
+           allow_base_mismatch, overwrite, as_json):
+    """Export an ONNX bundle: components baked in, each user's coefficients as swappable inputs, verified vs torch.
+
+    \b
+    Example:
+      edge-lorax export --subspace subspace --coeffs nyt.npz -o bundle --quantize int8 --ort-format
+    """
+    from edge_lorax.describe import describe
+    from edge_lorax.export import export_bundle
+
+    path = export_bundle(model, subspace_dir, output, coeffs, task=task, per_example=per_example, merge=merge,
+                         quantize=quantize, ort_format=ort_format, overwrite=overwrite, exporter=exporter,
+                         allow_base_mismatch=allow_base_mismatch)
+    manifest = json.loads((path / _names.BUNDLE_MANIFEST).read_text())
+    worst = {v: round(c["max_abs_diff"], 7) for v, c in manifest["verification"].items()}
+    emit({"output": str(path), **describe(path), "task": manifest["task"], "max_abs_diff": worst}, as_json)
+
+
 def main():
     cli()
