@@ -38,7 +38,10 @@ def portable_model_id(path: Path) -> str:
 
 
 def load_model(path: Path, num_labels: int = 0):
-    """num_labels=0 -> bare encoder (pooled features); >0 -> sequence classification (1 = regression) head."""
+    """num_labels=0 -> bare encoder (pooled features); >0 -> sequence classification (1 = regression) head.
+
+    A checkpoint whose saved head has another width gets a fresh head (ignore_mismatched_sizes), not an error.
+    """
     import transformers
     from transformers import AutoModel, AutoModelForSequenceClassification
 
@@ -47,7 +50,8 @@ def load_model(path: Path, num_labels: int = 0):
     if num_labels == 0:
         return AutoModel.from_pretrained(path).eval()
     problem = "regression" if num_labels == 1 else "single_label_classification"
-    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, problem_type=problem).eval()
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, problem_type=problem,
+                                                              ignore_mismatched_sizes=True).eval()
 
 
 def load_tokenizer(path: Path):
