@@ -1,0 +1,242 @@
+"""The ONNX exporter on tiny random models (BERT Linear, GPT-2 Conv1D, Llama GQA): parity with the injected torch
+model, coefficient inputs that survive and act, per-example, merged, adapter files, int8, .ort, an independent
+reference evaluator, determinism and every refusal (library and CLI, nothing left behind)."""
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from edge_lorax import names  # noqa: E402
+from edge_lorax.coeffs import Coefficients, save_coeffs  # noqa: E402
+from edge_lorax.export import export_bundle, read_onnx_adapter  # noqa: E402
+from edge_lorax.export.defaults import overridable  # noqa: E402
+from edge_lorax.export.graph import mean_pool, sample_tokens  # noqa: E402
+from edge_lorax.export.tiny import random_user, tiny_setup  # noqa: E402
+from edge_lorax.inject import inject_subspace  # noqa: E402
+from edge_lorax.subspace import load_subspace  # noqa: E402
+
+TOL = 1e-4  # fp32 ORT vs torch, max abs diff
+TOKENS = sample_tokens(99, batch=3, seq=9, seed=5)  # unlike the trace shapes (2, 7); last row padded
+
+
+def session(path) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.log_severity_level = 1, 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run(path, feeds=None, run_options=None, tokens=TOKENS) -> np.ndarray:
+    return session(path).run(None, {**tokens, **(feeds or {})}, run_options)[0]
+
+
+def graph_inputs(path) -> set:
+    return {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
+
+
+@torch.no_grad()
+def torch_reference(setup, coeffs, task: str, tokens=TOKENS) -> np.ndarray:
+    """A fresh model with the subspace injected (coefficients as parameters) and the user's head: no export code."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if task == names.TASK_CLASSIFICATION:
+        model = AutoModelForSequenceClassification.from_pretrained(setup.model, num_labels=2).eval()
+        model.classifier.weight.copy_(torch.from_numpy(coeffs.head[names.HEAD_WEIGHT_T].T.copy()))
+        model.classifier.bias.copy_(torch.from_numpy(coeffs.head[names.HEAD_BIAS]))
+    else:
+        model = (AutoModel if task == names.TASK_FEATURES else AutoModelForCausalLM).from_pretrained(setup.model).eval()
+    if coeffs is not None:
+        inject_subspace(model, load_subspace(setup.subspace), coeffs=coeffs.tensors)
+    ids, mask = (torch.from_numpy(tokens[k]) for k in (names.INPUT_IDS, names.ATTENTION_MASK))
+    out = model(input_ids=ids, attention_mask=mask)
+    return (mean_pool(out.last_hidden_state, mask) if task == names.TASK_FEATURES else out.logits).numpy()
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory):
+    return tiny_setup("bert", tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(scope="module")
+def users(bert):
+    """Three random users with 2-label heads (seeded)."""
+    sub = load_subspace(bert.subspace)
+    return [random_user(sub, seed, labels=2) for seed in (11, 12, 13)]
+
+
+@pytest.fixture(scope="module")
+def shared(bert, tmp_path_factory):
+    """Classification bundle with zero defaults (no --coeffs): coefficient and head inputs, int8 and .ort too."""
+    return export_bundle(bert.model, bert.subspace, tmp_path_factory.mktemp("b") / "shared", task="classification",
+                         quantize="int8", ort_format=True)
+
+
+def test_coefficients_are_optional_graph_inputs(shared, users):
+    want = set(users[0].feeds())
+    for variant in ("fp32", "int8"):
+        model = onnx.load(str(shared / names.BUNDLE_VARIANT_FILES[variant]))
+        assert want <= {i.name for i in model.graph.input}
+        assert want <= set(overridable(model))  # each has a default: ORT's optional-input / adapter path
+    manifest = json.loads((shared / names.BUNDLE_MANIFEST).read_text())
+    assert set(manifest["coefficients"]) | set(manifest["head"]["inputs"]) == want
+    assert [i["name"] for i in manifest["inputs"]][:2] == [names.INPUT_IDS, names.ATTENTION_MASK]
+
+
+def test_three_users_match_injected_torch(bert, shared, users):
+    outs = []
+    for user in users:
+        got = run(shared / names.BUNDLE_MODEL, user.feeds())
+        assert np.abs(got - torch_reference(bert, user, names.TASK_CLASSIFICATION)).max() <= TOL
+        outs.append(got)
+    assert np.abs(outs[0] - outs[1]).max() > 100 * TOL  # the users really differ, so the check has teeth
+
+
+def test_coefficients_alone_move_the_output_as_torch_predicts(bert, shared, users):
+    """Same head, different coefficients: the change in ORT's output equals the change in torch's."""
+    a, b = users[0], Coefficients(users[0].fingerprint, users[1].tensors, users[0].head)
+    got = run(shared / names.BUNDLE_MODEL, b.feeds()) - run(shared / names.BUNDLE_MODEL, a.feeds())
+    want = torch_reference(bert, b, "classification") - torch_reference(bert, a, "classification")
+    assert np.abs(want).max() > 100 * TOL and np.abs(got - want).max() <= TOL
+
+
+def test_zero_coefficients_are_the_plain_base_model(bert, tmp_path):
+    from transformers import AutoModel
+
+    bundle = export_bundle(bert.model, bert.subspace, tmp_path / "f", task="features")
+    base = AutoModel.from_pretrained(bert.model).eval()
+    with torch.no_grad():
+        ids, mask = (torch.from_numpy(TOKENS[k]) for k in (names.INPUT_IDS, names.ATTENTION_MASK))
+        want = mean_pool(base(input_ids=ids, attention_mask=mask).last_hidden_state, mask).numpy()
+    assert np.abs(run(bundle / names.BUNDLE_MODEL) - want).max() <= 1e-5  # no feeds: every default is zero
+
+
+def test_per_example_batch_equals_separate_runs(bert, shared, users, tmp_path):
+    bundle = export_bundle(bert.model, bert.subspace, tmp_path / "pe", task="classification", per_example=True)
+    feeds = {k: np.stack([u.feeds()[k] for u in users]) for k in users[0].feeds()}  # (3, ...): one user per row
+    mixed = run(bundle / names.BUNDLE_MODEL, feeds)
+    for i, user in enumerate(users):
+        assert np.abs(mixed[i] - run(shared / names.BUNDLE_MODEL, user.feeds())[i]).max() <= 1e-5
+    manifest = json.loads((bundle / names.BUNDLE_MANIFEST).read_text())
+    assert manifest["mode"] == names.MODE_PER_EXAMPLE
+    assert all(shape[0] == names.DIM_BATCH for shape in manifest["coefficients"].values())
+
+
+def test_merged_equals_unmerged_with_the_users_feed(bert, shared, users, tmp_path):
+    user = save_coeffs(users[2], tmp_path / "u2.npz")
+    merged = export_bundle(bert.model, bert.subspace, tmp_path / "m", user, merge=True)
+    assert graph_inputs(merged / names.BUNDLE_MODEL) == {names.INPUT_IDS, names.ATTENTION_MASK}
+    got = run(merged / names.BUNDLE_MODEL)
+    assert np.abs(got - run(shared / names.BUNDLE_MODEL, users[2].feeds())).max() <= TOL
+    assert json.loads((merged / names.BUNDLE_MANIFEST).read_text())["mode"] == names.MODE_MERGED
+
+
+def test_onnx_adapter_equals_feeding_the_npz(bert, shared, users, tmp_path):
+    """The adapter written for user 1 activates on the zero-default bundle exactly like feeding user 1's npz."""
+    user = save_coeffs(users[1], tmp_path / "alice.npz")
+    own = export_bundle(bert.model, bert.subspace, tmp_path / "own", user)  # task from the head: classification
+    adapter = own / ("alice" + names.ADAPTER_SUFFIX)
+    stored = read_onnx_adapter(adapter)
+    assert sorted(stored) == sorted(users[1].feeds())
+    assert all(np.array_equal(stored[k], v) for k, v in users[1].feeds().items())
+    options = ort.RunOptions()
+    lora = ort.LoraAdapter()
+    lora.Load(str(adapter))
+    options.add_active_adapter(lora)
+    via_adapter = run(shared / names.BUNDLE_MODEL, run_options=options)
+    assert np.abs(via_adapter - run(shared / names.BUNDLE_MODEL, users[1].feeds())).max() == 0.0
+    assert np.abs(run(own / names.BUNDLE_MODEL) - via_adapter).max() <= 1e-6  # its defaults are that user
+
+
+def test_int8_within_tolerance_and_coefficients_still_act(bert, shared, users):
+    int8 = shared / names.BUNDLE_MODEL_INT8
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops  # really quantized
+    outs = []
+    for user in users:
+        got, want = run(int8, user.feeds()), torch_reference(bert, user, "classification")
+        assert np.abs(got - want).max() <= 0.25 * max(1.0, np.abs(want).max())  # the stated int8 tolerance
+        outs.append(got)
+    assert np.abs(outs[0] - outs[1]).max() > 0.1  # the inputs still change the output
+    manifest = json.loads((shared / names.BUNDLE_MANIFEST).read_text())
+    assert manifest["verification"]["int8"]["response"] >= 0.9
+
+
+def test_ort_format_loads_runs_and_agrees(shared, users):
+    for onnx_name, ort_name in ((names.BUNDLE_MODEL, names.BUNDLE_MODEL_ORT),
+                                (names.BUNDLE_MODEL_INT8, names.BUNDLE_MODEL_INT8_ORT)):
+        got, want = run(shared / ort_name, users[0].feeds()), run(shared / onnx_name, users[0].feeds())
+        assert np.abs(got - want).max() <= TOL
+
+
+def test_checker_and_reference_evaluator_agree_with_ort(shared, users):
+    from onnx.reference import ReferenceEvaluator
+    from onnx.reference.ops.op_gather_elements import GatherElements
+
+    class TakeAlongAxis(GatherElements):
+        """onnx 1.23's GatherElements uses np.choose (at most 32 choices) and its fallback is wrong for axis=1 over
+        BERT's 64 buffered token types; np.take_along_axis is the op's definition."""
+
+        op_domain = ""
+
+        def _run(self, data, indices, axis=None):
+            return (np.take_along_axis(data, indices.astype(np.int64), axis=axis),)
+
+    TakeAlongAxis.__name__ = "GatherElements"
+    path = shared / names.BUNDLE_MODEL
+    for name in (names.BUNDLE_MODEL, names.BUNDLE_MODEL_INT8):
+        onnx.checker.check_model(str(shared / name), full_check=True)
+    feeds = {**TOKENS, **users[0].feeds()}
+    (ref,) = ReferenceEvaluator(str(path), new_ops=[TakeAlongAxis]).run(None, feeds)
+    assert np.abs(ref - run(path, users[0].feeds())).max() <= TOL
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_decoders_causal_lm_parity(arch, tmp_path):
+    setup = tiny_setup(arch, tmp_path)
+    bundle = export_bundle(setup.model, setup.subspace, tmp_path / "b", setup.user)  # task: causal-lm from config
+    manifest = json.loads((bundle / names.BUNDLE_MANIFEST).read_text())
+    assert manifest["task"] == names.TASK_CAUSAL_LM and manifest["outputs"][0]["shape"][:2] == ["batch", "sequence"]
+    sub = load_subspace(setup.subspace)
+    for user in [random_user(sub, s) for s in (1, 2, 3)]:
+        got = run(bundle / names.BUNDLE_MODEL, user.feeds())
+        assert np.abs(got - torch_reference(setup, user, names.TASK_CAUSAL_LM)).max() <= TOL
+
+
+def test_dynamo_exporter_gives_the_same_graph_semantics(bert, users, tmp_path):
+    bundle = export_bundle(bert.model, bert.subspace, tmp_path / "d", task="classification", exporter="dynamo")
+    assert set(users[0].feeds()) <= set(overridable(onnx.load(str(bundle / names.BUNDLE_MODEL))))
+    got = run(bundle / names.BUNDLE_MODEL, users[0].feeds())
+    assert np.abs(got - torch_reference(bert, users[0], "classification")).max() <= TOL
+
+
+def test_regression_head_from_the_coefficients(bert, tmp_path):
+    user = save_coeffs(random_user(load_subspace(bert.subspace), 5, labels=1), tmp_path / "r.npz")
+    bundle = export_bundle(bert.model, bert.subspace, tmp_path / "r", user)
+    manifest = json.loads((bundle / names.BUNDLE_MANIFEST).read_text())
+    assert manifest["task"] == names.TASK_REGRESSION and manifest["labels"] == 1
+    assert run(bundle / names.BUNDLE_MODEL).shape == (3, 1)
+
+
+def test_same_inputs_give_bit_identical_files(bert, tmp_path):
+    paths = [export_bundle(bert.model, bert.subspace, tmp_path / f"x{i}", bert.user, task="features", quantize="int8")
+             for i in range(2)]
+    for name in (names.BUNDLE_MODEL, names.BUNDLE_MODEL_INT8, names.BUNDLE_MANIFEST, "user" + names.ADAPTER_SUFFIX):
+        assert (paths[0] / name).read_bytes() == (paths[1] / name).read_bytes(), name
+
+
+def test_manifest_describes_the_files(shared):
+    manifest = json.loads((shared / names.BUNDLE_MANIFEST).read_text())
+    assert manifest["kind"] == names.BUNDLE_KIND and manifest["fingerprint"]
+    for variant in ("fp32", "int8", "ort", "int8_ort"):
+        assert (shared / manifest["files"][variant]).is_file()
+        assert manifest["verification"][variant]["max_abs_diff"] <= manifest["tolerances"][variant] * \
+            manifest["verification"][variant]["scale"]
+    meta = {p.key: p.value for p in onnx.load(str(shared / names.BUNDLE_MODEL), load_external_data=False).metadata_props}
+    assert meta["edge_lorax.fingerprint"] == manifest["fingerprint"]
+    assert manifest["head"]["default"] == "zeros"  # the tiny checkpoint has no classifier
