@@ -47,9 +47,10 @@ def train_all(out: Path, only: set, overwrite: bool):
 
 
 def git_commit() -> str:
-    """HEAD of the repo (the code that trained the adapters), '+dirty' when tracked code differs."""
+    """HEAD (the code that trained the adapters); "+dirty" when the files training depends on differ from it."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "edge_lorax", "benchmarks"], cwd=ROOT).returncode
+    code = ["edge_lorax/baselines.py", "edge_lorax/data.py", "edge_lorax/models.py", "benchmarks/train_sources.py", "data"]
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=ROOT).returncode
     return head + ("+dirty" if dirty else "")
 
 

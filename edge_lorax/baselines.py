@@ -193,8 +193,8 @@ def fit(model, task: Task, tokenizer, config: TrainConfig = TrainConfig(), param
             break
     loop.finish()
     n_params = sum(p.numel() for g in params for p in (g["params"] if isinstance(g, dict) else [g]))
-    return loop.result(n_params, evaluate(model, data["validation"], config.eval_batch_size),
-                       evaluate(model, data["test"], config.eval_batch_size))
+    validation = loop.final_scores or evaluate(model, data["validation"], config.eval_batch_size)
+    return loop.result(n_params, validation, evaluate(model, data["test"], config.eval_batch_size))
 
 
 class _Loop:
@@ -207,6 +207,7 @@ class _Loop:
         self.bar = tqdm(total=total, file=sys.stderr, leave=False, desc="train", disable=not progress)
         self.train_s, self.steps, self.loss_avg, self.history = 0.0, 0, None, []
         self.best_loss, self.best_step, self.best_state, self.bad_evals = math.inf, 0, None, 0
+        self.last_scores, self.final_scores = (0, {}), None
         model.train()
 
     def step(self, step, index, optimizer, scheduler):
@@ -234,6 +235,7 @@ class _Loop:
         scores = evaluate(self.model, self.data["validation"], self.config.eval_batch_size)
         metric = primary_metric(self.data["validation"].kind)
         self.history.append((step, round(self.loss_avg, 6), round(scores["loss"], 6), round(scores[metric], 6)))
+        self.last_scores = (step, scores)
         self.bar.set_postfix(loss=f"{self.loss_avg:.4f}", val_loss=f"{scores['loss']:.4f}", **{f"val_{metric}": f"{scores[metric]:.4f}"})
         if scores["loss"] < self.best_loss:
             self.best_loss, self.best_step, self.bad_evals = scores["loss"], step, 0
@@ -244,9 +246,12 @@ class _Loop:
         return bool(self.config.patience) and self.bad_evals >= self.config.patience
 
     def finish(self):
-        """Close the bar; with early stopping, put the best validation weights back."""
+        """Close the bar; with early stopping, put the best validation weights back; keep the last val scores if final."""
         self.bar.close()
-        if self.best_state is not None:
+        step, scores = self.last_scores
+        restore = self.best_state is not None and self.best_step != self.steps
+        self.final_scores = scores if step == self.steps and not restore else None
+        if restore:
             with torch.no_grad():
                 for p, best in zip(trainable(self.model), self.best_state):
                     p.copy_(best)
@@ -355,18 +360,19 @@ def save_baseline(net, output, base_id: str, task: Task, settings: dict, config:
             weights = HEAD_WEIGHTS
         else:
             net.save_pretrained(str(tmp), safe_serialization=True)
-            fix_base_id(tmp, base_id)
+            portable_config(tmp, base_id, head)
             weights = ADAPTER_WEIGHTS
         (tmp / "README.md").write_text(model_card(base_id, task, settings, config))
         size = (tmp / weights).stat().st_size
     return size
 
 
-def fix_base_id(folder: Path, base_id: str):
-    """PEFT writes the absolute folder the base was loaded from; replace it with the portable id."""
+def portable_config(folder: Path, base_id: str, head: str):
+    """PEFT writes the absolute base folder (-> portable id) and SEQ_CLS's modules_to_save [head, head, "score"] (-> [head])."""
     cfg_path = Path(folder) / ADAPTER_CONFIG
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = base_id
+    cfg["modules_to_save"] = [head]
     cfg["inference_mode"] = True
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
