@@ -365,5 +365,24 @@ def export(model, subspace_dir, coeffs, output, task, per_example, merge, quanti
     emit({"output": str(path), **describe(path), "task": manifest["task"], "max_abs_diff": worst}, as_json)
 
 
+@cli.command()
+@click.option("-o", "--output", default="out/demo", show_default=True, type=click.Path(file_okay=False))
+@click.option("--steps", default=60, show_default=True, help="Training steps for the trained user.")
+@click.option("--no-bench", is_flag=True, help="Skip the quick bench report.")
+@friendly
+def demo(output, steps, no_bench):
+    """The main job on the embedded defaults: subspace from the committed adapters, two users, export, swap, bench.
+
+    \b
+    Example:
+      edge-lorax demo -o out/demo
+    """
+    from edge_lorax.demo import run_demo
+
+    for user, preds in run_demo(output, steps, bench=not no_bench).items():
+        for p in preds:
+            click.echo(f"{user:14s} {p.label:9s} {p.score:.3f}  {p.text}")
+
+
 def main():
     cli()

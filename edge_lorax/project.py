@@ -36,8 +36,8 @@ def _check_adapter(subspace: Subspace, info):
         raise AdapterError(f"{info.path}: base model {info.base_model!r}, subspace built for {subspace.base_model!r}")
 
 
-def project_adapter(subspace: Subspace, adapter_dir) -> Projection:
-    """Training-free coefficients for an existing LoRA, with the relative ΔW reconstruction error."""
+def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True) -> Projection:
+    """Training-free coefficients for an existing LoRA (+ its saved task head), with the relative ΔW error."""
     info = read_adapter(adapter_dir)
     _check_adapter(subspace, info)
     tensors, errors, num, den = {}, {}, 0.0, 0.0
@@ -51,7 +51,22 @@ def project_adapter(subspace: Subspace, adapter_dir) -> Projection:
         tensors[names.coeff_name(module, names.COEFF_A)] = ca.astype(np.float32)
         tensors[names.coeff_name(module, names.COEFF_B)] = cb.astype(np.float32)
     meta = {"source": info.path.name, "method": "projection", "base_model": subspace.base_model}
-    return Projection(Coefficients(subspace.fingerprint, tensors, {}, meta), errors, (num / den) ** 0.5 if den else 0.0)
+    head = adapter_head(adapter_dir) if with_head else {}
+    return Projection(Coefficients(subspace.fingerprint, tensors, head, meta), errors, (num / den) ** 0.5 if den else 0.0)
+
+
+def adapter_head(adapter_dir, head_module: str = "classifier") -> dict:
+    """The task head a PEFT adapter saved in modules_to_save, as user.npz tensors ({} when it has none)."""
+    from safetensors import safe_open
+
+    from edge_lorax.names import ADAPTER_WEIGHTS
+
+    prefix = f"base_model.model.{head_module}."
+    with safe_open(f"{adapter_dir}/{ADAPTER_WEIGHTS}", framework="numpy") as f:
+        found = {k.removeprefix(prefix): f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    if {"weight", "bias"} - set(found):
+        return {}
+    return {names.HEAD_WEIGHT_T: np.ascontiguousarray(found["weight"].T, np.float32), names.HEAD_BIAS: found["bias"].astype(np.float32)}
 
 
 def lora_factors(subspace: Subspace, coeffs: Coefficients) -> dict:

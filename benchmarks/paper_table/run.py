@@ -191,14 +191,9 @@ def train_run(run: Run, config: TrainConfig) -> dict:
 
 def projection_run(run: Run, config: TrainConfig) -> dict:
     """Training-free: the held-out domain's own LoRA projected onto the LODO subspace, with its own head."""
-    from safetensors.numpy import load_file
-
     sub, own = subspace_for(run), ADAPTERS / f"{run.domain}-binary"
     proj = project_adapter(sub, own)
-    weights = load_file(str(own / "adapter_model.safetensors"))
-    head = {k.split("classifier.")[-1].replace("modules_to_save.", "").replace("default.", ""): v
-            for k, v in weights.items() if ".classifier." in k}
-    user = replace(proj.coeffs, head={"head.weight_t": head["weight"].T.copy(), "head.bias": head["bias"]})
+    user = proj.coeffs
     net = apply_user(coeff_model(None, sub, 2), user)
     task = task_for(run)
     test = evaluate(net, encode(task.test, task.kind, load_tokenizer(default_model_path()), config.max_length))

@@ -1,0 +1,71 @@
+"""The main job on the embedded defaults: committed source adapters -> subspace -> two users -> bundle -> device.
+
+Builds a subspace from the tweets, movies and Amazon source adapters (`adapters/`), makes two NYT users (one by
+training-free projection of the NYT LoRA, one trained briefly on NYT sentences), exports one bundle, swaps the
+two users on one ONNX Runtime session (numpy + onnxruntime only), prints their predictions and writes a quick
+bench report. A few minutes on 2 cores. Does not retrain the source adapters (benchmarks/train_sources.py does).
+"""
+
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = [f"{d}-{t}" for d in ("tweets", "movies", "amazon") for t in ("binary", "3class", "regression")]
+SENTENCES = ("The editorial makes a thoughtful, persuasive case.", "This policy is a reckless and cruel failure.",
+             "The senator's speech was neither good nor bad.", "What a wonderful surprise!")
+
+
+def log(msg: str):
+    print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+
+def build_users(adapters: Path, out: Path, steps: int) -> tuple:
+    """Subspace + two coefficient files: nyt-projected (no training), nyt-trained (coefficients + head)."""
+    from edge_lorax.baselines import TrainConfig
+    from edge_lorax.coeffs import save_coeffs
+    from edge_lorax.data import load_task
+    from edge_lorax.project import project_adapter
+    from edge_lorax.subspace import build_subspace, save_subspace
+    from edge_lorax.train import train_coeffs
+
+    sub = build_subspace([adapters / s for s in SOURCES], components=8, mean="keep")
+    save_subspace(sub, out / "subspace", overwrite=True)
+    proj = project_adapter(sub, adapters / "nyt-binary")
+    save_coeffs(proj.coeffs, out / "nyt-projected.npz")
+    log(f"subspace {sub.fingerprint}: 9 sources, K=8; nyt-binary projected, relative ΔW error {proj.overall:.3f}")
+    config = TrainConfig(lr=5e-3, batch_size=16, max_length=48, steps=steps, eval_every=0)
+    report = train_coeffs(sub, load_task("vader:nyt-binary"), out / "nyt-trained.npz", config=config)
+    log(report.summary())
+    return out / "subspace", out / "nyt-projected.npz", out / "nyt-trained.npz"
+
+
+def swap_users(bundle_dir: Path, users: list) -> dict:
+    """Load the bundle once, preload both users, alternate them on one session; {user: predictions}."""
+    from edge_lorax.runtime.bundle import open_bundle
+    from edge_lorax.runtime.infer import predict
+    from edge_lorax.runtime.users import load_user
+
+    bundle = open_bundle(bundle_dir, "default")
+    loaded = {Path(u).stem: load_user(bundle, u) for u in users}
+    return {name: predict(bundle, user, list(SENTENCES)) for name, user in loaded.items()}
+
+
+def run_demo(out, steps: int = 60, bench: bool = True) -> dict:
+    """The whole job; returns {user: predictions}. Outputs under `out` (subspace, users, bundle, bench/)."""
+    from edge_lorax.export import export_bundle
+
+    out, start = Path(out), time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    subspace, projected, trained = build_users(REPO / "adapters", out, steps)
+    log("exporting the bundle (fp32 + int8, verified against torch)")
+    bundle = export_bundle(None, subspace, out / "bundle", projected, quantize="int8", overwrite=True)
+    results = swap_users(bundle, [projected, trained])
+    if bench:
+        from edge_lorax.runtime.bench import run_bench
+
+        log("quick bench")
+        run_bench(bundle, out / "bench", quick=True, subspace_dir=subspace, coeffs=projected,
+                  command=f"edge-lorax demo -o {out}")
+    log(f"done in {time.perf_counter() - start:.0f} s")
+    return results
