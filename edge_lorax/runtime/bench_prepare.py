@@ -88,12 +88,12 @@ def write_adapter(feeds: dict, path: Path) -> Path:
     return path
 
 
-def components_of(subspace_dir, modules) -> dict:
-    """{module: (components_A (K, in), components_B (out, K))} from the subspace folder."""
+def factors_of(subspace_dir, coeffs: Coefficients) -> dict:
+    """{module: (lora_A (r, in), lora_B (out, r))}: the user's full LoRA, the same ΔW as its coefficients."""
+    from edge_lorax.project import lora_factors
     from edge_lorax.subspace import load_subspace
 
-    sub = load_subspace(subspace_dir)
-    return {m: (sub.modules[m].components_A, sub.modules[m].components_B) for m in modules}
+    return lora_factors(load_subspace(subspace_dir), coeffs)
 
 
 def _save_feeds(feeds: dict, path: Path) -> str:
@@ -124,29 +124,29 @@ def int8_of(src: Path, dst: Path, shipped: Path | None = None) -> Path:
     return quantize_int8(src, dst, inputs)
 
 
-def _user_files(bundle, base: Coefficients, lora_components: dict, out: Path, n: int) -> tuple:
+def _user_files(bundle, base: Coefficients, subspace_dir, out: Path, n: int) -> tuple:
     """n users (the bench user first, then seeded random ones): npz files and .onnx_adapter files for both graphs."""
     users = [base] + [random_user(bundle, 100 + i) for i in range(n - 1)]
     npz, eigen_ad, lora_ad = [], [], []
     for i, user in enumerate(users):
         npz.append(str(save_coeffs(user, out / f"user{i}.npz")))
         eigen_ad.append(str(write_adapter(user.feeds(), out / f"user{i}.eigen{names.ADAPTER_SUFFIX}")))
-        lora = {**graphs.lora_feeds(lora_components, user.tensors), **user.head}
+        lora = {**graphs.lora_feeds(factors_of(subspace_dir, user)), **user.head}
         lora_ad.append(str(write_adapter(lora, out / f"user{i}.lora{names.ADAPTER_SUFFIX}")))
     return npz, eigen_ad, lora_ad
 
 
-def user_bytes(coeffs: Coefficients, lora: dict, comps: dict, files: dict) -> dict:
+def user_bytes(coeffs: Coefficients, lora: dict, factors: dict, files: dict) -> dict:
     """Per-user sizes: tensors in memory (with and without the task head), the same user's LoRA at its rank and at
     r=8 (the issue's yardstick), and the files on disk (`files`: name -> path)."""
     head = sum(v.nbytes for v in coeffs.head.values())
     lora_tensors = sum(v.nbytes for k, v in lora.items() if not k.startswith(names.HEAD_PREFIX))
-    lora_r8 = sum(8 * (a.shape[1] + b.shape[0]) * 4 for a, b in comps.values())  # A (8, in) + B (out, 8), float32
+    lora_r8 = sum(8 * (a.shape[1] + b.shape[0]) * 4 for a, b in factors.values())  # A (8, in) + B (out, 8), float32
     ks = sorted({a.shape[1] for a in coeffs.tensors.values()} | {a.shape[0] for a in coeffs.tensors.values()})
     return {"eigen_tensors": coeffs.nbytes() - head, "eigen_with_head": coeffs.nbytes(), "head": head,
             "lora_tensors": lora_tensors, "lora_with_head": lora_tensors + head, "lora_r8_tensors": lora_r8,
-            "lora_r8_with_head": lora_r8 + head, "coeff_dims": ks, "modules": len(comps),
-            "module_shapes": sorted({(b.shape[0], a.shape[1]) for a, b in comps.values()}),
+            "lora_r8_with_head": lora_r8 + head, "coeff_dims": ks, "modules": len(factors),
+            "module_shapes": sorted({(b.shape[0], a.shape[1]) for a, b in factors.values()}),
             **{k: Path(v).stat().st_size for k, v in files.items()}}
 
 
@@ -199,15 +199,15 @@ def prepare(bundle_dir, work, model_dir=None, subspace_dir=None, coeffs_path=Non
     bundle, notes, labels = open_bundle(bundle_dir), [], num_labels_of(bundle_dir)
     coeffs = load_coeffs(coeffs_path) if coeffs_path else random_user(bundle, 0)
     coeffs_path = save_coeffs(coeffs, work / "users" / "bench-user.npz")
-    comps = components_of(subspace_dir, coeffs.modules())
-    npz, eigen_ad, lora_ad = _user_files(bundle, coeffs, comps, work / "users", n_users)
-    anchor = graphs.export_anchor(load_model(model_dir, labels), comps, coeffs.tensors, coeffs.head, work / "anchor.onnx")
+    factors = factors_of(subspace_dir, coeffs)
+    npz, eigen_ad, lora_ad = _user_files(bundle, coeffs, subspace_dir, work / "users", n_users)
+    anchor = graphs.export_anchor(load_model(model_dir, labels), factors, coeffs.head, work / "anchor.onnx")
     models = {PLAIN: graphs.export_plain(load_model(model_dir, labels), work / "plain.onnx"), EIGEN: bundle.model_path,
               ANCHOR: anchor, MERGED: export_merged(bundle_dir, model_dir, subspace_dir, coeffs_path, work)}
     for label in (PLAIN, EIGEN, ANCHOR):
         models[label + INT8] = int8_of(models[label], work / f"{label.replace(' ', '-')}.int8.onnx",
                                        bundle_dir / names.BUNDLE_MODEL_INT8 if label == EIGEN else None)
-    lora = {**graphs.lora_feeds(comps, coeffs.tensors), **coeffs.head}
+    lora = {**graphs.lora_feeds(factors), **coeffs.head}
     feeds = {EIGEN: _save_feeds(coeffs.feeds(), work / "eigen-feeds.npz"), ANCHOR: _save_feeds(lora, work / "lora-feeds.npz")}
     feeds.update({k + INT8: feeds[k] for k in (EIGEN, ANCHOR)})
     from edge_lorax.runtime.bench_workers import token_inputs
@@ -217,6 +217,6 @@ def prepare(bundle_dir, work, model_dir=None, subspace_dir=None, coeffs_path=Non
     ref = _reference(model_dir, subspace_dir, coeffs_path, labels, tokens)
     return Prepared({k: str(v) for k, v in models.items()}, feeds, npz, eigen_ad, lora_ad, str(models[MERGED]), vocab,
                     labels, str(model_dir), str(subspace_dir), str(coeffs_path),
-                    user_bytes(coeffs, lora, comps, {"eigen_npz_file": npz[0], "eigen_adapter_file": eigen_ad[0],
+                    user_bytes(coeffs, lora, factors, {"eigen_npz_file": npz[0], "eigen_adapter_file": eigen_ad[0],
                                                      "lora_adapter_file": lora_ad[0]}),
                     parity({k: v for k, v in models.items() if not k.startswith(PLAIN)}, feeds, ref, tokens), notes)

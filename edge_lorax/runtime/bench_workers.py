@@ -2,8 +2,8 @@
 
 Kinds: latency (one model, one shape, one thread count), paired (several models alternated in blocks, for
 overhead ratios robust to drift), switch (user-switch costs), memory (N resident users), torch (eager reference).
-Every ORT model is fed the same way — preloaded OrtValues through run_with_ort_values — so paths differ only in
-the graph. The torch kind imports torch; nothing else here does. Does not prepare models or write reports.
+Every ORT model is fed the same way — preloaded numpy arrays through session.run, as the runtime does — so paths
+differ only in the graph. The torch kind imports torch; nothing else here does. Does not prepare models or write reports.
 """
 
 import json
@@ -41,11 +41,11 @@ def open_session(path, threads: int) -> ort.InferenceSession:
 
 
 def runner(session, feeds: dict, tokens: dict):
-    """A zero-argument run closure over preloaded OrtValues (only feeds the graph declares are bound)."""
+    """A zero-argument run closure over preloaded arrays (only feeds the graph declares are bound)."""
     declared = {i.name for i in session.get_inputs()} | {i.name for i in session.get_overridable_initializers()}
-    values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in {**tokens, **feeds}.items() if k in declared}
+    values = {k: v for k, v in {**tokens, **feeds}.items() if k in declared}
     outputs = [o.name for o in session.get_outputs()]
-    return lambda: session.run_with_ort_values(outputs, values)
+    return lambda: session.run(outputs, values)
 
 
 def latency(spec: dict) -> dict:
@@ -68,11 +68,13 @@ def paired(spec: dict) -> dict:
     runs = {m["label"]: runner(open_session(m["model"], spec["threads"]), load_feeds(m.get("feeds")), tokens)
             for m in spec["models"]}
     per_block = {lab: measure.calibrate(fn, spec["warmup"], spec["block_s"], 3, 500) for lab, fn in runs.items()}
-    labels, medians = list(runs), {lab: [] for lab in runs}
+    labels, medians, cpu = list(runs), {lab: [] for lab in runs}, {lab: [] for lab in runs}
     for r in range(spec["rounds"]):
         for lab in labels[r % len(labels):] + labels[: r % len(labels)]:
+            c0 = time.process_time()
             medians[lab].append(float(np.median(measure.time_runs(runs[lab], per_block[lab]))) * 1e3)
-    return {"block_medians_ms": medians, "per_block": per_block}
+            cpu[lab].append((time.process_time() - c0) / per_block[lab] * 1e3)
+    return {"block_medians_ms": medians, "block_cpu_ms": cpu, "per_block": per_block}
 
 
 def _median_us(fn, reps: int) -> dict:
@@ -86,7 +88,7 @@ def _run_closures(bundle, users: list, tokens: dict, adapter_paths: list) -> dic
     from edge_lorax.runtime.infer import feeds_for
 
     out_names, state = list(bundle.outputs), {"i": 0, "j": 0}
-    tok_values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in tokens.items()}
+    tok_values = feeds_for(bundle, None, tokens)
     options = []
     for p in adapter_paths:
         adapter, ro = ort.LoraAdapter(), ort.RunOptions()
@@ -96,30 +98,32 @@ def _run_closures(bundle, users: list, tokens: dict, adapter_paths: list) -> dic
 
     def bind():
         state["i"] += 1
-        return {**tok_values, **users[state["i"] % len(users)].values}
+        return {**tok_values, **users[state["i"] % len(users)].arrays}
 
     def adapter_run():
         state["j"] += 1
         return bundle.session.run(out_names, tokens, options[state["j"] % len(options)][1])
 
-    return {"bind": bind, "same": lambda: bundle.session.run_with_ort_values(out_names, feeds_for(bundle, users[0], tokens)),
-            "rebind": lambda: bundle.session.run_with_ort_values(out_names, bind()), "adapter": adapter_run}
+    return {"bind": bind, "same": lambda: bundle.session.run(out_names, feeds_for(bundle, users[0], tokens)),
+            "rebind": lambda: bundle.session.run(out_names, bind()), "adapter": adapter_run,
+            "defaults": lambda: bundle.session.run(out_names, tok_values)}
 
 
 def _switch_rebind(bundle, users: list, tokens: dict, adapter_paths: list, reps: int) -> dict:
-    """The switch itself (binding another preloaded user's values, µs) and whole runs per path, interleaved in
-    blocks of 10 so drift hits every path alike."""
+    """The switch itself (binding another preloaded user, µs) and whole runs per path — one user, another user each
+    run, another LoraAdapter each run, no user feeds (the graph defaults) — interleaved in blocks of 10 so drift hits
+    every path alike; wall time and this thread's CPU time (the session has 1 thread)."""
     fns = _run_closures(bundle, users, tokens, adapter_paths)
-    paths = ("same", "rebind", "adapter")
-    times = {k: [] for k in paths}
+    paths = ("same", "rebind", "adapter", "defaults")
+    wall, cpu = {k: [] for k in paths}, {k: [] for k in paths}
     for k in paths:
         measure.time_runs(fns[k], 5)
     for _ in range(max(1, reps // 10)):
         for k in paths:
-            times[k] += measure.time_runs(fns[k], 10)
-    return {"bind": _median_us(fns["bind"], reps * 10), "run_same_user": measure.summarize(times["same"]).to_dict(),
-            "run_rebind_alternating": measure.summarize(times["rebind"]).to_dict(),
-            "run_lora_adapter_alternating": measure.summarize(times["adapter"]).to_dict()}
+            wall[k] += measure.time_runs(fns[k], 10)
+            cpu[k] += measure.cpu_runs(fns[k], 10)
+    runs = {k: {"wall": measure.summarize(wall[k]).to_dict(), "cpu": measure.summarize(cpu[k]).to_dict()} for k in paths}
+    return {"bind": _median_us(fns["bind"], reps * 10), "runs": runs}
 
 
 def _switch_adapter(adapter_paths: list, reps: int) -> dict:
@@ -163,8 +167,12 @@ def switch(spec: dict) -> dict:
         state["i"] += 1
         return load_user(bundle, files[state["i"] % len(files)])
 
+    def load_adapter():
+        state["i"] += 1
+        return load_user(bundle, spec["eigen_adapters"][state["i"] % len(spec["eigen_adapters"])])
+
     out = {"rebind_preloaded": _switch_rebind(bundle, users, tokens, spec["eigen_adapters"], spec["reps"]),
-           "load_user_npz": _median_us(load_one, spec["reps"]),
+           "load_user_npz": _median_us(load_one, spec["reps"]), "load_user_adapter": _median_us(load_adapter, spec["reps"]),
            "adapter_eigen": _switch_adapter(spec["eigen_adapters"], spec["reps"]),
            "adapter_lora": _switch_adapter(spec["lora_adapters"], spec["reps"])}
     out["new_merged_session"] = _new_session(spec["merged_model"], spec["threads"], tokens, spec["session_reps"])
@@ -186,22 +194,27 @@ def _new_session(model, threads: int, tokens: dict, reps: int) -> dict:
 
 
 def _random_users(specs: dict, n: int, seed: int) -> list:
-    rng = np.random.default_rng(seed)
-    return [{k: rng.standard_normal(s).astype(np.float32) for k, s in specs.items()} for _ in range(n)]
+    rng, out = np.random.default_rng(seed), []
+    for _ in range(n):
+        user = {k: rng.standard_normal(s, dtype=np.float32) for k, s in specs.items()}  # no float64 temporaries
+        for arr in user.values():
+            arr.flags.writeable = False
+        out.append(user)
+    return out
 
 
 def memory(spec: dict) -> dict:
-    """RSS growth from N users held resident as preloaded OrtValues, after the session is open and warm."""
+    """RSS growth from N users held resident the runtime's way (read-only arrays per input), after the session is
+    open and warm and freed heap is returned to the OS (else reused free pages would hide the growth)."""
     session = open_session(spec["model"], 1)
     run = runner(session, load_feeds(spec.get("feeds")), token_inputs(1, 16, spec["vocab"]))
     run()
     shapes = {k: tuple(v.shape) for k, v in load_feeds(spec["feeds"]).items()}
+    measure.trim_heap()
     before = measure.proc_status()
     arrays = _random_users(shapes, spec["users"], 1)
-    values = [{k: ort.OrtValue.ortvalue_from_numpy(a) for k, a in u.items()} for u in arrays]
     after = measure.proc_status()
     tensor_bytes = sum(a.nbytes for u in arrays for a in u.values())
-    del values
     return {"before": before, "after": after, "tensor_bytes": tensor_bytes,
             "delta_anon_mib": after.get("RssAnon", 0) - before.get("RssAnon", 0),
             "delta_rss_mib": after.get("VmRSS", 0) - before.get("VmRSS", 0)}

@@ -17,16 +17,12 @@ from edge_lorax import names
 OPSET = 17
 
 
-def lora_feeds(components: dict, coeffs: dict) -> dict:
-    """{`<module>.lora_A`: coeff_A @ components_A (r, in), `<module>.lora_B`: components_B @ coeff_B (out, r)}.
-
-    components: {module: (components_A (K, in), components_B (out, K))}; the same ΔW as the coefficients."""
+def lora_feeds(factors: dict) -> dict:
+    """{module: (lora_A (r, in), lora_B (out, r))} (edge_lorax.project.lora_factors) -> graph feeds by input name."""
     out = {}
-    for module, (comp_a, comp_b) in components.items():
-        ca = coeffs[names.coeff_name(module, names.COEFF_A)]
-        cb = coeffs[names.coeff_name(module, names.COEFF_B)]
-        out[names.coeff_name(module, names.LORA_A)] = np.ascontiguousarray(ca @ comp_a[: ca.shape[1]], np.float32)
-        out[names.coeff_name(module, names.LORA_B)] = np.ascontiguousarray(comp_b[:, : cb.shape[0]] @ cb, np.float32)
+    for module, (a, b) in factors.items():
+        out[names.coeff_name(module, names.LORA_A)] = np.ascontiguousarray(a, np.float32)
+        out[names.coeff_name(module, names.LORA_B)] = np.ascontiguousarray(b, np.float32)
     return out
 
 
@@ -123,13 +119,13 @@ def export_plain(model, path) -> Path:
     return export_fed(model, {}, {}, path)
 
 
-def export_anchor(model, components: dict, coeffs: dict, head: dict, path) -> Path:
+def export_anchor(model, factors: dict, head: dict, path) -> Path:
     """The multi-LoRA anchor for one user: lora_A/lora_B (+ head) inputs whose defaults are that user's tensors."""
     holder = {}
-    patch_lora(model, sorted(components), holder)
+    patch_lora(model, sorted(factors), holder)
     if head:
         patch_head(model, holder)
-    return export_fed(model, {**lora_feeds(components, coeffs), **head}, holder, path)
+    return export_fed(model, {**lora_feeds(factors), **head}, holder, path)
 
 
 def feed_names(path) -> list:

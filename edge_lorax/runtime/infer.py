@@ -1,8 +1,7 @@
 """Run a bundle for a user: arrays in / arrays out, or text in / predictions out with the bundle's own tokenizer.
 
-A run binds the user's preloaded OrtValues next to the token inputs (`run_with_ort_values`), so a user switch
-costs a dict merge; the session is never touched and may serve runs for different users from many threads at
-once. A per-example bundle serves a mixed batch of users in one run. user=None runs the bundle's defaults (the
+A run binds the user's preloaded arrays next to the token inputs, so a user switch costs a dict merge; the session
+is never touched and may serve runs for different users from many threads at once. A per-example bundle serves a mixed batch of users in one run. user=None runs the bundle's defaults (the
 coefficients it was exported with, or the base model). Does not load users or bundles.
 """
 
@@ -12,14 +11,14 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from edge_lorax import names
 from edge_lorax.runtime.bundle import Bundle, BundleError
 from edge_lorax.runtime.users import User, UserError
 
 
-def _token_values(bundle: Bundle, inputs: dict) -> dict:
+def token_feeds(bundle: Bundle, inputs: dict) -> dict:
+    """The graph's token inputs as int64 C-contiguous arrays; token_type_ids default to zeros."""
     missing = [n for n in bundle.token_inputs if n not in inputs and n != names.TOKEN_TYPE_IDS]
     if missing:
         raise ValueError(f"input {missing[0]} is required by {bundle.model_path.name}; pass it with the token ids")
@@ -28,25 +27,24 @@ def _token_values(bundle: Bundle, inputs: dict) -> dict:
         arr = inputs.get(name)
         if arr is None:  # token_type_ids default: all zeros
             arr = np.zeros_like(np.asarray(inputs[names.INPUT_IDS]))
-        out[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arr, dtype=np.int64))
+        out[name] = np.ascontiguousarray(arr, dtype=np.int64)
     return out
 
 
 def feeds_for(bundle: Bundle, user: User | None, inputs: dict) -> dict:
-    """The run's bindings: token OrtValues + the user's preloaded OrtValues (nothing copied for the user)."""
-    feeds = _token_values(bundle, inputs)
+    """The run's bindings: token arrays + the user's preloaded arrays (nothing copied for the user)."""
+    feeds = token_feeds(bundle, inputs)
     if user is not None:
         if bundle.per_example:
             raise ValueError(f"{bundle.model_path.name} is a per-example graph; use run_mixed with one user per example")
-        feeds.update(user.values)
+        feeds.update(user.arrays)
     return feeds
 
 
 def run_arrays(bundle: Bundle, user: User | None, inputs: dict, outputs=None) -> dict:
     """Arrays in ({input_ids, attention_mask[, token_type_ids]}), {output name: array} out; thread-safe."""
     wanted = list(outputs or bundle.outputs)
-    values = bundle.session.run_with_ort_values(wanted, feeds_for(bundle, user, inputs))
-    return {n: v.numpy() for n, v in zip(wanted, values)}
+    return dict(zip(wanted, bundle.session.run(wanted, feeds_for(bundle, user, inputs))))
 
 
 def run_adapter(bundle: Bundle, user: User, inputs: dict, outputs=None) -> dict:
@@ -54,8 +52,7 @@ def run_adapter(bundle: Bundle, user: User, inputs: dict, outputs=None) -> dict:
     if user.run_options is None:
         raise UserError(f"{user.name}: not loaded from an {names.ADAPTER_SUFFIX} file; use run_arrays")
     wanted = list(outputs or bundle.outputs)
-    feeds = {k: v.numpy() for k, v in _token_values(bundle, inputs).items()}
-    return dict(zip(wanted, bundle.session.run(wanted, feeds, user.run_options)))
+    return dict(zip(wanted, bundle.session.run(wanted, token_feeds(bundle, inputs), user.run_options)))
 
 
 def stack_users(bundle: Bundle, users: list) -> dict:
@@ -66,7 +63,7 @@ def stack_users(bundle: Bundle, users: list) -> dict:
     for u in users:
         if any(k not in u.arrays for k in keys):
             raise UserError(f"{u.name}: lacks {next(k for k in keys if k not in u.arrays)}; mixed batches need full users")
-    return {k: ort.OrtValue.ortvalue_from_numpy(np.stack([u.arrays[k] for u in users])) for k in keys}
+    return {k: np.stack([u.arrays[k] for u in users]) for k in keys}  # (batch, ...): one copy per run
 
 
 def run_mixed(bundle: Bundle, users: list, inputs: dict, outputs=None) -> dict:
@@ -74,10 +71,9 @@ def run_mixed(bundle: Bundle, users: list, inputs: dict, outputs=None) -> dict:
     n = np.asarray(inputs[names.INPUT_IDS]).shape[0]
     if len(users) != n:
         raise ValueError(f"{len(users)} users for a batch of {n}; give one user per example")
-    feeds = {**_token_values(bundle, inputs), **stack_users(bundle, users)}
+    feeds = {**token_feeds(bundle, inputs), **stack_users(bundle, users)}
     wanted = list(outputs or bundle.outputs)
-    values = bundle.session.run_with_ort_values(wanted, feeds)
-    return {k: v.numpy() for k, v in zip(wanted, values)}
+    return dict(zip(wanted, bundle.session.run(wanted, feeds)))
 
 
 @lru_cache(maxsize=8)

@@ -2,7 +2,9 @@
 
 Everything is checked once, at load time — fingerprint, missing / extra / misshaped tensors, dtype, finite values —
 and each failure is one line naming the file and the fix; a run never meets a bad user. A loaded User holds its
-tensors as OrtValues, so switching users only changes which values a run binds. Does not run anything.
+tensors as read-only, C-contiguous float32 arrays, so switching users only changes which arrays a run binds (ORT
+wraps them without a copy; measured faster per run than binding prebuilt OrtValues through run_with_ort_values,
+and no per-tensor OrtValue objects to keep per resident user). Does not run anything.
 """
 
 import json
@@ -23,13 +25,12 @@ class UserError(CoeffsError):
 
 @dataclass(frozen=True)
 class User:
-    """One preloaded user: validated float32 arrays and the OrtValues wrapping them (same memory)."""
+    """One preloaded user: validated arrays by graph input name, read-only (runs on many threads share them)."""
 
     name: str
     path: Path | None
     fingerprint: str
-    arrays: dict = field(repr=False)  # input name -> C-contiguous array, kept alive for the OrtValues
-    values: dict = field(repr=False)  # input name -> OrtValue over arrays[name] (no copy)
+    arrays: dict = field(repr=False)  # input name -> read-only C-contiguous array
     adapter: object = field(default=None, repr=False)  # ort.LoraAdapter when loaded from .onnx_adapter
     run_options: object = field(default=None, repr=False)  # RunOptions with that adapter active (one per user)
 
@@ -86,11 +87,12 @@ def validate(bundle: Bundle, path, arrays: dict, fingerprint: str):
 
 def make_user(bundle: Bundle, arrays: dict, name: str = "user", fingerprint: str | None = None, path=None) -> User:
     """A User from in-memory arrays (validated like a file); fingerprint None means the bundle's own."""
-    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    arrays = {k: np.array(v, order="C", copy=True) for k, v in arrays.items()}  # own copy: callers keep theirs
     fp = bundle.fingerprint if fingerprint is None else fingerprint
     validate(bundle, path or f"<{name}>", arrays, fp)
-    values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in arrays.items()}
-    return User(name, Path(path) if path else None, fp, arrays, values)
+    for arr in arrays.values():
+        arr.flags.writeable = False
+    return User(name, Path(path) if path else None, fp, arrays)
 
 
 def _adapter_fingerprint(path: Path) -> str:
@@ -122,7 +124,7 @@ def load_adapter_user(bundle: Bundle, path, name: str | None = None) -> User:
     adapter.Load(str(path))
     run_options = ort.RunOptions()
     run_options.add_active_adapter(adapter)
-    return User(user.name, path, user.fingerprint, user.arrays, user.values, adapter, run_options)
+    return User(user.name, path, user.fingerprint, user.arrays, adapter, run_options)
 
 
 def load_user(bundle: Bundle, path, name: str | None = None) -> User:
