@@ -221,7 +221,9 @@ def write_models(tmp: Path, graph: g.Prepared, reference: g.Prepared, exporter: 
 
 def write_side_files(tmp: Path, path: Path, graph: g.Prepared, coeffs_path, coeffs) -> dict:
     """Tokenizer files, config.json and the user's .onnx_adapter; returns their names for the manifest."""
-    graph.wrapper.model.config.to_json_file(str(tmp / names.BUNDLE_CONFIG))
+    config = graph.wrapper.model.config.to_dict()
+    config["architectures"] = [type(graph.wrapper.model).__name__]  # what the graph computes, not the checkpoint
+    (tmp / names.BUNDLE_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     adapter = None
     if coeffs is not None and graph.spec.feeds:
         adapter = Path(coeffs_path).stem + names.ADAPTER_SUFFIX

@@ -67,7 +67,7 @@ def tiny_adapters(model_dir: Path, arch: str, out: Path, n: int = 4, rank: int =
 
 
 def random_user(subspace, seed: int, labels: int = 0, hidden: int = 32):
-    """A seeded U(-0.5, 0.5) user for `subspace` (Coefficients), with a random head when labels > 0."""
+    """A seeded U(-0.5, 0.5) user for `subspace` (Coefficients), with a random N(0, 1/hidden) head when labels > 0."""
     from edge_lorax.coeffs import Coefficients
 
     rng = np.random.default_rng(seed)
@@ -77,7 +77,7 @@ def random_user(subspace, seed: int, labels: int = 0, hidden: int = 32):
         tensors[names.coeff_name(module, names.COEFF_B)] = rng.random((ms.k, ms.rank), dtype=np.float32) - 0.5
     head = {}
     if labels:
-        head = {names.HEAD_WEIGHT_T: rng.standard_normal((hidden, labels)).astype(np.float32),
+        head = {names.HEAD_WEIGHT_T: (rng.standard_normal((hidden, labels)) / np.sqrt(hidden)).astype(np.float32),
                 names.HEAD_BIAS: rng.standard_normal(labels).astype(np.float32)}
     return Coefficients(subspace.fingerprint, tensors, head, {"method": "random", "seed": seed})
 
