@@ -42,18 +42,6 @@ def random_adapters(out: Path, n: int, rank: int = 8) -> list:
     return dirs
 
 
-def adapter_head(adapter: Path) -> dict:
-    """The adapter's classifier (modules_to_save) as head.* tensors, or {} when it has none."""
-    from safetensors.numpy import load_file
-
-    tensors = load_file(str(adapter / names.ADAPTER_WEIGHTS))
-    weight = next((v for k, v in tensors.items() if k.endswith("classifier.weight")), None)
-    bias = next((v for k, v in tensors.items() if k.endswith("classifier.bias")), None)
-    if weight is None or bias is None:
-        return {}
-    return {names.HEAD_WEIGHT_T: np.ascontiguousarray(weight.T, np.float32), names.HEAD_BIAS: bias.astype(np.float32)}
-
-
 def build_inputs(adapters: list, work: Path, k: int) -> tuple:
     """(subspace dir, user.npz, bundle dir) under work; the user is adapter 0 projected, with its head."""
     from edge_lorax.coeffs import Coefficients, save_coeffs
@@ -62,9 +50,10 @@ def build_inputs(adapters: list, work: Path, k: int) -> tuple:
     from edge_lorax.subspace import build_subspace, load_subspace, save_subspace
 
     subspace = save_subspace(build_subspace(adapters, components=k), work / "subspace", overwrite=True)
-    proj = project_adapter(load_subspace(subspace), adapters[0]).coeffs
-    head = adapter_head(Path(adapters[0])) or {names.HEAD_WEIGHT_T: np.random.default_rng(0).standard_normal((384, 2)).astype(np.float32) * 0.05,
-                                               names.HEAD_BIAS: np.zeros(2, np.float32)}
+    proj = project_adapter(load_subspace(subspace), adapters[0]).coeffs  # carries the adapter's saved head
+    rng = np.random.default_rng(0)
+    head = proj.head or {names.HEAD_WEIGHT_T: (rng.standard_normal((384, 2)) * 0.05).astype(np.float32),
+                         names.HEAD_BIAS: np.zeros(2, np.float32)}
     user = save_coeffs(Coefficients(proj.fingerprint, proj.tensors, head, proj.meta), work / "user.npz")
     bundle = export_bundle("default", subspace, work / "bundle", user, quantize="int8", overwrite=True)
     return subspace, user, Path(bundle)

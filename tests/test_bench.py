@@ -59,7 +59,10 @@ def test_paired_switch_memory_torch(report):
     sw = data["switch"]
     assert "error" not in sw, sw
     assert sw["rebind_preloaded"]["bind"]["p50_us"] > 0 and sw["adapter_lora"]["activate_preloaded"]["p50_us"] > 0
-    assert sw["load_user_npz"]["p50_us"] > 0 and sw["new_merged_session"]["create_ms"] > 0
+    assert sw["load_user_npz"]["p50_us"] > 0 and sw["load_user_adapter"]["p50_us"] > 0
+    assert sw["new_merged_session"]["create_ms"] > 0
+    runs = sw["rebind_preloaded"]["runs"]
+    assert set(runs) == {"same", "rebind", "adapter", "defaults"} and all(r["cpu"]["p50"] > 0 for r in runs.values())
     mem = {(r["users_kind"], r["users"]): r for r in data["memory"]}
     assert len(mem) == 2 * len(data["plan"]["user_counts"])
     assert mem[("lora A/B", 100)]["tensor_bytes"] > mem[("eigenlorax coefficients", 100)]["tensor_bytes"]

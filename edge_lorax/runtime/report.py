@@ -190,7 +190,8 @@ def memory_md(data: dict) -> list:
         body.append([r["model"], f"{r['batch']} × {r['seq']}", _fmt(end.get("VmHWM"), 1), _fmt(end.get("RssAnon"), 1),
                      _fmt(end.get("RssFile"), 1), f"{r['session_s'] * 1e3:.0f}"])
     out += _table(["model", "largest batch × seq", "peak RSS (VmHWM)", "RssAnon", "RssFile", "session create ms"], body)
-    out += ["\n### Resident users (RSS growth after N users are loaded as OrtValues; MiB)\n"]
+    out += ["\n### Resident users (growth of RssAnon / RSS after N users are loaded as the runtime holds them: read-only "
+            "arrays per input; freed heap trimmed first; MiB)\n"]
     body = [[r["users_kind"], r["users"], _fmt(r.get("delta_anon_mib"), 2), _fmt(r.get("delta_rss_mib"), 2),
              f"{r.get('tensor_bytes', 0) / 2**20:.2f}" if "error" not in r else r["error"][:60]]
             for r in data.get("memory", [])]
