@@ -60,6 +60,7 @@ def build_inputs(adapters: list, work: Path, k: int) -> tuple:
 
 
 def main(argv=None):
+    """Parse arguments, build (or rebuild) the inputs, run the bench, print the report path."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-o", "--output", required=True, help="report folder")
     ap.add_argument("--adapters", nargs="*", help="PEFT LoRA folders [default: adapters/*/]")

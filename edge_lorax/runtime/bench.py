@@ -109,6 +109,7 @@ def paired_ratios(prep, plan: Plan, log=None) -> list:
 
 
 def switch_costs(prep, bundle_dir, plan: Plan) -> dict:
+    """User-switch costs on the bundle (1 thread, batch 1), one process."""
     spec = {"kind": "switch", "bundle": str(bundle_dir), "threads": 1, "batch": 1, "seq": 64 if plan.seqs != (16,) else 16,
             "vocab": prep.vocab, "user_files": prep.user_files, "eigen_adapters": prep.eigen_adapters,
             "lora_adapters": prep.lora_adapters, "merged_model": prep.merged_model, "reps": plan.switch_reps,

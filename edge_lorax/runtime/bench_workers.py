@@ -249,6 +249,7 @@ KINDS = {"latency": latency, "paired": paired, "switch": switch, "memory": memor
 
 
 def main(argv=None):
+    """Entry point of a worker process: SPEC_JSON in argv, one RESULT_PREFIX line out."""
     spec = json.loads((argv or sys.argv[1:])[0])
     result = KINDS[spec["kind"]](spec)
     print(RESULT_PREFIX + json.dumps(result), flush=True)

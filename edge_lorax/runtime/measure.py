@@ -96,6 +96,7 @@ def trim_heap():
 
 
 def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform fallback)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -121,6 +122,7 @@ def physical_cores() -> int:
 
 
 def ram_gib() -> float:
+    """Total RAM in GiB from /proc/meminfo (0.0 when unreadable)."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
@@ -143,6 +145,7 @@ def git_commit(repo: Path) -> str:
 
 
 def versions(packages=("numpy", "onnxruntime", "tokenizers", "onnx", "torch", "transformers", "edge-lorax")) -> dict:
+    """Versions of Python and the packages a report depends on ('not installed' when absent)."""
     out = {"python": platform.python_version()}
     for pkg in packages:
         try:

@@ -199,6 +199,7 @@ def memory_md(data: dict) -> list:
 
 
 def switch_md(data: dict) -> list:
+    """The user-switch table: binding, activation, loading, a new session, whole runs per path."""
     sw = data.get("switch", {})
     if not sw or "error" in sw:
         return ["\n### User switch\n", f"failed: {sw.get('error', 'not run')}"]
@@ -221,6 +222,7 @@ def switch_md(data: dict) -> list:
 
 
 def torch_md(data: dict) -> list:
+    """The torch eager rows; unavailable devices say so instead of a figure."""
     body = []
     for r in data.get("torch", []):
         if r.get("available") is False or "error" in r:
@@ -233,6 +235,7 @@ def torch_md(data: dict) -> list:
 
 
 def paired_md(data: dict) -> list:
+    """Per-cell overhead ratios from the paired (alternating) measurement."""
     out = ["\n### Overheads, paired (all models in one process, alternated in blocks; median per-round ratio; "
            "1-thread cells: wall / CPU time)\n"]
     body = []
@@ -250,6 +253,7 @@ def paired_md(data: dict) -> list:
 
 
 def header_md(data: dict) -> list:
+    """Title and stamp: command, commit, machine, load, versions; a warning when the machine was busy."""
     st, m = data["stamp"], data["stamp"]["machine"]
     loaded = max(m["load_average"][0], st.get("load_average_end", [0])[0]) >= 0.5
     lines = ["# edge-lorax bench report" + (" (quick mode: few configurations, few runs)" if data["quick"] else ""), "",
@@ -265,12 +269,14 @@ def header_md(data: dict) -> list:
 
 
 def targets_md(rows: list) -> list:
+    """The targets table: each with what was measured, PASS/MISS and why."""
     body = [[t["target"], t["measured"], t["status"], (t["why"] + (" " + t["note"] if t["note"] else "")).strip()]
             for t in rows]
     return ["\n## Targets (issue 6), judged on this run\n"] + _table(["target", "measured", "status", "why / note"], body)
 
 
 def sizes_md(data: dict) -> list:
+    """Per-user bytes, parity vs torch and preparation notes."""
     prep = data.get("prepared", {})
     ub, par = prep.get("user_bytes", {}), prep.get("parity", {})
     rows = [[k, v] for k, v in ub.items()]
@@ -281,6 +287,7 @@ def sizes_md(data: dict) -> list:
 
 
 def markdown(data: dict) -> str:
+    """The whole report.md text."""
     lines = header_md(data) + targets_md(data["targets"]) + ["\n## Latency (one fresh process per configuration)"]
     lines += latency_md(data) + paired_md(data) + switch_md(data) + memory_md(data) + torch_md(data) + sizes_md(data)
     lines += ["", "Method: each latency configuration in a fresh process; warm-up, then runs sized to a time budget in "
