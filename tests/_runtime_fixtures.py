@@ -123,7 +123,7 @@ class Setup:
     subspace: Subspace
     subspace_dir: Path
     users: tuple  # user{i}.npz paths; user0 is the bundle's default
-    bundle: Path  # shared coefficients + int8
+    bundle: Path  # shared coefficients: fp32, int8 and both as .ort
     per_example: Path  # per-example bundle
 
 
@@ -141,7 +141,7 @@ def get_setup(tmp_path_factory) -> Setup:
         sub = tiny_subspace()
         save_subspace(sub, root / "subspace")
         users = tuple(save_user(sub, i, root / f"user{i}.npz") for i in range(3))
-        bundle = export_bundle(model, root / "subspace", root / "bundle", users[0], quantize="int8")
+        bundle = export_bundle(model, root / "subspace", root / "bundle", users[0], quantize="int8", ort_format=True)
         per_example = export_bundle(model, root / "subspace", root / "bundle-pe", users[0], per_example=True)
         _CACHE["setup"] = Setup(root, model, sub, root / "subspace", users, Path(bundle), Path(per_example))
     return _CACHE["setup"]

@@ -93,14 +93,22 @@ def test_per_example_batch_equals_separate_runs(setup, batch, expected):
         run_mixed(pe, users[:2], batch)
 
 
-def test_mobile_profile_uses_int8_one_thread(setup, batch, expected):
+def test_mobile_profile_uses_int8_ort_one_thread(setup, batch, expected):
     mobile = open_bundle(setup.bundle, "mobile")
-    assert mobile.model_path.name == names.BUNDLE_MODEL_INT8
+    assert mobile.model_path.name == names.BUNDLE_MODEL_INT8_ORT
     assert mobile.session.get_session_options().intra_op_num_threads == 1
     user = load_user(mobile, setup.users[2])
     got = run_arrays(mobile, user, batch)[names.LOGITS]
     assert np.abs(got - expected[2]).max() <= 0.25  # the exporter's int8 tolerance
     assert np.abs(got - expected[0]).max() > np.abs(got - expected[2]).max()  # still this user's output
+
+
+def test_ort_format_variant_matches_torch(setup, batch, expected):
+    ort_bundle = open_bundle(setup.bundle, SessionConfig(variant="ort"))
+    assert ort_bundle.model_path.name == names.BUNDLE_MODEL_ORT and set(ort_bundle.coeff_inputs) == set(
+        open_bundle(setup.bundle).coeff_inputs)
+    got = run_arrays(ort_bundle, load_user(ort_bundle, setup.users[1]), batch)[names.LOGITS]
+    assert np.abs(got - expected[1]).max() <= TOL
 
 
 def test_threads_are_capped_at_usable_cores(setup):

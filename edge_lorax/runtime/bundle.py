@@ -23,7 +23,8 @@ class BundleError(ValueError):
 
 _OPT_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-VARIANTS = ("fp32", "int8", "ort", "per_example", "merged")
+VARIANTS = tuple(names.BUNDLE_VARIANT_FILES)  # fp32, int8, ort, int8_ort, per_example, merged
+MOBILE_ORDER = ("int8_ort", "int8", "ort", "fp32")  # smallest and fastest first; .ort loads without graph passes
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
                "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
@@ -35,7 +36,7 @@ class SessionConfig:
     threads: int = 0
     opt_level: str = "all"  # disable | basic | extended | all
     arena: bool = True  # CPU memory arena: faster repeated runs, holds its peak allocation
-    variant: str = "fp32"  # which model file: fp32 | int8 | ort | per_example | merged | mobile (ort, else int8, else fp32)
+    variant: str = "fp32"  # model file: a VARIANTS key, or "mobile" (the first present of MOBILE_ORDER)
     spinning: bool = True  # intra-op threads spin between runs: lower latency, burns CPU while idle
 
 
@@ -105,7 +106,7 @@ def _manifest_files(manifest: dict) -> dict:
 def model_file(path: Path, manifest: dict, variant: str) -> Path:
     """The model file for a variant: the manifest's `files` entry first, then the conventional name."""
     if variant == "mobile":
-        for v in ("ort", "int8", "fp32"):
+        for v in MOBILE_ORDER:
             if (found := _find_variant(path, manifest, v)) is not None:
                 return found
     found = _find_variant(path, manifest, variant)
