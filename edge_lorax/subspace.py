@@ -116,18 +116,21 @@ def _module_rng(seed: int, module: str, side: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(module.encode()), ord(side)])
 
 
-def _stack_rows(infos, module: str, side: str, max_rank: int, chunk_rows: int) -> _StreamingSVD:
-    """Stream one module's A rows (side "A") or B columns (side "B") through the SVD, a chunk at a time."""
-    svd, chunk = _StreamingSVD(max_rank), []
-    for info in infos:
+def _stack_rows(infos, module: str, max_rank: int, chunk_rows: int) -> tuple:
+    """Stream one module's A rows and B columns (as rows) through two SVDs, each adapter read once, a chunk at a time:
+    returns (svd of the A stack, svd of the B stack)."""
+    svds, chunks = (_StreamingSVD(max_rank), _StreamingSVD(max_rank)), ([], [])
+    for i, info in enumerate(infos):
         A, B = read_factors(info, module)
-        chunk.append(A if side == "A" else B.T)  # (r, in) or (r, out)
-        if sum(c.shape[0] for c in chunk) >= chunk_rows:
-            svd.update(np.vstack(chunk))
-            chunk = []
-    if chunk:
-        svd.update(np.vstack(chunk))
-    return svd
+        chunks[0].append(A)  # (r, in)
+        chunks[1].append(B.T)  # (r, out)
+        if sum(c.shape[0] for c in chunks[0]) >= chunk_rows or i == len(infos) - 1:
+            for svd, chunk in zip(svds, chunks):
+                rows = np.vstack(chunk)
+                chunk.clear()  # free the pieces before the update allocates
+                svd.update(rows)
+                del rows
+    return svds
 
 
 def _side_components(svd: _StreamingSVD, k: int, augment: int, mean: str, rng, what: str) -> np.ndarray:
@@ -179,8 +182,7 @@ def _available(svd: _StreamingSVD, mean: str) -> int:
 def build_module(infos, module: str, *, components=None, explained_variance=None, augment=0, mean="drop", seed=0,
                  max_rank=512, chunk_rows=512) -> ModuleSubspace:
     """One module's subspace; K beyond the stack's rank without augmentation is refused."""
-    svd_a = _stack_rows(infos, module, "A", max_rank, chunk_rows)
-    svd_b = _stack_rows(infos, module, "B", max_rank, chunk_rows)
+    svd_a, svd_b = _stack_rows(infos, module, max_rank, chunk_rows)
     k = choose_k(svd_a, svd_b, components, explained_variance, mean)
     have = min(_available(svd_a, mean), _available(svd_b, mean))
     if k > have:

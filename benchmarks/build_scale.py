@@ -1,0 +1,218 @@
+"""Build time and peak memory of `edge-lorax build` against the number of source adapters N.
+
+Synthetic Llama-7B-shaped LoRA adapters (32 layers, q_proj and v_proj, 4096 x 4096, rank 16, alpha 32, float16
+storage) are written once as real PEFT folders (adapter_config.json + adapter_model.safetensors) for the largest N;
+smaller N use the first N folders. Each build runs the `edge-lorax build` console script in a fresh process; wall
+time is measured around it and peak RSS is that child's ru_maxrss (from os.wait4, i.e. its VmHWM). Targets: time
+roughly linear in N, peak RSS flat within +-10 % across N.
+
+    .venv/bin/python benchmarks/build_scale.py                       # N = 50 100 200, report in benchmarks/reports/
+    .venv/bin/python benchmarks/build_scale.py --n 8 16 --layers 2   # a quick smoke run (no report written)
+
+Needs ~17 MB of disk per adapter (3.4 GB for N = 200) in a temp folder under /tmp, deleted at the end
+(--keep keeps it). --budget-min skips an N whose projected build time would overrun the budget; the report says so.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_MODEL = "meta-llama/Llama-2-7b-hf"
+TARGETS = ("q_proj", "v_proj")
+REPORT_NAME = "build_scale"
+DEFAULT_COMMAND = ".venv/bin/python benchmarks/build_scale.py"
+
+
+def module_names(layers: int) -> list:
+    return [f"model.layers.{i}.self_attn.{t}" for i in range(layers) for t in TARGETS]
+
+
+def write_adapter_folder(path: Path, rng: np.random.Generator, layers: int, dim: int, rank: int):
+    """One PEFT LoRA folder, float16, written with safetensors directly (no 7B model needed)."""
+    tensors = {}
+    for module in module_names(layers):
+        a = rng.standard_normal((rank, dim), dtype=np.float32) / np.sqrt(dim)  # kaiming-like scale of a trained A
+        b = rng.standard_normal((dim, rank), dtype=np.float32) * 0.01
+        tensors[f"base_model.model.{module}.lora_A.weight"] = a.astype(np.float16)
+        tensors[f"base_model.model.{module}.lora_B.weight"] = b.astype(np.float16)
+    config = {"peft_type": "LORA", "base_model_name_or_path": BASE_MODEL, "task_type": "CAUSAL_LM", "r": rank,
+              "lora_alpha": 2 * rank, "target_modules": list(TARGETS), "lora_dropout": 0.05, "bias": "none",
+              "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "rank_pattern": {}, "alpha_pattern": {},
+              "inference_mode": True}
+    path.mkdir(parents=True)
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=2))
+
+
+def generate(root: Path, n: int, layers: int, dim: int, rank: int, seed: int = 0) -> tuple:
+    """n adapter folders under root/adapters; returns (dirs, seconds, bytes on disk)."""
+    start, dirs = time.perf_counter(), []
+    for i in range(n):
+        path = root / "adapters" / f"adapter-{i:04d}"
+        write_adapter_folder(path, np.random.default_rng([seed, i]), layers, dim, rank)
+        dirs.append(path)
+        print(f"\rgenerated {i + 1}/{n}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    size = sum(f.stat().st_size for d in dirs for f in d.iterdir())
+    return dirs, time.perf_counter() - start, size
+
+
+def edge_lorax_command() -> list:
+    script = Path(sys.executable).with_name("edge-lorax")
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from edge_lorax.cli import main; main()"]
+
+
+def child_env(threads: int) -> dict:
+    """The build's environment: BLAS threads pinned (0 = leave the library default)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if threads:
+        env.update(OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    return env
+
+
+def run_build(dirs: list, out: Path, components: int, threads: int) -> dict:
+    """`edge-lorax build` in a fresh process: wall seconds, the child's peak RSS, and its stdout summary."""
+    cmd = edge_lorax_command() + ["build", *map(str, dirs), "-o", str(out), "--components", str(components)]
+    env = child_env(threads)
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    stdout = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"build of {len(dirs)} adapters failed with exit {proc.returncode}: {stdout}")
+    summary = dict(line.split(": ", 1) for line in stdout.strip().splitlines() if ": " in line)
+    return {"n": len(dirs), "wall_s": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+            "user_cpu_s": round(usage.ru_utime, 2), "sys_cpu_s": round(usage.ru_stime, 2),
+            "subspace_bytes": int(summary.get("bytes", 0)), "K": summary.get("K"), "fingerprint": summary.get("fingerprint")}
+
+
+def verdict(results: list) -> dict:
+    """Linearity: seconds per adapter across N (max/min); flatness: each peak RSS vs their mean."""
+    done = [r for r in results if "wall_s" in r]
+    if len(done) < 2:
+        return {}
+    per = [r["wall_s"] / r["n"] for r in done]
+    rss = [r["peak_rss_mib"] for r in done]
+    mean = sum(rss) / len(rss)
+    deviation = max(abs(x - mean) / mean for x in rss)
+    return {"seconds_per_adapter_max_over_min": round(max(per) / min(per), 3),
+            "time_roughly_linear": max(per) / min(per) <= 1.3,
+            "peak_rss_max_deviation_from_mean": round(deviation, 4), "peak_rss_flat_within_10pct": deviation <= 0.10}
+
+
+def machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.processor())
+    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kib / 2**20, 1), "platform": platform.platform(),
+            "python": platform.python_version(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+            "blas_threads_env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if k in os.environ}}
+
+
+def versions() -> dict:
+    from importlib.metadata import version
+
+    return {pkg: version(pkg) for pkg in ("edge-lorax", "numpy", "safetensors", "click", "tqdm")}
+
+
+def git_commit() -> str:
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "edge_lorax/subspace.py", "edge_lorax/peft_io.py",
+                            "edge_lorax/cli.py", "benchmarks/build_scale.py"], cwd=ROOT).returncode
+    return head + ("+dirty" if dirty else "")
+
+
+def markdown(report: dict) -> str:
+    s, m = report["setup"], report["machine"]
+    lines = [f"# Build scale: `edge-lorax build` time and peak RSS vs number of adapters", "",
+             f"Command: `{report['command']}` (commit {report['git_commit']}, {report['date']})", "",
+             f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, {m['platform']}, Python {m['python']}; "
+             f"load average at start {m['load_average_at_start']} (the machine is shared).",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".", "",
+             f"Adapters: synthetic Llama-7B shape, {s['layers']} layers x {'/'.join(s['targets'])} ({s['modules']} modules), "
+             f"{s['dim']}x{s['dim']}, rank {s['rank']}, {s['dtype']} safetensors, {s['bytes_per_adapter'] / 2**20:.1f} MiB each; "
+             f"generated in {report['generation_s']:.0f} s. Build: `--components {s['components']}` (default max_rank "
+             f"512, chunk_rows 512), each N in a fresh `edge-lorax build` process, BLAS threads: {s['blas_threads']}.", "",
+             "| N | wall (s) | s / adapter | peak RSS (MiB) | user CPU (s) | subspace (MiB) |", "|---:|---:|---:|---:|---:|---:|"]
+    for r in report["results"]:
+        if "wall_s" in r:
+            lines.append(f"| {r['n']} | {r['wall_s']:.1f} | {r['wall_s'] / r['n']:.2f} | {r['peak_rss_mib']:.0f} | "
+                         f"{r['user_cpu_s']:.0f} | {r['subspace_bytes'] / 2**20:.1f} |")
+        else:
+            lines.append(f"| {r['n']} | skipped: {r['skipped']} | | | | |")
+    v = report["verdict"]
+    if v:
+        lines += ["", f"Time per adapter, max/min across N: {v['seconds_per_adapter_max_over_min']} "
+                      f"({'roughly linear' if v['time_roughly_linear'] else 'NOT linear'}). Peak RSS, largest deviation "
+                      f"from the mean: {100 * v['peak_rss_max_deviation_from_mean']:.1f} % "
+                      f"({'flat within 10 %' if v['peak_rss_flat_within_10pct'] else 'NOT flat within 10 %'})."]
+    lines += ["", *report.get("notes", [])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, nargs="+", default=[50, 100, 200])
+    p.add_argument("--layers", type=int, default=32)
+    p.add_argument("--dim", type=int, default=4096)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--components", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1,
+                   help="OPENBLAS_NUM_THREADS for the builds (0: library default, i.e. all cores).")
+    p.add_argument("--budget-min", type=float, default=25.0, help="Skip an N whose projected build would overrun this.")
+    p.add_argument("--workdir", type=Path, help="Where adapters go (default: a new temp folder under /tmp).")
+    p.add_argument("--keep", action="store_true", help="Keep the generated adapters.")
+    p.add_argument("--report-dir", type=Path, default=ROOT / "benchmarks" / "reports")
+    p.add_argument("--no-report", action="store_true")
+    p.add_argument("--note", action="append", default=[], help="A line appended to the Markdown report.")
+    args = p.parse_args(argv)
+    full_default = (args.layers, args.dim, args.rank) == (32, 4096, 16)
+    write_report = not args.no_report and full_default
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="build_scale_", dir="/tmp"))
+    started, host = time.time(), machine()
+    try:
+        dirs, gen_s, size = generate(root, max(args.n), args.layers, args.dim, args.rank)
+        results, deadline = [], time.perf_counter() + 60 * args.budget_min
+        for n in sorted(args.n):
+            projected = results[-1]["wall_s"] / results[-1]["n"] * n if results and "wall_s" in results[-1] else 0
+            if time.perf_counter() + projected > deadline:
+                results.append({"n": n, "skipped": f"projected {projected / 60:.0f} min exceeds the {args.budget_min:g} min budget"})
+                continue
+            out = root / f"subspace-{n}"
+            results.append(run_build(dirs[:n], out, args.components, args.threads))
+            shutil.rmtree(out)
+            print(json.dumps(results[-1]), flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    report = {"command": " ".join([DEFAULT_COMMAND, *(argv if argv is not None else sys.argv[1:])]).strip(),
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)), "git_commit": git_commit(),
+              "machine": host, "versions": versions(),
+              "setup": {"layers": args.layers, "targets": list(TARGETS), "modules": 2 * args.layers, "dim": args.dim,
+                        "rank": args.rank, "dtype": "float16", "components": args.components, "blas_threads": args.threads or "default",
+                        "bytes_per_adapter": size // max(args.n)},
+              "generation_s": round(gen_s, 1), "results": results, "verdict": verdict(results), "notes": args.note,
+              "total_s": round(time.time() - started, 1)}
+    print(json.dumps(report["verdict"]))
+    if write_report:
+        args.report_dir.mkdir(parents=True, exist_ok=True)
+        (args.report_dir / f"{REPORT_NAME}.json").write_text(json.dumps(report, indent=1) + "\n")
+        (args.report_dir / f"{REPORT_NAME}.md").write_text(markdown(report))
+        print(f"wrote {args.report_dir / REPORT_NAME}.json and .md", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
