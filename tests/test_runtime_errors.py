@@ -108,6 +108,16 @@ def test_user_of_a_bundle_with_another_fingerprint(setup, tmp_path):
         load_user(open_bundle(bad), setup.users[0])
 
 
+def test_manifest_that_disagrees_with_the_graph(setup, tmp_path):
+    bad = tmp_path / "bundle"
+    shutil.copytree(setup.bundle, bad)
+    manifest = json.loads((bad / names.BUNDLE_MANIFEST).read_text())
+    manifest["coefficients"][A0] = [2, 5]
+    (bad / names.BUNDLE_MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"is \(2, 4\) in the graph, \(2, 5\) in the manifest"):
+        open_bundle(bad)
+
+
 def test_not_a_bundle_and_missing_files(setup, tmp_path):
     with pytest.raises(BundleError, match="not a bundle folder"):
         open_bundle(tmp_path)

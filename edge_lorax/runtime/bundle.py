@@ -176,6 +176,23 @@ def _check_fingerprint(path: Path, manifest: dict, session: ort.InferenceSession
                           f"{inside}; the folder mixes two exports, re-export it")
 
 
+def _check_manifest_inputs(model: Path, manifest: dict, coeffs: dict):
+    """The manifest's coefficient names and static dims must be the graph's own (symbolic dims match anything)."""
+    listed = manifest.get("coefficients")
+    if not isinstance(listed, dict):
+        return
+    graph = {n for n in coeffs if not n.startswith(names.HEAD_PREFIX)}
+    if set(listed) != graph:
+        odd = sorted(set(listed) ^ graph)[0]
+        raise BundleError(f"{model}: manifest and graph disagree on coefficient inputs (e.g. {odd}); re-export the bundle")
+    for name, shape in listed.items():
+        want = tuple(d if isinstance(d, int) else None for d in shape)
+        if len(want) != len(coeffs[name].shape) or any(w is not None and g is not None and w != g
+                                                        for w, g in zip(want, coeffs[name].shape)):
+            raise BundleError(f"{model}: {name} is {coeffs[name].shape} in the graph, {tuple(shape)} in the manifest; "
+                              "re-export the bundle")
+
+
 def open_bundle(path, config: SessionConfig | str = "default") -> Bundle:
     """Load a bundle folder once; `config` is a SessionConfig or a profile name ("default", "mobile", "server")."""
     path = Path(path)
@@ -191,6 +208,7 @@ def open_bundle(path, config: SessionConfig | str = "default") -> Bundle:
         raise BundleError(f"{model}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]}); re-export the bundle") from e
     _check_fingerprint(path, manifest, session)
     tokens, coeffs = _inputs(session)
+    _check_manifest_inputs(model, manifest, coeffs)
     if names.INPUT_IDS not in tokens:
         raise BundleError(f"{model}: no {names.INPUT_IDS} input; not an edge-lorax text model, re-export it")
     return Bundle(path, manifest, model, session, config, tokens, coeffs, tuple(o.name for o in session.get_outputs()))
