@@ -24,7 +24,7 @@ from edge_lorax.export import defaults as passes
 from edge_lorax.export import graph as g
 from edge_lorax.export.adapter_file import write_onnx_adapter
 from edge_lorax.export.quantize import quantize_int8
-from edge_lorax.export.verify import TOLERANCES, check_variant
+from edge_lorax.export.verify import TOLERANCE_RULE, TOLERANCES, check_variant
 from edge_lorax.models import canonical_base, portable_model_id, resolve_model
 from edge_lorax.subspace import Subspace, load_subspace
 from edge_lorax.util import atomic_dir
@@ -249,7 +249,8 @@ def build_manifest(graph: g.Prepared, subspace: Subspace, path: Path, coeffs_pat
         "coefficients": {s.name: list(s.shape) for s in spec.feeds if s.name in spec.coeff_names},
         "head": {"inputs": head, "default": graph.head_source} if (head or graph.head_source) else None,
         "defaults": Path(coeffs_path).name if coeffs_path else "zeros",
-        "files": files, "tolerances": {v: TOLERANCES[v] for v in checks}, "verification": checks,
+        "files": files, "tolerances": {v: TOLERANCES[v] for v in checks}, "tolerance_rule": TOLERANCE_RULE,
+        "verification": checks,
         "exporter": {"name": exporter, "opset": g.OPSET, "edge_lorax": __version__, "torch": torch.__version__,
                      "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
     }

@@ -1,8 +1,9 @@
 """Parity checks run after writing a bundle: ONNX Runtime vs the eager torch wrapper on seeded sample inputs.
 
-Each check feeds several coefficient sets (the defaults, random coefficients, random coefficients + head) and
-fails if the max abs diff exceeds the stated tolerance times the output scale (TOLERANCE_RULE); `effect` records how far the random sets move the torch
-output (a graph that ignored its coefficient inputs would miss by that much). Does not test accuracy.
+Each check feeds several coefficient sets (the defaults, then random U(-s, s) sets, the last with a random head) and
+fails if the max abs diff exceeds tolerance x output scale (TOLERANCE_RULE), or if the graph's output change across
+the sets points elsewhere than torch's (cosine < RESPONSE_MIN): inputs that were folded away or cut off are caught
+even when the absolute error is within tolerance. Does not test accuracy.
 """
 
 from dataclasses import dataclass

@@ -1,0 +1,152 @@
+"""Measure the exporter on the real MiniLM and write benchmarks/export_report.md: bundle sizes (fp32, int8, .ort),
+one user's coefficients vs the same user's LoRA adapter in bytes, and wall time of each `edge-lorax export` run.
+
+Usage: python benchmarks/export_report.py [--adapters DIR ...] [--work DIR] [--out benchmarks/export_report.md]
+Without --adapters it makes 4 random PEFT LoRA adapters (r=8, alpha=16, query/value, SEQ_CLS head, as the VADER
+source adapters) on the MiniLM. Each CLI command runs in its own process; times are one run each (2 shared cores).
+"""
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+CLI = [str(Path(sys.executable).parent / "edge-lorax")]  # the console script of this interpreter's environment
+
+
+def make_adapters(root: Path, n: int = 4) -> list:
+    """n random PEFT LoRA adapters on the MiniLM, saved like the VADER ones (classifier in modules_to_save)."""
+    import torch
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from edge_lorax.models import default_model_path
+
+    transformers.logging.set_verbosity_error()
+    out = []
+    for i in range(n):
+        torch.manual_seed(i)
+        model = AutoModelForSequenceClassification.from_pretrained(default_model_path(), num_labels=2)
+        config = LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], task_type="SEQ_CLS",
+                            init_lora_weights=False)
+        get_peft_model(model, config).save_pretrained(root / f"adapter{i}")
+        out.append(root / f"adapter{i}")
+    return out
+
+
+PEAK = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, "
+        "stderr=subprocess.DEVNULL); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+
+
+def timed(cmd: list, work: Path) -> dict:
+    """Run one CLI command in a fresh process (under a fresh parent, so its peak RSS is its own): seconds, MiB."""
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", PEAK, *cmd], check=True, capture_output=True, text=True).stdout
+    wall = time.perf_counter() - start
+    shown = shlex.join(["edge-lorax", *cmd[len(CLI):]]).replace(str(work), "$W")
+    return {"command": shown, "seconds": round(wall, 1), "peak_rss_mib": round(int(out.split()[-1]) / 1024)}
+
+
+def add_head(user: Path, adapter: Path):
+    """Attach the adapter's classifier (modules_to_save) to the projected user: the whole user, head included."""
+    from safetensors.numpy import load_file
+
+    from edge_lorax import names
+    from edge_lorax.coeffs import Coefficients, load_coeffs, save_coeffs
+
+    tensors = load_file(str(adapter / names.ADAPTER_WEIGHTS))
+    weight = next(v for k, v in tensors.items() if "classifier" in k and k.endswith("weight"))  # (labels, in)
+    bias = next(v for k, v in tensors.items() if "classifier" in k and k.endswith("bias"))
+    c = load_coeffs(user)
+    head = {names.HEAD_WEIGHT_T: weight.T.copy(), names.HEAD_BIAS: bias.copy()}
+    save_coeffs(Coefficients(c.fingerprint, c.tensors, head, c.meta), user)
+
+
+def sizes(bundle: Path) -> dict:
+    return {f.name: f.stat().st_size for f in sorted(bundle.iterdir()) if f.is_file()}
+
+
+def run(adapters: list, work: Path) -> dict:
+    sub, user = work / "subspace", work / "user.npz"
+    runs = [timed([*CLI, "build", *map(str, adapters), "-o", str(sub), "-k", "8", "--overwrite"], work),
+            timed([*CLI, "project", str(sub), str(adapters[0]), "-o", str(user)], work)]
+    add_head(user, adapters[0])
+    base = [*CLI, "export", "--subspace", str(sub), "--coeffs", str(user), "--overwrite"]
+    variants = {"shared": [], "int8+ort": ["--quantize", "int8", "--ort-format"], "per-example": ["--per-example"],
+                "merged": ["--merge"], "features": ["--task", "features"]}
+    bundles = {}
+    for name, extra in variants.items():
+        bundles[name] = work / f"bundle-{name}"
+        runs.append(timed([*base, "-o", str(bundles[name]), *extra], work))
+    return {"runs": runs, "bundles": {k: sizes(v) for k, v in bundles.items()}, "user": user_bytes(user, adapters[0], sub, work),
+            "manifest": json.loads((bundles["int8+ort"] / "manifest.json").read_text())}
+
+
+def user_bytes(user: Path, adapter: Path, sub: Path, work: Path) -> dict:
+    """One user, every way it can be stored."""
+    from safetensors.numpy import load_file
+
+    from edge_lorax import names
+    from edge_lorax.coeffs import load_coeffs
+
+    rec = work / "user-lora"
+    subprocess.run([*CLI, "reconstruct", str(sub), str(user), "-o", str(rec), "--overwrite"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lora = load_file(str(adapter / names.ADAPTER_WEIGHTS))
+    c = load_coeffs(user)
+    return {"user.npz file": user.stat().st_size,
+            "coefficient tensors (no head)": sum(v.nbytes for v in c.tensors.values()),
+            "coefficient + head tensors": c.nbytes(),
+            "user.onnx_adapter file": (work / "bundle-shared" / "user.onnx_adapter").stat().st_size,
+            "source PEFT adapter_model.safetensors (LoRA + classifier)": (adapter / names.ADAPTER_WEIGHTS).stat().st_size,
+            "source LoRA A/B tensors (no head)": sum(v.nbytes for k, v in lora.items() if ".lora_" in k),
+            "reconstructed PEFT adapter_model.safetensors": (rec / names.ADAPTER_WEIGHTS).stat().st_size}
+
+
+def markdown(result: dict, adapters_note: str, work: Path) -> str:
+    lines = ["# Exporter measurements (real MiniLM, all-MiniLM-L6-v2)", "",
+             f"Generated by `python benchmarks/export_report.py --work {work}` (`$W` below) on a 2-core CPU box "
+             f"shared with other jobs: one run per command, times are indicative. {adapters_note}", "",
+             "## Commands: wall time and peak RSS (one fresh process each)", "", "| command | s | peak RSS MiB |",
+             "|---|---|---|"]
+    lines += [f"| `{r['command']}` | {r['seconds']} | {r['peak_rss_mib']} |" for r in result["runs"]]
+    lines += ["", "Each export includes loading the model twice at most, tracing, the ONNX checker, int8 / .ort "
+              "conversion when asked, and the ORT-vs-torch parity checks of every file it writes.", "",
+              "## Bundle sizes (bytes)", "", "| bundle | model files | whole folder |", "|---|---|---|"]
+    for name, files in result["bundles"].items():
+        models = ", ".join(f"{k} {v:,}" for k, v in files.items() if k.endswith((".onnx", ".ort", ".data")))
+        lines.append(f"| {name} | {models} | {sum(files.values()):,} |")
+    lines += ["", "## One user (bytes)", "", "| form | bytes |", "|---|---|"]
+    lines += [f"| {k} | {v:,} |" for k, v in result["user"].items()]
+    ver = result["manifest"]["verification"]
+    lines += ["", "## Verification recorded in the int8+ort manifest", "", "| variant | max abs diff | tolerance x scale | response |",
+              "|---|---|---|---|"]
+    lines += [f"| {v} | {c['max_abs_diff']:.3g} | {c['tolerance']} x {c['scale']:.3g} | {c['response']:.4f} |" for v, c in ver.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--adapters", nargs="*", type=Path)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/edge-lorax-export-bench"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_suffix(".md"))
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    adapters = args.adapters or make_adapters(args.work / "adapters")
+    note = ("Adapters: " + ", ".join(a.name for a in adapters)) if args.adapters else \
+        "Adapters: 4 random PEFT LoRA (r=8, alpha=16, query/value + 2-label classifier, init_lora_weights=False)."
+    result = run(adapters, args.work)
+    args.out.write_text(markdown(result, note, args.work))
+    (args.work / "export_report.json").write_text(json.dumps(result, indent=1, default=str))
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
