@@ -90,6 +90,8 @@ def make_user(bundle: Bundle, arrays: dict, name: str = "user", fingerprint: str
     arrays = {k: np.array(v, order="C", copy=True) for k, v in arrays.items()}  # own copy: callers keep theirs
     fp = bundle.fingerprint if fingerprint is None else fingerprint
     validate(bundle, path or f"<{name}>", arrays, fp)
+    shared = {k: k for k in bundle.coeff_inputs}  # the bundle's key strings: ~2.5 KB less per resident user
+    arrays = {shared[k]: v for k, v in arrays.items()}
     for arr in arrays.values():
         arr.flags.writeable = False
     return User(name, Path(path) if path else None, fp, arrays)
