@@ -119,7 +119,7 @@ def save_model(model: onnx.ModelProto, path: Path) -> list:
 
 def build_onnx(prepared: g.Prepared, exporter: str, meta: dict) -> onnx.ModelProto:
     """torch -> proto, then the passes: dim names, node names, input defaults, metadata; checked in full."""
-    proto = onnx.load_from_string(g.export_onnx(prepared, g.sample_tokens(prepared.wrapper.model.config.vocab_size), exporter))
+    proto = g.export_onnx(prepared, g.sample_tokens(prepared.wrapper.model.config.vocab_size), exporter)
     proto = passes.name_dims(proto, prepared.spec)
     proto = passes.add_input_defaults(passes.name_nodes(proto), prepared.defaults)
     proto = passes.set_metadata(proto, meta)

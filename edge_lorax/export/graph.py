@@ -8,9 +8,10 @@ pre-transposed weight input), mean-pooled features, causal-LM logits.
 Does not: KV cache or generation, token_type_ids inputs, encoder-decoder models, heads other than a Linear.
 """
 
-import io
+import tempfile
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -117,7 +118,6 @@ def load_task_model(path, task: str, num_labels: int):
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    torch.manual_seed(0)  # a head absent from the checkpoint is initialised identically on every export
     if task == names.TASK_FEATURES:
         return AutoModel.from_pretrained(path).eval(), False
     if task == names.TASK_CAUSAL_LM:
@@ -125,8 +125,10 @@ def load_task_model(path, task: str, num_labels: int):
         model.config.use_cache = False
         return model, False
     problem = "regression" if task == names.TASK_REGRESSION else "single_label_classification"
-    model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, problem_type=problem,
-                                                                   output_loading_info=True)
+    with torch.random.fork_rng():  # a head absent from the checkpoint is initialised identically on every export
+        torch.manual_seed(0)
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, output_loading_info=True,
+                                                                       problem_type=problem)
     head = head_module(model)
     return model.eval(), not any(k.startswith(head + ".") for k in info["missing_keys"])
 
@@ -229,29 +231,30 @@ def _dynamic_axes(spec: GraphSpec) -> dict:
             for s in (*spec.tokens, *spec.feeds, *spec.outputs) if any(isinstance(d, str) for d in s.shape)}
 
 
-def export_onnx(prepared: Prepared, tokens: dict, exporter: str = "torchscript") -> bytes:
-    """Serialized ModelProto (weights inline; callers handle > 2 GB); the wrapper stays usable eagerly after."""
+def export_onnx(prepared: Prepared, tokens: dict, exporter: str = "torchscript") -> "onnx.ModelProto":
+    """The exported ModelProto, weights loaded in memory (written to a scratch file first, so > 2 GB can work);
+    the wrapper stays usable eagerly after."""
+    import onnx
+
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     spec, args = prepared.spec, trace_args(prepared.spec, prepared.defaults, tokens)
-    input_names = [s.name for s in (*spec.tokens, *spec.feeds)]
-    output_names = [s.name for s in spec.outputs]
-    with warnings.catch_warnings(), torch.no_grad():
+    io_names = {"input_names": [s.name for s in (*spec.tokens, *spec.feeds)], "output_names": [s.name for s in spec.outputs]}
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer warnings
+        path = Path(scratch) / "model.onnx"
         if exporter == "dynamo":
-            return _export_dynamo(prepared.wrapper, args, spec, input_names, output_names)
-        buf = io.BytesIO()
-        torch.onnx.export(prepared.wrapper, args, buf, dynamo=False, opset_version=OPSET, input_names=input_names,
-                          output_names=output_names, dynamic_axes=_dynamic_axes(spec), do_constant_folding=True)
-        return buf.getvalue()
+            _export_dynamo(prepared.wrapper, args, spec, io_names, path)
+        else:
+            torch.onnx.export(prepared.wrapper, args, str(path), dynamo=False, opset_version=OPSET,
+                              dynamic_axes=_dynamic_axes(spec), do_constant_folding=True, **io_names)
+        return onnx.load(str(path))
 
 
-def _export_dynamo(wrapper, args, spec: GraphSpec, input_names, output_names) -> bytes:
+def _export_dynamo(wrapper, args, spec: GraphSpec, io_names: dict, path: Path):
     """torch.export first (torch.onnx turns a varargs dynamic_shapes tuple into a list and rejects it), then ONNX."""
-    dyn = torch.export.Dim.DYNAMIC
+    dyn = torch.export.Dim.DYNAMIC  # a named Dim trips transformers' `seq <= max_position` guard
     feed_dims = tuple({0: dyn} if s.shape[:1] == (names.DIM_BATCH,) else None for s in spec.feeds)
     program = torch.export.export(wrapper, args, dynamic_shapes=({0: dyn, 1: dyn}, {0: dyn, 1: dyn}, feed_dims),
                                   strict=False)
-    onnx_program = torch.onnx.export(program, args, None, dynamo=True, external_data=False, input_names=input_names,
-                                     output_names=output_names, verbose=False)
-    return onnx_program.model_proto.SerializeToString()
+    torch.onnx.export(program, args, None, dynamo=True, verbose=False, **io_names).save(str(path))
