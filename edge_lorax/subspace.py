@@ -222,8 +222,11 @@ def fingerprint_tensors(tensors: dict, config: dict) -> str:
     return digest.hexdigest()[:16]
 
 
-def _module_config(ms: ModuleSubspace, shape: tuple) -> dict:
-    explained = lambda e: round(float(e[: ms.principal].sum()), 6)  # noqa: E731
+def _module_config(ms: ModuleSubspace, shape: tuple, mean: str = "drop") -> dict:
+    """explained_variance_*: share of the centred stack's variance in the principal directions kept (with mean keep,
+    one of the `principal` slots holds the mean, so principal - 1 directions count)."""
+    count = ms.principal - (1 if mean == "keep" else 0)
+    explained = lambda e: round(float(e[:count].sum()), 6)  # noqa: E731
     return {"out": shape[0], "in": shape[1], "K": ms.k, "r": ms.rank, "principal": ms.principal,
             "augmented": ms.k - ms.principal, "explained_variance_A": explained(ms.explained_A),
             "explained_variance_B": explained(ms.explained_B)}
@@ -253,7 +256,7 @@ def build_subspace(adapter_dirs, *, components=None, explained_variance=None, au
               "base_model": portable_base(infos[0].base_model), "fan_in_fan_out": infos[0].fan_in_fan_out, "mean": mean,
               "augment": augment, "seed": seed, "max_rank": max_rank,
               "selection": {"components": components} if components is not None else {"explained_variance": explained_variance},
-              "modules": {m: _module_config(ms, infos[0].shapes[m]) for m, ms in modules.items()},
+              "modules": {m: _module_config(ms, infos[0].shapes[m], mean) for m, ms in modules.items()},
               "sources": [_source_entry(i) for i in infos]}
     config["fingerprint"] = fingerprint_tensors(_tensors(modules), config)
     return Subspace(modules, config)

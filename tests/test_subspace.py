@@ -41,7 +41,11 @@ def test_planted_subspace_is_recovered(arch, mean, planted_adapters):
         assert sin_largest_angle(ms.components_B.T, bases[module]["B"]) < 1e-5
         assert_orthonormal(ms.components_A)
         assert_orthonormal(ms.components_B.T)
-        assert sub.config["modules"][module]["explained_variance_A"] == pytest.approx(1.0, abs=1e-5)
+        recorded = sub.config["modules"][module]["explained_variance_A"]
+        if mean == "drop":
+            assert recorded == pytest.approx(1.0, abs=1e-5)
+        else:  # the mean takes one of the three slots: two principal directions count
+            assert recorded == pytest.approx(float(ms.explained_A[:2].sum()), abs=1e-6) and recorded < 0.999
 
 
 def test_keep_mean_makes_the_unit_mean_component_zero(planted_adapters, save_adapter):
@@ -105,6 +109,8 @@ def test_explained_variance_picks_the_smallest_k(target, save_adapter):
     assert sub.config["selection"] == {"explained_variance": target}
     keep = build_subspace(dirs, explained_variance=target, mean="keep")
     assert all(keep.modules[m].k == sub.modules[m].k + 1 for m in sub.modules)  # + the mean direction
+    assert keep.config["modules"] == {m: {**c, "K": c["K"] + 1, "principal": c["principal"] + 1}
+                                      for m, c in sub.config["modules"].items()}  # same variance recorded
 
 
 def test_k_beyond_rank_refused_with_augment_suggestion(planted_adapters):
