@@ -58,7 +58,10 @@ class EigenLoraLayer(nn.Module):
 
     @torch.no_grad()
     def merge(self, sign: float = 1.0):
-        """Fold ΔW into the base weight (sign=-1 unmerges); not exact in float32 after many round trips."""
+        """Fold ΔW into the base weight (sign=-1 unmerges); not exact in float32 after many round trips. Merging a
+        merged layer (or unmerging an unmerged one) does nothing: ΔW is never added twice."""
+        if self.merged == (sign > 0):
+            return
         dw = sign * self.delta_weight()
         self.base.weight += dw.T if _is_conv1d(self.base) else dw
         self.merged = sign > 0

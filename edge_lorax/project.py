@@ -28,6 +28,17 @@ def _pad(arr: np.ndarray, rank: int, axis: int) -> np.ndarray:
     return np.pad(arr, pad)
 
 
+def _fit_rank(ca: np.ndarray, cb: np.ndarray, rank: int) -> tuple:
+    """(r_src, K), (K, r_src) -> (rank, K), (K, rank): zero-padded when r_src ≤ rank (ΔW unchanged); otherwise the
+    best rank-`rank` approximation of cb @ ca (truncated SVD; optimal in Frobenius norm for ΔW too, since the
+    components are orthonormal)."""
+    if ca.shape[0] <= rank:
+        return _pad(ca, rank, 0), _pad(cb, rank, 1)
+    U, S, Vt = np.linalg.svd(cb @ ca)  # (K, K)
+    root = np.sqrt(S[:rank])
+    return root[:, None] * Vt[:rank], U[:, :rank] * root
+
+
 def _check_adapter(subspace: Subspace, info):
     if set(info.modules) != set(subspace.modules):
         raise AdapterError(f"{info.path}: targets {len(info.modules)} modules, the subspace {len(subspace.modules)}; "
@@ -43,8 +54,7 @@ def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True) -> 
     tensors, errors, num, den = {}, {}, 0.0, 0.0
     for module, ms in subspace.modules.items():
         A, B = read_factors(info, module)  # (r, in), (out, r)
-        ca = _pad(A @ ms.components_A.T.astype(np.float64), ms.rank, 0)  # (r, K)
-        cb = _pad(ms.components_B.T.astype(np.float64) @ B, ms.rank, 1)  # (K, r)
+        ca, cb = _fit_rank(A @ ms.components_A.T.astype(np.float64), ms.components_B.T.astype(np.float64) @ B, ms.rank)
         dw, dw_hat = B @ A, ms.components_B @ cb @ ca @ ms.components_A  # (out, in)
         n2, d2 = float(np.square(dw - dw_hat).sum()), float(np.square(dw).sum())
         errors[module], num, den = (n2 / d2) ** 0.5 if d2 else 0.0, num + n2, den + d2

@@ -125,6 +125,7 @@ def planted_adapters(tmp_path_factory):
         key = (arch, n, k, tuple(ranks), seed)
         if key in cache:
             return cache[key]
+        folder = root / f"{arch}-{len(cache)}"
         model, rng = build_tiny_model(arch), np.random.default_rng(seed)
         modules = sorted(name for name, m in model.named_modules()
                          if name.rsplit(".", 1)[-1] in TARGETS[arch] and hasattr(m, "weight"))
@@ -135,7 +136,7 @@ def planted_adapters(tmp_path_factory):
             r = ranks[i % len(ranks)]
             factors = {m: (rng.standard_normal((r, k)) @ bases[m]["A"], bases[m]["B"].T @ rng.standard_normal((k, r)))
                        for m in modules}
-            dirs.append(write_adapter(root / f"{arch}-{seed}-{i}", factors, BASE_IDS[arch], fan_in_fan_out=arch == "gpt2"))
+            dirs.append(write_adapter(folder / f"adapter-{i}", factors, BASE_IDS[arch], fan_in_fan_out=arch == "gpt2"))
         cache[key] = (dirs, bases)
         return cache[key]
 

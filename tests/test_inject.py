@@ -146,3 +146,15 @@ def test_merge_is_exact_enough_over_many_round_trips(subspaces, tiny_model):
         layer.merge()
         layer.merge(-1)
     assert (layer.base.weight - start).abs().max() <= 1e-5
+
+
+def test_merging_twice_adds_delta_w_once(subspaces, tiny_model):
+    model, ids = injected(tiny_model, subspaces["gpt2"], "gpt2", seed=9), token_batch()
+    want = model_outputs(model, ids)
+    merge_all(model)
+    merge_all(model)
+    assert (model_outputs(model, ids) - want).abs().max() <= 1e-5
+    merge_all(model, -1)
+    merge_all(model, -1)
+    assert (model_outputs(model, ids) - want).abs().max() <= 1e-5
+    assert not any(layer.merged for layer in eigen_layers(model).values())

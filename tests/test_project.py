@@ -75,6 +75,24 @@ def test_projection_error_is_the_relative_delta_w_residual(save_adapter):
     assert result.coeffs.meta["method"] == "projection" and result.coeffs.fingerprint == sub.fingerprint
 
 
+def test_higher_rank_source_gets_the_best_rank_r_fit(planted_adapters, tmp_path):
+    """A rank-3 LoRA on a subspace of coefficient rank 2: the truncated SVD of its projection, the optimal error."""
+    dirs, bases = planted_adapters("bert", n=6, k=3, ranks=(2,))
+    sub = build_subspace(dirs, components=3)
+    held = write_adapter(tmp_path / "r3", in_span_factors(bases, 3, seed=5), BASE_IDS["bert"])
+    result = project_adapter(sub, held)
+    info, num, den = read_adapter(held), 0.0, 0.0
+    for module, ms in sub.modules.items():
+        ca, cb = result.coeffs.pair(module)
+        assert ca.shape == (2, 3) and cb.shape == (3, 2)
+        dw = delta_weight(info, module)
+        S = np.linalg.svd(dw, compute_uv=False)  # in span: the projection is dw itself, rank 3
+        best = float(np.sqrt((S[2:] ** 2).sum()) / np.linalg.norm(dw))
+        assert result.errors[module] == pytest.approx(best, rel=1e-4) and best > 1e-3
+        got = ms.components_B @ cb @ ca @ ms.components_A
+        assert rel_err(got, dw) == pytest.approx(best, rel=1e-4)
+
+
 def test_lora_factors_accept_a_prefix_of_k(planted):
     sub, held = planted["bert"]
     coeffs = project_adapter(sub, held).coeffs
