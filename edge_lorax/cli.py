@@ -75,6 +75,11 @@ def build(adapters, output, components, explained_variance, augment, mean, seed,
     Example:
       edge-lorax build adapters/tweets-* adapters/amazon-* -o subspace -k 8 --mean keep
     """
+    import os
+
+    # One BLAS thread unless the caller says otherwise (set before numpy loads): OpenBLAS spins its threads, and on a
+    # busy machine the SVD ran 10x slower with 2 threads than with 1 (benchmarks/reports/build_scale.md).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from edge_lorax.subspace import build_subspace, save_subspace
 
     if components is None and explained_variance is None:
