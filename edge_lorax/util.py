@@ -7,6 +7,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _publish_mode(path: Path, full: int):
+    """mkdtemp/mkstemp create 0700/0600; give the result the mode a plain open() or mkdir() would (umask applied)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, full & ~umask)
+
+
 @contextmanager
 def atomic_dir(path, overwrite: bool = False):
     """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed."""
@@ -17,6 +24,7 @@ def atomic_dir(path, overwrite: bool = False):
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
+        _publish_mode(tmp, 0o777)
         if path.exists():
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         os.replace(tmp, path)
@@ -35,6 +43,7 @@ def atomic_file(path, overwrite: bool = True):
     os.close(fd)
     try:
         yield Path(tmp)
+        _publish_mode(Path(tmp), 0o666)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -16,6 +16,7 @@ import torch  # noqa: E402
 from edge_lorax import names  # noqa: E402
 from edge_lorax.coeffs import Coefficients, save_coeffs  # noqa: E402
 from edge_lorax.export import export_bundle, read_onnx_adapter  # noqa: E402
+from edge_lorax.export.adapter_file import fingerprint_version  # noqa: E402
 from edge_lorax.export.defaults import overridable  # noqa: E402
 from edge_lorax.export.graph import mean_pool, sample_tokens  # noqa: E402
 from edge_lorax.export.tiny import random_user, tiny_setup  # noqa: E402
@@ -142,7 +143,8 @@ def test_onnx_adapter_equals_feeding_the_npz(bert, shared, users, tmp_path):
     user = save_coeffs(users[1], tmp_path / "alice.npz")
     own = export_bundle(bert.model, bert.subspace, tmp_path / "own", user)  # task from the head: classification
     adapter = own / ("alice" + names.ADAPTER_SUFFIX)
-    stored = read_onnx_adapter(adapter)
+    stored, version = read_onnx_adapter(adapter)
+    assert version == fingerprint_version(users[1].fingerprint) != 0  # the subspace travels in model_version
     assert sorted(stored) == sorted(users[1].feeds())
     assert all(np.array_equal(stored[k], v) for k, v in users[1].feeds().items())
     options = ort.RunOptions()

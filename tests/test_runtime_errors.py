@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from edge_lorax import names
 from edge_lorax.cli import cli
 from edge_lorax.coeffs import Coefficients, CoeffsError, save_coeffs
+from edge_lorax.export.adapter_file import write_onnx_adapter
 from edge_lorax.runtime import BundleError, load_user, open_bundle
 
 
@@ -40,10 +41,13 @@ A0 = names.coeff_name(FIRST, names.COEFF_A)
 def _bad_files(setup, tmp):
     """(file, what the message must say) per refusal the issue lists."""
     other = tiny_subspace(seed=7)  # same shapes, another subspace
+    other_user = random_user(other, 0)
+    other_adapter = write_onnx_adapter(other_user.feeds(), tmp / f"other{names.ADAPTER_SUFFIX}", other_user.fingerprint)
     pickled = tmp / "pickled.npz"
     np.savez(pickled, **{A0: np.array([{"x": 1}], dtype=object)})
     return [
         (str(save_user(other, 0, tmp / "other.npz")), "made for subspace"),
+        (str(other_adapter), "made for another subspace"),
         (_variant(setup, tmp / "missing.npz", lambda t, h: t.pop(A0)), f"missing tensor {A0}"),
         (_variant(setup, tmp / "extra.npz", lambda t, h: t.update({"bert.pooler.dense.coeff_A": t[A0]})),
          "bert.pooler.dense.coeff_A (1 extra) is not an input"),

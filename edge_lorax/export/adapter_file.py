@@ -16,19 +16,25 @@ from edge_lorax.util import atomic_file
 ADAPTER_VERSION = 1
 
 
-def write_onnx_adapter(feeds: dict, path, model_version: int = 1) -> Path:
+def fingerprint_version(fingerprint: str | None) -> int:
+    """The subspace fingerprint as AdapterFormat's integer model_version (first 7 hex digits; 0 = no subspace):
+    the format has no string metadata, and this keeps a user of another subspace from loading silently."""
+    return int(fingerprint[:7], 16) if fingerprint else 0
+
+
+def write_onnx_adapter(feeds: dict, path, fingerprint: str | None = None) -> Path:
     """{input name: float32 array} -> adapter file, written atomically; OrtValues kept alive until written."""
     values = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(feeds[k], dtype=np.float32)) for k in sorted(feeds)}
     fmt = ort.AdapterFormat()
     fmt.set_adapter_version(ADAPTER_VERSION)
-    fmt.set_model_version(model_version)
+    fmt.set_model_version(fingerprint_version(fingerprint))
     fmt.set_parameters(values)
     with atomic_file(path) as tmp:
         fmt.export_adapter(str(tmp))
     return Path(path)
 
 
-def read_onnx_adapter(path) -> dict:
-    """{name: array}; copies each tensor (get_parameters() views dangle once their OrtValue is freed)."""
+def read_onnx_adapter(path) -> tuple[dict, int]:
+    """({name: array}, model_version); copies each tensor (get_parameters() views dangle once their OrtValue is freed)."""
     fmt = ort.AdapterFormat.read_adapter(str(path))
-    return {k: np.array(v.numpy(), copy=True) for k, v in fmt.get_parameters().items()}
+    return {k: np.array(v.numpy(), copy=True) for k, v in fmt.get_parameters().items()}, fmt.get_model_version()

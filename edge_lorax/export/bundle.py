@@ -227,7 +227,7 @@ def write_side_files(tmp: Path, path: Path, graph: g.Prepared, coeffs_path, coef
     adapter = None
     if coeffs is not None and graph.spec.feeds:
         adapter = Path(coeffs_path).stem + names.ADAPTER_SUFFIX
-        write_onnx_adapter({n: graph.defaults[n] for n in graph.spec.feed_names}, tmp / adapter)
+        write_onnx_adapter({n: graph.defaults[n] for n in graph.spec.feed_names}, tmp / adapter, coeffs.fingerprint)
     return {"tokenizer": copy_tokenizer(path, tmp), "config": names.BUNDLE_CONFIG, "adapter": adapter}
 
 

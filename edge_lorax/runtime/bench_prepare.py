@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from edge_lorax import names
 from edge_lorax.coeffs import Coefficients, load_coeffs, save_coeffs
+from edge_lorax.export.adapter_file import write_onnx_adapter
 from edge_lorax.runtime import graphs
 from edge_lorax.runtime.bundle import open_bundle, read_manifest
 
@@ -80,14 +81,6 @@ def random_user(bundle, seed: int, scale: float = 0.5) -> Coefficients:
     return Coefficients(bundle.fingerprint, tensors, head, {"name": f"bench-user-{seed}"})
 
 
-def write_adapter(feeds: dict, path: Path) -> Path:
-    """An ONNX Runtime .onnx_adapter holding `feeds` (name -> float32 array)."""
-    fmt = ort.AdapterFormat()
-    fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()})
-    fmt.export_adapter(str(path))
-    return path
-
-
 def factors_of(subspace_dir, coeffs: Coefficients) -> dict:
     """{module: (lora_A (r, in), lora_B (out, r))}: the user's full LoRA, the same ΔW as its coefficients."""
     from edge_lorax.project import lora_factors
@@ -130,9 +123,9 @@ def _user_files(bundle, base: Coefficients, subspace_dir, out: Path, n: int) -> 
     npz, eigen_ad, lora_ad = [], [], []
     for i, user in enumerate(users):
         npz.append(str(save_coeffs(user, out / f"user{i}.npz")))
-        eigen_ad.append(str(write_adapter(user.feeds(), out / f"user{i}.eigen{names.ADAPTER_SUFFIX}")))
+        eigen_ad.append(str(write_onnx_adapter(user.feeds(), out / f"user{i}.eigen{names.ADAPTER_SUFFIX}", user.fingerprint)))
         lora = {**graphs.lora_feeds(factors_of(subspace_dir, user)), **user.head}
-        lora_ad.append(str(write_adapter(lora, out / f"user{i}.lora{names.ADAPTER_SUFFIX}")))
+        lora_ad.append(str(write_onnx_adapter(lora, out / f"user{i}.lora{names.ADAPTER_SUFFIX}")))
     return npz, eigen_ad, lora_ad
 
 

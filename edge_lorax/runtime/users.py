@@ -7,7 +7,6 @@ wraps them without a copy; measured faster per run than binding prebuilt OrtValu
 and no per-tensor OrtValue objects to keep per resident user). Does not run anything.
 """
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,21 +96,19 @@ def make_user(bundle: Bundle, arrays: dict, name: str = "user", fingerprint: str
     return User(name, Path(path) if path else None, fp, arrays)
 
 
-def _adapter_fingerprint(path: Path) -> str:
-    """An .onnx_adapter carries no string metadata: its fingerprint is in the sidecar `<file>.json`, if any."""
-    for side in (path.with_suffix(path.suffix + ".json"), path.with_suffix(".json")):
-        if side.is_file():
-            return str(json.loads(side.read_text()).get("fingerprint", ""))
-    return ""
+def _read_adapter(bundle: Bundle, path: Path) -> dict:
+    """The adapter's tensors, refused unless its model_version is this bundle's subspace (fingerprint_version)."""
+    from edge_lorax.export.adapter_file import fingerprint_version, read_onnx_adapter
 
-
-def _read_adapter(path: Path) -> dict:
     try:
-        fmt = ort.AdapterFormat.read_adapter(str(path))
+        arrays, version = read_onnx_adapter(path)
     except Exception as e:  # onnxruntime raises its own types
         raise UserError(f"{path}: not an ONNX Runtime adapter file ({str(e).splitlines()[0][:120]}); "
                         "write one with `edge-lorax export --coeffs`") from e
-    return {k: np.array(v.numpy(), copy=True) for k, v in fmt.get_parameters().items()}  # .numpy() dangles: copy
+    if version != fingerprint_version(bundle.fingerprint):
+        raise UserError(f"{path}: made for another subspace (model_version {version:#x}, this bundle's is "
+                        f"{fingerprint_version(bundle.fingerprint):#x}); re-export the user for this bundle")
+    return arrays
 
 
 def load_adapter_user(bundle: Bundle, path, name: str | None = None) -> User:
@@ -119,9 +116,7 @@ def load_adapter_user(bundle: Bundle, path, name: str | None = None) -> User:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such adapter file; write one with `edge-lorax export --coeffs`")
-    arrays = _read_adapter(path)
-    fp = _adapter_fingerprint(path) or bundle.fingerprint  # no sidecar: names/shapes are the only guard
-    user = make_user(bundle, arrays, name or path.stem, fp, path)
+    user = make_user(bundle, _read_adapter(bundle, path), name or path.stem, bundle.fingerprint, path)
     adapter = ort.LoraAdapter()
     adapter.Load(str(path))
     run_options = ort.RunOptions()
