@@ -4,11 +4,13 @@
 adapter was saved from. `save_adapter(arch, seed, **kw)` runs `get_peft_model(...).save_pretrained` with
 `init_lora_weights=False` (non-zero B) and returns the folder; any PEFT config can be passed instead of LoRA
 keywords (VeRA, IA3, DoRA refusals). `planted_adapters` writes LoRA folders whose factors lie in a known subspace.
-Offline: HF_HUB_OFFLINE is set before transformers is imported.
+Plain helpers (`from conftest import ...`): in_span_factors, token_batch, model_outputs, corrupt_copy.
+Offline: HF_HUB_OFFLINE is set before transformers is imported; numpy's OpenBLAS runs one thread.
 """
 
 import itertools
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -161,3 +163,16 @@ def model_outputs(model, ids: torch.Tensor, **kwargs) -> torch.Tensor:
     effect at full scale (the tiny random heads give logits of ~1e-2)."""
     with torch.no_grad():
         return model(input_ids=ids, output_hidden_states=True, **kwargs).hidden_states[-1]
+
+
+def corrupt_copy(src, dst, key_suffix: str, value):
+    """Copy an adapter folder and set one element of the tensor whose key ends with key_suffix."""
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(src, dst)
+    tensors = load_file(str(dst / "adapter_model.safetensors"))
+    key = next(k for k in tensors if k.endswith(key_suffix))
+    tensors[key] = tensors[key].copy()
+    tensors[key][0, 0] = value
+    save_file(tensors, str(dst / "adapter_model.safetensors"))
+    return dst

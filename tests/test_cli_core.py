@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_peft_io import corrupt_copy
+from conftest import corrupt_copy
 
 from edge_lorax.cli import cli
 from edge_lorax.coeffs import load_coeffs

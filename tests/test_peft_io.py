@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
+from conftest import corrupt_copy
+
 from edge_lorax.peft_io import (AdapterError, delta_weight, lora_scaling, pattern_value, read_adapter, read_factors,
                                 write_adapter)
 
@@ -171,17 +173,6 @@ def test_adapter_without_lora_tensors_refused(save_adapter, tmp_path):
     save_file({"something.else": np.zeros(2, np.float32)}, str(path / "adapter_model.safetensors"))
     with pytest.raises(AdapterError, match="no lora_A/lora_B weights"):
         read_adapter(path)
-
-
-def corrupt_copy(src, dst, key_suffix: str, value):
-    """Copy an adapter folder and set one element of the tensor whose key ends with key_suffix."""
-    shutil.copytree(src, dst)
-    tensors = load_file(str(dst / "adapter_model.safetensors"))
-    key = next(k for k in tensors if k.endswith(key_suffix))
-    tensors[key] = tensors[key].copy()
-    tensors[key][0, 0] = value
-    save_file(tensors, str(dst / "adapter_model.safetensors"))
-    return dst
 
 
 def test_config_is_read_not_guessed(save_adapter):

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import corrupt_copy
 from safetensors.numpy import load_file
 
 from edge_lorax.peft_io import AdapterError, file_sha256, read_adapter, read_factors
@@ -213,8 +214,7 @@ def test_same_base_under_another_org_or_case_is_accepted(save_adapter):
 
 
 def test_non_finite_source_refused_during_build(save_adapter, tmp_path):
-    from test_peft_io import corrupt_copy
-
+    
     bad = corrupt_copy(save_adapter("bert", weight_seed=1), tmp_path / "nan", "layer.1.attention.self.query.lora_A.weight",
                        np.nan)
     with pytest.raises(AdapterError, match=r"NaN or Inf in bert\.encoder\.layer\.1\.attention\.self\.query"):
