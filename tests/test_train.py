@@ -20,7 +20,7 @@ def _lora_dirs(tmp_path_factory, n=3):
     """Real PEFT LoRA adapters (r=8, q/v) on the real MiniLM, random non-zero factors, portable base id."""
     from peft import LoraConfig, get_peft_model
 
-    from edge_lorax.baselines import fix_base_id
+    from edge_lorax.baselines import portable_config
 
     root, dirs = tmp_path_factory.mktemp("adapters"), []
     for i in range(n):
@@ -28,7 +28,7 @@ def _lora_dirs(tmp_path_factory, n=3):
         net = get_peft_model(load_model(default_model_path(), 2),
                              LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], init_lora_weights=False))
         net.save_pretrained(root / f"a{i}")
-        fix_base_id(root / f"a{i}", DEFAULT_MODEL_ID)
+        portable_config(root / f"a{i}", DEFAULT_MODEL_ID, "classifier")
         dirs.append(root / f"a{i}")
     return dirs
 

@@ -107,11 +107,13 @@ def random_like(sub: Subspace, seed: int) -> Subspace:
 
 
 def task_for(run: Run) -> Task:
-    """The held-out binary task: first `rows` training rows (the split is already seeded-shuffled), val capped."""
+    """The held-out binary task: first `rows` training rows (the split is already seeded-shuffled), val capped;
+    quick runs also cap the test split (a smoke test, not a measurement)."""
     full = load_task(f"vader:{run.domain}-binary", seed=0)
     n = len(full.train) if run.rows == "all" else int(run.rows)
     cut = lambda s, k: Split(s.texts[:k], s.targets[:k])  # noqa: E731
-    return replace(full, train=cut(full.train, n), validation=cut(full.validation, VAL_ROWS))
+    test = cut(full.test, VAL_ROWS) if run.grid == "quick" else full.test
+    return replace(full, train=cut(full.train, n), validation=cut(full.validation, VAL_ROWS), test=test)
 
 
 class PeakRSS:
