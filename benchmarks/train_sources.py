@@ -125,8 +125,11 @@ Reproduce (about 0.4 s/step on 2 free cores; the whole family in ~15 min; determ
 {command}
 ```
 
-Measured on: {machine}. Code commit: `{commit}` ({date}). The machine was shared with other jobs while
-training, so s/step is an upper bound, not a benchmark.
+Measured on: {machine}. Code commit: `{commit}` ({date}).
+The machine was shared with other jobs while training (load average up to ~5 on 2 cores), so s/step is an upper
+bound, not a benchmark: ~0.6–0.7 s/step when the machine was quiet, 2.3–4.3 s/step under load; batches are padded
+to their longest sentence (mean ~20–30 tokens), not to 64. A second run of `--only nyt-binary` gave a
+byte-identical `adapter_model.safetensors`.
 
 | adapter | train / test rows | test | validation | trivial baseline (test) | trainable: LoRA + head | adapter bytes | s/step |
 |---|---|---|---|---|---|---|---|
