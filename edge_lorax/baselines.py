@@ -18,13 +18,12 @@ import torch
 
 from edge_lorax.data import CLASSIFICATION, SPLITS, Split, Task
 from edge_lorax.models import head_module, load_model, load_tokenizer, portable_model_id, resolve_model
-from edge_lorax.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from edge_lorax.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TRAINING_JSON
 from edge_lorax.util import atomic_dir
 
 METHODS = ("lora", "vera", "head")
 METHOD_LR = {"lora": 2e-3, "vera": 1e-2, "head": 5e-3}  # CLI defaults (LoRA 5e-4 reached 0.68 vs 2e-3 0.91 on tweets in 60 steps)
 HEAD_WEIGHTS = "head.safetensors"
-TRAINING_JSON = "training.json"
 
 
 @dataclass(frozen=True)

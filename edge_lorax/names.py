@@ -22,6 +22,7 @@ SUBSPACE_CONFIG = "subspace_config.json"
 SUBSPACE_WEIGHTS = "subspace.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TRAINING_JSON = "training.json"  # beside a baseline adapter: task, labels, settings, metrics
 BUNDLE_MANIFEST = "manifest.json"
 BUNDLE_MODEL = "model.onnx"
 BUNDLE_MODEL_INT8 = "model.int8.onnx"  # dynamic int8 base weights; coefficient inputs and the low-rank path stay fp32

@@ -47,6 +47,15 @@ def _check_adapter(subspace: Subspace, info):
         raise AdapterError(f"{info.path}: base model {info.base_model!r}, subspace built for {subspace.base_model!r}")
 
 
+def _training_labels(adapter_dir) -> dict:
+    """{"labels": [...]} from the training.json `edge-lorax train-lora` leaves beside an adapter, else {}."""
+    import json
+
+    path = adapter_dir / names.TRAINING_JSON
+    labels = json.loads(path.read_text()).get("labels") if path.is_file() else None
+    return {"labels": labels} if labels else {}
+
+
 def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True) -> Projection:
     """Training-free coefficients for an existing LoRA (+ its saved task head), with the relative ΔW error."""
     info = read_adapter(adapter_dir)
@@ -60,7 +69,8 @@ def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True) -> 
         errors[module], num, den = (n2 / d2) ** 0.5 if d2 else 0.0, num + n2, den + d2
         tensors[names.coeff_name(module, names.COEFF_A)] = ca.astype(np.float32)
         tensors[names.coeff_name(module, names.COEFF_B)] = cb.astype(np.float32)
-    meta = {"source": info.path.name, "method": "projection", "base_model": subspace.base_model}
+    meta = {"source": info.path.name, "method": "projection", "base_model": subspace.base_model,
+            **_training_labels(info.path)}
     head = adapter_head(adapter_dir) if with_head else {}
     return Projection(Coefficients(subspace.fingerprint, tensors, head, meta), errors, (num / den) ** 0.5 if den else 0.0)
 

@@ -92,7 +92,7 @@ def train_coeffs(subspace: Subspace, task, output, *, model=None, rank=None, k=N
     from edge_lorax.coeffs import save_coeffs
     from edge_lorax.models import load_tokenizer
 
-    start, config = time.perf_counter(), config or TrainConfig(lr=4e-3)
+    start, config = time.perf_counter(), config or TrainConfig(lr=2e-2)
     torch.manual_seed(config.seed)
     net = coeff_model(model, subspace, task.num_labels, rank=rank, k=k, init=init, seed=config.seed)
     result = fit(net, task, load_tokenizer(resolve_model(model)), config, progress=progress)

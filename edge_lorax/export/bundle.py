@@ -223,6 +223,9 @@ def write_side_files(tmp: Path, path: Path, graph: g.Prepared, coeffs_path, coef
     """Tokenizer files, config.json and the user's .onnx_adapter; returns their names for the manifest."""
     config = graph.wrapper.model.config.to_dict()
     config["architectures"] = [type(graph.wrapper.model).__name__]  # what the graph computes, not the checkpoint
+    labels = (coeffs.meta.get("labels") if coeffs is not None else None) or []
+    if len(labels) == config.get("num_labels", len(config.get("id2label", {}))):  # the user's task names its classes
+        config["id2label"], config["label2id"] = {str(i): l for i, l in enumerate(labels)}, {l: i for i, l in enumerate(labels)}
     (tmp / names.BUNDLE_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     adapter = None
     if coeffs is not None and graph.spec.feeds:
