@@ -7,6 +7,7 @@ test trains the real embedded MiniLM for a few dozen steps on a few hundred VADE
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,3 +222,37 @@ def test_cli_train_lora(tiny_dir, tmp_path):
     shutil.rmtree(tmp_path / "out")
     wrong = CliRunner().invoke(cli, args[:-8] + ["--method", "vera", "--model", str(tmp_path), "-o", str(tmp_path / "o2")])
     assert wrong.exit_code == 1 and "not a local Hugging Face model folder" in wrong.output
+
+
+# ------------------------------------------------------------------------------------- committed source family
+
+ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"
+
+
+def test_committed_source_family_is_complete_and_portable():
+    from edge_lorax.data import VADER_TASKS
+
+    for spec in VADER_TASKS:
+        folder = ADAPTERS / spec.removeprefix("vader:")
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+        info = json.loads((folder / "training.json").read_text())
+        assert cfg["base_model_name_or_path"] == DEFAULT_MODEL_ID and cfg["peft_type"] == "LORA"
+        assert (cfg["r"], cfg["lora_alpha"], sorted(cfg["target_modules"]), cfg["modules_to_save"]) == (8, 16, ["query", "value"], ["classifier"])
+        heads = {"binary": 2, "3class": 3, "regression": 1}[spec.rsplit("-", 1)[1]]
+        assert (info["task"], info["adapter_params"], info["head_params"]) == (spec, 73_728, 385 * heads)
+        assert (folder / "adapter_model.safetensors").stat().st_size == info["bytes"]
+        primary = "pearson" if heads == 1 else "accuracy"
+        assert info["test"][primary] > 0.65, (spec, info["test"])
+
+
+def test_a_committed_adapter_reproduces_its_test_accuracy():
+    from peft import PeftModel
+
+    torch.set_num_threads(2)
+    folder, path = ADAPTERS / "nyt-binary", default_model_path()
+    info = json.loads((folder / "training.json").read_text())
+    net = PeftModel.from_pretrained(load_model(path, 2), folder).eval()
+    task = load_task("vader:nyt-binary", seed=info["config"]["seed"])
+    scores = evaluate(net, encode(task.test, "classification", load_tokenizer(path), info["config"]["max_length"]))
+    assert scores["accuracy"] == pytest.approx(info["test"]["accuracy"], abs=1e-6)
+    assert scores["loss"] == pytest.approx(info["test"]["loss"], abs=1e-4)
