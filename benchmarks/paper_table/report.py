@@ -40,6 +40,8 @@ def accuracy_table(runs, grid: str, rows: str) -> list:
     """Markdown rows: method × domain, mean ± std test accuracy, and the mean over domains."""
     groups = group(runs, grid, rows)
     domains = sorted({d for d, _ in groups})
+    if not any(r["grid"] == grid for r in runs):
+        return [f"_Not run yet: `run.py --grids {grid}` (results resume from runs/)._"]
     lines = [f"| method | {' | '.join(domains)} | mean |", "|---" * (len(domains) + 2) + "|"]
     for m in METHODS:
         cells = [cell([r["test_accuracy"] for r in groups[(d, m)]]) if groups.get((d, m)) else "–" for d in domains]
@@ -93,16 +95,24 @@ def ablation_lines(runs) -> list:
             keyed[(str(r["k"] if r["k"] is not None else "all"), r["augment"], r["init"])].append(r["test_accuracy"])
     for (k, aug, init), vals in sorted(keyed.items()):
         lines.append(f"| {k} | {aug} | {init} | {cell(vals)} |")
-    return lines
+    return lines if any(r["grid"] == "ablation" for r in runs) else ["_Not run yet: `run.py --grids ablation`._"]
 
 
-def stamp() -> dict:
+def command(runs) -> str:
+    """The run.py invocation that produced these runs (grids present, seed count), then this script."""
+    grids = [g for g in ("main", "lowdata", "ablation") if any(r["grid"] == g for r in runs)]
+    seeds = 1 + max((r["seed"] for r in runs), default=0)
+    return f"python benchmarks/paper_table/run.py --grids {','.join(grids)} --seeds {seeds} && python benchmarks/paper_table/report.py"
+
+
+def stamp(runs) -> dict:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     import torch
 
     return {"commit": commit, "cpu": cpu, "python": platform.python_version(), "torch": torch.__version__,
-            "command": "python benchmarks/paper_table/run.py && python benchmarks/paper_table/report.py"}
+            "command": command(runs), "seeds_per_cell": 1 + max((r["seed"] for r in runs), default=0),
+            "steps": runs[0]["config"]["steps"] if runs else None}
 
 
 def main(argv=None):
@@ -110,10 +120,12 @@ def main(argv=None):
     ap.add_argument("--runs", type=Path, default=HERE / "runs")
     args = ap.parse_args(argv)
     runs = load_runs(args.runs)
-    result = {"stamp": stamp(), "runs": len(runs), "verdicts": verdicts(runs)}
+    result = {"stamp": stamp(runs), "runs": len(runs), "verdicts": verdicts(runs)}
     md = [f"# EigenLoRAx vs baselines, leave-one-domain-out (VADER, all-MiniLM-L6-v2)\n",
           f"Commit `{result['stamp']['commit']}`, {result['stamp']['cpu']}, torch {result['stamp']['torch']}. "
-          f"Command: `{result['stamp']['command']}`. {len(runs)} runs.\n", "## Main grid (all training rows)\n",
+          f"Command: `{result['stamp']['command']}`. {len(runs)} runs; {result['stamp']['seeds_per_cell']} seed(s) per "
+          f"cell (± std only where more than one); {result['stamp']['steps']} steps of batch 16, max length 48 for every "
+          "trained method. Test accuracy in %, binary task of the held-out domain.\n", "## Main grid (all training rows)\n",
           *accuracy_table(runs, "main", "all")]
     for rows in ("256", "64"):
         md += [f"\n## Low data: {rows} training rows\n", *accuracy_table(runs, "lowdata", rows)]

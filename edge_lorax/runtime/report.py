@@ -357,14 +357,22 @@ def _plot_memory(ax, data: dict):
     ax.legend(fontsize=7)
 
 
+def portable_text(text: str) -> str:
+    """Committed reports carry no local paths: the repo root becomes relative, the venv `$VENV`."""
+    import sys
+
+    repo = str(Path(__file__).resolve().parents[2])
+    return text.replace(sys.prefix, "$VENV").replace(repo + "/", "").replace(repo, ".")
+
+
 def write_report(data: dict, out_dir: Path) -> Path:
     """report.json, report.md, report.png into out_dir (each written atomically); returns out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data["targets"] = targets(data)
     with atomic_file(out_dir / "report.json") as tmp:
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+        tmp.write_text(portable_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n"))
     with atomic_file(out_dir / "report.md") as tmp:
-        tmp.write_text(markdown(data))
+        tmp.write_text(portable_text(markdown(data)))
     with atomic_file(out_dir / "report.png") as tmp:
         plot(data, tmp)
     return out_dir
