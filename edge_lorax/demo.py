@@ -34,7 +34,7 @@ def build_users(adapters: Path, out: Path, steps: int) -> tuple:
     proj = project_adapter(sub, adapters / "nyt-binary")
     save_coeffs(proj.coeffs, out / "nyt-projected.npz")
     log(f"subspace {sub.fingerprint}: 9 sources, K=8; nyt-binary projected, relative ΔW error {proj.overall:.3f}")
-    config = TrainConfig(lr=5e-3, batch_size=16, max_length=48, steps=steps, eval_every=0)
+    config = TrainConfig(lr=2e-2, batch_size=16, max_length=48, steps=steps, eval_every=0)
     report = train_coeffs(sub, load_task("vader:nyt-binary"), out / "nyt-trained.npz", config=config)
     log(report.summary())
     return out / "subspace", out / "nyt-projected.npz", out / "nyt-trained.npz"
