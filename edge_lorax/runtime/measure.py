@@ -39,25 +39,20 @@ def summarize(seconds) -> Stats:
     return Stats(int(ms.size), float(p50), float(p90), float(p99), float(ms.mean()), float(ms.min()))
 
 
-def time_runs(fn, n: int) -> list:
-    """n consecutive calls of fn, each timed (seconds)."""
+def time_runs(fn, n: int, clock=time.perf_counter_ns) -> list:
+    """n consecutive calls of fn, each timed by `clock` (nanoseconds) and returned in seconds."""
     out = []
     for _ in range(n):
-        t0 = time.perf_counter_ns()
+        t0 = clock()
         fn()
-        out.append((time.perf_counter_ns() - t0) * 1e-9)
+        out.append((clock() - t0) * 1e-9)
     return out
 
 
 def cpu_runs(fn, n: int) -> list:
     """n consecutive calls, each timed in this thread's CPU time (seconds): immune to preemption by other
     processes, so it ranks per-run costs on a busy machine; only meaningful for 1-thread sessions."""
-    out = []
-    for _ in range(n):
-        t0 = time.thread_time_ns()
-        fn()
-        out.append((time.thread_time_ns() - t0) * 1e-9)
-    return out
+    return time_runs(fn, n, time.thread_time_ns)
 
 
 def calibrate(fn, warmup: int, budget_s: float, min_runs: int, max_runs: int) -> int:
