@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_lorax import names
 from edge_lorax.coeffs import Coefficients, save_coeffs
@@ -145,3 +146,17 @@ def get_setup(tmp_path_factory) -> Setup:
         per_example = export_bundle(model, root / "subspace", root / "bundle-pe", users[0], per_example=True)
         _CACHE["setup"] = Setup(root, model, sub, root / "subspace", users, Path(bundle), Path(per_example))
     return _CACHE["setup"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The shared tiny-BERT bundle and its users (one per test module)."""
+    return get_setup(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def bundle(setup):
+    """That bundle, opened with the default profile."""
+    from edge_lorax.runtime import open_bundle
+
+    return open_bundle(setup.bundle)

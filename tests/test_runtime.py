@@ -5,23 +5,13 @@ import threading
 
 import numpy as np
 import pytest
-from _runtime_fixtures import TEXTS, get_setup, random_user, torch_logits
+from _runtime_fixtures import bundle, setup, TEXTS, random_user, torch_logits
 
 from edge_lorax import names
 from edge_lorax.runtime import encode, load_user, open_bundle, predict, run_adapter, run_arrays, run_mixed
 from edge_lorax.runtime.bundle import SessionConfig
 
 TOL = 1e-4  # fp32 ORT vs torch, the exporter's stated tolerance
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return get_setup(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def bundle(setup):
-    return open_bundle(setup.bundle)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
-from _runtime_fixtures import TEXTS, get_setup, random_user, save_user, tiny_subspace
+from _runtime_fixtures import bundle, setup, TEXTS, random_user, save_user, tiny_subspace
 from click.testing import CliRunner
 
 from edge_lorax import names
@@ -13,16 +13,6 @@ from edge_lorax.cli import cli
 from edge_lorax.coeffs import Coefficients, CoeffsError, save_coeffs
 from edge_lorax.export.adapter_file import write_onnx_adapter
 from edge_lorax.runtime import BundleError, load_user, open_bundle
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return get_setup(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def bundle(setup):
-    return open_bundle(setup.bundle)
 
 
 def _variant(setup, path, edit) -> str:
