@@ -13,15 +13,12 @@ def merged_model(model, subspace: Subspace, coeffs: Coefficients):
     """Inject, load the user, fold ΔW into each base layer and return the plain (unwrapped) model."""
     check_fingerprint(coeffs, subspace.fingerprint)
     layers = inject_subspace(model, subspace, coeffs=coeffs.tensors)
+    qualified = {id(m): n for n, m in model.named_modules()}  # one walk of the tree, not one per layer
     for layer in layers.values():
         layer.merge()
-        parent, _, attr = _qualified(model, layer).rpartition(".")
+        parent, _, attr = qualified[id(layer)].rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, layer.base)
     return model
-
-
-def _qualified(model, layer) -> str:
-    return next(n for n, m in model.named_modules() if m is layer)
 
 
 def save_merged_model(model_path, subspace: Subspace, coeffs: Coefficients, out_dir, overwrite=False) -> Path:
