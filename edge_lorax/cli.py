@@ -6,6 +6,7 @@ Results go to stdout, progress to stderr; bad input is a one-line ClickException
 import json
 import sys
 from functools import wraps
+from pathlib import Path
 
 import click
 
@@ -45,6 +46,12 @@ def progress(items, label: str):
     from tqdm import tqdm
 
     return tqdm(items, desc=label, file=sys.stderr, leave=False)
+
+
+def refuse_existing(output, overwrite: bool):
+    """Checked before any work, so a long training run cannot end in a refusal."""
+    if Path(output).exists() and not overwrite:
+        raise FileExistsError(f"{output}: already exists; pass --overwrite or choose another output")
 
 
 def emit(data: dict, as_json: bool):
@@ -98,8 +105,9 @@ def build(adapters, output, components, explained_variance, augment, mean, seed,
 @click.argument("adapter", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="user.npz to write.")
 @click.option("--json", "as_json", is_flag=True, help="Per-module errors as JSON.")
+@click.option("--overwrite", is_flag=True)
 @friendly
-def project(subspace, adapter, output, as_json):
+def project(subspace, adapter, output, as_json, overwrite):
     """Project an existing LoRA onto a subspace (no training) -> coefficients file.
 
     \b
@@ -110,6 +118,7 @@ def project(subspace, adapter, output, as_json):
     from edge_lorax.project import project_adapter
     from edge_lorax.subspace import load_subspace
 
+    refuse_existing(output, overwrite)
     result = project_adapter(load_subspace(subspace), adapter)
     save_coeffs(result.coeffs, output)
     data = {"output": output, "relative_error": round(result.overall, 6), "bytes": result.coeffs.nbytes()}
@@ -180,9 +189,10 @@ def inspect(path, as_json):
 @click.option("--max-length", default=64, show_default=True)
 @click.option("--patience", default=0, show_default=True, help="Early stopping: evals without a better val loss.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True)
 @friendly
 def train(subspace_dir, data, text_column, label_column, kind, output, model, rank, k, init, lr, steps, epochs,
-          batch_size, max_length, patience, seed):
+          batch_size, max_length, patience, seed, overwrite):
     """Train a new user's coefficients (+ task head) on frozen components -> user.npz.
 
     \b
@@ -194,6 +204,7 @@ def train(subspace_dir, data, text_column, label_column, kind, output, model, ra
     from edge_lorax.subspace import load_subspace
     from edge_lorax.train import train_coeffs
 
+    refuse_existing(output, overwrite)
     task = load_task(data, text_column=text_column, label_column=label_column, kind=kind, seed=seed)
     config = TrainConfig(lr=lr, batch_size=batch_size, max_length=max_length, steps=steps, epochs=epochs, seed=seed,
                          patience=patience)

@@ -101,6 +101,19 @@ def test_project_reconstruct_inspect_round_trip(built, good, tmp_path):
     assert "base_model: edge-lorax/tiny-random-bert" in text and f"parameters: {4 * 2 * (32 + 32)}" in text
 
 
+def test_project_refuses_to_overwrite_a_user_without_the_flag(built, good, tmp_path):
+    sub_dir, user = built[0], tmp_path / "user.npz"
+    assert run("project", sub_dir, good[0], "-o", user).exit_code == 0
+    before = user.read_bytes()
+    result = run("project", sub_dir, good[1], "-o", user)
+    assert result.exit_code == 1 and "already exists; pass --overwrite" in result.stderr
+    assert user.read_bytes() == before
+    assert run("project", sub_dir, good[1], "-o", user, "--overwrite").exit_code == 0
+    assert user.read_bytes() != before  # the other adapter's coefficients
+    result = run("train", "--subspace", sub_dir, "--data", "vader:nyt-binary", "-o", user)  # refused before training
+    assert result.exit_code == 1 and "already exists; pass --overwrite" in result.stderr
+
+
 def test_version_and_help():
     result = run("--version")
     assert result.exit_code == 0 and result.stdout.strip() == "edge-lorax, version 0.1.0"
