@@ -103,6 +103,20 @@ def ablation_lines(runs) -> list:
     return lines if any(r["grid"] == "ablation" for r in runs) else ["_Not run yet: `run.py --grids ablation`._"]
 
 
+def breaks_table(runs) -> list:
+    """Per held-out domain: eigen-drop − LoRA (mean over seeds) at each size, and how far its own LoRA lies outside
+    the subspace (relative ΔW error of the projection) — where recycling stops paying."""
+    domains = sorted({r["domain"] for r in runs if r["grid"] == "main"})
+    err = {r["domain"]: r["relative_error"] for r in runs if r["method"] == "projection-drop"}
+    lines = ["| held-out domain | " + " | ".join(f"{n} rows" for n in ROWS) + " | own LoRA outside subspace |",
+             "|---" * (len(ROWS) + 2) + "|"]
+    for d in domains:
+        diffs = [paired([r for r in runs if r["domain"] == d], is_("eigen-drop", n), is_("lora", n)) for n in ROWS]
+        cells = [f"{c['mean_diff']:+.1f}" if c["mean_diff"] is not None else "–" for c in diffs]
+        lines.append(f"| {d} | {' | '.join(cells)} | {100 * err[d]:.0f} % |" if d in err else f"| {d} | {' | '.join(cells)} | – |")
+    return lines
+
+
 def paired(runs, a, b) -> dict:
     """a − b in accuracy points over runs matched on (domain, rows, seed); a and b are predicates on a run."""
     key = lambda r: (r["domain"], r["rows"], r["seed"])  # noqa: E731
@@ -237,7 +251,8 @@ def markdown(result: dict, runs: list) -> str:
           "\n## Main grid (all training rows)\n", *accuracy_table(runs, "all")]
     for rows in ("256", "64"):
         md += [f"\n## Low data: {rows} training rows\n", *accuracy_table(runs, rows)]
-    md += ["\n## Cost per method (main grid)\n", *cost_table(runs),
+    md += ["\n## Where it breaks: EigenLoRAx (mean dropped) − LoRA, points, by held-out domain\n", *breaks_table(runs),
+           "\n## Cost per method (main grid)\n", *cost_table(runs),
            "\n## Ablations (amazon, 256 rows, eigen-drop)\n", *ablation_lines(runs)]
     return "\n".join(md) + "\n"
 
