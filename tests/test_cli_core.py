@@ -56,6 +56,7 @@ def test_build_writes_the_subspace_and_reports_on_stdout(built, good):
     assert f"fingerprint: {sub.fingerprint}" in result.stdout
     assert "K: [4]" in result.stdout and "r: [4]" in result.stdout and "modules: 4" in result.stdout
     assert "sources: 3" in result.stdout and f"output: {out}" in result.stdout
+    assert sub.config["mean"] == "keep"  # the default the paper table picked (benchmarks/paper_table/report.md)
     assert "modules" in result.stderr  # the progress bar goes to stderr
     assert [s["name"] for s in sub.config["sources"]] == [g.name for g in good]
 
@@ -217,9 +218,9 @@ def test_base_mismatch_refused_unless_allowed(good, save_adapter, tmp_path):
 
 def test_k_beyond_rank_refused_suggesting_augment(good, tmp_path):
     out = tmp_path / "sub"
-    assert_refused(run("build", *good, "-o", out, "-k", 20), "exceeds the rank 8 of 3 stacked adapters", out)
-    assert_refused(run("build", *good, "-o", out, "-k", 20), "--components 8 --augment 12", out)
-    result = run("build", *good, "-o", out, "-k", 8, "--augment", 12)
+    assert_refused(run("build", *good, "-o", out, "-k", 20, "--mean", "drop"), "exceeds the rank 8 of 3 stacked adapters", out)
+    assert_refused(run("build", *good, "-o", out, "-k", 20, "--mean", "drop"), "--components 8 --augment 12", out)
+    result = run("build", *good, "-o", out, "-k", 8, "--augment", 12, "--mean", "drop")
     assert result.exit_code == 0 and "K: [20]" in result.stdout
 
 

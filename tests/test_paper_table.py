@@ -46,8 +46,9 @@ def test_quick_resumes_from_cache_and_reports(quick_runs, tmp_path):
     stem = out.parent / out.name.replace("runs", "report")
     assert "## Cost per method" in stem.with_suffix(".md").read_text()
     verdicts = report["verdicts"](report["load_runs"](out))
-    assert verdicts["defaults"] == {"build --mean": "drop", "train --init": "zero_b"}  # read from the CLI itself
-    assert verdicts["mean_keep_vs_drop"]["winner"] == "unknown"  # quick runs hold no pairs: nothing is claimed
+    assert verdicts["defaults"] == {"build --mean": "keep", "train --init": "zero_b"}  # read from the CLI itself
+    assert verdicts["mean_keep_vs_drop"] == {}  # quick runs hold no pairs: nothing is claimed
+    assert verdicts["evidence_picks"] == {"build --mean": "drop", "train --init": "zero_b"}  # ties: the fallbacks
 
 
 def _record(method, domain, seed, acc, init="zero_b", rows="all", grid="main"):
@@ -67,6 +68,10 @@ def test_verdicts_judge_paired_differences():
     assert drop_vs_lora["n"] == 6 and drop_vs_lora["mean_diff"] == -0.5 and drop_vs_lora["winner"] == "b"
     assert v["eigen_drop_within_1pt_of_lora_main"] and v["adapter_param_ratio_vs_lora"] == round(1536 / 73728, 4)
     assert v["eigen_drop_vs_head"]["all"]["winner"] == "a" and v["eigen_drop_vs_head"]["all"]["mean_diff"] > 19
-    assert v["mean_keep_vs_drop"]["winner"] == "tie" and v["evidence_picks"]["build --mean"] == "drop"
+    assert v["mean_keep_vs_drop"]["all"]["winner"] == "tie" and v["evidence_picks"]["build --mean"] == "drop"
+    small = [_record(m, d, s, acc + (0.01 if m == "eigen-keep" else 0), rows="64", grid="lowdata")
+             for d in ("amazon", "nyt") for s in range(3) for m, acc in (("eigen-keep", 0.7), ("eigen-drop", 0.7))]
+    picked = report["verdicts"](runs + small)  # keep wins at 64 rows, ties with all rows
+    assert picked["mean_keep_vs_drop"]["64"]["winner"] == "a" and picked["evidence_picks"]["build --mean"] == "keep"
     runs = [dict(r, test_accuracy=r["test_accuracy"] - 0.02) if r["method"] == "eigen-drop" else r for r in runs]
     assert not report["verdicts"](runs)["eigen_drop_within_1pt_of_lora_main"]  # 2.5 points behind LoRA

@@ -71,8 +71,8 @@ def test_small_stack_is_exactly_the_batch_svd(save_adapter):
             save_adapter("bert", weight_seed=3, r=4, use_rslora=True), save_adapter("bert", weight_seed=4, r=3)]
     infos = [read_adapter(d) for d in dirs]
     module = "bert.encoder.layer.1.attention.self.value"
-    chunked = build_module(infos, module, components=6, chunk_rows=3)
-    whole = build_module(infos, module, components=6, chunk_rows=10_000)
+    chunked = build_module(infos, module, components=6, chunk_rows=3, mean="drop")
+    whole = build_module(infos, module, components=6, chunk_rows=10_000, mean="drop")
     for side, got in (("A", chunked.components_A), ("B", chunked.components_B.T)):
         _, centred = centred_stack(dirs, module, side)
         _, S, Vt = np.linalg.svd(centred, full_matrices=False)
@@ -97,7 +97,7 @@ def test_truncated_stream_keeps_max_rank_directions(save_adapter):
 @pytest.mark.parametrize("target", [0.5, 0.9])
 def test_explained_variance_picks_the_smallest_k(target, save_adapter):
     dirs = [save_adapter("bert", weight_seed=s, r=4) for s in range(1, 5)]
-    sub = build_subspace(dirs, explained_variance=target)
+    sub = build_subspace(dirs, explained_variance=target, mean="drop")  # the paper's centred stack
     for module, ms in sub.modules.items():
         ks = []
         for side in ("A", "B"):
@@ -117,7 +117,7 @@ def test_explained_variance_picks_the_smallest_k(target, save_adapter):
 def test_k_beyond_rank_refused_with_augment_suggestion(planted_adapters):
     dirs, _ = planted_adapters("bert", n=6, k=3)
     with pytest.raises(ValueError, match=r"K=5 exceeds the rank 3 .*--components 3 --augment 2"):
-        build_subspace(dirs, components=5)
+        build_subspace(dirs, components=5, mean="drop")
     with pytest.raises(ValueError, match=r"K=4 exceeds the rank 3 .*--components 3 --augment 1"):
         build_subspace(dirs, components=4, mean="keep")  # the mean lies inside the planted span: no extra direction
     with pytest.raises(ValueError, match="exactly one of --components K or --explained-variance F"):

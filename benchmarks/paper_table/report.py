@@ -108,13 +108,16 @@ def breaks_table(runs) -> list:
     the subspace (relative ΔW error of the projection) — where recycling stops paying."""
     domains = sorted({r["domain"] for r in runs if r["grid"] == "main"})
     err = {r["domain"]: r["relative_error"] for r in runs if r["method"] == "projection-drop"}
-    lines = ["| held-out domain | " + " | ".join(f"{n} rows" for n in ROWS) + " | own LoRA outside subspace |",
+    lines = ["| held-out domain | " + " | ".join(f"{n} rows" for n in ROWS) + " | relative ΔW error of projecting its own LoRA |",
              "|---" * (len(ROWS) + 2) + "|"]
+    behind = []
     for d in domains:
         diffs = [paired([r for r in runs if r["domain"] == d], is_("eigen-drop", n), is_("lora", n)) for n in ROWS]
         cells = [f"{c['mean_diff']:+.1f}" if c["mean_diff"] is not None else "–" for c in diffs]
+        behind += [f"{d} at {n} rows ({c['mean_diff']:+.1f})" for n, c in zip(ROWS, diffs) if (c["mean_diff"] or 0) < 0]
         lines.append(f"| {d} | {' | '.join(cells)} | {100 * err[d]:.0f} % |" if d in err else f"| {d} | {' | '.join(cells)} | – |")
-    return lines
+    return lines + ["", f"LoRA leads in {len(behind)} of {len(domains) * len(ROWS)} cells"
+                    + (f": {', '.join(behind)}." if behind else ".")]
 
 
 def paired(runs, a, b) -> dict:
@@ -146,9 +149,19 @@ def current_defaults() -> dict:
     return {"build --mean": pick(build, "mean"), "train --init": pick(train, "init")}
 
 
-def settle(comparison: dict, a: str, b: str, tie_default: str) -> str:
-    """The setting the evidence picks: the paired winner, or `tie_default` when the interval includes zero."""
-    return {"a": a, "b": b}.get(comparison["winner"], tie_default)
+def settle(by_size: dict, a: str, b: str, tie_default: str) -> str:
+    """The setting the evidence picks: one that wins (interval excludes zero) at some training-set size and loses
+    at none; otherwise `tie_default`."""
+    winners = {c["winner"] for c in by_size.values()}
+    if "a" in winners and "b" not in winners:
+        return a
+    return b if "b" in winners and "a" not in winners else tie_default
+
+
+def by_size(runs, a, b) -> dict:
+    """paired(a, b) at each training-set size that has pairs."""
+    out = {n: paired([r for r in runs if r["rows"] == n], a, b) for n in ROWS}
+    return {n: c for n, c in out.items() if c["n"]}
 
 
 def verdicts(runs) -> dict:
@@ -156,9 +169,9 @@ def verdicts(runs) -> dict:
     drop, keep, lora, head = is_("eigen-drop"), is_("eigen-keep"), is_("lora"), is_("head")
     params = {label(r): r["adapter_params"] for r in runs if r["grid"] == "main"}
     vs_lora = {m: {n: paired(runs, is_(m, n), is_("lora", n)) for n in ROWS} for m in ("eigen-drop", "eigen-keep")}
-    mean_cmp = paired(runs, keep, drop)
-    init_cmp = paired(runs, lambda r: r["method"] == "eigen-drop" and r["init"] == "uniform" and PLAIN_K8(r),
-                      lambda r: label(r) == "eigen-drop" and PLAIN_K8(r) and r["grid"] != "ablation")
+    mean_cmp = by_size(runs, keep, drop)
+    init_cmp = by_size(runs, lambda r: r["method"] == "eigen-drop" and r["init"] == "uniform" and PLAIN_K8(r),
+                       lambda r: label(r) == "eigen-drop" and PLAIN_K8(r) and r["grid"] != "ablation")
     within = lambda c: c["mean_diff"] is not None and c["mean_diff"] >= -1.0  # noqa: E731
     return {
         "eigen_vs_lora": vs_lora,
@@ -181,7 +194,11 @@ def fmt(c: dict) -> str:
     if c.get("ci95") is None:
         return "not enough paired runs"
     lo, hi = c["ci95"]
-    return f"{c['mean_diff']:+.1f} points (95% CI {lo:+.1f} … {hi:+.1f}; better in {c['wins']} of {c['n']} paired runs)"
+    return f"{c['mean_diff']:+.2f} points (95% CI {lo:+.2f} … {hi:+.2f}; better in {c['wins']} of {c['n']} paired runs)"
+
+
+def sizes(by: dict) -> str:
+    return "; ".join(f"{n} rows {fmt(c)}" for n, c in by.items()) or "no paired runs"
 
 
 def verdict_lines(v: dict) -> list:
@@ -196,17 +213,16 @@ def verdict_lines(v: dict) -> list:
         f"mean kept {fmt(el['eigen-keep']['all'])} → {yes(v['eigen_keep_within_1pt_of_lora_main'])}.",
         f"- With little data (mean dropped − LoRA): 256 rows {fmt(el['eigen-drop']['256'])}; "
         f"64 rows {fmt(el['eigen-drop']['64'])}.",
-        "- **Beats head-only by ≥ 2 points?** " + "; ".join(
-            f"{n} rows {fmt(eh[n])} → {yes(eh[n]['mean_diff'] is not None and eh[n]['mean_diff'] >= 2)}" for n in ROWS),
+        f"- **Beats head-only by ≥ 2 points?** All rows (head-only is a main-grid method): {fmt(eh['all'])} → "
+        f"{yes(eh['all']['mean_diff'] is not None and eh['all']['mean_diff'] >= 2)}.",
         f"- **Recycled directions vs random orthonormal ones** (same K, same machinery): {fmt(v['eigen_drop_vs_random_main'])}.",
         f"- **vs VeRA r=256** (same steps; VeRA's rate untuned): {fmt(v['eigen_drop_vs_vera_main'])}.",
-        f"- **Mean kept − mean dropped** (main + low data): {fmt(v['mean_keep_vs_drop'])} → evidence picks "
-        f"`--mean {v['evidence_picks']['build --mean']}`" + (" (tie: the paper's setting stays)" if
-                                                           v['mean_keep_vs_drop']['winner'] == 'tie' else "") + ".",
-        f"- **Uniform init (paper) − zero coeff_B** (main grid + amazon ablation): {fmt(v['init_uniform_vs_zero_b'])} → "
-        f"evidence picks `--init {v['evidence_picks']['train --init']}`" + (
-            " (tie: zero_b stays — the untrained user is exactly the base model)" if
-            v['init_uniform_vs_zero_b']['winner'] == 'tie' else "") + ".",
+        f"- **Mean kept − mean dropped**: {sizes(v['mean_keep_vs_drop'])} → evidence picks "
+        f"`--mean {v['evidence_picks']['build --mean']}` (a setting is picked when it wins at some size and loses at "
+        "none; on a tie the paper's `drop`).",
+        f"- **Uniform init (paper) − zero coeff_B** (all rows: main grid; 256 rows: amazon ablation): "
+        f"{sizes(v['init_uniform_vs_zero_b'])} → evidence picks `--init {v['evidence_picks']['train --init']}` (on a "
+        "tie `zero_b`: the untrained user is exactly the base model).",
         f"- **Defaults follow the evidence?** {yes(follows)}: shipped `build --mean {v['defaults']['build --mean']}`, "
         f"`train --init {v['defaults']['train --init']}`.",
     ]
