@@ -113,6 +113,27 @@ def user_bytes(user: Path, adapter: Path, sub: Path, work: Path) -> dict:
             "reconstructed PEFT adapter_model.safetensors": (rec / names.ADAPTER_WEIGHTS).stat().st_size}
 
 
+def int8_agreement(bundle_dir: Path, user: Path, task_spec: str) -> dict:
+    """fp32 vs int8 on the user's own task, whole test split (max length 64): accuracy of each, and how many
+    predictions the int8 graph changes — what the exporter's logit tolerance does not say."""
+    from dataclasses import replace
+
+    from edge_lorax import names
+    from edge_lorax.data import load_task
+    from edge_lorax.runtime.bundle import PROFILES, open_bundle
+    from edge_lorax.runtime.infer import encode, run_arrays
+    from edge_lorax.runtime.users import load_user
+
+    test, preds = load_task(task_spec, seed=0).test, {}
+    for variant in ("fp32", "int8"):
+        bundle = open_bundle(bundle_dir, replace(PROFILES["default"], variant=variant))
+        logits = run_arrays(bundle, load_user(bundle, user), encode(bundle, list(test.texts), 64))[names.LOGITS]
+        preds[variant] = logits.argmax(-1)  # (rows,)
+    acc = {v: round(float((p == test.targets).mean()), 4) for v, p in preds.items()}
+    return {"task": task_spec, "rows": len(test), "accuracy": acc,
+            "changed_predictions": int((preds["fp32"] != preds["int8"]).sum())}
+
+
 def summary(result: dict) -> str:
     """The closing-note numbers: int8 vs fp32, the coefficient graph's cost over merged, one user vs its LoRA."""
     b, u = result["bundles"], result["user"]
@@ -148,6 +169,11 @@ def markdown(result: dict, adapters_note: str, work: Path) -> str:
         lines.append(f"| {name} | {models} | {sum(files.values()):,} |")
     lines += ["", summary(result), "", "## One user (bytes)", "", "| form | bytes |", "|---|---|"]
     lines += [f"| {k} | {v:,} |" for k, v in result["user"].items()]
+    if result.get("int8_agreement"):
+        a = result["int8_agreement"]
+        lines += ["", f"## int8 vs fp32 on the user's task ({a['task']}, {a['rows']} test rows)", "",
+                  f"Test accuracy fp32 {a['accuracy']['fp32']:.4f}, int8 {a['accuracy']['int8']:.4f}; int8 changes "
+                  f"{a['changed_predictions']} of {a['rows']} predictions."]
     ver = result["manifest"]["verification"]
     lines += ["", "## Verification recorded in the int8+ort manifest", "", "| variant | max abs diff | tolerance x scale | response |",
               "|---|---|---|---|"]
@@ -168,6 +194,9 @@ def main():
             if args.random else "Adapters: " + ", ".join(a.name for a in adapters) + "; the user is the projection of "
             f"{adapters[0].name} with its head.")
     result = {"stamp": stamp(), **run(adapters, args.work)}
+    if not args.random and adapters[0].name.startswith(("tweets-", "movies-", "amazon-", "nyt-")):
+        task = f"vader:{adapters[0].name}"
+        result["int8_agreement"] = int8_agreement(args.work / "bundle-int8+ort", args.work / "user.npz", task)
     args.out.write_text(markdown(result, note, args.work))
     (args.work / "export_report.json").write_text(json.dumps(result, indent=1, default=str))
     print(args.out)
