@@ -255,12 +255,12 @@ def stamp(runs) -> dict:
 def header(result: dict, n_runs: int) -> list:
     s = result["stamp"]
     return ["# EigenLoRAx vs baselines, leave-one-domain-out (VADER, all-MiniLM-L6-v2)\n",
-            f"Commit `{s['commit']}`, {s['cpu']} ({s['cores']} cores), torch {s['torch']}. Command: `{s['command']}`. "
+            f"Rendered at commit `{s['commit']}`, {s['cpu']} ({s['cores']} cores), torch {s['torch']}. Command: `{s['command']}`. "
             f"{n_runs} runs; {s['seeds_per_cell']} seeds per cell, mean ± sample std over seeds; {s['steps']} steps of "
             "batch 16, max length 48 for every trained method; coefficient lr 2e-2, LoRA 2e-3, VeRA (r=256) 1e-2, "
             "head 5e-3. Test accuracy in %, binary task of the held-out domain; each domain's subspace was built "
             "from the other three domains' nine source adapters only (K=8, r=8 on query/value).\n",
-            f"Whole run: {s['total_minutes']} min of per-run wall time ("
+            f"Whole run: {s['total_minutes']} min, the sum of the runs' wall times ("
             + ", ".join(f"{g} {m}" for g, m in s["run_minutes"].items()) + "), budget 90 min.\n",
             "Data: Hutto & Gilbert (2014), VADER sentiment ratings, MIT licence (see data/vader/).\n"]
 
