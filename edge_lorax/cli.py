@@ -6,11 +6,11 @@ Results go to stdout, progress to stderr; bad input is a one-line ClickException
 import json
 import sys
 from functools import wraps
-from pathlib import Path
 
 import click
 
 from edge_lorax import __version__
+from edge_lorax.util import refuse_existing
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -46,12 +46,6 @@ def progress(items, label: str):
     from tqdm import tqdm
 
     return tqdm(items, desc=label, file=sys.stderr, leave=False)
-
-
-def refuse_existing(output, overwrite: bool):
-    """Checked before any work, so a long training run cannot end in a refusal."""
-    if Path(output).exists() and not overwrite:
-        raise FileExistsError(f"{output}: already exists; pass --overwrite or choose another output")
 
 
 def emit(data: dict, as_json: bool):

@@ -14,12 +14,17 @@ def _publish_mode(path: Path, full: int):
     os.chmod(path, full & ~umask)
 
 
+def refuse_existing(path, overwrite: bool):
+    """The one "already exists" refusal; callers that work long check it before starting, not only at write time."""
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(f"{path}: already exists; pass --overwrite or choose another output")
+
+
 @contextmanager
 def atomic_dir(path, overwrite: bool = False):
     """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: already exists; pass --overwrite or choose another output")
+    refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
@@ -36,8 +41,7 @@ def atomic_dir(path, overwrite: bool = False):
 def atomic_file(path, overwrite: bool = True):
     """Yield a temp file path beside `path`; renamed into place on success, removed on error."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path}: already exists; pass --overwrite or choose another output")
+    refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
