@@ -57,21 +57,6 @@ def timed(cmd: list, work: Path) -> dict:
     return {"command": shown, "seconds": round(wall, 1), "peak_rss_mib": round(int(out.split()[-1]) / 1024)}
 
 
-def add_head(user: Path, adapter: Path):
-    """Attach the adapter's classifier (modules_to_save) to the projected user: the whole user, head included."""
-    from safetensors.numpy import load_file
-
-    from edge_lorax import names
-    from edge_lorax.coeffs import Coefficients, load_coeffs, save_coeffs
-
-    tensors = load_file(str(adapter / names.ADAPTER_WEIGHTS))
-    weight = next(v for k, v in tensors.items() if "classifier" in k and k.endswith("weight"))  # (labels, in)
-    bias = next(v for k, v in tensors.items() if "classifier" in k and k.endswith("bias"))
-    c = load_coeffs(user)
-    head = {names.HEAD_WEIGHT_T: weight.T.copy(), names.HEAD_BIAS: bias.copy()}
-    save_coeffs(Coefficients(c.fingerprint, c.tensors, head, c.meta), user)
-
-
 def sizes(bundle: Path) -> dict:
     return {f.name: f.stat().st_size for f in sorted(bundle.iterdir()) if f.is_file()}
 
@@ -79,8 +64,7 @@ def sizes(bundle: Path) -> dict:
 def run(adapters: list, work: Path) -> dict:
     sub, user = work / "subspace", work / "user.npz"
     runs = [timed([*CLI, "build", *map(str, adapters), "-o", str(sub), "-k", "8", "--overwrite"], work),
-            timed([*CLI, "project", str(sub), str(adapters[0]), "-o", str(user), "--overwrite"], work)]
-    add_head(user, adapters[0])
+            timed([*CLI, "project", str(sub), str(adapters[0]), "-o", str(user), "--overwrite"], work)]  # + its head
     base = [*CLI, "export", "--subspace", str(sub), "--coeffs", str(user), "--overwrite"]
     variants = {"shared": [], "int8+ort": ["--quantize", "int8", "--ort-format"], "per-example": ["--per-example"],
                 "merged": ["--merge"], "features": ["--task", "features"]}
