@@ -8,8 +8,6 @@ setting "wins" only when the interval excludes zero; otherwise the report says t
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
 METHODS = ("eigen-drop", "eigen-keep", "eigen-drop-uniform", "random", "lora", "vera", "head",
            "projection-drop", "projection-keep")
 ROWS = ("all", "256", "64")
@@ -41,9 +40,8 @@ def cell(values) -> str:
 
 
 def select(runs, name: str, rows: str) -> list:
-    """Runs of one row name at one training-set size (projections live in the main grid only)."""
-    grids = ("main",) if rows == "all" else ("lowdata",)
-    return [r for r in runs if label(r) == name and r["rows"] == rows and r["grid"] in grids and PLAIN_K8(r)]
+    """Runs of one row name at one training-set size, on the grid's default subspace (see `is_`)."""
+    return [r for r in runs if is_(name, rows)(r)]
 
 
 def domain_mean_per_seed(rs: list, domains: list) -> list:
@@ -146,7 +144,6 @@ def is_(name: str, rows=None):
 
 def current_defaults() -> dict:
     """The `build --mean` and `train --init` defaults of the CLI as shipped."""
-    sys.path.insert(0, str(HERE.parents[1]))
     from edge_lorax.cli import build, train
 
     pick = lambda cmd, name: next(p.default for p in cmd.params if p.name == name)  # noqa: E731
@@ -241,13 +238,13 @@ def command(runs) -> str:
 
 
 def stamp(runs) -> dict:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    import torch
+    """Machine, commit and versions (edge_lorax.runtime.measure, as every report), plus the run's own totals."""
+    from edge_lorax.runtime.measure import git_commit, machine, versions
 
+    host, ver = machine(), versions(("torch",))
     minutes = {g: round(sum(r["wall_s"] for r in runs if r["grid"] == g) / 60, 1) for g in sorted({r["grid"] for r in runs})}
-    return {"commit": commit, "cpu": cpu, "cores": len(__import__("os").sched_getaffinity(0)), "python": platform.python_version(),
-            "torch": torch.__version__, "command": command(runs), "seeds_per_cell": 1 + max((r["seed"] for r in runs), default=0),
+    return {"commit": git_commit(HERE.parents[1]), "cpu": host["cpu"], "cores": host["usable_cores"], "python": ver["python"],
+            "torch": ver["torch"], "command": command(runs), "seeds_per_cell": 1 + max((r["seed"] for r in runs), default=0),
             "steps": runs[0]["config"]["steps"] if runs else None, "run_minutes": minutes,
             "total_minutes": round(sum(minutes.values()), 1)}
 
