@@ -129,10 +129,9 @@ def verdict(results: list, rank: int = 16) -> dict:
 
 
 def machine() -> dict:
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.processor())
-    mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kib / 2**20, 1), "platform": platform.platform(),
+    from edge_lorax.runtime.measure import cpu_model, ram_gib
+
+    return {"nproc": os.cpu_count(), "cpu": cpu_model(), "ram_gib": ram_gib(), "platform": platform.platform(),
             "python": platform.python_version(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
             "blas_threads_env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if k in os.environ}}
 

@@ -133,9 +133,9 @@ def summary(result: dict) -> str:
 
 def stamp() -> str:
     """Commit, CPU and load average: what the times below depend on."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-    return f"commit `{commit}`, {os.cpu_count()} × {cpu}, load average {os.getloadavg()[0]:.2f}"
+    from edge_lorax.runtime.measure import cpu_model, git_commit
+
+    return f"commit `{git_commit(ROOT)}`, {os.cpu_count()} × {cpu_model()}, load average {os.getloadavg()[0]:.2f}"
 
 
 def markdown(result: dict, adapters_note: str, work: Path) -> str:

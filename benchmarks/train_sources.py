@@ -98,9 +98,9 @@ def machine_line() -> str:
     import torch
     import transformers
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    return (f"{cpu}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads, {platform.system()}; "
+    from edge_lorax.runtime.measure import cpu_model
+
+    return (f"{cpu_model()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads, {platform.system()}; "
             f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")
 
 
