@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from edge_lorax import names  # noqa: E402
+from edge_lorax.formats import names  # noqa: E402
 
 
 def random_adapters(out: Path, n: int, rank: int = 8) -> list:
@@ -29,7 +29,7 @@ def random_adapters(out: Path, n: int, rank: int = 8) -> list:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from edge_lorax.models import load_model, resolve_model
+    from edge_lorax.builder.models import load_model, resolve_model
 
     dirs = []
     for i in range(n):
@@ -44,17 +44,18 @@ def random_adapters(out: Path, n: int, rank: int = 8) -> list:
 
 def build_inputs(adapters: list, work: Path, k: int) -> tuple:
     """(subspace dir, user.npz, bundle dir) under work; the user is adapter 0 projected, with its head."""
-    from edge_lorax.coeffs import Coefficients, save_coeffs
+    from edge_lorax.builder.project import project_adapter
+    from edge_lorax.builder.subspace import build_subspace
     from edge_lorax.export import export_bundle
-    from edge_lorax.project import project_adapter
-    from edge_lorax.subspace import build_subspace, load_subspace, save_subspace
+    from edge_lorax.formats.subspace import read_subspace, write_subspace
+    from edge_lorax.formats.user import User, write_user
 
-    subspace = save_subspace(build_subspace(adapters, components=k), work / "subspace", overwrite=True)
-    proj = project_adapter(load_subspace(subspace), adapters[0]).coeffs  # carries the adapter's saved head
+    subspace = write_subspace(build_subspace(adapters, components=k), work / "subspace", overwrite=True)
+    proj = project_adapter(read_subspace(subspace), adapters[0]).coeffs  # carries the adapter's saved head
     rng = np.random.default_rng(0)
     head = proj.head or {names.HEAD_WEIGHT_T: (rng.standard_normal((384, 2)) * 0.05).astype(np.float32),
                          names.HEAD_BIAS: np.zeros(2, np.float32)}
-    user = save_coeffs(Coefficients(proj.fingerprint, proj.tensors, head, proj.meta), work / "user.npz")
+    user = write_user(User(proj.fingerprint, proj.coefficients, head, proj.meta), work / "user.npz")
     bundle = export_bundle("default", subspace, work / "bundle", user, quantize="int8", overwrite=True)
     return subspace, user, Path(bundle)
 
@@ -76,7 +77,7 @@ def main(argv=None):
     if len(adapters) < 2:
         sys.exit("need at least 2 source adapters: train them with benchmarks/train_sources.py or pass --random-adapters N")
     subspace, user, bundle = build_inputs([Path(a) for a in adapters], work, args.k)
-    from edge_lorax.runtime.bench import run_bench
+    from edge_lorax.bench.run import run_bench
 
     command = shlex.join([".venv/bin/python", "benchmarks/bench_runtime.py", *(argv or sys.argv[1:])])
     out = run_bench(bundle, args.output, args.quick, None, subspace, user, command, log=lambda m: print(m, file=sys.stderr))

@@ -129,7 +129,7 @@ def verdict(results: list, rank: int = 16) -> dict:
 
 
 def machine() -> dict:
-    from edge_lorax.runtime.measure import cpu_model, ram_gib
+    from edge_lorax.bench.measure import cpu_model, ram_gib
 
     return {"nproc": os.cpu_count(), "cpu": cpu_model(), "ram_gib": ram_gib(), "platform": platform.platform(),
             "python": platform.python_version(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],

@@ -30,7 +30,7 @@ def make_adapters(root: Path, n: int = 4) -> list:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from edge_lorax.models import default_model_path
+    from edge_lorax.builder.models import default_model_path
 
     transformers.logging.set_verbosity_error()
     out = []
@@ -80,16 +80,16 @@ def user_bytes(user: Path, adapter: Path, sub: Path, work: Path) -> dict:
     """One user, every way it can be stored."""
     from safetensors.numpy import load_file
 
-    from edge_lorax import names
-    from edge_lorax.coeffs import load_coeffs
+    from edge_lorax.formats import names
+    from edge_lorax.formats.user import read_user
 
     rec = work / "user-lora"
     subprocess.run([*CLI, "reconstruct", str(sub), str(user), "-o", str(rec), "--overwrite"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lora = load_file(str(adapter / names.ADAPTER_WEIGHTS))
-    c = load_coeffs(user)
+    c = read_user(user)
     return {"user.npz file": user.stat().st_size,
-            "coefficient tensors (no head)": sum(v.nbytes for v in c.tensors.values()),
+            "coefficient tensors (no head)": sum(v.nbytes for v in c.coefficients.values()),
             "coefficient + head tensors": c.nbytes(),
             "user.onnx_adapter file": (work / "bundle-shared" / "user.onnx_adapter").stat().st_size,
             "source PEFT adapter_model.safetensors (LoRA + classifier)": (adapter / names.ADAPTER_WEIGHTS).stat().st_size,
@@ -102,8 +102,8 @@ def int8_agreement(bundle_dir: Path, user: Path, task_spec: str) -> dict:
     predictions the int8 graph changes — what the exporter's logit tolerance does not say."""
     from dataclasses import replace
 
-    from edge_lorax import names
-    from edge_lorax.data import load_task
+    from edge_lorax.builder.data import load_task
+    from edge_lorax.formats import names
     from edge_lorax.runtime.bundle import PROFILES, open_bundle
     from edge_lorax.runtime.infer import encode, run_arrays
     from edge_lorax.runtime.users import load_user
@@ -133,7 +133,7 @@ def summary(result: dict) -> str:
 
 def stamp() -> str:
     """Commit, CPU and load average: what the times below depend on."""
-    from edge_lorax.runtime.measure import cpu_model, git_commit
+    from edge_lorax.bench.measure import cpu_model, git_commit
 
     return f"commit `{git_commit(ROOT)}`, {os.cpu_count()} × {cpu_model()}, load average {os.getloadavg()[0]:.2f}"
 

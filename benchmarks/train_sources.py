@@ -22,8 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge_lorax.baselines import TrainConfig, train_lora  # noqa: E402
-from edge_lorax.data import VADER_TASKS, load_task  # noqa: E402
+from edge_lorax.builder.baselines import train_lora  # noqa: E402
+from edge_lorax.builder.data import VADER_TASKS, load_task  # noqa: E402
+from edge_lorax.builder.loop import TrainConfig
 
 CONFIG = TrainConfig(lr=2e-3, batch_size=32, max_length=64, steps=150, seed=0, eval_every=50)
 LORA = {"method": "lora", "rank": 8, "alpha": 16, "targets": ("query", "value")}
@@ -98,7 +99,7 @@ def machine_line() -> str:
     import torch
     import transformers
 
-    from edge_lorax.runtime.measure import cpu_model
+    from edge_lorax.bench.measure import cpu_model
 
     return (f"{cpu_model()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads, {platform.system()}; "
             f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")

@@ -10,7 +10,8 @@ from functools import wraps
 import click
 
 from edge_lorax import __version__
-from edge_lorax.util import refuse_existing
+from edge_lorax.formats.atomic import refuse_existing
+from edge_lorax.formats.errors import InputError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -29,14 +30,15 @@ def cli():
 
 
 def friendly(fn):
-    """Turn the library's expected errors into one-line ClickExceptions (exit 1)."""
+    """The package's InputError (expected bad input) becomes a one-line ClickException (exit 1); any other exception
+    is a bug and keeps its traceback."""
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-            raise click.ClickException(str(e).strip("'\"")) from e
+        except InputError as e:
+            raise click.ClickException(" ".join(str(e).split())) from e
 
     return wrapper
 
@@ -83,14 +85,15 @@ def build(adapters, output, components, explained_variance, augment, mean, seed,
     # One BLAS thread unless the caller says otherwise (set before numpy loads): OpenBLAS spins its threads, and on a
     # busy machine the SVD ran 10x slower with 2 threads than with 1 (benchmarks/reports/build_scale.md).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from edge_lorax.subspace import build_subspace, save_subspace
+    from edge_lorax.builder.subspace import build_subspace
+    from edge_lorax.formats.subspace import write_subspace
 
     if components is None and explained_variance is None:
         components = 8
     sub = build_subspace(adapters, components=components, explained_variance=explained_variance, augment=augment,
                          mean=mean, seed=seed, allow_base_mismatch=allow_base_mismatch,
                          progress=lambda mods: progress(mods, "modules"))
-    save_subspace(sub, output, overwrite)
+    write_subspace(sub, output, overwrite)
     from edge_lorax.describe import describe
 
     emit({"output": output, **describe(output)}, False)
@@ -110,13 +113,13 @@ def project(subspace, adapter, output, as_json, overwrite):
     Example:
       edge-lorax project subspace adapters/nyt-binary -o nyt.npz
     """
-    from edge_lorax.coeffs import save_coeffs
-    from edge_lorax.project import project_adapter
-    from edge_lorax.subspace import load_subspace
+    from edge_lorax.builder.project import project_adapter
+    from edge_lorax.formats.subspace import read_subspace
+    from edge_lorax.formats.user import write_user
 
     refuse_existing(output, overwrite)
-    result = project_adapter(load_subspace(subspace), adapter)
-    save_coeffs(result.coeffs, output)
+    result = project_adapter(read_subspace(subspace), adapter)
+    write_user(result.coeffs, output)
     data = {"output": output, "relative_error": round(result.overall, 6), "bytes": result.coeffs.nbytes()}
     emit({**data, "module_errors": {m: round(e, 6) for m, e in result.errors.items()}} if as_json else data, as_json)
 
@@ -130,20 +133,20 @@ def project(subspace, adapter, output, as_json, overwrite):
 @click.option("--overwrite", is_flag=True)
 @friendly
 def reconstruct(subspace, coeffs, output, merged_model, model, overwrite):
-    """Coefficients -> a standard PEFT LoRA folder (and optionally merged base weights).
+    """User -> a standard PEFT LoRA folder (and optionally merged base weights).
 
     \b
     Example:
       edge-lorax reconstruct subspace nyt.npz -o nyt-lora --merged-model nyt-merged
     """
-    from edge_lorax.coeffs import load_coeffs
-    from edge_lorax.project import reconstruct_adapter
-    from edge_lorax.subspace import load_subspace
+    from edge_lorax.builder.project import reconstruct_adapter
+    from edge_lorax.formats.subspace import read_subspace
+    from edge_lorax.formats.user import read_user
 
-    sub, user = load_subspace(subspace), load_coeffs(coeffs)
+    sub, user = read_subspace(subspace), read_user(coeffs)
     reconstruct_adapter(sub, user, output, overwrite)
     if merged_model:
-        from edge_lorax.merge import save_merged_model
+        from edge_lorax.builder.merge import save_merged_model
 
         save_merged_model(model, sub, user, merged_model, overwrite)
     emit({"output": output, "merged_model": merged_model}, False)
@@ -178,7 +181,7 @@ def inspect(path, as_json):
 @click.option("--k", "k", type=int, help="Use only the first K components (default: all).")
 @click.option("--init", type=click.Choice(["zero_b", "uniform"]), default="zero_b", show_default=True,
               help="zero_b: step 0 is the base model; uniform: U(-0.5, 0.5) both, as in the paper.")
-@click.option("--lr", default=2e-2, show_default=True, help="Coefficients + head (2e-2 beat 5e-3 on a short budget: benchmarks/paper_table).")
+@click.option("--lr", default=2e-2, show_default=True, help="User + head (2e-2 beat 5e-3 on a short budget: benchmarks/paper_table).")
 @click.option("--steps", type=int, help="Optimizer steps (overrides --epochs).")
 @click.option("--epochs", default=1.0, show_default=True)
 @click.option("--batch-size", default=32, show_default=True)
@@ -195,16 +198,16 @@ def train(subspace_dir, data, text_column, label_column, kind, output, model, ra
     Example:
       edge-lorax train --subspace subspace --data vader:nyt-binary -o nyt.npz --steps 100
     """
-    from edge_lorax.baselines import TrainConfig
-    from edge_lorax.data import load_task
-    from edge_lorax.subspace import load_subspace
-    from edge_lorax.train import train_coeffs
+    from edge_lorax.builder.data import load_task
+    from edge_lorax.builder.loop import TrainConfig
+    from edge_lorax.builder.train import train_coeffs
+    from edge_lorax.formats.subspace import read_subspace
 
     refuse_existing(output, overwrite)
     task = load_task(data, text_column=text_column, label_column=label_column, kind=kind, seed=seed)
     config = TrainConfig(lr=lr, batch_size=batch_size, max_length=max_length, steps=steps, epochs=epochs, seed=seed,
                          patience=patience)
-    report = train_coeffs(load_subspace(subspace_dir), task, output, model=model, rank=rank, k=k, init=init, config=config)
+    report = train_coeffs(read_subspace(subspace_dir), task, output, model=model, rank=rank, k=k, init=init, config=config)
     click.echo(report.summary())
 
 
@@ -242,7 +245,9 @@ def train_lora(data, text_column, label_column, kind, validation_file, test_file
       edge-lorax train-lora --data vader:tweets-binary -o adapters/tweets-binary --steps 150
       edge-lorax train-lora --data vader:nyt-binary -o nyt-vera --method vera --rank 256
     """
-    from edge_lorax.baselines import METHOD_LR, TrainConfig, train_lora as run
+    from edge_lorax.builder.baselines import METHOD_LR
+    from edge_lorax.builder.baselines import train_lora as run
+    from edge_lorax.builder.loop import TrainConfig
 
     if threads:
         import torch
@@ -260,7 +265,7 @@ def train_lora(data, text_column, label_column, kind, validation_file, test_file
 
 def load_cli_task(data, text_column, label_column, kind, validation_file=None, test_file=None, seed=0):
     """The task behind the --data options (vader:... or a file), with the seeded split."""
-    from edge_lorax.data import load_task
+    from edge_lorax.builder.data import load_task
 
     return load_task(data, text_column=text_column, label_column=label_column, kind=kind,
                      seed=seed, **({"validation": validation_file, "test": test_file} if not data.startswith("vader:") else {}))
@@ -281,7 +286,7 @@ def data_cmd(spec, text_column, label_column, kind, seed):
       edge-lorax data vader:nyt-3class
       edge-lorax data reviews.csv --text-column review --label-column stars
     """
-    from edge_lorax.data import task_summary
+    from edge_lorax.builder.data import task_summary
 
     emit(task_summary(load_cli_task(spec, text_column, label_column, kind, seed=seed)), True)
 
@@ -331,7 +336,7 @@ def bench(bundle, output, subspace, model, coeffs, quick):
     """
     import shlex
 
-    from edge_lorax.runtime.bench import run_bench
+    from edge_lorax.bench.run import run_bench
 
     command = shlex.join(["edge-lorax", "bench", bundle, "-o", output, "--subspace", subspace]
                          + (["--model", model] if model else []) + (["--coeffs", coeffs] if coeffs else [])
@@ -339,7 +344,7 @@ def bench(bundle, output, subspace, model, coeffs, quick):
     out = run_bench(bundle, output, quick, model, subspace, coeffs, command, log=lambda m: click.echo(m, err=True))
     emit({"report": str(out / "report.md"), "json": str(out / "report.json"), "plot": str(out / "report.png")}, False)
 
-from edge_lorax import names as _names  # noqa: E402  (export's choices come from the shared names)
+from edge_lorax.formats import names as _names  # noqa: E402  (export's choices come from the shared names)
 
 
 @cli.command()

@@ -22,17 +22,18 @@ def log(msg: str):
 
 def build_users(adapters: Path, out: Path, steps: int) -> tuple:
     """Subspace + two coefficient files: nyt-projected (no training), nyt-trained (coefficients + head)."""
-    from edge_lorax.baselines import TrainConfig
-    from edge_lorax.coeffs import save_coeffs
-    from edge_lorax.data import load_task
-    from edge_lorax.project import project_adapter
-    from edge_lorax.subspace import build_subspace, save_subspace
-    from edge_lorax.train import train_coeffs
+    from edge_lorax.builder.data import load_task
+    from edge_lorax.builder.loop import TrainConfig
+    from edge_lorax.builder.project import project_adapter
+    from edge_lorax.builder.subspace import build_subspace
+    from edge_lorax.builder.train import train_coeffs
+    from edge_lorax.formats.subspace import write_subspace
+    from edge_lorax.formats.user import write_user
 
     sub = build_subspace([adapters / s for s in SOURCES], components=8, mean="keep")
-    save_subspace(sub, out / "subspace", overwrite=True)
+    write_subspace(sub, out / "subspace", overwrite=True)
     proj = project_adapter(sub, adapters / "nyt-binary")
-    save_coeffs(proj.coeffs, out / "nyt-projected.npz")
+    write_user(proj.coeffs, out / "nyt-projected.npz")
     log(f"subspace {sub.fingerprint}: 9 sources, K=8; nyt-binary projected, relative ΔW error {proj.overall:.3f}")
     config = TrainConfig(lr=2e-2, batch_size=16, max_length=48, steps=steps, eval_every=0)
     report = train_coeffs(sub, load_task("vader:nyt-binary"), out / "nyt-trained.npz", config=config)
@@ -62,7 +63,7 @@ def run_demo(out, steps: int = 60, bench: bool = True) -> dict:
     bundle = export_bundle(None, subspace, out / "bundle", projected, quantize="int8", overwrite=True)
     results = swap_users(bundle, [projected, trained])
     if bench:
-        from edge_lorax.runtime.bench import run_bench
+        from edge_lorax.bench.run import run_bench
 
         log("quick bench")
         run_bench(bundle, out / "bench", quick=True, subspace_dir=subspace, coeffs=projected,

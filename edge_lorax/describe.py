@@ -3,7 +3,8 @@
 import json
 from pathlib import Path
 
-from edge_lorax import names
+from edge_lorax.formats import names
+from edge_lorax.formats.errors import MissingInputError
 
 
 def _size(path: Path) -> int:
@@ -11,9 +12,9 @@ def _size(path: Path) -> int:
 
 
 def describe_subspace(path: Path) -> dict:
-    from edge_lorax.subspace import load_subspace
+    from edge_lorax.formats.subspace import read_subspace
 
-    cfg = load_subspace(path).config
+    cfg = read_subspace(path).config
     mods = cfg["modules"]
     return {"kind": "subspace", "fingerprint": cfg["fingerprint"], "base_model": cfg["base_model"], "mean": cfg["mean"],
             "modules": len(mods), "K": sorted({m["K"] for m in mods.values()}), "r": sorted({m["r"] for m in mods.values()}),
@@ -23,17 +24,17 @@ def describe_subspace(path: Path) -> dict:
 
 
 def describe_coeffs(path: Path) -> dict:
-    from edge_lorax.coeffs import load_coeffs
+    from edge_lorax.formats.user import read_user
 
-    c = load_coeffs(path)
-    shapes = sorted({str(tuple(v.shape)) for v in c.tensors.values()})
+    c = read_user(path)
+    shapes = sorted({str(tuple(v.shape)) for v in c.coefficients.values()})
     return {"kind": "coefficients", "fingerprint": c.fingerprint, "modules": len(c.modules()), "shapes": shapes,
-            "head": {k: list(v.shape) for k, v in c.head.items()}, "parameters": sum(v.size for v in c.tensors.values()),
+            "head": {k: list(v.shape) for k, v in c.head.items()}, "parameters": sum(v.size for v in c.coefficients.values()),
             "tensor_bytes": c.nbytes(), "bytes": _size(path), "meta": c.meta}
 
 
 def describe_adapter(path: Path) -> dict:
-    from edge_lorax.peft_io import read_adapter
+    from edge_lorax.formats.peft import read_adapter
 
     info = read_adapter(path)
     return {"kind": "peft-lora", "base_model": info.base_model, "modules": len(info.modules),
@@ -58,4 +59,4 @@ def describe(path) -> dict:
         return describe_bundle(path)
     if path.is_file() and path.suffix == ".npz":
         return describe_coeffs(path)
-    raise FileNotFoundError(f"{path}: not a subspace folder, PEFT adapter folder, bundle or .npz coefficients file")
+    raise MissingInputError(f"{path}: not a subspace folder, PEFT adapter folder, bundle or .npz coefficients file")

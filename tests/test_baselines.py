@@ -16,11 +16,21 @@ from click.testing import CliRunner
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from edge_lorax.baselines import (TrainConfig, baseline_model, encode, evaluate, fit, macro_f1, metrics, predict,  # noqa: E402
-                                  schedule, total_steps, train_lora)
+from edge_lorax.builder.baselines import baseline_model, train_lora  # noqa: E402
+from edge_lorax.builder.data import Split, Task, load_task  # noqa: E402
+from edge_lorax.builder.loop import (  # noqa: E402
+    TrainConfig,
+    encode,
+    evaluate,
+    fit,
+    macro_f1,
+    metrics,
+    predict,
+    schedule,
+    total_steps,
+)
+from edge_lorax.builder.models import DEFAULT_MODEL_ID, default_model_path, load_model, load_tokenizer  # noqa: E402
 from edge_lorax.cli import cli  # noqa: E402
-from edge_lorax.data import Split, Task, load_task  # noqa: E402
-from edge_lorax.models import DEFAULT_MODEL_ID, default_model_path, load_model, load_tokenizer  # noqa: E402
 
 
 def subset(task: Task, n_train: int, n_eval: int) -> Task:
@@ -230,7 +240,7 @@ ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"
 
 
 def test_committed_source_family_is_complete_and_portable():
-    from edge_lorax.data import VADER_TASKS
+    from edge_lorax.builder.data import VADER_TASKS
 
     for spec in VADER_TASKS:
         folder = ADAPTERS / spec.removeprefix("vader:")

@@ -5,12 +5,12 @@ import json
 import time
 
 import pytest
-from _runtime_fixtures import get_setup
 from click.testing import CliRunner
+from helpers.runtime import get_setup
 
+from edge_lorax.bench.prepare import ANCHOR, EIGEN, INT8, MERGED
+from edge_lorax.bench.run import SWEEP_MODELS
 from edge_lorax.cli import cli
-from edge_lorax.runtime.bench import SWEEP_MODELS
-from edge_lorax.runtime.bench_prepare import ANCHOR, EIGEN, INT8, MERGED
 
 
 @pytest.fixture(scope="module")

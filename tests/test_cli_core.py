@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import corrupt_copy
+from helpers import corrupt_copy
 
+from edge_lorax.builder.project import project_adapter
 from edge_lorax.cli import cli
-from edge_lorax.coeffs import load_coeffs
-from edge_lorax.peft_io import read_adapter
-from edge_lorax.project import project_adapter
-from edge_lorax.subspace import load_subspace
+from edge_lorax.formats.peft import read_adapter
+from edge_lorax.formats.subspace import read_subspace
+from edge_lorax.formats.user import read_user
 
 Q0 = "bert.encoder.layer.0.attention.self.query"
 
@@ -52,7 +52,7 @@ def built(good, tmp_path_factory):
 
 def test_build_writes_the_subspace_and_reports_on_stdout(built, good):
     out, result = built
-    sub = load_subspace(out)
+    sub = read_subspace(out)
     assert f"fingerprint: {sub.fingerprint}" in result.stdout
     assert "K: [4]" in result.stdout and "r: [4]" in result.stdout and "modules: 4" in result.stdout
     assert "sources: 3" in result.stdout and f"output: {out}" in result.stdout
@@ -65,7 +65,7 @@ def test_build_options_reach_the_builder(good, tmp_path):
     result = run("build", *good, "-o", tmp_path / "s", "--explained-variance", 0.6, "--augment", 2, "--mean", "keep",
                  "--seed", 3)
     assert result.exit_code == 0, result.output
-    cfg = load_subspace(tmp_path / "s").config
+    cfg = read_subspace(tmp_path / "s").config
     assert cfg["mean"] == "keep" and cfg["augment"] == 2 and cfg["seed"] == 3
     assert cfg["selection"] == {"explained_variance": 0.6}
     assert all(m["augmented"] == 2 and m["K"] == m["principal"] + 2 for m in cfg["modules"].values())
@@ -77,7 +77,7 @@ def test_project_reconstruct_inspect_round_trip(built, good, tmp_path):
     result = run("project", sub_dir, good[1], "-o", user, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    expected = project_adapter(load_subspace(sub_dir), good[1])
+    expected = project_adapter(read_subspace(sub_dir), good[1])
     assert data["relative_error"] == pytest.approx(expected.overall, abs=1e-6)
     assert data["module_errors"][Q0] == pytest.approx(expected.errors[Q0], abs=1e-6)
     assert data["bytes"] == 4 * 2 * 4 * 4 * 4  # 4 modules x (A + B) x r=4 x K=4 x float32
@@ -86,7 +86,7 @@ def test_project_reconstruct_inspect_round_trip(built, good, tmp_path):
     assert read_adapter(tmp_path / "rec").ranks[Q0] == 4
 
     inspected = json.loads(run("inspect", sub_dir, "--json").stdout)
-    cfg = load_subspace(sub_dir).config
+    cfg = read_subspace(sub_dir).config
     assert inspected["kind"] == "subspace" and inspected["fingerprint"] == cfg["fingerprint"]
     assert inspected["K"] == [4] and inspected["r"] == [4] and inspected["modules"] == 4 and inspected["sources"] == 3
     assert inspected["explained_variance_A_min"] == min(m["explained_variance_A"] for m in cfg["modules"].values())
@@ -213,7 +213,7 @@ def test_base_mismatch_refused_unless_allowed(good, save_adapter, tmp_path):
     assert_refused(run("build", good[0], foreign, "-o", out), "pass --allow-base-mismatch", out)
     result = run("build", good[0], foreign, "-o", out, "--allow-base-mismatch", "-k", 2)
     assert result.exit_code == 0, result.output
-    assert load_subspace(out).config["sources"][1]["base_model"] == "someone/other-bert"
+    assert read_subspace(out).config["sources"][1]["base_model"] == "someone/other-bert"
 
 
 def test_k_beyond_rank_refused_suggesting_augment(good, tmp_path):
@@ -233,7 +233,7 @@ def test_existing_output_refused_without_overwrite(good, built, tmp_path):
     assert result.exit_code == 1 and f"{out}: already exists; pass --overwrite" in result.stderr
     assert (out / "subspace.safetensors").read_bytes() == before
     result = run("build", *good, "-o", out, "-k", 3, "--overwrite")
-    assert result.exit_code == 0 and load_subspace(out).config["selection"] == {"components": 3}
+    assert result.exit_code == 0 and read_subspace(out).config["selection"] == {"components": 3}
 
     run("project", sub_dir, good[0], "-o", tmp_path / "u.npz")
     rec = tmp_path / "rec"
@@ -252,7 +252,7 @@ def test_coefficients_for_another_subspace_refused(good, built, tmp_path):
     assert run("build", *good, "-o", other, "-k", 3).exit_code == 0
     user = tmp_path / "u.npz"
     assert run("project", other, good[0], "-o", user).exit_code == 0
-    fp_user, fp_sub = load_coeffs(user).fingerprint, load_subspace(sub_dir).fingerprint
+    fp_user, fp_sub = read_user(user).fingerprint, read_subspace(sub_dir).fingerprint
     out = tmp_path / "rec"
     assert_refused(run("reconstruct", sub_dir, user, "-o", out),
                    f"made for subspace {fp_user}, this one is {fp_sub}; re-project or retrain", out)
@@ -273,7 +273,7 @@ def test_pickled_npz_refused(built, tmp_path):
 
 
 def test_a_failed_write_leaves_nothing_and_keeps_the_old_output(tmp_path):
-    from edge_lorax.util import atomic_dir, atomic_file
+    from edge_lorax.formats.atomic import atomic_dir, atomic_file
 
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "f").write_text("old")

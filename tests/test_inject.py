@@ -6,14 +6,24 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import model_outputs, token_batch
+from helpers import model_outputs, token_batch
 
-from edge_lorax import names
-from edge_lorax.coeffs import Coefficients
-from edge_lorax.inject import (EigenLoraLayer, coeff_tensors, eigen_layers, init_coeffs, inject_subspace, layer_shape,
-                               load_coeff_tensors, merge_all, set_feed)
-from edge_lorax.project import delta_weights, reconstruct_adapter
-from edge_lorax.subspace import build_subspace
+from edge_lorax.formats.errors import InputError  # noqa: E402
+from edge_lorax.builder.inject import (
+    EigenLoraLayer,
+    coeff_tensors,
+    eigen_layers,
+    init_coeffs,
+    inject_subspace,
+    layer_shape,
+    load_coeff_tensors,
+    merge_all,
+    set_feed,
+)
+from edge_lorax.builder.project import delta_weights, reconstruct_adapter
+from edge_lorax.builder.subspace import build_subspace
+from edge_lorax.formats import names
+from edge_lorax.formats.user import User
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +46,7 @@ def test_injected_model_equals_peft_lora_on_the_same_delta_w(arch, subspaces, ti
 
     sub = subspaces[arch]
     model = injected(tiny_model, sub, arch, seed=3)
-    coeffs = Coefficients(sub.fingerprint, coeff_tensors(model))
+    coeffs = User(sub.fingerprint, coeff_tensors(model))
     peft = PeftModel.from_pretrained(tiny_model(arch), reconstruct_adapter(sub, coeffs, tmp_path / "rec")).eval()
     ids = token_batch(seed=1)
     monkeypatch.setattr(EigenLoraLayer, "delta_weight", lambda self: pytest.fail("forward materialized ΔW"))
@@ -134,7 +144,7 @@ def test_bare_backbone_accepts_task_model_names(subspaces, tiny_model):
 def test_wrong_model_refused(subspaces, tiny_model):
     with pytest.raises(ValueError, match=r"layer is \(48, 48\), subspace has \(32, 32\); wrong base model"):
         inject_subspace(tiny_model("bert", hidden=48), subspaces["bert"])
-    with pytest.raises(KeyError, match="not found in GPT2ForSequenceClassification"):
+    with pytest.raises(InputError, match="not found in GPT2ForSequenceClassification"):
         inject_subspace(tiny_model("gpt2"), subspaces["bert"])
 
 

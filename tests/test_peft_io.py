@@ -7,12 +7,18 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import corrupt_copy
 from safetensors.numpy import load_file, save_file
 
-from conftest import corrupt_copy
-
-from edge_lorax.peft_io import (AdapterError, delta_weight, lora_scaling, pattern_value, read_adapter, read_factors,
-                                write_adapter)
+from edge_lorax.formats.peft import (
+    AdapterError,
+    delta_weight,
+    lora_scaling,
+    pattern_value,
+    read_adapter,
+    read_factors,
+    write_adapter,
+)
 
 BERT_Q0 = "bert.encoder.layer.0.attention.self.query"
 BERT_V1 = "bert.encoder.layer.1.attention.self.value"

@@ -6,14 +6,14 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import BASE_IDS, in_span_factors, model_outputs, token_batch
+from helpers import BASE_IDS, in_span_factors, model_outputs, token_batch
 
-from edge_lorax import names
-from edge_lorax.coeffs import Coefficients, CoeffsError, load_coeffs, save_coeffs
-from edge_lorax.merge import merged_model
-from edge_lorax.peft_io import AdapterError, delta_weight, read_adapter, read_factors, write_adapter
-from edge_lorax.project import delta_weights, lora_factors, project_adapter, reconstruct_adapter
-from edge_lorax.subspace import build_subspace
+from edge_lorax.builder.merge import merged_model
+from edge_lorax.builder.project import delta_weights, lora_factors, project_adapter, reconstruct_adapter
+from edge_lorax.builder.subspace import build_subspace
+from edge_lorax.formats import names
+from edge_lorax.formats.peft import AdapterError, delta_weight, read_adapter, read_factors, write_adapter
+from edge_lorax.formats.user import User, UserError, read_user, write_user
 
 
 def rel_err(a, b) -> float:
@@ -40,8 +40,8 @@ def test_in_span_adapter_round_trips_and_peft_agrees(arch, planted, tmp_path, ti
     result = project_adapter(sub, held)
     assert result.overall <= 1e-5 and max(result.errors.values()) <= 1e-5
     assert set(result.errors) == set(sub.modules)
-    save_coeffs(result.coeffs, tmp_path / "user.npz")
-    user = load_coeffs(tmp_path / "user.npz")
+    write_user(result.coeffs, tmp_path / "user.npz")
+    user = read_user(tmp_path / "user.npz")
     for module in sub.modules:
         ca, cb = user.pair(module)
         assert ca.shape == (3, 3) and cb.shape == (3, 3)  # rank-2 source zero-padded to the subspace's r=3
@@ -96,7 +96,7 @@ def test_higher_rank_source_gets_the_best_rank_r_fit(planted_adapters, tmp_path)
 def test_lora_factors_accept_a_prefix_of_k(planted):
     sub, held = planted["bert"]
     coeffs = project_adapter(sub, held).coeffs
-    short = Coefficients(sub.fingerprint, {k: (v[:, :2] if k.endswith("coeff_A") else v[:2]) for k, v in coeffs.tensors.items()})
+    short = User(sub.fingerprint, {k: (v[:, :2] if k.endswith("coeff_A") else v[:2]) for k, v in coeffs.coefficients.items()})
     for module, (a, b) in lora_factors(sub, short).items():
         ms = sub.modules[module]
         ca, cb = short.pair(module)
@@ -125,7 +125,7 @@ def test_head_goes_to_modules_to_save(planted, tmp_path, tiny_model):
     rng = np.random.default_rng(0)
     head = {names.HEAD_WEIGHT_T: rng.standard_normal((32, 2)).astype(np.float32),
             names.HEAD_BIAS: rng.standard_normal(2).astype(np.float32)}
-    rec = reconstruct_adapter(sub, Coefficients(sub.fingerprint, coeffs.tensors, head), tmp_path / "rec")
+    rec = reconstruct_adapter(sub, User(sub.fingerprint, coeffs.coefficients, head), tmp_path / "rec")
     model = PeftModel.from_pretrained(tiny_model("bert"), rec).merge_and_unload()
     np.testing.assert_allclose(model.classifier.weight.detach().numpy(), head[names.HEAD_WEIGHT_T].T, atol=0)
     np.testing.assert_allclose(model.classifier.bias.detach().numpy(), head[names.HEAD_BIAS], atol=0)
@@ -146,15 +146,15 @@ def test_projection_refuses_other_targets_or_base(planted, save_adapter):
 def test_coefficients_file_is_deterministic_and_exact(planted, tmp_path):
     sub, held = planted["gpt2"]
     coeffs = project_adapter(sub, held).coeffs
-    save_coeffs(coeffs, tmp_path / "a.npz")
-    save_coeffs(project_adapter(sub, held).coeffs, tmp_path / "b.npz")
+    write_user(coeffs, tmp_path / "a.npz")
+    write_user(project_adapter(sub, held).coeffs, tmp_path / "b.npz")
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
-    loaded = load_coeffs(tmp_path / "a.npz")
+    loaded = read_user(tmp_path / "a.npz")
     assert loaded.fingerprint == sub.fingerprint and loaded.meta["source"] == "gpt2"
-    for key, value in coeffs.tensors.items():
-        np.testing.assert_array_equal(loaded.tensors[key], value)
+    for key, value in coeffs.coefficients.items():
+        np.testing.assert_array_equal(loaded.coefficients[key], value)
     with np.load(tmp_path / "a.npz", allow_pickle=False) as npz:  # plain numpy reads it
-        assert set(npz.files) == {*coeffs.tensors, names.META_KEY}
+        assert set(npz.files) == {*coeffs.coefficients, names.META_KEY}
     with zipfile.ZipFile(tmp_path / "a.npz") as zf:
         assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
 
@@ -162,8 +162,8 @@ def test_coefficients_file_is_deterministic_and_exact(planted, tmp_path):
 def test_coefficients_for_another_subspace_refused(planted):
     sub, held = planted["bert"]
     coeffs = project_adapter(sub, held).coeffs
-    stranger = Coefficients("0123456789abcdef", coeffs.tensors)
-    with pytest.raises(CoeffsError, match=rf"made for subspace 0123456789abcdef, this one is {sub.fingerprint}"):
+    stranger = User("0123456789abcdef", coeffs.coefficients)
+    with pytest.raises(UserError, match=rf"made for subspace 0123456789abcdef, this one is {sub.fingerprint}"):
         lora_factors(sub, stranger)
 
 
@@ -182,10 +182,10 @@ def test_bad_coefficient_files_refused(tmp_path):
         "no __meta__ entry": _write_npz(tmp_path / "m.npz", **{"m.coeff_A": ok}),
         "is float64, expected float32": _write_npz(tmp_path / "d.npz", __meta__=meta, **{"m.coeff_A": ok.astype(np.float64)}),
         "holds NaN or Inf": _write_npz(tmp_path / "n.npz", __meta__=meta, **{"m.coeff_A": np.full((2, 3), np.inf, np.float32)}),
-        "no such coefficients file": tmp_path / "missing.npz",
+        "no such user file": tmp_path / "missing.npz",
     }
     (tmp_path / "text.npz").write_text("not a zip")
     cases["not an .npz file"] = tmp_path / "text.npz"
     for message, path in cases.items():
-        with pytest.raises(CoeffsError, match=message):
-            load_coeffs(path)
+        with pytest.raises(UserError, match=message):
+            read_user(path)

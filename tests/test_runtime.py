@@ -5,9 +5,9 @@ import threading
 
 import numpy as np
 import pytest
-from _runtime_fixtures import bundle, setup, TEXTS, random_user, torch_logits
+from helpers.runtime import TEXTS, random_user, torch_logits
 
-from edge_lorax import names
+from edge_lorax.formats import names
 from edge_lorax.runtime import encode, load_user, open_bundle, predict, run_adapter, run_arrays, run_mixed
 from edge_lorax.runtime.bundle import SessionConfig
 
@@ -27,7 +27,7 @@ def expected(setup, batch):
 
 def test_bundle_inputs_come_from_the_session(bundle, setup):
     assert bundle.token_inputs == (names.INPUT_IDS, names.ATTENTION_MASK)
-    assert set(bundle.coeff_inputs) == set(random_user(setup.subspace, 0).feeds())
+    assert set(bundle.coeff_inputs) == set(random_user(setup.subspace, 0).inputs())
     spec = bundle.coeff_inputs[names.coeff_name(next(iter(setup.subspace.modules)), names.COEFF_A)]
     assert spec.shape == (2, 4) and spec.has_default and not bundle.per_example
     assert bundle.fingerprint == setup.subspace.fingerprint and bundle.outputs == (names.LOGITS,)

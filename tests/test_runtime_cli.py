@@ -5,21 +5,15 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
-from _runtime_fixtures import TEXTS, get_setup, random_user, torch_logits
 from click.testing import CliRunner
+from helpers.runtime import TEXTS, random_user, torch_logits
 
-from edge_lorax import names
 from edge_lorax.cli import cli
+from edge_lorax.formats import names
 from edge_lorax.runtime import encode, load_user, open_bundle, predict
 
 BLOCKED = ("torch", "transformers", "peft", "onnx", "onnxscript", "safetensors", "matplotlib", "psutil", "tqdm")
-RUNTIME_MODULES = ("bundle", "users", "infer", "measure", "bench", "bench_workers", "bench_prepare", "graphs", "report")
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    return get_setup(tmp_path_factory)
+RUNTIME_MODULES = ("bundle", "users", "infer")
 
 
 def _blocked_python(body: str) -> subprocess.CompletedProcess:

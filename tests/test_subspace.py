@@ -6,11 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import corrupt_copy
+from helpers import corrupt_copy
 from safetensors.numpy import load_file
 
-from edge_lorax.peft_io import AdapterError, file_sha256, read_adapter, read_factors
-from edge_lorax.subspace import build_module, build_subspace, load_subspace, save_subspace
+from edge_lorax.builder.subspace import build_module, build_subspace
+from edge_lorax.formats.peft import AdapterError, file_sha256, read_adapter, read_factors
+from edge_lorax.formats.subspace import read_subspace, write_subspace
 
 
 def sin_largest_angle(rows: np.ndarray, basis: np.ndarray) -> float:
@@ -149,11 +150,11 @@ def test_augmentation_is_orthonormal_and_seeded(planted_adapters):
 def test_same_inputs_give_bit_identical_files(save_adapter, tmp_path):
     dirs = [save_adapter("gpt2", weight_seed=s, r=r) for s, r in [(1, 2), (2, 4), (3, 3)]]
     for name in ("one", "two"):
-        save_subspace(build_subspace(dirs, components=4, augment=2, mean="keep"), tmp_path / name)
+        write_subspace(build_subspace(dirs, components=4, augment=2, mean="keep"), tmp_path / name)
     for fname in ("subspace_config.json", "subspace.safetensors"):
         assert (tmp_path / "one" / fname).read_bytes() == (tmp_path / "two" / fname).read_bytes()
     with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
-        save_subspace(build_subspace(dirs, components=2), tmp_path / "one")
+        write_subspace(build_subspace(dirs, components=2), tmp_path / "one")
     assert (tmp_path / "one" / "subspace.safetensors").read_bytes() == (tmp_path / "two" / "subspace.safetensors").read_bytes()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
 
@@ -161,7 +162,7 @@ def test_same_inputs_give_bit_identical_files(save_adapter, tmp_path):
 def test_saved_files_hold_what_the_format_promises(save_adapter, tmp_path):
     dirs = [save_adapter("gpt2", weight_seed=s, r=r) for s, r in [(1, 2), (2, 4), (3, 3)]]
     sub = build_subspace(dirs, components=4)
-    save_subspace(sub, tmp_path / "s")
+    write_subspace(sub, tmp_path / "s")
     cfg = json.loads((tmp_path / "s" / "subspace_config.json").read_text())
     tensors = load_file(str(tmp_path / "s" / "subspace.safetensors"))
     assert cfg["format_version"] == 1 and cfg["kind"] == "edge-lorax-subspace"
@@ -173,23 +174,23 @@ def test_saved_files_hold_what_the_format_promises(save_adapter, tmp_path):
                                       "augmented": 0}
     assert tensors[f"{module}.components_A"].shape == (4, 32) and tensors[f"{module}.components_B"].shape == (96, 4)
     assert tensors[f"{module}.components_A"].dtype == np.float32
-    loaded = load_subspace(tmp_path / "s")
+    loaded = read_subspace(tmp_path / "s")
     assert loaded.fingerprint == sub.fingerprint == cfg["fingerprint"]
     np.testing.assert_array_equal(loaded.modules[module].components_B, sub.modules[module].components_B)
 
 
 def test_edited_subspace_refused(save_adapter, tmp_path):
     dirs = [save_adapter("bert", weight_seed=s) for s in (1, 2)]
-    save_subspace(build_subspace(dirs, components=2), tmp_path / "s")
+    write_subspace(build_subspace(dirs, components=2), tmp_path / "s")
     cfg_path = tmp_path / "s" / "subspace_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["seed"] = 99
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="fingerprint mismatch, the files were edited or mixed"):
-        load_subspace(tmp_path / "s")
+        read_subspace(tmp_path / "s")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="not a subspace folder"):
-        load_subspace(tmp_path / "empty")
+        read_subspace(tmp_path / "empty")
 
 
 def test_disagreeing_adapters_refused_naming_adapter_and_module(save_adapter, tmp_path):

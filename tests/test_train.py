@@ -1,17 +1,16 @@
 """Coefficient training on the real MiniLM: only coefficients + head learn, loss falls, users round-trip exactly."""
 
-import copy
 
 import numpy as np
 import pytest
 import torch
 
-from edge_lorax.baselines import TrainConfig, encode, evaluate, fit, predict
-from edge_lorax.coeffs import load_coeffs
-from edge_lorax.data import Split, Task
-from edge_lorax.models import DEFAULT_MODEL_ID, default_model_path, load_model, load_tokenizer
-from edge_lorax.subspace import build_subspace
-from edge_lorax.train import apply_user, coeff_model, train_coeffs
+from edge_lorax.builder.data import Split, Task
+from edge_lorax.builder.loop import TrainConfig, encode, evaluate, fit, predict
+from edge_lorax.builder.models import DEFAULT_MODEL_ID, default_model_path, load_model, load_tokenizer
+from edge_lorax.builder.subspace import build_subspace
+from edge_lorax.builder.train import apply_user, coeff_model, train_coeffs
+from edge_lorax.formats.user import read_user
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -20,7 +19,7 @@ def _lora_dirs(tmp_path_factory, n=3):
     """Real PEFT LoRA adapters (r=8, q/v) on the real MiniLM, random non-zero factors, portable base id."""
     from peft import LoraConfig, get_peft_model
 
-    from edge_lorax.baselines import portable_config
+    from edge_lorax.builder.baselines import portable_config
 
     root, dirs = tmp_path_factory.mktemp("adapters"), []
     for i in range(n):
@@ -41,7 +40,7 @@ def subspace(tmp_path_factory):
 @pytest.fixture(scope="module")
 def task():
     """A few hundred real VADER tweets; the first 320 train, then 80 validation, 80 test."""
-    from edge_lorax.data import load_task
+    from edge_lorax.builder.data import load_task
 
     full = load_task("vader:tweets-binary", seed=0)
     cut = lambda s, a, b: Split(s.texts[a:b], s.targets[a:b])  # noqa: E731
@@ -82,7 +81,7 @@ def test_training_lowers_val_loss_beats_untrained_and_reloads_identically(subspa
     report = train_coeffs(subspace, task, tmp_path / "user.npz", config=CONFIG, progress=False)
     assert report.result.validation["loss"] < untrained - 0.02
     assert report.coeff_params == 12 * 2 * 8 * 8 and report.head_params == 384 * 2 + 2
-    user = load_coeffs(tmp_path / "user.npz")
+    user = read_user(tmp_path / "user.npz")
     assert user.fingerprint == subspace.fingerprint and user.meta["task"] == "tweets-small"
     net = apply_user(coeff_model(None, subspace, 2, init="uniform", seed=123), user)
     reloaded = predict(net, val)
@@ -103,9 +102,9 @@ def test_train_cli_refuses_subspace_mismatch_and_leaves_nothing(subspace, tmp_pa
     from click.testing import CliRunner
 
     from edge_lorax.cli import cli
-    from edge_lorax.subspace import save_subspace
+    from edge_lorax.formats.subspace import write_subspace
 
-    save_subspace(subspace, tmp_path / "sub")
+    write_subspace(subspace, tmp_path / "sub")
     result = CliRunner().invoke(cli, ["train", "--subspace", str(tmp_path / "sub"), "--data", str(tmp_path / "missing.csv"),
                                       "-o", str(tmp_path / "u.npz")])
     assert result.exit_code != 0 and "missing.csv" in result.output

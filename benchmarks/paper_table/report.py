@@ -239,7 +239,7 @@ def command(runs) -> str:
 
 def stamp(runs) -> dict:
     """Machine, commit and versions (edge_lorax.runtime.measure, as every report), plus the run's own totals."""
-    from edge_lorax.runtime.measure import git_commit, machine, versions
+    from edge_lorax.bench.measure import git_commit, machine, versions
 
     host, ver = machine(), versions(("torch",))
     minutes = {g: round(sum(r["wall_s"] for r in runs if r["grid"] == g) / 60, 1) for g in sorted({r["grid"] for r in runs})}

@@ -25,13 +25,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from edge_lorax.baselines import METHOD_LR, TrainConfig, baseline_model, count_params, encode, evaluate, fit  # noqa: E402
-from edge_lorax.coeffs import save_coeffs  # noqa: E402
-from edge_lorax.data import VADER_DOMAINS, VADER_TYPES, Split, Task, load_task  # noqa: E402
-from edge_lorax.models import default_model_path, head_module, load_tokenizer  # noqa: E402
-from edge_lorax.project import project_adapter  # noqa: E402
-from edge_lorax.subspace import Subspace, build_subspace, fingerprint_tensors, _tensors  # noqa: E402
-from edge_lorax.train import apply_user, coeff_model, user_coefficients  # noqa: E402
+from edge_lorax.builder.baselines import METHOD_LR, baseline_model, count_params  # noqa: E402
+from edge_lorax.builder.data import VADER_DOMAINS, VADER_TYPES, Split, Task, load_task  # noqa: E402
+from edge_lorax.builder.loop import TrainConfig, encode, evaluate, fit  # noqa: E402
+from edge_lorax.builder.models import default_model_path, head_module, load_tokenizer  # noqa: E402
+from edge_lorax.builder.project import project_adapter  # noqa: E402
+from edge_lorax.builder.subspace import build_subspace  # noqa: E402
+from edge_lorax.builder.train import apply_user, coeff_model, user_coefficients  # noqa: E402
+from edge_lorax.formats.subspace import Subspace, fingerprint_tensors, subspace_tensors  # noqa: E402
+from edge_lorax.formats.user import write_user  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ADAPTERS = ROOT / "adapters"
@@ -112,7 +114,7 @@ def random_like(sub: Subspace, seed: int) -> Subspace:
         qb = np.linalg.qr(rng.standard_normal(ms.components_B.shape))[0].astype(np.float32)  # (out, K)
         modules[name] = replace(ms, components_A=qa, components_B=qb)
     config = {**sub.config, "kind": "random-control", "seed": seed}
-    config["fingerprint"] = fingerprint_tensors(_tensors(modules), config)
+    config["fingerprint"] = fingerprint_tensors(subspace_tensors(modules), config)
     return Subspace(modules, config)
 
 
@@ -169,7 +171,7 @@ def user_bytes(run: Run, net, sub) -> int:
     """Bytes one user costs: user.npz (EigenLoRAx), the PEFT adapter file, or the head weights."""
     with tempfile.TemporaryDirectory() as tmp:
         if sub is not None:
-            return save_coeffs(user_coefficients(net, sub, {}), Path(tmp) / "u.npz").stat().st_size
+            return write_user(user_coefficients(net, sub, {}), Path(tmp) / "u.npz").stat().st_size
         if run.method == "head":
             from safetensors.torch import save_file
 

@@ -18,16 +18,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from edge_lorax import __version__, names
-from edge_lorax.coeffs import Coefficients, check_fingerprint, load_coeffs
-from edge_lorax.export import defaults as passes
+from edge_lorax import __version__
+from edge_lorax.builder.models import canonical_base, portable_model_id, resolve_model
 from edge_lorax.export import graph as g
-from edge_lorax.export.adapter_file import write_onnx_adapter
+from edge_lorax.export import passes
 from edge_lorax.export.quantize import quantize_int8
 from edge_lorax.export.verify import TOLERANCE_RULE, TOLERANCES, check_variant
-from edge_lorax.models import canonical_base, portable_model_id, resolve_model
-from edge_lorax.subspace import Subspace, load_subspace
-from edge_lorax.util import atomic_dir
+from edge_lorax.formats import names
+from edge_lorax.formats.atomic import atomic_dir
+from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.onnx_adapter import write_onnx_adapter
+from edge_lorax.formats.subspace import Subspace, read_subspace
+from edge_lorax.formats.user import User, conform_user, read_user
 
 QUANTIZE = ("int8",)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
@@ -38,41 +40,37 @@ VERIFY_TEXTS = ("A short one.", "The exporter checks every graph against torch b
 
 def _check_options(coeffs_path, per_example: bool, merge: bool, quantize, exporter: str):
     if merge and coeffs_path is None:
-        raise ValueError("--merge folds one user's ΔW into the weights; pass that user with --coeffs")
+        raise InputError("--merge folds one user's ΔW into the weights; pass that user with --coeffs")
     if merge and per_example:
-        raise ValueError("--merge and --per-example exclude each other: a merged graph serves exactly one user")
+        raise InputError("--merge and --per-example exclude each other: a merged graph serves exactly one user")
     if quantize not in (None, *QUANTIZE):
-        raise ValueError(f"--quantize must be one of {QUANTIZE}, got {quantize!r}")
+        raise InputError(f"--quantize must be one of {QUANTIZE}, got {quantize!r}")
     if exporter not in g.EXPORTERS:
-        raise ValueError(f"exporter must be one of {g.EXPORTERS}, got {exporter!r}")
+        raise InputError(f"exporter must be one of {g.EXPORTERS}, got {exporter!r}")
 
 
-def load_user(coeffs_path, subspace: Subspace) -> Coefficients | None:
-    """The --coeffs file, refused unless made for this subspace, one user (2-D tensors), every module, K' ≤ K."""
+def _read_export_user(coeffs_path, subspace: Subspace) -> User | None:
+    """The --coeffs file through the one validator: this subspace, every module, one user (2-D tensors), values in
+    range; a lower K' or r' is zero-padded to the subspace's (K, r), so the bundle's inputs never take its shape."""
     if coeffs_path is None:
         return None
-    coeffs = load_coeffs(coeffs_path)
-    check_fingerprint(coeffs, subspace.fingerprint, coeffs_path)
-    if set(coeffs.modules()) != set(subspace.modules):
-        missing = sorted(set(subspace.modules) ^ set(coeffs.modules()))[0]
-        raise ValueError(f"{coeffs_path}: modules differ from the subspace's (e.g. {missing}); re-project this user")
-    for module, ms in subspace.modules.items():
-        ca, cb = coeffs.pair(module)  # (r, K'), (K', r)
-        if ca.ndim != 2 or cb.shape != ca.shape[::-1] or ca.shape[1] > ms.k:
-            raise ValueError(f"{coeffs_path}: {module} coefficients are {ca.shape} and {cb.shape}; one user's "
-                             f"(r, K) and (K, r) with K ≤ {ms.k} are needed (per-example files are not exported)")
-    return coeffs
+    user = read_user(coeffs_path)
+    batched = next((k for k, v in user.coefficients.items() if v.ndim != 2), None)
+    if batched:
+        raise InputError(f"{coeffs_path}: {batched} is {tuple(user.coefficients[batched].shape)}; one user's (r, K) and "
+                         "(K, r) are needed (per-example files are not exported), pass one user's file")
+    return conform_user(user, subspace, coeffs_path)
 
 
 def check_base(path: Path, subspace: Subspace, allow_mismatch: bool):
     """The model id must be the subspace's base (compared by portable id, never raw path)."""
     have = portable_model_id(path)
     if not allow_mismatch and canonical_base(have) != canonical_base(subspace.base_model):
-        raise ValueError(f"{path}: model {have!r}, but the subspace was built for {subspace.base_model!r}; pass that "
+        raise InputError(f"{path}: model {have!r}, but the subspace was built for {subspace.base_model!r}; pass that "
                          "model or --allow-base-mismatch if the weights really match")
 
 
-def default_task(path: Path, coeffs: Coefficients | None) -> str:
+def default_task(path: Path, coeffs: User | None) -> str:
     """A head in the coefficients: regression (1 label) or classification; else causal-lm for LM checkpoints, else features."""
     if coeffs is not None and coeffs.head:
         labels = coeffs.head[names.HEAD_BIAS].shape[-1]
@@ -81,14 +79,14 @@ def default_task(path: Path, coeffs: Coefficients | None) -> str:
     return names.TASK_CAUSAL_LM if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) else names.TASK_FEATURES
 
 
-def num_labels_for(task: str, coeffs: Coefficients | None, num_labels: int | None, path: Path) -> int:
+def num_labels_for(task: str, coeffs: User | None, num_labels: int | None, path: Path) -> int:
     """Labels of the head: the coefficients' head decides; regression needs 1; else the argument or config (2)."""
     if task not in g.HEAD_TASKS:
         return 0
     have = coeffs.head[names.HEAD_BIAS].shape[-1] if coeffs is not None and coeffs.head else None
     want = 1 if task == names.TASK_REGRESSION else (num_labels or have or _config_labels(path))
     if have is not None and have != want:
-        raise ValueError(f"the coefficients' head has {have} labels, task {task} needs {want}; pass the matching --task")
+        raise InputError(f"the coefficients' head has {have} labels, task {task} needs {want}; pass the matching --task")
     return want
 
 
@@ -182,12 +180,12 @@ def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=
                   allow_base_mismatch=False) -> Path:
     """Export, verify and write a bundle folder; returns its path. See docs/formats.md, "Bundle manifest"."""
     _check_options(coeffs_path, per_example, merge, quantize, exporter)
-    out_dir, subspace = Path(out_dir), load_subspace(subspace_path)
-    coeffs, path = load_user(coeffs_path, subspace), resolve_model(model_path)
+    out_dir, subspace = Path(out_dir), read_subspace(subspace_path)
+    coeffs, path = _read_export_user(coeffs_path, subspace), resolve_model(model_path)
     check_base(path, subspace, allow_base_mismatch)
     task = task or default_task(path, coeffs)
     if task not in names.TASKS:
-        raise ValueError(f"task must be one of {names.TASKS}, got {task!r}")
+        raise InputError(f"task must be one of {names.TASKS}, got {task!r}")
     labels = num_labels_for(task, coeffs, num_labels, path)
     with atomic_dir(out_dir, overwrite) as tmp:
         graph, reference = prepare_graphs(path, subspace, coeffs, task, labels, per_example, merge)

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_lorax import names
-from edge_lorax.coeffs import Coefficients
-from edge_lorax.inject import inject_subspace, set_feed
-from edge_lorax.models import head_module
-from edge_lorax.subspace import Subspace
+from edge_lorax.builder.inject import inject_subspace, set_feed
+from edge_lorax.builder.models import head_module
+from edge_lorax.formats import names
+from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.subspace import Subspace
+from edge_lorax.formats.user import User
 
 OPSET = 17
 EXPORTERS = ("torchscript", "dynamo")
@@ -133,18 +134,18 @@ def load_task_model(path, task: str, num_labels: int):
     return model.eval(), not any(k.startswith(head + ".") for k in info["missing_keys"])
 
 
-def coeff_shapes(subspace: Subspace, coeffs: Coefficients | None) -> dict:
+def coeff_shapes(subspace: Subspace, coeffs: User | None) -> dict:
     """{input name: (r, K)} per module, sorted by name: the coefficients' shapes if given, else the subspace's."""
     out = {}
     for module in sorted(subspace.modules):
         ms = subspace.modules[module]
         for side, default in ((names.COEFF_A, (ms.rank, ms.k)), (names.COEFF_B, (ms.k, ms.rank))):
             key = names.coeff_name(module, side)
-            out[key] = tuple(coeffs.tensors[key].shape) if coeffs else default
+            out[key] = tuple(coeffs.coefficients[key].shape) if coeffs else default
     return out
 
 
-def head_defaults(model, head_in_checkpoint: bool, coeffs: Coefficients | None) -> tuple:
+def head_defaults(model, head_in_checkpoint: bool, coeffs: User | None) -> tuple:
     """({head.weight_t, head.bias} defaults, source): the user's head, else the checkpoint's, else zeros."""
     if coeffs is not None and coeffs.head:
         return {k: np.asarray(coeffs.head[k], np.float32) for k in (names.HEAD_WEIGHT_T, names.HEAD_BIAS)}, "coeffs"
@@ -169,12 +170,12 @@ def _output_spec(task: str, model) -> TensorSpec:
     return TensorSpec(names.LOGITS, (names.DIM_BATCH, cfg.num_labels))
 
 
-def prepare(model, head_in_checkpoint: bool, subspace: Subspace, coeffs: Coefficients | None, task: str,
+def prepare(model, head_in_checkpoint: bool, subspace: Subspace, coeffs: User | None, task: str,
             per_example: bool) -> Prepared:
     """Inject the subspace, swap the head for a FeedHead, and collect specs and defaults (zeros or the user's)."""
     shapes = coeff_shapes(subspace, coeffs)
-    inject_subspace(model, subspace, coeffs=coeffs.tensors if coeffs else None)
-    defaults = {k: np.asarray(coeffs.tensors[k], np.float32) if coeffs else np.zeros(s, np.float32)
+    inject_subspace(model, subspace, coeffs=coeffs.coefficients if coeffs else None)
+    defaults = {k: np.asarray(coeffs.coefficients[k], np.float32) if coeffs else np.zeros(s, np.float32)
                 for k, s in shapes.items()}
     head, source = None, None
     if task in HEAD_TASKS:
@@ -190,9 +191,9 @@ def prepare(model, head_in_checkpoint: bool, subspace: Subspace, coeffs: Coeffic
     return Prepared(ExportWrapper(model, task, list(defaults), head).eval(), spec, defaults, source)
 
 
-def prepare_merged(model, subspace: Subspace, coeffs: Coefficients, task: str) -> Prepared:
+def prepare_merged(model, subspace: Subspace, coeffs: User, task: str) -> Prepared:
     """One user's ΔW folded into the base weights and the head set from the user; the graph has no feeds."""
-    from edge_lorax.merge import merged_model
+    from edge_lorax.builder.merge import merged_model
 
     if task in HEAD_TASKS and coeffs.head:
         head = getattr(model, head_module(model))
@@ -231,13 +232,13 @@ def _dynamic_axes(spec: GraphSpec) -> dict:
             for s in (*spec.tokens, *spec.feeds, *spec.outputs) if any(isinstance(d, str) for d in s.shape)}
 
 
-def export_onnx(prepared: Prepared, tokens: dict, exporter: str = "torchscript") -> "onnx.ModelProto":
+def export_onnx(prepared: Prepared, tokens: dict, exporter: str = "torchscript") -> "onnx.ModelProto":  # noqa: F821
     """The exported ModelProto, weights loaded in memory (written to a scratch file first, so > 2 GB can work);
     the wrapper stays usable eagerly after."""
     import onnx
 
     if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+        raise InputError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     spec, args = prepared.spec, trace_args(prepared.spec, prepared.defaults, tokens)
     io_names = {"input_names": [s.name for s in (*spec.tokens, *spec.feeds)], "output_names": [s.name for s in spec.outputs]}
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings(), torch.no_grad():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 
-from edge_lorax.export.defaults import overridable
+from edge_lorax.export.passes import overridable
 
 PASS_THROUGH = ("Transpose", "Reshape", "Unsqueeze", "Squeeze", "Cast")  # between an input and its MatMul
 

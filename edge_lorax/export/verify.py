@@ -12,8 +12,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from edge_lorax import names
 from edge_lorax.export.graph import Prepared
+from edge_lorax.formats import names
 
 TOLERANCES = {"fp32": 1e-4, "int8": 0.25, "ort": 1e-4, "int8_ort": 0.25}  # of max abs diff / scale, vs torch fp32
 TOLERANCE_RULE = "max_abs_diff <= tolerance * scale, scale = max(1, max |torch output|)"

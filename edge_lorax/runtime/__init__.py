@@ -1,12 +1,13 @@
-"""The on-device runtime: numpy, onnxruntime and tokenizers only — never torch or transformers.
+"""The on-device runtime, serving only: numpy, onnxruntime, tokenizers and edge_lorax.formats — never torch,
+transformers, peft, onnx or the builder, not even when a function is called (tests/test_architecture.py).
 
-open_bundle -> Bundle (one session, thread-safe); load_user -> User (validated at load time, preloaded OrtValues);
-run_arrays / run_mixed / predict run them. bench / measure / graphs are the benchmark's tooling.
+open_bundle -> Bundle (one session, thread-safe); load_user -> LoadedUser (validated at load time, preloaded
+arrays); run_arrays / run_mixed / predict run them. Benchmarks live in edge_lorax.bench, not here.
 """
 
 from edge_lorax.runtime.bundle import PROFILES, Bundle, BundleError, SessionConfig, open_bundle
 from edge_lorax.runtime.infer import Prediction, encode, predict, predict_file, run_adapter, run_arrays, run_mixed
-from edge_lorax.runtime.users import User, UserError, load_user, make_user
+from edge_lorax.runtime.users import LoadedUser, UserError, load_user, make_user
 
 __all__ = ["PROFILES", "Bundle", "BundleError", "SessionConfig", "open_bundle", "Prediction", "encode", "predict",
-           "predict_file", "run_adapter", "run_arrays", "run_mixed", "User", "UserError", "load_user", "make_user"]
+           "predict_file", "run_adapter", "run_arrays", "run_mixed", "LoadedUser", "UserError", "load_user", "make_user"]

@@ -5,7 +5,6 @@ initializer that is not a token input — so the runtime never trusts a manifest
 the fingerprint, the files and the task. Does not tokenize or run (see infer.py) and does not load users (users.py).
 """
 
-import json
 import os
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -14,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge_lorax import names
+from edge_lorax.formats import names
+from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.jsonfile import read_json_object
 
 
-class BundleError(ValueError):
+class BundleError(InputError):
     """A bundle folder that cannot be served; the message names the path and the fix."""
 
 
@@ -92,10 +93,11 @@ def read_manifest(path: Path) -> dict:
     mpath = Path(path) / names.BUNDLE_MANIFEST
     if not mpath.is_file():
         raise BundleError(f"{path}: not a bundle folder (no {names.BUNDLE_MANIFEST}); create one with `edge-lorax export`")
-    try:
-        return json.loads(mpath.read_text())
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{mpath}: not valid JSON ({e}); re-export the bundle") from e
+    manifest = read_json_object(mpath, "re-export the bundle", BundleError)
+    if manifest.get("format_version", names.FORMAT_VERSION) != names.FORMAT_VERSION:
+        raise BundleError(f"{mpath}: format_version {manifest.get('format_version')!r} is not {names.FORMAT_VERSION}; "
+                          "re-export the bundle with this edge-lorax")
+    return manifest
 
 
 def _manifest_files(manifest: dict) -> dict:
@@ -122,8 +124,16 @@ def _find_variant(path: Path, manifest: dict, variant: str):
     candidates = [files.get(variant), files.get(f"model_{variant}"), names.BUNDLE_VARIANT_FILES.get(variant)]
     for rel in candidates:
         if isinstance(rel, str) and (path / rel).is_file():
-            return path / rel
+            return _inside(path, rel)
     return None
+
+
+def _inside(path: Path, rel: str) -> Path:
+    """A manifest path, refused unless it resolves inside the bundle folder (no `..`, absolute paths or links out)."""
+    target = (path / rel).resolve()
+    if not target.is_relative_to(path.resolve()):
+        raise BundleError(f"{path / names.BUNDLE_MANIFEST}: names {rel!r}, outside the bundle folder; re-export the bundle")
+    return target
 
 
 @dataclass(frozen=True)
@@ -139,9 +149,7 @@ class Bundle:
     coeff_inputs: dict  # name -> InputSpec: every other input (coefficients and head tensors)
     outputs: tuple
 
-    @property
-    def fingerprint(self) -> str:
-        return str(self.manifest.get("fingerprint", ""))
+    fingerprint: str  # the graph's own subspace fingerprint (its metadata), which the manifest must repeat
 
     @property
     def per_example(self) -> bool:
@@ -152,7 +160,7 @@ class Bundle:
     def model_config(self) -> dict:
         """config.json of the bundle (labels, problem type), {} when absent."""
         cfg = self.path / names.BUNDLE_CONFIG
-        return json.loads(cfg.read_text()) if cfg.is_file() else {}
+        return read_json_object(cfg, "re-export the bundle", BundleError) if cfg.is_file() else {}
 
     def with_variant(self, variant: str) -> "Bundle":
         """The same bundle folder opened on another model file (e.g. per_example for mixed batches)."""
@@ -167,13 +175,16 @@ def _inputs(session: ort.InferenceSession) -> tuple:
     return tokens, coeffs
 
 
-def _check_fingerprint(path: Path, manifest: dict, session: ort.InferenceSession):
-    """The manifest and the graph's own metadata (when it carries one) must name the same subspace."""
+def _fingerprint(path: Path, manifest: dict, session: ort.InferenceSession) -> str:
+    """The graph's own fingerprint (metadata); the manifest must name the same subspace. A graph without one (not
+    written by edge-lorax) falls back to the manifest's."""
     meta = session.get_modelmeta().custom_metadata_map or {}
-    inside = meta.get("fingerprint") or meta.get("edge_lorax.fingerprint")
-    if inside and manifest.get("fingerprint") and inside != manifest["fingerprint"]:
-        raise BundleError(f"{path}: manifest fingerprint {manifest['fingerprint']} but the model was exported for "
-                          f"{inside}; the folder mixes two exports, re-export it")
+    inside = meta.get("edge_lorax.fingerprint") or meta.get("fingerprint") or ""
+    listed = manifest.get("fingerprint") or ""
+    if inside and inside != listed:
+        raise BundleError(f"{path}: manifest fingerprint {listed or '(none)'} but the model was exported for "
+                          f"{inside}; the folder mixes two exports or was edited, re-export it")
+    return str(inside or listed)
 
 
 def _check_manifest_inputs(model: Path, manifest: dict, coeffs: dict):
@@ -206,9 +217,10 @@ def open_bundle(path, config: SessionConfig | str = "default") -> Bundle:
         session = ort.InferenceSession(str(model), session_options(config), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
         raise BundleError(f"{model}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]}); re-export the bundle") from e
-    _check_fingerprint(path, manifest, session)
+    fingerprint = _fingerprint(path, manifest, session)
     tokens, coeffs = _inputs(session)
     _check_manifest_inputs(model, manifest, coeffs)
     if names.INPUT_IDS not in tokens:
         raise BundleError(f"{model}: no {names.INPUT_IDS} input; not an edge-lorax text model, re-export it")
-    return Bundle(path, manifest, model, session, config, tokens, coeffs, tuple(o.name for o in session.get_outputs()))
+    return Bundle(path, manifest, model, session, config, tokens, coeffs, tuple(o.name for o in session.get_outputs()),
+                  fingerprint)

@@ -12,16 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_lorax import names
+from edge_lorax.formats import names
+from edge_lorax.formats.errors import InputError
 from edge_lorax.runtime.bundle import Bundle, BundleError
-from edge_lorax.runtime.users import User, UserError
+from edge_lorax.runtime.users import LoadedUser, UserError
 
 
 def token_feeds(bundle: Bundle, inputs: dict) -> dict:
     """The graph's token inputs as int64 C-contiguous arrays; token_type_ids default to zeros."""
     missing = [n for n in bundle.token_inputs if n not in inputs and n != names.TOKEN_TYPE_IDS]
     if missing:
-        raise ValueError(f"input {missing[0]} is required by {bundle.model_path.name}; pass it with the token ids")
+        raise InputError(f"input {missing[0]} is required by {bundle.model_path.name}; pass it with the token ids")
     out = {}
     for name in bundle.token_inputs:
         arr = inputs.get(name)
@@ -31,23 +32,23 @@ def token_feeds(bundle: Bundle, inputs: dict) -> dict:
     return out
 
 
-def feeds_for(bundle: Bundle, user: User | None, inputs: dict) -> dict:
+def feeds_for(bundle: Bundle, user: LoadedUser | None, inputs: dict) -> dict:
     """The run's bindings: token arrays + the user's preloaded arrays (nothing copied for the user)."""
     feeds = token_feeds(bundle, inputs)
     if user is not None:
         if bundle.per_example:
-            raise ValueError(f"{bundle.model_path.name} is a per-example graph; use run_mixed with one user per example")
+            raise InputError(f"{bundle.model_path.name} is a per-example graph; use run_mixed with one user per example")
         feeds.update(user.arrays)
     return feeds
 
 
-def run_arrays(bundle: Bundle, user: User | None, inputs: dict, outputs=None) -> dict:
+def run_arrays(bundle: Bundle, user: LoadedUser | None, inputs: dict, outputs=None) -> dict:
     """Arrays in ({input_ids, attention_mask[, token_type_ids]}), {output name: array} out; thread-safe."""
     wanted = list(outputs or bundle.outputs)
     return dict(zip(wanted, bundle.session.run(wanted, feeds_for(bundle, user, inputs))))
 
 
-def run_adapter(bundle: Bundle, user: User, inputs: dict, outputs=None) -> dict:
+def run_adapter(bundle: Bundle, user: LoadedUser, inputs: dict, outputs=None) -> dict:
     """ONNX Runtime's own multi-LoRA path: the user's LoraAdapter activated through its RunOptions (numpy feeds)."""
     if user.run_options is None:
         raise UserError(f"{user.name}: not loaded from an {names.ADAPTER_SUFFIX} file; use run_arrays")
@@ -58,7 +59,7 @@ def run_adapter(bundle: Bundle, user: User, inputs: dict, outputs=None) -> dict:
 def stack_users(bundle: Bundle, users: list) -> dict:
     """Per-example feeds: each coefficient input stacked along a new batch axis, one user per example."""
     if not bundle.per_example:
-        raise ValueError(f"{bundle.model_path.name} takes one user per run; open the per_example variant for mixed batches")
+        raise InputError(f"{bundle.model_path.name} takes one user per run; open the per_example variant for mixed batches")
     keys = [k for k, s in bundle.coeff_inputs.items() if s.per_example]
     for u in users:
         if any(k not in u.arrays for k in keys):
@@ -70,7 +71,7 @@ def run_mixed(bundle: Bundle, users: list, inputs: dict, outputs=None) -> dict:
     """One run, example i served with users[i] (per-example bundle); shared tensors (e.g. head) use the defaults."""
     n = np.asarray(inputs[names.INPUT_IDS]).shape[0]
     if len(users) != n:
-        raise ValueError(f"{len(users)} users for a batch of {n}; give one user per example")
+        raise InputError(f"{len(users)} users for a batch of {n}; give one user per example")
     feeds = {**token_feeds(bundle, inputs), **stack_users(bundle, users)}
     wanted = list(outputs or bundle.outputs)
     return dict(zip(wanted, bundle.session.run(wanted, feeds)))
@@ -152,7 +153,7 @@ def to_predictions(bundle: Bundle, texts: list, outputs: dict) -> list:
             for t, p in zip(texts, probs)]
 
 
-def predict(bundle: Bundle, user: User | None, texts: list, max_length: int = 128) -> list:
+def predict(bundle: Bundle, user: LoadedUser | None, texts: list, max_length: int = 128) -> list:
     """Text in, predictions out: tokenize with the bundle's tokenizer, run for `user`, label the outputs."""
     if not texts:
         return []

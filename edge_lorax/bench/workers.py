@@ -1,4 +1,4 @@
-"""One bench measurement per fresh process: `python -m edge_lorax.runtime.bench_workers SPEC_JSON` prints one JSON line.
+"""One bench measurement per fresh process: `python -m edge_lorax.bench.workers SPEC_JSON` prints one JSON line.
 
 Kinds: latency (one model, one shape, one thread count), paired (several models alternated in blocks, for
 overhead ratios robust to drift), switch (user-switch costs), memory (N resident users), torch (eager reference).
@@ -13,8 +13,8 @@ import time
 import numpy as np
 import onnxruntime as ort
 
-from edge_lorax import names
-from edge_lorax.runtime import measure
+from edge_lorax.bench import measure
+from edge_lorax.formats import names
 from edge_lorax.runtime.bundle import SessionConfig, session_options
 
 RESULT_PREFIX = "BENCH_RESULT "
@@ -226,7 +226,7 @@ def torch_ref(spec: dict) -> dict:
 
     if spec["device"] == "cuda" and not torch.cuda.is_available():
         return {"available": False, "reason": "not available: no CUDA device"}
-    from edge_lorax.runtime.bench_prepare import torch_model
+    from edge_lorax.bench.prepare import torch_model
 
     torch.set_num_threads(spec["threads"])
     model = torch_model(spec["model_dir"], spec["subspace"], spec["coeffs"], spec["num_labels"]).to(spec["device"])

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 from safetensors import safe_open
 
-from edge_lorax.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
 PEFT_PREFIX = "base_model.model."
 _KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<side>[AB])(?:\.default)?\.weight$")
 
 
-class AdapterError(ValueError):
+class AdapterError(InputError):
     """Bad adapter input; the message names the file and the fix."""
 
 
@@ -150,7 +151,7 @@ def write_adapter(path, factors: dict, base_model: str, *, fan_in_fan_out=False,
     """A PEFT LoRA folder from {module: (A (r, in), B (out, r))} with scaling 1 (lora_alpha = r per module)."""
     from safetensors.numpy import save_file
 
-    from edge_lorax.util import atomic_dir
+    from edge_lorax.formats.atomic import atomic_dir
 
     ranks = {m: int(a.shape[0]) for m, (a, _) in factors.items()}
     r = max(set(ranks.values()), key=list(ranks.values()).count)

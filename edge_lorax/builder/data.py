@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_lorax.formats.errors import InputError
+
 CLASSIFICATION, REGRESSION = "classification", "regression"
 KINDS = (CLASSIFICATION, REGRESSION)
 SPLITS = ("train", "validation", "test")
@@ -37,7 +39,7 @@ VADER_SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b8370384
 VADER_TASKS = tuple(f"vader:{d}-{t}" for d in VADER_DOMAINS for t in VADER_TYPES)
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad task input; the message names the file and the fix."""
 
 
@@ -239,7 +241,7 @@ def repo_data_dir() -> Path:
     """`data/vader` beside the package (a source checkout), or $EDGE_LORAX_DATA/vader when set."""
     if os.environ.get("EDGE_LORAX_DATA"):
         return Path(os.environ["EDGE_LORAX_DATA"]) / "vader"
-    return Path(__file__).resolve().parents[1] / "data" / "vader"
+    return Path(__file__).resolve().parents[2] / "data" / "vader"
 
 
 def cache_dir() -> Path:

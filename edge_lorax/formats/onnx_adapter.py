@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge_lorax.util import atomic_file
+from edge_lorax.formats.atomic import atomic_file
 
 ADAPTER_VERSION = 1
 

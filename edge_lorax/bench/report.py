@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_lorax.runtime.bench_prepare import ANCHOR, EIGEN, INT8, MERGED, PLAIN
-from edge_lorax.util import atomic_file
+from edge_lorax.bench.prepare import ANCHOR, EIGEN, INT8, MERGED, PLAIN
+from edge_lorax.formats.atomic import atomic_file
 
 AA = PLAIN + " (A/A copy)"
 

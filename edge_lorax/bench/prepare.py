@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from edge_lorax import names
-from edge_lorax.coeffs import Coefficients, load_coeffs, save_coeffs
-from edge_lorax.export.adapter_file import write_onnx_adapter
-from edge_lorax.runtime import graphs
+from edge_lorax.export import reference as graphs
+from edge_lorax.formats import names
+from edge_lorax.formats.errors import MissingInputError
+from edge_lorax.formats.onnx_adapter import write_onnx_adapter
+from edge_lorax.formats.user import User, read_user, write_user
 from edge_lorax.runtime.bundle import open_bundle, read_manifest
 
 EIGEN, ANCHOR, PLAIN, MERGED = "eigenlorax", "multi-lora anchor", "plain", "merged"
@@ -49,13 +49,13 @@ def torch_model(model_dir, subspace_dir, coeffs_path, num_labels: int):
     """The injected torch model with a user's coefficients and head: the reference every graph must match."""
     import torch
 
-    from edge_lorax.inject import inject_subspace
-    from edge_lorax.models import head_module, load_model
-    from edge_lorax.subspace import load_subspace
+    from edge_lorax.builder.inject import inject_subspace
+    from edge_lorax.builder.models import head_module, load_model
+    from edge_lorax.formats.subspace import read_subspace
 
-    coeffs = load_coeffs(coeffs_path)
+    coeffs = read_user(coeffs_path)
     model = load_model(Path(model_dir), num_labels)
-    inject_subspace(model, load_subspace(subspace_dir), coeffs=coeffs.tensors)
+    inject_subspace(model, read_subspace(subspace_dir), coeffs=coeffs.coefficients)
     if coeffs.head and num_labels:
         head = getattr(model, head_module(model))
         with torch.no_grad():
@@ -72,21 +72,21 @@ def num_labels_of(bundle_dir: Path) -> int:
     return int(manifest.get("labels") or 2)
 
 
-def random_user(bundle, seed: int, scale: float = 0.5) -> Coefficients:
-    """Coefficients of the bundle's shapes (seeded): latency does not depend on the values, parity checks use them."""
+def random_user(bundle, seed: int, scale: float = 0.5) -> User:
+    """User of the bundle's shapes (seeded): latency does not depend on the values, parity checks use them."""
     rng = np.random.default_rng(seed)
     arrays = {k: (rng.standard_normal(s.shape) * scale).astype(np.float32) for k, s in bundle.coeff_inputs.items()}
     head = {k: v for k, v in arrays.items() if k.startswith(names.HEAD_PREFIX)}
     tensors = {k: v for k, v in arrays.items() if k not in head}
-    return Coefficients(bundle.fingerprint, tensors, head, {"name": f"bench-user-{seed}"})
+    return User(bundle.fingerprint, tensors, head, {"name": f"bench-user-{seed}"})
 
 
-def factors_of(subspace_dir, coeffs: Coefficients) -> dict:
+def factors_of(subspace_dir, coeffs: User) -> dict:
     """{module: (lora_A (r, in), lora_B (out, r))}: the user's full LoRA, the same ΔW as its coefficients."""
-    from edge_lorax.project import lora_factors
-    from edge_lorax.subspace import load_subspace
+    from edge_lorax.builder.project import lora_factors
+    from edge_lorax.formats.subspace import read_subspace
 
-    return lora_factors(load_subspace(subspace_dir), coeffs)
+    return lora_factors(read_subspace(subspace_dir), coeffs)
 
 
 def _save_feeds(feeds: dict, path: Path) -> str:
@@ -117,25 +117,25 @@ def int8_of(src: Path, dst: Path, shipped: Path | None = None) -> Path:
     return quantize_int8(src, dst, inputs)
 
 
-def _user_files(bundle, base: Coefficients, subspace_dir, out: Path, n: int) -> tuple:
+def _user_files(bundle, base: User, subspace_dir, out: Path, n: int) -> tuple:
     """n users (the bench user first, then seeded random ones): npz files and .onnx_adapter files for both graphs."""
     users = [base] + [random_user(bundle, 100 + i) for i in range(n - 1)]
     npz, eigen_ad, lora_ad = [], [], []
     for i, user in enumerate(users):
-        npz.append(str(save_coeffs(user, out / f"user{i}.npz")))
-        eigen_ad.append(str(write_onnx_adapter(user.feeds(), out / f"user{i}.eigen{names.ADAPTER_SUFFIX}", user.fingerprint)))
+        npz.append(str(write_user(user, out / f"user{i}.npz")))
+        eigen_ad.append(str(write_onnx_adapter(user.inputs(), out / f"user{i}.eigen{names.ADAPTER_SUFFIX}", user.fingerprint)))
         lora = {**graphs.lora_feeds(factors_of(subspace_dir, user)), **user.head}
         lora_ad.append(str(write_onnx_adapter(lora, out / f"user{i}.lora{names.ADAPTER_SUFFIX}")))
     return npz, eigen_ad, lora_ad
 
 
-def user_bytes(coeffs: Coefficients, lora: dict, factors: dict, files: dict) -> dict:
+def user_bytes(coeffs: User, lora: dict, factors: dict, files: dict) -> dict:
     """Per-user sizes: tensors in memory (with and without the task head), the same user's LoRA at its rank and at
     r=8 (the issue's yardstick), and the files on disk (`files`: name -> path)."""
     head = sum(v.nbytes for v in coeffs.head.values())
     lora_tensors = sum(v.nbytes for k, v in lora.items() if not k.startswith(names.HEAD_PREFIX))
     lora_r8 = sum(8 * (a.shape[1] + b.shape[0]) * 4 for a, b in factors.values())  # A (8, in) + B (out, 8), float32
-    ks = sorted({a.shape[1] for a in coeffs.tensors.values()} | {a.shape[0] for a in coeffs.tensors.values()})
+    ks = sorted({a.shape[1] for a in coeffs.coefficients.values()} | {a.shape[0] for a in coeffs.coefficients.values()})
     return {"eigen_tensors": coeffs.nbytes() - head, "eigen_with_head": coeffs.nbytes(), "head": head,
             "lora_tensors": lora_tensors, "lora_with_head": lora_tensors + head, "lora_r8_tensors": lora_r8,
             "lora_r8_with_head": lora_r8 + head, "coeff_dims": ks, "modules": len(factors),
@@ -145,7 +145,7 @@ def user_bytes(coeffs: Coefficients, lora: dict, factors: dict, files: dict) -> 
 
 def parity(models: dict, feeds: dict, reference: np.ndarray, tokens: dict) -> dict:
     """Max abs diff of each graph's logits vs the torch reference on the same tokens (int8: expected larger)."""
-    from edge_lorax.runtime.bench_workers import load_feeds, open_session
+    from edge_lorax.bench.workers import load_feeds, open_session
 
     out = {}
     for label, path in models.items():
@@ -171,27 +171,27 @@ def _reference(model_dir, subspace_dir, coeffs_path, num_labels: int, tokens: di
 
 def _resolve_inputs(bundle_dir: Path, model_dir, subspace_dir) -> tuple:
     """Base model folder and subspace folder: given, else from the manifest (base_model id, subspace path)."""
-    from edge_lorax.models import resolve_model
+    from edge_lorax.builder.models import resolve_model
 
     manifest = read_manifest(bundle_dir)
     model_dir = resolve_model(model_dir or manifest.get("base_model") or "default")
     subspace_dir = subspace_dir or manifest.get("subspace_path") or manifest.get("subspace")
     if not subspace_dir or not Path(subspace_dir).is_dir():
-        raise FileNotFoundError(f"{bundle_dir}: the bench needs the bundle's subspace folder for the anchor graph and "
+        raise MissingInputError(f"{bundle_dir}: the bench needs the bundle's subspace folder for the anchor graph and "
                                 "the torch reference; pass --subspace DIR")
     return Path(model_dir), Path(subspace_dir)
 
 
 def prepare(bundle_dir, work, model_dir=None, subspace_dir=None, coeffs_path=None, n_users: int = 10) -> Prepared:
     """Write every compared graph and user file into `work`; returns their paths and a parity table vs torch."""
-    from edge_lorax.models import load_model
+    from edge_lorax.builder.models import load_model
 
     bundle_dir, work = Path(bundle_dir), Path(work)
     model_dir, subspace_dir = _resolve_inputs(bundle_dir, model_dir, subspace_dir)
     (work / "users").mkdir(parents=True, exist_ok=True)
     bundle, notes, labels = open_bundle(bundle_dir), [], num_labels_of(bundle_dir)
-    coeffs = load_coeffs(coeffs_path) if coeffs_path else random_user(bundle, 0)
-    coeffs_path = save_coeffs(coeffs, work / "users" / "bench-user.npz")
+    coeffs = read_user(coeffs_path) if coeffs_path else random_user(bundle, 0)
+    coeffs_path = write_user(coeffs, work / "users" / "bench-user.npz")
     factors = factors_of(subspace_dir, coeffs)
     npz, eigen_ad, lora_ad = _user_files(bundle, coeffs, subspace_dir, work / "users", n_users)
     anchor = graphs.export_anchor(load_model(model_dir, labels), factors, coeffs.head, work / "anchor.onnx")
@@ -201,9 +201,9 @@ def prepare(bundle_dir, work, model_dir=None, subspace_dir=None, coeffs_path=Non
         models[label + INT8] = int8_of(models[label], work / f"{label.replace(' ', '-')}.int8.onnx",
                                        bundle_dir / names.BUNDLE_MODEL_INT8 if label == EIGEN else None)
     lora = {**graphs.lora_feeds(factors), **coeffs.head}
-    feeds = {EIGEN: _save_feeds(coeffs.feeds(), work / "eigen-feeds.npz"), ANCHOR: _save_feeds(lora, work / "lora-feeds.npz")}
+    feeds = {EIGEN: _save_feeds(coeffs.inputs(), work / "eigen-feeds.npz"), ANCHOR: _save_feeds(lora, work / "lora-feeds.npz")}
     feeds.update({k + INT8: feeds[k] for k in (EIGEN, ANCHOR)})
-    from edge_lorax.runtime.bench_workers import token_inputs
+    from edge_lorax.bench.workers import token_inputs
 
     vocab = int(bundle.model_config.get("vocab_size", 1000))
     tokens = token_inputs(2, 16, vocab)

@@ -2,17 +2,17 @@
 
 from pathlib import Path
 
-from edge_lorax.coeffs import Coefficients, check_fingerprint
-from edge_lorax.inject import inject_subspace
-from edge_lorax.models import load_model, resolve_model
-from edge_lorax.subspace import Subspace
-from edge_lorax.util import atomic_dir
+from edge_lorax.builder.inject import inject_subspace
+from edge_lorax.builder.models import load_model, resolve_model
+from edge_lorax.formats.atomic import atomic_dir
+from edge_lorax.formats.subspace import Subspace
+from edge_lorax.formats.user import User, check_fingerprint
 
 
-def merged_model(model, subspace: Subspace, coeffs: Coefficients):
+def merged_model(model, subspace: Subspace, coeffs: User):
     """Inject, load the user, fold ΔW into each base layer and return the plain (unwrapped) model."""
     check_fingerprint(coeffs, subspace.fingerprint)
-    layers = inject_subspace(model, subspace, coeffs=coeffs.tensors)
+    layers = inject_subspace(model, subspace, coeffs=coeffs.coefficients)
     qualified = {id(m): n for n, m in model.named_modules()}  # one walk of the tree, not one per layer
     for layer in layers.values():
         layer.merge()
@@ -21,7 +21,7 @@ def merged_model(model, subspace: Subspace, coeffs: Coefficients):
     return model
 
 
-def save_merged_model(model_path, subspace: Subspace, coeffs: Coefficients, out_dir, overwrite=False) -> Path:
+def save_merged_model(model_path, subspace: Subspace, coeffs: User, out_dir, overwrite=False) -> Path:
     """save_pretrained of the merged model (safetensors), written atomically."""
     model = merged_model(load_model(resolve_model(model_path)), subspace, coeffs)
     with atomic_dir(out_dir, overwrite) as tmp:

@@ -2,55 +2,24 @@
 
 Per module: rows of all A's (N·r × in) and columns of all B's (out × N·r, taken as rows) each go through a
 streaming, mean-updating SVD (exact while the stack's rank ≤ max_rank, truncated to max_rank beyond), chunk_rows
-rows at a time, so memory stays flat in N and time grows linearly. Components are orthonormal rows with deterministic signs. Does not train anything.
+rows at a time, so memory stays flat in N and time grows linearly. Components are orthonormal rows with
+deterministic signs. Does not train anything, and does not read or write the subspace folder (edge_lorax.formats.subspace).
 """
 
-import hashlib
-import json
 import zlib
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
 
-from edge_lorax import names
-from edge_lorax.models import canonical_base, portable_base
-from edge_lorax.peft_io import AdapterError, AdapterInfo, read_adapter, read_factors
-from edge_lorax.util import atomic_dir
+from edge_lorax.builder.models import canonical_base, portable_base
+from edge_lorax.formats import names
+from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.peft import AdapterError, AdapterInfo, read_adapter, read_factors
+from edge_lorax.formats.subspace import KIND, ModuleSubspace, Subspace, fingerprint_tensors, subspace_tensors
 
 MEAN_MODES = ("drop", "keep")
 # keep beat drop with all training rows (+0.6 points, 95% CI +0.2..+1.0, 12 paired runs) and tied at 256 and 64 rows:
 # benchmarks/paper_table/report.md. The paper's setting is `mean="drop"`.
 DEFAULT_MEAN = "keep"
-
-
-@dataclass(frozen=True)
-class ModuleSubspace:
-    components_A: np.ndarray  # (K, in) float32, orthonormal rows
-    components_B: np.ndarray  # (out, K) float32, orthonormal columns
-    explained_A: np.ndarray  # (L,) explained-variance ratio per principal direction (centred stack)
-    explained_B: np.ndarray  # (L,)
-    rank: int  # largest source rank: the default coefficient rank r
-    principal: int  # how many of the K components are principal (incl. the mean when kept); the rest augmented
-
-    @property
-    def k(self) -> int:
-        return self.components_A.shape[0]
-
-
-@dataclass(frozen=True)
-class Subspace:
-    modules: dict  # module name -> ModuleSubspace
-    config: dict  # the subspace_config.json content (incl. fingerprint)
-
-    @property
-    def fingerprint(self) -> str:
-        return self.config["fingerprint"]
-
-    @property
-    def base_model(self) -> str:
-        return self.config["base_model"]
 
 
 class _StreamingSVD:
@@ -109,7 +78,7 @@ def orthonormal_extend(basis: np.ndarray, candidates: np.ndarray, what: str) -> 
                 v = v - (v @ b) * b
         norm = np.linalg.norm(v)
         if norm < 1e-8:
-            raise ValueError(f"{what}: residual norm {norm:.1e} < 1e-8; the space is full, ask for fewer directions")
+            raise InputError(f"{what}: residual norm {norm:.1e} < 1e-8; the space is full, ask for fewer directions")
         rows.append(v / norm)
     return np.array(rows).reshape(len(rows), basis.shape[1])
 
@@ -154,7 +123,7 @@ def _mean_first(svd: _StreamingSVD, k: int, what: str) -> np.ndarray:
     lies inside the principal subspace, e.g. adapters from a planted subspace) is skipped, not normalised noise."""
     norm = np.linalg.norm(svd.mean)
     if norm == 0:
-        raise ValueError(f"{what}: the mean adapter is zero, it has no direction to keep; use --mean drop")
+        raise InputError(f"{what}: the mean adapter is zero, it has no direction to keep; use --mean drop")
     rows = [svd.mean / norm]
     for v in svd.Vt:
         if len(rows) == k:
@@ -164,7 +133,7 @@ def _mean_first(svd: _StreamingSVD, k: int, what: str) -> np.ndarray:
         if np.linalg.norm(v) > 1e-5:  # float32-stored factors leave ~1e-7 of a mean that lies in the span
             rows.append(v / np.linalg.norm(v))
     if len(rows) < k:
-        raise ValueError(f"{what}: K={k} exceeds the rank {len(rows)} of the stacked adapters with their mean; "
+        raise InputError(f"{what}: K={k} exceeds the rank {len(rows)} of the stacked adapters with their mean; "
                          f"use --components {len(rows)}, or --components {len(rows)} --augment {k - len(rows)}")
     return np.array(rows)
 
@@ -189,7 +158,7 @@ def build_module(infos, module: str, *, components=None, explained_variance=None
     k = choose_k(svd_a, svd_b, components, explained_variance, mean)
     have = min(_available(svd_a, mean), _available(svd_b, mean))
     if k > have:
-        raise ValueError(f"{module}: K={k} exceeds the rank {have} of {len(infos)} stacked adapters; "
+        raise InputError(f"{module}: K={k} exceeds the rank {have} of {len(infos)} stacked adapters; "
                          f"use --components {have}, or --components {have} --augment {k - have} for {k} directions")
     comp_a = _side_components(svd_a, k, augment, mean, _module_rng(seed, module, "A"), module)
     comp_b = _side_components(svd_b, k, augment, mean, _module_rng(seed, module, "B"), module)
@@ -215,16 +184,6 @@ def check_compatible(infos: list, allow_base_mismatch: bool = False):
                                f"({first.path}); pass --allow-base-mismatch if they really share weights")
 
 
-def fingerprint_tensors(tensors: dict, config: dict) -> str:
-    """sha256 over the config (minus fingerprint) and every tensor's name, dtype, shape and bytes, in key order."""
-    digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if k != "fingerprint"}, sort_keys=True).encode())
-    for key in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[key])
-        digest.update(f"{key}|{arr.dtype.str}|{arr.shape}".encode())
-        digest.update(arr.tobytes())
-    return digest.hexdigest()[:16]
-
-
 def _module_config(ms: ModuleSubspace, shape: tuple, mean: str = "drop") -> dict:
     """explained_variance_*: share of the centred stack's variance in the principal directions kept (with mean keep,
     one of the `principal` slots holds the mean, so principal - 1 directions count)."""
@@ -244,57 +203,22 @@ def build_subspace(adapter_dirs, *, components=None, explained_variance=None, au
                    allow_base_mismatch=False, max_rank=512, progress=None) -> Subspace:
     """Stack, SVD and select per module; exactly one of components / explained_variance."""
     if (components is None) == (explained_variance is None):
-        raise ValueError("give exactly one of --components K or --explained-variance F")
+        raise InputError("give exactly one of --components K or --explained-variance F")
     if mean not in MEAN_MODES:
-        raise ValueError(f"--mean must be one of {MEAN_MODES}, got {mean!r}")
+        raise InputError(f"--mean must be one of {MEAN_MODES}, got {mean!r}")
     infos = [read_adapter(d) for d in adapter_dirs]
     if not infos:
-        raise ValueError("no adapters given; pass one or more PEFT adapter folders")
+        raise InputError("no adapters given; pass one or more PEFT adapter folders")
     check_compatible(infos, allow_base_mismatch)
     modules = {}
     for module in (progress or (lambda x: x))(infos[0].modules):
         modules[module] = build_module(infos, module, components=components, explained_variance=explained_variance,
                                        augment=augment, mean=mean, seed=seed, max_rank=max_rank)
-    config = {"format_version": names.FORMAT_VERSION, "kind": "edge-lorax-subspace",
+    config = {"format_version": names.FORMAT_VERSION, "kind": KIND,
               "base_model": portable_base(infos[0].base_model), "fan_in_fan_out": infos[0].fan_in_fan_out, "mean": mean,
               "augment": augment, "seed": seed, "max_rank": max_rank,
               "selection": {"components": components} if components is not None else {"explained_variance": explained_variance},
               "modules": {m: _module_config(ms, infos[0].shapes[m], mean) for m, ms in modules.items()},
               "sources": [_source_entry(i) for i in infos]}
-    config["fingerprint"] = fingerprint_tensors(_tensors(modules), config)
-    return Subspace(modules, config)
-
-
-def _tensors(modules: dict) -> dict:
-    out = {}
-    for m, ms in modules.items():
-        out[names.component_name(m, names.COMPONENTS_A)] = ms.components_A
-        out[names.component_name(m, names.COMPONENTS_B)] = ms.components_B
-        out[f"{m}.explained_A"], out[f"{m}.explained_B"] = ms.explained_A, ms.explained_B
-    return out
-
-
-def save_subspace(subspace: Subspace, path, overwrite: bool = False) -> Path:
-    """subspace_config.json + subspace.safetensors, written to a temp dir and renamed into place."""
-    with atomic_dir(path, overwrite) as tmp:
-        save_file(_tensors(subspace.modules), str(tmp / names.SUBSPACE_WEIGHTS), metadata={"fingerprint": subspace.fingerprint})
-        (tmp / names.SUBSPACE_CONFIG).write_text(json.dumps(subspace.config, indent=1, sort_keys=True) + "\n")
-    return Path(path)
-
-
-def load_subspace(path) -> Subspace:
-    """Load and verify: the stored fingerprint must match the tensors and config (edited files are refused)."""
-    path = Path(path)
-    cfg_path, weights = path / names.SUBSPACE_CONFIG, path / names.SUBSPACE_WEIGHTS
-    if not (cfg_path.is_file() and weights.is_file()):
-        raise FileNotFoundError(f"{path}: not a subspace folder (needs {names.SUBSPACE_CONFIG} and "
-                                f"{names.SUBSPACE_WEIGHTS}); create one with `edge-lorax build`")
-    config, tensors = json.loads(cfg_path.read_text()), load_file(str(weights))
-    if config.get("format_version") != names.FORMAT_VERSION:
-        raise ValueError(f"{cfg_path}: format_version {config.get('format_version')} unsupported; rebuild with this edge-lorax")
-    if fingerprint_tensors(tensors, config) != config.get("fingerprint"):
-        raise ValueError(f"{path}: fingerprint mismatch, the files were edited or mixed; rebuild with `edge-lorax build`")
-    modules = {m: ModuleSubspace(tensors[f"{m}.{names.COMPONENTS_A}"], tensors[f"{m}.{names.COMPONENTS_B}"],
-                                 tensors[f"{m}.explained_A"], tensors[f"{m}.explained_B"], c["r"], c["principal"])
-               for m, c in config["modules"].items()}
+    config["fingerprint"] = fingerprint_tensors(subspace_tensors(modules), config)
     return Subspace(modules, config)

@@ -6,6 +6,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from edge_lorax.formats.errors import OutputExistsError
+
 
 def _publish_mode(path: Path, full: int):
     """mkdtemp/mkstemp create 0700/0600; give the result the mode a plain open() or mkdir() would (umask applied)."""
@@ -17,7 +19,7 @@ def _publish_mode(path: Path, full: int):
 def refuse_existing(path, overwrite: bool):
     """The one "already exists" refusal; callers that work long check it before starting, not only at write time."""
     if Path(path).exists() and not overwrite:
-        raise FileExistsError(f"{path}: already exists; pass --overwrite or choose another output")
+        raise OutputExistsError(f"{path}: already exists; pass --overwrite or choose another output")
 
 
 @contextmanager

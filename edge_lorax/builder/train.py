@@ -10,18 +10,19 @@ from pathlib import Path
 
 import torch
 
-from edge_lorax import names
-from edge_lorax.coeffs import Coefficients
-from edge_lorax.inject import coeff_tensors, init_coeffs, inject_subspace
-from edge_lorax.models import canonical_base, head_module, load_model, portable_model_id, resolve_model
-from edge_lorax.subspace import Subspace
+from edge_lorax.builder.inject import coeff_tensors, init_coeffs, inject_subspace
+from edge_lorax.builder.models import canonical_base, head_module, load_model, portable_model_id, resolve_model
+from edge_lorax.formats import names
+from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.subspace import Subspace
+from edge_lorax.formats.user import User
 
 
 def check_base(model_path: Path, subspace: Subspace):
     """Refuse training on a base model other than the one the subspace was built for."""
     have, want = portable_model_id(model_path), subspace.base_model
     if canonical_base(have) != canonical_base(want):
-        raise ValueError(f"{model_path}: base model {have!r}, but the subspace was built for {want!r}; "
+        raise InputError(f"{model_path}: base model {have!r}, but the subspace was built for {want!r}; "
                          "pass --model with that model or build a subspace for this one")
 
 
@@ -44,16 +45,16 @@ def head_tensors(net) -> dict:
             names.HEAD_BIAS: head.bias.detach().numpy().copy()}
 
 
-def user_coefficients(net, subspace: Subspace, meta: dict) -> Coefficients:
+def user_coefficients(net, subspace: Subspace, meta: dict) -> User:
     """What `edge-lorax train` saves: every module's coefficients, the head and the subspace fingerprint."""
-    return Coefficients(subspace.fingerprint, coeff_tensors(net), head_tensors(net), meta)
+    return User(subspace.fingerprint, coeff_tensors(net), head_tensors(net), meta)
 
 
-def apply_user(net, coeffs: Coefficients):
+def apply_user(net, coeffs: User):
     """Load a user.npz into an injected model: coefficients into the layers, head tensors into the head."""
-    from edge_lorax.inject import load_coeff_tensors
+    from edge_lorax.builder.inject import load_coeff_tensors
 
-    load_coeff_tensors(net, coeffs.tensors)
+    load_coeff_tensors(net, coeffs.coefficients)
     if coeffs.head:
         head = getattr(net, head_module(net))
         with torch.no_grad():
@@ -88,9 +89,9 @@ def _task_meta(task, result, settings: dict) -> dict:
 def train_coeffs(subspace: Subspace, task, output, *, model=None, rank=None, k=None, init="zero_b",
                  config=None, progress=True) -> CoeffReport:
     """Train one user's coefficients + head on `task` and save them as user.npz (carries the fingerprint)."""
-    from edge_lorax.baselines import TrainConfig, fit
-    from edge_lorax.coeffs import save_coeffs
-    from edge_lorax.models import load_tokenizer
+    from edge_lorax.builder.loop import TrainConfig, fit
+    from edge_lorax.builder.models import load_tokenizer
+    from edge_lorax.formats.user import write_user
 
     start, config = time.perf_counter(), config or TrainConfig(lr=2e-2)
     torch.manual_seed(config.seed)
@@ -98,7 +99,7 @@ def train_coeffs(subspace: Subspace, task, output, *, model=None, rank=None, k=N
     result = fit(net, task, load_tokenizer(resolve_model(model)), config, progress=progress)
     settings = {"rank": rank, "k": k, "init": init, "base_model": subspace.base_model}
     user = user_coefficients(net, subspace, _task_meta(task, result, settings))
-    save_coeffs(user, output)
-    return CoeffReport(task.name, str(output), sum(v.size for v in user.tensors.values()),
+    write_user(user, output)
+    return CoeffReport(task.name, str(output), sum(v.size for v in user.coefficients.values()),
                        sum(v.size for v in user.head.values()), Path(output).stat().st_size,
                        round(time.perf_counter() - start, 2), result)

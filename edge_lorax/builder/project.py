@@ -8,16 +8,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_lorax import names
-from edge_lorax.coeffs import Coefficients, check_fingerprint
-from edge_lorax.models import canonical_base
-from edge_lorax.peft_io import AdapterError, read_adapter, read_factors, write_adapter
-from edge_lorax.subspace import Subspace
+from edge_lorax.builder.models import canonical_base
+from edge_lorax.formats import names
+from edge_lorax.formats.peft import AdapterError, read_adapter, read_factors, write_adapter
+from edge_lorax.formats.subspace import Subspace
+from edge_lorax.formats.user import User, check_fingerprint
 
 
 @dataclass(frozen=True)
 class Projection:
-    coeffs: Coefficients
+    coeffs: User
     errors: dict  # module -> ||ΔW - ΔŴ||_F / ||ΔW||_F
     overall: float  # sqrt(Σ num²) / sqrt(Σ den²) over all modules
 
@@ -72,14 +72,14 @@ def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True) -> 
     meta = {"source": info.path.name, "method": "projection", "base_model": subspace.base_model,
             **_training_labels(info.path)}
     head = adapter_head(adapter_dir) if with_head else {}
-    return Projection(Coefficients(subspace.fingerprint, tensors, head, meta), errors, (num / den) ** 0.5 if den else 0.0)
+    return Projection(User(subspace.fingerprint, tensors, head, meta), errors, (num / den) ** 0.5 if den else 0.0)
 
 
 def adapter_head(adapter_dir, head_module: str = "classifier") -> dict:
     """The task head a PEFT adapter saved in modules_to_save, as user.npz tensors ({} when it has none)."""
     from safetensors import safe_open
 
-    from edge_lorax.names import ADAPTER_WEIGHTS
+    from edge_lorax.formats.names import ADAPTER_WEIGHTS
 
     prefix = f"base_model.model.{head_module}."
     with safe_open(f"{adapter_dir}/{ADAPTER_WEIGHTS}", framework="numpy") as f:
@@ -89,7 +89,7 @@ def adapter_head(adapter_dir, head_module: str = "classifier") -> dict:
     return {names.HEAD_WEIGHT_T: np.ascontiguousarray(found["weight"].T, np.float32), names.HEAD_BIAS: found["bias"].astype(np.float32)}
 
 
-def lora_factors(subspace: Subspace, coeffs: Coefficients) -> dict:
+def lora_factors(subspace: Subspace, coeffs: User) -> dict:
     """{module: (lora_A (r, in), lora_B (out, r))} with scaling 1: lora_A = coeff_A @ Cᴀ, lora_B = Cʙ @ coeff_B."""
     check_fingerprint(coeffs, subspace.fingerprint)
     out = {}
@@ -100,12 +100,12 @@ def lora_factors(subspace: Subspace, coeffs: Coefficients) -> dict:
     return out
 
 
-def delta_weights(subspace: Subspace, coeffs: Coefficients) -> dict:
+def delta_weights(subspace: Subspace, coeffs: User) -> dict:
     """{module: ΔW (out, in)} in float32."""
     return {m: b @ a for m, (a, b) in lora_factors(subspace, coeffs).items()}
 
 
-def reconstruct_adapter(subspace: Subspace, coeffs: Coefficients, out_dir, overwrite=False, head_module="classifier"):
+def reconstruct_adapter(subspace: Subspace, coeffs: User, out_dir, overwrite=False, head_module="classifier"):
     """A standard PEFT LoRA folder that PeftModel.from_pretrained loads; a task head goes in modules_to_save."""
     extra, save = {}, None
     if coeffs.head:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_lorax import names
+from edge_lorax.formats import names
 
 TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
 
@@ -67,8 +67,8 @@ def tiny_adapters(model_dir: Path, arch: str, out: Path, n: int = 4, rank: int =
 
 
 def random_user(subspace, seed: int, labels: int = 0, hidden: int = 32):
-    """A seeded U(-0.5, 0.5) user for `subspace` (Coefficients), with a random N(0, 1/hidden) head when labels > 0."""
-    from edge_lorax.coeffs import Coefficients
+    """A seeded U(-0.5, 0.5) user for `subspace` (User), with a random N(0, 1/hidden) head when labels > 0."""
+    from edge_lorax.formats.user import User
 
     rng = np.random.default_rng(seed)
     tensors = {}
@@ -79,24 +79,25 @@ def random_user(subspace, seed: int, labels: int = 0, hidden: int = 32):
     if labels:
         head = {names.HEAD_WEIGHT_T: (rng.standard_normal((hidden, labels)) / np.sqrt(hidden)).astype(np.float32),
                 names.HEAD_BIAS: rng.standard_normal(labels).astype(np.float32)}
-    return Coefficients(subspace.fingerprint, tensors, head, {"method": "random", "seed": seed})
+    return User(subspace.fingerprint, tensors, head, {"method": "random", "seed": seed})
 
 
 def tiny_setup(arch: str, root, n_adapters: int = 4, k: int = 4) -> TinySetup:
     """Model + adapters + subspace (K=k) + one projected user under root."""
     import transformers
 
-    from edge_lorax.coeffs import save_coeffs
-    from edge_lorax.project import project_adapter
-    from edge_lorax.subspace import build_subspace, save_subspace
+    from edge_lorax.builder.project import project_adapter
+    from edge_lorax.builder.subspace import build_subspace
+    from edge_lorax.formats.subspace import write_subspace
+    from edge_lorax.formats.user import write_user
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     root = Path(root)
     model = tiny_model(arch, root / f"tiny-{arch}")
     adapters = tiny_adapters(model, arch, root / "adapters", n_adapters)
-    subspace = save_subspace(build_subspace(adapters, components=k), root / "subspace")
-    from edge_lorax.subspace import load_subspace
+    subspace = write_subspace(build_subspace(adapters, components=k), root / "subspace")
+    from edge_lorax.formats.subspace import read_subspace
 
-    user = save_coeffs(project_adapter(load_subspace(subspace), adapters[0]).coeffs, root / "user.npz")
+    user = write_user(project_adapter(read_subspace(subspace), adapters[0]).coeffs, root / "user.npz")
     return TinySetup(model, subspace, tuple(adapters), user)

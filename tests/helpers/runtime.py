@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from edge_lorax import names
-from edge_lorax.coeffs import Coefficients, save_coeffs
-from edge_lorax.subspace import ModuleSubspace, Subspace, fingerprint_tensors
+from edge_lorax.formats import names
+from edge_lorax.formats.subspace import ModuleSubspace, Subspace, fingerprint_tensors
+from edge_lorax.formats.user import User, write_user
 
 WORDS = ["good", "bad", "great", "awful", "movie", "film", "the", "a", "was", "is", "not", "very", "i", "it", "love",
          "hate", "plot", "acting", "boring", "fun"]
@@ -76,7 +75,7 @@ def tiny_subspace(base_model: str = MODEL_NAME, seed: int = 0) -> Subspace:
     return Subspace(modules, config)
 
 
-def random_user(subspace: Subspace, seed: int, scale: float = 2.0, labels: int = 2, head: bool = True) -> Coefficients:
+def random_user(subspace: Subspace, seed: int, scale: float = 2.0, labels: int = 2, head: bool = True) -> User:
     """Random coefficients large enough to move the tiny model's logits visibly; random head."""
     rng = np.random.default_rng(1000 + seed)
     tensors = {}
@@ -85,23 +84,23 @@ def random_user(subspace: Subspace, seed: int, scale: float = 2.0, labels: int =
         tensors[names.coeff_name(m, names.COEFF_B)] = (rng.standard_normal((K, R)) * scale).astype(np.float32)
     heads = {names.HEAD_WEIGHT_T: rng.standard_normal((HIDDEN, labels)).astype(np.float32),
              names.HEAD_BIAS: rng.standard_normal(labels).astype(np.float32)} if head else {}
-    return Coefficients(subspace.fingerprint, tensors, heads, {"name": f"user{seed}"})
+    return User(subspace.fingerprint, tensors, heads, {"name": f"user{seed}"})
 
 
 def save_user(subspace: Subspace, seed: int, path: Path, **kw) -> Path:
-    return save_coeffs(random_user(subspace, seed, **kw), path)
+    return write_user(random_user(subspace, seed, **kw), path)
 
 
-def torch_logits(model_dir: Path, subspace: Subspace, coeffs: Coefficients | None, batch: dict) -> np.ndarray:
+def torch_logits(model_dir: Path, subspace: Subspace, coeffs: User | None, batch: dict) -> np.ndarray:
     """The reference: the injected torch model (edge_lorax.inject) with the user's coefficients and head."""
     import torch
 
-    from edge_lorax.inject import inject_subspace
-    from edge_lorax.models import load_model
+    from edge_lorax.builder.inject import inject_subspace
+    from edge_lorax.builder.models import load_model
 
     model = load_model(model_dir, num_labels=2)
     if coeffs is not None:
-        inject_subspace(model, subspace, coeffs=coeffs.tensors)
+        inject_subspace(model, subspace, coeffs=coeffs.coefficients)
         with torch.no_grad():
             model.classifier.weight.copy_(torch.from_numpy(coeffs.head[names.HEAD_WEIGHT_T].T.copy()))
             model.classifier.bias.copy_(torch.from_numpy(coeffs.head[names.HEAD_BIAS]))
@@ -135,28 +134,14 @@ def get_setup(tmp_path_factory) -> Setup:
     """Tiny model, subspace, three users, a shared bundle (fp32 + int8) and a per-example bundle (~6 s, cached)."""
     if "setup" not in _CACHE:
         from edge_lorax.export import export_bundle
-        from edge_lorax.subspace import save_subspace
+        from edge_lorax.formats.subspace import write_subspace
 
         root = tmp_path_factory.mktemp("runtime")
         model = tiny_model_dir(root / MODEL_NAME)
         sub = tiny_subspace()
-        save_subspace(sub, root / "subspace")
+        write_subspace(sub, root / "subspace")
         users = tuple(save_user(sub, i, root / f"user{i}.npz") for i in range(3))
         bundle = export_bundle(model, root / "subspace", root / "bundle", users[0], quantize="int8", ort_format=True)
         per_example = export_bundle(model, root / "subspace", root / "bundle-pe", users[0], per_example=True)
         _CACHE["setup"] = Setup(root, model, sub, root / "subspace", users, Path(bundle), Path(per_example))
     return _CACHE["setup"]
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """The shared tiny-BERT bundle and its users (one per test module)."""
-    return get_setup(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def bundle(setup):
-    """That bundle, opened with the default profile."""
-    from edge_lorax.runtime import open_bundle
-
-    return open_bundle(setup.bundle)

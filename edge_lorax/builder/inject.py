@@ -1,6 +1,6 @@
 """Inject a subspace into a Hugging Face model: y = W x + Cʙ (coeff_B (coeff_A (Cᴀ x))), ΔW never materialized.
 
-Wraps Linear and GPT-2 Conv1D layers. Coefficients live in the layer as parameters (training) or come from a
+Wraps Linear and GPT-2 Conv1D layers. User live in the layer as parameters (training) or come from a
 shared feed dict (export, per-example batches): a feed tensor with a leading batch dim gives each example its own
 user. Components are frozen buffers. Does not handle embeddings, convolutions or dropout on the LoRA path.
 """
@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_lorax import names
-from edge_lorax.subspace import Subspace
+from edge_lorax.formats import names
+from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.subspace import Subspace
 
 
 def _is_conv1d(layer) -> bool:
@@ -74,7 +75,7 @@ def find_module(model: nn.Module, name: str) -> tuple:
     for candidate in (name, name.removeprefix(prefix + "."), f"{prefix}.{name}"):
         if candidate in modules:
             return candidate, modules[candidate]
-    raise KeyError(f"module {name} not found in {type(model).__name__}; the subspace was built for another architecture")
+    raise InputError(f"module {name} not found in {type(model).__name__}; the subspace was built for another architecture")
 
 
 def inject_subspace(model: nn.Module, subspace: Subspace, rank: int | None = None, k: int | None = None,
@@ -87,7 +88,7 @@ def inject_subspace(model: nn.Module, subspace: Subspace, rank: int | None = Non
     for name, ms in subspace.modules.items():
         qual, base = find_module(model, name)
         if layer_shape(base) != (ms.components_B.shape[0], ms.components_A.shape[1]):
-            raise ValueError(f"{name}: layer is {layer_shape(base)}, subspace has "
+            raise InputError(f"{name}: layer is {layer_shape(base)}, subspace has "
                              f"{(ms.components_B.shape[0], ms.components_A.shape[1])}; wrong base model for this subspace")
         r, kk = coeffs[names.coeff_name(name, names.COEFF_A)].shape[-2:] if coeffs else (rank or ms.rank, k or ms.k)
         layer = EigenLoraLayer(base, name, torch.from_numpy(ms.components_A[:kk].copy()),
@@ -139,7 +140,7 @@ def init_coeffs(model: nn.Module, mode: str = "uniform", seed: int = 0):
         elif mode == "zero_b":
             layer.coeff_B.zero_()
         else:
-            raise ValueError(f"init must be 'uniform' or 'zero_b', got {mode!r}")
+            raise InputError(f"init must be 'uniform' or 'zero_b', got {mode!r}")
 
 
 def merge_all(model: nn.Module, sign: float = 1.0):

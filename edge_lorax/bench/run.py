@@ -16,8 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edge_lorax.runtime import bench_workers, measure
-from edge_lorax.runtime.bench_prepare import ANCHOR, EIGEN, INT8, MERGED, PLAIN
+from edge_lorax.bench import measure, workers
+from edge_lorax.bench.prepare import ANCHOR, EIGEN, INT8, MERGED, PLAIN
 from edge_lorax.runtime.bundle import usable_cores
 
 SWEEP_MODELS = (PLAIN, EIGEN, ANCHOR, MERGED, PLAIN + INT8, EIGEN + INT8, ANCHOR + INT8)
@@ -58,15 +58,15 @@ def threads_of(n: int) -> int:
 
 def spawn(spec: dict, timeout_s: int) -> dict:
     """Run one worker in a fresh interpreter; its result, or {"error": ...} (never a made-up number)."""
-    cmd = [sys.executable, "-m", "edge_lorax.runtime.bench_workers", json.dumps(spec)]
+    cmd = [sys.executable, "-m", "edge_lorax.bench.workers", json.dumps(spec)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_s} s"}
     for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(bench_workers.RESULT_PREFIX):
-            return json.loads(line[len(bench_workers.RESULT_PREFIX):])
+        if line.startswith(workers.RESULT_PREFIX):
+            return json.loads(line[len(workers.RESULT_PREFIX):])
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
     return {"error": f"worker exit {proc.returncode}: {' | '.join(tail)[:400]}"}
 
@@ -158,8 +158,8 @@ def stamp(command: str, repo: Path) -> dict:
 def run_bench(bundle_dir, out_dir, quick: bool = False, model_dir=None, subspace_dir=None, coeffs=None,
               command: str = "", log=None, plan: Plan | None = None) -> Path:
     """Prepare, measure, write the report into out_dir (report.json, report.md, report.png); returns out_dir."""
-    from edge_lorax.runtime.bench_prepare import prepare
-    from edge_lorax.runtime.report import write_report
+    from edge_lorax.bench.prepare import prepare
+    from edge_lorax.bench.report import write_report
 
     plan = plan or (QUICK if quick else Plan())
     repo = Path(__file__).resolve().parents[2]
