@@ -96,7 +96,8 @@ def run_build(dirs: list, out: Path, components: int, threads: int) -> dict:
     summary = dict(line.split(": ", 1) for line in stdout.strip().splitlines() if ": " in line)
     return {"n": len(dirs), "wall_s": round(wall, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
             "user_cpu_s": round(usage.ru_utime, 2), "sys_cpu_s": round(usage.ru_stime, 2),
-            "load_average_after": [round(x, 2) for x in os.getloadavg()], "subspace_bytes": int(summary.get("bytes", 0)), "K": summary.get("K"), "fingerprint": summary.get("fingerprint")}
+            "load_average_after": [round(x, 2) for x in os.getloadavg()], "subspace_bytes": int(summary.get("bytes", 0)),
+            "K": summary.get("K"), "fingerprint": summary.get("fingerprint")}
 
 
 def updates(n: int, rank: int, chunk_rows: int = 512) -> int:
@@ -151,7 +152,7 @@ def git_commit() -> str:
 
 def markdown(report: dict) -> str:
     s, m = report["setup"], report["machine"]
-    lines = [f"# Build scale: `edge-lorax build` time and peak RSS vs number of adapters", "",
+    lines = ["# Build scale: `edge-lorax build` time and peak RSS vs number of adapters", "",
              f"Command: `{report['command']}` (commit {report['git_commit']}, {report['date']})", "",
              f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, {m['platform']}, Python {m['python']}; "
              f"load average at start {m['load_average_at_start']}.",

@@ -17,6 +17,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
 from helpers import BASE_IDS, TARGETS, build_tiny_model, lora_kwargs, planted_basis  # noqa: E402
 
 

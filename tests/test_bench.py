@@ -6,11 +6,11 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from helpers.runtime import get_setup
 
 from edge_lorax.bench.prepare import ANCHOR, EIGEN, INT8, MERGED
 from edge_lorax.bench.run import SWEEP_MODELS
 from edge_lorax.cli import cli
+from helpers.runtime import get_setup
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import corrupt_copy
 
 from edge_lorax.builder.project import project_adapter
 from edge_lorax.cli import cli
 from edge_lorax.formats.peft import read_adapter
 from edge_lorax.formats.subspace import read_subspace
 from edge_lorax.formats.user import read_user
+from helpers import corrupt_copy
 
 Q0 = "bert.encoder.layer.0.attention.self.query"
 

@@ -12,7 +12,6 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from helpers.tiny import random_user, tiny_setup  # noqa: E402
 
 from edge_lorax.builder.inject import inject_subspace  # noqa: E402
 from edge_lorax.export import export_bundle  # noqa: E402
@@ -25,6 +24,7 @@ from edge_lorax.formats.onnx_adapter import (
 )
 from edge_lorax.formats.subspace import read_subspace  # noqa: E402
 from edge_lorax.formats.user import User, write_user  # noqa: E402
+from helpers.tiny import random_user, tiny_setup  # noqa: E402
 
 TOL = 1e-4  # fp32 ORT vs torch, max abs diff
 TOKENS = sample_tokens(99, batch=3, seq=9, seed=5)  # unlike the trace shapes (2, 7); last row padded

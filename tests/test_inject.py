@@ -6,9 +6,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from helpers import model_outputs, token_batch
 
-from edge_lorax.formats.errors import InputError  # noqa: E402
 from edge_lorax.builder.inject import (
     EigenLoraLayer,
     coeff_tensors,
@@ -23,7 +21,9 @@ from edge_lorax.builder.inject import (
 from edge_lorax.builder.project import delta_weights, reconstruct_adapter
 from edge_lorax.builder.subspace import build_subspace
 from edge_lorax.formats import names
+from edge_lorax.formats.errors import InputError  # noqa: E402
 from edge_lorax.formats.user import User
+from helpers import model_outputs, token_batch
 
 
 @pytest.fixture(scope="module")

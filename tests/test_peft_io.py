@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import corrupt_copy
 from safetensors.numpy import load_file, save_file
 
 from edge_lorax.formats.peft import (
@@ -19,6 +18,7 @@ from edge_lorax.formats.peft import (
     read_factors,
     write_adapter,
 )
+from helpers import corrupt_copy
 
 BERT_Q0 = "bert.encoder.layer.0.attention.self.query"
 BERT_V1 = "bert.encoder.layer.1.attention.self.value"

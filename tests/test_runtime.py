@@ -5,11 +5,11 @@ import threading
 
 import numpy as np
 import pytest
-from helpers.runtime import TEXTS, random_user, torch_logits
 
 from edge_lorax.formats import names
 from edge_lorax.runtime import encode, load_user, open_bundle, predict, run_adapter, run_arrays, run_mixed
 from edge_lorax.runtime.bundle import SessionConfig
+from helpers.runtime import TEXTS, random_user, torch_logits
 
 TOL = 1e-4  # fp32 ORT vs torch, the exporter's stated tolerance
 

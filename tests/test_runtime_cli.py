@@ -6,11 +6,11 @@ import sys
 
 import numpy as np
 from click.testing import CliRunner
-from helpers.runtime import TEXTS, random_user, torch_logits
 
 from edge_lorax.cli import cli
 from edge_lorax.formats import names
 from edge_lorax.runtime import encode, load_user, open_bundle, predict
+from helpers.runtime import TEXTS, random_user, torch_logits
 
 BLOCKED = ("torch", "transformers", "peft", "onnx", "onnxscript", "safetensors", "matplotlib", "psutil", "tqdm")
 RUNTIME_MODULES = ("bundle", "users", "infer")

@@ -6,13 +6,13 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers.runtime import TEXTS, random_user, save_user, tiny_subspace
 
 from edge_lorax.cli import cli
 from edge_lorax.formats import names
 from edge_lorax.formats.onnx_adapter import write_onnx_adapter
 from edge_lorax.formats.user import User, UserError, write_user
 from edge_lorax.runtime import BundleError, load_user, open_bundle
+from helpers.runtime import TEXTS, random_user, save_user, tiny_subspace
 
 
 def _variant(setup, path, edit) -> str:

@@ -6,12 +6,12 @@ import shutil
 
 import numpy as np
 import pytest
-from helpers import corrupt_copy
 from safetensors.numpy import load_file
 
 from edge_lorax.builder.subspace import build_module, build_subspace
 from edge_lorax.formats.peft import AdapterError, file_sha256, read_adapter, read_factors
 from edge_lorax.formats.subspace import read_subspace, write_subspace
+from helpers import corrupt_copy
 
 
 def sin_largest_angle(rows: np.ndarray, basis: np.ndarray) -> float:
@@ -215,7 +215,7 @@ def test_same_base_under_another_org_or_case_is_accepted(save_adapter):
 
 
 def test_non_finite_source_refused_during_build(save_adapter, tmp_path):
-    
+
     bad = corrupt_copy(save_adapter("bert", weight_seed=1), tmp_path / "nan", "layer.1.attention.self.query.lora_A.weight",
                        np.nan)
     with pytest.raises(AdapterError, match=r"NaN or Inf in bert\.encoder\.layer\.1\.attention\.self\.query"):

@@ -167,7 +167,7 @@ def by_size(runs, a, b) -> dict:
 
 def verdicts(runs) -> dict:
     """The issue's questions, answered from paired differences (None/unknown where runs are missing)."""
-    drop, keep, lora, head = is_("eigen-drop"), is_("eigen-keep"), is_("lora"), is_("head")
+    drop, keep = is_("eigen-drop"), is_("eigen-keep")
     params = {label(r): r["adapter_params"] for r in runs if r["grid"] == "main"}
     vs_lora = {m: {n: paired(runs, is_(m, n), is_("lora", n)) for n in ROWS} for m in ("eigen-drop", "eigen-keep")}
     mean_cmp = by_size(runs, keep, drop)

@@ -223,7 +223,7 @@ def write_side_files(tmp: Path, path: Path, graph: g.Prepared, coeffs_path, coef
     config["architectures"] = [type(graph.wrapper.model).__name__]  # what the graph computes, not the checkpoint
     labels = (coeffs.meta.get("labels") if coeffs is not None else None) or []
     if len(labels) == config.get("num_labels", len(config.get("id2label", {}))):  # the user's task names its classes
-        config["id2label"], config["label2id"] = {str(i): l for i, l in enumerate(labels)}, {l: i for i, l in enumerate(labels)}
+        config["id2label"], config["label2id"] = {str(i): lab for i, lab in enumerate(labels)}, {lab: i for i, lab in enumerate(labels)}
     (tmp / names.BUNDLE_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     adapter = None
     if coeffs is not None and graph.spec.feeds:

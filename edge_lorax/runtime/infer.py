@@ -1,9 +1,9 @@
 """Run a bundle for a user: arrays in / arrays out, or text in / predictions out with the bundle's own tokenizer.
 
 A run binds the user's preloaded arrays next to the token inputs, so a user switch costs a dict merge; the session
-is never touched and may serve runs for different users from many threads at once. A per-example bundle serves a mixed batch of users in one run. user=None runs the bundle's defaults (the
-coefficients it was exported with, or the base model). Does not load users or bundles.
-"""
+is never touched and may serve runs for different users from many threads at once. A per-example bundle serves a
+mixed batch of users in one run. user=None runs the bundle's defaults (the coefficients it was exported with, or the
+base model). Does not load users or bundles."""
 
 import json
 from dataclasses import dataclass, field
