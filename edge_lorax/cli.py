@@ -43,6 +43,31 @@ def friendly(fn):
     return wrapper
 
 
+_TRAINING_OPTIONS = (
+    click.option("--data", required=True, help="vader:<domain>-<binary|3class|regression>, or a .csv/.tsv/.jsonl file."),
+    click.option("--text-column", default="text", show_default=True),
+    click.option("--label-column", default="label", show_default=True),
+    click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True,
+                 help="Task kind of a data file (vader: tasks know theirs)."),
+    click.option("--model", default="default", show_default=True,
+                 help="Base model folder ('default': the embedded MiniLM; must match the subspace's base)."),
+    click.option("--steps", type=int, help="Optimizer steps (overrides --epochs)."),
+    click.option("--epochs", default=1.0, show_default=True),
+    click.option("--batch-size", default=32, show_default=True),
+    click.option("--max-length", default=64, show_default=True, help="Tokens per training text (longer ones are truncated)."),
+    click.option("--patience", default=0, show_default=True, help="Early stopping: evals without a better val loss."),
+    click.option("--seed", default=0, show_default=True, help="Split, init and batch order."),
+    click.option("--overwrite", is_flag=True),
+)
+
+
+def training_options(fn):
+    """The options `train` and `train-lora` share (data, model, schedule, seed), declared once."""
+    for option in reversed(_TRAINING_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
 def progress(items, label: str):
     """A tqdm bar on stderr."""
     from tqdm import tqdm
@@ -133,7 +158,7 @@ def project(subspace, adapter, output, as_json, overwrite):
 @click.option("--overwrite", is_flag=True)
 @friendly
 def reconstruct(subspace, coeffs, output, merged_model, model, overwrite):
-    """User -> a standard PEFT LoRA folder (and optionally merged base weights).
+    """A user file -> a standard PEFT LoRA folder (and optionally merged base weights).
 
     \b
     Example:
@@ -170,25 +195,13 @@ def inspect(path, as_json):
 
 @cli.command()
 @click.option("--subspace", "subspace_dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--data", required=True, help="vader:<domain>-<binary|3class|regression>, or a .csv/.tsv/.jsonl file.")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
-@click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True,
-              help="Task kind of a data file (vader: tasks know theirs).")
+@training_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="user.npz to write.")
-@click.option("--model", default="default", show_default=True, help="Base model folder (must match the subspace).")
 @click.option("--rank", type=int, help="Coefficient rank r (default: the subspace's).")
 @click.option("--k", "k", type=int, help="Use only the first K components (default: all).")
 @click.option("--init", type=click.Choice(["zero_b", "uniform"]), default="zero_b", show_default=True,
               help="zero_b: step 0 is the base model; uniform: U(-0.5, 0.5) both, as in the paper.")
-@click.option("--lr", default=2e-2, show_default=True, help="User + head (2e-2 beat 5e-3 on a short budget: benchmarks/paper_table).")
-@click.option("--steps", type=int, help="Optimizer steps (overrides --epochs).")
-@click.option("--epochs", default=1.0, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--max-length", default=64, show_default=True)
-@click.option("--patience", default=0, show_default=True, help="Early stopping: evals without a better val loss.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--overwrite", is_flag=True)
+@click.option("--lr", default=2e-2, show_default=True, help="Coefficients + head (2e-2 beat 5e-3 on a short budget: benchmarks/paper_table).")
 @friendly
 def train(subspace_dir, data, text_column, label_column, kind, output, model, rank, k, init, lr, steps, epochs,
           batch_size, max_length, patience, seed, overwrite):
@@ -212,28 +225,16 @@ def train(subspace_dir, data, text_column, label_column, kind, output, model, ra
 
 
 @cli.command("train-lora")
-@click.option("--data", required=True, help="vader:<domain>-<binary|3class|regression>, or a .csv/.tsv/.jsonl file.")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
-@click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True,
-              help="Task kind of a data file (vader: tasks know theirs).")
+@training_options
 @click.option("--validation-file", type=click.Path(dir_okay=False), help="Validation rows (default: cut from --data).")
 @click.option("--test-file", type=click.Path(dir_okay=False), help="Test rows (default: cut from --data).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Adapter folder to write (PEFT format).")
 @click.option("--method", type=click.Choice(["lora", "vera", "head"]), default="lora", show_default=True)
-@click.option("--model", default="default", show_default=True, help="Base model folder.")
 @click.option("--rank", default=8, show_default=True, help="LoRA rank, or VeRA's shared projection rank.")
 @click.option("--alpha", default=16.0, show_default=True, help="LoRA alpha (scaling alpha/rank).")
 @click.option("--targets", default="query,value", show_default=True, help="Comma-separated target module names.")
 @click.option("--lr", type=float, help="Learning rate [default: lora 2e-3, vera 1e-2, head 5e-3].")
-@click.option("--steps", type=int, help="Optimizer steps (overrides --epochs).")
-@click.option("--epochs", default=1.0, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--max-length", default=64, show_default=True)
-@click.option("--patience", default=0, show_default=True, help="Early stopping: evals without a better val loss.")
-@click.option("--seed", default=0, show_default=True, help="Split, init and batch order.")
 @click.option("--threads", type=int, help="torch threads (default: torch's choice).")
-@click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True, help="Metrics as JSON.")
 @friendly
 def train_lora(data, text_column, label_column, kind, validation_file, test_file, output, method, model, rank, alpha,
@@ -386,8 +387,10 @@ def export(model, subspace_dir, coeffs, output, task, per_example, merge, quanti
 @click.option("-o", "--output", default="out/demo", show_default=True, type=click.Path(file_okay=False))
 @click.option("--steps", default=60, show_default=True, help="Training steps for the trained user.")
 @click.option("--no-bench", is_flag=True, help="Skip the quick bench report.")
+@click.option("--adapters", type=click.Path(exists=True, file_okay=False),
+              help="Folder of the committed source adapters [default: adapters/ of the source checkout].")
 @friendly
-def demo(output, steps, no_bench):
+def demo(output, steps, no_bench, adapters):
     """The main job on the embedded defaults: subspace from the committed adapters, two users, export, swap, bench.
 
     \b
@@ -396,7 +399,7 @@ def demo(output, steps, no_bench):
     """
     from edge_lorax.demo import run_demo
 
-    for user, preds in run_demo(output, steps, bench=not no_bench).items():
+    for user, preds in run_demo(output, steps, bench=not no_bench, adapters=adapters).items():
         for p in preds:
             click.echo(f"{user:14s} {p.label:9s} {p.score:.3f}  {p.text}")
 

@@ -10,7 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from edge_lorax.formats import names
+from edge_lorax.formats.errors import MissingInputError
+
+CHECKOUT_ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"  # present in a source checkout, not in a wheel
 SOURCES = [f"{d}-{t}" for d in ("tweets", "movies", "amazon") for t in ("binary", "3class", "regression")]
 SENTENCES = ("The editorial makes a thoughtful, persuasive case.", "This policy is a reckless and cruel failure.",
              "The senator's speech was neither good nor bad.", "What a wonderful surprise!")
@@ -52,13 +55,24 @@ def swap_users(bundle_dir: Path, users: list) -> dict:
     return {name: predict(bundle, user, list(SENTENCES)) for name, user in loaded.items()}
 
 
-def run_demo(out, steps: int = 60, bench: bool = True) -> dict:
+def source_adapters(adapters=None) -> Path:
+    """The folder of the committed source adapters: the given one, else the source checkout's `adapters/`; every
+    adapter the demo needs must be there (an installed wheel has no checkout: pass --adapters)."""
+    folder = Path(adapters) if adapters else CHECKOUT_ADAPTERS
+    missing = [s for s in (*SOURCES, "nyt-binary") if not (folder / s / names.ADAPTER_CONFIG).is_file()]
+    if missing:
+        raise MissingInputError(f"{folder}: no source adapter {missing[0]} ({len(missing)} missing); pass --adapters with the "
+                                "`adapters/` folder of an edge-lorax checkout")
+    return folder
+
+
+def run_demo(out, steps: int = 60, bench: bool = True, adapters=None) -> dict:
     """The whole job; returns {user: predictions}. Outputs under `out` (subspace, users, bundle, bench/)."""
     from edge_lorax.export import export_bundle
 
-    out, start = Path(out), time.perf_counter()
+    out, start, folder = Path(out), time.perf_counter(), source_adapters(adapters)
     out.mkdir(parents=True, exist_ok=True)
-    subspace, projected, trained = build_users(REPO / "adapters", out, steps)
+    subspace, projected, trained = build_users(folder, out, steps)
     log("exporting the bundle (fp32 + int8, verified against torch)")
     bundle = export_bundle(None, subspace, out / "bundle", projected, quantize="int8", overwrite=True)
     results = swap_users(bundle, [projected, trained])

@@ -73,7 +73,7 @@ def num_labels_of(bundle_dir: Path) -> int:
 
 
 def random_user(bundle, seed: int, scale: float = 0.5) -> User:
-    """User of the bundle's shapes (seeded): latency does not depend on the values, parity checks use them."""
+    """A user of the bundle's shapes (seeded): latency does not depend on the values, parity checks use them."""
     rng = np.random.default_rng(seed)
     arrays = {k: (rng.standard_normal(s.shape) * scale).astype(np.float32) for k, s in bundle.coeff_inputs.items()}
     head = {k: v for k, v in arrays.items() if k.startswith(names.HEAD_PREFIX)}

@@ -1,6 +1,6 @@
 """Inject a subspace into a Hugging Face model: y = W x + Cʙ (coeff_B (coeff_A (Cᴀ x))), ΔW never materialized.
 
-Wraps Linear and GPT-2 Conv1D layers. User live in the layer as parameters (training) or come from a
+Wraps Linear and GPT-2 Conv1D layers. Coefficients live in the layer as parameters (training) or come from a
 shared feed dict (export, per-example batches): a feed tensor with a leading batch dim gives each example its own
 user. Components are frozen buffers. Does not handle embeddings, convolutions or dropout on the LoRA path.
 """
