@@ -24,7 +24,8 @@ from edge_lorax.formats.onnx_adapter import (
 )
 from edge_lorax.formats.subspace import read_subspace  # noqa: E402
 from edge_lorax.formats.user import User, write_user  # noqa: E402
-from helpers.tiny import random_user, tiny_setup  # noqa: E402
+from helpers import random_user  # noqa: E402
+from helpers.tiny import tiny_setup  # noqa: E402
 
 TOL = 1e-4  # fp32 ORT vs torch, max abs diff
 TOKENS = sample_tokens(99, batch=3, seq=9, seed=5)  # unlike the trace shapes (2, 7); last row padded

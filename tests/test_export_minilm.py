@@ -17,7 +17,7 @@ from edge_lorax.export import export_bundle  # noqa: E402
 from edge_lorax.export.graph import mean_pool  # noqa: E402
 from edge_lorax.formats import names  # noqa: E402
 from edge_lorax.formats.subspace import read_subspace, write_subspace  # noqa: E402
-from helpers.tiny import random_user  # noqa: E402
+from helpers import random_user  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the real all-MiniLM-L6-v2
 

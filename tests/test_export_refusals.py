@@ -17,7 +17,8 @@ from edge_lorax.formats import names  # noqa: E402
 from edge_lorax.formats.errors import InputError  # noqa: E402
 from edge_lorax.formats.subspace import read_subspace  # noqa: E402
 from edge_lorax.formats.user import User, write_user  # noqa: E402
-from helpers.tiny import random_user, tiny_model, tiny_setup  # noqa: E402
+from helpers import random_user  # noqa: E402
+from helpers.tiny import tiny_model, tiny_setup  # noqa: E402
 
 
 @pytest.fixture(scope="module")

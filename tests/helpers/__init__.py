@@ -90,3 +90,15 @@ def corrupt_copy(src, dst, key_suffix: str, value):
     tensors[key][0, 0] = value
     save_file(tensors, str(dst / "adapter_model.safetensors"))
     return dst
+
+
+def random_user(subspace, seed: int, *, labels: int = 0, hidden: int = 32, scale: float = 0.5, dist: str = "uniform"):
+    """A seeded random user of `subspace` (edge_lorax.formats.synthetic), with a (hidden, labels) head when labels > 0."""
+    from edge_lorax.formats import names
+    from edge_lorax.formats.synthetic import random_user as synthetic_user
+    from edge_lorax.formats.user import subspace_shapes
+
+    shapes = subspace_shapes(subspace)
+    if labels:
+        shapes.update({names.HEAD_WEIGHT_T: (hidden, labels), names.HEAD_BIAS: (labels,)})
+    return synthetic_user(shapes, subspace.fingerprint, seed, scale=scale, dist=dist)

@@ -77,14 +77,9 @@ def tiny_subspace(base_model: str = MODEL_NAME, seed: int = 0) -> Subspace:
 
 def random_user(subspace: Subspace, seed: int, scale: float = 2.0, labels: int = 2, head: bool = True) -> User:
     """Random coefficients large enough to move the tiny model's logits visibly; random head."""
-    rng = np.random.default_rng(1000 + seed)
-    tensors = {}
-    for m in subspace.modules:
-        tensors[names.coeff_name(m, names.COEFF_A)] = (rng.standard_normal((R, K)) * scale).astype(np.float32)
-        tensors[names.coeff_name(m, names.COEFF_B)] = (rng.standard_normal((K, R)) * scale).astype(np.float32)
-    heads = {names.HEAD_WEIGHT_T: rng.standard_normal((HIDDEN, labels)).astype(np.float32),
-             names.HEAD_BIAS: rng.standard_normal(labels).astype(np.float32)} if head else {}
-    return User(subspace.fingerprint, tensors, heads, {"name": f"user{seed}"})
+    from helpers import random_user as make
+
+    return make(subspace, 1000 + seed, labels=labels if head else 0, hidden=HIDDEN, scale=scale, dist="normal")
 
 
 def save_user(subspace: Subspace, seed: int, path: Path, **kw) -> Path:

@@ -8,10 +8,6 @@ plumbing are real (BERT Linear, GPT-2 Conv1D, Llama GQA). Needs torch, transform
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from edge_lorax.formats import names
-
 TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
 
 
@@ -64,22 +60,6 @@ def tiny_adapters(model_dir: Path, arch: str, out: Path, n: int = 4, rank: int =
         peft.save_pretrained(out / f"adapter{i}")
         dirs.append(out / f"adapter{i}")
     return dirs
-
-
-def random_user(subspace, seed: int, labels: int = 0, hidden: int = 32):
-    """A seeded U(-0.5, 0.5) user for `subspace` (User), with a random N(0, 1/hidden) head when labels > 0."""
-    from edge_lorax.formats.user import User
-
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for module, ms in sorted(subspace.modules.items()):
-        tensors[names.coeff_name(module, names.COEFF_A)] = rng.random((ms.rank, ms.k), dtype=np.float32) - 0.5
-        tensors[names.coeff_name(module, names.COEFF_B)] = rng.random((ms.k, ms.rank), dtype=np.float32) - 0.5
-    head = {}
-    if labels:
-        head = {names.HEAD_WEIGHT_T: (rng.standard_normal((hidden, labels)) / np.sqrt(hidden)).astype(np.float32),
-                names.HEAD_BIAS: rng.standard_normal(labels).astype(np.float32)}
-    return User(subspace.fingerprint, tensors, head, {"method": "random", "seed": seed})
 
 
 def tiny_setup(arch: str, root, n_adapters: int = 4, k: int = 4) -> TinySetup:
