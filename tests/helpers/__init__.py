@@ -20,17 +20,21 @@ def _quiet():
     transformers.utils.logging.disable_progress_bar()
 
 
-def tiny_config(arch: str, hidden: int = 32):
-    """A 2-layer random config: BERT (Linear q/k/v, 2 labels) or GPT-2 (Conv1D c_attn/c_fc, 2 labels)."""
-    from transformers import BertConfig, GPT2Config
+def tiny_config(arch: str, hidden: int = 32, vocab: int = VOCAB, **extra):
+    """The one tiny-model config (2 layers): BERT (Linear q/k/v), GPT-2 (Conv1D c_attn/c_fc) or Llama (GQA: 4 heads,
+    2 KV heads); `extra` overrides any field (positions, labels, architectures)."""
+    from transformers import BertConfig, GPT2Config, LlamaConfig
 
     if arch == "bert":
-        return BertConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=2)
+        return BertConfig(**{"vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": 2, "num_attention_heads": 2,
+                             "intermediate_size": 2 * hidden, "max_position_embeddings": 64, "num_labels": 2, **extra})
     if arch == "gpt2":
-        return GPT2Config(vocab_size=VOCAB, n_embd=hidden, n_layer=2, n_head=2, n_positions=64, num_labels=2,
-                          pad_token_id=0)
-    raise ValueError(f"unknown arch {arch!r}; use 'bert' or 'gpt2'")
+        return GPT2Config(**{"vocab_size": vocab, "n_embd": hidden, "n_layer": 2, "n_head": 2, "n_positions": 64,
+                             "num_labels": 2, "pad_token_id": 0, **extra})
+    if arch == "llama":
+        return LlamaConfig(**{"vocab_size": vocab, "hidden_size": hidden, "num_hidden_layers": 2, "num_attention_heads": 4,
+                              "num_key_value_heads": 2, "intermediate_size": 2 * hidden, "max_position_embeddings": 64, **extra})
+    raise ValueError(f"unknown arch {arch!r}; use 'bert', 'gpt2' or 'llama'")
 
 
 def build_tiny_model(arch: str = "bert", seed: int = 0, hidden: int = 32, base_id: str | None = None):

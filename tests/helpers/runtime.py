@@ -39,14 +39,15 @@ def tiny_model_dir(path: Path, num_labels: int = 2) -> Path:
     """A random 2-layer BERT sequence classifier + fast tokenizer, saved like a hub folder."""
     import torch
     import transformers
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import BertForSequenceClassification, PreTrainedTokenizerFast
+
+    from helpers import tiny_config
 
     transformers.logging.set_verbosity_error()
     tok, vocab = tiny_tokenizer()
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=vocab, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=256, num_labels=num_labels,
-                     id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
+    cfg = tiny_config("bert", HIDDEN, vocab, max_position_embeddings=256, num_labels=num_labels,
+                      id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1})
     BertForSequenceClassification(cfg).eval().save_pretrained(path)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]")

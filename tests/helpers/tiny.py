@@ -19,18 +19,15 @@ class TinySetup:
     user: Path  # user.npz: adapter 0 projected onto the subspace (no head)
 
 
-def _config(arch: str):
-    from transformers import BertConfig, GPT2Config, LlamaConfig
+ARCHITECTURES = {"bert": "BertModel", "gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM"}
 
-    if arch == "bert":
-        return BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, max_position_embeddings=64, architectures=["BertModel"])
-    if arch == "gpt2":
-        return GPT2Config(vocab_size=99, n_embd=32, n_layer=2, n_head=2, n_positions=64, architectures=["GPT2LMHeadModel"])
-    if arch == "llama":
-        return LlamaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           intermediate_size=64, max_position_embeddings=64, architectures=["LlamaForCausalLM"])
-    raise ValueError(f"arch must be one of {sorted(TARGETS)}, got {arch!r}")
+
+def _config(arch: str):
+    from helpers import tiny_config
+
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"arch must be one of {sorted(TARGETS)}, got {arch!r}")
+    return tiny_config(arch, vocab=99, architectures=[ARCHITECTURES[arch]])
 
 
 def tiny_model(arch: str, out: Path, seed: int = 0) -> Path:
