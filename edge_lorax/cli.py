@@ -404,5 +404,27 @@ def demo(output, steps, no_bench, adapters):
             click.echo(f"{user:14s} {p.label:9s} {p.score:.3f}  {p.text}")
 
 
+def _terminate(signum, frame):
+    """SIGTERM/SIGHUP end the command like Ctrl-C: the exception unwinds every `finally`, so atomic writes remove their
+    temp folders. Further signals are ignored while that cleanup runs; the exit status is the shell's 128 + signal."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    click.echo(f"Terminated ({signal.Signals(signum).name}): partial output removed", err=True)
+    raise SystemExit(128 + signum)
+
+
+def install_signal_handlers():
+    """Route SIGTERM (what `timeout` and service managers send) and SIGHUP through _terminate, unless the caller set
+    them to be ignored (nohup) or to something else."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _terminate)
+
+
 def main():
+    install_signal_handlers()
     cli()

@@ -1,19 +1,87 @@
-"""Atomic file and folder writes: output appears whole or not at all."""
+"""Atomic file and folder writes: output appears whole or not at all, and nothing of ours is left beside it.
+
+A write goes to a hidden temp sibling named `.<name>.partial-<pid>-<random>` and is renamed into place on success;
+on any error, Ctrl-C or SIGTERM (the CLI turns it into an exception) the temp is removed. Only SIGKILL or a power cut
+can leave one behind, and the next write into that folder sweeps it (`sweep_stale`): only names of exactly that
+pattern, and only when their owning pid is gone or they are older than STALE_AGE_S. `check_output` is the check a
+long command makes before its work (exists? writable?). Published files and folders get the mode a plain open() or
+mkdir() would give (umask applied), whatever the writer used inside the temp. Does not know any file format.
+"""
 
 import os
+import re
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from edge_lorax.formats.errors import OutputExistsError
+from edge_lorax.formats.errors import InputError, OutputExistsError
+
+STALE_AGE_S = 24 * 3600  # a temp older than this is stale even if its pid is alive again (pid reuse)
+_TEMP = re.compile(r"^\..+\.partial-(\d+)-[a-z0-9_]{8}$")  # mkstemp/mkdtemp add 8 chars of [a-z0-9_]
 
 
-def _publish_mode(path: Path, full: int):
-    """mkdtemp/mkstemp create 0700/0600; give the result the mode a plain open() or mkdir() would (umask applied)."""
+def temp_prefix(path: Path) -> str:
+    """The prefix of our temp sibling for `path`; the owning pid is in the name so a sweep can tell it is dead."""
+    return f".{path.name}.partial-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _is_stale(entry: Path, now: float) -> bool:
+    match = _TEMP.match(entry.name)
+    if match is None or int(match.group(1)) == os.getpid():
+        return False
+    try:
+        age = now - entry.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    return age > STALE_AGE_S or not _pid_alive(int(match.group(1)))
+
+
+def sweep_stale(folder) -> list:
+    """Remove our temp siblings in `folder` left by a killed writer (pid gone, or older than STALE_AGE_S); returns
+    their names. Anything not named exactly like ours is never touched."""
+    folder, now, removed = Path(folder), time.time(), []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if _is_stale(entry, now):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry.name)
+    return removed
+
+
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, full & ~umask)
+    return umask
+
+
+def _publish_mode(path: Path):
+    """mkdtemp/mkstemp create 0700/0600 and some writers (safetensors) 0600 too; give the temp and everything in it
+    the mode a plain open() or mkdir() would (umask applied; executables keep their x bits)."""
+    umask = _umask()
+    items = [path] + (sorted(path.rglob("*")) if path.is_dir() and not path.is_symlink() else [])
+    for item in items:
+        if item.is_symlink():
+            continue
+        full = 0o777 if item.is_dir() or item.stat().st_mode & 0o111 else 0o666
+        os.chmod(item, full & ~umask)
 
 
 def refuse_existing(path, overwrite: bool):
@@ -22,18 +90,45 @@ def refuse_existing(path, overwrite: bool):
         raise OutputExistsError(f"{path}: already exists; pass --overwrite or choose another output")
 
 
+def _nearest_existing(path: Path) -> Path:
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return parent
+    return Path("/")
+
+
+def check_output(path, overwrite: bool = False) -> Path:
+    """Before any long work: refuse an existing output (unless overwrite) and an output that cannot be written (a
+    parent that is a file, a read-only or full folder, no permission); sweep our stale temps beside it."""
+    path = Path(path)
+    refuse_existing(path, overwrite)
+    where = path.parent if path.parent.is_dir() else _nearest_existing(path)
+    if not where.is_dir():
+        raise InputError(f"{path}: cannot be written, {where} is not a folder; choose another output")
+    sweep_stale(where)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=temp_prefix(path), dir=where)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"{path}: cannot write in {where} ({e.strerror or e}); choose another output or fix its "
+                         "permissions") from e
+    return path
+
+
 @contextmanager
 def atomic_dir(path, overwrite: bool = False):
     """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
     refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    sweep_stale(path.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
     try:
         yield tmp
-        _publish_mode(tmp, 0o777)
+        _publish_mode(tmp)
         if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -45,11 +140,12 @@ def atomic_file(path, overwrite: bool = True):
     path = Path(path)
     refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    sweep_stale(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        _publish_mode(Path(tmp), 0o666)
+        _publish_mode(Path(tmp))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
