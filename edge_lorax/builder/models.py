@@ -82,3 +82,25 @@ def head_module(model) -> str:
         if hasattr(model, name):
             return name
     raise ValueError(f"{type(model).__name__} has no task head ({'/'.join(HEAD_MODULES)}); load it with num_labels > 0")
+
+
+def read_head(model) -> dict:
+    """The model's task head as user tensors (formats.user.head_tensors: weight pre-transposed, (in, labels))."""
+    from edge_lorax.formats.user import head_tensors
+
+    layer = getattr(model, head_module(model))
+    bias = None if layer.bias is None else layer.bias.detach().numpy()
+    return head_tensors(layer.weight.detach().numpy(), bias)
+
+
+def write_head(model, head: dict):
+    """A user's head tensors into the model's task head Linear, in place (shapes must match: (labels, in))."""
+    import torch
+
+    from edge_lorax.formats.user import head_weight
+
+    weight, bias = head_weight(head)  # (labels, in), (labels,)
+    layer = getattr(model, head_module(model))
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(weight))
+        layer.bias.copy_(torch.from_numpy(bias.copy()))

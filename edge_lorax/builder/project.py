@@ -12,7 +12,7 @@ from edge_lorax.builder.models import canonical_base
 from edge_lorax.formats import names
 from edge_lorax.formats.peft import AdapterError, read_adapter, read_factors, write_adapter
 from edge_lorax.formats.subspace import Subspace
-from edge_lorax.formats.user import User, check_fingerprint
+from edge_lorax.formats.user import User, check_fingerprint, head_tensors, head_weight
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def adapter_head(adapter_dir, head_module: str = "classifier") -> dict:
         found = {k.removeprefix(prefix): f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
     if {"weight", "bias"} - set(found):
         return {}
-    return {names.HEAD_WEIGHT_T: np.ascontiguousarray(found["weight"].T, np.float32), names.HEAD_BIAS: found["bias"].astype(np.float32)}
+    return head_tensors(found["weight"], found["bias"])
 
 
 def lora_factors(subspace: Subspace, coeffs: User) -> dict:
@@ -109,7 +109,8 @@ def reconstruct_adapter(subspace: Subspace, coeffs: User, out_dir, overwrite=Fal
     """A standard PEFT LoRA folder that PeftModel.from_pretrained loads; a task head goes in modules_to_save."""
     extra, save = {}, None
     if coeffs.head:
-        extra = {f"{head_module}.weight": coeffs.head[names.HEAD_WEIGHT_T].T, f"{head_module}.bias": coeffs.head[names.HEAD_BIAS]}
+        weight, bias = head_weight(coeffs.head)  # (labels, in), (labels,)
+        extra = {f"{head_module}.weight": weight, f"{head_module}.bias": bias}
         save = [head_module]
     return write_adapter(out_dir, lora_factors(subspace, coeffs), subspace.base_model,
                          fan_in_fan_out=subspace.config.get("fan_in_fan_out", False), extra=extra,

@@ -11,8 +11,7 @@ from pathlib import Path
 import torch
 
 from edge_lorax.builder.inject import coeff_tensors, init_coeffs, inject_subspace
-from edge_lorax.builder.models import canonical_base, head_module, load_model, portable_model_id, resolve_model
-from edge_lorax.formats import names
+from edge_lorax.builder.models import canonical_base, head_module, load_model, portable_model_id, read_head, resolve_model, write_head
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.subspace import Subspace
 from edge_lorax.formats.user import User
@@ -38,16 +37,9 @@ def coeff_model(model, subspace: Subspace, num_labels: int, *, rank=None, k=None
     return net
 
 
-def head_tensors(net) -> dict:
-    """The task head as user.npz tensors: weight pre-transposed (in, labels) for MatMul + Add graphs."""
-    head = getattr(net, head_module(net))
-    return {names.HEAD_WEIGHT_T: head.weight.detach().T.contiguous().numpy().copy(),
-            names.HEAD_BIAS: head.bias.detach().numpy().copy()}
-
-
 def user_coefficients(net, subspace: Subspace, meta: dict) -> User:
     """What `edge-lorax train` saves: every module's coefficients, the head and the subspace fingerprint."""
-    return User(subspace.fingerprint, coeff_tensors(net), head_tensors(net), meta)
+    return User(subspace.fingerprint, coeff_tensors(net), read_head(net), meta)
 
 
 def apply_user(net, coeffs: User):
@@ -56,10 +48,7 @@ def apply_user(net, coeffs: User):
 
     load_coeff_tensors(net, coeffs.coefficients)
     if coeffs.head:
-        head = getattr(net, head_module(net))
-        with torch.no_grad():
-            head.weight.copy_(torch.from_numpy(coeffs.head[names.HEAD_WEIGHT_T].T.copy()))
-            head.bias.copy_(torch.from_numpy(coeffs.head[names.HEAD_BIAS]))
+        write_head(net, coeffs.head)
     return net
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edge_lorax.builder.inject import inject_subspace, set_feed
-from edge_lorax.builder.models import head_module
+from edge_lorax.builder.models import head_module, read_head, write_head
 from edge_lorax.formats import names
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.subspace import Subspace
@@ -149,12 +149,10 @@ def head_defaults(model, head_in_checkpoint: bool, coeffs: User | None) -> tuple
     """({head.weight_t, head.bias} defaults, source): the user's head, else the checkpoint's, else zeros."""
     if coeffs is not None and coeffs.head:
         return {k: np.asarray(coeffs.head[k], np.float32) for k in (names.HEAD_WEIGHT_T, names.HEAD_BIAS)}, "coeffs"
-    head = getattr(model, head_module(model))
-    w_t = head.weight.detach().T.contiguous().numpy()  # (in, L)
-    bias = head.bias.detach().numpy() if head.bias is not None else np.zeros(w_t.shape[1], np.float32)
+    head = read_head(model)  # (in, L), (L,)
     if not head_in_checkpoint:
-        return {names.HEAD_WEIGHT_T: np.zeros_like(w_t), names.HEAD_BIAS: np.zeros_like(bias)}, "zeros"
-    return {names.HEAD_WEIGHT_T: w_t.copy(), names.HEAD_BIAS: bias.astype(np.float32).copy()}, "checkpoint"
+        return {k: np.zeros_like(v) for k, v in head.items()}, "zeros"
+    return head, "checkpoint"
 
 
 def _batched(shape: tuple, per_example: bool) -> tuple:
@@ -196,10 +194,7 @@ def prepare_merged(model, subspace: Subspace, coeffs: User, task: str) -> Prepar
     from edge_lorax.builder.merge import merged_model
 
     if task in HEAD_TASKS and coeffs.head:
-        head = getattr(model, head_module(model))
-        with torch.no_grad():
-            head.weight.copy_(torch.from_numpy(coeffs.head[names.HEAD_WEIGHT_T].T.copy()))  # (L, in)
-            head.bias.copy_(torch.from_numpy(coeffs.head[names.HEAD_BIAS]))  # (L,)
+        write_head(model, coeffs.head)  # (L, in), (L,)
     merged_model(model, subspace, coeffs)
     spec = GraphSpec(task, names.MODE_MERGED, token_specs(), (), (_output_spec(task, model),))
     return Prepared(ExportWrapper(model, task, [], None).eval(), spec, {}, "coeffs" if coeffs.head else None)

@@ -92,14 +92,12 @@ def torch_logits(model_dir: Path, subspace: Subspace, coeffs: User | None, batch
     import torch
 
     from edge_lorax.builder.inject import inject_subspace
-    from edge_lorax.builder.models import load_model
+    from edge_lorax.builder.models import load_model, write_head
 
     model = load_model(model_dir, num_labels=2)
     if coeffs is not None:
         inject_subspace(model, subspace, coeffs=coeffs.coefficients)
-        with torch.no_grad():
-            model.classifier.weight.copy_(torch.from_numpy(coeffs.head[names.HEAD_WEIGHT_T].T.copy()))
-            model.classifier.bias.copy_(torch.from_numpy(coeffs.head[names.HEAD_BIAS]))
+        write_head(model, coeffs.head)
     with torch.no_grad():
         out = model(input_ids=torch.from_numpy(batch[names.INPUT_IDS]),
                     attention_mask=torch.from_numpy(batch[names.ATTENTION_MASK]))
