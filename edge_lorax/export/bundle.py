@@ -2,8 +2,10 @@
 
 Folder: model.onnx (weights inline; `model.onnx.data` only past protobuf's 2 GB), optionally model.int8.onnx and
 the .ort files, tokenizer files, config.json, manifest.json and `<user>.onnx_adapter` when --coeffs is given.
-Refuses: an existing folder (unless overwrite), coefficients of another subspace or shape, a model whose modules,
-shapes or id differ from the subspace's. Any failure, including a parity check, leaves nothing behind.
+Refuses, before any work: an existing or unwritable output (unless overwrite), a --coeffs user of another subspace,
+of a larger shape or with out-of-range values (a lower K' or r' is zero-padded, so the bundle keeps the subspace's
+input shapes and serves every user), a model whose modules, shapes or id differ from the subspace's, an unreadable
+model config or tokenizer. Any failure, including a parity check, Ctrl-C or SIGTERM, leaves nothing behind.
 Does not benchmark, tokenize at run time or serve users (edge_lorax.runtime does).
 """
 
@@ -25,8 +27,9 @@ from edge_lorax.export import passes
 from edge_lorax.export.quantize import quantize_int8
 from edge_lorax.export.verify import TOLERANCE_RULE, TOLERANCES, check_variant
 from edge_lorax.formats import names
-from edge_lorax.formats.atomic import atomic_dir
+from edge_lorax.formats.atomic import atomic_dir, check_output
 from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.formats.onnx_adapter import write_onnx_adapter
 from edge_lorax.formats.subspace import Subspace, read_subspace
 from edge_lorax.formats.user import User, conform_user, read_user
@@ -75,7 +78,9 @@ def default_task(path: Path, coeffs: User | None) -> str:
     if coeffs is not None and coeffs.head:
         labels = coeffs.head[names.HEAD_BIAS].shape[-1]
         return names.TASK_REGRESSION if labels == 1 else names.TASK_CLASSIFICATION
-    archs = json.loads((path / names.BUNDLE_CONFIG).read_text()).get("architectures") or []
+    archs = model_config(path).get("architectures") or []
+    if not isinstance(archs, list):
+        archs = []
     return names.TASK_CAUSAL_LM if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) else names.TASK_FEATURES
 
 
@@ -90,9 +95,31 @@ def num_labels_for(task: str, coeffs: User | None, num_labels: int | None, path:
     return want
 
 
+def model_config(path: Path) -> dict:
+    """The model folder's config.json as a JSON object, or one line naming it."""
+    return read_json_object(path / names.BUNDLE_CONFIG, "pass a Hugging Face model folder with a valid config.json")
+
+
 def _config_labels(path: Path) -> int:
-    cfg = json.loads((path / names.BUNDLE_CONFIG).read_text())
-    return len(cfg["id2label"]) if cfg.get("id2label") else cfg.get("num_labels", 2)
+    cfg = model_config(path)
+    id2label, num = cfg.get("id2label"), cfg.get("num_labels", 2)
+    if id2label and isinstance(id2label, dict):
+        return len(id2label)
+    if type(num) is not int or num < 1:
+        raise InputError(f"{path / names.BUNDLE_CONFIG}: num_labels {num!r} is not a positive integer; fix the config")
+    return num
+
+
+def check_tokenizer(path: Path):
+    """The model folder's tokenizer.json, when present, must load: it is copied into the bundle and verifies it."""
+    if (path / names.TOKENIZER_FILE).is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            Tokenizer.from_file(str(path / names.TOKENIZER_FILE))
+        except Exception as e:  # tokenizers raises its own (Rust) exception types
+            raise InputError(f"{path / names.TOKENIZER_FILE}: not a readable tokenizer "
+                             f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); fix or remove it") from e
 
 
 def prepare_graphs(path: Path, subspace: Subspace, coeffs, task: str, labels: int, per_example: bool, merge: bool):
@@ -180,9 +207,12 @@ def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=
                   allow_base_mismatch=False) -> Path:
     """Export, verify and write a bundle folder; returns its path. See docs/formats.md, "Bundle manifest"."""
     _check_options(coeffs_path, per_example, merge, quantize, exporter)
-    out_dir, subspace = Path(out_dir), read_subspace(subspace_path)
+    out_dir = check_output(out_dir, overwrite)
+    subspace = read_subspace(subspace_path)
     coeffs, path = _read_export_user(coeffs_path, subspace), resolve_model(model_path)
     check_base(path, subspace, allow_base_mismatch)
+    model_config(path)  # valid JSON object before any work (transformers would raise its own traceback)
+    check_tokenizer(path)
     task = task or default_task(path, coeffs)
     if task not in names.TASKS:
         raise InputError(f"task must be one of {names.TASKS}, got {task!r}")
@@ -221,7 +251,7 @@ def write_side_files(tmp: Path, path: Path, graph: g.Prepared, coeffs_path, coef
     """Tokenizer files, config.json and the user's .onnx_adapter; returns their names for the manifest."""
     config = graph.wrapper.model.config.to_dict()
     config["architectures"] = [type(graph.wrapper.model).__name__]  # what the graph computes, not the checkpoint
-    labels = (coeffs.meta.get("labels") if coeffs is not None else None) or []
+    labels = (coeffs.meta.get("labels") if coeffs is not None else None) or []  # read_user: a list of names
     if len(labels) == config.get("num_labels", len(config.get("id2label", {}))):  # the user's task names its classes
         config["id2label"], config["label2id"] = {str(i): lab for i, lab in enumerate(labels)}, {lab: i for i, lab in enumerate(labels)}
     (tmp / names.BUNDLE_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

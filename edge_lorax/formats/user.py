@@ -117,19 +117,25 @@ def _corrupt(path: Path, e: Exception) -> UserError:
 
 
 def _read_meta(path: Path, arrays: dict) -> dict:
-    """__meta__ as a dict; absent, non-JSON, non-object, or a format version from another edge-lorax is refused."""
+    """__meta__ as a dict; absent, non-JSON, non-object, a format version from another edge-lorax (or not an integer)
+    or labels that are not a list of class names are refused; an absent format_version is version 1."""
     if names.META_KEY not in arrays:
         raise UserError(f"{path}: no {names.META_KEY} entry (subspace fingerprint); save it with edge-lorax")
     raw = arrays.pop(names.META_KEY)
     try:
         meta = json.loads(str(raw)) if raw.dtype.kind == "U" and raw.ndim == 0 else None
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; RecursionError: absurdly nested JSON
         meta = None
     if not isinstance(meta, dict) or not isinstance(meta.get("fingerprint", ""), str):
         raise UserError(f"{path}: {names.META_KEY} is not a JSON object with a fingerprint string; re-save it with edge-lorax")
-    if meta.get("format_version", names.FORMAT_VERSION) != names.FORMAT_VERSION:
+    version = meta.get("format_version", names.FORMAT_VERSION)  # absent: files written before the key existed
+    if type(version) is not int or version != names.FORMAT_VERSION:
         raise UserError(f"{path}: format_version {meta.get('format_version')!r} is not {names.FORMAT_VERSION}, the one "
                         "this edge-lorax reads; re-create the user with this version")
+    labels = meta.get("labels")
+    if labels is not None and (not isinstance(labels, list) or not all(
+            isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in labels)):
+        raise UserError(f"{path}: {names.META_KEY} labels is not a list of class names; re-save the user with edge-lorax")
     return meta
 
 

@@ -88,21 +88,39 @@ def _spec(arg, has_default: bool) -> InputSpec:
     return InputSpec(arg.name, shape, _ORT_DTYPES.get(arg.type, np.float32), has_default)
 
 
+# The manifest keys anything reads, with the JSON types they may hold (None: the key may be null).
+_MANIFEST_TYPES = {"format_version": (int,), "fingerprint": (str,), "files": (dict,), "coefficients": (dict,),
+                   "task": (str, type(None)), "mode": (str,), "labels": (int, type(None)), "base_model": (str, type(None)),
+                   "kind": (str,)}
+_JSON_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
+               type(None): "null"}
+
+
+def check_types(path: Path, data: dict, types: dict, fix: str, error=InputError):
+    """Refuse a key of `data` whose JSON type is not one of `types[key]` (a boolean is not an integer)."""
+    for key, allowed in types.items():
+        value = data.get(key)
+        if key in data and type(value) not in allowed:
+            want = " or ".join(_JSON_NAMES[t] for t in allowed)
+            raise error(f"{path}: {key!r} is a JSON {_JSON_NAMES.get(type(value), 'value')}, {want} needed; {fix}")
+
+
 def read_manifest(path: Path) -> dict:
-    """manifest.json of a bundle folder; a missing or unreadable one is a BundleError naming the fix."""
+    """manifest.json of a bundle folder; a missing, unreadable or ill-typed one, or one of another format version,
+    is a BundleError naming the file and the fix. An absent format_version is version 1 (bundles written before it)."""
     mpath = Path(path) / names.BUNDLE_MANIFEST
     if not mpath.is_file():
         raise BundleError(f"{path}: not a bundle folder (no {names.BUNDLE_MANIFEST}); create one with `edge-lorax export`")
     manifest = read_json_object(mpath, "re-export the bundle", BundleError)
+    check_types(mpath, manifest, _MANIFEST_TYPES, "re-export the bundle", BundleError)
     if manifest.get("format_version", names.FORMAT_VERSION) != names.FORMAT_VERSION:
-        raise BundleError(f"{mpath}: format_version {manifest.get('format_version')!r} is not {names.FORMAT_VERSION}; "
-                          "re-export the bundle with this edge-lorax")
+        raise BundleError(f"{mpath}: format_version {manifest.get('format_version')!r} is not {names.FORMAT_VERSION}, the "
+                          "one this edge-lorax reads; re-export the bundle with this edge-lorax")
     return manifest
 
 
 def _manifest_files(manifest: dict) -> dict:
-    files = manifest.get("files") or {}
-    return files if isinstance(files, dict) else {}
+    return manifest.get("files") or {}
 
 
 def model_file(path: Path, manifest: dict, variant: str) -> Path:
@@ -130,10 +148,40 @@ def _find_variant(path: Path, manifest: dict, variant: str):
 
 def _inside(path: Path, rel: str) -> Path:
     """A manifest path, refused unless it resolves inside the bundle folder (no `..`, absolute paths or links out)."""
-    target = (path / rel).resolve()
+    try:
+        target = (path / rel).resolve()
+    except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a NUL byte
+        raise BundleError(f"{path / names.BUNDLE_MANIFEST}: names {rel!r}, which cannot be resolved ({e}); "
+                          "re-export the bundle") from e
     if not target.is_relative_to(path.resolve()):
         raise BundleError(f"{path / names.BUNDLE_MANIFEST}: names {rel!r}, outside the bundle folder; re-export the bundle")
     return target
+
+
+def bundle_file(path: Path, name: str) -> Path | None:
+    """A fixed-name file of the bundle (config.json, tokenizer files) if present, refused if it links out of the folder."""
+    if not (path / name).is_file():
+        return None
+    target = (path / name).resolve()
+    if not target.is_relative_to(path.resolve()):
+        raise BundleError(f"{path / name}: links outside the bundle folder; re-export the bundle")
+    return target
+
+
+# The config.json keys the runtime reads (labels, pad id, vocabulary and position limits), with their JSON types.
+_CONFIG_TYPES = {"id2label": (dict,), "pad_token_id": (int, type(None)), "vocab_size": (int,),
+                 "type_vocab_size": (int,), "max_position_embeddings": (int,), "n_positions": (int,),
+                 "model_type": (str,)}
+
+
+def read_bundle_config(path: Path) -> dict:
+    """config.json of a bundle ({} when absent): a JSON object whose used keys have the right types."""
+    cfg = bundle_file(path, names.BUNDLE_CONFIG)
+    if cfg is None:
+        return {}
+    config = read_json_object(path / names.BUNDLE_CONFIG, "re-export the bundle", BundleError)
+    check_types(path / names.BUNDLE_CONFIG, config, _CONFIG_TYPES, "re-export the bundle", BundleError)
+    return config
 
 
 @dataclass(frozen=True)
@@ -158,9 +206,8 @@ class Bundle:
 
     @cached_property
     def model_config(self) -> dict:
-        """config.json of the bundle (labels, problem type), {} when absent."""
-        cfg = self.path / names.BUNDLE_CONFIG
-        return read_json_object(cfg, "re-export the bundle", BundleError) if cfg.is_file() else {}
+        """config.json of the bundle (labels, pad id, vocabulary, positions), {} when absent; checked when first read."""
+        return read_bundle_config(self.path)
 
     def with_variant(self, variant: str) -> "Bundle":
         """The same bundle folder opened on another model file (e.g. per_example for mixed batches)."""
@@ -177,21 +224,31 @@ def _inputs(session: ort.InferenceSession) -> tuple:
 
 def _fingerprint(path: Path, manifest: dict, session: ort.InferenceSession) -> str:
     """The graph's own fingerprint (metadata); the manifest must name the same subspace. A graph without one (not
-    written by edge-lorax) falls back to the manifest's."""
+    written by edge-lorax) falls back to the manifest's; with neither, the bundle is refused: it could not tell the
+    users of its subspace from any other's."""
     meta = session.get_modelmeta().custom_metadata_map or {}
     inside = meta.get("edge_lorax.fingerprint") or meta.get("fingerprint") or ""
     listed = manifest.get("fingerprint") or ""
     if inside and inside != listed:
         raise BundleError(f"{path}: manifest fingerprint {listed or '(none)'} but the model was exported for "
                           f"{inside}; the folder mixes two exports or was edited, re-export it")
+    if not (inside or listed):
+        raise BundleError(f"{path}: neither the manifest nor the model names a subspace fingerprint, so no user can be "
+                          "checked against it; re-export the bundle with `edge-lorax export`")
     return str(inside or listed)
 
 
 def _check_manifest_inputs(model: Path, manifest: dict, coeffs: dict):
     """The manifest's coefficient names and static dims must be the graph's own (symbolic dims match anything)."""
     listed = manifest.get("coefficients")
-    if not isinstance(listed, dict):
+    if listed is None:
         return
+    bad = next((n for n, shape in listed.items() if not isinstance(shape, list)
+                or not all(d is None or isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool))
+                           for d in shape)), None)
+    if bad is not None:
+        raise BundleError(f"{model.parent / names.BUNDLE_MANIFEST}: coefficients[{bad!r}] is not a list of dims; "
+                          "re-export the bundle")
     graph = {n for n in coeffs if not n.startswith(names.HEAD_PREFIX)}
     if set(listed) != graph:
         odd = sorted(set(listed) ^ graph)[0]

@@ -8,6 +8,7 @@ them without a copy; measured faster per run than binding prebuilt OrtValues thr
 per-tensor OrtValue objects to keep per resident user). Does not run anything.
 """
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def make_user(bundle: Bundle, arrays: dict, name: str = "user", fingerprint: str
     """A LoadedUser from in-memory arrays (validated like a file); fingerprint None means the bundle's own."""
     fp = bundle.fingerprint if fingerprint is None else fingerprint
     where = path or f"<{name}>"
+    if not isinstance(arrays, dict):
+        raise UserError(f"{where}: a user is a dict of arrays by graph input name, got {type(arrays).__name__}")
     _check_fingerprint(bundle, where, fp)
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     arrays = conform_inputs(where, arrays, _expected(bundle), f"bundle {bundle.path}")
@@ -106,7 +109,10 @@ def load_adapter_user(bundle: Bundle, path, name: str | None = None) -> LoadedUs
 
 
 def load_user(bundle: Bundle, path, name: str | None = None) -> LoadedUser:
-    """A user from `user.npz` (pickles refused) or `.onnx_adapter`, checked against the bundle now, not at run time."""
+    """A user from `user.npz` (pickles refused) or `.onnx_adapter`, checked against the bundle now, not at run time;
+    the user's own class names (__meta__ labels) come with it."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise UserError(f"load_user needs a user file path (user.npz or {names.ADAPTER_SUFFIX}), got {type(path).__name__}")
     path = Path(path)
     if path.suffix == names.ADAPTER_SUFFIX:
         return load_adapter_user(bundle, path, name)
