@@ -105,16 +105,11 @@ def export_merged(bundle_dir: Path, model_dir, subspace_dir, coeffs_path, out: P
 
 
 def int8_of(src: Path, dst: Path, shipped: Path | None = None) -> Path:
-    """The bundle's own int8 model when shipped, else the exporter's quantization (same for plain, EigenLoRAx and
-    anchor: base weights int8, every node on a per-user input's path kept fp32)."""
+    """The bundle's own int8 model when shipped, else the exporter's quantization (the same for plain, EigenLoRAx
+    and anchor: base weights int8 per channel, every node on a per-user input's low-rank path kept fp32)."""
     if shipped is not None and shipped.is_file():
         return shipped
-    inputs = graphs.feed_names(src)
-    try:
-        from edge_lorax.export.quantize import quantize_int8
-    except ImportError:
-        return graphs.quantize_int8(src, dst)
-    return quantize_int8(src, dst, inputs)
+    return graphs.quantized(src, dst)
 
 
 def _user_files(bundle, base: User, subspace_dir, out: Path, n: int) -> tuple:
@@ -194,8 +189,9 @@ def prepare(bundle_dir, work, model_dir=None, subspace_dir=None, coeffs_path=Non
     coeffs_path = write_user(coeffs, work / "users" / "bench-user.npz")
     factors = factors_of(subspace_dir, coeffs)
     npz, eigen_ad, lora_ad = _user_files(bundle, coeffs, subspace_dir, work / "users", n_users)
-    anchor = graphs.export_anchor(load_model(model_dir, labels), factors, coeffs.head, work / "anchor.onnx")
-    models = {PLAIN: graphs.export_plain(load_model(model_dir, labels), work / "plain.onnx"), EIGEN: bundle.model_path,
+    task = read_manifest(bundle_dir).get("task") or names.TASK_CLASSIFICATION
+    anchor = graphs.export_anchor(load_model(model_dir, labels), task, factors, coeffs.head, work / "anchor.onnx")
+    models = {PLAIN: graphs.export_plain(load_model(model_dir, labels), task, work / "plain.onnx"), EIGEN: bundle.model_path,
               ANCHOR: anchor, MERGED: export_merged(bundle_dir, model_dir, subspace_dir, coeffs_path, work)}
     for label in (PLAIN, EIGEN, ANCHOR):
         models[label + INT8] = int8_of(models[label], work / f"{label.replace(' ', '-')}.int8.onnx",

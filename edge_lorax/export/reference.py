@@ -1,24 +1,29 @@
-"""Reference graphs for the benchmark, built from the torch model: the plain base model and the multi-LoRA anchor.
+"""The bench's reference graphs, made by the exporter's own code: the plain base model and the multi-LoRA anchor.
 
-The anchor is ONNX Runtime's multi-LoRA style: every adapted Linear gets the user's full `<module>.lora_A` (r, in)
-and `<module>.lora_B` (out, r) as optional graph inputs (default initializer of the same name), the task head as
-`head.weight_t` / `head.bias` like the EigenLoRAx graph — so anchor and EigenLoRAx differ only in the low-rank path.
-Bench preparation only: needs torch, transformers and onnx, imported inside the functions, so importing this
-module (as the runtime-without-torch test does) pulls none of them. Never used on the serving path.
+Both are traced by `graph.export_onnx` (TorchScript, `graph.OPSET`, symbolic batch × sequence) through the
+exporter's `ExportWrapper`, then run through `bundle.build_onnx`'s passes (dim names, node names, input defaults,
+metadata) and written by `bundle.save_model`; their int8 variants come from `quantize.quantize_int8`, the product's
+one quantizer (per-channel, the whole low-rank path kept fp32). So the bench compares the method, not two exporters.
+
+The anchor is ONNX Runtime's multi-LoRA style: every adapted Linear computes W x + b + (x Aᵀ) Bᵀ with the user's full
+`<module>.lora_A` (r, in) and `<module>.lora_B` (out, r) as optional graph inputs, and the task head is the
+exporter's FeedHead over `head.weight_t` / `head.bias` — anchor and EigenLoRAx differ only in the low-rank path.
+The plain graph is the base model through the same wrapper with no inputs but the tokens (like a merged export).
+torch, transformers and onnx are imported inside the functions, so the bench's run and report modules import this
+one cheaply. Does not verify against torch (the bench's parity table does) and is never on the serving path.
 """
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from edge_lorax.formats import names
 
-OPSET = 17
+MODE_PLAIN, MODE_ANCHOR = "reference-plain", "reference-anchor"  # GraphSpec.mode, written as edge_lorax.mode
 
 
 def lora_feeds(factors: dict) -> dict:
-    """{module: (lora_A (r, in), lora_B (out, r))} (edge_lorax.project.lora_factors) -> graph feeds by input name."""
+    """{module: (lora_A (r, in), lora_B (out, r))} (builder.project.lora_factors) -> graph inputs by name."""
     out = {}
     for module, (a, b) in factors.items():
         out[names.coeff_name(module, names.LORA_A)] = np.ascontiguousarray(a, np.float32)
@@ -27,12 +32,12 @@ def lora_feeds(factors: dict) -> dict:
 
 
 def _patch_forward(layer, fn):
-    """Replace one module's forward by a closure (no new classes: this module must import without torch)."""
+    """Replace one module's forward by a closure (no new classes at import: this module imports without torch)."""
     layer.forward = fn
 
 
 def patch_lora(model, modules: list, holder: dict):
-    """Each target Linear computes W x + b + (x A^T) B^T with A, B read from `holder` at run time."""
+    """Each target Linear computes W x + b + (x Aᵀ) Bᵀ with A, B read from `holder` at run time."""
     from edge_lorax.builder.inject import find_module
 
     for module in modules:
@@ -42,112 +47,85 @@ def patch_lora(model, modules: list, holder: dict):
         _patch_forward(layer, lambda x, base=base, a=a_name, b=b_name: base(x) + (x @ holder[a].T) @ holder[b].T)
 
 
-def patch_head(model, holder: dict):
-    """The task head as MatMul + Add over `head.weight_t` / `head.bias` from `holder` (never Gemm: see NOTES)."""
-    from edge_lorax.builder.models import head_module
-
-    layer = getattr(model, head_module(model))
-    _patch_forward(layer, lambda x: x @ holder[names.HEAD_WEIGHT_T] + holder[names.HEAD_BIAS])
-
-
-def head_defaults(model) -> dict:
-    """The model's own head as `head.*` arrays (weight pre-transposed)."""
-    from edge_lorax.builder.models import head_module
-
-    head = getattr(model, head_module(model))
-    return {names.HEAD_WEIGHT_T: head.weight.detach().T.contiguous().numpy().copy(),
-            names.HEAD_BIAS: head.bias.detach().numpy().copy()}
-
-
-def _wrapper(model, feed_names: list, holder: dict):
+def _filling(inner, feed_names: list, holder: dict):
+    """The exporter's wrapper with `holder` filled from the graph inputs first (the patched LoRA layers read it).
+    `.model` is the HF model, as on ExportWrapper (build_onnx reads its config)."""
     import torch
 
-    class Wrapper(torch.nn.Module):
+    class Filling(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.model = model
+            self.inner = inner
 
-        def forward(self, input_ids, attention_mask, *tensors):
+        @property
+        def model(self):
+            return self.inner.model
+
+        def forward(self, input_ids, attention_mask, *tensors):  # (B, T) int64 x2, then one tensor per feed name
             holder.clear()
             holder.update(zip(feed_names, tensors))
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            return self.inner(input_ids, attention_mask, *tensors)
 
-    return Wrapper().eval()
+    return Filling().eval()
 
 
-def add_defaults(path: Path, defaults: dict):
-    """Give each feed input an initializer of the same name: optional inputs, usable by ORT's LoraAdapter path."""
+def reference_graph(model, task: str, feeds: dict, mode: str, holder: dict | None = None):
+    """A graph.Prepared for `model`: `feeds` (name -> default array, shapes static) become optional inputs after the
+    tokens; `head.*` feeds replace the task head by the exporter's FeedHead; `holder` is filled for patched layers."""
+    from edge_lorax.builder.models import head_module
+    from edge_lorax.export import graph as g
+
+    head = None
+    if task in g.HEAD_TASKS and names.HEAD_WEIGHT_T in feeds:
+        head = g.FeedHead()
+        setattr(model, head_module(model), head)
+    wrapper = g.ExportWrapper(model, task, list(feeds), head).eval()
+    if holder is not None:
+        wrapper = _filling(wrapper, list(feeds), holder)
+    specs = tuple(g.TensorSpec(k, tuple(np.shape(v))) for k, v in feeds.items())
+    spec = g.GraphSpec(task, mode, g.token_specs(), specs, (g._output_spec(task, model),))
+    return g.Prepared(wrapper, spec, {k: np.asarray(v, np.float32) for k, v in feeds.items()})
+
+
+def write_graph(prepared, path) -> Path:
+    """The exporter's build_onnx (trace + passes) and save_model, checked like a bundle's model.onnx."""
     import onnx
-    from onnx import numpy_helper
 
-    model = onnx.load(str(path))
-    have = {i.name for i in model.graph.input}
-    for name, value in defaults.items():
-        if name not in have:
-            raise RuntimeError(f"{path}: feed {name} was constant-folded away by the exporter; it must stay an input")
-        model.graph.initializer.append(numpy_helper.from_array(np.asarray(value, np.float32), name))
-    seen = set()
-    for i, node in enumerate(model.graph.node):  # unique node names: nodes_to_exclude matches by name
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{i}"
-        seen.add(node.name)
-    onnx.save(model, str(path))
+    from edge_lorax.export.bundle import build_onnx, save_model
 
-
-def export_fed(model, feeds: dict, holder: dict, path) -> Path:
-    """torch.onnx.export (TorchScript) with `feeds` (name -> default array) as extra optional inputs after the
-    token inputs; dynamic batch and sequence axes. The model's patched layers read them from `holder`."""
-    import torch
-
-    feed_names = list(feeds)
-    wrapper = _wrapper(model, feed_names, holder)
-    ids = torch.ones((2, 8), dtype=torch.long)
-    args = (ids, torch.ones_like(ids), *[torch.from_numpy(np.asarray(feeds[k], np.float32)) for k in feed_names])
-    axes = {names.INPUT_IDS: {0: "batch", 1: "sequence"}, names.ATTENTION_MASK: {0: "batch", 1: "sequence"},
-            names.LOGITS: {0: "batch"}}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer warnings, as in the exporter
-        torch.onnx.export(wrapper, args, str(path), input_names=[names.INPUT_IDS, names.ATTENTION_MASK, *feed_names],
-                          output_names=[names.LOGITS], dynamic_axes=axes, opset_version=OPSET, dynamo=False,
-                          do_constant_folding=True)
-    add_defaults(Path(path), {k: feeds[k] for k in feed_names})
+    meta = {"edge_lorax.mode": prepared.spec.mode, "edge_lorax.task": prepared.spec.task}
+    save_model(build_onnx(prepared, "torchscript", meta), Path(path))
+    onnx.checker.check_model(str(path), full_check=True)
     return Path(path)
 
 
-def export_plain(model, path) -> Path:
-    """The base model exported as is: no adapters, no extra inputs."""
-    return export_fed(model, {}, {}, path)
+def export_plain(model, task: str, path) -> Path:
+    """The base model as is (its own head, if any): no inputs but the tokens."""
+    return write_graph(reference_graph(model, task, {}, MODE_PLAIN), path)
 
 
-def export_anchor(model, factors: dict, head: dict, path) -> Path:
+def export_anchor(model, task: str, factors: dict, head: dict, path) -> Path:
     """The multi-LoRA anchor for one user: lora_A/lora_B (+ head) inputs whose defaults are that user's tensors."""
     holder = {}
     patch_lora(model, sorted(factors), holder)
-    if head:
-        patch_head(model, holder)
-    return export_fed(model, {**lora_feeds(factors), **head}, holder, path)
+    feeds = {**lora_feeds(factors), **(head if task in (names.TASK_CLASSIFICATION, names.TASK_REGRESSION) else {})}
+    return write_graph(reference_graph(model, task, feeds, MODE_ANCHOR, holder), path)
 
 
 def feed_names(path) -> list:
-    """Graph inputs other than token inputs (per-user feeds), in graph order."""
+    """The graph's optional inputs (input + default initializer: the per-user inputs), in graph-input order."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    return [i.name for i in model.graph.input if i.name not in names.TOKEN_INPUTS]
+    from edge_lorax.export.passes import overridable
+
+    return overridable(onnx.load(str(path), load_external_data=False))
 
 
-def feed_consumers(path) -> list:
-    """Names of the nodes that read a per-user graph input: what quantize_dynamic must leave alone."""
-    import onnx
+def quantized(src, dst) -> Path:
+    """The product's int8 (export.quantize.quantize_int8) of any graph: the low-rank path of its optional inputs
+    kept fp32, and those inputs checked to survive; ORT's and the quantizer's chatter muted as in the exporter."""
+    from edge_lorax.export.bundle import quiet
+    from edge_lorax.export.quantize import quantize_int8
 
-    model = onnx.load(str(path), load_external_data=False)
-    feeds = set(feed_names(path))
-    return [n.name for n in model.graph.node if feeds & set(n.input)]
-
-
-def quantize_int8(src, dst) -> Path:
-    """Dynamic int8 of the weights, excluding every node that consumes a feed (else the inputs vanish; see NOTES)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=feed_consumers(src))
-    return Path(dst)
+    with quiet():
+        return quantize_int8(src, dst, feed_names(src))
