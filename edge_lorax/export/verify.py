@@ -14,6 +14,7 @@ import torch
 
 from edge_lorax.export.graph import Prepared
 from edge_lorax.formats import names
+from edge_lorax.runtime.bundle import SessionConfig, session_options
 
 TOLERANCES = {"fp32": 1e-4, "int8": 0.25, "ort": 1e-4, "int8_ort": 0.25}  # of max abs diff / scale, vs torch fp32
 TOLERANCE_RULE = "max_abs_diff <= tolerance * scale, scale = max(1, max |torch output|)"
@@ -39,10 +40,9 @@ class Check:
 
 
 def make_session(path) -> ort.InferenceSession:
-    """One intra-op thread (shared machines), errors only."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = 1, 1, 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    """The runtime's session options (edge_lorax.runtime.bundle: verified as it will serve) on one intra-op thread
+    (shared machines); errors only."""
+    return ort.InferenceSession(str(path), session_options(SessionConfig(threads=1)), providers=["CPUExecutionProvider"])
 
 
 def random_feeds(prepared: Prepared, batch: int, seed: int, with_head: bool, scale: float = 0.5) -> dict:
