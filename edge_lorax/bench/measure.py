@@ -1,8 +1,9 @@
-"""Measuring primitives for the bench: block timing, percentiles, process memory from /proc, the machine stamp.
+"""Measuring primitives for the bench: block timing, percentiles, process memory from /proc, and `stamp()`, the
+one record of machine, commit, versions and command that every benchmark script and report carries.
 
 Latency is wall time per run (perf_counter_ns) after warm-up; memory is read from /proc/self/status (VmHWM peak,
 RssAnon private, RssFile file-backed and shareable — mmapped weights land there). numpy and the standard library
-only. Does not spawn processes or decide what to run (bench.py does).
+only. Does not spawn processes or decide what to run (bench/run.py does).
 """
 
 import os
@@ -15,6 +16,9 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout; an installed wheel has no .git here: commit "unknown"
+VERSIONS = ("numpy", "onnxruntime", "tokenizers", "onnx", "torch", "transformers", "edge-lorax")
 
 
 @dataclass(frozen=True)
@@ -127,19 +131,20 @@ def ram_gib() -> float:
     return 0.0
 
 
-def git_commit(repo: Path) -> str:
-    """HEAD commit, with `+dirty` when tracked files differ; "unknown" outside a git checkout."""
+def git_commit(repo: Path = REPO, paths=()) -> str:
+    """HEAD commit, with `+dirty` when tracked files differ from it (only those under `paths`, when given: the
+    code a report depends on); "unknown" outside a git checkout. The one place the package asks git."""
     try:
         head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", *paths],
                                capture_output=True, text=True).stdout.strip()
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
-def versions(packages=("numpy", "onnxruntime", "tokenizers", "onnx", "torch", "transformers", "edge-lorax")) -> dict:
+def versions(packages=VERSIONS) -> dict:
     """Versions of Python and the packages a report depends on ('not installed' when absent)."""
     out = {"python": platform.python_version()}
     for pkg in packages:
@@ -156,3 +161,40 @@ def machine() -> dict:
             "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "ram_gib": ram_gib(), "os": f"{platform.system()} {platform.release()}", "machine": platform.machine(),
             "load_average": [round(x, 2) for x in os.getloadavg()], "python_executable": sys.executable}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %z")
+
+
+def stamp(command: str, packages=VERSIONS, dirty_paths=()) -> dict:
+    """What every report records before it measures: the command, the commit (+dirty; `dirty_paths` narrows the
+    check to the code the report depends on), machine (CPU model, cores, RAM, OS, load), versions, start time."""
+    return {"command": command, "git_commit": git_commit(REPO, dirty_paths), "dirty_scope": list(dirty_paths) or "all",
+            "machine": machine(), "versions": versions(packages), "started": _now()}
+
+
+def finish(st: dict) -> dict:
+    """The stamp with the end time and the load average at the end (a busy end flags a noisy run too)."""
+    return {**st, "finished": _now(), "load_average_end": [round(x, 2) for x in os.getloadavg()]}
+
+
+def stamp_md(st: dict) -> list:
+    """The stamp as Markdown bullet lines, the same in every report."""
+    m = st["machine"]
+    return [f"- command: `{st['command']}`", f"- git commit: `{st['git_commit']}`",
+            f"- machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['physical_cores']} physical), "
+            f"{m['ram_gib']} GiB RAM, {m['os']}",
+            f"- load average: start {m['load_average']}, end {st.get('load_average_end', 'not recorded')}",
+            "- versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items()),
+            f"- started {st['started']}, finished {st.get('finished', 'not recorded')}"]
+
+
+def busy(st: dict, limit: float = 0.5) -> bool:
+    """1-min load ≥ `limit` at start or end: other processes competed for the cores."""
+    return max(st["machine"]["load_average"][0], st.get("load_average_end", [0])[0]) >= limit
+
+
+def portable(text: str) -> str:
+    """Committed reports carry no local paths: the repo root becomes relative, the venv `$VENV`."""
+    return text.replace(sys.prefix, "$VENV").replace(str(REPO) + "/", "").replace(str(REPO), ".")

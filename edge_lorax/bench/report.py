@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_lorax.bench import measure
 from edge_lorax.bench.prepare import ANCHOR, EIGEN, INT8, MERGED, PLAIN
 from edge_lorax.formats.atomic import atomic_file
 
@@ -25,8 +26,7 @@ def _round_ratios(row: dict, num: str, den: str, key: str = "block_medians_ms") 
 
 def busy(data: dict) -> bool:
     """1-min load ≥ 0.5 at start or end: other processes competed for the cores."""
-    st = data["stamp"]
-    return max(st["machine"]["load_average"][0], st.get("load_average_end", [0])[0]) >= 0.5
+    return measure.busy(data["stamp"])
 
 
 def metric(data: dict, row: dict) -> str:
@@ -253,17 +253,10 @@ def paired_md(data: dict) -> list:
 
 
 def header_md(data: dict) -> list:
-    """Title and stamp: command, commit, machine, load, versions; a warning when the machine was busy."""
-    st, m = data["stamp"], data["stamp"]["machine"]
-    loaded = max(m["load_average"][0], st.get("load_average_end", [0])[0]) >= 0.5
+    """Title and stamp (measure.stamp_md: command, commit, machine, load, versions); a warning when the machine was busy."""
     lines = ["# edge-lorax bench report" + (" (quick mode: few configurations, few runs)" if data["quick"] else ""), "",
-             f"- command: `{st['command']}`", f"- git commit: `{st['git_commit']}`",
-             f"- machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['physical_cores']} physical), "
-             f"{m['ram_gib']} GiB RAM, {m['os']}",
-             f"- load average: start {m['load_average']}, end {st.get('load_average_end')}",
-             "- versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items()),
-             f"- bundle: `{data['bundle']}`; started {st['started']}, finished {st.get('finished')}"]
-    if loaded:
+             *measure.stamp_md(data["stamp"]), f"- bundle: `{data['bundle']}`"]
+    if busy(data):
         lines.append("- **warning: the machine was busy (1-min load ≥ 0.5); latencies are noisy, rerun when quiet**")
     return lines
 
@@ -357,22 +350,14 @@ def _plot_memory(ax, data: dict):
     ax.legend(fontsize=7)
 
 
-def portable_text(text: str) -> str:
-    """Committed reports carry no local paths: the repo root becomes relative, the venv `$VENV`."""
-    import sys
-
-    repo = str(Path(__file__).resolve().parents[2])
-    return text.replace(sys.prefix, "$VENV").replace(repo + "/", "").replace(repo, ".")
-
-
 def write_report(data: dict, out_dir: Path) -> Path:
     """report.json, report.md, report.png into out_dir (each written atomically); returns out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data["targets"] = targets(data)
     with atomic_file(out_dir / "report.json") as tmp:
-        tmp.write_text(portable_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n"))
+        tmp.write_text(measure.portable(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n"))
     with atomic_file(out_dir / "report.md") as tmp:
-        tmp.write_text(portable_text(markdown(data)))
+        tmp.write_text(measure.portable(markdown(data)))
     with atomic_file(out_dir / "report.png") as tmp:
         plot(data, tmp)
     return out_dir

@@ -150,11 +150,6 @@ def torch_reference(prep, plan: Plan) -> list:
     return rows
 
 
-def stamp(command: str, repo: Path) -> dict:
-    return {"command": command, "git_commit": measure.git_commit(repo), "machine": measure.machine(),
-            "versions": measure.versions(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-
-
 def run_bench(bundle_dir, out_dir, quick: bool = False, model_dir=None, subspace_dir=None, coeffs=None,
               command: str = "", log=None, plan: Plan | None = None) -> Path:
     """Prepare, measure, write the report into out_dir (report.json, report.md, report.png); returns out_dir."""
@@ -162,8 +157,7 @@ def run_bench(bundle_dir, out_dir, quick: bool = False, model_dir=None, subspace
     from edge_lorax.bench.report import write_report
 
     plan = plan or (QUICK if quick else Plan())
-    repo = Path(__file__).resolve().parents[2]
-    data = {"stamp": stamp(command or " ".join(sys.argv), repo), "plan": asdict(plan), "quick": quick,
+    data = {"stamp": measure.stamp(command or " ".join(sys.argv)), "plan": asdict(plan), "quick": quick,
             "bundle": str(bundle_dir)}
     with tempfile.TemporaryDirectory(prefix="edge-lorax-bench-") as work:
         t0 = time.perf_counter()
@@ -175,7 +169,6 @@ def run_bench(bundle_dir, out_dir, quick: bool = False, model_dir=None, subspace
         data["switch"] = switch_costs(prep, bundle_dir, plan)
         data["memory"] = resident_memory(prep, plan)
         data["torch"] = torch_reference(prep, plan)
-    data["stamp"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
-    data["stamp"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    data["stamp"] = measure.finish(data["stamp"])
     return write_report(data, Path(out_dir))
 
