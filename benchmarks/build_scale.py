@@ -2,9 +2,12 @@
 
 Synthetic Llama-7B-shaped LoRA adapters (32 layers, q_proj and v_proj, 4096 x 4096, rank 16, alpha 32, float16
 storage) are written once as real PEFT folders (adapter_config.json + adapter_model.safetensors) for the largest N;
-smaller N use the first N folders. Each build runs the `edge-lorax build` console script in a fresh process; wall
-time is measured around it and peak RSS is that child's ru_maxrss (from os.wait4, i.e. its VmHWM). Targets: time
-roughly linear in N, peak RSS flat within +-10 % across N.
+smaller N use the first N folders. Not with edge_lorax.formats.peft.write_adapter: it stores float32 only (and
+alpha = r), which would double the bytes read per adapter (16 -> 32 MiB, 3.4 -> 6.7 GB at N = 200) and change the
+report; the folders use formats.peft's key prefix and file names and are read back by formats.peft.read_adapter.
+Each build runs the `edge-lorax build` console script in a fresh process; wall time is measured around it and peak
+RSS is that child's ru_maxrss (from os.wait4, i.e. its VmHWM). Targets: time roughly linear in N, peak RSS flat
+within +-10 % across N. The report carries edge_lorax.bench.measure.stamp() (+dirty judged on the build's code).
 
     .venv/bin/python benchmarks/build_scale.py                       # N = 50 100 200, report in benchmarks/reports/
     .venv/bin/python benchmarks/build_scale.py --n 8 16 --layers 2   # a quick smoke run (no report written)
@@ -16,7 +19,6 @@ Needs ~17 MB of disk per adapter (3.4 GB for N = 200) in a temp folder under /tm
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -28,10 +30,18 @@ import numpy as np
 from safetensors.numpy import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge_lorax.bench import measure  # noqa: E402
+from edge_lorax.formats.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS  # noqa: E402
+from edge_lorax.formats.peft import PEFT_PREFIX  # noqa: E402
+
 BASE_MODEL = "meta-llama/Llama-2-7b-hf"
 TARGETS = ("q_proj", "v_proj")
 REPORT_NAME = "build_scale"
 DEFAULT_COMMAND = ".venv/bin/python benchmarks/build_scale.py"
+VERSIONS = ("edge-lorax", "numpy", "safetensors", "click", "tqdm")
+CODE = ("edge_lorax/builder", "edge_lorax/formats", "edge_lorax/cli.py", "benchmarks/build_scale.py")  # +dirty scope
 
 
 def module_names(layers: int) -> list:
@@ -39,20 +49,20 @@ def module_names(layers: int) -> list:
 
 
 def write_adapter_folder(path: Path, rng: np.random.Generator, layers: int, dim: int, rank: int):
-    """One PEFT LoRA folder, float16, written with safetensors directly (no 7B model needed)."""
+    """One PEFT LoRA folder, float16 (formats.peft.write_adapter writes float32 only), no 7B model needed."""
     tensors = {}
     for module in module_names(layers):
-        a = rng.standard_normal((rank, dim), dtype=np.float32) / np.sqrt(dim)  # kaiming-like scale of a trained A
-        b = rng.standard_normal((dim, rank), dtype=np.float32) * 0.01
-        tensors[f"base_model.model.{module}.lora_A.weight"] = a.astype(np.float16)
-        tensors[f"base_model.model.{module}.lora_B.weight"] = b.astype(np.float16)
+        a = rng.standard_normal((rank, dim), dtype=np.float32) / np.sqrt(dim)  # (r, in): kaiming-like, as trained
+        b = rng.standard_normal((dim, rank), dtype=np.float32) * 0.01  # (out, r)
+        tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = a.astype(np.float16)
+        tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = b.astype(np.float16)
     config = {"peft_type": "LORA", "base_model_name_or_path": BASE_MODEL, "task_type": "CAUSAL_LM", "r": rank,
               "lora_alpha": 2 * rank, "target_modules": list(TARGETS), "lora_dropout": 0.05, "bias": "none",
               "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "rank_pattern": {}, "alpha_pattern": {},
               "inference_mode": True}
     path.mkdir(parents=True)
-    save_file(tensors, str(path / "adapter_model.safetensors"))
-    (path / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    save_file(tensors, str(path / ADAPTER_WEIGHTS))
+    (path / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
 
 
 def generate(root: Path, n: int, layers: int, dim: int, rank: int, seed: int = 0) -> tuple:
@@ -129,34 +139,15 @@ def verdict(results: list, rank: int = 16) -> dict:
             "peak_rss_max_deviation_from_mean": round(deviation, 4), "peak_rss_flat_within_10pct": deviation <= 0.10}
 
 
-def machine() -> dict:
-    from edge_lorax.bench.measure import cpu_model, ram_gib
-
-    return {"nproc": os.cpu_count(), "cpu": cpu_model(), "ram_gib": ram_gib(), "platform": platform.platform(),
-            "python": platform.python_version(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-            "blas_threads_env": {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if k in os.environ}}
-
-
-def versions() -> dict:
-    from importlib.metadata import version
-
-    return {pkg: version(pkg) for pkg in ("edge-lorax", "numpy", "safetensors", "click", "tqdm")}
-
-
-def git_commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "edge_lorax/subspace.py", "edge_lorax/peft_io.py",
-                            "edge_lorax/cli.py", "benchmarks/build_scale.py"], cwd=ROOT).returncode
-    return head + ("+dirty" if dirty else "")
+def blas_env() -> dict:
+    """The BLAS thread variables this script was started with (the builds get child_env's)."""
+    return {k: os.environ[k] for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS") if k in os.environ}
 
 
 def markdown(report: dict) -> str:
-    s, m = report["setup"], report["machine"]
+    s = report["setup"]
     lines = ["# Build scale: `edge-lorax build` time and peak RSS vs number of adapters", "",
-             f"Command: `{report['command']}` (commit {report['git_commit']}, {report['date']})", "",
-             f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, {m['platform']}, Python {m['python']}; "
-             f"load average at start {m['load_average_at_start']}.",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".", "",
+             *measure.stamp_md(report["stamp"]), f"- `+dirty` judged on: {', '.join(CODE)}", "",
              f"Adapters: synthetic Llama-7B shape, {s['layers']} layers x {'/'.join(s['targets'])} ({s['modules']} modules), "
              f"{s['dim']}x{s['dim']}, rank {s['rank']}, {s['dtype']} safetensors, {s['bytes_per_adapter'] / 2**20:.1f} MiB each; "
              f"generated in {report['generation_s']:.0f} s. Build: `--components {s['components']}` (default max_rank "
@@ -187,6 +178,8 @@ def render(report_dir: Path, notes: list):
     """Re-render build_scale.md from build_scale.json, appending notes to the JSON's list."""
     path = report_dir / f"{REPORT_NAME}.json"
     report = json.loads(path.read_text())
+    if "stamp" not in report:
+        sys.exit(f"{path}: written before the shared stamp (no 'stamp' key); regenerate it with `{DEFAULT_COMMAND}`")
     report["notes"] = report.get("notes", []) + notes
     report["verdict"] = verdict(report["results"], report["setup"]["rank"])
     path.write_text(json.dumps(report, indent=1) + "\n")
@@ -230,8 +223,8 @@ def build_each(args, dirs: list, root: Path) -> list:
 
 def write_report(report: dict, report_dir: Path):
     report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / f"{REPORT_NAME}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (report_dir / f"{REPORT_NAME}.md").write_text(markdown(report))
+    (report_dir / f"{REPORT_NAME}.json").write_text(measure.portable(json.dumps(report, indent=1) + "\n"))
+    (report_dir / f"{REPORT_NAME}.md").write_text(measure.portable(markdown(report)))
     print(f"wrote {report_dir / REPORT_NAME}.json and .md", file=sys.stderr)
 
 
@@ -240,16 +233,15 @@ def main(argv=None):
     if args.render:
         return render(args.report_dir, args.note)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="build_scale_", dir="/tmp"))
-    started, host = time.time(), machine()
+    command = " ".join([DEFAULT_COMMAND, *(argv if argv is not None else sys.argv[1:])]).strip()
+    started, stamp = time.time(), measure.stamp(command, VERSIONS, CODE)
     try:
         dirs, gen_s, size = generate(root, max(args.n), args.layers, args.dim, args.rank)
         results = build_each(args, dirs, root)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    report = {"command": " ".join([DEFAULT_COMMAND, *(argv if argv is not None else sys.argv[1:])]).strip(),
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)), "git_commit": git_commit(),
-              "machine": host, "versions": versions(),
+    report = {"stamp": measure.finish(stamp), "blas_threads_env": blas_env(),
               "setup": {"layers": args.layers, "targets": list(TARGETS), "modules": 2 * args.layers, "dim": args.dim,
                         "rank": args.rank, "dtype": "float16", "components": args.components, "blas_threads": args.threads or "default",
                         "bytes_per_adapter": size // max(args.n)},
