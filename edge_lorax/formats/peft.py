@@ -1,25 +1,47 @@
 """Read and write PEFT LoRA adapter folders (adapter_config.json + adapter_model.safetensors).
 
-Reads lazily: `read_adapter` parses only the config and the safetensors header; `read_factors` memory-maps one
-module's A and B. Never unpickles: `.bin` adapters are refused with the conversion to run.
-Does not handle DoRA, non-LoRA PEFT types, embedding or conv LoRA.
+Reads lazily: `read_adapter` parses the config and the safetensors header only and accounts for every tensor in
+the file: LoRA factors (2-D lora_A/lora_B of Linear and Conv1D layers) are used, one task head saved through
+modules_to_save is carried (`read_head`), and anything else (trained biases, lora_bias B-biases, embedding LoRA,
+unknown tensors) refuses the file with the list, so nothing is dropped silently. The config is cross-checked with
+the tensors as PEFT would: r and rank_pattern against the tensor ranks, lora_alpha and alpha_pattern positive and
+finite, pattern regexes valid, factors of a float dtype. `read_factors` memory-maps one module's A and B.
+
+Module names follow one rule (`name_variants`): PEFT's `base_model.model.` key prefix is optional in the file, and
+two names denote the same layer when they differ only by the model's base_model_prefix (`bert.` of a task model vs
+its bare backbone). Never unpickles: `.bin` adapters are refused with the conversion to run. Does not handle DoRA,
+non-LoRA PEFT types, embedding or conv LoRA (all refused).
 """
 
 import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
 
 from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.formats.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from edge_lorax.formats.safetensors_file import FLOAT_DTYPES, read_header, read_tensors
 
 PEFT_PREFIX = "base_model.model."
-_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<side>[AB])(?:\.default)?\.weight$")
+DEFAULT_R, DEFAULT_ALPHA = 8, 8  # LoraConfig's defaults: what PEFT uses when a config omits r or lora_alpha
+FIX_CONFIG = "pass a folder written by PEFT's save_pretrained"
+FIX_WEIGHTS = "re-save the adapter with PEFT's save_pretrained(dir, safe_serialization=True)"
+_FACTOR = re.compile(r"^(?P<module>.+)\.lora_(?P<side>[AB])(?:\.default)?\.weight$")
+_NOT_HELD = ((re.compile(r"\.lora_B(?:\.default)?\.bias$"), "lora_bias B-biases (lora_bias=True)"),
+             (re.compile(r"\.lora_embedding_[AB](?:\.default)?$"), "embedding LoRA factors (lora_embedding_A/B)"),
+             (re.compile(r"\.lora_magnitude_vector"), "DoRA magnitude vectors"),
+             (re.compile(r"\.bias$"), "trained biases (bias='lora_only' or 'all')"))
+_UNKNOWN = "tensors of no LoRA role (neither lora_A/lora_B nor a modules_to_save head)"
+_FIX_UNHELD = ("retrain with bias='none', lora_bias=False and Linear/Conv1D target modules only "
+               "(or delete tensors that were never trained)")
+_TYPES = {"base_model_name_or_path": ((str, type(None)), "a string"), "fan_in_fan_out": ((bool,), "true or false"),
+          "use_rslora": ((bool,), "true or false"), "modules_to_save": ((list, type(None)), "a list of module names"),
+          "rank_pattern": ((dict, type(None)), "an object"), "alpha_pattern": ((dict, type(None)), "an object")}
 
 
 class AdapterError(InputError):
@@ -36,6 +58,14 @@ class AdapterInfo:
     shapes: dict  # module -> (out, in)
     fan_in_fan_out: bool
     sha256: str
+    keys: dict = field(default_factory=dict)  # module -> (lora_A key, lora_B key) in the weights file
+    head: dict = field(default_factory=dict)  # "weight" [, "bias"] -> key of the one saved task head ({}: none)
+    head_module: str = ""  # that head's module name, e.g. "classifier"
+    tensors: int = 0  # tensors in the file: every one is a factor in `keys` or a head tensor in `head`
+
+    @property
+    def weights(self) -> Path:
+        return self.path / ADAPTER_WEIGHTS
 
 
 def lora_scaling(alpha: float, r: int, use_rslora: bool = False) -> float:
@@ -60,17 +90,127 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# ------------------------------------------------------------------------------------- module names: one rule
+
+def name_variants(name: str, prefix: str) -> tuple:
+    """THE module-name rule of every command: `name` as given, without, or with the model's base_model_prefix
+    (`bert.encoder.layer.0...` of BertForSequenceClassification is `encoder.layer.0...` of BertModel)."""
+    if not prefix:
+        return (name,)
+    return (name, name.removeprefix(prefix + "."), f"{prefix}.{name}")
+
+
+def resolve_module(name: str, available, prefix: str) -> str | None:
+    """The name in `available` that `name` denotes under the rule, or None."""
+    return next((c for c in name_variants(name, prefix) if c in available), None)
+
+
+def _prefixes(*sides) -> list:
+    """Candidate base_model_prefixes when no model is at hand: none, or a first component shared by all of a side."""
+    out = [""]
+    for names in sides:
+        heads = {n.partition(".")[0] for n in names}
+        if len(heads) == 1 and all("." in n for n in names):
+            out.append(heads.pop())
+    return out
+
+
+def _mapping(have, want: set, prefix: str) -> dict:
+    return {h: resolve_module(h, want, prefix) for h in sorted(have)}
+
+
+def align_modules(have, want) -> dict | None:
+    """{name in have: name in want} when both sets name the same layers under the rule (one prefix for all), else
+    None. No model is needed: the prefix is the first component one side shares and the other lacks."""
+    want = set(want)
+    for prefix in _prefixes(have, want):
+        mapping = _mapping(have, want, prefix)
+        if set(mapping.values()) == want and len(mapping) == len(want):
+            return mapping
+    return None
+
+
+def module_difference(have, want, have_name: str, want_name: str) -> str:
+    """Which modules differ, naming the first on each side (after the naming rule); for one-line refusals."""
+    want = set(want)
+    mapping = max((_mapping(have, want, p) for p in _prefixes(have, want)),
+                  key=lambda m: sum(v is not None for v in m.values()))
+    extra = [h for h, w in mapping.items() if w is None]
+    missing = sorted(want - set(mapping.values()))
+    parts = [f"{len(extra)} module(s) of {have_name} not in {want_name} (first: {extra[0]})"] if extra else []
+    parts += [f"{len(missing)} module(s) of {want_name} not in {have_name} (first: {missing[0]})"] if missing else []
+    return ", ".join(parts) or "the same modules twice under two names"
+
+
+def renamed(info: AdapterInfo, mapping: dict) -> AdapterInfo:
+    """The same adapter with its modules called by `mapping` ({own name: new name}); the file keys stay."""
+    def move(d):
+        return {mapping[m]: v for m, v in d.items()}
+
+    return replace(info, modules=tuple(sorted(mapping.values())), ranks=move(info.ranks), scalings=move(info.scalings),
+                   shapes=move(info.shapes), keys=move(info.keys))
+
+
+# --------------------------------------------------------------------------------------------------- the config
+
 def _read_config(path: Path) -> dict:
     cfg_path = path / ADAPTER_CONFIG
     if not cfg_path.is_file():
-        raise AdapterError(f"{path}: no {ADAPTER_CONFIG}; pass a folder written by PEFT's save_pretrained")
-    cfg = json.loads(cfg_path.read_text())
+        raise AdapterError(f"{path}: no {ADAPTER_CONFIG}; {FIX_CONFIG}")
+    cfg = read_json_object(cfg_path, FIX_CONFIG, AdapterError)
     if cfg.get("peft_type", "LORA") != "LORA":
         raise AdapterError(f"{cfg_path}: peft_type {cfg.get('peft_type')} is not LORA; only LoRA adapters can be recycled")
     if cfg.get("use_dora"):
         raise AdapterError(f"{cfg_path}: DoRA adapter (use_dora=true); its magnitude vector has no place in a LoRA subspace, use plain LoRA")
+    _check_types(cfg_path, cfg)
+    _check_rank(cfg_path, "r", cfg.get("r", DEFAULT_R))
+    _check_alpha(cfg_path, "lora_alpha", cfg.get("lora_alpha", DEFAULT_ALPHA))
+    _check_patterns(cfg_path, cfg)
     return cfg
 
+
+def _check_types(cfg_path: Path, cfg: dict):
+    """The keys this reader uses hold what PEFT writes (a string "false" is not false)."""
+    for key, (types, what) in _TYPES.items():
+        if key in cfg and not isinstance(cfg[key], types):
+            raise AdapterError(f"{cfg_path}: {key} is {json.dumps(cfg[key])[:60]}, not {what}; fix it or re-save with PEFT")
+    if not all(isinstance(m, str) for m in cfg.get("modules_to_save") or []):
+        raise AdapterError(f"{cfg_path}: modules_to_save must list module names (strings); fix it or re-save with PEFT")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_rank(cfg_path: Path, key: str, value):
+    if not (_is_number(value) and isinstance(value, int) and value > 0):
+        raise AdapterError(f"{cfg_path}: {key} {json.dumps(value)[:40]} is not a positive integer (PEFT refuses it); "
+                           "set it to the rank of the lora_A tensors")
+
+
+def _check_alpha(cfg_path: Path, key: str, value):
+    fix = "set the lora_alpha the adapter was trained with"
+    if not (_is_number(value) and math.isfinite(value)):
+        raise AdapterError(f"{cfg_path}: {key} {json.dumps(value)[:40]} is not a finite number; {fix}")
+    if value < 0:
+        raise AdapterError(f"{cfg_path}: {key} {value} is negative (PEFT's scaling alpha/r would flip ΔW's sign); {fix}")
+    if value == 0:
+        raise AdapterError(f"{cfg_path}: {key} is 0, so ΔW = 0: a degenerate adapter that changes nothing; {fix}")
+
+
+def _check_patterns(cfg_path: Path, cfg: dict):
+    """rank_pattern / alpha_pattern: valid regexes (PEFT compiles them) with valid values."""
+    for name, check in (("rank_pattern", _check_rank), ("alpha_pattern", _check_alpha)):
+        for key, value in (cfg.get(name) or {}).items():
+            try:
+                re.compile(rf"(.*\.)?({key})$")
+            except re.error as e:
+                raise AdapterError(f"{cfg_path}: {name} key {key!r} is not a valid regular expression ({e}); "
+                                   "fix or remove it") from e
+            check(cfg_path, f"{name}[{key!r}]", value)
+
+
+# -------------------------------------------------------------------------------------------------- the tensors
 
 def _weights_file(path: Path) -> Path:
     weights = path / ADAPTER_WEIGHTS
@@ -79,65 +219,140 @@ def _weights_file(path: Path) -> Path:
     if (path / "adapter_model.bin").is_file():
         raise AdapterError(f"{path / 'adapter_model.bin'}: pickled weights are never loaded; convert with "
                            "`PeftModel.from_pretrained(...).save_pretrained(dir, safe_serialization=True)`")
-    raise AdapterError(f"{path}: no {ADAPTER_WEIGHTS}; pass a folder written by PEFT's save_pretrained")
+    raise AdapterError(f"{path}: no {ADAPTER_WEIGHTS}; {FIX_CONFIG}")
 
 
-def _module_shapes(weights: Path) -> dict:
-    """module -> {"A": shape, "B": shape} from the safetensors header only."""
-    found: dict = {}
-    with safe_open(weights, framework="numpy") as f:
-        for key in f.keys():
-            m = _KEY.match(key)
-            if m:
-                found.setdefault(m["module"], {})[m["side"]] = tuple(f.get_slice(key).get_shape())
-    if not found:
-        raise AdapterError(f"{weights}: no lora_A/lora_B weights; is this a LoRA adapter saved by PEFT?")
-    return found
+def _split_keys(weights: Path, header: dict) -> tuple:
+    """({module: {"A": key, "B": key}}, {name without the PEFT prefix: key} of every other tensor)."""
+    factors, rest = {}, {}
+    for key in header:
+        name = key.removeprefix(PEFT_PREFIX)
+        m = _FACTOR.match(name)
+        if m and m["side"] in factors.get(m["module"], {}) or name in rest:
+            raise AdapterError(f"{weights}: {name} is stored twice (with and without {PEFT_PREFIX!r}); {FIX_WEIGHTS}")
+        if m:
+            factors.setdefault(m["module"], {})[m["side"]] = key
+        else:
+            rest[name] = key
+    return factors, rest
+
+
+def _saved_module(name: str, saved) -> tuple | None:
+    """(module, leaf) when `name` lies in a modules_to_save module (PEFT matches the name or a dotted suffix)."""
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        module = ".".join(parts[:i])
+        if any(module == s or module.endswith("." + s) for s in saved):
+            return module, ".".join(parts[i:])
+    return None
+
+
+def _head(weights: Path, rest: dict, header: dict, saved) -> tuple:
+    """(module, {"weight": key[, "bias": key]}) of the one Linear task head saved via modules_to_save, or ("", {})."""
+    groups = {}
+    for name, key in rest.items():
+        found = _saved_module(name, saved)
+        if found:
+            groups.setdefault(found[0], {})[found[1]] = key
+    if not groups:
+        return "", {}
+    module, head = sorted(groups.items())[0]
+    if len(groups) > 1 or not _is_linear(head, header):
+        listed = ", ".join(f"{m}.{leaf}" for m, g in sorted(groups.items()) for leaf in sorted(g))[:200]
+        raise AdapterError(f"{weights}: modules_to_save holds {listed}, not one Linear task head (weight (labels, in) "
+                           "and bias); a user carries exactly one head: save only the classifier")
+    return module, head
+
+
+def _is_linear(head: dict, header: dict) -> bool:
+    """weight (labels, in) [+ bias (labels,)], floating point."""
+    if not {"weight"} <= set(head) <= {"weight", "bias"}:
+        return False
+    (w_dtype, w_shape), (b_dtype, b_shape) = header[head["weight"]], header.get(head.get("bias"), ("F32", None))
+    return (w_dtype in FLOAT_DTYPES and b_dtype in FLOAT_DTYPES and len(w_shape) == 2
+            and b_shape in (None, (w_shape[0],)))
+
+
+def _refuse_unheld(weights: Path, names: list):
+    """Every tensor is used or the file is refused, listing by kind what a ΔW subspace cannot hold."""
+    if not names:
+        return
+    kinds = {}
+    for name in sorted(names):
+        kinds.setdefault(next((what for p, what in _NOT_HELD if p.search(name)), _UNKNOWN), []).append(name)
+    listing = "; ".join(f"{what}: {len(ns)} ({ns[0]}{', ...' if len(ns) > 1 else ''})" for what, ns in kinds.items())
+    raise AdapterError(f"{weights}: {len(names)} tensor(s) a ΔW subspace cannot hold, refused rather than dropped "
+                       f"- {listing}; {_FIX_UNHELD}")
+
+
+def _check_factor(weights: Path, key: str, dtype: str, shape: tuple):
+    if dtype not in FLOAT_DTYPES:
+        raise AdapterError(f"{weights}: {key} is {dtype}; integer or quantized LoRA weights are not a PEFT LoRA, "
+                           "save the float factors (dequantize first)")
+    if len(shape) != 2:
+        raise AdapterError(f"{weights}: {key} has shape {list(shape)}; only Linear/Conv1D LoRA (2-D factors) can be "
+                           "recycled, not conv LoRA")
+
+
+def _module_entry(weights: Path, cfg: dict, module: str, sides: dict, header: dict) -> tuple:
+    """(r, (out, in), scaling) of one module, its tensors checked against each other and the config."""
+    if set(sides) != {"A", "B"}:
+        raise AdapterError(f"{weights}: module {module} has only lora_{''.join(sides)}; {FIX_WEIGHTS}")
+    for key in sides.values():
+        _check_factor(weights, key, *header[key])
+    shape_a, shape_b = header[sides["A"]][1], header[sides["B"]][1]
+    if shape_a[0] != shape_b[1]:
+        raise AdapterError(f"{weights}: module {module} has lora shapes {{'A': {shape_a}, 'B': {shape_b}}}; "
+                           "A must be (r, in) and B (out, r)")
+    r, want = shape_a[0], pattern_value(cfg.get("rank_pattern"), module, cfg.get("r", DEFAULT_R))
+    if r != want:
+        raise AdapterError(f"{weights}: module {module} has rank-{r} lora_A/lora_B but {ADAPTER_CONFIG} says r={want}; "
+                           f"PEFT refuses to load it (size mismatch): set r (or rank_pattern) to {r}")
+    alpha = pattern_value(cfg.get("alpha_pattern"), module, cfg.get("lora_alpha", DEFAULT_ALPHA))
+    return r, (shape_b[0], shape_a[1]), lora_scaling(alpha, r, cfg.get("use_rslora", False))
 
 
 def read_adapter(path) -> AdapterInfo:
-    """Config + header only; refuses DoRA, non-LoRA, .bin pickles, missing files, A/B rank disagreement."""
+    """Config + header only; every tensor is accounted for (factor, carried head) or the folder is refused."""
     path = Path(path)
     cfg = _read_config(path)
     weights = _weights_file(path)
-    ranks, scalings, shapes = {}, {}, {}
-    for module, sides in sorted(_module_shapes(weights).items()):
-        if set(sides) != {"A", "B"} or sides["A"][0] != sides["B"][1]:
-            raise AdapterError(f"{weights}: module {module} has lora shapes {sides}; A must be (r, in) and B (out, r)")
-        r = sides["A"][0]
-        alpha = pattern_value(cfg.get("alpha_pattern"), module, cfg.get("lora_alpha", 8))
-        ranks[module], shapes[module] = r, (sides["B"][0], sides["A"][1])
-        scalings[module] = lora_scaling(alpha, r, cfg.get("use_rslora", False))
-    return AdapterInfo(path, cfg.get("base_model_name_or_path") or "", tuple(ranks), ranks, scalings, shapes,
-                       bool(cfg.get("fan_in_fan_out", False)), file_sha256(weights))
-
-
-def _get_tensor(f, weights: Path, key: str) -> np.ndarray:
-    """One tensor as numpy; bfloat16 (which numpy lacks) is widened to float32 exactly from the raw bytes."""
-    if f.get_slice(key).get_dtype() != "BF16":
-        return f.get_tensor(key)
-    with open(weights, "rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        entry = json.loads(fh.read(n))[key]
-        start, end = entry["data_offsets"]
-        fh.seek(8 + n + start)
-        raw = np.frombuffer(fh.read(end - start), dtype="<u2")
-    return (raw.astype(np.uint32) << 16).view(np.float32).reshape(entry["shape"])
+    header = read_header(weights, FIX_WEIGHTS, AdapterError)
+    factors, rest = _split_keys(weights, header)
+    if not factors:
+        raise AdapterError(f"{weights}: no lora_A/lora_B weights; is this a LoRA adapter saved by PEFT?")
+    head_module, head = _head(weights, rest, header, cfg.get("modules_to_save") or [])
+    _refuse_unheld(weights, sorted(set(rest) - {k.removeprefix(PEFT_PREFIX) for k in head.values()}))
+    entries = {m: _module_entry(weights, cfg, m, sides, header) for m, sides in sorted(factors.items())}
+    return AdapterInfo(path, cfg.get("base_model_name_or_path") or "", tuple(entries),
+                       {m: e[0] for m, e in entries.items()}, {m: e[2] for m, e in entries.items()},
+                       {m: e[1] for m, e in entries.items()}, bool(cfg.get("fan_in_fan_out", False)),
+                       file_sha256(weights), {m: (s["A"], s["B"]) for m, s in factors.items()}, head, head_module,
+                       len(header))
 
 
 def read_factors(info: AdapterInfo, module: str) -> tuple[np.ndarray, np.ndarray]:
     """(A, B) in float64 with sqrt(scaling) folded into each, so B @ A is the adapter's full ΔW (out, in)."""
-    prefix = PEFT_PREFIX + module
-    with safe_open(info.path / ADAPTER_WEIGHTS, framework="numpy") as f:
-        keys = set(f.keys())
-        a_key = next(k for k in (f"{prefix}.lora_A.weight", f"{prefix}.lora_A.default.weight") if k in keys)
-        b_key = a_key.replace("lora_A", "lora_B")
-        A = _get_tensor(f, info.path / ADAPTER_WEIGHTS, a_key).astype(np.float64)  # (r, in)
-        B = _get_tensor(f, info.path / ADAPTER_WEIGHTS, b_key).astype(np.float64)  # (out, r)
+    a_key, b_key = info.keys[module]
+    tensors = read_tensors(info.weights, (a_key, b_key), FIX_WEIGHTS, AdapterError)
+    A, B = tensors[a_key].astype(np.float64), tensors[b_key].astype(np.float64)  # (r, in), (out, r)
     if not (np.isfinite(A).all() and np.isfinite(B).all()):
-        raise AdapterError(f"{info.path / ADAPTER_WEIGHTS}: NaN or Inf in {module}; retrain or drop this adapter")
+        raise AdapterError(f"{info.weights}: NaN or Inf in {module}; retrain or drop this adapter")
     root = math.sqrt(info.scalings[module])
     return A * root, B * root
+
+
+def read_head(info: AdapterInfo) -> dict:
+    """The carried task head as user tensors (head.weight_t (in, labels), head.bias; a missing bias is zeros), or {}."""
+    from edge_lorax.formats.user import head_tensors
+
+    if not info.head:
+        return {}
+    tensors = read_tensors(info.weights, tuple(info.head.values()), FIX_WEIGHTS, AdapterError)
+    weight, bias = tensors[info.head["weight"]], tensors.get(info.head.get("bias"))
+    if not (np.isfinite(weight).all() and (bias is None or np.isfinite(bias).all())):
+        raise AdapterError(f"{info.weights}: NaN or Inf in the saved head {info.head_module}; retrain or drop it")
+    return head_tensors(weight.astype(np.float32), None if bias is None else bias.astype(np.float32))
 
 
 def delta_weight(info: AdapterInfo, module: str) -> np.ndarray:
