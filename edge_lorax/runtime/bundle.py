@@ -102,7 +102,7 @@ def check_types(path: Path, data: dict, types: dict, fix: str, error=InputError)
         value = data.get(key)
         if key in data and type(value) not in allowed:
             want = " or ".join(_JSON_NAMES[t] for t in allowed)
-            raise error(f"{path}: {key!r} is a JSON {_JSON_NAMES.get(type(value), 'value')}, {want} needed; {fix}")
+            raise error(f"{path}: {key!r} is a JSON {_JSON_NAMES.get(type(value), 'value')}, expected {want}; {fix}")
 
 
 def read_manifest(path: Path) -> dict:

@@ -42,8 +42,8 @@ def check_max_length(bundle: Bundle, max_length) -> int:
     if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
         raise InputError(f"max_length (--max-length) must be an integer, got {type(max_length).__name__}")
     if max_length < 1 or (limit is not None and max_length > limit):
-        top = f"{limit}, the model's max_position_embeddings in {bundle.path / names.BUNDLE_CONFIG}" if limit else "the model's positions"
-        raise InputError(f"max_length (--max-length) {max_length} is out of range: tokens per text go from 1 to {top}")
+        top = f"{limit} (the model's positions, {bundle.path / names.BUNDLE_CONFIG})" if limit else "the model's positions"
+        raise InputError(f"max_length (--max-length) {max_length} is out of range; pass 1 to {top}")
     return int(max_length)
 
 
@@ -98,7 +98,7 @@ def check_tokens(bundle: Bundle, inputs: dict) -> dict:
     missing = [n for n in bundle.token_inputs if n not in inputs and n != names.TOKEN_TYPE_IDS]
     if missing:
         raise InputError(f"input {missing[0]} is required by {bundle.model_path.name}; pass it with the token ids")
-    arrays = {n: _as_tokens(n, v) for n, v in inputs.items() if n in bundle.token_inputs}
+    arrays = {n: _as_tokens(n, v) for n, v in inputs.items()}  # every token input given, taken or not
     shape = arrays[names.INPUT_IDS].shape
     for name, arr in arrays.items():
         if arr.shape != shape:
@@ -201,7 +201,7 @@ def tokenizer(bundle: Bundle, max_length: int = 128):
     path = bundle_file(bundle.path, names.TOKENIZER_FILE)
     if path is None:
         raise BundleError(f"{bundle.path}: no {names.TOKENIZER_FILE}; re-export the bundle (it copies the tokenizer)")
-    return _tokenizer(str(path), check_max_length(bundle, max_length))
+    return _tokenizer(str(bundle.path / names.TOKENIZER_FILE), check_max_length(bundle, max_length))
 
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
