@@ -12,23 +12,24 @@ weights (CPU); measured numbers and timings land in each folder's training.json 
 import argparse
 import json
 import os
-import platform
-import subprocess
+import shlex
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_lorax.bench import measure  # noqa: E402
 from edge_lorax.builder.baselines import train_lora  # noqa: E402
 from edge_lorax.builder.data import VADER_TASKS, load_task  # noqa: E402
-from edge_lorax.builder.loop import TrainConfig
+from edge_lorax.builder.loop import TrainConfig  # noqa: E402
 
 CONFIG = TrainConfig(lr=2e-3, batch_size=32, max_length=64, steps=150, seed=0, eval_every=50)
 LORA = {"method": "lora", "rank": 8, "alpha": 16, "targets": ("query", "value")}
 COMMAND = ".venv/bin/python benchmarks/train_sources.py --overwrite"
+VERSIONS = ("torch", "transformers", "peft", "numpy", "edge-lorax")
+CODE = ("edge_lorax/builder", "edge_lorax/formats", "benchmarks/train_sources.py", "data")  # what training depends on
 
 
 def folder_name(spec: str) -> str:
@@ -45,14 +46,6 @@ def train_all(out: Path, only: set, overwrite: bool):
         print(f"training {name}", file=sys.stderr)
         report = train_lora(load_task(spec, seed=CONFIG.seed), out / name, config=CONFIG, overwrite=overwrite, **LORA)
         print(report.summary(), flush=True)
-
-
-def git_commit() -> str:
-    """HEAD (the code that trained the adapters); "+dirty" when the files training depends on differ from it."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    code = ["edge_lorax/baselines.py", "edge_lorax/data.py", "edge_lorax/models.py", "benchmarks/train_sources.py", "data"]
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *code], cwd=ROOT).returncode
-    return head + ("+dirty" if dirty else "")
 
 
 def table_rows(out: Path) -> list[str]:
@@ -86,23 +79,14 @@ def trivial_baseline(spec: str) -> str:
     return f"MSE {float(np.mean((task.test.targets - task.train.targets.mean()) ** 2)):.3f}"
 
 
-def write_readme(out: Path, machine: str):
-    """adapters/README.md: what the folders are, the command, the machine, the table."""
-    text = README.format(command=COMMAND, machine=machine, commit=git_commit(), date=time.strftime("%Y-%m-%d"),
-                         table="\n".join(table_rows(out)))
-    (out / "README.md").write_text(text)
-
-
-def machine_line() -> str:
-    """CPU model, logical cores, torch threads, torch/peft/transformers versions."""
-    import peft
+def write_readme(out: Path, stamp: dict):
+    """adapters/README.md: what the folders are, the command, the stamp (machine, commit, versions), the table."""
     import torch
-    import transformers
 
-    from edge_lorax.bench.measure import cpu_model
-
-    return (f"{cpu_model()}, {os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads, {platform.system()}; "
-            f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")
+    lines = "\n".join([*measure.stamp_md(stamp), f"- torch threads: {torch.get_num_threads()}; `+dirty` judged on: "
+                       + ", ".join(CODE)])
+    text = README.format(command=COMMAND, stamp=lines, table="\n".join(table_rows(out)))
+    (out / "README.md").write_text(measure.portable(text))
 
 
 README = """# Source adapter family (committed)
@@ -126,7 +110,10 @@ Reproduce (about 0.4 s/step on 2 free cores; the whole family in ~15 min; determ
 {command}
 ```
 
-Measured on: {machine}. Code commit: `{commit}` ({date}).
+Measured on:
+
+{stamp}
+
 The machine was shared with other jobs while training (load average up to ~5 on 2 cores), so s/step is an upper
 bound, not a benchmark: ~0.6–0.7 s/step when the machine was quiet, 2.3–4.3 s/step under load; batches are padded
 to their longest sentence (mean ~20–30 tokens), not to 64. A second run of `--only nyt-binary` gave a
@@ -152,9 +139,10 @@ def main():
     import torch
 
     torch.set_num_threads(args.threads)
+    stamp = measure.stamp(shlex.join([".venv/bin/python", "benchmarks/train_sources.py", *sys.argv[1:]]), VERSIONS, CODE)
     if not args.readme_only:
         train_all(args.out, set(args.only), args.overwrite)
-    write_readme(args.out, machine_line())
+    write_readme(args.out, measure.finish(stamp))
     print(f"wrote {args.out / 'README.md'}", file=sys.stderr)
 
 

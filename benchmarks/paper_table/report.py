@@ -238,21 +238,23 @@ def command(runs) -> str:
 
 
 def stamp(runs) -> dict:
-    """Machine, commit and versions (edge_lorax.runtime.measure, as every report), plus the run's own totals."""
-    from edge_lorax.bench.measure import git_commit, machine, versions
+    """edge_lorax.bench.measure.stamp() of the rendering (as every report; the command that made the runs), plus the
+    runs' own totals."""
+    from edge_lorax.bench import measure
 
-    host, ver = machine(), versions(("torch",))
     minutes = {g: round(sum(r["wall_s"] for r in runs if r["grid"] == g) / 60, 1) for g in sorted({r["grid"] for r in runs})}
-    return {"commit": git_commit(HERE.parents[1]), "cpu": host["cpu"], "cores": host["usable_cores"], "python": ver["python"],
-            "torch": ver["torch"], "command": command(runs), "seeds_per_cell": 1 + max((r["seed"] for r in runs), default=0),
+    return {**measure.finish(measure.stamp(command(runs), ("torch", "transformers", "peft", "numpy", "edge-lorax"))),
+            "seeds_per_cell": 1 + max((r["seed"] for r in runs), default=0),
             "steps": runs[0]["config"]["steps"] if runs else None, "run_minutes": minutes,
             "total_minutes": round(sum(minutes.values()), 1)}
 
 
 def header(result: dict, n_runs: int) -> list:
+    from edge_lorax.bench import measure
+
     s = result["stamp"]
-    return ["# EigenLoRAx vs baselines, leave-one-domain-out (VADER, all-MiniLM-L6-v2)\n",
-            f"Rendered at commit `{s['commit']}`, {s['cpu']} ({s['cores']} cores), torch {s['torch']}. Command: `{s['command']}`. "
+    return ["# EigenLoRAx vs baselines, leave-one-domain-out (VADER, all-MiniLM-L6-v2)\n", *measure.stamp_md(s), "",
+            "The stamp is the rendering's (machine, commit); the command is the one that made the runs. "
             f"{n_runs} runs; {s['seeds_per_cell']} seeds per cell, mean ± sample std over seeds; {s['steps']} steps of "
             "batch 16, max length 48 for every trained method; coefficient lr 2e-2, LoRA 2e-3, VeRA (r=256) 1e-2, "
             "head 5e-3. Test accuracy in %, binary task of the held-out domain; each domain's subspace was built "
