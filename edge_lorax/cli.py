@@ -10,7 +10,7 @@ from functools import wraps
 import click
 
 from edge_lorax import __version__
-from edge_lorax.formats.atomic import refuse_existing
+from edge_lorax.formats.atomic import check_output
 from edge_lorax.formats.errors import InputError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -51,12 +51,14 @@ _TRAINING_OPTIONS = (
                  help="Task kind of a data file (vader: tasks know theirs)."),
     click.option("--model", default="default", show_default=True,
                  help="Base model folder ('default': the embedded MiniLM; must match the subspace's base)."),
-    click.option("--steps", type=int, help="Optimizer steps (overrides --epochs)."),
-    click.option("--epochs", default=1.0, show_default=True),
-    click.option("--batch-size", default=32, show_default=True),
-    click.option("--max-length", default=64, show_default=True, help="Tokens per training text (longer ones are truncated)."),
-    click.option("--patience", default=0, show_default=True, help="Early stopping: evals without a better val loss."),
-    click.option("--seed", default=0, show_default=True, help="Split, init and batch order."),
+    click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps (overrides --epochs)."),
+    click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
+    click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+    click.option("--max-length", type=click.IntRange(min=1), default=64, show_default=True,
+                 help="Tokens per training text (longer ones are truncated; at most the model's positions)."),
+    click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
+                 help="Early stopping: evals without a better val loss."),
+    click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Split, init and batch order."),
     click.option("--overwrite", is_flag=True),
 )
 
@@ -87,13 +89,16 @@ def emit(data: dict, as_json: bool):
 @cli.command()
 @click.argument("adapters", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="Subspace folder to write.")
-@click.option("--components", "-k", type=int, help="Fixed K per module (counts the mean direction with --mean keep).")
-@click.option("--explained-variance", type=float, help="Smallest K reaching this explained-variance ratio, e.g. 0.9.")
-@click.option("--augment", default=0, show_default=True, help="Random orthogonal directions added per module.")
+@click.option("--components", "-k", type=click.IntRange(min=1),
+              help="Fixed K per module (counts the mean direction with --mean keep).")
+@click.option("--explained-variance", type=click.FloatRange(0, 1, min_open=True),
+              help="Smallest K reaching this explained-variance ratio, e.g. 0.9.")
+@click.option("--augment", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random orthogonal directions added per module.")
 @click.option("--mean", type=click.Choice(["drop", "keep"]), default="keep", show_default=True,
               help="keep: the mean adapter is component 0 (won with all rows, tied with few: benchmarks/paper_table); "
                    "drop: centre and discard it (paper).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--allow-base-mismatch", is_flag=True, help="Accept adapters whose base model ids differ.")
 @click.option("--overwrite", is_flag=True)
 @friendly
@@ -110,11 +115,13 @@ def build(adapters, output, components, explained_variance, augment, mean, seed,
     # One BLAS thread unless the caller says otherwise (set before numpy loads): OpenBLAS spins its threads, and on a
     # busy machine the SVD ran 10x slower with 2 threads than with 1 (benchmarks/reports/build_scale.md).
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from edge_lorax.builder.subspace import build_subspace
+    from edge_lorax.builder.subspace import build_subspace, check_build_options
     from edge_lorax.formats.subspace import write_subspace
 
     if components is None and explained_variance is None:
         components = 8
+    check_build_options(components, explained_variance, augment, mean, seed)
+    check_output(output, overwrite)  # before the work: exists, or cannot be written
     sub = build_subspace(adapters, components=components, explained_variance=explained_variance, augment=augment,
                          mean=mean, seed=seed, allow_base_mismatch=allow_base_mismatch,
                          progress=lambda mods: progress(mods, "modules"))
@@ -142,7 +149,7 @@ def project(subspace, adapter, output, as_json, overwrite):
     from edge_lorax.formats.subspace import read_subspace
     from edge_lorax.formats.user import write_user
 
-    refuse_existing(output, overwrite)
+    check_output(output, overwrite)
     result = project_adapter(read_subspace(subspace), adapter)
     write_user(result.coeffs, output)
     data = {"output": output, "relative_error": round(result.overall, 6), "bytes": result.coeffs.nbytes()}
@@ -168,13 +175,20 @@ def reconstruct(subspace, coeffs, output, merged_model, model, overwrite):
     from edge_lorax.formats.subspace import read_subspace
     from edge_lorax.formats.user import read_user
 
+    for path in filter(None, (output, merged_model)):
+        check_output(path, overwrite)
+    if merged_model:
+        from edge_lorax.builder.models import resolve_model
+
+        resolve_model(model)  # a bad --model is refused before anything is written
     sub, user = read_subspace(subspace), read_user(coeffs)
     reconstruct_adapter(sub, user, output, overwrite)
+    head = None
     if merged_model:
         from edge_lorax.builder.merge import save_merged_model
 
-        save_merged_model(model, sub, user, merged_model, overwrite)
-    emit({"output": output, "merged_model": merged_model}, False)
+        head = save_merged_model(model, sub, user, merged_model, overwrite).head
+    emit({"output": output, "merged_model": merged_model, **({"merged_head": head} if merged_model else {})}, False)
 
 
 @cli.command()
@@ -197,11 +211,12 @@ def inspect(path, as_json):
 @click.option("--subspace", "subspace_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @training_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="user.npz to write.")
-@click.option("--rank", type=int, help="Coefficient rank r (default: the subspace's).")
-@click.option("--k", "k", type=int, help="Use only the first K components (default: all).")
+@click.option("--rank", type=click.IntRange(min=1), help="Coefficient rank r (default: the subspace's).")
+@click.option("--k", "k", type=click.IntRange(min=1), help="Use only the first K components (default: all).")
 @click.option("--init", type=click.Choice(["zero_b", "uniform"]), default="zero_b", show_default=True,
               help="zero_b: step 0 is the base model; uniform: U(-0.5, 0.5) both, as in the paper.")
-@click.option("--lr", default=2e-2, show_default=True, help="Coefficients + head (2e-2 beat 5e-3 on a short budget: benchmarks/paper_table).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-2, show_default=True,
+              help="Coefficients + head (2e-2 beat 5e-3 on a short budget: benchmarks/paper_table).")
 @friendly
 def train(subspace_dir, data, text_column, label_column, kind, output, model, rank, k, init, lr, steps, epochs,
           batch_size, max_length, patience, seed, overwrite):
@@ -216,10 +231,10 @@ def train(subspace_dir, data, text_column, label_column, kind, output, model, ra
     from edge_lorax.builder.train import train_coeffs
     from edge_lorax.formats.subspace import read_subspace
 
-    refuse_existing(output, overwrite)
-    task = load_task(data, text_column=text_column, label_column=label_column, kind=kind, seed=seed)
+    check_output(output, overwrite)  # before the work: exists, or cannot be written
     config = TrainConfig(lr=lr, batch_size=batch_size, max_length=max_length, steps=steps, epochs=epochs, seed=seed,
-                         patience=patience)
+                         patience=patience)  # range-checked here, the subspace and model in train_coeffs
+    task = load_task(data, text_column=text_column, label_column=label_column, kind=kind, seed=seed)
     report = train_coeffs(read_subspace(subspace_dir), task, output, model=model, rank=rank, k=k, init=init, config=config)
     click.echo(report.summary())
 
@@ -230,11 +245,14 @@ def train(subspace_dir, data, text_column, label_column, kind, output, model, ra
 @click.option("--test-file", type=click.Path(dir_okay=False), help="Test rows (default: cut from --data).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Adapter folder to write (PEFT format).")
 @click.option("--method", type=click.Choice(["lora", "vera", "head"]), default="lora", show_default=True)
-@click.option("--rank", default=8, show_default=True, help="LoRA rank, or VeRA's shared projection rank.")
-@click.option("--alpha", default=16.0, show_default=True, help="LoRA alpha (scaling alpha/rank).")
+@click.option("--rank", type=click.IntRange(min=1), default=8, show_default=True,
+              help="LoRA rank, or VeRA's shared projection rank.")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True,
+              help="LoRA alpha (scaling alpha/rank).")
 @click.option("--targets", default="query,value", show_default=True, help="Comma-separated target module names.")
-@click.option("--lr", type=float, help="Learning rate [default: lora 2e-3, vera 1e-2, head 5e-3].")
-@click.option("--threads", type=int, help="torch threads (default: torch's choice).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help="Learning rate [default: lora 2e-3, vera 1e-2, head 5e-3].")
+@click.option("--threads", type=click.IntRange(min=1), help="torch threads (default: torch's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Metrics as JSON.")
 @friendly
 def train_lora(data, text_column, label_column, kind, validation_file, test_file, output, method, model, rank, alpha,
@@ -250,13 +268,14 @@ def train_lora(data, text_column, label_column, kind, validation_file, test_file
     from edge_lorax.builder.baselines import train_lora as run
     from edge_lorax.builder.loop import TrainConfig
 
+    check_output(output, overwrite)  # before the work: exists, or cannot be written
+    config = TrainConfig(lr=lr or METHOD_LR[method], batch_size=batch_size, max_length=max_length, steps=steps,
+                         epochs=epochs, seed=seed, patience=patience)  # range-checked; the model in train_lora
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     task = load_cli_task(data, text_column, label_column, kind, validation_file, test_file, seed)
-    config = TrainConfig(lr=lr or METHOD_LR[method], batch_size=batch_size, max_length=max_length, steps=steps,
-                         epochs=epochs, seed=seed, patience=patience)
     report = run(task, output, method=method, rank=rank, alpha=alpha, targets=tuple(targets.split(",")), model=model,
                  config=config, overwrite=overwrite)
     data_out = {"output": output, "test": report.result.test, "validation": report.result.validation,
@@ -277,7 +296,7 @@ def load_cli_task(data, text_column, label_column, kind, validation_file=None, t
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @friendly
 def data_cmd(spec, text_column, label_column, kind, seed):
     """Check a task and show its split sizes and class counts (vader:... or a .csv/.tsv/.jsonl file).

@@ -1,10 +1,14 @@
-"""`edge-lorax inspect`: a summary dict of a subspace folder, a coefficients file, a PEFT adapter or a bundle."""
+"""`edge-lorax inspect`: a summary dict of a subspace folder, a coefficients file, a PEFT adapter or a bundle.
 
-import json
+Reads through the formats layer's readers, so whatever they refuse is refused here in the same line; an adapter's
+summary counts every tensor it read (LoRA factors and the carried head). Does not modify anything.
+"""
+
 from pathlib import Path
 
 from edge_lorax.formats import names
-from edge_lorax.formats.errors import MissingInputError
+from edge_lorax.formats.errors import InputError, MissingInputError
+from edge_lorax.formats.jsonfile import read_json_object
 
 
 def _size(path: Path) -> int:
@@ -14,13 +18,22 @@ def _size(path: Path) -> int:
 def describe_subspace(path: Path) -> dict:
     from edge_lorax.formats.subspace import read_subspace
 
-    cfg = read_subspace(path).config
-    mods = cfg["modules"]
-    return {"kind": "subspace", "fingerprint": cfg["fingerprint"], "base_model": cfg["base_model"], "mean": cfg["mean"],
-            "modules": len(mods), "K": sorted({m["K"] for m in mods.values()}), "r": sorted({m["r"] for m in mods.values()}),
-            "augmented": sorted({m["augmented"] for m in mods.values()}), "sources": len(cfg["sources"]),
-            "explained_variance_A_min": min(m["explained_variance_A"] for m in mods.values()),
-            "explained_variance_B_min": min(m["explained_variance_B"] for m in mods.values()), "bytes": _size(path)}
+    sub = read_subspace(path)
+    cfg, mods = sub.config, sub.config["modules"]
+    return {"kind": "subspace", "fingerprint": sub.fingerprint, "base_model": sub.base_model, "mean": cfg.get("mean"),
+            "modules": len(mods), "K": sorted({ms.k for ms in sub.modules.values()}),
+            "r": sorted({ms.rank for ms in sub.modules.values()}),
+            "augmented": sorted({ms.k - ms.principal for ms in sub.modules.values()}),
+            "sources": len(cfg.get("sources") or []),
+            "explained_variance_A_min": _least(mods, "explained_variance_A"),
+            "explained_variance_B_min": _least(mods, "explained_variance_B"), "bytes": _size(path)}
+
+
+def _least(mods: dict, key: str):
+    """The smallest recorded value of `key` over the modules (None when none is a number)."""
+    values = [m.get(key) for m in mods.values()]
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return min(numbers) if numbers else None
 
 
 def describe_coeffs(path: Path) -> dict:
@@ -36,16 +49,21 @@ def describe_coeffs(path: Path) -> dict:
 def describe_adapter(path: Path) -> dict:
     from edge_lorax.formats.peft import read_adapter
 
-    info = read_adapter(path)
+    info = read_adapter(path)  # every tensor is a factor, the carried head, or the folder is refused
     return {"kind": "peft-lora", "base_model": info.base_model, "modules": len(info.modules),
             "ranks": sorted(set(info.ranks.values())), "fan_in_fan_out": info.fan_in_fan_out,
-            "parameters": sum(r * sum(info.shapes[m]) for m, r in info.ranks.items()), "bytes": _size(path)}
+            "parameters": sum(r * sum(info.shapes[m]) for m, r in info.ranks.items()),
+            "tensors": {"total": info.tensors, "lora_factors": 2 * len(info.keys), "head": len(info.head)},
+            "head": info.head_module or None, "bytes": _size(path)}
 
 
 def describe_bundle(path: Path) -> dict:
-    manifest = json.loads((path / names.BUNDLE_MANIFEST).read_text())
+    manifest = read_json_object(path / names.BUNDLE_MANIFEST, "re-export the bundle with `edge-lorax export`")
+    inputs = manifest.get("inputs", [])
+    if not isinstance(inputs, (list, dict)):
+        raise InputError(f"{path / names.BUNDLE_MANIFEST}: inputs is not a list; re-export the bundle with `edge-lorax export`")
     return {"kind": "bundle", **{k: manifest[k] for k in ("fingerprint", "mode") if k in manifest},
-            "inputs": len(manifest.get("inputs", [])), "bytes": _size(path)}
+            "inputs": len(inputs), "bytes": _size(path)}
 
 
 def describe(path) -> dict:

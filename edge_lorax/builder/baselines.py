@@ -1,11 +1,13 @@
 """Baselines: PEFT LoRA, PEFT VeRA and head-only, trained by the shared loop (edge_lorax.builder.loop).
 
 `train_lora(task, output, method=...)` builds the PEFT model, fits it and writes a PEFT adapter folder whose base
-id is portable (never a local path), with a training.json beside it. Does not train EigenLoRAx coefficients
+id is portable (never a local path), with a training.json beside it; options, --max-length against the model and
+the output's writability are checked before any model is loaded. Does not train EigenLoRAx coefficients
 (edge_lorax.builder.train does).
 """
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -14,9 +16,16 @@ import torch
 
 from edge_lorax.builder.data import SPLITS, Task
 from edge_lorax.builder.loop import TrainConfig, TrainResult, fit
-from edge_lorax.builder.models import head_module, load_model, load_tokenizer, portable_model_id, resolve_model
-from edge_lorax.formats.atomic import atomic_dir
-from edge_lorax.formats.errors import InputError, OutputExistsError
+from edge_lorax.builder.models import (
+    check_max_length,
+    head_module,
+    load_model,
+    load_tokenizer,
+    portable_model_id,
+    resolve_model,
+)
+from edge_lorax.formats.atomic import atomic_dir, check_output
+from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS, TRAINING_JSON
 
 METHODS = ("lora", "vera", "head")
@@ -58,6 +67,18 @@ def peft_config(method: str, rank: int, alpha: float, targets, head: str, seed: 
     raise InputError(f"method {method!r}: use one of {', '.join(METHODS)}")
 
 
+def check_baseline_options(method: str, rank, alpha, targets):
+    """--method, --rank >= 1, --alpha > 0 and finite, --targets non-empty: before any model is loaded."""
+    if method not in METHODS:
+        raise InputError(f"--method {method!r}: use one of {', '.join(METHODS)}")
+    if not (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1):
+        raise InputError(f"--rank {rank!r}: an integer >= 1 is needed")
+    if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha > 0):
+        raise InputError(f"--alpha {alpha!r}: a finite number > 0 is needed (0 makes the LoRA a no-op)")
+    if method != "head" and not [t for t in targets if t.strip()]:
+        raise InputError("--targets is empty; name the Linear modules to adapt, e.g. query,value")
+
+
 def baseline_model(path: Path, num_labels: int, method: str, rank: int = 8, alpha: float = 16,
                    targets=("query", "value"), seed: int = 0):
     """Base model + head (seeded init) with the method's trainable parameters; head-only freezes all but the head."""
@@ -92,8 +113,9 @@ def train_lora(task: Task, output, *, method: str = "lora", rank: int = 8, alpha
     """Train a LoRA / VeRA / head-only baseline on `task` and write it to `output` (PEFT folder, portable base id)."""
     start = time.perf_counter()
     path = resolve_model(model)
-    if Path(output).exists() and not overwrite:
-        raise OutputExistsError(f"{output}: already exists; pass --overwrite or choose another output")
+    check_baseline_options(method, rank, alpha, targets)
+    check_max_length(path, config.max_length)
+    check_output(output, overwrite)
     net = baseline_model(path, task.num_labels, method, rank, alpha, targets, config.seed)
     head = head_module(net.base_model.model if method != "head" else net)
     adapter_params, head_params = count_params(net, head)

@@ -78,13 +78,7 @@ def read_rows(path, text_column: str, label_column: str) -> list[tuple[str, obje
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file; pass a .csv, .tsv or .jsonl file or one of {', '.join(VADER_TASKS[:2])}, ...")
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv", ".tab"):
-        records, columns = _read_delimited(path, "," if suffix == ".csv" else "\t")
-    elif suffix in (".jsonl", ".ndjson"):
-        records, columns = _read_jsonl(path)
-    else:
-        raise DataError(f"{path}: unknown file type {suffix!r}; use .csv, .tsv or .jsonl")
+    records, columns = _read_records(path)
     if not records:
         raise DataError(f"{path}: no data rows; the file is empty (a task needs a header and at least two rows)")
     for column in (text_column, label_column):
@@ -92,6 +86,21 @@ def read_rows(path, text_column: str, label_column: str) -> list[tuple[str, obje
             raise DataError(f"{path}: no column {column!r}; available columns: {', '.join(map(str, columns))} "
                             "(choose with --text-column / --label-column)")
     return [_row(path, i, r, text_column, label_column) for i, r in enumerate(records, start=1)]
+
+
+def _read_records(path: Path) -> tuple:
+    """(records, columns) by file type; undecodable bytes or a broken CSV are one DataError naming the file."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".tab", ".jsonl", ".ndjson"):
+        raise DataError(f"{path}: unknown file type {suffix!r}; use .csv, .tsv or .jsonl")
+    try:
+        if suffix in (".jsonl", ".ndjson"):
+            return _read_jsonl(path)
+        return _read_delimited(path, "," if suffix == ".csv" else "\t")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from e
+    except (csv.Error, OSError) as e:
+        raise DataError(f"{path}: unreadable ({type(e).__name__}: {str(e)[:100]}); fix the file or save it again") from e
 
 
 def _row(path, row, record, text_column, label_column):

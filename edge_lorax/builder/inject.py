@@ -91,6 +91,8 @@ def inject_subspace(model: nn.Module, subspace: Subspace, rank: int | None = Non
         if layer_shape(base) != (ms.components_B.shape[0], ms.components_A.shape[1]):
             raise InputError(f"{name}: layer is {layer_shape(base)}, subspace has "
                              f"{(ms.components_B.shape[0], ms.components_A.shape[1])}; wrong base model for this subspace")
+        if not coeffs and k is not None and not 1 <= k <= ms.k:
+            raise InputError(f"--k {k}: module {name} has K={ms.k} components; pass --k from 1 to {ms.k}")
         r, kk = coeffs[names.coeff_name(name, names.COEFF_A)].shape[-2:] if coeffs else (rank or ms.rank, k or ms.k)
         layer = EigenLoraLayer(base, name, torch.from_numpy(ms.components_A[:kk].copy()),
                                torch.from_numpy(ms.components_B[:, :kk].copy()), r)

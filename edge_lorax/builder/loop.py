@@ -20,6 +20,8 @@ from edge_lorax.formats.errors import InputError
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """A training schedule; every value is range-checked on construction (InputError naming the CLI option)."""
+
     lr: float = 5e-4
     batch_size: int = 32
     max_length: int = 64  # tokens; longer sentences are truncated, batches padded to their longest
@@ -31,6 +33,34 @@ class TrainConfig:
     eval_every: int = 50  # steps between validation passes (0: only at the end)
     patience: int = 0  # >0: stop after this many evals without a lower val loss, and restore the best weights
     eval_batch_size: int = 128
+
+    def __post_init__(self):
+        for name, low in _INT_FLOORS.items():
+            value = getattr(self, name)
+            if not (value is None and name == "steps") and not (_is_int(value) and value >= low):
+                raise InputError(f"{_option(name)} {value!r}: an integer >= {low} is needed")
+        for name, (low, high) in _FLOAT_RANGES.items():
+            value = getattr(self, name)
+            if not (_is_number(value) and math.isfinite(value) and low < value <= high):
+                raise InputError(f"{_option(name)} {value!r}: a finite number in ({low}, {high}] is needed")
+
+
+def _option(field_name: str) -> str:
+    """The CLI option a TrainConfig field comes from."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+
+
+_INT_FLOORS = {"batch_size": 1, "max_length": 1, "steps": 1, "seed": 0, "eval_every": 0, "patience": 0,
+               "eval_batch_size": 1}
+_FLOAT_RANGES = {"lr": (0, math.inf), "epochs": (0, math.inf)}  # lower bound open: 0 would train nothing
 
 
 @dataclass(frozen=True)
@@ -151,9 +181,9 @@ def evaluate(model, data: Encoded, batch_size: int = 128) -> dict:
 # ----------------------------------------------------------------------------------------------- the loop
 
 def total_steps(n_train: int, config: TrainConfig) -> int:
-    """config.steps, else ceil(epochs * rows / batch_size); at least 1."""
+    """config.steps (>= 1 by construction), else ceil(epochs * rows / batch_size); at least 1."""
     if config.steps is not None:
-        return max(1, config.steps)
+        return config.steps
     return max(1, math.ceil(config.epochs * n_train / config.batch_size))
 
 

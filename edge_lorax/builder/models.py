@@ -151,7 +151,13 @@ def write_head(model, head: dict):
     from edge_lorax.formats.user import head_weight
 
     weight, bias = head_weight(head)  # (labels, in), (labels,)
-    layer = getattr(model, head_module(model))
+    name = head_module(model)
+    layer = getattr(model, name)
+    if tuple(weight.shape) != tuple(layer.weight.shape) or (layer.bias is None and bias.any()):
+        raise InputError(f"the user's head is {tuple(weight.shape)} (labels, in) with a bias, the model's {name} is "
+                         f"{tuple(layer.weight.shape)}{'' if layer.bias is not None else ' without one'}; use the user "
+                         "with the base model it was trained for")
     with torch.no_grad():
         layer.weight.copy_(torch.from_numpy(weight))
-        layer.bias.copy_(torch.from_numpy(bias.copy()))
+        if layer.bias is not None:
+            layer.bias.copy_(torch.from_numpy(bias.copy()))

@@ -237,7 +237,7 @@ def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def check_build_options(components, explained_variance, augment, mean, seed, max_rank):
+def check_build_options(components, explained_variance, augment=0, mean=DEFAULT_MEAN, seed=0, max_rank=512):
     """Every option in range before any adapter is read; the message names the option."""
     if (components is None) == (explained_variance is None):
         raise InputError("give exactly one of --components K or --explained-variance F")

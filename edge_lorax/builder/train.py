@@ -1,7 +1,9 @@
 """Coefficient training: base weights and components frozen, only coeff_A/coeff_B per module (+ the task head) learn.
 
 This file prepares the model and turns it into a `user.npz`; the optimisation loop is the shared one in
-`edge_lorax.baselines`, so EigenLoRAx, LoRA, VeRA and head-only runs are measured by the same harness.
+`edge_lorax.builder.loop`, so EigenLoRAx, LoRA, VeRA and head-only runs are measured by the same harness. Before any
+model is loaded, --k and --rank are checked against the subspace, --max-length against the model's positions, the
+base model against the subspace's, and the output for being writable.
 """
 
 import time
@@ -11,7 +13,17 @@ from pathlib import Path
 import torch
 
 from edge_lorax.builder.inject import coeff_tensors, init_coeffs, inject_subspace
-from edge_lorax.builder.models import canonical_base, head_module, load_model, portable_model_id, read_head, resolve_model, write_head
+from edge_lorax.builder.models import (
+    canonical_base,
+    check_max_length,
+    head_module,
+    load_model,
+    portable_model_id,
+    read_head,
+    resolve_model,
+    write_head,
+)
+from edge_lorax.formats.atomic import check_output
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.subspace import Subspace
 from edge_lorax.formats.user import User
@@ -23,6 +35,16 @@ def check_base(model_path: Path, subspace: Subspace):
     if canonical_base(have) != canonical_base(want):
         raise InputError(f"{model_path}: base model {have!r}, but the subspace was built for {want!r}; "
                          "pass --model with that model or build a subspace for this one")
+
+
+def check_dims(subspace: Subspace, rank=None, k=None):
+    """--k within 1..the subspace's K, --rank >= 1 (None: the subspace's own)."""
+    most = min(ms.k for ms in subspace.modules.values())
+    if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= most):
+        raise InputError(f"--k {k!r}: the subspace has K={most} components per module; pass --k from 1 to {most} "
+                         "or leave it out to use all")
+    if rank is not None and not (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1):
+        raise InputError(f"--rank {rank!r}: an integer >= 1 is needed (default: the subspace's r)")
 
 
 def coeff_model(model, subspace: Subspace, num_labels: int, *, rank=None, k=None, init="zero_b", seed=0):
@@ -83,6 +105,11 @@ def train_coeffs(subspace: Subspace, task, output, *, model=None, rank=None, k=N
     from edge_lorax.formats.user import write_user
 
     start, config = time.perf_counter(), config or TrainConfig(lr=2e-2)
+    path = resolve_model(model)
+    check_base(path, subspace)
+    check_dims(subspace, rank, k)
+    check_max_length(path, config.max_length)
+    check_output(output, overwrite=True)
     torch.manual_seed(config.seed)
     net = coeff_model(model, subspace, task.num_labels, rank=rank, k=k, init=init, seed=config.seed)
     result = fit(net, task, load_tokenizer(resolve_model(model)), config, progress=progress)

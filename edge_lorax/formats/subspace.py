@@ -3,7 +3,10 @@
 Per adapted module `<module>.components_A` (K, in) with orthonormal rows, `<module>.components_B` (out, K) with
 orthonormal columns, and the explained-variance ratios of the stacks they came from; the config records how they
 were built and a fingerprint (sha256 of config and tensors) that every user file carries. numpy + safetensors only:
-reading a subspace never imports the builder or torch. Does not build subspaces (edge_lorax.builder.subspace does).
+reading a subspace never imports the builder or torch. `read_subspace` refuses in one line naming the file a damaged
+safetensors file, a config that is not a JSON object or has keys of the wrong type, an unknown format version, a
+fingerprint that does not match, and modules whose tensors do not fit their config. Does not build subspaces
+(edge_lorax.builder.subspace does).
 """
 
 import hashlib
@@ -90,9 +93,32 @@ def _module(tensors: dict, cfg_path: Path, module: str, c) -> ModuleSubspace:
     keys = [names.component_name(module, names.COMPONENTS_A), names.component_name(module, names.COMPONENTS_B),
             f"{module}.explained_A", f"{module}.explained_B"]
     if not isinstance(c, dict) or any(k not in tensors for k in keys) or not all(
-            isinstance(c.get(k), int) for k in ("r", "principal")):
+            isinstance(c.get(k), int) and not isinstance(c.get(k), bool) for k in ("r", "principal")):
         raise SubspaceError(f"{cfg_path}: module {module} is incomplete; rebuild with `edge-lorax build`")
-    return ModuleSubspace(*(tensors[k] for k in keys), c["r"], c["principal"])
+    ms = ModuleSubspace(*(tensors[k] for k in keys), c["r"], c["principal"])
+    if not _consistent(ms):
+        raise SubspaceError(f"{cfg_path}: module {module} has components of shapes {ms.components_A.shape} and "
+                            f"{ms.components_B.shape} (r {ms.rank}, principal {ms.principal}), which do not fit; "
+                            "rebuild with `edge-lorax build`")
+    return ms
+
+
+def _consistent(ms: ModuleSubspace) -> bool:
+    """Float (K, in) and (out, K) components with K >= 1, 1-D ratios, r >= 1 and 0 <= principal <= K."""
+    a, b = ms.components_A, ms.components_B
+    floats = all(np.issubdtype(t.dtype, np.floating) for t in (a, b, ms.explained_A, ms.explained_B))
+    shapes = a.ndim == 2 and b.ndim == 2 and a.shape[0] == b.shape[1] >= 1 and ms.explained_A.ndim == ms.explained_B.ndim == 1
+    return floats and shapes and ms.rank >= 1 and 0 <= ms.principal <= a.shape[0]
+
+
+def _check_config(cfg_path: Path, config: dict):
+    """The keys every reader of a subspace uses have the types `edge-lorax build` writes."""
+    types = {"base_model": str, "modules": dict, "fingerprint": str}
+    for key, kind in types.items():
+        if not isinstance(config.get(key), kind):
+            raise SubspaceError(f"{cfg_path}: {key} is missing or not a {kind.__name__}; rebuild with `edge-lorax build`")
+    if not isinstance(config.get("fan_in_fan_out", False), bool):
+        raise SubspaceError(f"{cfg_path}: fan_in_fan_out is not true or false; rebuild with `edge-lorax build`")
 
 
 def read_subspace(path) -> Subspace:
@@ -104,13 +130,14 @@ def read_subspace(path) -> Subspace:
                                 f"{names.SUBSPACE_WEIGHTS}); create one with `edge-lorax build`")
     config = read_json_object(cfg_path, "rebuild it with `edge-lorax build`", SubspaceError)
     tensors = read_safetensors(weights, "rebuild it with `edge-lorax build`", SubspaceError)
-    if config.get("format_version") != names.FORMAT_VERSION:
+    if type(config.get("format_version")) is not int or config["format_version"] != names.FORMAT_VERSION:
         raise SubspaceError(f"{cfg_path}: format_version {config.get('format_version')} unsupported; "
                             "rebuild with this edge-lorax")
+    _check_config(cfg_path, config)
     if fingerprint_tensors(tensors, config) != config.get("fingerprint"):
         raise SubspaceError(f"{path}: fingerprint mismatch, the files were edited or mixed; rebuild with `edge-lorax build`")
-    modules_cfg = config.get("modules")
-    if not isinstance(modules_cfg, dict) or not modules_cfg:
+    modules_cfg = config["modules"]
+    if not modules_cfg:
         raise SubspaceError(f"{cfg_path}: no modules; rebuild with `edge-lorax build`")
     modules = {m: _module(tensors, cfg_path, m, c) for m, c in modules_cfg.items()}
     extra = sorted(set(tensors) - set(subspace_tensors(modules)))
