@@ -188,12 +188,19 @@ def _tokenizer(path: str, max_length: int):
 
     try:
         tok = Tokenizer.from_file(path)
-    except Exception as e:  # tokenizers raises its own (Rust) exception types for any defect
-        raise BundleError(f"{path}: not a readable tokenizer ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
-                          "re-export the bundle (it copies the model's tokenizer)") from e
+    except BaseException as e:  # its own (Rust) exception types; a Rust panic is a BaseException
+        raise _tokenizer_error(path, e) from e
     tok.enable_truncation(max_length)
     tok.no_padding()
     return tok
+
+
+def _tokenizer_error(path, e: BaseException) -> BundleError:
+    """A tokenizer.json that cannot be loaded or used: one line naming it (Ctrl-C and exits pass through)."""
+    if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        raise e
+    return BundleError(f"{path}: not a readable tokenizer ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
+                       "re-export the bundle (it copies the model's tokenizer)")
 
 
 def tokenizer(bundle: Bundle, max_length: int = 128):
@@ -232,7 +239,10 @@ def encode(bundle: Bundle, texts: list, max_length: int = 128) -> dict:
     if not texts:
         raise InputError("texts is empty; pass at least one text")
     tok = tokenizer(bundle, max_length)
-    encs = tok.encode_batch(texts)
+    try:
+        encs = tok.encode_batch(texts)
+    except BaseException as e:  # a tokenizer.json that loads but cannot encode (edited normalizer, vocab, template)
+        raise _tokenizer_error(bundle.path / names.TOKENIZER_FILE, e) from e
     width = max(len(e.ids) for e in encs)
     ids = np.full((len(encs), width), _pad_id(bundle, tok), np.int64)
     mask, types = np.zeros_like(ids), np.zeros_like(ids)

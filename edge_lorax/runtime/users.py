@@ -102,7 +102,11 @@ def load_adapter_user(bundle: Bundle, path, name: str | None = None) -> LoadedUs
         raise UserError(f"{path}: its tensors need zero-padding for this bundle, which ORT's LoraAdapter cannot do; "
                         "re-export the user with `edge-lorax export --coeffs` for this bundle")
     adapter = ort.LoraAdapter()
-    adapter.Load(str(path))
+    try:
+        adapter.Load(str(path))
+    except Exception as e:  # onnxruntime raises its own types
+        raise UserError(f"{path}: ONNX Runtime cannot load it as a LoraAdapter ({str(e).splitlines()[0][:120] if str(e) else e!r}); "
+                        "write it again with `edge-lorax export --coeffs`") from e
     run_options = ort.RunOptions()
     run_options.add_active_adapter(adapter)
     return LoadedUser(user.name, path, user.fingerprint, user.arrays, adapter, run_options)
