@@ -163,6 +163,32 @@ def test_bad_user_files_refused_by_export_before_the_work(setup, tmp_path, no_ex
         assert_refused(res, path, words, target=out, before=[])
 
 
+def _adapter_of_version(setup, path: Path, version: int) -> Path:
+    import onnxruntime as ort
+
+    from edge_lorax.formats.onnx_adapter import fingerprint_version
+
+    user = random_user(setup.subspace, 1)
+    fmt = ort.AdapterFormat()
+    fmt.set_adapter_version(version)
+    fmt.set_model_version(fingerprint_version(user.fingerprint))
+    values = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in user.inputs().items()}
+    fmt.set_parameters(values)
+    fmt.export_adapter(str(path))
+    return path
+
+
+def test_bad_onnx_adapter_files_refused(setup, tmp_path):
+    good = (setup.bundle / f"user0{names.ADAPTER_SUFFIX}").read_bytes()
+    (tmp_path / f"cut{names.ADAPTER_SUFFIX}").write_bytes(good[: len(good) // 3])
+    (tmp_path / f"junk{names.ADAPTER_SUFFIX}").write_bytes(b"not a flatbuffer at all")
+    cases = [(_adapter_of_version(setup, tmp_path / f"v7{names.ADAPTER_SUFFIX}", 7), "adapter_version 7 is not 1"),
+             (tmp_path / f"cut{names.ADAPTER_SUFFIX}", "not an ONNX Runtime adapter file"),
+             (tmp_path / f"junk{names.ADAPTER_SUFFIX}", "not an ONNX Runtime adapter file")]
+    for path, words in cases:
+        assert_refused(invoke("run", setup.bundle, "--coeffs", path, TEXTS[0]), path, words)
+
+
 # ------------------------------------------------------------------------------- kind 4/5: bad bundles
 
 def _copy(setup, tmp: Path, name: str) -> Path:

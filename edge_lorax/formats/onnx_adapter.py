@@ -3,7 +3,8 @@
 Activated with `ort.LoraAdapter().Load(path)` + `RunOptions.add_active_adapter`; its tensors are appended to a
 run's feeds by name, so names must be optional graph inputs (input + default initializer).
 Sharp edges (ORT 1.32): run_with_iobinding ignores adapters; an adapter silently overrides an explicit feed of the
-same name. Does not validate against a graph (the bundle exporter does).
+same name. Reading refuses, in one line naming the file, a file ONNX Runtime cannot parse and an adapter_version
+other than ADAPTER_VERSION. Does not validate against a graph (runtime.users and the exporter do).
 """
 
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_lorax.formats.atomic import atomic_file
+from edge_lorax.formats.errors import InputError
 
 ADAPTER_VERSION = 1
 
@@ -35,6 +37,15 @@ def write_onnx_adapter(feeds: dict, path, fingerprint: str | None = None) -> Pat
 
 
 def read_onnx_adapter(path) -> tuple[dict, int]:
-    """({name: array}, model_version); copies each tensor (get_parameters() views dangle once their OrtValue is freed)."""
-    fmt = ort.AdapterFormat.read_adapter(str(path))
-    return {k: np.array(v.numpy(), copy=True) for k, v in fmt.get_parameters().items()}, fmt.get_model_version()
+    """({name: array}, model_version); copies each tensor (get_parameters() views dangle once their OrtValue is freed).
+    An unparsable file or another adapter_version is an InputError naming the file."""
+    try:
+        fmt = ort.AdapterFormat.read_adapter(str(path))
+        arrays = {k: np.array(v.numpy(), copy=True) for k, v in fmt.get_parameters().items()}
+    except Exception as e:  # onnxruntime raises its own types
+        raise InputError(f"{path}: not an ONNX Runtime adapter file ({str(e).splitlines()[0][:120] if str(e) else e!r}); "
+                         "write one with `edge-lorax export --coeffs`") from e
+    if fmt.get_adapter_version() != ADAPTER_VERSION:
+        raise InputError(f"{path}: adapter_version {fmt.get_adapter_version()} is not {ADAPTER_VERSION}, the one this "
+                         "edge-lorax reads; write it again with `edge-lorax export --coeffs`")
+    return arrays, fmt.get_model_version()

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_lorax.formats import names
-from edge_lorax.formats.errors import MissingInputError
+from edge_lorax.formats.errors import InputError, MissingInputError
 from edge_lorax.formats.onnx_adapter import fingerprint_version, read_onnx_adapter
 from edge_lorax.formats.user import UserError, conform_inputs, read_user
 from edge_lorax.runtime.bundle import Bundle
@@ -82,9 +82,8 @@ def _read_adapter(bundle: Bundle, path: Path) -> dict:
     """The adapter's tensors, refused unless its model_version is this bundle's subspace (fingerprint_version)."""
     try:
         arrays, version = read_onnx_adapter(path)
-    except Exception as e:  # onnxruntime raises its own types
-        raise UserError(f"{path}: not an ONNX Runtime adapter file ({str(e).splitlines()[0][:120] if str(e) else e!r}); "
-                        "write one with `edge-lorax export --coeffs`") from e
+    except InputError as e:
+        raise UserError(str(e)) from e
     if version != fingerprint_version(bundle.fingerprint):
         raise UserError(f"{path}: made for another subspace (model_version {version:#x}, this bundle's is "
                         f"{fingerprint_version(bundle.fingerprint):#x}); re-export the user for this bundle")
