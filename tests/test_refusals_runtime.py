@@ -517,3 +517,22 @@ def test_real_cases_on_the_demo_bundle(demo, tmp_path):
         assert_refused(invoke("run", root / "bundle", "--max-length", value, long_text), "--max-length", "512")
     huge = with_tensor(CASES / "ham_spam_labels.npz", tmp_path / "huge.npz", A0, np.full((8, 8), 3e38, np.float32))
     assert_refused(invoke("run", root / "bundle", "--coeffs", huge, "x"), huge, "3e+38")
+    out = tmp_path / "huge-bundle"
+    assert_refused(invoke("export", "--subspace", root / "subspace", "--coeffs", huge, "-o", out), huge, "3e+38",
+                   target=out)
+
+
+@pytest.mark.slow
+def test_rank4_coeffs_on_the_r8_demo_subspace_export_a_bundle_for_every_user(demo, tmp_path):
+    """The case `export --coeffs` with a rank-4 user on the r=8 demo subspace: the bundle keeps (8, 8) inputs and
+    serves a normal r=8 user (the real ham/spam case file) with its own labels."""
+    from edge_lorax.formats.user import read_user
+
+    _, root = demo
+    rank4 = write_user(_lower(read_user(root / "nyt-projected.npz"), 4, 8), tmp_path / "rank4.npz")
+    res = invoke("export", "--subspace", root / "subspace", "--coeffs", rank4, "-o", tmp_path / "bundle")
+    assert res.exit_code == 0, res.output
+    assert open_bundle(tmp_path / "bundle").coeff_inputs[A0].shape == (8, 8)
+    if CASES.is_dir():
+        res = invoke("run", tmp_path / "bundle", "--coeffs", CASES / "ham_spam_labels.npz", "--json", "win a free prize")
+        assert res.exit_code == 0 and json.loads(res.output)["predictions"][0]["label"] in ("ham", "spam"), res.output
