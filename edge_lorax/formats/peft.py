@@ -26,6 +26,7 @@ from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.formats.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from edge_lorax.formats.safetensors_file import FLOAT_DTYPES, read_header, read_tensors
+from edge_lorax.formats.user import head_tensors
 
 PEFT_PREFIX = "base_model.model."
 DEFAULT_R, DEFAULT_ALPHA = 8, 8  # LoraConfig's defaults: what PEFT uses when a config omits r or lora_alpha
@@ -228,12 +229,11 @@ def _split_keys(weights: Path, header: dict) -> tuple:
     for key in header:
         name = key.removeprefix(PEFT_PREFIX)
         m = _FACTOR.match(name)
-        if m and m["side"] in factors.get(m["module"], {}) or name in rest:
+        sides = factors.setdefault(m["module"], {}) if m else rest
+        slot = m["side"] if m else name
+        if slot in sides:
             raise AdapterError(f"{weights}: {name} is stored twice (with and without {PEFT_PREFIX!r}); {FIX_WEIGHTS}")
-        if m:
-            factors.setdefault(m["module"], {})[m["side"]] = key
-        else:
-            rest[name] = key
+        sides[slot] = key
     return factors, rest
 
 
@@ -344,8 +344,6 @@ def read_factors(info: AdapterInfo, module: str) -> tuple[np.ndarray, np.ndarray
 
 def read_head(info: AdapterInfo) -> dict:
     """The carried task head as user tensors (head.weight_t (in, labels), head.bias; a missing bias is zeros), or {}."""
-    from edge_lorax.formats.user import head_tensors
-
     if not info.head:
         return {}
     tensors = read_tensors(info.weights, tuple(info.head.values()), FIX_WEIGHTS, AdapterError)
