@@ -625,3 +625,16 @@ def test_shared_bare_backbone_case_is_projected_like_its_prefixed_twin(minilm_su
     assert result.exit_code == 0 and "relative_error" in result.stdout, result.output
     info = read_adapter(bare)
     assert read_factors(info, info.modules[0])[0].shape == (8, 384)
+
+
+# ------------------------------------------------------------------------------------------ kind 4: data files
+
+@pytest.mark.parametrize("name, content, phrase", [
+    ("latin1.csv", b"text,label\ncaf\xe9 ok,1\nbad,0\n", "not UTF-8 text"),
+    ("deep.jsonl", b'{"text": ' + b"[" * 100_000 + b"}\n", "not JSON (nested too deeply)"),
+])
+def test_undecodable_data_file_is_one_line(name, content, phrase, minilm_sub, work):
+    data = work.parent / name
+    data.write_bytes(content)
+    refused(run("data", data), f"{data}", phrase)
+    refused_leaving_nothing(work, ("train", "--subspace", minilm_sub, "--data", data, "-o", work / "u.npz"), phrase)

@@ -130,8 +130,8 @@ def _read_jsonl(path: Path):
                 continue
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{line_no}: not JSON ({e.msg}); each line must be one object like "
+            except (json.JSONDecodeError, RecursionError) as e:
+                raise DataError(f"{path}:{line_no}: not JSON ({getattr(e, 'msg', 'nested too deeply')}); each line must be one object like "
                                 '{"text": ..., "label": ...}') from e
             if not isinstance(record, dict):
                 raise DataError(f"{path}:{line_no}: a JSON {type(record).__name__}, not an object; write one object per line")
