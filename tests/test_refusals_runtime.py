@@ -10,6 +10,7 @@ The real files on the real demo bundle (MiniLM) are in the slow test at the end.
 import json
 import shutil
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -338,6 +339,7 @@ def test_api_misuse_refused(bundle, setup):
     user = load_user(bundle, setup.users[1])
     good = {names.INPUT_IDS: np.array([[2, 5, 3]]), names.ATTENTION_MASK: np.ones((1, 3), np.int64)}
     vocab = bundle.model_config["vocab_size"]
+    other_user = replace(user, fingerprint="0123456789abcdef")  # loaded on a bundle of another subspace
     cases = [
         (lambda: predict(bundle, user, "hello"), "texts must be a list of strings, got str"),
         (lambda: predict(bundle, user, b"hello"), "got bytes"),
@@ -362,6 +364,8 @@ def test_api_misuse_refused(bundle, setup):
                                            names.ATTENTION_MASK: np.ones((1, 300), np.int64)}), "at most 256"),
         (lambda: run_arrays(bundle, user, good, outputs=["nope"]), "not among the graph's outputs"),
         (lambda: make_user(bundle, [1, 2]), "a user is a dict of arrays"),
+        (lambda: run_arrays(bundle, str(setup.users[1]), good), "user must be a LoadedUser"),
+        (lambda: run_arrays(bundle, other_user, good), "loaded for subspace 0123456789abcdef"),
         (lambda: load_user(bundle, None), "needs a user file path"),
         (lambda: run_mixed(open_bundle(setup.per_example), [user], {**good, names.INPUT_IDS: np.array([[2, 5, 3]] * 2),
                                                                    names.ATTENTION_MASK: np.ones((2, 3), np.int64)}),
