@@ -166,3 +166,17 @@ def test_sweep_takes_only_ours_and_only_stale(tmp_path):
     removed = sweep_stale(tmp_path)
     assert sorted(removed) == sorted(n for n, stale in names.items() if stale)
     assert sorted(os.listdir(tmp_path)) == sorted(n for n, stale in names.items() if not stale)
+
+
+def test_overwrite_swaps_whole_outputs_and_leaves_nothing(tmp_path):
+    """--overwrite: the old output is renamed aside (our temp naming) before the new one moves in, then removed."""
+    from edge_lorax.formats.atomic import atomic_dir
+
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "old").write_text("old")
+    (tmp_path / "file").write_text("old")
+    for name in ("dir", "file"):
+        with atomic_dir(tmp_path / name, overwrite=True) as tmp:
+            (tmp / "new").write_text("new")
+    assert sorted(os.listdir(tmp_path)) == ["dir", "file"]
+    assert all(sorted(os.listdir(tmp_path / n)) == ["new"] for n in ("dir", "file"))

@@ -10,6 +10,7 @@ mkdir() would give (umask applied), whatever the writer used inside the temp. Do
 
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -58,10 +59,7 @@ def sweep_stale(folder) -> list:
         return removed
     for entry in entries:
         if _is_stale(entry, now):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+            _remove(entry)
             removed.append(entry.name)
     return removed
 
@@ -116,6 +114,30 @@ def check_output(path, overwrite: bool = False) -> Path:
     return path
 
 
+def _remove(path: Path):
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _swap_in(tmp: Path, path: Path):
+    """Rename `tmp` to `path`. An existing output is first renamed aside under our temp naming, then removed: an
+    interruption at any point leaves the old output or the new one whole, at worst beside a temp the next write
+    sweeps (deleting the old output in place could leave half of it)."""
+    if not (path.exists() or path.is_symlink()):
+        os.replace(tmp, path)
+        return
+    aside = path.parent / f"{temp_prefix(path)}{secrets.token_hex(4)}"
+    os.replace(path, aside)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(aside, path)
+        raise
+    _remove(aside)
+
+
 @contextmanager
 def atomic_dir(path, overwrite: bool = False):
     """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed."""
@@ -127,9 +149,7 @@ def atomic_dir(path, overwrite: bool = False):
     try:
         yield tmp
         _publish_mode(tmp)
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-        os.replace(tmp, path)
+        _swap_in(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
