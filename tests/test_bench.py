@@ -87,5 +87,18 @@ def test_parity_and_targets(report):
     targets = data["targets"]
     assert len(targets) >= 7
     for t in targets:
-        assert t["status"] in ("PASS", "MISS", "not measured")
-        assert t["status"] != "MISS" or t["why"], t
+        assert t["status"] in ("PASS", "MISS", "INVALID", "not measured")
+        assert t["status"] == "PASS" or t["why"], t
+
+
+def test_paired_cells_carry_their_control_and_attempts(report):
+    from edge_lorax.bench.report import AA_LIMIT, control
+
+    data = report[1]
+    for row in data["paired"]:
+        attempts = row["attempts"]
+        assert 1 <= len(attempts) <= 1 + data["plan"]["paired_retries"] and row["metric"] in row
+        assert attempts[-1]["control"] == control(row, row["metric"]) and row["per_block"] >= 3
+        assert all(abs(a["control"] - 1) > AA_LIMIT for a in attempts[:-1])  # re-measured only while off
+    invalid = [t for t in data["targets"] if t["status"] == "INVALID"]
+    assert all("A/A control" in t["why"] for t in invalid)

@@ -59,6 +59,35 @@ def cpu_runs(fn, n: int) -> list:
     return time_runs(fn, n, time.thread_time_ns)
 
 
+def wall_and_cpu_runs(fn, n: int) -> tuple:
+    """n consecutive calls, each timed twice (seconds): wall (perf_counter_ns) and this thread's CPU time
+    (thread_time_ns, ~1 µs steps here). A 1-thread ORT session runs on the calling thread, so the CPU time is the
+    run's own, blind to other threads of the process (idle sessions, BLAS pools) and to preemption."""
+    wall, cpu = [], []
+    for _ in range(n):
+        t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+        fn()
+        c1, t1 = time.thread_time_ns(), time.perf_counter_ns()
+        wall.append((t1 - t0) * 1e-9)
+        cpu.append((c1 - c0) * 1e-9)
+    return wall, cpu
+
+
+def balanced_orders(n: int) -> list:
+    """Orders of n items (a Williams design): over all orders each item comes first once and follows every other
+    item equally often, so what ran just before (warm caches, a spinning pool) hits no item more than another.
+    n orders for even n, 2n for odd n."""
+    base, lo, hi = [0], 1, n - 1
+    while len(base) < n:
+        base.append(lo)
+        lo += 1
+        if len(base) < n:
+            base.append(hi)
+            hi -= 1
+    rows = [[(b + i) % n for b in base] for i in range(n)]
+    return rows if n % 2 == 0 else rows + [row[::-1] for row in rows]
+
+
 def calibrate(fn, warmup: int, budget_s: float, min_runs: int, max_runs: int) -> int:
     """Warm up, then the number of runs that fits the time budget (clamped); the sharp edge: never 0."""
     times = time_runs(fn, max(warmup, 1))

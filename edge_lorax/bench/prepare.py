@@ -20,6 +20,7 @@ from edge_lorax.runtime.bundle import open_bundle, read_manifest
 
 EIGEN, ANCHOR, PLAIN, MERGED = "eigenlorax", "multi-lora anchor", "plain", "merged"
 INT8 = " int8"
+AA_COPY = PLAIN + " (A/A copy)"  # the paired control: plain's file opened a second time (same graph, its own session)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """One bench measurement per fresh process: `python -m edge_lorax.bench.workers SPEC_JSON` prints one JSON line.
 
-Kinds: latency (one model, one shape, one thread count), paired (several models alternated in blocks, for
-overhead ratios robust to drift), switch (user-switch costs), memory (N resident users), torch (eager reference).
-Every ORT model is fed the same way — preloaded numpy arrays through session.run, as the runtime does — so paths
-differ only in the graph. The torch kind imports torch; nothing else here does. Does not prepare models or write reports.
+Kinds: latency (one model, one shape, one thread count), paired (several models alternated in blocks of equal
+length in a balanced order, idle sessions not spinning: overhead ratios robust to drift), switch (user-switch
+costs), memory (N resident users), torch (eager reference). Every ORT model is fed the same way — preloaded numpy
+arrays through session.run, as the runtime does — so paths differ only in the graph. The torch kind imports torch;
+nothing else here does. Does not prepare models, judge numbers or write reports.
 """
 
 import json
@@ -35,8 +36,9 @@ def load_feeds(path) -> dict:
         return {k: np.ascontiguousarray(npz[k]) for k in npz.files if k != names.META_KEY}
 
 
-def open_session(path, threads: int) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), session_options(SessionConfig(threads=threads)),
+def open_session(path, threads: int, spinning: bool = True) -> ort.InferenceSession:
+    """A session as the runtime opens one (runtime.bundle.session_options), on `threads` intra-op threads."""
+    return ort.InferenceSession(str(path), session_options(SessionConfig(threads=threads, spinning=spinning)),
                                 providers=["CPUExecutionProvider"])
 
 
@@ -62,19 +64,38 @@ def latency(spec: dict) -> dict:
             "memory": {"start": mem0, "session": mem1, "end": measure.proc_status()}}
 
 
+SWITCH_RUNS = 2  # runs after switching models, untimed: cold caches and the previous session's threads (see report)
+
+
+def common_block(runs: dict, warmup: int, block_s: float) -> int:
+    """Warm every session (its first runs allocate and pack weights), then one run count for every model's blocks:
+    block_s over the slowest model's warm run (at least 3). The same count for all: a model never gets shorter
+    blocks because its own calibration happened to be slow."""
+    slowest = 0.0
+    for fn in runs.values():
+        times = measure.time_runs(fn, max(warmup, 2))
+        slowest = max(slowest, float(np.median(times[-max(1, warmup // 2):])))
+    return int(min(max(block_s / max(slowest, 1e-9), 3), 500))
+
+
 def paired(spec: dict) -> dict:
-    """All models loaded in one process, alternated in blocks (rotating order); per-model block medians in ms."""
+    """All models loaded in one process, alternated in blocks; per model and round the median wall and thread-CPU
+    time (ms) of a block's runs after its first SWITCH_RUNS. Idle sessions do not spin (else their pool threads
+    take the cores from the one that runs), every model gets the same runs per block, and each round's order is a
+    row of measure.balanced_orders (each model follows every other equally often)."""
     tokens = token_inputs(spec["batch"], spec["seq"], spec["vocab"])
-    runs = {m["label"]: runner(open_session(m["model"], spec["threads"]), load_feeds(m.get("feeds")), tokens)
-            for m in spec["models"]}
-    per_block = {lab: measure.calibrate(fn, spec["warmup"], spec["block_s"], 3, 500) for lab, fn in runs.items()}
-    labels, medians, cpu = list(runs), {lab: [] for lab in runs}, {lab: [] for lab in runs}
+    runs = {m["label"]: runner(open_session(m["model"], spec["threads"], spinning=False), load_feeds(m.get("feeds")),
+                               tokens) for m in spec["models"]}
+    per_block, labels = common_block(runs, spec["warmup"], spec["block_s"]), list(runs)
+    orders = measure.balanced_orders(len(labels))
+    medians, cpu = {lab: [] for lab in labels}, {lab: [] for lab in labels}
     for r in range(spec["rounds"]):
-        for lab in labels[r % len(labels):] + labels[: r % len(labels)]:
-            c0 = time.process_time()
-            medians[lab].append(float(np.median(measure.time_runs(runs[lab], per_block[lab]))) * 1e3)
-            cpu[lab].append((time.process_time() - c0) / per_block[lab] * 1e3)
-    return {"block_medians_ms": medians, "block_cpu_ms": cpu, "per_block": per_block}
+        for lab in (labels[i] for i in orders[r % len(orders)]):
+            measure.time_runs(runs[lab], SWITCH_RUNS)
+            wall, thread_cpu = measure.wall_and_cpu_runs(runs[lab], per_block)
+            medians[lab].append(float(np.median(wall)) * 1e3)
+            cpu[lab].append(float(np.median(thread_cpu)) * 1e3)
+    return {"block_medians_ms": medians, "block_cpu_ms": cpu, "per_block": per_block, "switch_runs": SWITCH_RUNS}
 
 
 def _median_us(fn, reps: int) -> dict:
