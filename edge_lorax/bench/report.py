@@ -372,8 +372,10 @@ DRIFT_NOTES = [
     "0.991/0.991, 0.983/0.977, 0.969/0.930). This worker, 40 rounds × 0.1 s, 8 runs at load 0.8-5: CPU 0.978-1.009, "
     "all within 3 %; wall 0.984-1.009 but 0.934 once when another benchmark shared the cores (at load < 1: "
     "1.009/1.009, 0.991/0.991, 1.007/1.008). The same worker with longer rounds (16 × 0.25 s), 9 runs at load 1.5-6: "
-    "CPU 0.964-1.009, off in 2; wall 0.951-1.013, off in 1. At 2 threads and load 5-6.5 neither held (old 1.026, 0.954; new 0.968, "
-    "0.921 wall): such a cell is INVALID, as it should be. 3 % is the limit a quiet run of this worker holds with "
+    "CPU 0.964-1.009, off in 2; wall 0.951-1.013, off in 1. At 2 threads (1 × 64) at load 1-1.8: old 1.008, 0.974 "
+    "wall, this worker 0.982; at load 5-6.5 neither held (old 1.026, 0.954; this worker 0.968, 0.921 wall): such a "
+    "cell is INVALID, as it should be. 8 × 64, 1 thread, this worker: 1.007 / 1.007 (187 s for the cell). "
+    "3 % is the limit a quiet run of this worker holds with "
     "room to spare, and the resolution the ties are judged at.",
 ]
 

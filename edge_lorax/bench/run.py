@@ -1,10 +1,10 @@
 """`edge-lorax bench`: latency, switch cost and memory of the EigenLoRAx bundle against its references, one fresh
 process per measurement, written as a stamped report (JSON + Markdown + PNG).
 
-Order: prepare every graph (bench_prepare, needs torch), then run the workers one at a time, never in parallel
-(they would share cores): the latency sweep, the paired overhead ratios, switch costs, resident-user memory and
-the torch reference. Nothing is made up: a failed or unavailable measurement is a row saying so.
-Does not judge the numbers (report.py does).
+Order: prepare every graph (bench/prepare.py, needs torch), then run the workers one at a time, never in parallel
+(they would share cores): the latency sweep, the paired overhead ratios (a cell re-measured while its A/A control
+is off: report.control_holds), switch costs, resident-user memory and the torch reference. Nothing is made up: a
+failed or unavailable measurement is a row saying so. Does not judge the targets (report.py does).
 """
 
 import json
