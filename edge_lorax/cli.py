@@ -29,7 +29,7 @@ def cli():
     """
 
 
-def friendly(fn):
+def _friendly(fn):
     """The package's InputError (expected bad input) becomes a one-line ClickException (exit 1); any other exception
     is a bug and keeps its traceback."""
 
@@ -63,7 +63,7 @@ _TRAINING_OPTIONS = (
 )
 
 
-def training_options(fn):
+def _training_options(fn):
     """The options `train` and `train-lora` share (data, model, schedule, seed), declared once."""
     for option in reversed(_TRAINING_OPTIONS):
         fn = option(fn)
@@ -77,7 +77,7 @@ def progress(items, label: str):
     return tqdm(items, desc=label, file=sys.stderr, leave=False)
 
 
-def emit(data: dict, as_json: bool):
+def _emit(data: dict, as_json: bool):
     """Results on stdout: JSON, or `key: value` lines."""
     if as_json:
         click.echo(json.dumps(data, indent=1, sort_keys=True))
@@ -101,7 +101,7 @@ def emit(data: dict, as_json: bool):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--allow-base-mismatch", is_flag=True, help="Accept adapters whose base model ids differ.")
 @click.option("--overwrite", is_flag=True)
-@friendly
+@_friendly
 def build(adapters, output, components, explained_variance, augment, mean, seed, allow_base_mismatch, overwrite):
     """Build a subspace from PEFT LoRA adapter folders.
 
@@ -128,7 +128,7 @@ def build(adapters, output, components, explained_variance, augment, mean, seed,
     write_subspace(sub, output, overwrite)
     from edge_lorax.describe import describe
 
-    emit({"output": output, **describe(output)}, False)
+    _emit({"output": output, **describe(output)}, False)
 
 
 @cli.command()
@@ -137,7 +137,7 @@ def build(adapters, output, components, explained_variance, augment, mean, seed,
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="user.npz to write.")
 @click.option("--json", "as_json", is_flag=True, help="Per-module errors as JSON.")
 @click.option("--overwrite", is_flag=True)
-@friendly
+@_friendly
 def project(subspace, adapter, output, as_json, overwrite):
     """Project an existing LoRA onto a subspace (no training) -> coefficients file.
 
@@ -153,7 +153,7 @@ def project(subspace, adapter, output, as_json, overwrite):
     result = project_adapter(read_subspace(subspace), adapter)
     write_user(result.coeffs, output)
     data = {"output": output, "relative_error": round(result.overall, 6), "bytes": result.coeffs.nbytes()}
-    emit({**data, "module_errors": {m: round(e, 6) for m, e in result.errors.items()}} if as_json else data, as_json)
+    _emit({**data, "module_errors": {m: round(e, 6) for m, e in result.errors.items()}} if as_json else data, as_json)
 
 
 @cli.command()
@@ -163,7 +163,7 @@ def project(subspace, adapter, output, as_json, overwrite):
 @click.option("--merged-model", type=click.Path(), help="Also write the base model with ΔW merged, here.")
 @click.option("--model", default="default", show_default=True, help="Base model folder for --merged-model.")
 @click.option("--overwrite", is_flag=True)
-@friendly
+@_friendly
 def reconstruct(subspace, coeffs, output, merged_model, model, overwrite):
     """A user file -> a standard PEFT LoRA folder (and optionally merged base weights).
 
@@ -188,13 +188,13 @@ def reconstruct(subspace, coeffs, output, merged_model, model, overwrite):
         from edge_lorax.builder.merge import save_merged_model
 
         head = save_merged_model(model, sub, user, merged_model, overwrite).head
-    emit({"output": output, "merged_model": merged_model, **({"merged_head": head} if merged_model else {})}, False)
+    _emit({"output": output, "merged_model": merged_model, **({"merged_head": head} if merged_model else {})}, False)
 
 
 @cli.command()
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True)
-@friendly
+@_friendly
 def inspect(path, as_json):
     """Summarise a subspace, coefficients file, PEFT adapter or bundle: modules, K, r, variance, bytes, fingerprint.
 
@@ -204,12 +204,12 @@ def inspect(path, as_json):
     """
     from edge_lorax.describe import describe
 
-    emit(describe(path), as_json)
+    _emit(describe(path), as_json)
 
 
 @cli.command()
 @click.option("--subspace", "subspace_dir", required=True, type=click.Path(exists=True, file_okay=False))
-@training_options
+@_training_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="user.npz to write.")
 @click.option("--rank", type=click.IntRange(min=1), help="Coefficient rank r (default: the subspace's).")
 @click.option("--k", "k", type=click.IntRange(min=1), help="Use only the first K components (default: all).")
@@ -217,7 +217,7 @@ def inspect(path, as_json):
               help="zero_b: step 0 is the base model; uniform: U(-0.5, 0.5) both, as in the paper.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-2, show_default=True,
               help="Coefficients + head (2e-2 beat 5e-3 on a short budget: benchmarks/paper_table).")
-@friendly
+@_friendly
 def train(subspace_dir, data, text_column, label_column, kind, output, model, rank, k, init, lr, steps, epochs,
           batch_size, max_length, patience, seed, overwrite):
     """Train a new user's coefficients (+ task head) on frozen components -> user.npz.
@@ -240,7 +240,7 @@ def train(subspace_dir, data, text_column, label_column, kind, output, model, ra
 
 
 @cli.command("train-lora")
-@training_options
+@_training_options
 @click.option("--validation-file", type=click.Path(dir_okay=False), help="Validation rows (default: cut from --data).")
 @click.option("--test-file", type=click.Path(dir_okay=False), help="Test rows (default: cut from --data).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Adapter folder to write (PEFT format).")
@@ -254,7 +254,7 @@ def train(subspace_dir, data, text_column, label_column, kind, output, model, ra
               help="Learning rate [default: lora 2e-3, vera 1e-2, head 5e-3].")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads (default: torch's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Metrics as JSON.")
-@friendly
+@_friendly
 def train_lora(data, text_column, label_column, kind, validation_file, test_file, output, method, model, rank, alpha,
                targets, lr, steps, epochs, batch_size, max_length, patience, seed, threads, overwrite, as_json):
     """Train a PEFT LoRA / VeRA / head-only baseline -> adapter folder (portable base id).
@@ -275,15 +275,15 @@ def train_lora(data, text_column, label_column, kind, validation_file, test_file
         import torch
 
         torch.set_num_threads(threads)
-    task = load_cli_task(data, text_column, label_column, kind, validation_file, test_file, seed)
+    task = _load_cli_task(data, text_column, label_column, kind, validation_file, test_file, seed)
     report = run(task, output, method=method, rank=rank, alpha=alpha, targets=tuple(targets.split(",")), model=model,
                  config=config, overwrite=overwrite)
     data_out = {"output": output, "test": report.result.test, "validation": report.result.validation,
                 "adapter_params": report.adapter_params, "head_params": report.head_params, "bytes": report.bytes}
-    emit(data_out, True) if as_json else click.echo(report.summary())
+    _emit(data_out, True) if as_json else click.echo(report.summary())
 
 
-def load_cli_task(data, text_column, label_column, kind, validation_file=None, test_file=None, seed=0):
+def _load_cli_task(data, text_column, label_column, kind, validation_file=None, test_file=None, seed=0):
     """The task behind the --data options (vader:... or a file), with the seeded split."""
     from edge_lorax.builder.data import load_task
 
@@ -297,7 +297,7 @@ def load_cli_task(data, text_column, label_column, kind, validation_file=None, t
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@friendly
+@_friendly
 def data_cmd(spec, text_column, label_column, kind, seed):
     """Check a task and show its split sizes and class counts (vader:... or a .csv/.tsv/.jsonl file).
 
@@ -308,7 +308,7 @@ def data_cmd(spec, text_column, label_column, kind, seed):
     """
     from edge_lorax.builder.data import task_summary
 
-    emit(task_summary(load_cli_task(spec, text_column, label_column, kind, seed=seed)), True)
+    _emit(task_summary(_load_cli_task(spec, text_column, label_column, kind, seed=seed)), True)
 
 
 @cli.command("run")
@@ -318,7 +318,7 @@ def data_cmd(spec, text_column, label_column, kind, seed):
 @click.option("--profile", default="default", show_default=True, help="default | mobile (1 thread, .ort/int8) | server.")
 @click.option("--max-length", default=128, show_default=True, help="Tokens per text (longer texts are truncated).")
 @click.option("--json", "as_json", is_flag=True, help="Predictions as JSON.")
-@friendly
+@_friendly
 def run_cmd(bundle, texts, coeffs, profile, max_length, as_json):
     """Predict with an exported bundle for one user (torch-free runtime).
 
@@ -346,7 +346,7 @@ def run_cmd(bundle, texts, coeffs, profile, max_length, as_json):
 @click.option("--model", help="Base model folder [default: the manifest's base_model].")
 @click.option("--coeffs", type=click.Path(exists=True, dir_okay=False), help="The bench user [default: seeded random].")
 @click.option("--quick", is_flag=True, help="Few configurations, few runs (a smoke test, not a measurement).")
-@friendly
+@_friendly
 def bench(bundle, output, subspace, model, coeffs, quick):
     """Latency, switch cost and memory vs plain, merged, int8, multi-LoRA and torch -> report.json/md/png.
 
@@ -362,7 +362,7 @@ def bench(bundle, output, subspace, model, coeffs, quick):
                          + (["--model", model] if model else []) + (["--coeffs", coeffs] if coeffs else [])
                          + (["--quick"] if quick else []))
     out = run_bench(bundle, output, quick, model, subspace, coeffs, command, log=lambda m: click.echo(m, err=True))
-    emit({"report": str(out / "report.md"), "json": str(out / "report.json"), "plot": str(out / "report.png")}, False)
+    _emit({"report": str(out / "report.md"), "json": str(out / "report.json"), "plot": str(out / "report.png")}, False)
 
 from edge_lorax.formats import names as _names  # noqa: E402  (export's choices come from the shared names)
 
@@ -382,7 +382,7 @@ from edge_lorax.formats import names as _names  # noqa: E402  (export's choices 
 @click.option("--allow-base-mismatch", is_flag=True, help="Accept a model whose id differs from the subspace's base.")
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-@friendly
+@_friendly
 def export(model, subspace_dir, coeffs, output, task, per_example, merge, quantize, ort_format, exporter,
            allow_base_mismatch, overwrite, as_json):
     """Export an ONNX bundle: components baked in, each user's coefficients as swappable inputs, verified vs torch.
@@ -399,7 +399,7 @@ def export(model, subspace_dir, coeffs, output, task, per_example, merge, quanti
                          allow_base_mismatch=allow_base_mismatch)
     manifest = json.loads((path / _names.BUNDLE_MANIFEST).read_text())
     worst = {v: round(c["max_abs_diff"], 7) for v, c in manifest["verification"].items()}
-    emit({"output": str(path), **describe(path), "task": manifest["task"], "max_abs_diff": worst}, as_json)
+    _emit({"output": str(path), **describe(path), "task": manifest["task"], "max_abs_diff": worst}, as_json)
 
 
 @cli.command()
@@ -408,7 +408,7 @@ def export(model, subspace_dir, coeffs, output, task, per_example, merge, quanti
 @click.option("--no-bench", is_flag=True, help="Skip the quick bench report.")
 @click.option("--adapters", type=click.Path(exists=True, file_okay=False),
               help="Folder of the committed source adapters [default: adapters/ of the source checkout].")
-@friendly
+@_friendly
 def demo(output, steps, no_bench, adapters):
     """The main job on the embedded defaults: subspace from the committed adapters, two users, export, swap, bench.
 
@@ -434,7 +434,7 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def install_signal_handlers():
+def _install_signal_handlers():
     """Route SIGTERM (what `timeout` and service managers send) and SIGHUP through _terminate, unless the caller set
     them to be ignored (nohup) or to something else."""
     import signal
@@ -445,5 +445,5 @@ def install_signal_handlers():
 
 
 def main():
-    install_signal_handlers()
+    _install_signal_handlers()
     cli()

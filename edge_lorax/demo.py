@@ -23,7 +23,7 @@ def log(msg: str):
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
-def build_users(adapters: Path, out: Path, steps: int) -> tuple:
+def _build_users(adapters: Path, out: Path, steps: int) -> tuple:
     """Subspace + two coefficient files: nyt-projected (no training), nyt-trained (coefficients + head)."""
     from edge_lorax.builder.data import load_task
     from edge_lorax.builder.loop import TrainConfig
@@ -44,7 +44,7 @@ def build_users(adapters: Path, out: Path, steps: int) -> tuple:
     return out / "subspace", out / "nyt-projected.npz", out / "nyt-trained.npz"
 
 
-def swap_users(bundle_dir: Path, users: list) -> dict:
+def _swap_users(bundle_dir: Path, users: list) -> dict:
     """Load the bundle once, preload both users, alternate them on one session; {user: predictions}."""
     from edge_lorax.runtime.bundle import open_bundle
     from edge_lorax.runtime.infer import predict
@@ -55,7 +55,7 @@ def swap_users(bundle_dir: Path, users: list) -> dict:
     return {name: predict(bundle, user, list(SENTENCES)) for name, user in loaded.items()}
 
 
-def source_adapters(adapters=None) -> Path:
+def _source_adapters(adapters=None) -> Path:
     """The folder of the committed source adapters: the given one, else the source checkout's `adapters/`; every
     adapter the demo needs must be there (an installed wheel has no checkout: pass --adapters)."""
     folder = Path(adapters) if adapters else CHECKOUT_ADAPTERS
@@ -70,12 +70,12 @@ def run_demo(out, steps: int = 60, bench: bool = True, adapters=None) -> dict:
     """The whole job; returns {user: predictions}. Outputs under `out` (subspace, users, bundle, bench/)."""
     from edge_lorax.export import export_bundle
 
-    out, start, folder = Path(out), time.perf_counter(), source_adapters(adapters)
+    out, start, folder = Path(out), time.perf_counter(), _source_adapters(adapters)
     out.mkdir(parents=True, exist_ok=True)
-    subspace, projected, trained = build_users(folder, out, steps)
+    subspace, projected, trained = _build_users(folder, out, steps)
     log("exporting the bundle (fp32 + int8, verified against torch)")
     bundle = export_bundle(None, subspace, out / "bundle", projected, quantize="int8", overwrite=True)
-    results = swap_users(bundle, [projected, trained])
+    results = _swap_users(bundle, [projected, trained])
     if bench:
         from edge_lorax.bench.run import run_bench
 

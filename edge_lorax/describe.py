@@ -15,7 +15,7 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
-def describe_subspace(path: Path) -> dict:
+def _describe_subspace(path: Path) -> dict:
     from edge_lorax.formats.subspace import read_subspace
 
     sub = read_subspace(path)
@@ -36,7 +36,7 @@ def _least(mods: dict, key: str):
     return min(numbers) if numbers else None
 
 
-def describe_coeffs(path: Path) -> dict:
+def _describe_coeffs(path: Path) -> dict:
     from edge_lorax.formats.user import read_user
 
     c = read_user(path)
@@ -46,7 +46,7 @@ def describe_coeffs(path: Path) -> dict:
             "tensor_bytes": c.nbytes(), "bytes": _size(path), "meta": c.meta}
 
 
-def describe_adapter(path: Path) -> dict:
+def _describe_adapter(path: Path) -> dict:
     from edge_lorax.formats.peft import read_adapter
 
     info = read_adapter(path)  # every tensor is a factor, the carried head, or the folder is refused
@@ -57,7 +57,7 @@ def describe_adapter(path: Path) -> dict:
             "head": info.head_module or None, "bytes": _size(path)}
 
 
-def describe_bundle(path: Path) -> dict:
+def _describe_bundle(path: Path) -> dict:
     manifest = read_json_object(path / names.BUNDLE_MANIFEST, "re-export the bundle with `edge-lorax export`")
     inputs = manifest.get("inputs", [])
     if not isinstance(inputs, (list, dict)):
@@ -70,11 +70,11 @@ def describe(path) -> dict:
     """Dispatch on what the path holds; unknown paths get a one-line error naming what was expected."""
     path = Path(path)
     if path.is_dir() and (path / names.SUBSPACE_CONFIG).is_file():
-        return describe_subspace(path)
+        return _describe_subspace(path)
     if path.is_dir() and (path / names.ADAPTER_CONFIG).is_file():
-        return describe_adapter(path)
+        return _describe_adapter(path)
     if path.is_dir() and (path / names.BUNDLE_MANIFEST).is_file():
-        return describe_bundle(path)
+        return _describe_bundle(path)
     if path.is_file() and path.suffix == ".npz":
-        return describe_coeffs(path)
+        return _describe_coeffs(path)
     raise MissingInputError(f"{path}: not a subspace folder, PEFT adapter folder, bundle or .npz coefficients file")

@@ -134,7 +134,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def physical_cores() -> int:
+def _physical_cores() -> int:
     """Distinct (physical id, core id) pairs in /proc/cpuinfo; falls back to the logical count."""
     try:
         pairs, phys = set(), "0"
@@ -186,7 +186,7 @@ def versions(packages=VERSIONS) -> dict:
 
 def machine() -> dict:
     """The stamp every report carries: CPU, cores, RAM, OS, load average now."""
-    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "physical_cores": physical_cores(),
+    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "_physical_cores": _physical_cores(),
             "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "ram_gib": ram_gib(), "os": f"{platform.system()} {platform.release()}", "machine": platform.machine(),
             "load_average": [round(x, 2) for x in os.getloadavg()], "python_executable": sys.executable}
@@ -212,7 +212,7 @@ def stamp_md(st: dict) -> list:
     """The stamp as Markdown bullet lines, the same in every report."""
     m = st["machine"]
     return [f"- command: `{st['command']}`", f"- git commit: `{st['git_commit']}`",
-            f"- machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['physical_cores']} physical), "
+            f"- machine: {m['cpu']}, {m['usable_cores']} usable cores ({m['_physical_cores']} physical), "
             f"{m['ram_gib']} GiB RAM, {m['os']}",
             f"- load average: start {m['load_average']}, end {st.get('load_average_end', 'not recorded')}",
             "- versions: " + ", ".join(f"{k} {v}" for k, v in st["versions"].items()),

@@ -65,7 +65,7 @@ def torch_model(model_dir, subspace_dir, coeffs_path, num_labels: int):
     return model.eval()
 
 
-def num_labels_of(bundle_dir: Path) -> int:
+def _num_labels_of(bundle_dir: Path) -> int:
     """Labels of the bundle's task head (0: a features model without head)."""
     manifest = read_manifest(bundle_dir)
     if manifest.get("task") not in (names.TASK_CLASSIFICATION, names.TASK_REGRESSION):
@@ -82,7 +82,7 @@ def random_user(bundle, seed: int, scale: float = 0.5) -> User:
     return User(bundle.fingerprint, tensors, head, {"name": f"bench-user-{seed}"})
 
 
-def factors_of(subspace_dir, coeffs: User) -> dict:
+def _factors_of(subspace_dir, coeffs: User) -> dict:
     """{module: (lora_A (r, in), lora_B (out, r))}: the user's full LoRA, the same ΔW as its coefficients."""
     from edge_lorax.builder.project import lora_factors
     from edge_lorax.formats.subspace import read_subspace
@@ -95,7 +95,7 @@ def _save_feeds(feeds: dict, path: Path) -> str:
     return str(path)
 
 
-def export_merged(bundle_dir: Path, model_dir, subspace_dir, coeffs_path, out: Path) -> Path:
+def _export_merged(bundle_dir: Path, model_dir, subspace_dir, coeffs_path, out: Path) -> Path:
     """The exporter's --merge bundle for the bench user (ΔW folded into the weights, verified against torch)."""
     from edge_lorax.export import export_bundle
 
@@ -105,7 +105,7 @@ def export_merged(bundle_dir: Path, model_dir, subspace_dir, coeffs_path, out: P
     return Path(dest) / names.BUNDLE_MODEL
 
 
-def int8_of(src: Path, dst: Path, shipped: Path | None = None) -> Path:
+def _int8_of(src: Path, dst: Path, shipped: Path | None = None) -> Path:
     """The bundle's own int8 model when shipped, else the exporter's quantization (the same for plain, EigenLoRAx
     and anchor: base weights int8 per channel, every node on a per-user input's low-rank path kept fp32)."""
     if shipped is not None and shipped.is_file():
@@ -120,7 +120,7 @@ def _user_files(bundle, base: User, subspace_dir, out: Path, n: int) -> tuple:
     for i, user in enumerate(users):
         npz.append(str(write_user(user, out / f"user{i}.npz")))
         eigen_ad.append(str(write_onnx_adapter(user.inputs(), out / f"user{i}.eigen{names.ADAPTER_SUFFIX}", user.fingerprint)))
-        lora = {**graphs.lora_feeds(factors_of(subspace_dir, user)), **user.head}
+        lora = {**graphs.lora_feeds(_factors_of(subspace_dir, user)), **user.head}
         lora_ad.append(str(write_onnx_adapter(lora, out / f"user{i}.lora{names.ADAPTER_SUFFIX}")))
     return npz, eigen_ad, lora_ad
 
@@ -185,17 +185,17 @@ def prepare(bundle_dir, work, model_dir=None, subspace_dir=None, coeffs_path=Non
     bundle_dir, work = Path(bundle_dir), Path(work)
     model_dir, subspace_dir = _resolve_inputs(bundle_dir, model_dir, subspace_dir)
     (work / "users").mkdir(parents=True, exist_ok=True)
-    bundle, notes, labels = open_bundle(bundle_dir), [], num_labels_of(bundle_dir)
+    bundle, notes, labels = open_bundle(bundle_dir), [], _num_labels_of(bundle_dir)
     coeffs = read_user(coeffs_path) if coeffs_path else random_user(bundle, 0)
     coeffs_path = write_user(coeffs, work / "users" / "bench-user.npz")
-    factors = factors_of(subspace_dir, coeffs)
+    factors = _factors_of(subspace_dir, coeffs)
     npz, eigen_ad, lora_ad = _user_files(bundle, coeffs, subspace_dir, work / "users", n_users)
     task = read_manifest(bundle_dir).get("task") or names.TASK_CLASSIFICATION
     anchor = graphs.export_anchor(load_model(model_dir, labels), task, factors, coeffs.head, work / "anchor.onnx")
     models = {PLAIN: graphs.export_plain(load_model(model_dir, labels), task, work / "plain.onnx"), EIGEN: bundle.model_path,
-              ANCHOR: anchor, MERGED: export_merged(bundle_dir, model_dir, subspace_dir, coeffs_path, work)}
+              ANCHOR: anchor, MERGED: _export_merged(bundle_dir, model_dir, subspace_dir, coeffs_path, work)}
     for label in (PLAIN, EIGEN, ANCHOR):
-        models[label + INT8] = int8_of(models[label], work / f"{label.replace(' ', '-')}.int8.onnx",
+        models[label + INT8] = _int8_of(models[label], work / f"{label.replace(' ', '-')}.int8.onnx",
                                        bundle_dir / names.BUNDLE_MODEL_INT8 if label == EIGEN else None)
     lora = {**graphs.lora_feeds(factors), **coeffs.head}
     feeds = {EIGEN: _save_feeds(coeffs.inputs(), work / "eigen-feeds.npz"), ANCHOR: _save_feeds(lora, work / "lora-feeds.npz")}

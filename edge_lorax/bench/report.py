@@ -124,7 +124,7 @@ def _target(name: str, measured: str, ok, why: str, note: str, status: str | Non
     return {"target": name, "measured": measured, "status": status, "why": "" if status == "PASS" else why, "note": note}
 
 
-def target_switch(data: dict) -> list:
+def _target_switch(data: dict) -> list:
     """Switching a preloaded user costs no more than ORT's LoraAdapter path: the switch itself, and per whole run."""
     sw = data.get("switch", {})
     if "error" in sw or not sw:
@@ -155,7 +155,7 @@ def _mem(data: dict, kind: str, n: int):
     return None
 
 
-def target_memory(data: dict) -> list:
+def _target_memory(data: dict) -> list:
     """1000 resident users add ≤ 1/20 of the LoRA figure; per-user bytes ≤ 1/20 of a LoRA r=8 adapter."""
     out, ub = [], data.get("prepared", {}).get("user_bytes", {})
     n = max(data["plan"]["user_counts"])
@@ -180,7 +180,7 @@ def target_memory(data: dict) -> list:
 
 
 def targets(data: dict) -> list:
-    return target_overheads(data) + target_switch(data) + target_memory(data)
+    return target_overheads(data) + _target_switch(data) + _target_memory(data)
 
 
 def _fmt(x, digits=3) -> str:
@@ -191,7 +191,7 @@ def _table(header: list, rows: list) -> list:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows]
 
 
-def latency_md(data: dict) -> list:
+def _latency_md(data: dict) -> list:
     """One table per thread count: rows batch × seq, columns models, cells p50 (p90 / p99) ms and ×plain."""
     rows = [r for r in data.get("latency", [])]
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -216,7 +216,7 @@ def _lat_cell(cell: dict, model: str) -> str:
     return f"{s['p50']:.3f} ({s['p90']:.3f} / {s['p99']:.3f}){ratio}"
 
 
-def memory_md(data: dict) -> list:
+def _memory_md(data: dict) -> list:
     """Per configuration peak RSS, anon and file-backed RSS (batch 1, smallest seq, 1 thread), then resident users."""
     out = ["\n### Process memory per model (fresh process; MiB)\n"]
     rows = [r for r in data.get("latency", []) if "memory" in r]
@@ -237,7 +237,7 @@ def memory_md(data: dict) -> list:
     return out + _table(["users", "N", "Δ RssAnon", "Δ RSS", "tensor MiB"], body)
 
 
-def switch_md(data: dict) -> list:
+def _switch_md(data: dict) -> list:
     """The user-switch table: binding, activation, loading, a new session, whole runs per path."""
     sw = data.get("switch", {})
     if not sw or "error" in sw:
@@ -260,7 +260,7 @@ def switch_md(data: dict) -> list:
     return ["\n### User switch (EigenLoRAx bundle, 1 thread, medians)\n"] + _table(["operation", "cost"], rows)
 
 
-def torch_md(data: dict) -> list:
+def _torch_md(data: dict) -> list:
     """The torch eager rows; unavailable devices say so instead of a figure."""
     body = []
     for r in data.get("torch", []):
@@ -300,7 +300,7 @@ def paired_md(data: dict) -> list:
                          "anchor int8/plain int8", "A/A control", f"cell (control within ±{100 * AA_LIMIT:g}%)"], body)
 
 
-def header_md(data: dict) -> list:
+def _header_md(data: dict) -> list:
     """Title and stamp (measure.stamp_md: command, commit, machine, load, versions); a warning when the machine was busy."""
     lines = ["# edge-lorax bench report" + (" (quick mode: few configurations, few runs)" if data["quick"] else ""), "",
              *measure.stamp_md(data["stamp"]), f"- bundle: `{data['bundle']}`"]
@@ -314,7 +314,7 @@ ISSUE_SCALE = ("For scale (issue 6, MiniLM, 1 thread, another run — not compar
                "a new session 128 ms; 1000 users' LoRA tensors ≈ +300 MiB.")
 
 
-def targets_md(rows: list) -> list:
+def _targets_md(rows: list) -> list:
     """The targets table: each with what was measured, PASS/MISS and why."""
     body = [[t["target"], t["measured"], t["status"], (t["why"] + (" " + t["note"] if t["note"] else "")).strip()]
             for t in rows]
@@ -322,7 +322,7 @@ def targets_md(rows: list) -> list:
             + ["", ISSUE_SCALE])
 
 
-def sizes_md(data: dict) -> list:
+def _sizes_md(data: dict) -> list:
     """Per-user bytes, parity vs torch and preparation notes."""
     prep = data.get("prepared", {})
     ub, par = prep.get("user_bytes", {}), prep.get("parity", {})
@@ -335,9 +335,9 @@ def sizes_md(data: dict) -> list:
 
 def markdown(data: dict) -> str:
     """The whole report.md text."""
-    lines = header_md(data) + targets_md(data["targets"]) + ["\n## Latency (one fresh process per configuration)"]
-    lines += latency_md(data) + paired_md(data) + switch_md(data) + memory_md(data) + torch_md(data) + sizes_md(data)
-    return "\n".join(lines + method_md()) + "\n"
+    lines = _header_md(data) + _targets_md(data["targets"]) + ["\n## Latency (one fresh process per configuration)"]
+    lines += _latency_md(data) + paired_md(data) + _switch_md(data) + _memory_md(data) + _torch_md(data) + _sizes_md(data)
+    return "\n".join(lines + _method_md()) + "\n"
 
 
 PAIRED_METHOD = (
@@ -380,7 +380,7 @@ DRIFT_NOTES = [
 ]
 
 
-def method_md() -> list:
+def _method_md() -> list:
     """How everything was measured, and why the paired protocol is built as it is (numbers measured for it)."""
     return ["\n## Method notes\n",
             "Latency: each configuration in a fresh process; warm-up, then runs sized to a time budget in consecutive "

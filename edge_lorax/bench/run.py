@@ -52,7 +52,7 @@ QUICK = Plan(batches=(1,), seqs=(16,), threads=(1,), budget_s=0.05, min_runs=5, 
              session_reps=1, n_users=3, torch_cells=((1, 16),), timeout_s=120)
 
 
-def threads_of(n: int) -> int:
+def _threads_of(n: int) -> int:
     """0 -> all usable cores."""
     return n or usable_cores()
 
@@ -85,12 +85,12 @@ def sweep(prep, plan: Plan, log=None) -> list:
             for seq in plan.seqs:
                 for label in SWEEP_MODELS:
                     spec = {"kind": "latency", "model": prep.models[label], "feeds": prep.feeds.get(label),
-                            "threads": threads_of(threads), "batch": batch, "seq": seq, "vocab": prep.vocab,
+                            "threads": _threads_of(threads), "batch": batch, "seq": seq, "vocab": prep.vocab,
                             "warmup": plan.warmup, "budget_s": plan.budget_s, "min_runs": plan.min_runs,
                             "max_runs": plan.max_runs, "blocks": plan.blocks}
                     res = spawn(spec, plan.timeout_s)
-                    rows.append({"model": label, "threads": threads_of(threads), "batch": batch, "seq": seq, **res})
-                    _log(f"latency {label} t={threads_of(threads)} b={batch} s={seq}: "
+                    rows.append({"model": label, "threads": _threads_of(threads), "batch": batch, "seq": seq, **res})
+                    _log(f"latency {label} t={_threads_of(threads)} b={batch} s={seq}: "
                          f"{res.get('stats', {}).get('p50', res.get('error'))}", log)
     return rows
 
@@ -113,7 +113,7 @@ def paired_cell(spec: dict, key: str, plan: Plan, log=None) -> dict:
     return {**res, "metric": key, "attempts": attempts}
 
 
-def paired_ratios(prep, plan: Plan, log=None, busy_machine: bool = False) -> list:
+def _paired_ratios(prep, plan: Plan, log=None, busy_machine: bool = False) -> list:
     """Per cell and thread count: all models alternated in blocks in one process, plus an A/A control (plain's
     file opened twice: the same graph, another session); judged on wall time, or on the thread's CPU time for
     1-thread cells when the machine was busy at the start."""
@@ -124,14 +124,14 @@ def paired_ratios(prep, plan: Plan, log=None, busy_machine: bool = False) -> lis
     models.append({"label": AA_COPY, "model": prep.models[PLAIN], "feeds": None})
     for threads in plan.threads:
         for batch, seq in plan.paired_cells:
-            spec = {"kind": "paired", "models": models, "threads": threads_of(threads), "batch": batch, "seq": seq,
+            spec = {"kind": "paired", "models": models, "threads": _threads_of(threads), "batch": batch, "seq": seq,
                     "vocab": prep.vocab, "warmup": plan.warmup, "rounds": plan.paired_rounds, "block_s": plan.block_s}
-            key = metric_for(threads_of(threads), busy_machine)
-            rows.append({"threads": threads_of(threads), "batch": batch, "seq": seq, **paired_cell(spec, key, plan, log)})
+            key = metric_for(_threads_of(threads), busy_machine)
+            rows.append({"threads": _threads_of(threads), "batch": batch, "seq": seq, **paired_cell(spec, key, plan, log)})
     return rows
 
 
-def switch_costs(prep, bundle_dir, plan: Plan) -> dict:
+def _switch_costs(prep, bundle_dir, plan: Plan) -> dict:
     """User-switch costs on the bundle (1 thread, batch 1), one process."""
     spec = {"kind": "switch", "bundle": str(bundle_dir), "threads": 1, "batch": 1, "seq": 64 if plan.seqs != (16,) else 16,
             "vocab": prep.vocab, "user_files": prep.user_files, "eigen_adapters": prep.eigen_adapters,
@@ -140,7 +140,7 @@ def switch_costs(prep, bundle_dir, plan: Plan) -> dict:
     return spawn(spec, plan.timeout_s)
 
 
-def resident_memory(prep, plan: Plan) -> list:
+def _resident_memory(prep, plan: Plan) -> list:
     """RSS growth for N resident users: EigenLoRAx coefficients vs LoRA A/B, each N in its own process."""
     rows = []
     for kind, label in (("eigenlorax coefficients", EIGEN), ("lora A/B", ANCHOR)):
@@ -161,15 +161,15 @@ def torch_reference(prep, plan: Plan) -> list:
         for threads in (plan.threads if device == "cpu" else (1,)):
             for batch, seq in plan.torch_cells:
                 if device == "cuda" and not torch.cuda.is_available():
-                    rows.append({"device": device, "threads": threads_of(threads), "batch": batch, "seq": seq,
+                    rows.append({"device": device, "threads": _threads_of(threads), "batch": batch, "seq": seq,
                                  "available": False, "reason": "not available: no CUDA device on this machine"})
                     continue
-                spec = {"kind": "torch", "device": device, "threads": threads_of(threads), "batch": batch, "seq": seq,
+                spec = {"kind": "torch", "device": device, "threads": _threads_of(threads), "batch": batch, "seq": seq,
                         "vocab": prep.vocab, "model_dir": prep.model_dir, "subspace": prep.subspace,
                         "coeffs": prep.coeffs, "num_labels": prep.num_labels, "warmup": plan.warmup,
                         "budget_s": plan.budget_s, "min_runs": plan.min_runs, "max_runs": plan.max_runs}
                 res = spawn(spec, plan.timeout_s)
-                rows.append({"device": device, "threads": threads_of(threads), "batch": batch, "seq": seq, **res})
+                rows.append({"device": device, "threads": _threads_of(threads), "batch": batch, "seq": seq, **res})
     return rows
 
 
@@ -188,9 +188,9 @@ def run_bench(bundle_dir, out_dir, quick: bool = False, model_dir=None, subspace
         data["prepared"], data["prepare_s"] = prep.to_dict(), time.perf_counter() - t0
         _log(f"prepared in {data['prepare_s']:.1f} s; parity {prep.parity}", log)
         data["latency"] = sweep(prep, plan, log)
-        data["paired"] = paired_ratios(prep, plan, log, measure.busy(data["stamp"]))
-        data["switch"] = switch_costs(prep, bundle_dir, plan)
-        data["memory"] = resident_memory(prep, plan)
+        data["paired"] = _paired_ratios(prep, plan, log, measure.busy(data["stamp"]))
+        data["switch"] = _switch_costs(prep, bundle_dir, plan)
+        data["memory"] = _resident_memory(prep, plan)
         data["torch"] = torch_reference(prep, plan)
     data["stamp"] = measure.finish(data["stamp"])
     return write_report(data, Path(out_dir))

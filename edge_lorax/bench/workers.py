@@ -241,7 +241,7 @@ def memory(spec: dict) -> dict:
             "delta_rss_mib": after.get("VmRSS", 0) - before.get("VmRSS", 0)}
 
 
-def torch_ref(spec: dict) -> dict:
+def _torch_ref(spec: dict) -> dict:
     """The injected torch model in eager mode on `device`, same token inputs; 'not available' without that device."""
     import torch
 
@@ -266,7 +266,7 @@ def torch_ref(spec: dict) -> dict:
             else measure.cpu_model(), "memory": measure.proc_status()}
 
 
-KINDS = {"latency": latency, "paired": paired, "switch": switch, "memory": memory, "torch": torch_ref}
+KINDS = {"latency": latency, "paired": paired, "switch": switch, "memory": memory, "torch": _torch_ref}
 
 
 def main(argv=None):

@@ -67,7 +67,7 @@ def peft_config(method: str, rank: int, alpha: float, targets, head: str, seed: 
     raise InputError(f"method {method!r}: use one of {', '.join(METHODS)}")
 
 
-def check_baseline_options(method: str, rank, alpha, targets):
+def _check_baseline_options(method: str, rank, alpha, targets):
     """--method, --rank >= 1, --alpha > 0 and finite, --targets non-empty: before any model is loaded."""
     if method not in METHODS:
         raise InputError(f"--method {method!r}: use one of {', '.join(METHODS)}")
@@ -113,7 +113,7 @@ def train_lora(task: Task, output, *, method: str = "lora", rank: int = 8, alpha
     """Train a LoRA / VeRA / head-only baseline on `task` and write it to `output` (PEFT folder, portable base id)."""
     start = time.perf_counter()
     path = resolve_model(model)
-    check_baseline_options(method, rank, alpha, targets)
+    _check_baseline_options(method, rank, alpha, targets)
     check_max_length(path, config.max_length)
     check_output(output, overwrite)
     net = baseline_model(path, task.num_labels, method, rank, alpha, targets, config.seed)
@@ -121,7 +121,7 @@ def train_lora(task: Task, output, *, method: str = "lora", rank: int = 8, alpha
     adapter_params, head_params = count_params(net, head)
     result = fit(net, task, load_tokenizer(path), config, progress=progress)
     settings = {"method": method, "rank": rank, "alpha": alpha, "targets": list(targets)}
-    nbytes = save_baseline(net, output, portable_model_id(path), task, settings, config, head, overwrite)
+    nbytes = _save_baseline(net, output, portable_model_id(path), task, settings, config, head, overwrite)
     report = BaselineReport(task.name, method, str(output), adapter_params, head_params, nbytes, 0.0, result)
     report = replace(report, wall_s=round(time.perf_counter() - start, 2))
     _write_training_json(Path(output), task, settings, config, report)
@@ -130,7 +130,7 @@ def train_lora(task: Task, output, *, method: str = "lora", rank: int = 8, alpha
 
 # ------------------------------------------------------------------------------------------------- writing
 
-def save_baseline(net, output, base_id: str, task: Task, settings: dict, config: TrainConfig, head: str, overwrite: bool) -> int:
+def _save_baseline(net, output, base_id: str, task: Task, settings: dict, config: TrainConfig, head: str, overwrite: bool) -> int:
     """Write the PEFT folder (or head.safetensors for head-only) atomically; returns the weights file's bytes."""
     with atomic_dir(output, overwrite) as tmp:
         if settings["method"] == "head":
@@ -144,7 +144,7 @@ def save_baseline(net, output, base_id: str, task: Task, settings: dict, config:
             net.save_pretrained(str(tmp), safe_serialization=True)
             portable_config(tmp, base_id, head)
             weights = ADAPTER_WEIGHTS
-        (tmp / "README.md").write_text(model_card(base_id, task, settings, config))
+        (tmp / "README.md").write_text(_model_card(base_id, task, settings, config))
         size = (tmp / weights).stat().st_size
     return size
 
@@ -159,7 +159,7 @@ def portable_config(folder: Path, base_id: str, head: str):
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def model_card(base_id: str, task: Task, settings: dict, config: TrainConfig) -> str:
+def _model_card(base_id: str, task: Task, settings: dict, config: TrainConfig) -> str:
     """A short model card (PEFT's template would carry the local base path)."""
     labels = ", ".join(task.labels) if task.labels else "regression (one output)"
     return (f"---\nbase_model: {base_id}\nlibrary_name: peft\ntags:\n- edge-lorax\n- {settings['method']}\n---\n\n"

@@ -73,7 +73,7 @@ class Task:
 
 # ---------------------------------------------------------------------------------------------- reading files
 
-def read_rows(path, text_column: str, label_column: str) -> list[tuple[str, object]]:
+def _read_rows(path, text_column: str, label_column: str) -> list[tuple[str, object]]:
     """(text, raw label) pairs from a .csv, .tsv or .jsonl file; errors name the file, column and the fix."""
     path = Path(path)
     if not path.is_file():
@@ -141,7 +141,7 @@ def _read_jsonl(path: Path):
 
 # ------------------------------------------------------------------------------------------- labels, targets
 
-def class_names(raw_labels, path) -> tuple:
+def _class_names(raw_labels, path) -> tuple:
     """Sorted distinct labels (numerically when all are numbers); a single class is an error."""
     names = sorted({str(v).strip() for v in raw_labels})
     if len(names) < 2:
@@ -153,7 +153,7 @@ def class_names(raw_labels, path) -> tuple:
         return tuple(names)
 
 
-def class_targets(raw_labels, labels: tuple, path) -> np.ndarray:
+def _class_targets(raw_labels, labels: tuple, path) -> np.ndarray:
     """Label indices; a label outside `labels` (e.g. only in a test file) is an error."""
     index = {name: i for i, name in enumerate(labels)}
     unknown = sorted({str(v).strip() for v in raw_labels} - set(index))
@@ -163,7 +163,7 @@ def class_targets(raw_labels, labels: tuple, path) -> np.ndarray:
     return _frozen(np.array([index[str(v).strip()] for v in raw_labels], dtype=np.int64))
 
 
-def regression_targets(raw_labels, path) -> np.ndarray:
+def _regression_targets(raw_labels, path) -> np.ndarray:
     """float32 values; the first non-numeric or non-finite value is an error naming it."""
     values = []
     for i, v in enumerate(raw_labels):
@@ -197,7 +197,7 @@ def split_indices(n: int, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> tuple[n
     return order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
 
 
-def make_split(texts, targets, index) -> Split:
+def _make_split(texts, targets, index) -> Split:
     """The rows at `index`, in that order."""
     return Split(tuple(texts[i] for i in index), _frozen(np.asarray(targets)[index].copy()))
 
@@ -209,12 +209,12 @@ def read_task(path, text_column: str = "text", label_column: str = "label", kind
     """A task from one file (seeded split) or from train + validation/test files (a missing one is cut from train)."""
     if kind not in KINDS:
         raise DataError(f"task kind {kind!r}: use classification or regression")
-    parts = {"train": read_rows(path, text_column, label_column)}
+    parts = {"train": _read_rows(path, text_column, label_column)}
     for split, file in (("validation", validation), ("test", test)):
         if file is not None:
-            parts[split] = read_rows(file, text_column, label_column)
+            parts[split] = _read_rows(file, text_column, label_column)
     files = {"train": path, "validation": validation, "test": test}
-    labels = class_names([label for _, label in parts["train"]], path) if kind == CLASSIFICATION else ()
+    labels = _class_names([label for _, label in parts["train"]], path) if kind == CLASSIFICATION else ()
     splits = {s: _split_from_rows(rows, kind, labels, files[s]) for s, rows in parts.items()}
     splits = _fill_missing_splits(splits, fractions, seed)
     return Task(name or Path(path).stem, kind, labels, splits["train"], splits["validation"], splits["test"])
@@ -224,7 +224,7 @@ def _split_from_rows(rows, kind, labels, path) -> Split:
     """Rows -> Split with targets for the task kind."""
     texts = tuple(text for text, _ in rows)
     raw = [label for _, label in rows]
-    targets = class_targets(raw, labels, path) if kind == CLASSIFICATION else regression_targets(raw, path)
+    targets = _class_targets(raw, labels, path) if kind == CLASSIFICATION else _regression_targets(raw, path)
     return Split(texts, targets)
 
 
@@ -240,7 +240,7 @@ def _fill_missing_splits(splits: dict, fractions, seed) -> dict:
     total = sum(want.values())
     cut = tuple(want[s] / total for s in SPLITS)
     train = splits["train"]
-    out = {s: make_split(train.texts, train.targets, idx) for s, idx in zip(SPLITS, split_indices(len(train), cut, seed))}
+    out = {s: _make_split(train.texts, train.targets, idx) for s, idx in zip(SPLITS, split_indices(len(train), cut, seed))}
     return {**out, **{s: splits[s] for s in ("validation", "test") if s in splits}}
 
 
@@ -253,35 +253,35 @@ def repo_data_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "data" / "vader"
 
 
-def cache_dir() -> Path:
+def _cache_dir() -> Path:
     """$EDGE_LORAX_CACHE, default ~/.cache/edge-lorax."""
     return Path(os.environ.get("EDGE_LORAX_CACHE", Path.home() / ".cache" / "edge-lorax"))
 
 
-def vader_dir(fetch: bool = True) -> Path:
+def _vader_dir(fetch: bool = True) -> Path:
     """Folder holding the four domain TSVs: the committed copy, else the cache (derived there once via pip)."""
-    for folder in (repo_data_dir(), cache_dir() / "vader"):
+    for folder in (repo_data_dir(), _cache_dir() / "vader"):
         if all((folder / f"{d}.tsv").is_file() for d in VADER_DOMAINS):
             return folder
     if not fetch:
         raise DataError(f"{repo_data_dir()}: VADER files missing; run `python data/vader/derive.py` (needs pip + network)")
-    return derive_vader(cache_dir() / "vader")
+    return derive_vader(_cache_dir() / "vader")
 
 
-def read_vader_domain(domain: str) -> tuple[tuple, np.ndarray]:
+def _read_vader_domain(domain: str) -> tuple[tuple, np.ndarray]:
     """(texts, valences) of one domain; exact duplicate texts keep their first row so none spans two splits."""
-    path = vader_dir() / f"{domain}.tsv"
-    rows = read_rows(path, "text", "valence")
+    path = _vader_dir() / f"{domain}.tsv"
+    rows = _read_rows(path, "text", "valence")
     seen, texts, values = set(), [], []
     for text, value in rows:
         if text not in seen:
             seen.add(text)
             texts.append(text)
             values.append(value)
-    return tuple(texts), regression_targets(values, path)
+    return tuple(texts), _regression_targets(values, path)
 
 
-def parse_vader_spec(spec: str) -> tuple[str, str]:
+def _parse_vader_spec(spec: str) -> tuple[str, str]:
     """`vader:tweets-binary` -> ("tweets", "binary"); unknown names list the valid ones."""
     domain, _, kind = spec.removeprefix("vader:").partition("-")
     if domain not in VADER_DOMAINS or kind not in VADER_TYPES:
@@ -289,7 +289,7 @@ def parse_vader_spec(spec: str) -> tuple[str, str]:
     return domain, kind
 
 
-def vader_labels(values: np.ndarray, kind: str):
+def _vader_labels(values: np.ndarray, kind: str):
     """(keep mask, targets, label names) for binary (neutral dropped), 3class (±VADER_NEUTRAL) or regression."""
     if kind == "binary":
         keep = values != 0
@@ -300,11 +300,11 @@ def vader_labels(values: np.ndarray, kind: str):
     return np.ones(len(values), bool), values.astype(np.float32), ()
 
 
-def vader_task(spec: str, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> Task:
+def _vader_task(spec: str, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> Task:
     """A built-in task; the split is drawn over the domain's sentences, so its three tasks share one split."""
-    domain, kind = parse_vader_spec(spec)
-    texts, values = read_vader_domain(domain)
-    keep, targets, labels = vader_labels(values, kind)
+    domain, kind = _parse_vader_spec(spec)
+    texts, values = _read_vader_domain(domain)
+    keep, targets, labels = _vader_labels(values, kind)
     position = np.cumsum(keep) - 1  # row of each kept sentence in `targets`
     splits = []
     for index in split_indices(len(texts), fractions, seed):
@@ -316,7 +316,7 @@ def vader_task(spec: str, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> Task:
 def load_task(spec, text_column: str = "text", label_column: str = "label", kind: str = CLASSIFICATION, **kwargs) -> Task:
     """`vader:<domain>-<type>` or a data file path (kwargs: validation, test, fractions, seed, name)."""
     if str(spec).startswith("vader:"):
-        return vader_task(str(spec), kwargs.get("fractions", DEFAULT_FRACTIONS), kwargs.get("seed", 0))
+        return _vader_task(str(spec), kwargs.get("fractions", DEFAULT_FRACTIONS), kwargs.get("seed", 0))
     return read_task(spec, text_column, label_column, kind, **kwargs)
 
 

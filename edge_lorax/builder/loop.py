@@ -91,7 +91,7 @@ def encode(split: Split, kind: str, tokenizer, max_length: int) -> Encoded:
     return Encoded(tuple(ids), split.targets, kind, tokenizer.pad_token_id or 0)
 
 
-def collate(data: Encoded, index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _collate(data: Encoded, index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, targets) for the rows at `index`, right-padded with pad_id."""
     rows = [data.ids[i] for i in index]
     width = max(len(r) for r in rows)
@@ -104,7 +104,7 @@ def collate(data: Encoded, index) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return input_ids, mask, torch.as_tensor(np.asarray(data.targets)[list(index)], dtype=dtype)
 
 
-def batch_stream(n: int, batch_size: int, seed: int):
+def _batch_stream(n: int, batch_size: int, seed: int):
     """Endless shuffled batches of row indices, reshuffled each epoch from one seeded generator."""
     rng = np.random.default_rng(seed)
     while True:
@@ -115,24 +115,24 @@ def batch_stream(n: int, batch_size: int, seed: int):
 
 # ------------------------------------------------------------------------------------------ loss and metrics
 
-def logits_of(output) -> torch.Tensor:
+def _logits_of(output) -> torch.Tensor:
     """A HF ModelOutput's .logits, or the tensor itself."""
     return output.logits if hasattr(output, "logits") else output
 
 
 def forward(model, input_ids, mask) -> torch.Tensor:
     """Logits from input_ids + attention_mask only (no token_type_ids: the ONNX graphs take these two)."""
-    return logits_of(model(input_ids=input_ids, attention_mask=mask))
+    return _logits_of(model(input_ids=input_ids, attention_mask=mask))
 
 
-def task_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
+def _task_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
     """Cross-entropy for classification; MSE on the raw target scale for regression (one output)."""
     if kind == CLASSIFICATION:
         return torch.nn.functional.cross_entropy(logits, targets)
     return torch.nn.functional.mse_loss(logits.squeeze(-1), targets)
 
 
-def primary_metric(kind: str) -> str:
+def _primary_metric(kind: str) -> str:
     """Higher is better: accuracy (classification) or Pearson r (regression)."""
     return "accuracy" if kind == CLASSIFICATION else "pearson"
 
@@ -141,7 +141,7 @@ def metrics(logits: np.ndarray, targets: np.ndarray, kind: str) -> dict:
     """loss + accuracy/macro-F1, or loss (= MSE) + MSE/MAE/Pearson r; empty splits give {}."""
     if not len(targets):
         return {}
-    loss = float(task_loss(torch.from_numpy(logits), torch.from_numpy(np.array(targets)), kind))
+    loss = float(_task_loss(torch.from_numpy(logits), torch.from_numpy(np.array(targets)), kind))
     if kind == CLASSIFICATION:
         pred = logits.argmax(-1)
         return {"loss": loss, "accuracy": float((pred == targets).mean()), "macro_f1": macro_f1(pred, targets, logits.shape[-1])}
@@ -165,7 +165,7 @@ def predict(model, data: Encoded, batch_size: int = 128) -> np.ndarray:
     """Logits in row order, model in eval mode (dropout off); rows are batched by length for less padding."""
     was_training, order = model.training, np.argsort([len(r) for r in data.ids], kind="stable")
     model.eval()
-    out = [forward(model, *collate(data, order[i:i + batch_size])[:2]).float() for i in range(0, len(order), batch_size)]
+    out = [forward(model, *_collate(data, order[i:i + batch_size])[:2]).float() for i in range(0, len(order), batch_size)]
     model.train(was_training)
     logits = torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
     result = np.empty_like(logits)
@@ -208,7 +208,7 @@ def fit(model, task: Task, tokenizer, config: TrainConfig = TrainConfig(), param
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, config.warmup))
     loop = _Loop(model, data, config, total, progress)
-    for step, index in zip(range(1, total + 1), batch_stream(len(task.train), config.batch_size, config.seed)):
+    for step, index in zip(range(1, total + 1), _batch_stream(len(task.train), config.batch_size, config.seed)):
         loop.step(step, index, optimizer, scheduler)
         if loop.should_eval(step) and loop.validate(step):
             break
@@ -234,8 +234,8 @@ class _Loop:
     def step(self, step, index, optimizer, scheduler):
         """One optimizer step on the rows at `index`; timed."""
         start = time.perf_counter()
-        input_ids, mask, targets = collate(self.data["train"], index)
-        loss = task_loss(forward(self.model, input_ids, mask), targets, self.data["train"].kind)
+        input_ids, mask, targets = _collate(self.data["train"], index)
+        loss = _task_loss(forward(self.model, input_ids, mask), targets, self.data["train"].kind)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -254,7 +254,7 @@ class _Loop:
     def validate(self, step) -> bool:
         """Score validation, record it, keep the best weights; True when early stopping says stop."""
         scores = evaluate(self.model, self.data["validation"], self.config.eval_batch_size)
-        metric = primary_metric(self.data["validation"].kind)
+        metric = _primary_metric(self.data["validation"].kind)
         self.history.append((step, round(self.loss_avg, 6), round(scores["loss"], 6), round(scores[metric], 6)))
         self.last_scores = (step, scores)
         self.bar.set_postfix(loss=f"{self.loss_avg:.4f}", val_loss=f"{scores['loss']:.4f}", **{f"val_{metric}": f"{scores[metric]:.4f}"})

@@ -35,21 +35,21 @@ def merged_model(model, subspace: Subspace, coeffs: User):
     return model
 
 
-def user_labels(coeffs: User, width: int) -> list | None:
+def _user_labels(coeffs: User, width: int) -> list | None:
     """The user's own class names from its __meta__ "labels" when they fit the head's width, else None."""
     labels = coeffs.meta.get("labels")
     ok = isinstance(labels, list) and len(labels) == width and all(isinstance(x, str) for x in labels)
     return labels if ok else None
 
 
-def user_model(path: Path, coeffs: User) -> tuple:
+def _user_model(path: Path, coeffs: User) -> tuple:
     """(the base model as this user runs it, a plain description): with the user's head and labels, or bare."""
     if not coeffs.head:
         return load_model(path), "none: the user has no task head, so the folder is the bare encoder (AutoModel)"
     width = coeffs.head[names.HEAD_BIAS].shape[0]
     net = load_model(path, width)
     write_head(net, coeffs.head)
-    labels = user_labels(coeffs, width)
+    labels = _user_labels(coeffs, width)
     if labels:
         net.config.id2label = dict(enumerate(labels))
         net.config.label2id = {label: i for i, label in enumerate(labels)}
@@ -60,7 +60,7 @@ def user_model(path: Path, coeffs: User) -> tuple:
 def save_merged_model(model_path, subspace: Subspace, coeffs: User, out_dir, overwrite=False) -> MergedModel:
     """save_pretrained (safetensors) of the merged model with the user's head and labels, written atomically."""
     check_output(out_dir, overwrite)
-    model, head = user_model(resolve_model(model_path), coeffs)
+    model, head = _user_model(resolve_model(model_path), coeffs)
     model = merged_model(model, subspace, coeffs)
     with atomic_dir(out_dir, overwrite) as tmp:
         model.save_pretrained(tmp)

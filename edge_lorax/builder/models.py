@@ -34,7 +34,7 @@ def resolve_model(model: str | None) -> Path:
     if not (path / "config.json").is_file():
         raise MissingInputError(f"{path}: not a local Hugging Face model folder (no config.json); pass a folder or 'default'")
     read_json_object(path / "config.json", "pass a folder written by save_pretrained")
-    refuse_pickled_weights(path)
+    _refuse_pickled_weights(path)
     return path
 
 
@@ -49,7 +49,7 @@ def _convert_command(weights: Path) -> str:
             "metadata={'format': 'pt'})\"")
 
 
-def refuse_pickled_weights(path: Path):
+def _refuse_pickled_weights(path: Path):
     """A model folder must hold *.safetensors; pickled weights alone (pytorch_model.bin, ...) are never loaded."""
     if any(path.glob("*.safetensors")):
         return

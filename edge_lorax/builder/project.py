@@ -94,7 +94,7 @@ def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True) -> 
     return Projection(User(subspace.fingerprint, tensors, head, meta), errors, (num / den) ** 0.5)
 
 
-def adapter_head(adapter_dir) -> dict:
+def _adapter_head(adapter_dir) -> dict:
     """The task head a PEFT adapter saved in modules_to_save, as user.npz tensors ({} when it has none)."""
     return read_head(read_adapter(adapter_dir))
 

@@ -74,14 +74,14 @@ def top_rows(M: np.ndarray, max_rank: int, rtol: float = 1e-6) -> tuple:
     return S[:keep], rows[:keep] / S[:keep, None]
 
 
-def fix_signs(rows: np.ndarray) -> np.ndarray:
+def _fix_signs(rows: np.ndarray) -> np.ndarray:
     """Flip each row so its largest-magnitude entry is positive: same inputs, bit-identical components."""
     idx = np.abs(rows).argmax(axis=1)
     signs = np.sign(rows[np.arange(rows.shape[0]), idx])
     return rows * np.where(signs == 0, 1.0, signs)[:, None]
 
 
-def orthonormal_extend(basis: np.ndarray, candidates: np.ndarray, what: str) -> np.ndarray:
+def _orthonormal_extend(basis: np.ndarray, candidates: np.ndarray, what: str) -> np.ndarray:
     """Gram–Schmidt each candidate row against basis (twice, for stability) and append it; refuses a null residual."""
     rows = list(basis)
     for v in candidates:
@@ -133,9 +133,9 @@ def _side_components(svd: _StreamingSVD, k: int, augment: int, mean: str, rng, w
         basis = _mean_first(svd, k, what)
     else:
         basis = svd.Vt[:k]
-    basis = fix_signs(basis.reshape(-1, d))
+    basis = _fix_signs(basis.reshape(-1, d))
     if augment:
-        basis = np.vstack([basis, fix_signs(orthonormal_extend(basis, rng.standard_normal((augment, d)), what)[len(basis):])])
+        basis = np.vstack([basis, _fix_signs(_orthonormal_extend(basis, rng.standard_normal((augment, d)), what)[len(basis):])])
     return basis
 
 
@@ -159,7 +159,7 @@ def _mean_first(svd: _StreamingSVD, k: int, what: str) -> np.ndarray:
     return np.array(rows)
 
 
-def choose_k(svd_a: _StreamingSVD, svd_b: _StreamingSVD, components, explained_variance, mean: str) -> int:
+def _choose_k(svd_a: _StreamingSVD, svd_b: _StreamingSVD, components, explained_variance, mean: str) -> int:
     """Fixed K, or the smallest K whose cumulative explained variance reaches the target on both sides."""
     if components is not None:
         return components
@@ -176,7 +176,7 @@ def build_module(infos, module: str, *, components=None, explained_variance=None
                  max_rank=512, chunk_rows=512) -> ModuleSubspace:
     """One module's subspace; K beyond the stack's rank without augmentation is refused."""
     svd_a, svd_b = _stack_rows(infos, module, max_rank, chunk_rows)
-    k = choose_k(svd_a, svd_b, components, explained_variance, mean)
+    k = _choose_k(svd_a, svd_b, components, explained_variance, mean)
     have = min(_available(svd_a, mean), _available(svd_b, mean))
     if k > have:
         raise InputError(f"{module}: K={k} exceeds the rank {have} of {len(infos)} stacked adapters; "
@@ -188,7 +188,7 @@ def build_module(infos, module: str, *, components=None, explained_variance=None
                           ratio(svd_a), ratio(svd_b), max(i.ranks[module] for i in infos), k)
 
 
-def align_adapters(infos: list) -> list:
+def _align_adapters(infos: list) -> list:
     """Every adapter under the first one's module names (the one naming rule: `bert.` may be present or not);
     refused naming the first module that differs."""
     first, out = infos[0], [infos[0]]
@@ -202,10 +202,10 @@ def align_adapters(infos: list) -> list:
     return out
 
 
-def check_compatible(infos: list, allow_base_mismatch: bool = False) -> list:
+def _check_compatible(infos: list, allow_base_mismatch: bool = False) -> list:
     """Same modules (after the naming rule), shapes and base model across adapters; the message names the adapter
     and module. Returns the adapters under the first one's module names."""
-    infos = align_adapters(infos)
+    infos = _align_adapters(infos)
     first = infos[0]
     for info in infos[1:]:
         bad = [m for m in first.modules if info.shapes[m] != first.shapes[m]]
@@ -260,7 +260,7 @@ def build_subspace(adapter_dirs, *, components=None, explained_variance=None, au
     infos = [read_adapter(d) for d in adapter_dirs]
     if not infos:
         raise InputError("no adapters given; pass one or more PEFT adapter folders")
-    infos = check_compatible(infos, allow_base_mismatch)
+    infos = _check_compatible(infos, allow_base_mismatch)
     modules = {}
     for module in (progress or (lambda x: x))(infos[0].modules):
         modules[module] = build_module(infos, module, components=components, explained_variance=explained_variance,

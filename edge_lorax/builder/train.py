@@ -37,7 +37,7 @@ def check_base(model_path: Path, subspace: Subspace):
                          "pass --model with that model or build a subspace for this one")
 
 
-def check_dims(subspace: Subspace, rank=None, k=None):
+def _check_dims(subspace: Subspace, rank=None, k=None):
     """--k within 1..the subspace's K, --rank >= 1 (None: the subspace's own)."""
     most = min(ms.k for ms in subspace.modules.values())
     if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= most):
@@ -107,7 +107,7 @@ def train_coeffs(subspace: Subspace, task, output, *, model=None, rank=None, k=N
     start, config = time.perf_counter(), config or TrainConfig(lr=2e-2)
     path = resolve_model(model)
     check_base(path, subspace)
-    check_dims(subspace, rank, k)
+    _check_dims(subspace, rank, k)
     check_max_length(path, config.max_length)
     check_output(output, overwrite=True)
     torch.manual_seed(config.seed)

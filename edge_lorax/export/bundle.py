@@ -73,7 +73,7 @@ def check_base(path: Path, subspace: Subspace, allow_mismatch: bool):
                          "model or --allow-base-mismatch if the weights really match")
 
 
-def default_task(path: Path, coeffs: User | None) -> str:
+def _default_task(path: Path, coeffs: User | None) -> str:
     """A head in the coefficients: regression (1 label) or classification; else causal-lm for LM checkpoints, else features."""
     if coeffs is not None and coeffs.head:
         labels = coeffs.head[names.HEAD_BIAS].shape[-1]
@@ -84,7 +84,7 @@ def default_task(path: Path, coeffs: User | None) -> str:
     return names.TASK_CAUSAL_LM if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) else names.TASK_FEATURES
 
 
-def num_labels_for(task: str, coeffs: User | None, num_labels: int | None, path: Path) -> int:
+def _num_labels_for(task: str, coeffs: User | None, num_labels: int | None, path: Path) -> int:
     """Labels of the head: the coefficients' head decides; regression needs 1; else the argument or config (2)."""
     if task not in g.HEAD_TASKS:
         return 0
@@ -110,7 +110,7 @@ def _config_labels(path: Path) -> int:
     return num
 
 
-def check_tokenizer(path: Path):
+def _check_tokenizer(path: Path):
     """The model folder's tokenizer.json, when present, must load: it is copied into the bundle and verifies it."""
     if (path / names.TOKENIZER_FILE).is_file():
         from tokenizers import Tokenizer
@@ -154,7 +154,7 @@ def build_onnx(prepared: g.Prepared, exporter: str, meta: dict) -> onnx.ModelPro
     return proto
 
 
-def verify_tokens(path: Path, vocab_size: int) -> dict:
+def _verify_tokens(path: Path, vocab_size: int) -> dict:
     """Token inputs for the parity checks, shaped unlike the trace: the bundle's tokenizer if any, else seeded ids."""
     if (path / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
@@ -181,7 +181,7 @@ def quiet():
         onnxruntime.set_default_logger_severity(2)
 
 
-def to_ort_format(onnx_path: Path) -> Path:
+def _to_ort_format(onnx_path: Path) -> Path:
     """ORT-format model beside the .onnx (optimizations fixed at conversion); the operator config is dropped."""
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
@@ -192,7 +192,7 @@ def to_ort_format(onnx_path: Path) -> Path:
     return out
 
 
-def copy_tokenizer(path: Path, out: Path) -> list:
+def _copy_tokenizer(path: Path, out: Path) -> list:
     """The model folder's tokenizer files, byte for byte; [] for a model without a tokenizer."""
     copied = []
     for name in TOKENIZER_FILES:
@@ -212,34 +212,34 @@ def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=
     coeffs, path = _read_export_user(coeffs_path, subspace), resolve_model(model_path)
     check_base(path, subspace, allow_base_mismatch)
     model_config(path)  # valid JSON object before any work (transformers would raise its own traceback)
-    check_tokenizer(path)
-    task = task or default_task(path, coeffs)
+    _check_tokenizer(path)
+    task = task or _default_task(path, coeffs)
     if task not in names.TASKS:
         raise InputError(f"task must be one of {names.TASKS}, got {task!r}")
-    labels = num_labels_for(task, coeffs, num_labels, path)
+    labels = _num_labels_for(task, coeffs, num_labels, path)
     with atomic_dir(out_dir, overwrite) as tmp:
         graph, reference = prepare_graphs(path, subspace, coeffs, task, labels, per_example, merge)
-        side = write_side_files(tmp, path, graph, coeffs_path, coeffs)  # first: verification uses the tokenizer
-        files, checks = write_models(tmp, graph, reference, exporter, quantize, ort_format, subspace.fingerprint)
-        manifest = build_manifest(graph, subspace, path, coeffs_path, exporter, {**files, **side}, checks)
+        side = _write_side_files(tmp, path, graph, coeffs_path, coeffs)  # first: verification uses the tokenizer
+        files, checks = _write_models(tmp, graph, reference, exporter, quantize, ort_format, subspace.fingerprint)
+        manifest = _build_manifest(graph, subspace, path, coeffs_path, exporter, {**files, **side}, checks)
         (tmp / names.BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return out_dir
 
 
-def write_models(tmp: Path, graph: g.Prepared, reference: g.Prepared, exporter: str, quantize, ort_format: bool,
+def _write_models(tmp: Path, graph: g.Prepared, reference: g.Prepared, exporter: str, quantize, ort_format: bool,
                  fingerprint: str) -> dict:
     """model.onnx (+ int8, + .ort), each checked against torch; returns ({variant: file}, {variant: check})."""
     meta = {"edge_lorax.fingerprint": fingerprint, "edge_lorax.mode": graph.spec.mode, "edge_lorax.task": graph.spec.task}
     fp32 = tmp / names.BUNDLE_MODEL
     written = save_model(build_onnx(graph, exporter, meta), fp32)
     onnx.checker.check_model(str(fp32), full_check=True)
-    tokens = verify_tokens(tmp, graph.wrapper.model.config.vocab_size)
+    tokens = _verify_tokens(tmp, graph.wrapper.model.config.vocab_size)
     models = {"fp32": fp32}
     with quiet():
         if quantize == "int8":
             models["int8"] = quantize_int8(fp32, tmp / names.BUNDLE_MODEL_INT8, graph.spec.feed_names)
         if ort_format:
-            models.update({("ort" if v == "fp32" else f"{v}_ort"): to_ort_format(p) for v, p in list(models.items())})
+            models.update({("ort" if v == "fp32" else f"{v}_ort"): _to_ort_format(p) for v, p in list(models.items())})
     checks = {v: check_variant(v, p, graph, reference, tokens).as_dict() for v, p in models.items()}
     files = {v: p.name for v, p in models.items()}
     if graph.spec.mode != names.MODE_SHARED:
@@ -247,7 +247,7 @@ def write_models(tmp: Path, graph: g.Prepared, reference: g.Prepared, exporter: 
     return {**files, "external_data": written[1:]}, checks
 
 
-def write_side_files(tmp: Path, path: Path, graph: g.Prepared, coeffs_path, coeffs) -> dict:
+def _write_side_files(tmp: Path, path: Path, graph: g.Prepared, coeffs_path, coeffs) -> dict:
     """Tokenizer files, config.json and the user's .onnx_adapter; returns their names for the manifest."""
     config = graph.wrapper.model.config.to_dict()
     config["architectures"] = [type(graph.wrapper.model).__name__]  # what the graph computes, not the checkpoint
@@ -259,10 +259,10 @@ def write_side_files(tmp: Path, path: Path, graph: g.Prepared, coeffs_path, coef
     if coeffs is not None and graph.spec.feeds:
         adapter = Path(coeffs_path).stem + names.ADAPTER_SUFFIX
         write_onnx_adapter({n: graph.defaults[n] for n in graph.spec.feed_names}, tmp / adapter, coeffs.fingerprint)
-    return {"tokenizer": copy_tokenizer(path, tmp), "config": names.BUNDLE_CONFIG, "adapter": adapter}
+    return {"tokenizer": _copy_tokenizer(path, tmp), "config": names.BUNDLE_CONFIG, "adapter": adapter}
 
 
-def build_manifest(graph: g.Prepared, subspace: Subspace, path: Path, coeffs_path, exporter: str, files: dict,
+def _build_manifest(graph: g.Prepared, subspace: Subspace, path: Path, coeffs_path, exporter: str, files: dict,
                    checks: dict) -> dict:
     """The manifest.json content (schema: docs/formats.md, "Bundle manifest"); no times, so it is reproducible."""
     import onnxruntime

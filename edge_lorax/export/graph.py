@@ -134,7 +134,7 @@ def load_task_model(path, task: str, num_labels: int):
     return model.eval(), not any(k.startswith(head + ".") for k in info["missing_keys"])
 
 
-def coeff_shapes(subspace: Subspace, coeffs: User | None) -> dict:
+def _coeff_shapes(subspace: Subspace, coeffs: User | None) -> dict:
     """{input name: (r, K)} per module, sorted by name: the coefficients' shapes if given, else the subspace's."""
     out = {}
     for module in sorted(subspace.modules):
@@ -145,7 +145,7 @@ def coeff_shapes(subspace: Subspace, coeffs: User | None) -> dict:
     return out
 
 
-def head_defaults(model, head_in_checkpoint: bool, coeffs: User | None) -> tuple:
+def _head_defaults(model, head_in_checkpoint: bool, coeffs: User | None) -> tuple:
     """({head.weight_t, head.bias} defaults, source): the user's head, else the checkpoint's, else zeros."""
     if coeffs is not None and coeffs.head:
         return {k: np.asarray(coeffs.head[k], np.float32) for k in (names.HEAD_WEIGHT_T, names.HEAD_BIAS)}, "coeffs"
@@ -171,13 +171,13 @@ def _output_spec(task: str, model) -> TensorSpec:
 def prepare(model, head_in_checkpoint: bool, subspace: Subspace, coeffs: User | None, task: str,
             per_example: bool) -> Prepared:
     """Inject the subspace, swap the head for a FeedHead, and collect specs and defaults (zeros or the user's)."""
-    shapes = coeff_shapes(subspace, coeffs)
+    shapes = _coeff_shapes(subspace, coeffs)
     inject_subspace(model, subspace, coeffs=coeffs.coefficients if coeffs else None)
     defaults = {k: np.asarray(coeffs.coefficients[k], np.float32) if coeffs else np.zeros(s, np.float32)
                 for k, s in shapes.items()}
     head, source = None, None
     if task in HEAD_TASKS:
-        head_vals, source = head_defaults(model, head_in_checkpoint, coeffs)
+        head_vals, source = _head_defaults(model, head_in_checkpoint, coeffs)
         defaults.update(head_vals)
         head = FeedHead()
         setattr(model, head_module(model), head)
@@ -214,7 +214,7 @@ def sample_tokens(vocab_size: int, batch: int = SAMPLE_BATCH, seq: int = SAMPLE_
     return {names.INPUT_IDS: ids, names.ATTENTION_MASK: mask}
 
 
-def trace_args(spec: GraphSpec, defaults: dict, tokens: dict) -> tuple:
+def _trace_args(spec: GraphSpec, defaults: dict, tokens: dict) -> tuple:
     """Positional torch args: tokens, then each feed at the tokens' batch size (per-example) or as is."""
     batch = tokens[names.INPUT_IDS].shape[0]
     feeds = [np.repeat(defaults[s.name], batch, 0) if s.shape[:1] == (names.DIM_BATCH,) else defaults[s.name]
@@ -234,7 +234,7 @@ def export_onnx(prepared: Prepared, tokens: dict, exporter: str = "torchscript")
 
     if exporter not in EXPORTERS:
         raise InputError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
-    spec, args = prepared.spec, trace_args(prepared.spec, prepared.defaults, tokens)
+    spec, args = prepared.spec, _trace_args(prepared.spec, prepared.defaults, tokens)
     io_names = {"input_names": [s.name for s in (*spec.tokens, *spec.feeds)], "output_names": [s.name for s in spec.outputs]}
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and tracer warnings

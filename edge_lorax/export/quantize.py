@@ -39,7 +39,7 @@ def _through(names_in: set, consumers: dict) -> list:
     return found
 
 
-def lowrank_nodes(model: onnx.ModelProto, inputs: list) -> list:
+def _lowrank_nodes(model: onnx.ModelProto, inputs: list) -> list:
     """Names of the nodes on the low-rank / head path: consumers of `inputs` and their adjacent component MatMuls."""
     graph, consumers = model.graph, _consumers(model.graph)
     inits = {i.name for i in graph.initializer} - set(inputs)
@@ -51,7 +51,7 @@ def lowrank_nodes(model: onnx.ModelProto, inputs: list) -> list:
     return sorted(path)
 
 
-def check_inputs_survive(path, inputs: list):
+def _check_inputs_survive(path, inputs: list):
     """Every name in `inputs` is still an optional graph input (input + initializer) of the model at `path`."""
     lost = sorted(set(inputs) - set(overridable(onnx.load(str(path), load_external_data=False))))
     if lost:
@@ -62,8 +62,8 @@ def quantize_int8(src, dst, inputs: list) -> Path:
     """QInt8 dynamic quantization of src -> dst, excluding the low-rank path of `inputs`; refuses lost inputs."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    exclude = lowrank_nodes(onnx.load(str(src)), inputs)
+    exclude = _lowrank_nodes(onnx.load(str(src)), inputs)
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, nodes_to_exclude=exclude,
                      extra_options={"MatMulConstBOnly": True})
-    check_inputs_survive(dst, inputs)
+    _check_inputs_survive(dst, inputs)
     return Path(dst)

@@ -36,7 +36,7 @@ def _patch_forward(layer, fn):
     layer.forward = fn
 
 
-def patch_lora(model, modules: list, holder: dict):
+def _patch_lora(model, modules: list, holder: dict):
     """Each target Linear computes W x + b + (x Aᵀ) Bᵀ with A, B read from `holder` at run time."""
     from edge_lorax.builder.inject import find_module
 
@@ -69,7 +69,7 @@ def _filling(inner, feed_names: list, holder: dict):
     return Filling().eval()
 
 
-def reference_graph(model, task: str, feeds: dict, mode: str, holder: dict | None = None):
+def _reference_graph(model, task: str, feeds: dict, mode: str, holder: dict | None = None):
     """A graph.Prepared for `model`: `feeds` (name -> default array, shapes static) become optional inputs after the
     tokens; `head.*` feeds replace the task head by the exporter's FeedHead; `holder` is filled for patched layers."""
     from edge_lorax.builder.models import head_module
@@ -87,7 +87,7 @@ def reference_graph(model, task: str, feeds: dict, mode: str, holder: dict | Non
     return g.Prepared(wrapper, spec, {k: np.asarray(v, np.float32) for k, v in feeds.items()})
 
 
-def write_graph(prepared, path) -> Path:
+def _write_graph(prepared, path) -> Path:
     """The exporter's build_onnx (trace + passes) and save_model, checked like a bundle's model.onnx."""
     import onnx
 
@@ -101,15 +101,15 @@ def write_graph(prepared, path) -> Path:
 
 def export_plain(model, task: str, path) -> Path:
     """The base model as is (its own head, if any): no inputs but the tokens."""
-    return write_graph(reference_graph(model, task, {}, MODE_PLAIN), path)
+    return _write_graph(_reference_graph(model, task, {}, MODE_PLAIN), path)
 
 
 def export_anchor(model, task: str, factors: dict, head: dict, path) -> Path:
     """The multi-LoRA anchor for one user: lora_A/lora_B (+ head) inputs whose defaults are that user's tensors."""
     holder = {}
-    patch_lora(model, sorted(factors), holder)
+    _patch_lora(model, sorted(factors), holder)
     feeds = {**lora_feeds(factors), **(head if task in (names.TASK_CLASSIFICATION, names.TASK_REGRESSION) else {})}
-    return write_graph(reference_graph(model, task, feeds, MODE_ANCHOR, holder), path)
+    return _write_graph(_reference_graph(model, task, feeds, MODE_ANCHOR, holder), path)
 
 
 def feed_names(path) -> list:

@@ -39,13 +39,13 @@ class Check:
                 "coefficient_sets": self.sets}
 
 
-def make_session(path) -> ort.InferenceSession:
+def _make_session(path) -> ort.InferenceSession:
     """The runtime's session options (edge_lorax.runtime.bundle: verified as it will serve) on one intra-op thread
     (shared machines); errors only."""
     return ort.InferenceSession(str(path), session_options(SessionConfig(threads=1)), providers=["CPUExecutionProvider"])
 
 
-def random_feeds(prepared: Prepared, batch: int, seed: int, with_head: bool, scale: float = 0.5) -> dict:
+def _random_feeds(prepared: Prepared, batch: int, seed: int, with_head: bool, scale: float = 0.5) -> dict:
     """Seeded U(-scale, scale) coefficients (per-example: a different user per row); head only if with_head."""
     rng = np.random.default_rng(seed)
     out = {}
@@ -57,17 +57,17 @@ def random_feeds(prepared: Prepared, batch: int, seed: int, with_head: bool, sca
     return out
 
 
-def feed_sets(prepared: Prepared, batch: int, seed: int = 1) -> list:
+def _feed_sets(prepared: Prepared, batch: int, seed: int = 1) -> list:
     """[{}, random coefficients per scale (with a random head on the last, if the graph has one)]; {} = defaults."""
     if not prepared.spec.feeds:
         return [{}]
     head = any(n.startswith(names.HEAD_PREFIX) for n in prepared.spec.feed_names)
     last = len(COEFF_SCALES) - 1
-    return [{}] + [random_feeds(prepared, batch, seed + i, head and i == last, s) for i, s in enumerate(COEFF_SCALES)]
+    return [{}] + [_random_feeds(prepared, batch, seed + i, head and i == last, s) for i, s in enumerate(COEFF_SCALES)]
 
 
 @torch.no_grad()
-def torch_output(prepared: Prepared, tokens: dict, feeds: dict) -> np.ndarray:
+def _torch_output(prepared: Prepared, tokens: dict, feeds: dict) -> np.ndarray:
     """The eager wrapper with `feeds` over the defaults (per-example defaults broadcast over the batch)."""
     batch = tokens[names.INPUT_IDS].shape[0]
     args = [torch.from_numpy(tokens[s.name]) for s in prepared.spec.tokens]
@@ -79,7 +79,7 @@ def torch_output(prepared: Prepared, tokens: dict, feeds: dict) -> np.ndarray:
     return prepared.wrapper(*args).numpy()
 
 
-def ort_output(session: ort.InferenceSession, tokens: dict, feeds: dict) -> np.ndarray:
+def _ort_output(session: ort.InferenceSession, tokens: dict, feeds: dict) -> np.ndarray:
     return session.run(None, {**tokens, **feeds})[0]
 
 
@@ -93,10 +93,10 @@ def cosine(got: list, want: list) -> float:
 
 def check_variant(variant: str, path, graph: Prepared, reference: Prepared, tokens: dict) -> Check:
     """Max abs diff of the graph at `path` vs the `reference` wrapper over every feed set; raises above tolerance."""
-    session, tol = make_session(path), TOLERANCES[variant]
-    sets = feed_sets(graph, tokens[names.INPUT_IDS].shape[0])
-    want = [torch_output(reference, tokens, feeds) for feeds in sets]  # sets[0] is the defaults
-    got = [ort_output(session, tokens, feeds) for feeds in sets]
+    session, tol = _make_session(path), TOLERANCES[variant]
+    sets = _feed_sets(graph, tokens[names.INPUT_IDS].shape[0])
+    want = [_torch_output(reference, tokens, feeds) for feeds in sets]  # sets[0] is the defaults
+    got = [_ort_output(session, tokens, feeds) for feeds in sets]
     worst = max(float(np.abs(a - b).max()) for a, b in zip(got, want))
     effect = max(float(np.abs(w - want[0]).max()) for w in want)
     response, scale = cosine(got, want), max(1.0, max(float(np.abs(w).max()) for w in want))

@@ -23,7 +23,7 @@ STALE_AGE_S = 24 * 3600  # a temp older than this is stale even if its pid is al
 _TEMP = re.compile(r"^\..+\.partial-(\d+)-[a-z0-9_]{8}$")  # mkstemp/mkdtemp add 8 chars of [a-z0-9_]
 
 
-def temp_prefix(path: Path) -> str:
+def _temp_prefix(path: Path) -> str:
     """The prefix of our temp sibling for `path`; the owning pid is in the name so a sweep can tell it is dead."""
     return f".{path.name}.partial-{os.getpid()}-"
 
@@ -82,7 +82,7 @@ def _publish_mode(path: Path):
         os.chmod(item, full & ~umask)
 
 
-def refuse_existing(path, overwrite: bool):
+def _refuse_existing(path, overwrite: bool):
     """The one "already exists" refusal; callers that work long check it before starting, not only at write time."""
     if Path(path).exists() and not overwrite:
         raise OutputExistsError(f"{path}: already exists; pass --overwrite or choose another output")
@@ -99,13 +99,13 @@ def check_output(path, overwrite: bool = False) -> Path:
     """Before any long work: refuse an existing output (unless overwrite) and an output that cannot be written (a
     parent that is a file, a read-only or full folder, no permission); sweep our stale temps beside it."""
     path = Path(path)
-    refuse_existing(path, overwrite)
+    _refuse_existing(path, overwrite)
     where = path.parent if path.parent.is_dir() else _nearest_existing(path)
     if not where.is_dir():
         raise InputError(f"{path}: cannot be written, {where} is not a folder; choose another output")
     sweep_stale(where)
     try:
-        fd, probe = tempfile.mkstemp(prefix=temp_prefix(path), dir=where)
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix(path), dir=where)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
@@ -128,7 +128,7 @@ def _swap_in(tmp: Path, path: Path):
     if not (path.exists() or path.is_symlink()):
         os.replace(tmp, path)
         return
-    aside = path.parent / f"{temp_prefix(path)}{secrets.token_hex(4)}"
+    aside = path.parent / f"{_temp_prefix(path)}{secrets.token_hex(4)}"
     os.replace(path, aside)
     try:
         os.replace(tmp, path)
@@ -142,10 +142,10 @@ def _swap_in(tmp: Path, path: Path):
 def atomic_dir(path, overwrite: bool = False):
     """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed."""
     path = Path(path)
-    refuse_existing(path, overwrite)
+    _refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
     try:
         yield tmp
         _publish_mode(tmp)
@@ -158,10 +158,10 @@ def atomic_dir(path, overwrite: bool = False):
 def atomic_file(path, overwrite: bool = True):
     """Yield a temp file path beside `path`; renamed into place on success, removed on error."""
     path = Path(path)
-    refuse_existing(path, overwrite)
+    _refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -15,7 +15,7 @@ from edge_lorax.formats.errors import InputError
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors dtype names of floating-point tensors
 
 
-def safetensors_error(path, e: Exception, fix: str, error=InputError) -> InputError:
+def _safetensors_error(path, e: Exception, fix: str, error=InputError) -> InputError:
     """The one message for a safetensors file that cannot be parsed."""
     return error(f"{path}: not a readable safetensors file ({str(e).splitlines()[0][:120] or type(e).__name__}); {fix}")
 
@@ -27,7 +27,7 @@ def read_safetensors(path, fix: str, error=InputError) -> dict:
     try:
         return load_file(str(Path(path)))
     except Exception as e:  # safetensors raises SafetensorError, OSError, ValueError... depending on the defect
-        raise safetensors_error(path, e, fix, error) from e
+        raise _safetensors_error(path, e, fix, error) from e
 
 
 def read_header(path, fix: str, error=InputError) -> dict:
@@ -38,7 +38,7 @@ def read_header(path, fix: str, error=InputError) -> dict:
         with safe_open(str(path), framework="numpy") as f:
             return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
     except Exception as e:  # SafetensorError (truncated, zero-byte, garbage header), OSError
-        raise safetensors_error(path, e, fix, error) from e
+        raise _safetensors_error(path, e, fix, error) from e
 
 
 def read_tensors(path, keys, fix: str, error=InputError) -> dict:
@@ -49,7 +49,7 @@ def read_tensors(path, keys, fix: str, error=InputError) -> dict:
         with safe_open(str(path), framework="numpy") as f:
             return {k: _bf16(path, k) if f.get_slice(k).get_dtype() == "BF16" else f.get_tensor(k) for k in keys}
     except Exception as e:
-        raise safetensors_error(path, e, fix, error) from e
+        raise _safetensors_error(path, e, fix, error) from e
 
 
 def _bf16(path, key: str) -> np.ndarray:

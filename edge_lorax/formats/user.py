@@ -145,14 +145,14 @@ def read_user(path) -> User:
     arrays = _read_arrays(path)
     meta = _read_meta(path, arrays)
     for key, arr in arrays.items():
-        check_values(path, key, arr)
+        _check_values(path, key, arr)
     coefficients, head = split_inputs(arrays)
     return User(meta.pop("fingerprint", ""), coefficients, head, meta)
 
 
 # ------------------------------------------------------------------------------------------ the one validator
 
-def check_values(path, key: str, arr: np.ndarray):
+def _check_values(path, key: str, arr: np.ndarray):
     """float32, finite, |x| ≤ MAX_ABS: the value rules of every user, whatever path it takes."""
     if arr.dtype != np.float32:
         raise UserError(f"{path}: {key} is {arr.dtype}, expected float32; re-save it with edge-lorax")
@@ -214,7 +214,7 @@ def conform_inputs(path, arrays: dict, expected: dict, where: str) -> dict:
     _check_names(path, arrays, expected, where)
     out = {}
     for key, arr in arrays.items():
-        check_values(path, key, arr)
+        _check_values(path, key, arr)
         out[key] = _pad_to(path, key, arr, tuple(expected[key]), where)
     _check_pairs(path, arrays)
     return out

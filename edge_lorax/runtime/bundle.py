@@ -96,7 +96,7 @@ _JSON_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", in
                type(None): "null"}
 
 
-def check_types(path: Path, data: dict, types: dict, fix: str, error=InputError):
+def _check_types(path: Path, data: dict, types: dict, fix: str, error=InputError):
     """Refuse a key of `data` whose JSON type is not one of `types[key]` (a boolean is not an integer)."""
     for key, allowed in types.items():
         value = data.get(key)
@@ -112,7 +112,7 @@ def read_manifest(path: Path) -> dict:
     if not mpath.is_file():
         raise BundleError(f"{path}: not a bundle folder (no {names.BUNDLE_MANIFEST}); create one with `edge-lorax export`")
     manifest = read_json_object(mpath, "re-export the bundle", BundleError)
-    check_types(mpath, manifest, _MANIFEST_TYPES, "re-export the bundle", BundleError)
+    _check_types(mpath, manifest, _MANIFEST_TYPES, "re-export the bundle", BundleError)
     if manifest.get("format_version", names.FORMAT_VERSION) != names.FORMAT_VERSION:
         raise BundleError(f"{mpath}: format_version {manifest.get('format_version')!r} is not {names.FORMAT_VERSION}, the "
                           "one this edge-lorax reads; re-export the bundle with this edge-lorax")
@@ -123,7 +123,7 @@ def _manifest_files(manifest: dict) -> dict:
     return manifest.get("files") or {}
 
 
-def model_file(path: Path, manifest: dict, variant: str) -> Path:
+def _model_file(path: Path, manifest: dict, variant: str) -> Path:
     """The model file for a variant: the manifest's `files` entry first, then the conventional name."""
     if variant == "mobile":
         for v in MOBILE_ORDER:
@@ -174,13 +174,13 @@ _CONFIG_TYPES = {"id2label": (dict,), "pad_token_id": (int, type(None)), "vocab_
                  "model_type": (str,)}
 
 
-def read_bundle_config(path: Path) -> dict:
+def _read_bundle_config(path: Path) -> dict:
     """config.json of a bundle ({} when absent): a JSON object whose used keys have the right types."""
     cfg = bundle_file(path, names.BUNDLE_CONFIG)
     if cfg is None:
         return {}
     config = read_json_object(path / names.BUNDLE_CONFIG, "re-export the bundle", BundleError)
-    check_types(path / names.BUNDLE_CONFIG, config, _CONFIG_TYPES, "re-export the bundle", BundleError)
+    _check_types(path / names.BUNDLE_CONFIG, config, _CONFIG_TYPES, "re-export the bundle", BundleError)
     return config
 
 
@@ -207,7 +207,7 @@ class Bundle:
     @cached_property
     def model_config(self) -> dict:
         """config.json of the bundle (labels, pad id, vocabulary, positions), {} when absent; checked when first read."""
-        return read_bundle_config(self.path)
+        return _read_bundle_config(self.path)
 
     def with_variant(self, variant: str) -> "Bundle":
         """The same bundle folder opened on another model file (e.g. per_example for mixed batches)."""
@@ -269,7 +269,7 @@ def open_bundle(path, config: SessionConfig | str = "default") -> Bundle:
             raise BundleError(f"unknown profile {config!r}; choose one of {', '.join(PROFILES)}")
         config = PROFILES[config]
     manifest = read_manifest(path)
-    model = model_file(path, manifest, config.variant)
+    model = _model_file(path, manifest, config.variant)
     try:
         session = ort.InferenceSession(str(model), session_options(config), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types

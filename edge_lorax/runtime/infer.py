@@ -47,7 +47,7 @@ def check_max_length(bundle: Bundle, max_length) -> int:
     return int(max_length)
 
 
-def check_texts(texts) -> list:
+def _check_texts(texts) -> list:
     """texts: a list (or tuple) of str, each encodable as UTF-8 (command-line bytes that were not UTF-8 arrive as
     surrogate escapes)."""
     if isinstance(texts, (str, bytes)) or not isinstance(texts, (list, tuple)):
@@ -86,7 +86,7 @@ def _check_range(name: str, arr: np.ndarray, top: int | None, what: str):
         raise InputError(f"{name} holds {bad}; values must be in [0, {top if top is not None else '...'}) ({what})")
 
 
-def check_tokens(bundle: Bundle, inputs: dict) -> dict:
+def _check_tokens(bundle: Bundle, inputs: dict) -> dict:
     """The token arrays of a run, checked: known names, integer dtypes, one (batch, sequence) shape, ids inside the
     vocabulary, a 0/1 mask, at most the model's positions. Returns {name: array} as given (not yet int64)."""
     if not isinstance(inputs, dict):
@@ -114,9 +114,9 @@ def check_tokens(bundle: Bundle, inputs: dict) -> dict:
     return arrays
 
 
-def token_feeds(bundle: Bundle, inputs: dict) -> dict:
-    """The graph's token inputs, checked (check_tokens), as int64 C-contiguous arrays; token_type_ids default to zeros."""
-    arrays = check_tokens(bundle, inputs)
+def _token_feeds(bundle: Bundle, inputs: dict) -> dict:
+    """The graph's token inputs, checked (_check_tokens), as int64 C-contiguous arrays; token_type_ids default to zeros."""
+    arrays = _check_tokens(bundle, inputs)
     out = {}
     for name in bundle.token_inputs:
         arr = arrays.get(name)
@@ -135,7 +135,7 @@ def _wanted(bundle: Bundle, outputs) -> list:
     return wanted
 
 
-def check_user(bundle: Bundle, user, where: str = "user"):
+def _check_user(bundle: Bundle, user, where: str = "user"):
     """A LoadedUser of this bundle's subspace (load_user / make_user checked it against a bundle of it)."""
     if not isinstance(user, LoadedUser):
         raise InputError(f"{where} must be a LoadedUser (runtime.load_user(bundle, path)), got {type(user).__name__}")
@@ -146,9 +146,9 @@ def check_user(bundle: Bundle, user, where: str = "user"):
 
 def feeds_for(bundle: Bundle, user: LoadedUser | None, inputs: dict) -> dict:
     """The run's bindings: token arrays + the user's preloaded arrays (nothing copied for the user)."""
-    feeds = token_feeds(bundle, inputs)
+    feeds = _token_feeds(bundle, inputs)
     if user is not None:
-        check_user(bundle, user)
+        _check_user(bundle, user)
         if bundle.per_example:
             raise InputError(f"{bundle.model_path.name} is a per-example graph; use run_mixed with one user per example")
         feeds.update(user.arrays)
@@ -166,16 +166,16 @@ def run_adapter(bundle: Bundle, user: LoadedUser, inputs: dict, outputs=None) ->
     if user.run_options is None:
         raise UserError(f"{user.name}: not loaded from an {names.ADAPTER_SUFFIX} file; use run_arrays")
     wanted = _wanted(bundle, outputs)
-    return dict(zip(wanted, bundle.session.run(wanted, token_feeds(bundle, inputs), user.run_options)))
+    return dict(zip(wanted, bundle.session.run(wanted, _token_feeds(bundle, inputs), user.run_options)))
 
 
-def stack_users(bundle: Bundle, users: list) -> dict:
+def _stack_users(bundle: Bundle, users: list) -> dict:
     """Per-example feeds: each coefficient input stacked along a new batch axis, one user per example."""
     if not bundle.per_example:
         raise InputError(f"{bundle.model_path.name} takes one user per run; open the per_example variant for mixed batches")
     keys = [k for k, s in bundle.coeff_inputs.items() if s.per_example]
     for i, u in enumerate(users):
-        check_user(bundle, u, f"users[{i}]")
+        _check_user(bundle, u, f"users[{i}]")
         if any(k not in u.arrays for k in keys):
             raise UserError(f"{u.name}: lacks {next(k for k in keys if k not in u.arrays)}; mixed batches need full users")
     return {k: np.stack([u.arrays[k] for u in users]) for k in keys}  # (batch, ...): one copy per run
@@ -183,12 +183,12 @@ def stack_users(bundle: Bundle, users: list) -> dict:
 
 def run_mixed(bundle: Bundle, users: list, inputs: dict, outputs=None) -> dict:
     """One run, example i served with users[i] (per-example bundle); shared tensors (e.g. head) use the defaults."""
-    tokens = token_feeds(bundle, inputs)
+    tokens = _token_feeds(bundle, inputs)
     n = tokens[names.INPUT_IDS].shape[0]
     if not isinstance(users, (list, tuple)) or len(users) != n:
         raise InputError(f"{len(users) if isinstance(users, (list, tuple)) else 'no list of'} users for a batch of {n}; "
                          "give one user per example")
-    feeds = {**tokens, **stack_users(bundle, users)}
+    feeds = {**tokens, **_stack_users(bundle, users)}
     wanted = _wanted(bundle, outputs)
     return dict(zip(wanted, bundle.session.run(wanted, feeds)))
 
@@ -246,7 +246,7 @@ def _pad_id(bundle: Bundle, tok) -> int:
 
 def encode(bundle: Bundle, texts: list, max_length: int = 128) -> dict:
     """Texts -> right-padded int64 input_ids / attention_mask / token_type_ids (only those the graph takes)."""
-    texts = check_texts(texts)
+    texts = _check_texts(texts)
     if not texts:
         raise InputError("texts is empty; pass at least one text")
     tok = tokenizer(bundle, max_length)
@@ -290,7 +290,7 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def to_predictions(bundle: Bundle, texts: list, outputs: dict, user: LoadedUser | None = None) -> list:
+def _to_predictions(bundle: Bundle, texts: list, outputs: dict, user: LoadedUser | None = None) -> list:
     """Logits -> labelled probabilities (1 logit: a regression score, `user`'s class names when it has its own);
     otherwise the first output as a vector."""
     if names.LOGITS not in outputs:
@@ -308,12 +308,12 @@ def to_predictions(bundle: Bundle, texts: list, outputs: dict, user: LoadedUser 
 def predict(bundle: Bundle, user: LoadedUser | None, texts: list, max_length: int = 128) -> list:
     """Text in, predictions out: tokenize with the bundle's tokenizer, run for `user`, label the outputs (with the
     user's own class names when it has them)."""
-    texts = check_texts(texts)
+    texts = _check_texts(texts)
     check_max_length(bundle, max_length)
     if not texts:
         return []
     outputs = run_arrays(bundle, user, encode(bundle, texts, max_length))
-    return to_predictions(bundle, texts, outputs, user)
+    return _to_predictions(bundle, texts, outputs, user)
 
 
 def predict_file(bundle_path, coeffs, texts: list, profile: str = "default", max_length: int = 128) -> list:
@@ -321,7 +321,7 @@ def predict_file(bundle_path, coeffs, texts: list, profile: str = "default", max
     from edge_lorax.runtime.bundle import open_bundle
     from edge_lorax.runtime.users import load_user
 
-    texts = check_texts(texts)
+    texts = _check_texts(texts)
     bundle = open_bundle(Path(bundle_path), profile)
     check_max_length(bundle, max_length)
     if bundle.per_example:

@@ -90,7 +90,7 @@ def _read_adapter(bundle: Bundle, path: Path) -> dict:
     return arrays
 
 
-def load_adapter_user(bundle: Bundle, path, name: str | None = None) -> LoadedUser:
+def _load_adapter_user(bundle: Bundle, path, name: str | None = None) -> LoadedUser:
     """A user from an `.onnx_adapter` file: validated like an npz, plus ORT's memory-mapped LoraAdapter path."""
     path = Path(path)
     if not path.is_file():
@@ -118,6 +118,6 @@ def load_user(bundle: Bundle, path, name: str | None = None) -> LoadedUser:
         raise UserError(f"load_user needs a user file path (user.npz or {names.ADAPTER_SUFFIX}), got {type(path).__name__}")
     path = Path(path)
     if path.suffix == names.ADAPTER_SUFFIX:
-        return load_adapter_user(bundle, path, name)
+        return _load_adapter_user(bundle, path, name)
     user = read_user(path)
     return make_user(bundle, user.inputs(), name or path.stem, user.fingerprint, path, user.meta.get("labels"))
