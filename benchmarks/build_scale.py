@@ -1,10 +1,8 @@
 """Build time and peak memory of `edge-lorax build` against the number of source adapters N.
 
-Synthetic Llama-7B-shaped LoRA adapters (32 layers, q_proj and v_proj, 4096 x 4096, rank 16, alpha 32, float16
-storage) are written once as real PEFT folders (adapter_config.json + adapter_model.safetensors) for the largest N;
-smaller N use the first N folders. Not with edge_lorax.formats.peft.write_adapter: it stores float32 only (and
-alpha = r), which would double the bytes read per adapter (16 -> 32 MiB, 3.4 -> 6.7 GB at N = 200) and change the
-report; the folders use formats.peft's key prefix and file names and are read back by formats.peft.read_adapter.
+Synthetic Llama-7B-shaped LoRA adapters (32 layers, q_proj and v_proj, 4096 x 4096, rank 16, float16 storage, scaling
+1: lora_alpha = r) are written once as real PEFT folders by edge_lorax.formats.peft.write_adapter for the largest N;
+smaller N use the first N folders.
 Each build runs the `edge-lorax build` console script in a fresh process; wall time is measured around it and peak
 RSS is that child's ru_maxrss (from os.wait4, i.e. its VmHWM). Targets: time roughly linear in N, peak RSS flat
 within +-10 % across N. The report carries edge_lorax.bench.measure.stamp() (+dirty judged on the build's code).
@@ -27,14 +25,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_lorax.bench import measure  # noqa: E402
-from edge_lorax.formats.names import ADAPTER_CONFIG, ADAPTER_WEIGHTS  # noqa: E402
-from edge_lorax.formats.peft import PEFT_PREFIX  # noqa: E402
+from edge_lorax.formats.peft import write_adapter  # noqa: E402
 
 BASE_MODEL = "meta-llama/Llama-2-7b-hf"
 TARGETS = ("q_proj", "v_proj")
@@ -49,20 +45,13 @@ def module_names(layers: int) -> list:
 
 
 def write_adapter_folder(path: Path, rng: np.random.Generator, layers: int, dim: int, rank: int):
-    """One PEFT LoRA folder, float16 (formats.peft.write_adapter writes float32 only), no 7B model needed."""
-    tensors = {}
+    """One float16 PEFT LoRA folder (formats.peft.write_adapter), no 7B model needed."""
+    factors = {}
     for module in module_names(layers):
         a = rng.standard_normal((rank, dim), dtype=np.float32) / np.sqrt(dim)  # (r, in): kaiming-like, as trained
         b = rng.standard_normal((dim, rank), dtype=np.float32) * 0.01  # (out, r)
-        tensors[f"{PEFT_PREFIX}{module}.lora_A.weight"] = a.astype(np.float16)
-        tensors[f"{PEFT_PREFIX}{module}.lora_B.weight"] = b.astype(np.float16)
-    config = {"peft_type": "LORA", "base_model_name_or_path": BASE_MODEL, "task_type": "CAUSAL_LM", "r": rank,
-              "lora_alpha": 2 * rank, "target_modules": list(TARGETS), "lora_dropout": 0.05, "bias": "none",
-              "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "rank_pattern": {}, "alpha_pattern": {},
-              "inference_mode": True}
-    path.mkdir(parents=True)
-    save_file(tensors, str(path / ADAPTER_WEIGHTS))
-    (path / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
+        factors[module] = (a, b)
+    write_adapter(path, factors, BASE_MODEL, task_type="CAUSAL_LM", dtype=np.float16)
 
 
 def generate(root: Path, n: int, layers: int, dim: int, rank: int, seed: int = 0) -> tuple:

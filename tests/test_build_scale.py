@@ -22,7 +22,7 @@ def test_verdict_counts_streaming_updates():
 
 
 def test_adapter_folders_are_peft_folders_in_float16(tmp_path):
-    """The generated folders read back through formats.peft (float16 on disk, alpha 2r -> scaling 2)."""
+    """The generated folders are formats.peft.write_adapter folders (float16 on disk, scaling 1)."""
     import numpy as np
     from safetensors import safe_open
 
@@ -33,7 +33,7 @@ def test_adapter_folders_are_peft_folders_in_float16(tmp_path):
     scale["write_adapter_folder"](tmp_path / "a", np.random.default_rng(0), layers=2, dim=16, rank=4)
     info = read_adapter(tmp_path / "a")
     assert info.modules == tuple(sorted(scale["module_names"](2))) and set(info.ranks.values()) == {4}
-    assert set(info.scalings.values()) == {2.0} and set(info.shapes.values()) == {(16, 16)}
+    assert set(info.scalings.values()) == {1.0} and set(info.shapes.values()) == {(16, 16)}
     with safe_open(tmp_path / "a" / ADAPTER_WEIGHTS, framework="numpy") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
 

@@ -15,6 +15,7 @@ from edge_lorax.export import reference as graphs
 from edge_lorax.formats import names
 from edge_lorax.formats.errors import MissingInputError
 from edge_lorax.formats.onnx_adapter import write_onnx_adapter
+from edge_lorax.formats.synthetic import random_user as synthetic_user
 from edge_lorax.formats.user import User, read_user, write_user
 from edge_lorax.runtime.bundle import open_bundle, read_manifest
 
@@ -48,20 +49,15 @@ class Prepared:
 
 def torch_model(model_dir, subspace_dir, coeffs_path, num_labels: int):
     """The injected torch model with a user's coefficients and head: the reference every graph must match."""
-    import torch
-
     from edge_lorax.builder.inject import inject_subspace
-    from edge_lorax.builder.models import head_module, load_model
+    from edge_lorax.builder.models import load_model, write_head
     from edge_lorax.formats.subspace import read_subspace
 
     coeffs = read_user(coeffs_path)
     model = load_model(Path(model_dir), num_labels)
     inject_subspace(model, read_subspace(subspace_dir), coeffs=coeffs.coefficients)
     if coeffs.head and num_labels:
-        head = getattr(model, head_module(model))
-        with torch.no_grad():
-            head.weight.copy_(torch.from_numpy(coeffs.head[names.HEAD_WEIGHT_T].T.copy()))
-            head.bias.copy_(torch.from_numpy(coeffs.head[names.HEAD_BIAS]))
+        write_head(model, coeffs.head)
     return model.eval()
 
 
@@ -75,11 +71,8 @@ def _num_labels_of(bundle_dir: Path) -> int:
 
 def random_user(bundle, seed: int, scale: float = 0.5) -> User:
     """A user of the bundle's shapes (seeded): latency does not depend on the values, parity checks use them."""
-    rng = np.random.default_rng(seed)
-    arrays = {k: (rng.standard_normal(s.shape) * scale).astype(np.float32) for k, s in bundle.coeff_inputs.items()}
-    head = {k: v for k, v in arrays.items() if k.startswith(names.HEAD_PREFIX)}
-    tensors = {k: v for k, v in arrays.items() if k not in head}
-    return User(bundle.fingerprint, tensors, head, {"name": f"bench-user-{seed}"})
+    shapes = {k: s.shape for k, s in bundle.coeff_inputs.items()}
+    return synthetic_user(shapes, bundle.fingerprint, seed, scale=scale, meta={"name": f"bench-user-{seed}"})
 
 
 def _factors_of(subspace_dir, coeffs: User) -> dict:

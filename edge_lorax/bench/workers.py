@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 from edge_lorax.bench import measure
 from edge_lorax.formats import names
+from edge_lorax.formats.synthetic import random_user
 from edge_lorax.runtime.bundle import SessionConfig, session_options
 
 RESULT_PREFIX = "BENCH_RESULT "
@@ -215,9 +216,10 @@ def _new_session(model, threads: int, tokens: dict, reps: int) -> dict:
 
 
 def _random_users(specs: dict, n: int, seed: int) -> list:
-    rng, out = np.random.default_rng(seed), []
-    for _ in range(n):
-        user = {k: rng.standard_normal(s, dtype=np.float32) for k, s in specs.items()}  # no float64 temporaries
+    """n users' arrays (formats.synthetic, float32 without temporaries), read-only as the runtime holds them."""
+    out = []
+    for i in range(n):
+        user = random_user(specs, "", seed * 1_000_003 + i).inputs()
         for arr in user.values():
             arr.flags.writeable = False
         out.append(user)

@@ -360,8 +360,9 @@ def delta_weight(info: AdapterInfo, module: str) -> np.ndarray:
 
 
 def write_adapter(path, factors: dict, base_model: str, *, fan_in_fan_out=False, extra: dict | None = None,
-                  modules_to_save=None, task_type=None, overwrite=False) -> Path:
-    """A PEFT LoRA folder from {module: (A (r, in), B (out, r))} with scaling 1 (lora_alpha = r per module)."""
+                  modules_to_save=None, task_type=None, overwrite=False, dtype=np.float32) -> Path:
+    """A PEFT LoRA folder from {module: (A (r, in), B (out, r))} with scaling 1 (lora_alpha = r per module);
+    tensors stored as `dtype` (float32, float16; what PEFT saves for a half-precision model)."""
     from safetensors.numpy import save_file
 
     from edge_lorax.formats.atomic import atomic_dir
@@ -370,9 +371,9 @@ def write_adapter(path, factors: dict, base_model: str, *, fan_in_fan_out=False,
     r = max(set(ranks.values()), key=list(ranks.values()).count)
     tensors = {}
     for m, (a, b) in factors.items():
-        tensors[f"{PEFT_PREFIX}{m}.lora_A.weight"] = np.ascontiguousarray(a, np.float32)
-        tensors[f"{PEFT_PREFIX}{m}.lora_B.weight"] = np.ascontiguousarray(b, np.float32)
-    tensors.update({f"{PEFT_PREFIX}{k}": np.ascontiguousarray(v, np.float32) for k, v in (extra or {}).items()})
+        tensors[f"{PEFT_PREFIX}{m}.lora_A.weight"] = np.ascontiguousarray(a, dtype)
+        tensors[f"{PEFT_PREFIX}{m}.lora_B.weight"] = np.ascontiguousarray(b, dtype)
+    tensors.update({f"{PEFT_PREFIX}{k}": np.ascontiguousarray(v, dtype) for k, v in (extra or {}).items()})
     pattern = {f"^{re.escape(m)}": v for m, v in ranks.items() if v != r}  # anchored: PEFT matches suffixes
     config = {"peft_type": "LORA", "base_model_name_or_path": base_model, "r": r, "lora_alpha": r,
               "rank_pattern": pattern, "alpha_pattern": pattern, "target_modules": sorted(factors),
