@@ -79,12 +79,23 @@ def trivial_baseline(spec: str) -> str:
     return f"MSE {float(np.mean((task.test.targets - task.train.targets.mean()) ** 2)):.3f}"
 
 
-def write_readme(out: Path, stamp: dict):
+def _training_stamp(out: Path) -> str | None:
+    """The stamp block of the README written when the adapters were trained (kept by --readme-only: a re-render
+    measures nothing, so the machine and commit that trained them stay)."""
+    old = out / "README.md"
+    text = old.read_text() if old.is_file() else ""
+    if "Measured on:" not in text or "\nThe machine was shared" not in text:
+        return None
+    return text.split("Measured on:", 1)[1].split("\nThe machine was shared", 1)[0].strip()
+
+
+def write_readme(out: Path, stamp: dict, keep_training_stamp: bool = False):
     """adapters/README.md: what the folders are, the command, the stamp (machine, commit, versions), the table."""
     import torch
 
     lines = "\n".join([*measure.stamp_md(stamp), f"- torch threads: {torch.get_num_threads()}; `+dirty` judged on: "
                        + ", ".join(CODE)])
+    lines = (_training_stamp(out) if keep_training_stamp else None) or lines
     text = README.format(command=COMMAND, stamp=lines, table="\n".join(table_rows(out)))
     (out / "README.md").write_text(measure.portable(text))
 
@@ -142,7 +153,7 @@ def main():
     stamp = measure.stamp(shlex.join([".venv/bin/python", "benchmarks/train_sources.py", *sys.argv[1:]]), VERSIONS, CODE)
     if not args.readme_only:
         train_all(args.out, set(args.only), args.overwrite)
-    write_readme(args.out, measure.finish(stamp))
+    write_readme(args.out, measure.finish(stamp), keep_training_stamp=args.readme_only)
     print(f"wrote {args.out / 'README.md'}", file=sys.stderr)
 
 
