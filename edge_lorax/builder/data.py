@@ -1,5 +1,8 @@
 """Tasks: text + label from CSV, TSV or JSONL files, or the built-in VADER family (`vader:<domain>-<type>`).
 
+Package tasks beyond sentiment (`spam:sms`, `trec:coarse`, `disaster:<category>`, `20ng:topic`) live in
+`tasks_pkg`; `load_task` dispatches to them.
+
 A task is a frozen `Task` with train/validation/test `Split`s. Classification targets are int64 indices into
 `Task.labels`; regression targets are float32. Errors are one-line `DataError`s naming the file and the fix.
 
@@ -314,10 +317,24 @@ def _vader_task(spec: str, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> Task:
 
 
 def load_task(spec, text_column: str = "text", label_column: str = "label", kind: str = CLASSIFICATION, **kwargs) -> Task:
-    """`vader:<domain>-<type>` or a data file path (kwargs: validation, test, fractions, seed, name)."""
+    """`vader:<domain>-<type>`, a package task (`spam:sms`, `trec:coarse`, `disaster:<category>`, `20ng:topic`;
+    see `tasks_pkg`) or a data file path (kwargs: validation, test, fractions, seed, name)."""
     if str(spec).startswith("vader:"):
         return _vader_task(str(spec), kwargs.get("fractions", DEFAULT_FRACTIONS), kwargs.get("seed", 0))
+    from edge_lorax.builder import tasks_pkg  # spam:, trec:, disaster:, 20ng: (imports this module)
+
+    if tasks_pkg.is_pkg_spec(spec):
+        _no_split_files(spec, kwargs)
+        return tasks_pkg.load_pkg_task(str(spec), kwargs.get("fractions", DEFAULT_FRACTIONS), kwargs.get("seed", 0))
     return read_task(spec, text_column, label_column, kind, **kwargs)
+
+
+def _no_split_files(spec, kwargs):
+    """Built-in tasks bring their own splits; a --validation-file/--test-file beside one is an error."""
+    given = [k for k in ("validation", "test") if kwargs.get(k) is not None]
+    if given:
+        raise DataError(f"{spec}: a built-in task has its own {'/'.join(given)} split; drop --{given[0]}-file "
+                        "or pass a data file instead")
 
 
 def task_summary(task: Task) -> dict:
