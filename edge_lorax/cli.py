@@ -44,13 +44,15 @@ def _friendly(fn):
 
 
 _TRAINING_OPTIONS = (
-    click.option("--data", required=True, help="vader:<domain>-<binary|3class|regression>, or a .csv/.tsv/.jsonl file."),
+    click.option("--data", required=True, help="vader:<domain>-<binary|3class|regression>, spam:sms, trec:coarse, disaster:<category> "
+                 "(e.g. disaster:request), 20ng:topic, or a .csv/.tsv/.jsonl file."),
     click.option("--text-column", default="text", show_default=True),
     click.option("--label-column", default="label", show_default=True),
     click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True,
-                 help="Task kind of a data file (vader: tasks know theirs)."),
+                 help="Task kind of a data file (built-in tasks know theirs)."),
     click.option("--model", default="default", show_default=True,
-                 help="Base model folder ('default': the embedded MiniLM; must match the subspace's base)."),
+                 help="Base model folder ('default': the embedded MiniLM; 'smollm2': the embedded SmolLM2-135M-Instruct "
+                      "decoder; must match the subspace's base)."),
     click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps (overrides --epochs)."),
     click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
     click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
@@ -161,7 +163,8 @@ def project(subspace, adapter, output, as_json, overwrite):
 @click.argument("coeffs", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="PEFT adapter folder to write.")
 @click.option("--merged-model", type=click.Path(), help="Also write the base model with ΔW merged, here.")
-@click.option("--model", default="default", show_default=True, help="Base model folder for --merged-model.")
+@click.option("--model", default="default", show_default=True,
+              help="Base model folder for --merged-model ('default': the MiniLM; 'smollm2': SmolLM2).")
 @click.option("--overwrite", is_flag=True)
 @_friendly
 def reconstruct(subspace, coeffs, output, merged_model, model, overwrite):
@@ -299,11 +302,21 @@ def _load_cli_task(data, text_column, label_column, kind, validation_file=None, 
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @_friendly
 def data_cmd(spec, text_column, label_column, kind, seed):
-    """Check a task and show its split sizes and class counts (vader:... or a .csv/.tsv/.jsonl file).
+    """Check a task and show its split sizes and class counts (a built-in spec or a .csv/.tsv/.jsonl file).
+
+    \b
+    Built-in specs:
+      vader:<tweets|movies|amazon|nyt>-<binary|3class|regression>  sentiment (committed, MIT)
+      spam:sms             SMS spam, ham/spam (committed, CC BY 4.0)
+      trec:coarse          TREC-6 question type, 6 classes (fetched into the cache)
+      disaster:<category>  disaster-response message category, no/yes, e.g. disaster:request (cache)
+      20ng:topic           20 Newsgroups topic, 20 classes (cache)
+    Cache-only data is read out of its pip-downloaded package once, checked against a pinned sha256.
 
     \b
     Example:
       edge-lorax data vader:nyt-3class
+      edge-lorax data spam:sms
       edge-lorax data reviews.csv --text-column review --label-column stars
     """
     from edge_lorax.builder.data import task_summary
@@ -368,7 +381,8 @@ from edge_lorax.formats import names as _names  # noqa: E402  (export's choices 
 
 
 @cli.command()
-@click.option("--model", default="default", show_default=True, help="Base model folder ('default': the embedded MiniLM).")
+@click.option("--model", default="default", show_default=True,
+              help="Base model folder ('default': the embedded MiniLM; 'smollm2': the embedded SmolLM2 decoder).")
 @click.option("--subspace", "subspace_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--coeffs", type=click.Path(exists=True, dir_okay=False), help="user.npz: the graph's defaults (else zeros).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Bundle folder to write.")
