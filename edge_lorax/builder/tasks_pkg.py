@@ -137,7 +137,8 @@ def parse_sms_spam(raw: str) -> list[tuple[str, str]]:
 
 
 def parse_trec(raw: str, last: int = TREC_LINES, path="question_labels.txt") -> list[tuple[str, str]]:
-    """(COARSE, question) from the last `last` lines `COARSE:fine question`; a malformed line names its number."""
+    """(COARSE, question) from the last `last` lines `COARSE:fine question` (5,452: ENTY 1,250, HUM 1,223, DESC 1,162,
+    NUM 896, LOC 835, ABBR 86 = the TREC-6 training set; NOTES counts 5,952 include the 500 test questions)."""
     lines = [line for line in raw.splitlines() if line.strip()][-last:]
     rows = []
     for i, line in enumerate(lines, start=1):
@@ -220,7 +221,7 @@ def write_spam_tsv(path, rows):
 def _seeded_task(name: str, rows, fractions, seed) -> Task:
     """Task from (label, text) rows with sorted label names and a seeded train/validation/test cut.
 
-    Exact duplicate texts keep their first row, so no text is in two splits (SMS spam: 5,574 -> 5,160 rows).
+    Exact duplicate texts keep their first row, so no text is in two splits (SMS spam: 5,574 -> 5,160 rows; TREC: 5,452 -> 5,381).
     """
     labels = tuple(sorted({label for label, _ in rows}))
     texts, targets = _encode(_first_of_each_text(rows), labels)
