@@ -80,7 +80,8 @@ def _read_rows(path, text_column: str, label_column: str) -> list[tuple[str, obj
     """(text, raw label) pairs from a .csv, .tsv or .jsonl file; errors name the file, column and the fix."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: no such file; pass a .csv, .tsv or .jsonl file or one of {', '.join(VADER_TASKS[:2])}, ...")
+        raise DataError(f"{path}: no such file; pass a .csv, .tsv or .jsonl file or a built-in task "
+                        f"({', '.join(VADER_TASKS[:2])}, ..., spam:sms, trec:coarse, disaster:request, 20ng:topic)")
     records, columns = _read_records(path)
     if not records:
         raise DataError(f"{path}: no data rows; the file is empty (a task needs a header and at least two rows)")

