@@ -3,6 +3,7 @@ ids, refusals and CLI help, on a tiny random Llama; one slow test converts (or r
 the capital of France."""
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -62,7 +63,16 @@ def test_smollm2_converts_once_into_the_cache_and_is_reused(cache, monkeypatch):
     assert not any(first.glob("*.bin")) and not any(first.glob("*.pt"))
     assert resolve_model(SMOLLM2_ID) == first and smollm2_path() == first
     assert len(calls) == 1  # the second and third calls reused the folder
-    assert sorted(p.name for p in first.parent.iterdir()) == ["SmolLM2-135M-Instruct"]  # no temp left beside it
+    left = sorted(p.name for p in first.parent.iterdir())
+    assert left == [".SmolLM2-135M-Instruct.lock", "SmolLM2-135M-Instruct"]  # no temp left beside it
+
+
+def test_parallel_callers_convert_once(cache, monkeypatch):
+    calls = []
+    fake_conversion(monkeypatch, calls)
+    with ThreadPoolExecutor(3) as pool:
+        folders = list(pool.map(lambda _: smollm2_path(), range(3)))
+    assert folders == [smollm2_dir()] * 3 and len(calls) == 1
 
 
 def test_the_converted_folder_loads_as_a_plain_llama(cache, monkeypatch):
@@ -87,7 +97,7 @@ def test_an_interrupted_conversion_leaves_nothing(cache, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         resolve_model("smollm2")
     assert not smollm2_dir().exists()
-    assert list(smollm2_dir().parent.iterdir()) == []
+    assert [p.name for p in smollm2_dir().parent.iterdir()] == [".SmolLM2-135M-Instruct.lock"]  # no half-made folder
 
 
 def test_a_half_made_folder_is_not_reused(cache, monkeypatch):

@@ -3,12 +3,15 @@
 `smollm2_path()` returns a plain Hugging Face folder (LlamaForCausalLM, fp32 safetensors, tokenizer with its chat
 template) in the cache, `$EDGE_LORAX_CACHE/models/SmolLM2-135M-Instruct` (default ~/.cache/edge-lorax). The first
 call converts it (`convert_gguf`: about a minute and 517 MB); the folder is written atomically, so an interrupted
-conversion leaves nothing half-made, and every later call reuses it without needing the package. The package is read
-as files (importlib.metadata), never imported: its __init__ needs llm and llama_cpp. Never downloads, never unpickles
-(GGUF in, safetensors out). Does not pick the base model of a command or name it in files: builder.models does.
+conversion leaves nothing half-made; parallel callers wait on a lock file beside it, then reuse it, as every later
+call does, without needing the package. The package is read as files (importlib.metadata), never imported: its
+__init__ needs llm and llama_cpp. Never downloads, never unpickles (GGUF in, safetensors out). Does not pick the base
+model of a command or name it in files: builder.models does.
 """
 
+import fcntl
 import os
+from contextlib import contextmanager
 from importlib import metadata, util
 from pathlib import Path
 
@@ -54,12 +57,25 @@ def smollm2_gguf() -> Path:
     return path
 
 
+@contextmanager
+def _conversion_lock(folder: Path):
+    """One converter at a time per folder (parallel workers wait, then reuse): an flock on a hidden sibling file."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{folder.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def smollm2_path() -> Path:
     """The converted SmolLM2 folder: reused when present, else converted from the package's GGUF (once)."""
     folder = smollm2_dir()
     if is_converted(folder):
         return folder
-    return convert_gguf(smollm2_gguf(), folder)
+    with _conversion_lock(folder):
+        return folder if is_converted(folder) else convert_gguf(smollm2_gguf(), folder)
 
 
 def _require_gguf():
