@@ -164,7 +164,7 @@ def _class_targets(raw_labels, labels: tuple, path) -> np.ndarray:
     if unknown:
         raise DataError(f"{path}: labels {unknown[:5]} do not occur in the training data (classes: {list(labels)}); "
                         "fix the labels or add training examples for them")
-    return _frozen(np.array([index[str(v).strip()] for v in raw_labels], dtype=np.int64))
+    return frozen(np.array([index[str(v).strip()] for v in raw_labels], dtype=np.int64))
 
 
 def _regression_targets(raw_labels, path) -> np.ndarray:
@@ -179,10 +179,10 @@ def _regression_targets(raw_labels, path) -> np.ndarray:
     array = np.array(values, dtype=np.float32)
     if not np.isfinite(array).all():
         raise DataError(f"{path}: regression targets include NaN or infinity; remove those rows")
-    return _frozen(array)
+    return frozen(array)
 
 
-def _frozen(array: np.ndarray) -> np.ndarray:
+def frozen(array: np.ndarray) -> np.ndarray:
     array.flags.writeable = False
     return array
 
@@ -203,7 +203,7 @@ def split_indices(n: int, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> tuple[n
 
 def _make_split(texts, targets, index) -> Split:
     """The rows at `index`, in that order."""
-    return Split(tuple(texts[i] for i in index), _frozen(np.asarray(targets)[index].copy()))
+    return Split(tuple(texts[i] for i in index), frozen(np.asarray(targets)[index].copy()))
 
 
 # ----------------------------------------------------------------------------------------------- file tasks
@@ -257,19 +257,19 @@ def repo_data_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "data" / "vader"
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     """$EDGE_LORAX_CACHE, default ~/.cache/edge-lorax."""
     return Path(os.environ.get("EDGE_LORAX_CACHE", Path.home() / ".cache" / "edge-lorax"))
 
 
 def _vader_dir(fetch: bool = True) -> Path:
     """Folder holding the four domain TSVs: the committed copy, else the cache (derived there once via pip)."""
-    for folder in (repo_data_dir(), _cache_dir() / "vader"):
+    for folder in (repo_data_dir(), cache_dir() / "vader"):
         if all((folder / f"{d}.tsv").is_file() for d in VADER_DOMAINS):
             return folder
     if not fetch:
         raise DataError(f"{repo_data_dir()}: VADER files missing; run `python data/vader/derive.py` (needs pip + network)")
-    return derive_vader(_cache_dir() / "vader")
+    return derive_vader(cache_dir() / "vader")
 
 
 def _read_vader_domain(domain: str) -> tuple[tuple, np.ndarray]:
@@ -313,7 +313,7 @@ def _vader_task(spec: str, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> Task:
     splits = []
     for index in split_indices(len(texts), fractions, seed):
         index = index[keep[index]]
-        splits.append(Split(tuple(texts[i] for i in index), _frozen(targets[position[index]].copy())))
+        splits.append(Split(tuple(texts[i] for i in index), frozen(targets[position[index]].copy())))
     return Task(f"vader:{domain}-{kind}", REGRESSION if kind == "regression" else CLASSIFICATION, labels, *splits)
 
 

