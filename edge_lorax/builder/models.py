@@ -122,6 +122,16 @@ def load_model(path: Path, num_labels: int = 0):
                                                               ignore_mismatched_sizes=True, use_safetensors=True).eval()
 
 
+def load_causal_lm(path: Path):
+    """A causal LM (e.g. SmolLM2) from a model folder, safetensors only, in eval mode."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
+
+
 def load_tokenizer(path: Path):
     """A fast HF tokenizer from the model folder."""
     from transformers import AutoTokenizer
