@@ -280,12 +280,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=Path, default=HERE / "runs")
     args = ap.parse_args(argv)
+    from edge_lorax.bench import measure
+
     runs = load_runs(args.runs)
     result = {"stamp": stamp(runs), "runs": len(runs), "verdicts": verdicts(runs)}
     md = markdown(result, runs)
     stem = args.runs.parent / args.runs.name.replace("runs", "report")  # runs/ -> report.*, runs_quick/ -> report_quick.*
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(md)
+    stem.with_suffix(".json").write_text(measure.portable(json.dumps(result, indent=1) + "\n"))  # no local paths
+    stem.with_suffix(".md").write_text(measure.portable(md))
     print(md)
 
 
