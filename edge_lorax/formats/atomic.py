@@ -138,13 +138,19 @@ def _swap_in(tmp: Path, path: Path):
     _remove(aside)
 
 
-@contextmanager
-def atomic_dir(path, overwrite: bool = False):
-    """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed."""
+def _begin(path, overwrite: bool) -> Path:
+    """What every atomic write does first: refuse an existing output, make the parent, sweep our stale temps there."""
     path = Path(path)
     _refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path.parent)
+    return path
+
+
+@contextmanager
+def atomic_dir(path, overwrite: bool = False):
+    """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed."""
+    path = _begin(path, overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
     try:
         yield tmp
@@ -157,10 +163,7 @@ def atomic_dir(path, overwrite: bool = False):
 @contextmanager
 def atomic_file(path, overwrite: bool = True):
     """Yield a temp file path beside `path`; renamed into place on success, removed on error."""
-    path = Path(path)
-    _refuse_existing(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(path.parent)
+    path = _begin(path, overwrite)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     os.close(fd)
     try:
