@@ -146,14 +146,20 @@ def _find_variant(path: Path, manifest: dict, variant: str):
     return None
 
 
-def _inside(path: Path, rel: str) -> Path:
-    """A manifest path, refused unless it resolves inside the bundle folder (no `..`, absolute paths or links out)."""
+def _resolve_inside(path: Path, rel: str, referrer: Path) -> Path | None:
+    """`path / rel` resolved (links followed), or None when it lands outside the bundle folder; a path that cannot be
+    resolved (a symlink loop, a NUL byte) is refused naming `referrer`, the file that names it."""
     try:
         target = (path / rel).resolve()
-    except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a NUL byte
-        raise BundleError(f"{path / names.BUNDLE_MANIFEST}: names {rel!r}, which cannot be resolved ({e}); "
-                          "re-export the bundle") from e
-    if not target.is_relative_to(path.resolve()):
+    except (OSError, RuntimeError, ValueError) as e:
+        raise BundleError(f"{referrer}: names {rel!r}, which cannot be resolved ({e}); re-export the bundle") from e
+    return target if target.is_relative_to(path.resolve()) else None
+
+
+def _inside(path: Path, rel: str) -> Path:
+    """A manifest path, refused unless it resolves inside the bundle folder (no `..`, absolute paths or links out)."""
+    target = _resolve_inside(path, rel, path / names.BUNDLE_MANIFEST)
+    if target is None:
         raise BundleError(f"{path / names.BUNDLE_MANIFEST}: names {rel!r}, outside the bundle folder; re-export the bundle")
     return target
 
@@ -162,8 +168,8 @@ def bundle_file(path: Path, name: str) -> Path | None:
     """A fixed-name file of the bundle (config.json, tokenizer files) if present, refused if it links out of the folder."""
     if not (path / name).is_file():
         return None
-    target = (path / name).resolve()
-    if not target.is_relative_to(path.resolve()):
+    target = _resolve_inside(path, name, path / name)
+    if target is None:
         raise BundleError(f"{path / name}: links outside the bundle folder; re-export the bundle")
     return target
 
