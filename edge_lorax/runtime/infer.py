@@ -225,11 +225,13 @@ def tokenizer(bundle: Bundle, max_length: int = 128):
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
-def _pad_token(bundle: Bundle) -> str | None:
-    """tokenizer_config.json's pad_token (a string, or {"content": ...}), None when absent."""
-    if bundle_file(bundle.path, TOKENIZER_CONFIG) is None:
+@lru_cache(maxsize=8)
+def _pad_token(bundle_path: Path) -> str | None:
+    """tokenizer_config.json's pad_token (a string, or {"content": ...}), None when absent; read once per bundle
+    folder, like the tokenizer itself, not on every encode."""
+    if bundle_file(bundle_path, TOKENIZER_CONFIG) is None:
         return None
-    cfg_path = bundle.path / TOKENIZER_CONFIG
+    cfg_path = bundle_path / TOKENIZER_CONFIG
     pad = read_json_object(cfg_path, "re-export the bundle", BundleError).get("pad_token")
     pad = pad.get("content") if isinstance(pad, dict) else pad
     if pad is not None and not isinstance(pad, str):
@@ -239,7 +241,7 @@ def _pad_token(bundle: Bundle) -> str | None:
 
 
 def _pad_id(bundle: Bundle, tok) -> int:
-    pad = _pad_token(bundle)
+    pad = _pad_token(bundle.path)
     tid = tok.token_to_id(pad) if pad else None
     return tid if tid is not None else int(bundle.model_config.get("pad_token_id") or 0)
 
@@ -249,6 +251,11 @@ def encode(bundle: Bundle, texts: list, max_length: int = 128) -> dict:
     texts = _check_texts(texts)
     if not texts:
         raise InputError("texts is empty; pass at least one text")
+    return _encode(bundle, texts, max_length)
+
+
+def _encode(bundle: Bundle, texts: list, max_length: int) -> dict:
+    """encode() for texts already checked (a non-empty list of str)."""
     tok = tokenizer(bundle, max_length)
     try:
         encs = tok.encode_batch(texts)
@@ -308,11 +315,14 @@ def _to_predictions(bundle: Bundle, texts: list, outputs: dict, user: LoadedUser
 def predict(bundle: Bundle, user: LoadedUser | None, texts: list, max_length: int = 128) -> list:
     """Text in, predictions out: tokenize with the bundle's tokenizer, run for `user`, label the outputs (with the
     user's own class names when it has them)."""
-    texts = _check_texts(texts)
-    check_max_length(bundle, max_length)
+    return _predict(bundle, user, _check_texts(texts), check_max_length(bundle, max_length))
+
+
+def _predict(bundle: Bundle, user: LoadedUser | None, texts: list, max_length: int) -> list:
+    """predict() for texts and max_length already checked (predict_file checks texts before building the session)."""
     if not texts:
         return []
-    outputs = run_arrays(bundle, user, encode(bundle, texts, max_length))
+    outputs = run_arrays(bundle, user, _encode(bundle, texts, max_length))
     return _to_predictions(bundle, texts, outputs, user)
 
 
@@ -321,10 +331,10 @@ def predict_file(bundle_path, coeffs, texts: list, profile: str = "default", max
     from edge_lorax.runtime.bundle import open_bundle
     from edge_lorax.runtime.users import load_user
 
-    texts = _check_texts(texts)
+    texts = _check_texts(texts)  # before the session is built
     bundle = open_bundle(Path(bundle_path), profile)
-    check_max_length(bundle, max_length)
+    max_length = check_max_length(bundle, max_length)
     if bundle.per_example:
         raise BundleError(f"{bundle.model_path}: per-example graph; open the bundle's fp32 or int8 model to predict")
     user = load_user(bundle, coeffs) if coeffs else None
-    return predict(bundle, user, texts, max_length)
+    return _predict(bundle, user, texts, max_length)
