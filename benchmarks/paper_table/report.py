@@ -22,8 +22,50 @@ ROWS = ("all", "256", "64")
 PLAIN_K8 = lambda r: r["k"] == 8 and r["augment"] == 0  # noqa: E731  the grid's default subspace
 
 
+# The rates of the table before the sweep; run files without a rate in their name ran at these.
+LEGACY_LR = {"eigen-drop": 2e-2, "eigen-keep": 2e-2, "random": 2e-2, "lora": 2e-3, "vera": 1e-2, "head": 5e-3}
+# The sweep (issue 12): three rates per trained method, the legacy rate among them; one rule for all.
+SWEEP = {"eigen-drop": (5e-3, 2e-2, 5e-2), "eigen-keep": (5e-3, 2e-2, 5e-2), "random": (5e-3, 2e-2, 5e-2),
+         "lora": (5e-4, 2e-3, 5e-3), "vera": (3e-3, 1e-2, 3e-2), "head": (5e-3, 5e-2, 2e-1)}
+
+
 def load_runs(folder: Path) -> list:
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    """Every run file; each gets `lr` (the rate it trained at, from its config) and `validation_accuracy` (files made
+    before the sweep: the last validation pass of their history, which is the final weights' score)."""
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    for r in runs:
+        r.setdefault("lr", r.get("config", {}).get("lr"))
+        if r.get("validation_accuracy") is None and r.get("history"):
+            r["validation_accuracy"] = r["history"][-1][3]
+    return runs
+
+
+def is_sweep(r: dict, method: str, lr: float) -> bool:
+    """A sweep run: main grid, seed 0, all rows, default subspace and init, this method at this rate."""
+    return (r["grid"] == "main" and r["seed"] == 0 and r["rows"] == "all" and r["method"] == method
+            and r["init"] == "zero_b" and PLAIN_K8(r) and r.get("lr") == lr)
+
+
+def sweep_scores(runs, sweep: dict = SWEEP) -> dict:
+    """{method: {lr: mean validation accuracy over the domains, or None until every domain has its run}}."""
+    domains = sorted({r["domain"] for r in runs if r["grid"] == "main"})
+    out = {}
+    for method, grid in sweep.items():
+        out[method] = {}
+        for lr in grid:
+            acc = {r["domain"]: r["validation_accuracy"] for r in runs if is_sweep(r, method, lr)}
+            out[method][lr] = float(np.mean([acc[d] for d in domains])) if domains and set(domains) <= set(acc) else None
+    return out
+
+
+def pick_lrs(runs, sweep: dict = SWEEP) -> dict:
+    """{method: the rate with the best mean validation accuracy} for methods whose sweep is complete (ties: the rate
+    listed first)."""
+    picks = {}
+    for method, scores in sweep_scores(runs, sweep).items():
+        if scores and all(v is not None for v in scores.values()):
+            picks[method] = max(scores, key=lambda lr: scores[lr])
+    return picks
 
 
 def label(r: dict) -> str:
