@@ -25,7 +25,7 @@ def quick_runs(tmp_path_factory):
 def test_quick_runs_every_method_with_measurements(quick_runs):
     paper, out = quick_runs
     results = {json.loads(p.read_text())["method"]: json.loads(p.read_text()) for p in out.glob("*.json")}
-    assert set(results) == set(paper.TRAINED) | {"projection-drop"}
+    assert set(results) == set(paper.TRAINED) | {"projection-drop", "probe"}
     for method in paper.TRAINED:
         r = results[method]
         assert 0.0 <= r["test_accuracy"] <= 1.0 and r["steps"] == 4 and r["s_per_step"] > 0 and r["user_bytes"] > 0
@@ -34,6 +34,12 @@ def test_quick_runs_every_method_with_measurements(quick_runs):
     assert results["lora"]["adapter_params"] == 12 * 8 * (384 + 384)
     assert results["head"]["adapter_params"] == 0 and results["head"]["head_params"] == 384 * 2 + 2
     assert 0.0 < results["projection-drop"]["relative_error"] < 1.0
+    probe = results["probe"]
+    assert probe["c"] in probe["c_grid"] and probe["head_params"] == 384 * 2 + 2 and probe["steps"] == 0
+    assert probe["validation_accuracy"] == max(g["validation_accuracy"] for g in probe["probe_grid"] if g["converged"])
+    for method in paper.TRAINED:  # validation accuracy of the final weights, and the rate, recorded per run
+        assert 0.0 <= results[method]["validation_accuracy"] <= 1.0
+        assert results[method]["config"]["lr"] == paper.LEGACY_LR[method] and results[method]["cpu_s"] > 0
 
 
 def test_quick_resumes_from_cache_and_reports(quick_runs, tmp_path):
@@ -75,3 +81,30 @@ def test_verdicts_judge_paired_differences():
     assert picked["mean_keep_vs_drop"]["64"]["winner"] == "a" and picked["evidence_picks"]["build --mean"] == "keep"
     runs = [dict(r, test_accuracy=r["test_accuracy"] - 0.02) if r["method"] == "eigen-drop" else r for r in runs]
     assert not report["verdicts"](runs)["eigen_drop_within_1pt_of_lora_main"]  # 2.5 points behind LoRA
+
+
+def test_sweep_picks_the_best_mean_validation_rate():
+    report = runpy.run_path(str(ROOT / "benchmarks" / "paper_table" / "report.py"))
+    sweep = {"lora": (5e-4, 2e-3), "head": (5e-3, 2e-1)}
+    val = {("lora", 5e-4): (0.70, 0.80), ("lora", 2e-3): (0.78, 0.77), ("head", 5e-3): (0.6, 0.6), ("head", 2e-1): (0.7, 0.7)}
+    runs = [dict(_record(m, d, 0, 0.5), lr=lr, validation_accuracy=v[i])
+            for (m, lr), v in val.items() for i, d in enumerate(("amazon", "nyt"))]
+    scores = report["sweep_scores"](runs, sweep)
+    assert scores["lora"] == {5e-4: pytest.approx(0.75), 2e-3: pytest.approx(0.775)}
+    assert report["pick_lrs"](runs, sweep) == {"lora": 2e-3, "head": 2e-1}
+    seed1 = [dict(r, seed=1, validation_accuracy=1.0) for r in runs if r["lr"] == 5e-4]  # only seed 0 counts
+    assert report["pick_lrs"](runs + seed1, sweep) == {"lora": 2e-3, "head": 2e-1}
+    incomplete = [r for r in runs if not (r["method"] == "head" and r["lr"] == 2e-1 and r["domain"] == "nyt")]
+    assert report["pick_lrs"](incomplete, sweep) == {"lora": 2e-3}  # no pick until every domain has its run
+
+
+def test_legacy_files_are_reused_only_at_their_rate(tmp_path):
+    import run as paper
+
+    old = paper.Run("amazon", "lora", "all", 0)
+    (tmp_path / f"{old.key}.json").write_text(json.dumps({"config": {"lr": 2e-3}, "test_accuracy": 0.8}))
+    assert paper.cached(paper.Run("amazon", "lora", "all", 0, lr=2e-3), tmp_path) == tmp_path / f"{old.key}.json"
+    new = paper.Run("amazon", "lora", "all", 0, lr=5e-3)
+    assert paper.cached(new, tmp_path) is None and new.key == old.key + "_lr0.005"
+    (tmp_path / f"{new.key}.json").write_text("{}")
+    assert paper.cached(new, tmp_path) == tmp_path / f"{new.key}.json"

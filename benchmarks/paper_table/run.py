@@ -246,21 +246,27 @@ def projection_run(run: Run, config: TrainConfig) -> dict:
             "head_params": 0, "user_bytes": user.nbytes(), "steps": 0}
 
 
-_FEATURES: dict = {}
+_FEATURES: dict = {}  # (domain, split) -> (rows, hidden) features of the split's first rows
+
+
+def _features(domain: str, split: str, texts, max_length: int) -> np.ndarray:
+    """Pooled features of `texts`, a prefix of the domain's split (task_for keeps prefixes): computed once for the
+    longest prefix asked so far, sliced for shorter ones."""
+    have = _FEATURES.get((domain, split))
+    if have is None or len(have) < len(texts):
+        if "model" not in _FEATURES:
+            _FEATURES["model"] = load_encoder(default_model_path())
+        _FEATURES[(domain, split)] = have = pooled_features(None, texts, max_length, 128, _FEATURES["model"])
+    return have[:len(texts)]
 
 
 def probe_run(run: Run, config: TrainConfig) -> dict:
     """Head-only as logistic regression on the frozen MiniLM's mean-pooled features (same rows, max length and
     validation rows as the trained methods); features cached per domain in this process."""
     task = task_for(run)
-    if run.domain not in _FEATURES:
-        full, loaded = load_task(f"vader:{run.domain}-binary", seed=0), load_encoder(default_model_path())
-        _FEATURES[run.domain] = {s: pooled_features(None, full.split(s).texts, config.max_length, 128, loaded)
-                                 for s in ("train", "validation", "test")}
-    x = _FEATURES[run.domain]
-    n = {s: len(task.split(s)) for s in x}  # task_for keeps a prefix of each split
-    result = fit_features(x["train"][:n["train"]], task.train.targets, x["validation"][:n["validation"]],
-                          task.validation.targets, x["test"][:n["test"]], task.test.targets)
+    x = {s: _features(run.domain, s, task.split(s).texts, config.max_length) for s in ("train", "validation", "test")}
+    result = fit_features(x["train"], task.train.targets, x["validation"], task.validation.targets, x["test"],
+                          task.test.targets)
     hidden = x["train"].shape[1]
     return {"test_accuracy": result["test_accuracy"], "validation_accuracy": result["validation_accuracy"],
             "c": result["c"], "c_grid": result["c_grid"], "probe_grid": result["grid"], "adapter_params": 0,
