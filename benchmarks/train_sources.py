@@ -1,12 +1,16 @@
-"""Train the twelve committed source LoRA adapters (VADER tasks) into adapters/<domain>-<type>/ and write adapters/README.md.
+"""Train the committed source LoRA adapters into adapters/ and write adapters/README.md: the twelve VADER tasks
+(adapters/<domain>-<type>/) and two tasks beyond sentiment, spam:sms and trec:coarse (adapters/spam-sms/,
+adapters/trec-coarse/, issue 12's wider encoder family).
 
-    .venv/bin/python benchmarks/train_sources.py                 # all twelve (skips folders that exist)
+    .venv/bin/python benchmarks/train_sources.py                 # all fourteen (skips folders that exist)
     .venv/bin/python benchmarks/train_sources.py --only tweets-binary --overwrite
+    .venv/bin/python benchmarks/train_sources.py --only spam-sms trec-coarse --threads 1
     .venv/bin/python benchmarks/train_sources.py --readme-only   # rebuild the table from the training.json files
 
 Every adapter: rank 8, alpha 16 on query and value, task head in modules_to_save, seed 0, 150 steps of batch 32,
-max length 64, lr 2e-3 (6 % warm-up, linear decay), 2 torch threads. Same code + seed + thread count -> the same
-weights (CPU); measured numbers and timings land in each folder's training.json and the README table.
+max length 64, lr 2e-3 (6 % warm-up, linear decay); 2 torch threads for the VADER twelve, 1 for spam/TREC (the
+count is in each training.json). Same code + seed + thread count -> the same weights (CPU); measured numbers and
+timings land in each folder's training.json (with the stamp of the run that trained it) and the README table.
 """
 
 import argparse
@@ -25,33 +29,42 @@ from edge_lorax.builder.baselines import train_lora  # noqa: E402
 from edge_lorax.builder.data import VADER_TASKS, load_task  # noqa: E402
 from edge_lorax.builder.loop import TrainConfig  # noqa: E402
 
+EXTRA_TASKS = ("spam:sms", "trec:coarse")  # beyond sentiment: same settings as the VADER family
+SOURCE_TASKS = VADER_TASKS + EXTRA_TASKS  # every source task, VADER first (the README table's order)
 CONFIG = TrainConfig(lr=2e-3, batch_size=32, max_length=64, steps=150, seed=0, eval_every=50)
 LORA = {"method": "lora", "rank": 8, "alpha": 16, "targets": ("query", "value")}
 COMMAND = ".venv/bin/python benchmarks/train_sources.py --overwrite"
+EXTRA_COMMAND = ".venv/bin/python benchmarks/train_sources.py --only spam-sms trec-coarse --threads 1"
 VERSIONS = ("torch", "transformers", "peft", "numpy", "edge-lorax")
 CODE = ("edge_lorax/builder", "edge_lorax/formats", "benchmarks/train_sources.py", "data")  # what training depends on
 
 
 def folder_name(spec: str) -> str:
-    """vader:tweets-binary -> tweets-binary."""
-    return spec.removeprefix("vader:")
+    """vader:tweets-binary -> tweets-binary; spam:sms -> spam-sms; trec:coarse -> trec-coarse."""
+    return spec.removeprefix("vader:").replace(":", "-")
 
 
-def train_all(out: Path, only: set, overwrite: bool):
-    """Train each selected task whose folder is missing (or all with overwrite); one summary line each on stdout."""
-    for spec in VADER_TASKS:
+def train_all(out: Path, only: set, overwrite: bool, stamp: dict | None = None):
+    """Train each selected task whose folder is missing (or all with overwrite); one summary line each on stdout.
+    With `stamp`, the run's stamp (machine, commit, command) is added to each new training.json as "stamp"."""
+    for spec in SOURCE_TASKS:
         name = folder_name(spec)
         if (only and name not in only) or ((out / name).exists() and not overwrite):
             continue
         print(f"training {name}", file=sys.stderr)
         report = train_lora(load_task(spec, seed=CONFIG.seed), out / name, config=CONFIG, overwrite=overwrite, **LORA)
+        if stamp is not None:
+            path = out / name / "training.json"
+            info = json.loads(path.read_text())
+            path.write_text(measure.portable(json.dumps({**info, "wall_s": report.wall_s,
+                                                         "stamp": measure.finish(stamp)}, indent=1) + "\n"))
         print(report.summary(), flush=True)
 
 
 def table_rows(out: Path) -> list[str]:
     """One markdown row per adapter folder with a training.json."""
     rows = []
-    for spec in VADER_TASKS:
+    for spec in SOURCE_TASKS:
         path = out / folder_name(spec) / "training.json"
         if not path.is_file():
             continue
@@ -89,28 +102,47 @@ def _training_stamp(out: Path) -> str | None:
     return text.split("Measured on:", 1)[1].split("\nThe machine was shared", 1)[0].strip()
 
 
+def extra_lines(out: Path) -> list[str]:
+    """Per spam/TREC adapter: the stamp of the run that trained it (from its training.json), threads and wall time."""
+    lines = []
+    for spec in EXTRA_TASKS:
+        path = out / folder_name(spec) / "training.json"
+        info = json.loads(path.read_text()) if path.is_file() else {}
+        if "stamp" in info:
+            st = info["stamp"]
+            lines.append(f"- `{folder_name(spec)}`: `{st['command']}`, commit `{st['git_commit']}`, "
+                         f"{st['machine']['cpu']}, {info['threads']} torch thread(s), load average at start "
+                         f"{st['machine']['load_average']}; {info['steps']} steps in {info['wall_s']:.0f} s wall "
+                         f"(load + train + evaluate + save), {info['s_per_step']:.2f} s/step, started {st['started']}.")
+    return lines or ["- (not trained yet: `" + EXTRA_COMMAND + "`)"]
+
+
 def write_readme(out: Path, stamp: dict, keep_training_stamp: bool = False):
-    """adapters/README.md: what the folders are, the command, the stamp (machine, commit, versions), the table."""
+    """adapters/README.md: what the folders are, the command, the stamp (machine, commit, versions), the table.
+    The VADER twelve's stamp block is kept when they were not retrained in this run (or with keep_training_stamp)."""
     import torch
 
     lines = "\n".join([*measure.stamp_md(stamp), f"- torch threads: {torch.get_num_threads()}; `+dirty` judged on: "
                        + ", ".join(CODE)])
     lines = (_training_stamp(out) if keep_training_stamp else None) or lines
-    text = README.format(command=COMMAND, stamp=lines, table="\n".join(table_rows(out)))
+    text = README.format(command=COMMAND, stamp=lines, table="\n".join(table_rows(out)),
+                         extra_command=EXTRA_COMMAND, extra="\n".join(extra_lines(out)))
     (out / "README.md").write_text(measure.portable(text))
 
 
 README = """# Source adapter family (committed)
 
-Twelve PEFT LoRA adapters on `sentence-transformers/all-MiniLM-L6-v2` (the embedded default base model), one per
-built-in VADER task (`vader:<domain>-<binary|3class|regression>`, see `data/vader/README.md`). They are the
-"recycled" adapters a subspace is built from; the demo and tests use them without retraining.
+Fourteen PEFT LoRA adapters on `sentence-transformers/all-MiniLM-L6-v2` (the embedded default base model): one per
+built-in VADER task (`vader:<domain>-<binary|3class|regression>`, see `data/vader/README.md`), and two beyond
+sentiment, `spam-sms` (`spam:sms`, ham/spam, UCI SMS Spam Collection, CC BY 4.0) and `trec-coarse` (`trec:coarse`,
+six TREC question types). They are the "recycled" adapters a subspace is built from; the demo and tests use the
+VADER twelve without retraining, `benchmarks/encoder_loo/` uses all fourteen.
 
 Each folder is a standard PEFT adapter (`adapter_config.json` with the portable base id, `adapter_model.safetensors`)
 plus `training.json` (task, labels, settings, metrics, timings, versions) and a short `README.md` model card.
 Load one with `PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(BASE, num_labels=N), DIR)`.
 
-Settings (all twelve): LoRA rank 8, alpha 16, on `query` and `value` of all 6 layers, the task head (`classifier`,
+Settings (all fourteen): LoRA rank 8, alpha 16, on `query` and `value` of all 6 layers, the task head (`classifier`,
 2 or 3 classes, or 1 output for regression) trained and saved via `modules_to_save`; seed 0; 150 AdamW steps of
 batch 32, max length 64, lr 2e-3 (6 % warm-up, linear decay), no early stopping (final weights); the 80/10/10 split
 of seed 0. Regression trains MSE on the raw valence scale (−4 … 4).
@@ -134,6 +166,11 @@ byte-identical `adapter_model.safetensors`.
 |---|---|---|---|---|---|---|---|
 {table}
 
+The VADER twelve were trained by the command above in one run; the spam and TREC adapters later, with
+`{extra_command}` (one torch thread, on the same kind of shared machine):
+
+{extra}
+
 Trivial baseline: the majority class's share of the test split (classification), or the MSE of predicting the
 training mean (regression).
 """
@@ -151,9 +188,10 @@ def main():
 
     torch.set_num_threads(args.threads)
     stamp = measure.stamp(shlex.join([".venv/bin/python", "benchmarks/train_sources.py", *sys.argv[1:]]), VERSIONS, CODE)
+    extra_only = bool(args.only) and set(args.only) <= {folder_name(t) for t in EXTRA_TASKS}
     if not args.readme_only:
-        train_all(args.out, set(args.only), args.overwrite)
-    write_readme(args.out, measure.finish(stamp), keep_training_stamp=args.readme_only)
+        train_all(args.out, set(args.only), args.overwrite, stamp)
+    write_readme(args.out, measure.finish(stamp), keep_training_stamp=args.readme_only or extra_only)
     print(f"wrote {args.out / 'README.md'}", file=sys.stderr)
 
 
