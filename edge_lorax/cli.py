@@ -53,11 +53,15 @@ _TRAINING_OPTIONS = (
     click.option("--model", default="default", show_default=True,
                  help="Base model folder ('default': the embedded MiniLM; 'smollm2': the embedded SmolLM2-135M-Instruct "
                       "decoder; must match the subspace's base)."),
+    click.option("--task-type", type=click.Choice(["SEQ_CLS", "CAUSAL_LM"]),
+                 help="PEFT task type [default: CAUSAL_LM for a causal LM folder (the answer is the generated label "
+                      "word, loss on the answer tokens only), else SEQ_CLS (a task head)]."),
     click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps (overrides --epochs)."),
     click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
     click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
     click.option("--max-length", type=click.IntRange(min=1), default=64, show_default=True,
-                 help="Tokens per training text (longer ones are truncated; at most the model's positions)."),
+                 help="Tokens per training text, for a decoder prompt + answer (longer texts are cut; at most the "
+                      "model's positions)."),
     click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
                  help="Early stopping: evals without a better val loss."),
     click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Split, init and batch order."),
@@ -221,13 +225,15 @@ def inspect(path, as_json):
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-2, show_default=True,
               help="Coefficients + head (2e-2 beat 5e-3 on a short budget: benchmarks/paper_table).")
 @_friendly
-def train(subspace_dir, data, text_column, label_column, kind, output, model, rank, k, init, lr, steps, epochs,
-          batch_size, max_length, patience, seed, overwrite):
+def train(subspace_dir, data, text_column, label_column, kind, output, model, task_type, rank, k, init, lr, steps,
+          epochs, batch_size, max_length, patience, seed, overwrite):
     """Train a new user's coefficients (+ task head) on frozen components -> user.npz.
 
     \b
-    Example:
+    Examples:
       edge-lorax train --subspace subspace --data vader:nyt-binary -o nyt.npz --steps 100
+      edge-lorax train --model smollm2 --subspace decoder-subspace --data spam:sms -o spam.npz \\
+          --steps 60 --batch-size 8 --max-length 96
     """
     from edge_lorax.builder.data import load_task
     from edge_lorax.builder.loop import TrainConfig
@@ -238,7 +244,8 @@ def train(subspace_dir, data, text_column, label_column, kind, output, model, ra
     config = TrainConfig(lr=lr, batch_size=batch_size, max_length=max_length, steps=steps, epochs=epochs, seed=seed,
                          patience=patience)  # range-checked here, the subspace and model in train_coeffs
     task = load_task(data, text_column=text_column, label_column=label_column, kind=kind, seed=seed)
-    report = train_coeffs(read_subspace(subspace_dir), task, output, model=model, rank=rank, k=k, init=init, config=config)
+    report = train_coeffs(read_subspace(subspace_dir), task, output, model=model, rank=rank, k=k, init=init, config=config,
+                          kind=task_type)
     click.echo(report.summary())
 
 
@@ -252,20 +259,23 @@ def train(subspace_dir, data, text_column, label_column, kind, output, model, ra
               help="LoRA rank, or VeRA's shared projection rank.")
 @click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True,
               help="LoRA alpha (scaling alpha/rank).")
-@click.option("--targets", default="query,value", show_default=True, help="Comma-separated target module names.")
+@click.option("--targets", help="Comma-separated target module names, or all-linear (PEFT: every Linear but the output "
+              "layer) [default: query,value for BERT, q_proj,v_proj for Llama-family, c_attn for GPT-2].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
               help="Learning rate [default: lora 2e-3, vera 1e-2, head 5e-3].")
 @click.option("--threads", type=click.IntRange(min=1), help="torch threads (default: torch's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Metrics as JSON.")
 @_friendly
-def train_lora(data, text_column, label_column, kind, validation_file, test_file, output, method, model, rank, alpha,
-               targets, lr, steps, epochs, batch_size, max_length, patience, seed, threads, overwrite, as_json):
+def train_lora(data, text_column, label_column, kind, validation_file, test_file, output, method, model, task_type,
+               rank, alpha, targets, lr, steps, epochs, batch_size, max_length, patience, seed, threads, overwrite, as_json):
     """Train a PEFT LoRA / VeRA / head-only baseline -> adapter folder (portable base id).
 
     \b
-    Example:
+    Examples:
       edge-lorax train-lora --data vader:tweets-binary -o adapters/tweets-binary --steps 150
       edge-lorax train-lora --data vader:nyt-binary -o nyt-vera --method vera --rank 256
+      edge-lorax train-lora --model smollm2 --data trec:coarse -o trec-lora --steps 100 --batch-size 8 \\
+          --max-length 96 --lr 1e-3
     """
     from edge_lorax.builder.baselines import METHOD_LR
     from edge_lorax.builder.baselines import train_lora as run
@@ -279,8 +289,8 @@ def train_lora(data, text_column, label_column, kind, validation_file, test_file
 
         torch.set_num_threads(threads)
     task = _load_cli_task(data, text_column, label_column, kind, validation_file, test_file, seed)
-    report = run(task, output, method=method, rank=rank, alpha=alpha, targets=tuple(targets.split(",")), model=model,
-                 config=config, overwrite=overwrite)
+    report = run(task, output, method=method, rank=rank, alpha=alpha, model=model, config=config, overwrite=overwrite,
+                 targets=tuple(t.strip() for t in targets.split(",")) if targets else None, kind=task_type)
     data_out = {"output": output, "test": report.result.test, "validation": report.result.validation,
                 "adapter_params": report.adapter_params, "head_params": report.head_params, "bytes": report.bytes}
     _emit(data_out, True) if as_json else click.echo(report.summary())

@@ -1,7 +1,7 @@
 """builder.generative on a tiny random Llama and a tiny word-level tokenizer: answer-only masks, padding-invariant
-losses, the HF loss convention, both metrics on a hand-made bigram model, and a few steps that lower the loss."""
+losses, the HF loss convention, both metrics against reference computations (HF per-label losses, a plain argmax
+decoding loop), and the shared loop fitting a LoRA on a causal LM until greedy answers are right."""
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -64,12 +64,14 @@ def test_labels_cover_the_answer_only(tok):
     assert labels == [-100] * 6 + [WORDS.index("positive"), WORDS.index("</s>")]
 
 
-def test_truncation_keeps_the_answer(tok):
-    ids, labels = gen.encode_pair(tok, "good movie very very bad", "negative", max_length=5)
-    assert len(ids) == 5 and labels[-2:] == ids[-2:] == [WORDS.index("negative"), WORDS.index("</s>")]
-    assert labels[:3] == [-100] * 3
+def test_truncation_cuts_the_text_and_keeps_template_and_answer(tok):
+    ids, labels = gen.encode_pair(tok, "good movie very very bad", "negative", max_length=8)
+    assert tok.convert_ids_to_tokens(ids) == ["text", ":", "good", "movie", "answer", ":", "negative", "</s>"]
+    assert labels == [-100] * 6 + ids[-2:]
     with pytest.raises(InputError, match="max-length"):
         gen.encode_pair(tok, "good", "negative", max_length=2)
+    with pytest.raises(InputError, match="max-length"):
+        gen.encode_pair(tok, "good", "negative", max_length=5)  # the template alone needs 4, the answer 2
 
 
 def test_collate_right_pads_with_masks(tok):
@@ -94,45 +96,75 @@ def test_padding_does_not_change_losses_and_matches_hf(tok):
     torch.testing.assert_close(alone[1], hf, atol=1e-5, rtol=1e-5)
 
 
-class Bigram(torch.nn.Module):
-    """Hand-made next-token logits from the last token: "negative" is always likely, EOS follows it."""
-
-    def __init__(self):
-        super().__init__()
-        table = torch.zeros(len(WORDS), len(WORDS))
-        table[:, WORDS.index("negative")] = 5.0
-        table[:, WORDS.index("positive")] = 3.0
-        table[WORDS.index("negative"), WORDS.index("</s>")] = 10.0
-        self.table = table
-
-    def forward(self, input_ids, attention_mask=None):
-        return SimpleNamespace(logits=self.table[input_ids])  # (B, T, V)
+def objective(max_length=32):
+    return gen.Generation(tiny_task(["good movie", "bad", "very good !", "bad movie"], [1, 0, 1, 0]), tiny_tokenizer(),
+                          max_length)
 
 
-def test_ranking_picks_the_most_likely_label(tok):
-    scores = gen.label_scores(Bigram(), tok, "good movie", LABELS)  # (L,)
-    assert scores[0] > scores[1]
-    assert gen.rank_predictions(Bigram(), tok, ["good", "bad"], LABELS) == [0, 0]
-    # on the random Llama the pick is the argmax of HF's own per-label loss (times the answer length)
-    model = tiny_llama(seed=3)
+def reference_greedy(model, prompt, steps, eos):
+    """A plain argmax loop on the unpadded prompt, no cache: the definition greedy_generate must match."""
+    ids, new = torch.tensor([prompt]), []
     with torch.no_grad():
-        nll = []
-        for label in LABELS:
-            batch = gen.collate([gen.encode_pair(tok, "good movie", label)], gen.pad_id(tok))
-            nll.append(float(model(input_ids=batch["input_ids"], labels=batch["labels"]).loss) * 2)
-    assert gen.rank_predictions(model, tok, ["good movie"], LABELS) == [int(np.argmin(nll))]
+        for _ in range(steps):
+            nxt = int(model(input_ids=ids).logits[0, -1].argmax())
+            if nxt == eos:
+                break
+            new.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+    return new
 
 
-def test_evaluate_generative_on_a_hand_made_model(tok):
-    assert gen.greedy_answer(Bigram(), tok, "good movie", 5) == "negative"
-    task = tiny_task(["good movie", "bad", "very good !", "bad movie"], [1, 0, 1, 0])
-    assert gen.evaluate_generative(Bigram(), tok, task) == {"exact_match": 0.5, "rank_accuracy": 0.5}
+def test_greedy_generate_matches_an_argmax_loop_in_padded_batches(tok):
+    model = tiny_llama(seed=5)
+    prompts = [gen.prompt_ids(tok, t) for t in ["good", "very very bad movie !", "movie"]]
+    got = gen.greedy_generate(model, prompts, 4, gen.pad_id(tok), batch_size=3, eos={tok.eos_token_id})
+    assert got == [reference_greedy(model, p, 4, tok.eos_token_id) for p in prompts]
+    assert any(len(g) == 4 for g in got)  # the random model rarely says EOS: the loop really ran 4 steps
 
 
-def test_regression_tasks_are_refused(tok):
+def test_evaluate_matches_reference_metrics(tok):
+    model, obj = tiny_llama(seed=3), objective()
+    data = obj.encode(obj_task().test)
+    scores = obj.evaluate(model, data, batch_size=3)
+    nll = np.zeros((4, 2))  # HF's own per-label mean loss
+    with torch.no_grad():
+        for i, prompt in enumerate(data.prompts):
+            for j, answer in enumerate(obj.answers):
+                batch = gen.collate([(list(prompt) + answer, [-100] * len(prompt) + answer)], gen.pad_id(tok))
+                nll[i, j] = float(model(input_ids=batch["input_ids"], labels=batch["labels"]).loss)
+    targets = np.array([1, 0, 1, 0])
+    assert scores["rank_accuracy"] == float((nll.argmin(-1) == targets).mean())  # answers have equal lengths here
+    assert scores["loss"] == pytest.approx(nll[np.arange(4), targets].mean(), abs=1e-5)
+    answers = [tok.decode(reference_greedy(model, p, 2, tok.eos_token_id)).strip() for p in data.prompts]
+    assert scores["accuracy"] == np.mean([a == LABELS[t] for a, t in zip(answers, targets)])
+
+
+def obj_task():
+    return tiny_task(["good movie", "bad", "very good !", "bad movie"], [1, 0, 1, 0])
+
+
+def test_regression_and_short_max_length_are_refused(tok):
     split = Split(("a",), np.zeros(1, dtype=np.float32))
     with pytest.raises(InputError, match="classification"):
-        gen.task_pairs(tok, Task("r", "regression", (), split, split, split))
+        gen.Generation(Task("r", "regression", (), split, split, split), tok, 32)
+    with pytest.raises(InputError, match="max-length"):
+        gen.Generation(obj_task(), tok, 2)
+
+
+def test_lora_fit_on_a_causal_lm_learns_the_label_words(tok):
+    from peft import LoraConfig, get_peft_model
+
+    from edge_lorax.builder.loop import TrainConfig, fit
+
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_llama(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                    task_type="CAUSAL_LM"))
+    obj, task = objective(), obj_task()
+    before = obj.evaluate(model, obj.encode(task.test))
+    result = fit(model, task, tok, TrainConfig(lr=5e-2, batch_size=4, steps=60, max_length=32, eval_every=0),
+                 progress=False, objective=obj)
+    assert before["accuracy"] < 1.0 and result.test["accuracy"] == 1.0 and result.test["rank_accuracy"] == 1.0
+    assert result.test["loss"] < before["loss"] - 0.3
 
 
 def test_a_few_steps_lower_the_answer_loss(tok):
@@ -141,7 +173,7 @@ def test_a_few_steps_lower_the_answer_loss(tok):
         p.requires_grad_(False)
     norm = model.model.norm.weight  # the final RMSNorm scale: 32 trainable values, a stand-in for coefficients
     norm.requires_grad_(True)
-    batch = gen.collate(gen.task_pairs(tok, tiny_task(["good movie"], [1])), gen.pad_id(tok))
+    batch = gen.collate([gen.encode_pair(tok, "good movie", "positive")], gen.pad_id(tok))
     opt = torch.optim.Adam([norm], lr=5e-2)
     with torch.no_grad():
         before = float(gen.answer_loss(model, batch))

@@ -2,8 +2,9 @@
 
 `train_lora(task, output, method=...)` builds the PEFT model, fits it and writes a PEFT adapter folder whose base
 id is portable (never a local path), with a training.json beside it; options, --max-length against the model and
-the output's writability are checked before any model is loaded. Does not train EigenLoRAx coefficients
-(edge_lorax.builder.train does).
+the output's writability are checked before any model is loaded. Two PEFT task types: SEQ_CLS (a task head, saved
+in modules_to_save) and CAUSAL_LM (a decoder answers with the label word; no head). Does not train EigenLoRAx
+coefficients (edge_lorax.builder.train does).
 """
 
 import json
@@ -15,14 +16,18 @@ from pathlib import Path
 import torch
 
 from edge_lorax.builder.data import SPLITS, Task
-from edge_lorax.builder.loop import TrainConfig, TrainResult, fit
+from edge_lorax.builder.loop import TrainConfig, TrainResult, fit, objective_for
 from edge_lorax.builder.models import (
+    CAUSAL_LM,
+    SEQ_CLS,
     check_max_length,
+    default_targets,
     head_module,
-    load_model,
+    load_for_task,
     load_tokenizer,
     portable_model_id,
     resolve_model,
+    task_type,
 )
 from edge_lorax.formats.atomic import atomic_dir, check_output
 from edge_lorax.formats.errors import InputError
@@ -55,11 +60,14 @@ class BaselineReport:
                 f"{self.wall_s:.1f} s wall, {self.result.s_per_step:.3f} s/step x {self.result.steps}")
 
 
-def peft_config(method: str, rank: int, alpha: float, targets, head: str, seed: int):
-    """LoraConfig / VeraConfig for sequence classification with the task head in modules_to_save."""
-    from peft import LoraConfig, TaskType, VeraConfig
+def peft_config(method: str, rank: int, alpha: float, targets, head: str | None, seed: int, kind: str = SEQ_CLS):
+    """LoraConfig / VeraConfig: SEQ_CLS with the task head in modules_to_save, or CAUSAL_LM (head None).
 
-    common = dict(target_modules=list(targets), modules_to_save=[head], task_type=TaskType.SEQ_CLS)
+    targets: module names, or PEFT's "all-linear" (every Linear but the output layer)."""
+    from peft import LoraConfig, VeraConfig
+
+    modules = "all-linear" if tuple(targets) == ("all-linear",) else list(targets)
+    common = dict(target_modules=modules, modules_to_save=[head] if head else None, task_type=kind)
     if method == "lora":
         return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, **common)
     if method == "vera":
@@ -67,10 +75,13 @@ def peft_config(method: str, rank: int, alpha: float, targets, head: str, seed: 
     raise InputError(f"method {method!r}: use one of {', '.join(METHODS)}")
 
 
-def _check_baseline_options(method: str, rank, alpha, targets):
+def _check_baseline_options(method: str, rank, alpha, targets, kind: str = SEQ_CLS):
     """--method, --rank >= 1, --alpha > 0 and finite, --targets non-empty: before any model is loaded."""
     if method not in METHODS:
         raise InputError(f"--method {method!r}: use one of {', '.join(METHODS)}")
+    if method == "head" and kind == CAUSAL_LM:
+        raise InputError("--method head trains a task head, and a causal LM answers with label words instead; pass "
+                         "--task-type SEQ_CLS for a head on the decoder, or use --method lora")
     if not (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1):
         raise InputError(f"--rank {rank!r}: an integer >= 1 is needed")
     if not (isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha > 0):
@@ -80,24 +91,25 @@ def _check_baseline_options(method: str, rank, alpha, targets):
 
 
 def baseline_model(path: Path, num_labels: int, method: str, rank: int = 8, alpha: float = 16,
-                   targets=("query", "value"), seed: int = 0):
-    """Base model + head (seeded init) with the method's trainable parameters; head-only freezes all but the head."""
+                   targets=("query", "value"), seed: int = 0, kind: str = SEQ_CLS):
+    """Base model (+ head, seeded init, for SEQ_CLS) with the method's trainable parameters; head-only freezes all
+    but the head."""
     if method not in METHODS:
         raise InputError(f"method {method!r}: use one of {', '.join(METHODS)}")
     torch.manual_seed(seed)
-    net = load_model(path, num_labels)
-    head = head_module(net)
+    net = load_for_task(path, kind, num_labels)
+    head = head_module(net) if kind == SEQ_CLS else None
     if method == "head":
         for name, p in net.named_parameters():
             p.requires_grad_(name.split(".")[0] == head)
         return net
     from peft import get_peft_model
 
-    return get_peft_model(net, peft_config(method, rank, alpha, targets, head, seed))
+    return get_peft_model(net, peft_config(method, rank, alpha, targets, head, seed, kind))
 
 
-def count_params(model, head: str) -> tuple[int, int]:
-    """(adapter, head) trainable parameter counts; head = names with the head module as a component."""
+def count_params(model, head: str | None) -> tuple[int, int]:
+    """(adapter, head) trainable parameter counts; head = names with the head module as a component (None: no head)."""
     adapter = head_count = 0
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -108,19 +120,26 @@ def count_params(model, head: str) -> tuple[int, int]:
     return adapter, head_count
 
 
-def train_lora(task: Task, output, *, method: str = "lora", rank: int = 8, alpha: float = 16, targets=("query", "value"),
-               model=None, config: TrainConfig = TrainConfig(), overwrite: bool = False, progress: bool = True) -> BaselineReport:
-    """Train a LoRA / VeRA / head-only baseline on `task` and write it to `output` (PEFT folder, portable base id)."""
+def train_lora(task: Task, output, *, method: str = "lora", rank: int = 8, alpha: float = 16, targets=None,
+               model=None, config: TrainConfig = TrainConfig(), overwrite: bool = False, progress: bool = True,
+               kind: str | None = None) -> BaselineReport:
+    """Train a LoRA / VeRA / head-only baseline on `task` and write it to `output` (PEFT folder, portable base id).
+
+    targets None: the model type's default (models.default_targets); kind None: models.task_type's pick."""
     start = time.perf_counter()
     path = resolve_model(model)
-    _check_baseline_options(method, rank, alpha, targets)
+    kind = task_type(path, kind)
+    targets = tuple(targets or default_targets(path))
+    _check_baseline_options(method, rank, alpha, targets, kind)
     check_max_length(path, config.max_length)
     check_output(output, overwrite)
-    net = baseline_model(path, task.num_labels, method, rank, alpha, targets, config.seed)
-    head = head_module(net.base_model.model if method != "head" else net)
+    tokenizer = load_tokenizer(path)
+    objective = objective_for(kind, task, tokenizer, config.max_length)  # refuses what the task type cannot train
+    net = baseline_model(path, task.num_labels, method, rank, alpha, targets, config.seed, kind)
+    head = None if kind == CAUSAL_LM else head_module(net.base_model.model if method != "head" else net)
     adapter_params, head_params = count_params(net, head)
-    result = fit(net, task, load_tokenizer(path), config, progress=progress)
-    settings = {"method": method, "rank": rank, "alpha": alpha, "targets": list(targets)}
+    result = fit(net, task, tokenizer, config, progress=progress, objective=objective)
+    settings = {"method": method, "task_type": kind, "rank": rank, "alpha": alpha, "targets": list(targets)}
     nbytes = _save_baseline(net, output, portable_model_id(path), task, settings, config, head, overwrite)
     report = BaselineReport(task.name, method, str(output), adapter_params, head_params, nbytes, 0.0, result)
     report = replace(report, wall_s=round(time.perf_counter() - start, 2))
@@ -149,12 +168,12 @@ def _save_baseline(net, output, base_id: str, task: Task, settings: dict, config
     return size
 
 
-def portable_config(folder: Path, base_id: str, head: str):
+def portable_config(folder: Path, base_id: str, head: str | None):
     """PEFT writes the absolute base folder (-> portable id) and SEQ_CLS's modules_to_save [head, head, "score"] (-> [head])."""
     cfg_path = Path(folder) / ADAPTER_CONFIG
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = base_id
-    cfg["modules_to_save"] = [head]
+    cfg["modules_to_save"] = [head] if head else None
     cfg["inference_mode"] = True
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 

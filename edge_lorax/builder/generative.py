@@ -4,14 +4,18 @@ masks, and the two generative metrics.
 What it does: renders a task text as a prompt (the tokenizer's chat template when it has one, its user turn listing
 the label words, else the plain `Text: ...\\nAnswer:` template) whose answer is the label word (+ EOS when the
 tokenizer has one); builds (input_ids, labels) pairs whose labels are -100 everywhere but the answer tokens (HF
-convention); right-pads them into batches with attention masks; computes per-example answer losses; and scores a
-split by exact match of the greedily generated label and by label-token log-likelihood ranking (argmax over the
-labels' summed answer log-probs, EOS included).
+convention); right-pads them into batches with attention masks; computes answer losses; and scores a split by
+exact match of the greedily generated label (`accuracy`: HF `generate`, left-padded batches, KV cache) and by
+label-token log-likelihood ranking (`rank_accuracy`: argmax over the labels' summed answer log-probs, EOS included).
+`Generation` is the objective builder.loop.fit trains a causal LM with (PEFT's CAUSAL_LM task type).
 
-What it does not do yet: it is not wired into the CLI (`train-lora`, `train --model smollm2`) nor into the shared
-training loop (builder.loop); that is the next step. Greedy generation is a plain argmax loop, one example at a time,
-without a KV cache: fine for label words of a few tokens, not for long outputs.
+What it does not do: regression tasks (refused), free-form generation (the answers are label words), sampling.
+A text too long for --max-length is cut at its end; the template and the answer always survive.
 """
+
+from dataclasses import dataclass
+
+import numpy as np
 
 from edge_lorax.builder.data import CLASSIFICATION
 from edge_lorax.formats.errors import InputError
@@ -55,17 +59,33 @@ def prompt_ids(tokenizer, text: str, choices=()) -> list[int]:
     return list(tokenizer(render_prompt(tokenizer, text, choices), add_special_tokens=False)["input_ids"])
 
 
+def fitted_prompt(tokenizer, text: str, choices=(), budget: int | None = None) -> list[int]:
+    """The prompt's tokens, at most `budget`: a long text is cut at its end (never the template, never the answer)."""
+    prompt = prompt_ids(tokenizer, text, choices)
+    if budget is None or len(prompt) <= budget:
+        return prompt
+    overhead = len(prompt_ids(tokenizer, "", choices))
+    if overhead >= budget:
+        raise InputError(f"the prompt template alone needs {overhead} tokens, plus the answer's; raise --max-length "
+                         f"above {overhead} + the longest label's tokens")
+    text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    keep = budget - overhead
+    while keep > 0 and len(prompt) > budget:  # re-tokenising a cut text may shift a token or two
+        prompt = prompt_ids(tokenizer, tokenizer.decode(text_ids[:keep]), choices)
+        keep -= 1
+    return prompt if len(prompt) <= budget else prompt_ids(tokenizer, "", choices)
+
+
 def encode_pair(tokenizer, text: str, label: str, max_length: int | None = None,
                 choices=()) -> tuple[list[int], list[int]]:
     """(input_ids, labels): prompt + answer tokens; labels are the answer tokens, IGNORE on the prompt.
 
-    A too-long prompt is cut from the left so that the answer always survives.
+    With max_length, the text is cut at its end so that template + answer fit (InputError when they cannot).
     """
-    prompt, answer = prompt_ids(tokenizer, text, choices), answer_ids(tokenizer, label)
-    if max_length is not None:
-        if len(answer) >= max_length:
-            raise InputError(f"label {label!r} needs {len(answer)} tokens; raise --max-length above that")
-        prompt = prompt[max(0, len(prompt) + len(answer) - max_length):]
+    answer = answer_ids(tokenizer, label)
+    if max_length is not None and len(answer) >= max_length:
+        raise InputError(f"label {label!r} needs {len(answer)} tokens; raise --max-length above that")
+    prompt = fitted_prompt(tokenizer, text, choices, None if max_length is None else max_length - len(answer))
     return prompt + answer, [IGNORE] * len(prompt) + answer
 
 
@@ -92,13 +112,10 @@ def pad_id(tokenizer) -> int:
     return pad
 
 
-def task_pairs(tokenizer, task, split: str = "train", max_length: int | None = None) -> list:
-    """Every example of a classification split as an (input_ids, labels) pair, the label word as the answer."""
+def _check_classification(task):
     if task.kind != CLASSIFICATION:
-        raise InputError(f"task {task.name!r} is {task.kind}; the generative path takes classification tasks only")
-    part = task.split(split)
-    return [encode_pair(tokenizer, text, task.labels[int(t)], max_length, task.labels)
-            for text, t in zip(part.texts, part.targets)]
+        raise InputError(f"task {task.name!r} is {task.kind}; a causal LM answers with label words, so it takes "
+                         "classification tasks only (pass --task-type SEQ_CLS to train a regression head instead)")
 
 
 def answer_logprobs(model, batch: dict):
@@ -125,35 +142,39 @@ def answer_loss(model, batch: dict):
     return -picked.sum() / keep.sum().clamp(min=1)
 
 
-def label_scores(model, tokenizer, text: str, labels):
-    """Summed log-likelihood of each label's answer tokens given the prompt: (L,)."""
+def greedy_generate(model, prompts, max_new_tokens: int, pad: int, batch_size: int = 32, eos=()) -> list[list[int]]:
+    """Greedy new tokens per prompt (HF `generate`, left-padded batches, KV cache), cut before the first EOS (the
+    model's generation_config EOS ids and `eos`)."""
     import torch
 
-    with torch.no_grad():
-        batch = collate([encode_pair(tokenizer, text, label, choices=labels) for label in labels], pad_id(tokenizer))
-        picked, _ = answer_logprobs(model, batch)
-    return picked.sum(-1)  # (L,)
+    eos = _eos_ids(model) | set(eos)
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        rows = prompts[start:start + batch_size]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows])  # (B, T) left-padded
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])  # (B, T)
+        with torch.no_grad():
+            new = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=pad, top_p=None, top_k=None, temperature=None)[:, width:]  # (B, N)
+        out += [_until_eos(row.tolist(), eos) for row in new]
+    return out
 
 
-def rank_predictions(model, tokenizer, texts, labels) -> list[int]:
-    """The label index with the highest answer log-likelihood, per text."""
-    return [int(label_scores(model, tokenizer, text, labels).argmax()) for text in texts]
+def _eos_ids(model) -> set:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return set(eos) if isinstance(eos, (list, tuple)) else ({eos} if eos is not None else set())
 
 
-def greedy_answer(model, tokenizer, text: str, max_new_tokens: int, choices=()) -> str:
-    """Greedy decoding after the prompt until EOS or max_new_tokens; the decoded answer, stripped."""
-    import torch
+def _tokenizer_eos(tokenizer) -> set:
+    return set() if tokenizer.eos_token_id is None else {tokenizer.eos_token_id}
 
-    ids = torch.tensor([prompt_ids(tokenizer, text, choices)])  # (1, T)
-    new = []
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            nxt = int(model(input_ids=ids).logits[0, -1].argmax())
-            if nxt == tokenizer.eos_token_id:
-                break
-            new.append(nxt)
-            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)  # (1, T+1)
-    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+def _until_eos(tokens: list, eos: set) -> list:
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[:i]
+    return tokens
 
 
 def exact_match(answer: str, label: str) -> bool:
@@ -161,15 +182,94 @@ def exact_match(answer: str, label: str) -> bool:
     return answer.strip().lower() == label.strip().lower()
 
 
-def evaluate_generative(model, tokenizer, task, split: str = "validation") -> dict:
-    """{"exact_match", "rank_accuracy"} over a classification split (greedy answers; label log-likelihood argmax)."""
-    part = task.split(split)
-    if len(part) == 0:
-        raise InputError(f"task {task.name!r} has no {split} examples; give a {split} file or split fractions")
-    budget = max(len(answer_ids(tokenizer, label)) for label in task.labels)
-    targets = [int(t) for t in part.targets]
-    answers = [greedy_answer(model, tokenizer, text, budget, task.labels) for text in part.texts]
-    ranked = rank_predictions(model, tokenizer, part.texts, task.labels)
-    exact = sum(exact_match(a, task.labels[t]) for a, t in zip(answers, targets))
-    rank = sum(p == t for p, t in zip(ranked, targets))
-    return {"exact_match": exact / len(targets), "rank_accuracy": rank / len(targets)}
+@dataclass(frozen=True)
+class Prompts:
+    """One encoded split: each example's prompt tokens (text cut to fit) and its label index."""
+
+    prompts: tuple
+    targets: np.ndarray
+
+
+class Generation:
+    """The objective of a causal LM answering with the label word (PEFT's CAUSAL_LM task type).
+
+    loss: mean cross-entropy over the answer tokens (label word + EOS). evaluate: {"loss", "accuracy" (exact match
+    of the greedy answer), "rank_accuracy" (argmax of the labels' answer log-likelihoods), "macro_f1" (of the
+    ranking)}. InputError for a regression task or a --max-length too short for template + answer.
+    """
+
+    metric = "accuracy"
+
+    def __init__(self, task, tokenizer, max_length: int):
+        _check_classification(task)
+        self.labels, self.tokenizer = tuple(task.labels), tokenizer
+        self.answers = [answer_ids(tokenizer, label) for label in self.labels]
+        self.budget = max_length - max(len(a) for a in self.answers)  # prompt tokens
+        if self.budget < 1:
+            raise InputError(f"--max-length {max_length}: the longest label needs {max_length - self.budget} tokens; "
+                             "raise --max-length")
+        self.pad = pad_id(tokenizer)
+
+    def encode(self, split) -> Prompts:
+        return Prompts(tuple(fitted_prompt(self.tokenizer, t, self.labels, self.budget) for t in split.texts),
+                       np.asarray(split.targets))
+
+    def size(self, data: Prompts) -> int:
+        return len(data.prompts)
+
+    def loss(self, model, data: Prompts, index):
+        pairs = [self._pair(data.prompts[i], int(data.targets[i])) for i in index]
+        return answer_loss(model, collate(pairs, self.pad))
+
+    def _pair(self, prompt, label: int):
+        answer = self.answers[label]
+        return list(prompt) + answer, [IGNORE] * len(prompt) + answer
+
+    def label_logprobs(self, model, data: Prompts, batch_size: int = 32) -> tuple:
+        """Teacher-forced answer log-likelihoods: summed (N, L) and per-token mean (N, L), model in eval mode."""
+        import torch
+
+        rows = [(i, j) for i in range(len(data.prompts)) for j in range(len(self.labels))]
+        order = sorted(range(len(rows)), key=lambda r: len(data.prompts[rows[r][0]]))
+        total = np.zeros((len(data.prompts), len(self.labels)))  # (N, L)
+        count = np.zeros_like(total)  # (N, L)
+        with torch.no_grad(), _eval_mode(model):
+            for start in range(0, len(order), batch_size):
+                chunk = [rows[r] for r in order[start:start + batch_size]]
+                picked, keep = answer_logprobs(model, collate([self._pair(data.prompts[i], j) for i, j in chunk], self.pad))
+                for (i, j), s, n in zip(chunk, picked.sum(-1).tolist(), keep.sum(-1).tolist()):
+                    total[i, j], count[i, j] = s, n
+        return total, total / np.maximum(count, 1)
+
+    def answers_of(self, model, data: Prompts, batch_size: int = 32) -> list[str]:
+        """The greedy answer to each prompt, decoded and stripped."""
+        budget = max(len(a) for a in self.answers)
+        with _eval_mode(model):
+            tokens = greedy_generate(model, data.prompts, budget, self.pad, batch_size, _tokenizer_eos(self.tokenizer))
+        return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+
+    def evaluate(self, model, data: Prompts, batch_size: int = 32) -> dict:
+        if not len(data.prompts):
+            return {}
+        from edge_lorax.builder.loop import macro_f1
+
+        summed, mean = self.label_logprobs(model, data, batch_size)
+        targets = np.asarray(data.targets, dtype=np.int64)
+        ranked = summed.argmax(-1)
+        exact = [exact_match(a, self.labels[t]) for a, t in zip(self.answers_of(model, data, batch_size), targets)]
+        return {"loss": float(-mean[np.arange(len(targets)), targets].mean()), "accuracy": float(np.mean(exact)),
+                "rank_accuracy": float((ranked == targets).mean()),
+                "macro_f1": macro_f1(ranked, targets, len(self.labels))}
+
+
+class _eval_mode:
+    """Model in eval mode inside the block, its training flag restored after."""
+
+    def __init__(self, model):
+        self.model, self.was = model, model.training
+
+    def __enter__(self):
+        self.model.eval()
+
+    def __exit__(self, *exc):
+        self.model.train(self.was)

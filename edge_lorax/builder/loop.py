@@ -1,8 +1,10 @@
 """The shared training loop every method is measured with: EigenLoRAx coefficients, LoRA, VeRA and head-only.
 
-`fit(model, task, tokenizer, config)` trains whatever parameters of any model have requires_grad (or the params
-passed) with AdamW and a linear warm-up/decay schedule; the model is called with input_ids + attention_mask only and
-must return logits (or `.logits`). `evaluate(model, encoded)` scores one encoded split. Does not build models,
+`fit(model, task, tokenizer, config, objective)` trains whatever parameters of any model have requires_grad (or the
+params passed) with AdamW and a linear warm-up/decay schedule. The objective says how a split is encoded, what a
+batch's loss is and how a split is scored: `Classification` (here: a task head's logits from input_ids +
+attention_mask, cross-entropy or MSE) or `builder.generative.Generation` (a causal LM answering with the label word;
+PEFT's CAUSAL_LM task type). `evaluate(model, encoded)` scores one encoded split of a head. Does not build models,
 choose parameters or write files (edge_lorax.builder.train and .baselines do).
 """
 
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from edge_lorax.builder.data import CLASSIFICATION, SPLITS, Split, Task
+from edge_lorax.builder.models import CAUSAL_LM
 from edge_lorax.formats.errors import InputError
 
 
@@ -198,33 +201,67 @@ def trainable(model) -> list:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def fit(model, task: Task, tokenizer, config: TrainConfig = TrainConfig(), params=None, progress: bool = True) -> TrainResult:
-    """Train `params` (default: every requires_grad parameter; param-group dicts allowed) with AdamW; val/test scored."""
-    data = {s: encode(task.split(s), task.kind, tokenizer, config.max_length) for s in SPLITS}
+class Classification:
+    """The objective of a task head (*ForSequenceClassification, PEFT's SEQ_CLS): logits (B, labels) or (B, 1)."""
+
+    def __init__(self, task: Task, tokenizer, max_length: int):
+        self.task, self.tokenizer, self.max_length = task, tokenizer, max_length
+        self.metric = _primary_metric(task.kind)
+
+    def encode(self, split: Split) -> Encoded:
+        return encode(split, self.task.kind, self.tokenizer, self.max_length)
+
+    def size(self, data: Encoded) -> int:
+        return len(data.ids)
+
+    def loss(self, model, data: Encoded, index) -> torch.Tensor:
+        input_ids, mask, targets = _collate(data, index)
+        return _task_loss(forward(model, input_ids, mask), targets, data.kind)
+
+    def evaluate(self, model, data: Encoded, batch_size: int) -> dict:
+        return evaluate(model, data, batch_size)
+
+
+def objective_for(kind: str, task: Task, tokenizer, max_length: int):
+    """The objective of a PEFT task type: Classification (SEQ_CLS) or generative.Generation (CAUSAL_LM)."""
+    if kind == CAUSAL_LM:
+        from edge_lorax.builder.generative import Generation
+
+        return Generation(task, tokenizer, max_length)
+    return Classification(task, tokenizer, max_length)
+
+
+def fit(model, task: Task, tokenizer, config: TrainConfig = TrainConfig(), params=None, progress: bool = True,
+        objective=None) -> TrainResult:
+    """Train `params` (default: every requires_grad parameter; param-group dicts allowed) with AdamW; val/test scored.
+
+    objective: Classification(task, tokenizer, config.max_length) when None, or a generative.Generation."""
+    objective = objective or Classification(task, tokenizer, config.max_length)
+    data = {s: objective.encode(task.split(s)) for s in SPLITS}
     params = trainable(model) if params is None else list(params)
     if not params:
         raise InputError("nothing to train: no parameter has requires_grad; unfreeze the adapter and head first")
     total = total_steps(len(task.train), config)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, config.warmup))
-    loop = _Loop(model, data, config, total, progress)
+    loop = _Loop(model, data, config, total, progress, objective)
     for step, index in zip(range(1, total + 1), _batch_stream(len(task.train), config.batch_size, config.seed)):
         loop.step(step, index, optimizer, scheduler)
         if loop.should_eval(step) and loop.validate(step):
             break
     loop.finish()
     n_params = sum(p.numel() for g in params for p in (g["params"] if isinstance(g, dict) else [g]))
-    validation = loop.final_scores or evaluate(model, data["validation"], config.eval_batch_size)
-    return loop.result(n_params, validation, evaluate(model, data["test"], config.eval_batch_size))
+    validation = loop.final_scores or objective.evaluate(model, data["validation"], config.eval_batch_size)
+    return loop.result(n_params, validation, objective.evaluate(model, data["test"], config.eval_batch_size))
 
 
 class _Loop:
     """State of one `fit`: timing, loss average, validation history, best weights for early stopping."""
 
-    def __init__(self, model, data, config: TrainConfig, total: int, progress: bool):
+    def __init__(self, model, data, config: TrainConfig, total: int, progress: bool, objective):
         from tqdm import tqdm
 
-        self.model, self.data, self.config, self.total = model, data, config, total
+        self.model, self.data, self.config, self.total, self.objective = model, data, config, total, objective
         self.bar = tqdm(total=total, file=sys.stderr, leave=False, desc="train", disable=not progress)
         self.train_s, self.steps, self.loss_avg, self.history = 0.0, 0, None, []
         self.best_loss, self.best_step, self.best_state, self.bad_evals = math.inf, 0, None, 0
@@ -234,8 +271,7 @@ class _Loop:
     def step(self, step, index, optimizer, scheduler):
         """One optimizer step on the rows at `index`; timed."""
         start = time.perf_counter()
-        input_ids, mask, targets = _collate(self.data["train"], index)
-        loss = _task_loss(forward(self.model, input_ids, mask), targets, self.data["train"].kind)
+        loss = self.objective.loss(self.model, self.data["train"], index)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -249,12 +285,12 @@ class _Loop:
     def should_eval(self, step) -> bool:
         """Every eval_every steps and at the last step, when there is a validation split."""
         every = self.config.eval_every
-        return len(self.data["validation"].ids) > 0 and (step == self.total or (every and step % every == 0))
+        return self.objective.size(self.data["validation"]) > 0 and (step == self.total or (every and step % every == 0))
 
     def validate(self, step) -> bool:
         """Score validation, record it, keep the best weights; True when early stopping says stop."""
-        scores = evaluate(self.model, self.data["validation"], self.config.eval_batch_size)
-        metric = _primary_metric(self.data["validation"].kind)
+        scores = self.objective.evaluate(self.model, self.data["validation"], self.config.eval_batch_size)
+        metric = self.objective.metric
         self.history.append((step, round(self.loss_avg, 6), round(scores["loss"], 6), round(scores[metric], 6)))
         self.last_scores = (step, scores)
         self.bar.set_postfix(loss=f"{self.loss_avg:.4f}", val_loss=f"{scores['loss']:.4f}", **{f"val_{metric}": f"{scores[metric]:.4f}"})

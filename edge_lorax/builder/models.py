@@ -152,6 +152,39 @@ def canonical_base(name: str) -> str:
     return portable_base(name).rstrip("/").rsplit("/", 1)[-1].lower()
 
 
+SEQ_CLS, CAUSAL_LM = "SEQ_CLS", "CAUSAL_LM"  # PEFT's TaskType names
+TASK_TYPES = (SEQ_CLS, CAUSAL_LM)
+_LM_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
+_DEFAULT_TARGETS = {"bert": ("query", "value"), "gpt2": ("c_attn",), "llama": ("q_proj", "v_proj"),
+                    "mistral": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj")}
+
+
+def task_type(path: Path, requested: str | None = None) -> str:
+    """`requested`, else CAUSAL_LM for a folder saved as a causal LM (architectures *ForCausalLM / *LMHeadModel: the
+    label word is generated) and SEQ_CLS otherwise (a task head on pooled features)."""
+    if requested is not None:
+        if requested not in TASK_TYPES:
+            raise InputError(f"--task-type {requested!r}: use {' or '.join(TASK_TYPES)}")
+        return requested
+    config = read_json_object(Path(path) / "config.json", "pass a folder written by save_pretrained")
+    archs = config.get("architectures") or []
+    return CAUSAL_LM if any(str(a).endswith(_LM_ARCHITECTURES) for a in archs) else SEQ_CLS
+
+
+def default_targets(path: Path) -> tuple:
+    """PEFT target modules for the model type (BERT query,value; Llama-family q_proj,v_proj; GPT-2 c_attn)."""
+    model_type = read_json_object(Path(path) / "config.json", "pass a folder written by save_pretrained").get("model_type")
+    if model_type not in _DEFAULT_TARGETS:
+        raise InputError(f"{path}: no default target modules for model_type {model_type!r}; pass --targets "
+                         "(comma-separated Linear module names, or all-linear)")
+    return _DEFAULT_TARGETS[model_type]
+
+
+def load_for_task(path: Path, kind: str, num_labels: int):
+    """The model a task type trains: a causal LM (CAUSAL_LM) or a model with a task head of num_labels (SEQ_CLS)."""
+    return load_causal_lm(path) if kind == CAUSAL_LM else load_model(path, num_labels)
+
+
 HEAD_MODULES = ("classifier", "score")  # BERT-family / GPT-2 and Llama sequence-classification heads
 
 

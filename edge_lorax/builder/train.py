@@ -1,5 +1,8 @@
 """Coefficient training: base weights and components frozen, only coeff_A/coeff_B per module (+ the task head) learn.
 
+Two PEFT task types: SEQ_CLS (a task head learns with the coefficients and is saved in the user) and CAUSAL_LM (a
+decoder answers with the label word: coefficients only, the user carries the labels and the task type in its meta).
+
 This file prepares the model and turns it into a `user.npz`; the optimisation loop is the shared one in
 `edge_lorax.builder.loop`, so EigenLoRAx, LoRA, VeRA and head-only runs are measured by the same harness. Before any
 model is loaded, --k and --rank are checked against the subspace, --max-length against the model's positions, the
@@ -14,13 +17,15 @@ import torch
 
 from edge_lorax.builder.inject import coeff_tensors, init_coeffs, inject_subspace
 from edge_lorax.builder.models import (
+    SEQ_CLS,
     canonical_base,
     check_max_length,
     head_module,
-    load_model,
+    load_for_task,
     portable_model_id,
     read_head,
     resolve_model,
+    task_type,
     write_head,
 )
 from edge_lorax.formats.atomic import check_output
@@ -47,21 +52,25 @@ def _check_dims(subspace: Subspace, rank=None, k=None):
         raise InputError(f"--rank {rank!r}: an integer >= 1 is needed (default: the subspace's r)")
 
 
-def coeff_model(model, subspace: Subspace, num_labels: int, *, rank=None, k=None, init="zero_b", seed=0):
-    """The base model with the subspace injected and coefficients initialised; trainable = coefficients + head."""
+def coeff_model(model, subspace: Subspace, num_labels: int, *, rank=None, k=None, init="zero_b", seed=0, kind=SEQ_CLS):
+    """The base model with the subspace injected and coefficients initialised; trainable = coefficients (+ the head
+    for SEQ_CLS)."""
     path = resolve_model(model)
     check_base(path, subspace)
-    net = load_model(path, num_labels)
+    net = load_for_task(path, kind, num_labels)
     inject_subspace(net, subspace, rank=rank, k=k)
     init_coeffs(net, init, seed)
-    for p in getattr(net, head_module(net)).parameters():
-        p.requires_grad_(True)
+    if kind == SEQ_CLS:
+        for p in getattr(net, head_module(net)).parameters():
+            p.requires_grad_(True)
     return net
 
 
 def user_coefficients(net, subspace: Subspace, meta: dict) -> User:
-    """What `edge-lorax train` saves: every module's coefficients, the head and the subspace fingerprint."""
-    return User(subspace.fingerprint, coeff_tensors(net), read_head(net), meta)
+    """What `edge-lorax train` saves: every module's coefficients, the head (if the model has one) and the subspace
+    fingerprint."""
+    head = read_head(net) if meta.get("task_type", SEQ_CLS) == SEQ_CLS else {}
+    return User(subspace.fingerprint, coeff_tensors(net), head, meta)
 
 
 def apply_user(net, coeffs: User):
@@ -98,22 +107,26 @@ def _task_meta(task, result, settings: dict) -> dict:
 
 
 def train_coeffs(subspace: Subspace, task, output, *, model=None, rank=None, k=None, init="zero_b",
-                 config=None, progress=True) -> CoeffReport:
-    """Train one user's coefficients + head on `task` and save them as user.npz (carries the fingerprint)."""
-    from edge_lorax.builder.loop import TrainConfig, fit
+                 config=None, progress=True, kind=None) -> CoeffReport:
+    """Train one user's coefficients (+ head for SEQ_CLS) on `task` and save them as user.npz (carries the
+    fingerprint); kind None: models.task_type's pick for the model."""
+    from edge_lorax.builder.loop import TrainConfig, fit, objective_for
     from edge_lorax.builder.models import load_tokenizer
     from edge_lorax.formats.user import write_user
 
     start, config = time.perf_counter(), config or TrainConfig(lr=2e-2)
     path = resolve_model(model)
     check_base(path, subspace)
+    kind = task_type(path, kind)
     _check_dims(subspace, rank, k)
     check_max_length(path, config.max_length)
     check_output(output, overwrite=True)
+    tokenizer = load_tokenizer(path)
+    objective = objective_for(kind, task, tokenizer, config.max_length)  # refuses what the task type cannot train
     torch.manual_seed(config.seed)
-    net = coeff_model(model, subspace, task.num_labels, rank=rank, k=k, init=init, seed=config.seed)
-    result = fit(net, task, load_tokenizer(resolve_model(model)), config, progress=progress)
-    settings = {"rank": rank, "k": k, "init": init, "base_model": subspace.base_model}
+    net = coeff_model(model, subspace, task.num_labels, rank=rank, k=k, init=init, seed=config.seed, kind=kind)
+    result = fit(net, task, tokenizer, config, progress=progress, objective=objective)
+    settings = {"task_type": kind, "rank": rank, "k": k, "init": init, "base_model": subspace.base_model}
     user = user_coefficients(net, subspace, _task_meta(task, result, settings))
     write_user(user, output)
     return CoeffReport(task.name, str(output), sum(v.size for v in user.coefficients.values()),
