@@ -70,7 +70,7 @@ def _blobs(n, seed, flip=False):
 def test_separable_features_reach_100_percent():
     (tx, ty), (vx, vy), (sx, sy) = _blobs(200, 0), _blobs(60, 1), _blobs(60, 2)
     result = fit_features(tx, ty, vx, vy, sx, sy)
-    assert result["validation_accuracy"] == 1.0 and result["test_accuracy"] == 1.0
+    assert result["validation_accuracy"] == 1.0 and result["test_accuracy"] == 1.0 and result["test_macro_f1"] == 1.0
     assert [g["c"] for g in result["grid"]] == sorted(C_GRID) and all(g["converged"] for g in result["grid"])
     assert result["c"] == min(g["c"] for g in result["grid"] if g["validation_accuracy"] == 1.0)  # ties: smallest C
 
@@ -84,6 +84,9 @@ def test_c_is_picked_on_validation_not_test():
     all_zero_val = fit_features(tx, ty, vx, np.zeros_like(vy), sx, sy, c_grid=grid)
     assert true_val["c"] == 10.0 and all_zero_val["c"] == 1e-5
     assert all_zero_val["validation_accuracy"] == 1.0 and all_zero_val["test_accuracy"] == pytest.approx(1 - sy.mean())
+    # all-majority predictions: F1 of class 0 = 2p/(1+p) with p its share, class 1 scores 0; macro = the mean
+    p = 1 - sy.mean()
+    assert all_zero_val["test_macro_f1"] == pytest.approx(p / (1 + p))
     assert true_val["test_accuracy"] == 1.0
     flipped_test = fit_features(tx, ty, vx, vy, sx, 1 - sy, c_grid=grid)
     assert flipped_test["c"] == 10.0 and flipped_test["test_accuracy"] == 0.0  # test labels scored, never used to pick

@@ -71,13 +71,14 @@ def fit_features(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
                  test_x: np.ndarray | None = None, test_y: np.ndarray | None = None, c_grid=C_GRID) -> dict:
     """Logistic regression per C on (N, hidden) features; the C with the best validation accuracy is the pick.
 
-    Returns {"c": pick, "validation_accuracy", "test_accuracy" (None without a test split), "grid": [{"c",
-    "validation_accuracy", "test_accuracy", "iterations", "converged"}], "c_grid"}; accuracies are fractions. Only
-    converged fits are picked."""
+    Returns {"c": pick, "validation_accuracy", "test_accuracy", "test_macro_f1" (None without a test split), "grid":
+    [{"c", "validation_accuracy", "test_accuracy", "test_macro_f1", "iterations", "converged"}], "c_grid"};
+    accuracies are fractions. Only converged fits are picked."""
     import warnings
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -91,8 +92,11 @@ def fit_features(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConvergenceWarning)  # "fitted to convergence" is checked, not assumed
             probe.fit(train_x, train_y)
-        test = None if test_x is None or not len(test_y) else float(probe.score(test_x, test_y))
+        has_test = test_x is not None and len(test_y) > 0
+        test = float(probe.score(test_x, test_y)) if has_test else None
+        f1 = float(f1_score(test_y, probe.predict(test_x), average="macro")) if has_test else None
         grid.append({"c": c, "validation_accuracy": float(probe.score(val_x, val_y)), "test_accuracy": test,
+                     "test_macro_f1": f1,
                      "iterations": int(np.max(probe[-1].n_iter_)),
                      "converged": not any(issubclass(w.category, ConvergenceWarning) for w in caught)})
     converged = [g for g in grid if g["converged"]]
@@ -100,7 +104,7 @@ def fit_features(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, va
         raise InputError(f"the probe did not converge in {MAX_ITER} L-BFGS iterations for any C in {sorted(c_grid)}")
     best = max(converged, key=lambda g: g["validation_accuracy"])  # first maximum: the smallest C among ties
     return {"c": best["c"], "validation_accuracy": best["validation_accuracy"], "test_accuracy": best["test_accuracy"],
-            "grid": grid, "c_grid": sorted(c_grid)}
+            "test_macro_f1": best["test_macro_f1"], "grid": grid, "c_grid": sorted(c_grid)}
 
 
 def fit_probe(task: Task, model_path, max_length: int = 64, batch_size: int = 64, c_grid=C_GRID, loaded=None) -> dict:
