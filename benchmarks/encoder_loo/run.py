@@ -169,6 +169,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="64 training rows, 4 steps, the legacy rates (tests)")
     ap.add_argument("--out", type=Path, help="folder of per-run JSON (default runs/ or runs_quick/)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    ap.add_argument("--paper-runs", type=Path, default=ROOT / "benchmarks" / "paper_table" / "runs",
+                    help="the paper table's run folder, whose sweep gives the learning rates")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     steps = 4 if args.quick else 80
@@ -178,7 +180,7 @@ def main(argv=None):
     else:
         from report import load_runs  # the paper table's report (paper_table/ is on sys.path through its run.py)
 
-        picks = paper.pick_lrs(load_runs(ROOT / "benchmarks" / "paper_table" / "runs"), paper.SWEEP)
+        picks = paper.pick_lrs(load_runs(args.paper_runs), paper.SWEEP)
         if not set(TRAINED) <= set(picks):
             print("the paper table's sweep is not complete (benchmarks/paper_table/run.py --grids sweep): only the "
                   "projection and probe rows now", file=sys.stderr)
