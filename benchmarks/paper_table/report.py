@@ -1,7 +1,10 @@
 """Turn `runs/*.json` into `report.json` + `report.md`: mean ± std tables and the issue's claims checked against them.
 
-Claims are judged on paired differences (same domain, training-set size and seed) with a 95 % interval, so a
-setting "wins" only when the interval excludes zero; otherwise the report says tie. Does not train anything.
+The tables use each method's learning rate picked by the sweep (`pick_lrs`: best mean validation accuracy over the
+domains, seed 0, all rows); runs at other rates stay in runs/ and feed the sweep table and the old-vs-new
+comparison (the table before the sweep ran at LEGACY_LR). Claims are judged on paired differences (same domain,
+training-set size and seed) with a 95 % interval, so a setting "wins" only when the interval excludes zero;
+otherwise the report says tie. Does not train anything.
 
     .venv/bin/python benchmarks/paper_table/report.py [--runs DIR]
 """
@@ -16,7 +19,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
-METHODS = ("eigen-drop", "eigen-keep", "eigen-drop-uniform", "random", "lora", "vera", "head",
+METHODS = ("eigen-drop", "eigen-keep", "eigen-drop-uniform", "random", "lora", "vera", "head", "probe",
            "projection-drop", "projection-keep")
 ROWS = ("all", "256", "64")
 PLAIN_K8 = lambda r: r["k"] == 8 and r["augment"] == 0  # noqa: E731  the grid's default subspace
@@ -56,6 +59,22 @@ def sweep_scores(runs, sweep: dict = SWEEP) -> dict:
             acc = {r["domain"]: r["validation_accuracy"] for r in runs if is_sweep(r, method, lr)}
             out[method][lr] = float(np.mean([acc[d] for d in domains])) if domains and set(domains) <= set(acc) else None
     return out
+
+
+def at_picks(runs, picks: dict) -> list:
+    """The runs the tables show: trained methods of the main and low-data grids at their picked rate (the legacy rate
+    where the sweep has no pick yet), plus projections, the probe and the ablations (legacy rate)."""
+    def shown(r):
+        if r["method"] not in LEGACY_LR or r["grid"] not in ("main", "lowdata"):
+            return True
+        return r.get("lr") == picks.get(r["method"], LEGACY_LR[r["method"]])
+    return [r for r in runs if shown(r)]
+
+
+def at_legacy(runs) -> list:
+    """The table before the sweep: trained methods of the main and low-data grids at LEGACY_LR."""
+    return [r for r in runs if r["method"] in LEGACY_LR and r["grid"] in ("main", "lowdata")
+            and r.get("lr") == LEGACY_LR[r["method"]]]
 
 
 def pick_lrs(runs, sweep: dict = SWEEP) -> dict:
@@ -110,7 +129,7 @@ def size_table(runs) -> list:
     """Mean over domains (± std over seeds) for each method at each training-set size."""
     domains = sorted({r["domain"] for r in runs})
     lines = ["| method | " + " | ".join(f"{n} rows" for n in ROWS) + " |", "|---" * (len(ROWS) + 1) + "|"]
-    for m in ("eigen-drop", "eigen-keep", "lora", "head"):
+    for m in ("eigen-drop", "eigen-keep", "lora", "head", "probe"):
         cells = [cell(domain_mean_per_seed(select(runs, m, n), domains)) if select(runs, m, n) else "–" for n in ROWS]
         lines.append(f"| {m} | {' | '.join(cells)} |")
     return lines
@@ -120,7 +139,7 @@ def cost_table(runs) -> list:
     """Per method (main grid): trainable params, bytes per user, s/step, peak training MiB, steps to 95%."""
     by = defaultdict(list)
     for r in runs:
-        if r["grid"] == "main" and not r["method"].startswith("projection"):
+        if r["grid"] == "main" and not r["method"].startswith("projection") and r["method"] != "probe":
             by[label(r)].append(r)
     lines = ["| method | adapter params | head params | bytes/user | s/step (median) | peak train MiB (median) | "
              "steps to 95% val (median) |", "|---|---|---|---|---|---|---|"]
@@ -179,6 +198,17 @@ def paired(runs, a, b) -> dict:
             "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "winner": winner}
 
 
+def vs_probe(runs, name: str, rows: str) -> dict:
+    """Per domain: method `name` (mean over its seeds) − the probe (one fit), in points; their mean over domains."""
+    probe = {r["domain"]: r["test_accuracy"] for r in runs if r["method"] == "probe" and r["rows"] == rows}
+    diffs = {}
+    for d, p in sorted(probe.items()):
+        accs = [r["test_accuracy"] for r in runs if is_(name, rows)(r) and r["domain"] == d]
+        if accs:
+            diffs[d] = round(100 * (float(np.mean(accs)) - p), 2)
+    return {"by_domain": diffs, "mean_diff": round(float(np.mean(list(diffs.values()))), 2) if diffs else None}
+
+
 def is_(name: str, rows=None):
     """Predicate: row name `name` with the grid's default subspace (K=8, no augmentation), optionally at `rows`."""
     return lambda r: label(r) == name and PLAIN_K8(r) and r["grid"] != "ablation" and rows in (None, r["rows"])
@@ -224,6 +254,7 @@ def verdicts(runs) -> dict:
         "eigen_params_le_5pct_of_lora": bool(params.get("eigen-drop", 1e9) <= 0.05 * params.get("lora", 0)),
         "eigen_drop_vs_head": {n: paired(runs, is_("eigen-drop", n), is_("head", n)) for n in ROWS},
         "eigen_drop_vs_random_main": paired(runs, drop, is_("random")),
+        "vs_probe": {m: {n: vs_probe(runs, m, n) for n in ROWS} for m in ("eigen-drop", "eigen-keep", "lora", "head")},
         "eigen_drop_vs_vera_main": paired(runs, drop, is_("vera")),
         "mean_keep_vs_drop": mean_cmp, "init_uniform_vs_zero_b": init_cmp,
         "evidence_picks": {"build --mean": settle(mean_cmp, "keep", "drop", "drop"),
@@ -258,8 +289,13 @@ def verdict_lines(v: dict) -> list:
         f"64 rows {fmt(el['eigen-drop']['64'])}.",
         f"- **Beats head-only by ≥ 2 points?** All rows (head-only is a main-grid method): {fmt(eh['all'])} → "
         f"{yes(eh['all']['mean_diff'] is not None and eh['all']['mean_diff'] >= 2)}.",
+        "- **Against head-only as logistic regression on frozen features (probe)**, points, mean over domains of "
+        "(method's mean over seeds − probe): " + "; ".join(
+            f"{n} rows: " + ", ".join(f"{m} {v['vs_probe'][m][n]['mean_diff']:+.1f}" for m in v["vs_probe"]
+                                      if v["vs_probe"][m][n]["mean_diff"] is not None)
+            for n in ROWS if any(v["vs_probe"][m][n]["mean_diff"] is not None for m in v["vs_probe"])) + ".",
         f"- **Recycled directions vs random orthonormal ones** (same K, same machinery): {fmt(v['eigen_drop_vs_random_main'])}.",
-        f"- **vs VeRA r=256** (same steps; VeRA's rate untuned): {fmt(v['eigen_drop_vs_vera_main'])}.",
+        f"- **vs VeRA r=256** (same steps, rate from the same sweep): {fmt(v['eigen_drop_vs_vera_main'])}.",
         f"- **Mean kept − mean dropped**: {sizes(v['mean_keep_vs_drop'])} → evidence picks "
         f"`--mean {v['evidence_picks']['build --mean']}` (a setting is picked when it wins at some size and loses at "
         "none; on a tie the paper's `drop`).",
@@ -274,9 +310,10 @@ def verdict_lines(v: dict) -> list:
 
 def command(runs) -> str:
     """The run.py invocation that produced these runs (grids present, seed count), then this script."""
-    grids = [g for g in ("main", "lowdata", "ablation") if any(r["grid"] == g for r in runs)]
+    grids = ["sweep"] + [g for g in ("main", "lowdata", "ablation") if any(r["grid"] == g for r in runs)]
     seeds = 1 + max((r["seed"] for r in runs), default=0)
-    return f"python benchmarks/paper_table/run.py --grids {','.join(grids)} --seeds {seeds} && python benchmarks/paper_table/report.py"
+    return (f".venv/bin/python benchmarks/paper_table/run.py --grids {','.join(grids)} --seeds {seeds} && "
+            ".venv/bin/python benchmarks/paper_table/report.py")
 
 
 def stamp(runs) -> dict:
@@ -285,10 +322,15 @@ def stamp(runs) -> dict:
     from edge_lorax.bench import measure
 
     minutes = {g: round(sum(r["wall_s"] for r in runs if r["grid"] == g) / 60, 1) for g in sorted({r["grid"] for r in runs})}
-    return {**measure.finish(measure.stamp(command(runs), ("torch", "transformers", "peft", "numpy", "edge-lorax"))),
+    new = [r for r in runs if "cpu_s" in r]  # made by the re-run (files before it recorded no CPU time)
+    trained = [r for r in runs if r.get("steps")]
+    packages = ("torch", "transformers", "peft", "numpy", "scikit-learn", "edge-lorax")
+    return {**measure.finish(measure.stamp(command(runs), packages)),
             "seeds_per_cell": 1 + max((r["seed"] for r in runs), default=0),
-            "steps": runs[0]["config"]["steps"] if runs else None, "run_minutes": minutes,
-            "total_minutes": round(sum(minutes.values()), 1)}
+            "steps": trained[0]["config"]["steps"] if trained else None, "run_minutes": minutes,
+            "total_minutes": round(sum(minutes.values()), 1), "rerun_runs": len(new),
+            "rerun_cpu_minutes": round(sum(r["cpu_s"] for r in new) / 60, 1),
+            "rerun_wall_minutes": round(sum(r["wall_s"] for r in new) / 60, 1)}
 
 
 def header(result: dict, n_runs: int) -> list:
@@ -297,24 +339,118 @@ def header(result: dict, n_runs: int) -> list:
     s = result["stamp"]
     return ["# EigenLoRAx vs baselines, leave-one-domain-out (VADER, all-MiniLM-L6-v2)\n", *measure.stamp_md(s), "",
             "The stamp is the rendering's (machine, commit); the command is the one that made the runs. "
-            f"{n_runs} runs; {s['seeds_per_cell']} seeds per cell, mean ± sample std over seeds; {s['steps']} steps of "
-            "batch 16, max length 48 for every trained method; coefficient lr 2e-2, LoRA 2e-3, VeRA (r=256) 1e-2, "
-            "head 5e-3. Test accuracy in %, binary task of the held-out domain; each domain's subspace was built "
-            "from the other three domains' nine source adapters only (K=8, r=8 on query/value).\n",
-            f"Whole run: {s['total_minutes']} min, the sum of the runs' wall times ("
-            + ", ".join(f"{g} {m}" for g, m in s["run_minutes"].items()) + "), budget 90 min.\n",
+            f"{n_runs} runs in the tables; {s['seeds_per_cell']} seeds per cell, mean ± sample std over seeds; "
+            f"{s['steps']} steps of batch 16, max length 48 for every trained method, at the learning rate the sweep "
+            "picked (below): " + ", ".join(f"{m} {lr:g}" for m, lr in result["picks"].items()) + ". Test accuracy in "
+            "%, binary task of the held-out domain; each domain's subspace was built from the other three domains' "
+            "nine source adapters only (K=8, r=8 on query/value). `probe`: head-only as logistic regression on the "
+            "frozen MiniLM's mean-pooled features (`edge_lorax.builder.probe`), one fit per cell (deterministic, no "
+            "seeds), C picked on the same 128 validation rows.\n",
+            f"Cost: the runs in runs/ took {s['total_minutes']} min of wall time in all ("
+            + ", ".join(f"{g} {m}" for g, m in s["run_minutes"].items()) + f"); the re-run under the sweep rule "
+            f"(issue 12: {s['rerun_runs']} new runs, one torch thread each, the rest reused) took "
+            f"{s['rerun_cpu_minutes']} CPU-min ({s['rerun_wall_minutes']} min wall on the shared 2-core machine).\n",
             "Data: Hutto & Gilbert (2014), VADER sentiment ratings, MIT licence (see data/vader/).\n"]
 
 
-def markdown(result: dict, runs: list) -> str:
-    md = [*header(result, len(runs)), "## Verdicts\n", *verdict_lines(result["verdicts"]),
+def sweep_lines(all_runs, picks: dict) -> list:
+    """Method × rate: mean validation accuracy over the domains (the pick in bold), and seed-0 test accuracy beside it
+    for information only (never used to pick)."""
+    scores = sweep_scores(all_runs)
+    lines = ["| method | rate: mean validation accuracy (mean test accuracy, seed 0) | pick | legacy rate |",
+             "|---|---|---|---|"]
+    for method, by_lr in scores.items():
+        cells = []
+        for lr, val in by_lr.items():
+            test = [r["test_accuracy"] for r in all_runs if is_sweep(r, method, lr)]
+            text = f"{lr:g}: {100 * val:.1f} ({100 * np.mean(test):.1f})" if val is not None else f"{lr:g}: –"
+            cells.append(f"**{text}**" if picks.get(method) == lr else text)
+        edge = picks.get(method) in (min(by_lr), max(by_lr))
+        pick = f"{picks[method]:g}" + (" (grid edge)" if edge else "") if method in picks else "not complete"
+        lines.append(f"| {method} | {'; '.join(cells)} | {pick} | {LEGACY_LR[method]:g} |")
+    return lines + ["", "Validation accuracy: the final weights on the held-out domain's first 128 validation rows "
+                    "(the rows every method is scored on during training), mean over the four domains, seed 0, all "
+                    "training rows, 80 steps. eigen-drop with the paper's uniform init uses eigen-drop's pick. A pick "
+                    "on the grid's edge means a rate beyond the grid might do better still."]
+
+
+def old_new_lines(all_runs, picks: dict) -> list:
+    """Per method: the table before the sweep (legacy rate) vs at the pick, main grid (all rows) and low data, by
+    domain and mean over domains (mean over the seeds present)."""
+    old, new = at_legacy(all_runs), at_picks(all_runs, picks)
+    domains = sorted({r["domain"] for r in all_runs if r["grid"] == "main"})
+    lines = ["| method | rows | rate: old → new | " + " | ".join(domains) + " | mean over domains |",
+             "|---" * (len(domains) + 4) + "|"]
+    for m in ("eigen-drop", "eigen-keep", "eigen-drop-uniform", "random", "lora", "vera", "head"):
+        base = m.removesuffix("-uniform")
+        for rows in ROWS:
+            o, n = select(old, m, rows), select(new, m, rows)
+            if not o or not n:
+                continue
+            def by(rs, d):
+                vals = [r["test_accuracy"] for r in rs if r["domain"] == d]
+                return 100 * np.mean(vals) if vals else np.nan
+            cells = [f"{by(o, d):.1f} → {by(n, d):.1f}" for d in domains]
+            mo, mn = np.nanmean([by(o, d) for d in domains]), np.nanmean([by(n, d) for d in domains])
+            lines.append(f"| {m} | {rows} | {LEGACY_LR[base]:g} → {picks.get(base, LEGACY_LR[base]):g} | "
+                         f"{' | '.join(cells)} | {mo:.1f} → {mn:.1f} ({mn - mo:+.1f}) |")
+    probe = [r for r in all_runs if r["method"] == "probe" and r["rows"] == "all"]
+    if probe:
+        acc = {r["domain"]: 100 * r["test_accuracy"] for r in probe}
+        mean = f"{np.mean(list(acc.values())):.1f}" if set(domains) <= set(acc) else "–"
+        lines.append("| probe (new row) | all | C on validation | "
+                     + " | ".join(f"{acc[d]:.1f}" if d in acc else "–" for d in domains) + f" | {mean} |")
+    return lines + ["", "Means over the seeds present for each cell (3 seeds where complete); a method whose pick "
+                    "equals its legacy rate shows the same runs on both sides."]
+
+
+def probe_lines(all_runs) -> list:
+    """Per domain and training-set size: the C picked on validation, its validation and test accuracy; and the test
+    accuracy if one C (best mean validation accuracy over domains) were used for all domains."""
+    probe = [r for r in all_runs if r["method"] == "probe"]
+    if not probe:
+        return ["_No probe runs yet._"]
+    lines = ["| rows | domain | C picked | validation acc | test acc | test acc of each C in the grid |",
+             "|---|---|---|---|---|---|"]
+    for rows in ROWS:
+        for r in sorted((r for r in probe if r["rows"] == rows), key=lambda r: r["domain"]):
+            grid = ", ".join(f"{g['c']:g}: {100 * g['test_accuracy']:.1f}" + ("" if g["converged"] else " (not converged)")
+                             for g in r["probe_grid"])
+            lines.append(f"| {rows} | {r['domain']} | {r['c']:g} | {100 * r['validation_accuracy']:.1f} | "
+                         f"{100 * r['test_accuracy']:.1f} | {grid} |")
+    one = []
+    for rows in ROWS:
+        rs = [r for r in probe if r["rows"] == rows]
+        if not rs:
+            continue
+        cs = [g["c"] for g in rs[0]["probe_grid"]]
+        val = {c: np.mean([next(g["validation_accuracy"] for g in r["probe_grid"] if g["c"] == c) for r in rs]) for c in cs}
+        c = max(cs, key=lambda c: val[c])
+        test = np.mean([next(g["test_accuracy"] for g in r["probe_grid"] if g["c"] == c) for r in rs])
+        per = np.mean([r["test_accuracy"] for r in rs])
+        one.append(f"{rows} rows: one C = {c:g} for all domains → mean test {100 * test:.1f} (per-domain C: {100 * per:.1f})")
+    return lines + ["", "C is picked per domain on its validation rows (the trained methods pick one rate over all "
+                    "domains); with the trained methods' rule instead — " + "; ".join(one) + ".",
+                    "Features: mean of the last hidden state over the real tokens (max length 48), standardised; "
+                    "scikit-learn LogisticRegression (L-BFGS, L2), up to 5000 iterations; every fit listed converged "
+                    "unless marked. The trained head-only row reads BERT's pooler output ([CLS] → dense → tanh), a "
+                    "different feature than the probe's mean pool."]
+
+
+def markdown(result: dict, runs: list, all_runs: list | None = None) -> str:
+    all_runs = runs if all_runs is None else all_runs
+    picks = result["picks"]
+    md = [*header(result, len(runs)), "## Learning-rate sweep (issue 12: the same rule for every method)\n",
+          *sweep_lines(all_runs, picks), "\n## What changed against the table before the sweep (test accuracy, %)\n",
+          *old_new_lines(all_runs, picks), "\n## Verdicts\n", *verdict_lines(result["verdicts"]),
           "\n## Accuracy by training-set size (mean over the four domains)\n", *size_table(runs),
           "\n## Main grid (all training rows)\n", *accuracy_table(runs, "all")]
     for rows in ("256", "64"):
         md += [f"\n## Low data: {rows} training rows\n", *accuracy_table(runs, rows)]
     md += ["\n## Where it breaks: EigenLoRAx (mean dropped) − LoRA, points, by held-out domain\n", *breaks_table(runs),
            "\n## Cost per method (main grid)\n", *cost_table(runs),
-           "\n## Ablations (amazon, 256 rows, eigen-drop)\n", *ablation_lines(runs)]
+           "\n## Head-only as logistic regression on frozen features (probe)\n", *probe_lines(all_runs),
+           "\n## Ablations (amazon, 256 rows, eigen-drop, legacy rate 2e-2)\n", *ablation_lines(runs)]
     return "\n".join(md) + "\n"
 
 
@@ -324,9 +460,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from edge_lorax.bench import measure
 
-    runs = load_runs(args.runs)
-    result = {"stamp": stamp(runs), "runs": len(runs), "verdicts": verdicts(runs)}
-    md = markdown(result, runs)
+    all_runs = load_runs(args.runs)
+    picks = pick_lrs(all_runs)
+    runs = at_picks(all_runs, picks)
+    result = {"stamp": stamp(all_runs), "runs": len(runs), "picks": picks,
+              "sweep": {m: {f"{lr:g}": v for lr, v in by.items()} for m, by in sweep_scores(all_runs).items()},
+              "verdicts": verdicts(runs)}
+    md = markdown(result, runs, all_runs)
     stem = args.runs.parent / args.runs.name.replace("runs", "report")  # runs/ -> report.*, runs_quick/ -> report_quick.*
     stem.with_suffix(".json").write_text(measure.portable(json.dumps(result, indent=1) + "\n"))  # no local paths
     stem.with_suffix(".md").write_text(measure.portable(md))
