@@ -139,6 +139,24 @@ def test_evaluate_matches_reference_metrics(tok):
     assert scores["accuracy"] == np.mean([a == LABELS[t] for a, t in zip(answers, targets)])
 
 
+def test_cached_label_scores_match_full_forwards_with_unequal_answers(tok):
+    """Labels of 1 and 2 words (2 and 3 answer tokens), prompts of different lengths: the cached pass (prompt once,
+    answers on the repeated cache) equals HF's summed answer log-likelihood of each full sequence."""
+    split = Split(("good", "very very bad movie !", "movie"), np.array([0, 1, 0]))
+    obj = gen.Generation(Task("t", CLASSIFICATION, ("negative", "very good"), split, split, split), tok, 32)
+    model, data = tiny_llama(seed=7), obj.encode(split)
+    summed, mean, follows = obj.label_logprobs(model, data, batch_size=2)
+    for i, prompt in enumerate(data.prompts):
+        for j, answer in enumerate(obj.answers):
+            batch = gen.collate([(list(prompt) + answer, [-100] * len(prompt) + answer)], gen.pad_id(tok))
+            with torch.no_grad():
+                hf = float(model(input_ids=batch["input_ids"], labels=batch["labels"]).loss) * len(answer)
+            assert summed[i, j] == pytest.approx(-hf, abs=1e-4)
+            greedy = reference_greedy(model, prompt, len(answer), tok.eos_token_id)
+            assert follows[i, j] == (greedy + [tok.eos_token_id] == answer)
+    assert mean.shape == follows.shape == (3, 2)
+
+
 def obj_task():
     return tiny_task(["good movie", "bad", "very good !", "bad movie"], [1, 0, 1, 0])
 
@@ -164,6 +182,8 @@ def test_lora_fit_on_a_causal_lm_learns_the_label_words(tok):
     result = fit(model, task, tok, TrainConfig(lr=5e-2, batch_size=4, steps=60, max_length=32, eval_every=0),
                  progress=False, objective=obj)
     assert before["accuracy"] < 1.0 and result.test["accuracy"] == 1.0 and result.test["rank_accuracy"] == 1.0
+    answers = obj.answers_of(model, obj.encode(task.test))  # HF generate decodes freely: the same answers
+    assert answers == [LABELS[t] for t in task.test.targets]
     assert result.test["loss"] < before["loss"] - 0.3
 
 

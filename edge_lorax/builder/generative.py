@@ -5,8 +5,12 @@ What it does: renders a task text as a prompt (the tokenizer's chat template whe
 the label words, else the plain `Text: ...\\nAnswer:` template) whose answer is the label word (+ EOS when the
 tokenizer has one); builds (input_ids, labels) pairs whose labels are -100 everywhere but the answer tokens (HF
 convention); right-pads them into batches with attention masks; computes answer losses; and scores a split by
-exact match of the greedily generated label (`accuracy`: HF `generate`, left-padded batches, KV cache) and by
-label-token log-likelihood ranking (`rank_accuracy`: argmax over the labels' summed answer log-probs, EOS included).
+exact match of the greedily generated label (`accuracy`: greedy decoding yields exactly the label's tokens then EOS)
+and by label-token log-likelihood ranking (`rank_accuracy`: argmax over the labels' summed answer log-probs, EOS
+included). Both come from one pass: the prompt once with a KV cache, then every label's answer on the repeated
+cache; greedy follows a label's path iff each of its tokens is the argmax there, so no sampling loop is needed
+(`greedy_generate`, HF `generate`, decodes freely and a test checks the two agree). An answer that is a label in
+other case or other tokens counts as wrong: exact means the label's own tokens.
 `Generation` is the objective builder.loop.fit trains a causal LM with (PEFT's CAUSAL_LM task type).
 
 What it does not do: regression tasks (refused), free-form generation (the answers are label words), sampling.
@@ -125,9 +129,9 @@ def answer_logprobs(model, batch: dict):
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
     targets = batch["labels"][:, 1:]  # (B, T-1)
     keep = targets != IGNORE  # (B, T-1)
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T-1)
-    return picked * keep, keep
+    logp = torch.log_softmax(logits[:, :-1][keep].float(), dim=-1)  # (n, V): answer positions only
+    values = logp.gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)  # (n,)
+    return torch.zeros(keep.shape, dtype=values.dtype).masked_scatter(keep, values), keep
 
 
 def answer_losses(model, batch: dict):
@@ -150,10 +154,8 @@ def greedy_generate(model, prompts, max_new_tokens: int, pad: int, batch_size: i
     eos = _eos_ids(model) | set(eos)
     out = []
     for start in range(0, len(prompts), batch_size):
-        rows = prompts[start:start + batch_size]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows])  # (B, T) left-padded
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])  # (B, T)
+        ids, mask = left_pad(prompts[start:start + batch_size], pad)  # (B, T)
+        width = ids.shape[1]
         with torch.no_grad():
             new = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=pad, top_p=None, top_k=None, temperature=None)[:, width:]  # (B, N)
@@ -226,40 +228,79 @@ class Generation:
         return list(prompt) + answer, [IGNORE] * len(prompt) + answer
 
     def label_logprobs(self, model, data: Prompts, batch_size: int = 32) -> tuple:
-        """Teacher-forced answer log-likelihoods: summed (N, L) and per-token mean (N, L), model in eval mode."""
+        """Teacher-forced answer log-likelihoods per example and label: summed (N, L), per-token mean (N, L), and
+        whether greedy decoding yields exactly that label's tokens (N, L) bool; model in eval mode."""
         import torch
 
-        rows = [(i, j) for i in range(len(data.prompts)) for j in range(len(self.labels))]
-        order = sorted(range(len(rows)), key=lambda r: len(data.prompts[rows[r][0]]))
-        total = np.zeros((len(data.prompts), len(self.labels)))  # (N, L)
-        count = np.zeros_like(total)  # (N, L)
+        parts = []
         with torch.no_grad(), _eval_mode(model):
-            for start in range(0, len(order), batch_size):
-                chunk = [rows[r] for r in order[start:start + batch_size]]
-                picked, keep = answer_logprobs(model, collate([self._pair(data.prompts[i], j) for i, j in chunk], self.pad))
-                for (i, j), s, n in zip(chunk, picked.sum(-1).tolist(), keep.sum(-1).tolist()):
-                    total[i, j], count[i, j] = s, n
-        return total, total / np.maximum(count, 1)
+            for start in range(0, len(data.prompts), batch_size):
+                parts.append(self._score(model, data.prompts[start:start + batch_size]))
+        summed, follows = (np.concatenate(x) for x in zip(*parts))
+        return summed, summed / np.array([len(a) for a in self.answers]), follows
+
+    def _score(self, model, prompts) -> tuple:
+        """One batch: the prompt once (left-padded, KV cache), then every label's answer on the repeated cache."""
+        import torch
+
+        ids, mask = left_pad(prompts, self.pad)  # (B, T)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=True, logits_to_keep=1)
+        steps = [torch.log_softmax(out.logits[:, -1].float(), -1).repeat_interleave(len(self.labels), 0)]  # (B*L, V)
+        width = max(len(a) for a in self.answers) - 1
+        if width:  # feed each label's answer but its last token; rows b*L + j hold label j
+            cont = torch.tensor([a[:-1] + [self.pad] * (width + 1 - len(a)) for a in self.answers]).repeat(len(prompts), 1)
+            cmask = torch.tensor([[1] * (len(a) - 1) + [0] * (width + 1 - len(a)) for a in self.answers]).repeat(len(prompts), 1)
+            cache = out.cache
+            cache.batch_repeat_interleave(len(self.labels))
+            full = torch.cat([mask.repeat_interleave(len(self.labels), 0), cmask], dim=1)  # (B*L, T + width)
+            pos = mask.sum(-1).repeat_interleave(len(self.labels))[:, None] + torch.arange(width)  # (B*L, width)
+            logits = model(input_ids=cont, attention_mask=full, position_ids=pos, cache=cache).logits
+            steps += list(torch.log_softmax(logits.float(), -1).unbind(1))  # width x (B*L, V)
+        return self._gather(steps, len(prompts))
+
+    def _gather(self, steps, batch: int) -> tuple:
+        """(summed log-likelihood (B, L), greedy follows the label's tokens (B, L)) from per-step log-probs."""
+        summed, follows = np.zeros((batch, len(self.labels))), np.ones((batch, len(self.labels)), dtype=bool)
+        for t, logp in enumerate(steps):
+            best = logp.argmax(-1).view(batch, -1).numpy()  # (B, L)
+            logp = logp.view(batch, len(self.labels), -1)  # (B, L, V)
+            for j, answer in enumerate(self.answers):
+                if t < len(answer):
+                    summed[:, j] += logp[:, j, answer[t]].numpy()
+                    follows[:, j] &= best[:, j] == answer[t]
+        return summed, follows
 
     def answers_of(self, model, data: Prompts, batch_size: int = 32) -> list[str]:
-        """The greedy answer to each prompt, decoded and stripped."""
+        """The greedy answer to each prompt (HF generate), decoded and stripped."""
         budget = max(len(a) for a in self.answers)
         with _eval_mode(model):
             tokens = greedy_generate(model, data.prompts, budget, self.pad, batch_size, _tokenizer_eos(self.tokenizer))
         return [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
 
     def evaluate(self, model, data: Prompts, batch_size: int = 32) -> dict:
+        """loss, accuracy (greedy yields exactly the true label's tokens + EOS), rank_accuracy, macro_f1 (ranking)."""
         if not len(data.prompts):
             return {}
         from edge_lorax.builder.loop import macro_f1
 
-        summed, mean = self.label_logprobs(model, data, batch_size)
+        summed, mean, follows = self.label_logprobs(model, data, batch_size)
         targets = np.asarray(data.targets, dtype=np.int64)
+        rows = np.arange(len(targets))
         ranked = summed.argmax(-1)
-        exact = [exact_match(a, self.labels[t]) for a, t in zip(self.answers_of(model, data, batch_size), targets)]
-        return {"loss": float(-mean[np.arange(len(targets)), targets].mean()), "accuracy": float(np.mean(exact)),
+        return {"loss": float(-mean[rows, targets].mean()), "accuracy": float(follows[rows, targets].mean()),
                 "rank_accuracy": float((ranked == targets).mean()),
                 "macro_f1": macro_f1(ranked, targets, len(self.labels))}
+
+
+def left_pad(prompts, pad: int) -> tuple:
+    """Left-padded (input_ids, attention_mask), both (B, T) int64: the layout HF generation uses."""
+    import torch
+
+    width = max(len(r) for r in prompts)
+    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in prompts])  # (B, T)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in prompts])  # (B, T)
+    return ids, mask
 
 
 class _eval_mode:
