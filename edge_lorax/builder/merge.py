@@ -2,7 +2,9 @@
 
 A user with a task head becomes a *ForSequenceClassification folder carrying that head and the user's label names
 (`id2label` from its __meta__ "labels"), so AutoModelForSequenceClassification reloads the user's predictions; a
-user without a head becomes the bare encoder, and `save_merged_model` says so. Does not export ONNX (the exporter's
+user without a head on a causal LM (its meta task_type CAUSAL_LM, or a *ForCausalLM folder) keeps the LM head, so
+AutoModelForCausalLM generates its answers; any other user without a head becomes the bare encoder, and
+`save_merged_model` says so. Does not export ONNX (the exporter's
 merged variant calls `merged_model`).
 """
 
@@ -10,7 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_lorax.builder.inject import inject_subspace
-from edge_lorax.builder.models import head_module, load_model, resolve_model, write_head
+from edge_lorax.builder.models import (
+    CAUSAL_LM,
+    head_module,
+    load_causal_lm,
+    load_model,
+    resolve_model,
+    task_type,
+    write_head,
+)
 from edge_lorax.formats import names
 from edge_lorax.formats.atomic import atomic_dir, check_output
 from edge_lorax.formats.subspace import Subspace
@@ -44,6 +54,8 @@ def _user_labels(coeffs: User, width: int) -> list | None:
 
 def _user_model(path: Path, coeffs: User) -> tuple:
     """(the base model as this user runs it, a plain description): with the user's head and labels, or bare."""
+    if not coeffs.head and CAUSAL_LM in (coeffs.meta.get("task_type"), task_type(path)):
+        return load_causal_lm(path), "the causal LM's own LM head (no task head); load with AutoModelForCausalLM"
     if not coeffs.head:
         return load_model(path), "none: the user has no task head, so the folder is the bare encoder (AutoModel)"
     width = coeffs.head[names.HEAD_BIAS].shape[0]

@@ -4,13 +4,16 @@ Projection is least squares onto orthonormal components: coeff_A = A·Cᴀᵀ, c
 Lower-rank sources are zero-padded to the subspace's rank r, which leaves ΔW unchanged. The adapter's modules are
 matched to the subspace's by the one naming rule (edge_lorax.formats.peft.name_variants); its saved task head is
 carried; an adapter whose ΔW is zero everywhere is refused as degenerate (a relative error would be 0/0).
+A user keeps its PEFT task type: a projected adapter's `task_type` goes into the user's meta, and a reconstructed
+adapter is SEQ_CLS when the user has a head, CAUSAL_LM when its meta says so (a decoder answering with label words,
+as `edge-lorax train` writes it), else None (bare features).
 """
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from edge_lorax.builder.models import canonical_base
+from edge_lorax.builder.models import CAUSAL_LM, SEQ_CLS, TASK_TYPES, canonical_base
 from edge_lorax.formats import names
 from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.formats.peft import (
@@ -73,6 +76,14 @@ def _training_labels(adapter_dir) -> dict:
     return {"labels": labels} if labels else {}
 
 
+def _adapter_task_type(adapter_dir) -> dict:
+    """{"task_type": ...} from the adapter's adapter_config.json when it is one of PEFT's SEQ_CLS / CAUSAL_LM, else {}."""
+    cfg = read_json_object(adapter_dir / names.ADAPTER_CONFIG, "pass a folder written by PEFT's save_pretrained",
+                           AdapterError)
+    kind = cfg.get("task_type")
+    return {"task_type": kind} if kind in TASK_TYPES else {}
+
+
 def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True) -> Projection:
     """Training-free coefficients for an existing LoRA (+ its saved task head), with the relative ΔW error."""
     info = _check_adapter(subspace, read_adapter(adapter_dir))
@@ -89,7 +100,7 @@ def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True) -> 
         raise AdapterError(f"{info.weights}: ΔW is zero in every module (lora_B all zero: an untrained or degenerate "
                            "adapter), so there is nothing to project; train it first")
     meta = {"source": info.path.name, "method": "projection", "base_model": subspace.base_model,
-            **_training_labels(info.path)}
+            **_training_labels(info.path), **_adapter_task_type(info.path)}
     head = read_head(info) if with_head else {}
     return Projection(User(subspace.fingerprint, tensors, head, meta), errors, (num / den) ** 0.5)
 
@@ -115,8 +126,16 @@ def delta_weights(subspace: Subspace, coeffs: User) -> dict:
     return {m: b @ a for m, (a, b) in lora_factors(subspace, coeffs).items()}
 
 
+def peft_task_type(coeffs: User) -> str | None:
+    """The PEFT task_type of a user's adapter: SEQ_CLS with a head, CAUSAL_LM when its meta says so, else None."""
+    if coeffs.head:
+        return SEQ_CLS
+    return CAUSAL_LM if coeffs.meta.get("task_type") == CAUSAL_LM else None
+
+
 def reconstruct_adapter(subspace: Subspace, coeffs: User, out_dir, overwrite=False, head_module="classifier"):
-    """A standard PEFT LoRA folder that PeftModel.from_pretrained loads; a task head goes in modules_to_save."""
+    """A standard PEFT LoRA folder that PeftModel.from_pretrained loads; a task head goes in modules_to_save; the task
+    type is `peft_task_type`'s (a CAUSAL_LM user loads as PeftModelForCausalLM)."""
     extra, save = {}, None
     if coeffs.head:
         weight, bias = head_weight(coeffs.head)  # (labels, in), (labels,)
@@ -124,4 +143,4 @@ def reconstruct_adapter(subspace: Subspace, coeffs: User, out_dir, overwrite=Fal
         save = [head_module]
     return write_adapter(out_dir, lora_factors(subspace, coeffs), subspace.base_model,
                          fan_in_fan_out=subspace.config.get("fan_in_fan_out", False), extra=extra,
-                         modules_to_save=save, task_type="SEQ_CLS" if coeffs.head else None, overwrite=overwrite)
+                         modules_to_save=save, task_type=peft_task_type(coeffs), overwrite=overwrite)

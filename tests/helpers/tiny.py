@@ -78,3 +78,37 @@ def tiny_setup(arch: str, root, n_adapters: int = 4, k: int = 4) -> TinySetup:
 
     user = write_user(project_adapter(read_subspace(subspace), adapters[0]).coeffs, root / "user.npz")
     return TinySetup(model, subspace, tuple(adapters), user)
+
+
+def word_tokenizer(words, chat_template: str | None = None):
+    """A word-level fast tokenizer over `words` (lower-cased, split on whitespace and punctuation); the first three
+    words are its pad, unk and EOS specials."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[1]))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=words[0], unk_token=words[1], eos_token=words[2])
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+def tiny_decoder_dir(out: Path, words, seed: int = 0, chat_template: str | None = None) -> Path:
+    """A seeded random 2-layer LlamaForCausalLM (GQA: v_proj 32 -> 16) saved with a word-level tokenizer over `words`
+    (pad, unk, EOS first) and architectures ["LlamaForCausalLM"]: a model folder `--model` takes like SmolLM2's."""
+    import torch
+    import transformers
+    from transformers import LlamaForCausalLM
+
+    from helpers import tiny_config
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    config = tiny_config("llama", vocab=len(words), architectures=["LlamaForCausalLM"], pad_token_id=0, bos_token_id=None,
+                         eos_token_id=2)
+    LlamaForCausalLM(config).eval().save_pretrained(out)
+    word_tokenizer(words, chat_template).save_pretrained(out)
+    return Path(out)
