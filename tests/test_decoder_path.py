@@ -223,6 +223,31 @@ def test_reconstructed_task_type_follows_the_user(flow, tmp_path):
     assert config_of(tmp_path / "head")["modules_to_save"] == ["classifier"]
 
 
+def test_a_decoder_classifier_head_round_trips_under_its_own_name(flow, tmp_path):
+    """--task-type SEQ_CLS on the decoder: the head is Llama's `score`; projection carries it and reconstruct saves it
+    under that name, so PEFT loads the user's head (not a fresh random one) and scores like the injected model."""
+    from peft import PeftModel
+
+    from edge_lorax.builder.models import load_model
+
+    adapter = tmp_path / "cls-lora"
+    run("train-lora", "--model", flow["model"], "--data", flow["sentiment"], "--task-type", SEQ_CLS, "--steps", 20,
+        "--rank", RANK, "--lr", 5e-2, "-o", adapter, *TRAIN)
+    assert config_of(adapter)["modules_to_save"] == ["score"] and config_of(adapter)["task_type"] == SEQ_CLS
+    run("project", flow["subspace"], adapter, "-o", tmp_path / "cls.npz")
+    run("reconstruct", flow["subspace"], tmp_path / "cls.npz", "-o", tmp_path / "cls-rec")
+    user = read_user(tmp_path / "cls.npz")
+    assert user.meta["head_module"] == "score" and user.meta["task_type"] == SEQ_CLS
+    assert config_of(tmp_path / "cls-rec")["modules_to_save"] == ["score"]
+    sub = read_subspace(flow["subspace"])
+    ours = apply_user(coeff_model(str(flow["model"]), sub, 2, kind=SEQ_CLS), user).eval()
+    theirs = PeftModel.from_pretrained(load_model(flow["model"], 2), str(tmp_path / "cls-rec")).eval()
+    ids = torch.tensor([[10, 12, 23], [17, 18, 24]])  # "good movie !", "awful plot ."
+    with torch.no_grad():
+        got, want = theirs(input_ids=ids).logits, ours(input_ids=ids).logits
+    assert float((got - want).abs().max()) <= LOGIT_TOL, (got, want)  # measured 3.0e-7 (logits up to 1.6)
+
+
 # ------------------------------------------------------------------------------------------- the real SmolLM2
 
 QUESTION = "What is the capital of France? Answer in one word."

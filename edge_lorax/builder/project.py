@@ -102,6 +102,8 @@ def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True) -> 
     meta = {"source": info.path.name, "method": "projection", "base_model": subspace.base_model,
             **_training_labels(info.path), **_adapter_task_type(info.path)}
     head = read_head(info) if with_head else {}
+    if head:
+        meta["head_module"] = info.head_module.rsplit(".", 1)[-1]  # reconstruct saves it so ("score" on a Llama)
     return Projection(User(subspace.fingerprint, tensors, head, meta), errors, (num / den) ** 0.5)
 
 
@@ -126,6 +128,11 @@ def delta_weights(subspace: Subspace, coeffs: User) -> dict:
     return {m: b @ a for m, (a, b) in lora_factors(subspace, coeffs).items()}
 
 
+def _meta_head_module(coeffs: User) -> str:
+    name = coeffs.meta.get("head_module")
+    return name if isinstance(name, str) and name.isidentifier() else "classifier"
+
+
 def peft_task_type(coeffs: User) -> str | None:
     """The PEFT task_type of a user's adapter: SEQ_CLS with a head, CAUSAL_LM when its meta says so, else None."""
     if coeffs.head:
@@ -133,11 +140,13 @@ def peft_task_type(coeffs: User) -> str | None:
     return CAUSAL_LM if coeffs.meta.get("task_type") == CAUSAL_LM else None
 
 
-def reconstruct_adapter(subspace: Subspace, coeffs: User, out_dir, overwrite=False, head_module="classifier"):
-    """A standard PEFT LoRA folder that PeftModel.from_pretrained loads; a task head goes in modules_to_save; the task
-    type is `peft_task_type`'s (a CAUSAL_LM user loads as PeftModelForCausalLM)."""
+def reconstruct_adapter(subspace: Subspace, coeffs: User, out_dir, overwrite=False, head_module=None):
+    """A standard PEFT LoRA folder that PeftModel.from_pretrained loads; a task head goes in modules_to_save under
+    `head_module` (None: the user's meta "head_module", else "classifier"; Llama/GPT-2 classifiers call it "score");
+    the task type is `peft_task_type`'s (a CAUSAL_LM user loads as PeftModelForCausalLM)."""
     extra, save = {}, None
     if coeffs.head:
+        head_module = head_module or _meta_head_module(coeffs)
         weight, bias = head_weight(coeffs.head)  # (labels, in), (labels,)
         extra = {f"{head_module}.weight": weight, f"{head_module}.bias": bias}
         save = [head_module]
