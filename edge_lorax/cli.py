@@ -167,8 +167,8 @@ def project(subspace, adapter, output, as_json, overwrite):
 @click.argument("coeffs", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="PEFT adapter folder to write.")
 @click.option("--merged-model", type=click.Path(), help="Also write the base model with ΔW merged, here.")
-@click.option("--model", default="default", show_default=True,
-              help="Base model folder for --merged-model ('default': the MiniLM; 'smollm2': SmolLM2).")
+@click.option("--model", help="Base model for --merged-model: a folder, 'default' (the MiniLM) or 'smollm2' "
+              "[default: the subspace's base model]; must be the subspace's base.")
 @click.option("--overwrite", is_flag=True)
 @_friendly
 def reconstruct(subspace, coeffs, output, merged_model, model, overwrite):
@@ -184,11 +184,13 @@ def reconstruct(subspace, coeffs, output, merged_model, model, overwrite):
 
     for path in filter(None, (output, merged_model)):
         check_output(path, overwrite)
+    sub, user = read_subspace(subspace), read_user(coeffs)
+    model = model or sub.base_model
     if merged_model:
         from edge_lorax.builder.models import resolve_model
+        from edge_lorax.builder.train import check_base
 
-        resolve_model(model)  # a bad --model is refused before anything is written
-    sub, user = read_subspace(subspace), read_user(coeffs)
+        check_base(resolve_model(model), sub)  # a bad or mismatched --model is refused before anything is written
     reconstruct_adapter(sub, user, output, overwrite)
     head = None
     if merged_model:

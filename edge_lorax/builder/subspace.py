@@ -273,3 +273,18 @@ def build_subspace(adapter_dirs, *, components=None, explained_variance=None, au
               "sources": [_source_entry(i) for i in infos]}
     config["fingerprint"] = fingerprint_tensors(subspace_tensors(modules), config)
     return Subspace(modules, config)
+
+
+def random_like(sub: Subspace, seed: int) -> Subspace:
+    """The control of the recycling claim: random orthonormal components of the same shapes as `sub` (QR of a seeded
+    Gaussian per module and side), with its own fingerprint. Same K, same machinery, no recycled information."""
+    from dataclasses import replace
+
+    rng, modules = np.random.default_rng(seed + 1000), {}
+    for name, ms in sub.modules.items():
+        qa = np.linalg.qr(rng.standard_normal(ms.components_A.T.shape))[0].T.astype(np.float32)  # (K, in)
+        qb = np.linalg.qr(rng.standard_normal(ms.components_B.shape))[0].astype(np.float32)  # (out, K)
+        modules[name] = replace(ms, components_A=qa, components_B=qb)
+    config = {**sub.config, "kind": "random-control", "seed": seed}
+    config["fingerprint"] = fingerprint_tensors(subspace_tensors(modules), config)
+    return Subspace(modules, config)

@@ -126,7 +126,8 @@ def train_coeffs(subspace: Subspace, task, output, *, model=None, rank=None, k=N
     torch.manual_seed(config.seed)
     net = coeff_model(model, subspace, task.num_labels, rank=rank, k=k, init=init, seed=config.seed, kind=kind)
     result = fit(net, task, tokenizer, config, progress=progress, objective=objective)
-    settings = {"task_type": kind, "rank": rank, "k": k, "init": init, "base_model": subspace.base_model}
+    settings = {"task_type": kind, "rank": rank, "k": k, "init": init, "base_model": subspace.base_model,
+                **({"head_module": head_module(net)} if kind == SEQ_CLS else {})}
     user = user_coefficients(net, subspace, _task_meta(task, result, settings))
     write_user(user, output)
     return CoeffReport(task.name, str(output), sum(v.size for v in user.coefficients.values()),
