@@ -161,6 +161,19 @@ def obj_task():
     return tiny_task(["good movie", "bad", "very good !", "bad movie"], [1, 0, 1, 0])
 
 
+def test_training_loss_equals_the_right_padded_reference(tok):
+    """Generation.loss (left-padded, last positions' logits only) = answer_loss on the right-padded full batch, for
+    prompts and answers of different lengths; gradients flow."""
+    split = Split(("good", "very very bad movie !", "movie"), np.array([0, 1, 1]))
+    obj = gen.Generation(Task("t", CLASSIFICATION, ("negative", "very good"), split, split, split), tok, 32)
+    model, data = tiny_llama(seed=2), obj.encode(split)
+    got = obj.loss(model, data, [0, 1, 2])
+    pairs = [obj._pair(data.prompts[i], int(data.targets[i])) for i in range(3)]
+    torch.testing.assert_close(got, gen.answer_loss(model, gen.collate(pairs, gen.pad_id(tok))), atol=1e-5, rtol=1e-5)
+    got.backward()
+    assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
 def test_regression_and_short_max_length_are_refused(tok):
     split = Split(("a",), np.zeros(1, dtype=np.float32))
     with pytest.raises(InputError, match="classification"):
