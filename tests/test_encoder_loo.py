@@ -37,4 +37,6 @@ def test_plan_cheap_rows_first_then_whole_seeds_at_the_picks(loo):
     trained = runs[8:]
     assert [r.seed for r in trained] == [0] * 16 + [1] * 16 and all(r.lr == picks[r.method] for r in trained)
     assert loo.plan(3, None) == runs[:8]  # before the sweep's picks: the training-free rows only
+    partial = loo.plan(2, {"eigen-keep": 2e-2})  # methods whose pick exists run; the rest wait
+    assert [r.method for r in partial[8:]] == ["eigen-keep"] * 8
     assert loo.Run("spam", "lora", 1, 5e-3).key == "spam_lora_s1_lr0.005" and loo.Run("spam", "probe", 0).key == "spam_probe_s0"

@@ -83,11 +83,10 @@ def sources(target: str) -> list:
 
 def plan(seeds: int, picks: dict | None, targets=tuple(TARGETS)) -> list:
     """Cheap rows first (projection, probe), then the trained methods seed by seed, so a cut-short run has whole seeds;
-    without picks (the sweep not done yet) only the cheap rows."""
+    only methods whose rate the sweep has picked (none yet: only the cheap rows)."""
     runs = [Run(t, m, 0) for t in targets for m in ("projection-keep", "probe")]
-    if picks is None:
-        return runs
-    return runs + [Run(t, m, s, picks[m]) for s in range(seeds) for t in targets for m in TRAINED]
+    picks = picks or {}
+    return runs + [Run(t, m, s, picks[m]) for s in range(seeds) for t in targets for m in TRAINED if m in picks]
 
 
 _SUBSPACES: dict = {}
@@ -180,13 +179,11 @@ def main(argv=None):
     else:
         from report import load_runs  # the paper table's report (paper_table/ is on sys.path through its run.py)
 
-        picks = paper.pick_lrs(load_runs(args.paper_runs), paper.SWEEP)
+        picks = {m: lr for m, lr in paper.pick_lrs(load_runs(args.paper_runs), paper.SWEEP).items() if m in TRAINED}
         if not set(TRAINED) <= set(picks):
-            print("the paper table's sweep is not complete (benchmarks/paper_table/run.py --grids sweep): only the "
-                  "projection and probe rows now", file=sys.stderr)
-            picks = None
-    if picks:
-        print(f"learning rates (paper table sweep picks): { {m: picks[m] for m in TRAINED} }", file=sys.stderr)
+            print("the paper table's sweep (benchmarks/paper_table/run.py --grids sweep) has no pick yet for "
+                  f"{', '.join(m for m in TRAINED if m not in picks)}: those rows wait for a later call", file=sys.stderr)
+    print(f"learning rates (paper table sweep picks): {picks}", file=sys.stderr)
     out_dir = args.out or HERE / ("runs_quick" if args.quick else "runs")
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = plan(1 if args.quick else args.seeds, picks, tuple(args.targets.split(",")))
