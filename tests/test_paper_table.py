@@ -94,6 +94,11 @@ def test_sweep_picks_the_best_mean_validation_rate():
     assert report["pick_lrs"](runs, sweep) == {"lora": 2e-3, "head": 2e-1}
     seed1 = [dict(r, seed=1, validation_accuracy=1.0) for r in runs if r["lr"] == 5e-4]  # only seed 0 counts
     assert report["pick_lrs"](runs + seed1, sweep) == {"lora": 2e-3, "head": 2e-1}
+    lora = lambda d, lr, v: dict(_record("lora", d, 0, 0.5), lr=lr, validation_accuracy=v)  # noqa: E731
+    float_tie = [lora("amazon", 5e-4, 0.1), lora("nyt", 5e-4, 0.7), lora("amazon", 2e-3, 0.3), lora("nyt", 2e-3, 0.5)]
+    assert 0.1 + 0.7 < 0.3 + 0.5  # the same 0.8 in exact arithmetic, not in floats
+    assert report["pick_lrs"](float_tie, {"lora": (5e-4, 2e-3)}) == {"lora": 5e-4}  # a tie: the smaller rate
+    assert report["pick_lrs"](float_tie, {"lora": (2e-3, 5e-4)}) == {"lora": 5e-4}  # whatever the listed order
     incomplete = [r for r in runs if not (r["method"] == "head" and r["lr"] == 2e-1 and r["domain"] == "nyt")]
     assert report["pick_lrs"](incomplete, sweep) == {"lora": 2e-3}  # no pick until every domain has its run
 

@@ -78,12 +78,14 @@ def at_legacy(runs) -> list:
 
 
 def pick_lrs(runs, sweep: dict = SWEEP) -> dict:
-    """{method: the rate with the best mean validation accuracy} for methods whose sweep is complete (ties: the rate
-    listed first)."""
+    """{method: the rate with the best mean validation accuracy} for methods whose sweep is complete. Ties (equal to
+    1e-9: validation accuracy counts rows, so equal counts tie exactly but their float means may differ in the last
+    bit) go to the smallest rate."""
     picks = {}
     for method, scores in sweep_scores(runs, sweep).items():
         if scores and all(v is not None for v in scores.values()):
-            picks[method] = max(scores, key=lambda lr: scores[lr])
+            best = max(round(v, 9) for v in scores.values())
+            picks[method] = min(lr for lr, v in scores.items() if round(v, 9) == best)
     return picks
 
 
