@@ -99,6 +99,8 @@ def test_sweep_picks_the_best_mean_validation_rate():
     assert 0.1 + 0.7 < 0.3 + 0.5  # the same 0.8 in exact arithmetic, not in floats
     assert report["pick_lrs"](float_tie, {"lora": (5e-4, 2e-3)}) == {"lora": 5e-4}  # a tie: the smaller rate
     assert report["pick_lrs"](float_tie, {"lora": (2e-3, 5e-4)}) == {"lora": 5e-4}  # whatever the listed order
+    legacy = [lora("amazon", 5e-4, 0.945312), lora("amazon", 2e-3, 0.9453125)]  # 121/128 stored to 6 decimals, exact
+    assert report["pick_lrs"](legacy, {"lora": (5e-4, 2e-3)}) == {"lora": 5e-4}
     incomplete = [r for r in runs if not (r["method"] == "head" and r["lr"] == 2e-1 and r["domain"] == "nyt")]
     assert report["pick_lrs"](incomplete, sweep) == {"lora": 2e-3}  # no pick until every domain has its run
 

@@ -50,13 +50,16 @@ def is_sweep(r: dict, method: str, lr: float) -> bool:
 
 
 def sweep_scores(runs, sweep: dict = SWEEP) -> dict:
-    """{method: {lr: mean validation accuracy over the domains, or None until every domain has its run}}."""
+    """{method: {lr: mean validation accuracy (each run's rounded to 6 decimals) over the domains, or None until every
+    domain has its run}}."""
     domains = sorted({r["domain"] for r in runs if r["grid"] == "main"})
     out = {}
     for method, grid in sweep.items():
         out[method] = {}
         for lr in grid:
-            acc = {r["domain"]: r["validation_accuracy"] for r in runs if is_sweep(r, method, lr)}
+            # 6 decimals: the precision files made before the sweep stored (their history), so that the same count
+            # of correct rows scores the same in old and new files
+            acc = {r["domain"]: round(r["validation_accuracy"], 6) for r in runs if is_sweep(r, method, lr)}
             out[method][lr] = float(np.mean([acc[d] for d in domains])) if domains and set(domains) <= set(acc) else None
     return out
 
