@@ -14,8 +14,8 @@ best mean validation exact match over the held-out tasks; ties: the rank accurac
 - probe: logistic regression on the frozen base model's mean-pooled features (builder.probe), C picked on validation
 
 Each run's result is a JSON file under runs/, so an interrupted run resumes; `report.py` renders the tables. The
-plan runs in order of importance: zero-shot, probe, projection, the sweep (seed 0), seeds 1-2 at the picked rates,
-mean dropped, then 256 and 64 training rows (seed 0). Does not train the source adapters (sources.py does).
+plan runs in order of importance: zero-shot, probe, projection, the sweep (seed 0; every method at its middle rate
+first), seeds 1-2 at the picked rates, mean dropped, then 256 and 64 training rows (seed 0). Does not train the source adapters (sources.py does).
 
     .venv/bin/python benchmarks/decoder/loo.py                 # the whole plan, resumable
     .venv/bin/python benchmarks/decoder/loo.py --stages zero-shot,probe,projection,sweep
@@ -95,8 +95,8 @@ def plan(stages, out: Path, seeds: int = 3) -> list:
     for stage in stages:
         if stage in ("zero-shot", "probe", "projection"):
             runs += [Run(t, stage, stage=stage) for t in HELD_OUT]
-        elif stage == "sweep":
-            runs += [Run(t, m, lr=lr) for m, grid in LR_GRID.items() for lr in grid for t in HELD_OUT]
+        elif stage == "sweep":  # the middle rates first: a first comparison of every method on every task early
+            runs += [Run(t, m, lr=grid[i]) for i in (1, 0, 2) for t in HELD_OUT for m, grid in LR_GRID.items()]
         elif stage == "seeds":
             runs += [Run(t, m, seed=s, lr=chosen[m], stage=stage) for s in range(1, seeds) for m in chosen for t in HELD_OUT]
         elif stage == "drop" and "eigen-keep" in chosen:
