@@ -93,7 +93,9 @@ def verdict_lines(runs, result: dict) -> list:
         lines.append(f"| {t} | {fmt(v['lora'])} | {fmt(v['random'])} | {fmt(v['head'])} | {fmt(v['probe'])} | "
                      + ("–" if err is None else f"{100 * err:.0f} %") + " |")
     lines += ["", "Points of test accuracy, mean over seeds (range over seeds; the probe has one fit, compared with "
-              "each seed)."]
+              "each seed).", "", "Read per target (rules applied to the numbers above: recycled directions help when "
+              "EigenLoRAx beats the random control in every seed; 'matches LoRA' within 1 point):", ""]
+    lines += [f"- {t}: {reading(v)}" for t, v in result["paired"].items()]
     extra = result["sources_with_spam_trec"]
     if extra:
         lines += ["", "Sentiment targets, EigenLoRAx (mean kept) with the paper table's nine-sentiment-adapter subspace "
@@ -102,6 +104,24 @@ def verdict_lines(runs, result: dict) -> list:
                   f"paired difference {v['mean_diff']:+.1f} points over {v['n']} seeds" if v["n"] else
                   f"- {t}: the paper table has no eigen-keep runs at this rate yet" for t, v in extra.items()]
     return lines
+
+
+def reading(v: dict) -> str:
+    """One sentence from the paired differences of one target."""
+    rnd, lora, probe = v["random"], v["lora"], v["probe"]
+    if rnd["mean_diff"] is None:
+        return "no trained runs yet."
+    if rnd["min"] > 0:
+        parts = [f"the recycled directions help: {rnd['mean_diff']:+.1f} points over random ones"]
+    elif rnd["mean_diff"] <= 0:
+        parts = [f"the recycled directions do not help: {rnd['mean_diff']:+.1f} points against random ones"]
+    else:
+        parts = [f"mixed against random directions ({rnd['mean_diff']:+.1f}, {rnd['min']:+.1f} … {rnd['max']:+.1f})"]
+    if lora["mean_diff"] is not None:
+        parts.append("matches LoRA" if lora["mean_diff"] >= -1 else f"{-lora['mean_diff']:.1f} points below LoRA")
+    if probe["mean_diff"] is not None:
+        parts.append(f"{probe['mean_diff']:+.1f} against the frozen-feature probe")
+    return "; ".join(parts) + "."
 
 
 def analyse(runs) -> dict:
