@@ -29,7 +29,7 @@ PLAIN_K8 = lambda r: r["k"] == 8 and r["augment"] == 0  # noqa: E731  the grid's
 LEGACY_LR = {"eigen-drop": 2e-2, "eigen-keep": 2e-2, "random": 2e-2, "lora": 2e-3, "vera": 1e-2, "head": 5e-3}
 # The sweep (issue 12): three rates per trained method, the legacy rate among them; one rule for all.
 SWEEP = {"eigen-drop": (5e-3, 2e-2, 5e-2), "eigen-keep": (5e-3, 2e-2, 5e-2), "random": (5e-3, 2e-2, 5e-2),
-         "lora": (5e-4, 2e-3, 5e-3), "vera": (3e-3, 1e-2, 3e-2), "head": (5e-3, 5e-2, 2e-1)}
+         "lora": (5e-4, 2e-3, 5e-3), "head": (5e-3, 5e-2, 2e-1), "vera": (3e-3, 1e-2, 3e-2)}  # run in this order
 
 
 def load_runs(folder: Path) -> list:

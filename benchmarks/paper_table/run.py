@@ -50,7 +50,7 @@ from edge_lorax.formats.subspace import Subspace, fingerprint_tensors, subspace_
 from edge_lorax.formats.user import write_user  # noqa: E402
 
 ADAPTERS = ROOT / "adapters"
-TRAINED = ("eigen-drop", "eigen-keep", "random", "lora", "vera", "head")
+TRAINED = ("eigen-drop", "eigen-keep", "random", "lora", "head", "vera")
 # Low data asks "EigenLoRAx vs LoRA with little data" (and mean kept vs dropped); VeRA, head-only and the random
 # control are main-grid only, which keeps the whole plan inside the 90-minute budget on 2 cores.
 LOWDATA = ("eigen-drop", "eigen-keep", "lora")
@@ -97,7 +97,7 @@ def plan(quick: bool, seeds: int, grids=("main", "lowdata", "ablation"), picks: 
         return [Run("amazon", m, "64", 0, grid="quick") for m in TRAINED + ("projection-drop", "probe")]
     runs, lr = [], lambda m: picks[m]  # noqa: E731
     if ("main" in grids or "lowdata" in grids) and not (picks and set(SWEEP) <= set(picks)):
-        raise SystemExit("main/lowdata need the sweep's picks: run `run.py --grids sweep` first")
+        raise SystemExit(f"main/lowdata need the sweep's picks (have {picks}): run `run.py --grids sweep` first")
     if "main" in grids:
         runs += [Run(d, f"projection-{mean}", "all", 0) for d in VADER_DOMAINS for mean in ("drop", "keep")]
         runs += [Run(d, "probe", "all", 0) for d in VADER_DOMAINS]
@@ -313,7 +313,11 @@ def main(argv=None):
                     "ablation; run in this order")
     ap.add_argument("--out", type=Path, help="folder of per-run JSON (default runs/ or runs_quick/)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    ap.add_argument("--methods", help="comma-separated: only these methods' runs (e.g. a second process on other "
+                    "methods); main/lowdata need only their picks")
     args = ap.parse_args(argv)
+    keep = set(args.methods.split(",")) if args.methods else None
+    only = (lambda runs: [r for r in runs if r.method in keep]) if keep else (lambda runs: runs)  # noqa: E731
     torch.set_num_threads(args.threads)
     steps = args.steps or (4 if args.quick else 80)
     config = TrainConfig(batch_size=16, max_length=48, steps=steps, eval_every=max(1, steps // 4), warmup=0.06)
@@ -321,11 +325,13 @@ def main(argv=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     grids = tuple(args.grids.split(","))
     if "sweep" in grids and not args.quick:
-        _run_all(sweep_plan(), config, out_dir)
+        _run_all(only(sweep_plan()), config, out_dir)
     picks = None if args.quick else pick_lrs(load_existing(out_dir), SWEEP)
     if picks:
         print(f"picked learning rates: {picks}", file=sys.stderr)
-    _run_all(plan(args.quick, args.seeds, grids, picks), config, out_dir)
+    if keep and picks is not None:  # a method subset needs only its own picks; the others' rows are dropped
+        picks = {**{m: LEGACY_LR[m] for m in SWEEP}, **picks} if keep <= set(picks) | {"probe"} else picks
+    _run_all(only(plan(args.quick, args.seeds, grids, picks)), config, out_dir)
     return out_dir
 
 
