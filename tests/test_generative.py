@@ -10,6 +10,7 @@ import torch
 from edge_lorax.builder import generative as gen
 from edge_lorax.builder.data import CLASSIFICATION, Split, Task
 from edge_lorax.formats.errors import InputError
+from helpers import generative_ref as ref
 from helpers import tiny_config
 
 WORDS = ["<pad>", "<unk>", "</s>", "text", ":", "answer", "positive", "negative", "good", "bad", "movie", "very", "!"]
@@ -26,6 +27,11 @@ def tiny_tokenizer():
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+
+
+def pair(prompt, answer):
+    """(input_ids, labels) of a prompt and its answer tokens: labels -100 on the prompt."""
+    return list(prompt) + answer, [-100] * len(prompt) + answer
 
 
 def tiny_llama(seed: int = 0):
@@ -59,24 +65,24 @@ def test_chat_template_is_used_when_present():
 
 
 def test_labels_cover_the_answer_only(tok):
-    ids, labels = gen.encode_pair(tok, "good movie", "positive")
+    ids, labels = ref.encode_pair(tok, "good movie", "positive")
     assert tok.convert_ids_to_tokens(ids) == ["text", ":", "good", "movie", "answer", ":", "positive", "</s>"]
     assert labels == [-100] * 6 + [WORDS.index("positive"), WORDS.index("</s>")]
 
 
 def test_truncation_cuts_the_text_and_keeps_template_and_answer(tok):
-    ids, labels = gen.encode_pair(tok, "good movie very very bad", "negative", max_length=8)
+    ids, labels = ref.encode_pair(tok, "good movie very very bad", "negative", max_length=8)
     assert tok.convert_ids_to_tokens(ids) == ["text", ":", "good", "movie", "answer", ":", "negative", "</s>"]
     assert labels == [-100] * 6 + ids[-2:]
     with pytest.raises(InputError, match="max-length"):
-        gen.encode_pair(tok, "good", "negative", max_length=2)
+        ref.encode_pair(tok, "good", "negative", max_length=2)
     with pytest.raises(InputError, match="max-length"):
-        gen.encode_pair(tok, "good", "negative", max_length=5)  # the template alone needs 4, the answer 2
+        ref.encode_pair(tok, "good", "negative", max_length=5)  # the template alone needs 4, the answer 2
 
 
 def test_collate_right_pads_with_masks(tok):
-    pairs = [gen.encode_pair(tok, "good", "positive"), gen.encode_pair(tok, "very very bad movie", "negative")]
-    batch = gen.collate(pairs, gen.pad_id(tok))
+    pairs = [ref.encode_pair(tok, "good", "positive"), ref.encode_pair(tok, "very very bad movie", "negative")]
+    batch = ref.collate(pairs, gen.pad_id(tok))
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (2, 10)
     assert batch["attention_mask"][0].tolist() == [1] * 7 + [0] * 3
     assert batch["input_ids"][0, 7:].tolist() == [0] * 3 and batch["labels"][0, 7:].tolist() == [-100] * 3
@@ -85,12 +91,12 @@ def test_collate_right_pads_with_masks(tok):
 
 def test_padding_does_not_change_losses_and_matches_hf(tok):
     model = tiny_llama()
-    pairs = [gen.encode_pair(tok, t, lab) for t, lab in [("good", "positive"), ("very bad movie !", "negative"),
+    pairs = [ref.encode_pair(tok, t, lab) for t, lab in [("good", "positive"), ("very bad movie !", "negative"),
                                                         ("movie", "negative")]]
     with torch.no_grad():
-        batched = gen.answer_losses(model, gen.collate(pairs, gen.pad_id(tok)))  # (B,)
-        alone = torch.cat([gen.answer_losses(model, gen.collate([p], gen.pad_id(tok))) for p in pairs])
-        single = gen.collate(pairs[1:2], gen.pad_id(tok))
+        batched = ref.answer_losses(model, ref.collate(pairs, gen.pad_id(tok)))  # (B,)
+        alone = torch.cat([ref.answer_losses(model, ref.collate([p], gen.pad_id(tok))) for p in pairs])
+        single = ref.collate(pairs[1:2], gen.pad_id(tok))
         hf = model(input_ids=single["input_ids"], labels=single["labels"]).loss
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(alone[1], hf, atol=1e-5, rtol=1e-5)
@@ -130,7 +136,7 @@ def test_evaluate_matches_reference_metrics(tok):
     with torch.no_grad():
         for i, prompt in enumerate(data.prompts):
             for j, answer in enumerate(obj.answers):
-                batch = gen.collate([(list(prompt) + answer, [-100] * len(prompt) + answer)], gen.pad_id(tok))
+                batch = ref.collate([(list(prompt) + answer, [-100] * len(prompt) + answer)], gen.pad_id(tok))
                 nll[i, j] = float(model(input_ids=batch["input_ids"], labels=batch["labels"]).loss)
     targets = np.array([1, 0, 1, 0])
     assert scores["rank_accuracy"] == float((nll.argmin(-1) == targets).mean())  # answers have equal lengths here
@@ -148,7 +154,7 @@ def test_cached_label_scores_match_full_forwards_with_unequal_answers(tok):
     summed, mean, follows = obj.label_logprobs(model, data, batch_size=2)
     for i, prompt in enumerate(data.prompts):
         for j, answer in enumerate(obj.answers):
-            batch = gen.collate([(list(prompt) + answer, [-100] * len(prompt) + answer)], gen.pad_id(tok))
+            batch = ref.collate([(list(prompt) + answer, [-100] * len(prompt) + answer)], gen.pad_id(tok))
             with torch.no_grad():
                 hf = float(model(input_ids=batch["input_ids"], labels=batch["labels"]).loss) * len(answer)
             assert summed[i, j] == pytest.approx(-hf, abs=1e-4)
@@ -168,8 +174,8 @@ def test_training_loss_equals_the_right_padded_reference(tok):
     obj = gen.Generation(Task("t", CLASSIFICATION, ("negative", "very good"), split, split, split), tok, 32)
     model, data = tiny_llama(seed=2), obj.encode(split)
     got = obj.loss(model, data, [0, 1, 2])
-    pairs = [obj._pair(data.prompts[i], int(data.targets[i])) for i in range(3)]
-    torch.testing.assert_close(got, gen.answer_loss(model, gen.collate(pairs, gen.pad_id(tok))), atol=1e-5, rtol=1e-5)
+    pairs = [pair(data.prompts[i], obj.answers[int(data.targets[i])]) for i in range(3)]
+    torch.testing.assert_close(got, ref.answer_loss(model, ref.collate(pairs, gen.pad_id(tok))), atol=1e-5, rtol=1e-5)
     got.backward()
     assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
 
@@ -206,14 +212,14 @@ def test_a_few_steps_lower_the_answer_loss(tok):
         p.requires_grad_(False)
     norm = model.model.norm.weight  # the final RMSNorm scale: 32 trainable values, a stand-in for coefficients
     norm.requires_grad_(True)
-    batch = gen.collate([gen.encode_pair(tok, "good movie", "positive")], gen.pad_id(tok))
+    batch = ref.collate([ref.encode_pair(tok, "good movie", "positive")], gen.pad_id(tok))
     opt = torch.optim.Adam([norm], lr=5e-2)
     with torch.no_grad():
-        before = float(gen.answer_loss(model, batch))
+        before = float(ref.answer_loss(model, batch))
     for _ in range(5):
         opt.zero_grad()
-        gen.answer_loss(model, batch).backward()
+        ref.answer_loss(model, batch).backward()
         opt.step()
     with torch.no_grad():
-        after = float(gen.answer_loss(model, batch))
+        after = float(ref.answer_loss(model, batch))
     assert after < before - 0.05

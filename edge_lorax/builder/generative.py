@@ -80,34 +80,6 @@ def fitted_prompt(tokenizer, text: str, choices=(), budget: int | None = None) -
     return prompt if len(prompt) <= budget else prompt_ids(tokenizer, "", choices)
 
 
-def encode_pair(tokenizer, text: str, label: str, max_length: int | None = None,
-                choices=()) -> tuple[list[int], list[int]]:
-    """(input_ids, labels): prompt + answer tokens; labels are the answer tokens, IGNORE on the prompt.
-
-    With max_length, the text is cut at its end so that template + answer fit (InputError when they cannot).
-    """
-    answer = answer_ids(tokenizer, label)
-    if max_length is not None and len(answer) >= max_length:
-        raise InputError(f"label {label!r} needs {len(answer)} tokens; raise --max-length above that")
-    prompt = fitted_prompt(tokenizer, text, choices, None if max_length is None else max_length - len(answer))
-    return prompt + answer, [IGNORE] * len(prompt) + answer
-
-
-def collate(pairs, pad_id: int) -> dict:
-    """Right-padded batch: input_ids, attention_mask, labels (IGNORE on padding), all (B, T) int64."""
-    import torch
-
-    width = max(len(ids) for ids, _ in pairs)
-    input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)  # (B, T)
-    labels = torch.full((len(pairs), width), IGNORE, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(pairs), width), dtype=torch.long)  # (B, T)
-    for row, (ids, lab) in enumerate(pairs):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        labels[row, :len(lab)] = torch.tensor(lab)
-        mask[row, :len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-
-
 def pad_id(tokenizer) -> int:
     """The pad token, else EOS (decoders often have no pad token); padding is masked out either way."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -120,30 +92,6 @@ def _check_classification(task):
     if task.kind != CLASSIFICATION:
         raise InputError(f"task {task.name!r} is {task.kind}; a causal LM answers with label words, so it takes "
                          "classification tasks only (pass --task-type SEQ_CLS to train a regression head instead)")
-
-
-def answer_logprobs(model, batch: dict):
-    """Per-token log-prob of each next token, IGNORE positions zeroed: (B, T-1), and the answer mask (B, T-1)."""
-    import torch
-
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
-    targets = batch["labels"][:, 1:]  # (B, T-1)
-    keep = targets != IGNORE  # (B, T-1)
-    logp = torch.log_softmax(logits[:, :-1][keep].float(), dim=-1)  # (n, V): answer positions only
-    values = logp.gather(-1, targets[keep].unsqueeze(-1)).squeeze(-1)  # (n,)
-    return torch.zeros(keep.shape, dtype=values.dtype).masked_scatter(keep, values), keep
-
-
-def answer_losses(model, batch: dict):
-    """Per-example mean cross-entropy over the answer tokens: (B,)."""
-    picked, keep = answer_logprobs(model, batch)
-    return -picked.sum(-1) / keep.sum(-1).clamp(min=1)
-
-
-def answer_loss(model, batch: dict):
-    """The batch loss: mean over all answer tokens of the batch (HF's causal-LM loss with IGNORE labels)."""
-    picked, keep = answer_logprobs(model, batch)
-    return -picked.sum() / keep.sum().clamp(min=1)
 
 
 def greedy_generate(model, prompts, max_new_tokens: int, pad: int, batch_size: int = 32, eos=()) -> list[list[int]]:
@@ -177,11 +125,6 @@ def _until_eos(tokens: list, eos: set) -> list:
         if t in eos:
             return tokens[:i]
     return tokens
-
-
-def exact_match(answer: str, label: str) -> bool:
-    """Case-insensitive equality of the stripped answer and the label word."""
-    return answer.strip().lower() == label.strip().lower()
 
 
 @dataclass(frozen=True)
@@ -220,7 +163,7 @@ class Generation:
         return len(data.prompts)
 
     def loss(self, model, data: Prompts, index):
-        """Mean cross-entropy over the batch's answer tokens (== answer_loss on the right-padded batch). Rows are
+        """Mean cross-entropy over the batch's answer tokens (HF's causal-LM loss with -100 labels). Rows are
         left-padded so that every answer ends the row, and only the last positions' logits are computed: the output
         layer (49,152 × 576 on SmolLM2) runs on a few positions per row instead of all."""
         import torch
@@ -234,10 +177,6 @@ class Generation:
         keep = targets != IGNORE
         logp = torch.log_softmax(logits[keep].float(), dim=-1)  # (n, V)
         return -logp.gather(-1, targets[keep].unsqueeze(-1)).mean()
-
-    def _pair(self, prompt, label: int):
-        answer = self.answers[label]
-        return list(prompt) + answer, [IGNORE] * len(prompt) + answer
 
     def label_logprobs(self, model, data: Prompts, batch_size: int = 32) -> tuple:
         """Teacher-forced answer log-likelihoods per example and label: summed (N, L), per-token mean (N, L), and
