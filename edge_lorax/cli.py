@@ -65,8 +65,18 @@ _TRAINING_OPTIONS = (
     click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
                  help="Early stopping: evals without a better val loss."),
     click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Split, init and batch order."),
+    click.option("--threads", type=click.IntRange(min=1),
+                 help="torch threads [default: torch's choice]; on a machine shared with other jobs use 1 per process "
+                      "(OpenMP threads spin-wait when the cores are taken)."),
     click.option("--overwrite", is_flag=True),
 )
+
+
+def _set_threads(threads):
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _training_options(fn):
@@ -228,7 +238,7 @@ def inspect(path, as_json):
               help="Coefficients + head (2e-2 beat 5e-3 on a short budget: benchmarks/paper_table).")
 @_friendly
 def train(subspace_dir, data, text_column, label_column, kind, output, model, task_type, rank, k, init, lr, steps,
-          epochs, batch_size, max_length, patience, seed, overwrite):
+          epochs, batch_size, max_length, patience, seed, threads, overwrite):
     """Train a new user's coefficients (+ task head) on frozen components -> user.npz.
 
     \b
@@ -246,6 +256,7 @@ def train(subspace_dir, data, text_column, label_column, kind, output, model, ta
     config = TrainConfig(lr=lr, batch_size=batch_size, max_length=max_length, steps=steps, epochs=epochs, seed=seed,
                          patience=patience)  # range-checked here, the subspace and model in train_coeffs
     task = load_task(data, text_column=text_column, label_column=label_column, kind=kind, seed=seed)
+    _set_threads(threads)
     report = train_coeffs(read_subspace(subspace_dir), task, output, model=model, rank=rank, k=k, init=init, config=config,
                           kind=task_type)
     click.echo(report.summary())
@@ -265,7 +276,6 @@ def train(subspace_dir, data, text_column, label_column, kind, output, model, ta
               "layer) [default: query,value for BERT, q_proj,v_proj for Llama-family, c_attn for GPT-2].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
               help="Learning rate [default: lora 2e-3, vera 1e-2, head 5e-3].")
-@click.option("--threads", type=click.IntRange(min=1), help="torch threads (default: torch's choice).")
 @click.option("--json", "as_json", is_flag=True, help="Metrics as JSON.")
 @_friendly
 def train_lora(data, text_column, label_column, kind, validation_file, test_file, output, method, model, task_type,
@@ -286,10 +296,7 @@ def train_lora(data, text_column, label_column, kind, validation_file, test_file
     check_output(output, overwrite)  # before the work: exists, or cannot be written
     config = TrainConfig(lr=lr or METHOD_LR[method], batch_size=batch_size, max_length=max_length, steps=steps,
                          epochs=epochs, seed=seed, patience=patience)  # range-checked; the model in train_lora
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     task = _load_cli_task(data, text_column, label_column, kind, validation_file, test_file, seed)
     report = run(task, output, method=method, rank=rank, alpha=alpha, model=model, config=config, overwrite=overwrite,
                  targets=tuple(t.strip() for t in targets.split(",")) if targets else None, kind=task_type)
