@@ -82,17 +82,35 @@ def sweep_table(runs, chosen: dict) -> list:
     return out
 
 
-def paired(runs, a: str, b: str, rows: str = "all") -> list:
-    """Per task: mean over common seeds of (a − b) test exact match, in points, and the seeds used."""
-    lines = []
+def differences(runs, a: str, b: str, rows: str = "all", metric: str = "accuracy") -> dict:
+    """Task -> list of (a − b) test scores in points over the seeds both have; an untrained method (one run, seed 0)
+    pairs with every seed of the other."""
+    out = {}
     for t in HELD_OUT:
-        sa = {r["seed"]: score(r, "accuracy") for r in runs if r["method"] == a and r["task"] == t and r["rows"] == rows}
-        sb = {r["seed"]: score(r, "accuracy") for r in runs if r["method"] == b and r["task"] == t and r["rows"] == rows}
+        sa = {r["seed"]: score(r, metric) for r in runs if r["method"] == a and r["task"] == t and r["rows"] == rows}
+        sb = {r["seed"]: score(r, metric) for r in runs if r["method"] == b and r["task"] == t and r["rows"] == rows}
+        if b in UNTRAINED and 0 in sb:
+            sb = {s: sb[0] for s in sa}
         common = sorted(set(sa) & set(sb))
-        if common:
-            diff = [sa[s] - sb[s] for s in common]
-            lines.append(f"- {folder_name(t)}: {np.mean(diff):+.1f} points ({len(common)} paired seed(s))")
+        if common and all(sa[s] is not None and sb[s] is not None for s in common):
+            out[t] = [sa[s] - sb[s] for s in common]
+    return out
+
+
+def paired(runs, a: str, b: str, rows: str = "all") -> list:
+    """Per task: mean over common seeds of (a − b), exact match and rank accuracy, then the mean over tasks."""
+    exact, rank = differences(runs, a, b, rows), differences(runs, a, b, rows, "rank_accuracy")
+    lines = [f"- {folder_name(t)}: exact match {np.mean(d):+.1f} points, rank accuracy "
+             f"{np.mean(rank[t]):+.1f} ({len(d)} paired seed(s))" if t in rank else
+             f"- {folder_name(t)}: exact match {np.mean(d):+.1f} points ({len(d)} paired seed(s))" for t, d in exact.items()]
+    if len(exact) == len(HELD_OUT):
+        means = [np.mean(d) for d in exact.values()]
+        lines.append(f"- **mean over the {len(means)} tasks: {np.mean(means):+.1f} points exact match; better on "
+                     f"{sum(m > 0 for m in means)} of {len(means)} tasks**")
     return lines or ["- (no paired runs yet)"]
+
+
+UNTRAINED = ("zero-shot", "projection", "probe")
 
 
 def size_lines(runs) -> list:
@@ -156,7 +174,10 @@ def markdown(all_runs) -> str:
              *main_table(runs, "256", "accuracy"), "", "64 rows:", "", *main_table(runs, "64", "accuracy"), "",
              "## Paired differences (test exact match, all rows)", "", "EigenLoRAx (mean kept) − LoRA r=8:", "",
              *paired(runs, "eigen-keep", "lora"), "", "EigenLoRAx (mean kept) − random subspace:", "",
-             *paired(runs, "eigen-keep", "random"), "", "## Size of one user", "", *size_lines(runs), "",
+             *paired(runs, "eigen-keep", "random"), "", "EigenLoRAx (mean kept) − zero-shot base:", "",
+             *paired(runs, "eigen-keep", "zero-shot"), "", "LoRA r=8 − zero-shot base:", "",
+             *paired(runs, "lora", "zero-shot"), "", "EigenLoRAx (mean kept) − the probe (exact match vs its accuracy):",
+             "", *paired(runs, "eigen-keep", "probe"), "", "## Size of one user", "", *size_lines(runs), "",
              "## Cost and state", "", *cost_lines(all_runs), *missing(all_runs, chosen), ""]
     return measure.portable("\n".join(lines))
 
