@@ -19,6 +19,8 @@ first), seeds 1-2 at the picked rates, mean dropped, then 256 and 64 training ro
 
     .venv/bin/python benchmarks/decoder/loo.py                 # the whole plan, resumable
     .venv/bin/python benchmarks/decoder/loo.py --stages zero-shot,probe,projection,sweep
+    .venv/bin/python benchmarks/decoder/loo.py --shard 0/2 --threads 1 &  # two processes on two cores
+    .venv/bin/python benchmarks/decoder/loo.py --shard 1/2 --threads 1
     .venv/bin/python benchmarks/decoder/loo.py --quick         # a smoke run on one task, 2 steps
 """
 
@@ -210,6 +212,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="smoke run: one task, 2 steps, into runs_quick/")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--shard", default="0/1", help="i/n: this process runs every n-th run of the plan, from the i-th "
+                    "(start n processes with 0/n .. n-1/n; one torch thread each on a shared machine)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = args.out or HERE / ("runs_quick" if args.quick else "runs")
@@ -219,6 +223,8 @@ def main(argv=None):
     for stage in stages:  # re-planned per stage: later stages use the picks of a sweep finished in this process
         runs = plan([stage], out, args.seeds)
         runs = [r for r in runs if r.task == HELD_OUT[0]][:3] if args.quick else runs
+        index, count = (int(x) for x in args.shard.split("/"))
+        runs = runs[index::count]
         for i, run in enumerate(runs, 1):
             result = execute(run, out, config)
             score = result.get("test", {}).get("accuracy", result.get("probe", {}).get("test_accuracy"))
