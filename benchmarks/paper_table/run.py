@@ -315,9 +315,13 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     ap.add_argument("--methods", help="comma-separated: only these methods' runs (e.g. a second process on other "
                     "methods); main/lowdata need only their picks")
+    ap.add_argument("--seed-only", type=int, help="only the runs of this seed (e.g. a second process on seed 2)")
     args = ap.parse_args(argv)
     keep = set(args.methods.split(",")) if args.methods else None
-    only = (lambda runs: [r for r in runs if r.method in keep]) if keep else (lambda runs: runs)  # noqa: E731
+
+    def only(runs):
+        runs = [r for r in runs if r.method in keep] if keep else runs
+        return [r for r in runs if r.seed == args.seed_only] if args.seed_only is not None else runs
     torch.set_num_threads(args.threads)
     steps = args.steps or (4 if args.quick else 80)
     config = TrainConfig(batch_size=16, max_length=48, steps=steps, eval_every=max(1, steps // 4), warmup=0.06)
