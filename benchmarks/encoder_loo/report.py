@@ -147,6 +147,18 @@ def analyse(runs) -> dict:
     return result
 
 
+def remaining(runs, seeds: int = 3) -> str:
+    """Trained runs of the 3-seed plan not in runs/ yet, and the command that adds them."""
+    have = {(r["target"], r["method"], r["seed"]) for r in runs}
+    missing = [(t, m, s) for s in range(seeds) for t in TARGETS for m in METHODS[:4] if (t, m, s) not in have]
+    if not missing:
+        return "Nothing: every target has three seeds of every trained method."
+    by_seed = sorted({s for _, _, s in missing})
+    return (f"{len(missing)} trained runs (seed(s) {', '.join(map(str, by_seed))}) were not run for lack of CPU time; "
+            "continue with `.venv/bin/python benchmarks/encoder_loo/run.py --seeds 3 && "
+            ".venv/bin/python benchmarks/encoder_loo/report.py` (resumes from runs/).")
+
+
 def markdown(runs, result: dict, stamp: dict) -> str:
     from edge_lorax.bench import measure
 
@@ -170,7 +182,8 @@ def markdown(runs, result: dict, stamp: dict) -> str:
           "Data: UCI SMS Spam Collection (Almeida & Hidalgo 2011, CC BY 4.0; data/spam/), TREC-6 (Li & Roth 2002, "
           "derived into the cache at run time), VADER (Hutto & Gilbert 2014, MIT; data/vader/).\n",
           "## Test accuracy (%)\n", *table(runs, result["majority"]),
-          "\n## EigenLoRAx (mean kept) against the others, by target\n", *verdict_lines(runs, result)]
+          "\n## EigenLoRAx (mean kept) against the others, by target\n", *verdict_lines(runs, result),
+          "\n## What remains\n", remaining(runs)]
     return "\n".join(md) + "\n"
 
 
