@@ -125,7 +125,9 @@ def accuracy_table(runs, rows: str) -> list:
     for m in METHODS:
         rs = select(runs, m, rows)
         if rs:
-            cells = [cell([r["test_accuracy"] for r in rs if r["domain"] == d]) for d in domains]
+            accs = [[r["test_accuracy"] for r in rs if r["domain"] == d] for d in domains]
+            cells = [cell(a) + (f" (n={len(a)})" if 0 < len(a) < 3 and m != "probe" and not m.startswith("projection")
+                                else "") for a in accs]
             lines.append(f"| {m} | {' | '.join(cells)} | {cell(domain_mean_per_seed(rs, domains))} |")
     return lines if len(lines) > 2 else [f"_No runs with {rows} training rows yet._"]
 
@@ -344,7 +346,8 @@ def header(result: dict, n_runs: int) -> list:
     s = result["stamp"]
     return ["# EigenLoRAx vs baselines, leave-one-domain-out (VADER, all-MiniLM-L6-v2)\n", *measure.stamp_md(s), "",
             "The stamp is the rendering's (machine, commit); the command is the one that made the runs. "
-            f"{n_runs} runs in the tables; {s['seeds_per_cell']} seeds per cell, mean ± sample std over seeds; "
+            f"{n_runs} runs in the tables; up to {s['seeds_per_cell']} seeds per cell (n= marks cells with fewer: "
+            "runs at a new rate not all made yet), mean ± sample std over seeds; "
             f"{s['steps']} steps of batch 16, max length 48 for every trained method, at the learning rate the sweep "
             "picked (below): " + ", ".join(f"{m} {lr:g}" for m, lr in result["picks"].items()) + ". Test accuracy in "
             "%, binary task of the held-out domain; each domain's subspace was built from the other three domains' "
