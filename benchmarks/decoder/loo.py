@@ -13,6 +13,9 @@ best mean validation exact match over the held-out tasks; ties: the rank accurac
 - projection: the held-out task's own adapter (not in the subspace) projected onto it, untrained
 - probe: logistic regression on the frozen base model's mean-pooled features (builder.probe), C picked on validation
 
+Every method trains on the same class-balanced training rows (an equal number per class: at natural rates the
+disaster sources collapsed to the majority answer); validation and test keep the task's own class rates.
+
 Each run's result is a JSON file under runs/, so an interrupted run resumes; `report.py` renders the tables. The
 plan runs in order of importance: zero-shot, probe, projection, the sweep (seed 0; every method at its middle rate
 first), seeds 1-2 at the picked rates, mean dropped, then 256 and 64 training rows (seed 0). Does not train the source adapters (sources.py does).
@@ -183,7 +186,7 @@ def execute(run: Run, out: Path, config) -> dict:
     path = out / f"{run.key}.json"
     if path.exists():
         return json.loads(path.read_text())
-    task = capped_task(run.task, run.rows)
+    task = capped_task(run.task, run.rows, balanced=True)
     start, st = time.perf_counter(), measure.stamp(COMMAND, ("torch", "transformers", "peft", "edge-lorax"), CODE)
     if run.method == "probe":
         measured = probe_run(run, task, config)
