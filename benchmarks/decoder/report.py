@@ -113,6 +113,17 @@ def paired(runs, a: str, b: str, rows: str = "all") -> list:
 UNTRAINED = ("zero-shot", "projection", "probe")
 
 
+def run_rows(all_runs) -> list:
+    """Every trained run made so far, one row each (the sweep's runs before its picks exist)."""
+    out = ["| task | method | rows | seed | lr | validation exact / rank | test exact / rank |", "|---|---|---|---|---|---|---|"]
+    for r in sorted((r for r in all_runs if r["steps"]), key=lambda r: (r["task"], r["method"], r["rows"], r["seed"], r["lr"])):
+        v, t = r["validation"], r["test"]
+        out.append(f"| {folder_name(r['task'])} | {r['method']} | {r['rows']} | {r['seed']} | {r['lr']:g} | "
+                   f"{100 * v['accuracy']:.1f} / {100 * v['rank_accuracy']:.1f} | {100 * t['accuracy']:.1f} / "
+                   f"{100 * t['rank_accuracy']:.1f} |")
+    return out
+
+
 def size_lines(runs) -> list:
     out = []
     for m in ("eigen-keep", "random", "lora"):
@@ -177,7 +188,8 @@ def markdown(all_runs) -> str:
              *paired(runs, "eigen-keep", "random"), "", "EigenLoRAx (mean kept) − zero-shot base:", "",
              *paired(runs, "eigen-keep", "zero-shot"), "", "LoRA r=8 − zero-shot base:", "",
              *paired(runs, "lora", "zero-shot"), "", "EigenLoRAx (mean kept) − the probe (exact match vs its accuracy):",
-             "", *paired(runs, "eigen-keep", "probe"), "", "## Size of one user", "", *size_lines(runs), "",
+             "", *paired(runs, "eigen-keep", "probe"), "", "## Every trained run so far", "", *run_rows(all_runs), "",
+             "## Size of one user", "", *size_lines(all_runs), "",
              "## Cost and state", "", *cost_lines(all_runs), *missing(all_runs, chosen), ""]
     return measure.portable("\n".join(lines))
 
