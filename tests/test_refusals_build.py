@@ -369,7 +369,7 @@ TRAIN_OPTIONS = [
 
 @pytest.mark.parametrize("args, named, code", TRAIN_OPTIONS)
 def test_train_options_range_checked_before_any_model_load(args, named, code, minilm_sub, work, monkeypatch):
-    monkeypatch.setattr("edge_lorax.builder.train.load_model", _no_load)
+    monkeypatch.setattr("edge_lorax.builder.train.load_for_task", _no_load)
     refused_leaving_nothing(work, ("train", "--subspace", minilm_sub, "--data", "vader:tweets-binary", "-o",
                                    work / "u.npz", *args), named, code=code)
 
@@ -384,7 +384,7 @@ TRAIN_LORA_OPTIONS = [
 
 @pytest.mark.parametrize("args, named, code", TRAIN_LORA_OPTIONS)
 def test_train_lora_options_range_checked_before_any_model_load(args, named, code, work, monkeypatch):
-    monkeypatch.setattr("edge_lorax.builder.baselines.load_model", _no_load)
+    monkeypatch.setattr("edge_lorax.builder.baselines.load_for_task", _no_load)
     refused_leaving_nothing(work, ("train-lora", "--data", "vader:tweets-binary", "-o", work / "a", *args), named, code=code)
 
 
@@ -401,9 +401,9 @@ def test_max_positions_come_from_the_model():
 @pytest.mark.parametrize("command", ["build", "project", "train", "train-lora", "reconstruct", "merged"])
 @pytest.mark.parametrize("where", ["parent-is-a-file", "read-only-tree"])
 def test_unwritable_output_refused_before_the_work(command, where, good, tiny_sub, minilm_sub, work, monkeypatch):
-    monkeypatch.setattr("edge_lorax.builder.train.load_model", _no_load)
+    monkeypatch.setattr("edge_lorax.builder.train.load_for_task", _no_load)
     monkeypatch.setattr("edge_lorax.builder.merge.load_model", _no_load)
-    monkeypatch.setattr("edge_lorax.builder.baselines.load_model", _no_load)
+    monkeypatch.setattr("edge_lorax.builder.baselines.load_for_task", _no_load)
     (work / "afile").write_text("x")
     out = work / "afile" / "out" if where == "parent-is-a-file" else Path("/proc/edge-lorax-test/out")
     user = work / "u.npz"
