@@ -44,9 +44,9 @@ from edge_lorax.builder.loop import TrainConfig, encode, evaluate, fit  # noqa: 
 from edge_lorax.builder.models import default_model_path, head_module, load_tokenizer  # noqa: E402
 from edge_lorax.builder.probe import fit_features, load_encoder, pooled_features  # noqa: E402
 from edge_lorax.builder.project import project_adapter  # noqa: E402
-from edge_lorax.builder.subspace import build_subspace  # noqa: E402
+from edge_lorax.builder.subspace import build_subspace, random_like  # noqa: E402
 from edge_lorax.builder.train import apply_user, coeff_model, user_coefficients  # noqa: E402
-from edge_lorax.formats.subspace import Subspace, fingerprint_tensors, subspace_tensors  # noqa: E402
+from edge_lorax.formats.subspace import Subspace  # noqa: E402
 from edge_lorax.formats.user import write_user  # noqa: E402
 
 ADAPTERS = ROOT / "adapters"
@@ -135,18 +135,6 @@ def subspace_for(run: Run) -> Subspace:
         _SUBSPACES[key] = build_subspace(sources(run.domain), components=k, augment=run.augment, mean=mean, seed=0)
     sub = _SUBSPACES[key]
     return random_like(sub, run.seed) if run.method == "random" else sub
-
-
-def random_like(sub: Subspace, seed: int) -> Subspace:
-    """The control: random orthonormal components of the same shapes (QR of a seeded Gaussian)."""
-    rng, modules = np.random.default_rng(seed + 1000), {}
-    for name, ms in sub.modules.items():
-        qa = np.linalg.qr(rng.standard_normal(ms.components_A.T.shape))[0].T.astype(np.float32)  # (K, in)
-        qb = np.linalg.qr(rng.standard_normal(ms.components_B.shape))[0].astype(np.float32)  # (out, K)
-        modules[name] = replace(ms, components_A=qa, components_B=qb)
-    config = {**sub.config, "kind": "random-control", "seed": seed}
-    config["fingerprint"] = fingerprint_tensors(subspace_tensors(modules), config)
-    return Subspace(modules, config)
 
 
 def task_for(run: Run) -> Task:
