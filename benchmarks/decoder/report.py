@@ -19,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE))
 
-from common import SOURCE_TASKS, TEST_ROWS, TRAIN_ROWS, VAL_ROWS, folder_name  # noqa: E402
+from common import ADAPTERS, SOURCE_TASKS, TEST_ROWS, TRAIN_ROWS, VAL_ROWS, folder_name  # noqa: E402
 from loo import HELD_OUT, LR_GRID, STEPS, picks, plan  # noqa: E402
 
 from edge_lorax.bench import measure  # noqa: E402
@@ -75,9 +75,11 @@ def sweep_table(runs, chosen: dict) -> list:
         for lr in grid:
             vals = [r["validation"] for r in runs if r["method"] == method and r["lr"] == lr and r["seed"] == 0
                     and r["rows"] == "all"]
-            done = len(vals) == len(HELD_OUT)
-            acc = f"{100 * np.mean([v['accuracy'] for v in vals]):.1f} / {100 * np.mean([v['rank_accuracy'] for v in vals]):.1f}"
-            cells.append(f"{lr:g}: {acc if done else f'{len(vals)}/{len(HELD_OUT)} tasks'}")
+            if len(vals) < len(HELD_OUT):
+                cells.append(f"{lr:g}: {len(vals)}/{len(HELD_OUT)} tasks")
+                continue
+            acc, rank = (100 * np.mean([v[k] for v in vals]) for k in ("accuracy", "rank_accuracy"))
+            cells.append(f"{lr:g}: {acc:.1f} / {rank:.1f}")
         out.append(f"| {method} | " + " | ".join(cells) + f" | {chosen.get(method, 'not yet')} |")
     return out
 
@@ -133,6 +135,13 @@ def size_lines(runs) -> list:
     return out
 
 
+def source_cost() -> str:
+    """The wall time of training the twelve source adapters (their training.json), not counting first attempts."""
+    walls = [json.loads((ADAPTERS / folder_name(t) / "training.json").read_text())["wall_s"] for t in SOURCE_TASKS]
+    return (f"- the {len(walls)} source adapters (sources.py, one thread each): {sum(walls) / 3600:.2f} h of wall time "
+            f"({min(walls) / 60:.1f}–{max(walls) / 60:.1f} min each)")
+
+
 def cost_lines(all_runs) -> list:
     wall = sum(r["wall_s"] for r in all_runs)
     trained = [r for r in all_runs if r["steps"]]
@@ -142,7 +151,7 @@ def cost_lines(all_runs) -> list:
             f"evaluate); torch threads per run: {sorted({r.get('threads', 0) for r in trained}) or '–'}")
     extra = (f"- s/step of trained runs: median {np.median(sps):.2f}, range {min(sps):.2f}–{max(sps):.2f}; 1-min load "
              f"average at run start: median {np.median(loads):.1f} (2 cores; above 2 other jobs shared them)") if sps else ""
-    return [line] + ([extra] if extra else [])
+    return [line] + ([extra] if extra else []) + [source_cost()]
 
 
 def missing(all_runs, chosen) -> list:
@@ -188,7 +197,10 @@ def markdown(all_runs) -> str:
              *paired(runs, "eigen-keep", "random"), "", "EigenLoRAx (mean kept) − zero-shot base:", "",
              *paired(runs, "eigen-keep", "zero-shot"), "", "LoRA r=8 − zero-shot base:", "",
              *paired(runs, "lora", "zero-shot"), "", "EigenLoRAx (mean kept) − the probe (exact match vs its accuracy):",
-             "", *paired(runs, "eigen-keep", "probe"), "", "## Every trained run so far", "", *run_rows(all_runs), "",
+             "", *paired(runs, "eigen-keep", "probe"), "", "Mean dropped − mean kept (EigenLoRAx, seed 0):", "",
+             *paired(runs, "eigen-drop", "eigen-keep"), "", "EigenLoRAx (mean kept) − LoRA r=8, 256 training rows:", "",
+             *paired(runs, "eigen-keep", "lora", "256"), "", "EigenLoRAx (mean kept) − LoRA r=8, 64 training rows:", "",
+             *paired(runs, "eigen-keep", "lora", "64"), "", "## Every trained run so far", "", *run_rows(all_runs), "",
              "## Size of one user", "", *size_lines(all_runs), "",
              "## Cost and state", "", *cost_lines(all_runs), *missing(all_runs, chosen), ""]
     return measure.portable("\n".join(lines))
