@@ -343,6 +343,53 @@ def data_cmd(spec, text_column, label_column, kind, seed):
     _emit(task_summary(_load_cli_task(spec, text_column, label_column, kind, seed=seed)), True)
 
 
+@cli.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.argument("prompts", nargs=-1, required=True)
+@click.option("--coeffs", type=click.Path(exists=True, dir_okay=False),
+              help="user.npz or .onnx_adapter [default: the bundle's defaults].")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0: no top-k cut.")
+@click.option("--seed", type=click.IntRange(min=0), help="Sampling seed (with --temperature > 0).")
+@click.option("--chat", is_flag=True, help="Apply the bundle's chat template (one user turn) to each prompt.")
+@click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads [default: its choice].")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per prompt, printed when it is done.")
+@_friendly
+def generate(bundle, prompts, coeffs, max_new_tokens, temperature, top_p, top_k, seed, chat, threads, as_json):
+    """Generate text from a decoder bundle for one user (onnxruntime-genai; torch-free). Streams tokens to stdout.
+
+    \b
+    Examples:
+      edge-lorax generate out/llm --chat "What is the capital of France?"
+      edge-lorax generate out/llm --coeffs alice.npz --max-new-tokens 32 --json "Dear Bob,"
+    """
+    from edge_lorax.runtime.llm import load_llm
+
+    llm = load_llm(bundle, threads)
+    user = llm.add_user("user", coeffs) if coeffs else None
+    for prompt in prompts:
+        gen = llm.generate(prompt, user, max_new_tokens, temperature, top_p, top_k, seed, chat)
+        _stream(llm, gen, as_json)
+
+
+def _stream(llm, gen, as_json: bool):
+    """Text as it comes (decoded per token, so multi-byte characters arrive whole), or one JSON line at the end."""
+    shown = ""
+    for _ in gen:
+        if not as_json:
+            text = llm.decode(gen.tokens)
+            click.echo(text[len(shown):], nl=False)
+            shown = text
+    if as_json:
+        click.echo(json.dumps({"prompt": gen.prompt, "text": llm.decode(gen.tokens), "tokens": gen.tokens,
+                               "prompt_tokens": gen.prompt_tokens, "time_to_first_token_ms": gen.time_to_first_token_ms,
+                               "tokens_per_s": gen.tokens_per_s}))
+    else:
+        click.echo()
+
+
 @cli.command("run")
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.argument("texts", nargs=-1, required=True)
@@ -409,7 +456,9 @@ from edge_lorax.formats import names as _names  # noqa: E402  (export's choices 
               help="Default: from the coefficients' head, else features (encoders) or causal-lm (LM checkpoints).")
 @click.option("--per-example", is_flag=True, help="Coefficient inputs with a leading batch dim: one user per example.")
 @click.option("--merge", is_flag=True, help="Fold the --coeffs user into the weights: no coefficient inputs.")
-@click.option("--quantize", type=click.Choice(["int8"]), help="Also write model.int8.onnx (base weights int8).")
+@click.option("--quantize", type=click.Choice(["int8", "int4"]),
+              help="Encoders: also write model.int8.onnx (base weights int8). Decoders: the bundle's base weights are "
+                   "int8 or int4 (weight-only MatMulNBits); the coefficient path stays fp32.")
 @click.option("--ort-format", is_flag=True, help="Also write .ort files (ORT Mobile) beside each .onnx.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
 @click.option("--allow-base-mismatch", is_flag=True, help="Accept a model whose id differs from the subspace's base.")

@@ -23,7 +23,7 @@ import onnx
 from edge_lorax import __version__
 from edge_lorax.builder.models import canonical_base, portable_model_id, resolve_model
 from edge_lorax.export import graph as g
-from edge_lorax.export import passes
+from edge_lorax.export import llm_bundle, passes
 from edge_lorax.export.quantize import quantize_int8
 from edge_lorax.export.verify import TOLERANCE_RULE, TOLERANCES, check_variant
 from edge_lorax.formats import names
@@ -34,7 +34,7 @@ from edge_lorax.formats.onnx_adapter import write_onnx_adapter
 from edge_lorax.formats.subspace import Subspace, read_subspace
 from edge_lorax.formats.user import User, conform_user, read_user
 
-QUANTIZE = ("int8",)
+QUANTIZE = ("int8", "int4")  # int4: decoder bundles only (the model builder's MatMulNBits)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "tokenizer.model")
 INLINE_LIMIT = 1_800_000_000  # bytes of initializers above which weights go to external data (protobuf: 2 GB)
@@ -50,6 +50,13 @@ def _check_options(coeffs_path, per_example: bool, merge: bool, quantize, export
         raise InputError(f"--quantize must be one of {QUANTIZE}, got {quantize!r}")
     if exporter not in g.EXPORTERS:
         raise InputError(f"exporter must be one of {g.EXPORTERS}, got {exporter!r}")
+
+
+def _check_llm_options(per_example: bool, merge: bool, ort_format: bool):
+    """What a KV-cache decoder bundle does not offer (yet): refused before any work."""
+    for flag, on in (("--per-example", per_example), ("--merge", merge), ("--ort-format", ort_format)):
+        if on:
+            raise InputError(f"{flag} is not available for decoder (KV-cache) bundles; drop it")
 
 
 def _read_export_user(coeffs_path, subspace: Subspace) -> User | None:
@@ -217,6 +224,14 @@ def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=
     if task not in names.TASKS:
         raise InputError(f"task must be one of {names.TASKS}, got {task!r}")
     labels = _num_labels_for(task, coeffs, num_labels, path)
+    if task == names.TASK_CAUSAL_LM and llm_bundle.is_llm(model_config(path)):
+        _check_llm_options(per_example, merge, ort_format)
+        llm_bundle.check_llm_config(path, model_config(path))
+        with atomic_dir(out_dir, overwrite) as tmp:
+            llm_bundle.export_llm_bundle(path, subspace, tmp, coeffs, coeffs_path, quantize or "fp32")
+        return out_dir
+    if quantize == "int4":
+        raise InputError("--quantize int4 is for decoder bundles (Llama-family models); use int8 for this model")
     with atomic_dir(out_dir, overwrite) as tmp:
         graph, reference = prepare_graphs(path, subspace, coeffs, task, labels, per_example, merge)
         side = _write_side_files(tmp, path, graph, coeffs_path, coeffs)  # first: verification uses the tokenizer

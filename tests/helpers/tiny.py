@@ -96,9 +96,10 @@ def word_tokenizer(words, chat_template: str | None = None):
     return fast
 
 
-def tiny_decoder_dir(out: Path, words, seed: int = 0, chat_template: str | None = None) -> Path:
+def tiny_decoder_dir(out: Path, words, seed: int = 0, chat_template: str | None = None, hidden: int = 32) -> Path:
     """A seeded random 2-layer LlamaForCausalLM (GQA: v_proj 32 -> 16) saved with a word-level tokenizer over `words`
-    (pad, unk, EOS first) and architectures ["LlamaForCausalLM"]: a model folder `--model` takes like SmolLM2's."""
+    (pad, unk, EOS first) and architectures ["LlamaForCausalLM"]: a model folder `--model` takes like SmolLM2's.
+    hidden=64 gives heads of 16, the least that onnxruntime's GroupQueryAttention takes."""
     import torch
     import transformers
     from transformers import LlamaForCausalLM
@@ -107,7 +108,7 @@ def tiny_decoder_dir(out: Path, words, seed: int = 0, chat_template: str | None 
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(seed)
-    config = tiny_config("llama", vocab=len(words), architectures=["LlamaForCausalLM"], pad_token_id=0, bos_token_id=None,
+    config = tiny_config("llama", hidden, vocab=len(words), architectures=["LlamaForCausalLM"], pad_token_id=0, bos_token_id=None,
                          eos_token_id=2)
     LlamaForCausalLM(config).eval().save_pretrained(out)
     word_tokenizer(words, chat_template).save_pretrained(out)

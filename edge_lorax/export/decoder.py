@@ -1,0 +1,183 @@
+"""KV-cache decoder graphs: onnxruntime-genai's model builder makes the base, one pass adds the coefficient inputs.
+
+The builder (`python -m onnxruntime_genai.models.builder`) writes a Llama-family decoder with the KV cache as inputs
+`past_key_values.<i>.key/value` and outputs `present.<i>.key/value`, GroupQueryAttention, fused q/k/v projections and,
+at int4, MatMulNBits weights; `genai_config.json` beside it lets onnxruntime-genai generate from it. `add_coefficients`
+then puts each target module's low-rank path beside the projection that writes it, as a small Model -> Model pass:
+
+    δ = (x · C_Aᵀ) · W,   W = (coeff_B · coeff_A)ᵀ · C_Bᵀ            # (…, K) · (K, out): ΔW x of EigenLoRAx (paper §3)
+
+Modules that read the same input (q, k and v) share one MatMul against their stacked components_A; modules that write
+one fused output (qkv_proj) share one MatMul against their stacked W, which is assembled once per run from the
+coefficient inputs (a few (K, K) and (K, out) products). Per token that is two MatMuls and an Add per projection,
+whatever the number of target modules in it. Coefficient inputs are named like the keys of a user.npz and get
+same-name initializers (optional inputs) holding the default user.
+
+Does not: quantize (the builder does, at the precision asked), per-example batches, tokenizers or generation.
+"""
+
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edge_lorax.export.passes import add_input_defaults
+from edge_lorax.formats import names
+from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.subspace import Subspace
+
+BUILDER = "onnxruntime_genai.models.builder"
+PRECISIONS = ("fp32", "int8", "int4")  # the model builder's -p; int8 / int4: weight-only MatMulNBits
+GENAI_CONFIG = "genai_config.json"
+_MODULE = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj$")
+_FUSED = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one target module's output lives in the builder's graph: columns [lo, hi) of tensor `output`."""
+
+    module: str
+    output: str  # the projection MatMul's output tensor
+    x: str  # its input tensor (the normed hidden state)
+    lo: int
+    hi: int
+
+
+def run_model_builder(model_dir: Path, out: Path, precision: str, model_id: str) -> Path:
+    """Build the base decoder graph (CPU) into `out`; raises InputError with the builder's last lines on failure."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    cmd = [sys.executable, "-m", BUILDER, "-m", model_id, "-i", str(model_dir), "-o", str(out), "-p", precision,
+           "-e", "cpu", "-c", str(out / ".builder_cache")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0 or not (out / names.BUNDLE_MODEL).is_file():
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        raise InputError(f"{model_dir}: onnxruntime-genai's model builder failed ({tail}); is it a Llama-family HF "
+                         "folder and is onnxruntime-genai installed (pip install 'edge-lorax[decoder]')?")
+    return out
+
+
+def _producers(graph) -> dict:
+    return {o: n for n in graph.node for o in n.output}
+
+
+def _head_columns(config: dict) -> dict:
+    """Output columns of q, k and v inside a fused qkv projection, from genai_config.json's decoder section."""
+    dec = config["model"]["decoder"]
+    q, kv = dec["num_attention_heads"] * dec["head_size"], dec["num_key_value_heads"] * dec["head_size"]
+    return {"q": (0, q), "k": (q, q + kv), "v": (q + kv, q + 2 * kv)}
+
+
+def find_slots(model: onnx.ModelProto, subspace: Subspace, config: dict) -> list:
+    """A Slot per subspace module; raises InputError for a module the builder's graph does not expose."""
+    made, slots = _producers(model.graph), []
+    for module, ms in subspace.modules.items():
+        m = _MODULE.match(module)
+        if not m:
+            raise InputError(f"subspace module {module}: not a Llama attention/MLP projection that the decoder export "
+                             "knows (model.layers.<i>.self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj)")
+        layer, block, proj = m.groups()
+        where = f"/model/layers.{layer}/{'attn' if block == 'self_attn' else 'mlp'}"
+        own, fused = f"{where}/{proj}_proj/MatMul/output_0", f"{where}/{_FUSED.get(proj)}_proj/MatMul/output_0"
+        if own in made:
+            slots.append(Slot(module, own, made[own].input[0], 0, ms.components_B.shape[0]))
+        elif fused in made and proj in "qkv":
+            slots.append(Slot(module, fused, made[fused].input[0], *_head_columns(config)[proj]))
+        else:
+            raise InputError(f"subspace module {module}: no projection output {own} in the built graph")
+    return slots
+
+
+def _init(graph, name: str, arr: np.ndarray) -> str:
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name))
+    return name
+
+
+def _mixing(graph, slot: Slot, ms, width: int) -> str:
+    """Nodes computing W (K, width) for one module from its coefficient inputs: (coeff_B · coeff_A)ᵀ · C_Bᵀ, with C_Bᵀ
+    placed at the module's columns of the (possibly fused) output."""
+    a, b = names.coeff_name(slot.module, names.COEFF_A), names.coeff_name(slot.module, names.COEFF_B)
+    cbt = np.zeros((ms.k, width), np.float32)  # (K, width)
+    cbt[:, slot.lo:slot.hi] = ms.components_B.T.astype(np.float32)
+    p = f"/edge_lorax/{slot.module}"
+    graph.node.extend([
+        helper.make_node("MatMul", [b, a], [f"{p}/BA"], name=f"{p}/BA"),  # (K, K) = coeff_B · coeff_A
+        helper.make_node("Transpose", [f"{p}/BA"], [f"{p}/M"], name=f"{p}/M"),  # (K, K)
+        helper.make_node("MatMul", [f"{p}/M", _init(graph, f"{p}/components_B_t", cbt)], [f"{p}/W"], name=f"{p}/W"),
+    ])
+    return f"{p}/W"
+
+
+def _coefficient_inputs(graph, slot: Slot, ms):
+    for side, shape in ((names.COEFF_A, (ms.rank, ms.k)), (names.COEFF_B, (ms.k, ms.rank))):
+        graph.input.append(helper.make_tensor_value_info(names.coeff_name(slot.module, side), onnx.TensorProto.FLOAT,
+                                                         list(shape)))
+
+
+def _add_branch(graph, output: str, slots: list, subspace: Subspace, width: int):
+    """δ = (x · [C_A,m]ᵀ) · [W_m] for the modules writing `output`; its consumers then read output + δ."""
+    p = f"/edge_lorax{output.rsplit('/MatMul', 1)[0]}"
+    cat = np.concatenate([subspace.modules[s.module].components_A for s in slots], axis=0).T  # (in, ΣK)
+    ws = [_mixing(graph, s, subspace.modules[s.module], width) for s in slots]
+    for s in slots:
+        _coefficient_inputs(graph, s, subspace.modules[s.module])
+    graph.node.extend([
+        helper.make_node("Concat", ws, [f"{p}/W"], name=f"{p}/W", axis=0),  # (ΣK, width)
+        helper.make_node("MatMul", [slots[0].x, _init(graph, f"{p}/components_A_t", cat)], [f"{p}/h"], name=f"{p}/h"),
+        helper.make_node("MatMul", [f"{p}/h", f"{p}/W"], [f"{p}/delta"], name=f"{p}/delta"),  # (…, width)
+    ])
+    for node in graph.node:
+        node.input[:] = [f"{p}/sum" if i == output else i for i in node.input]
+    graph.node.append(helper.make_node("Add", [output, f"{p}/delta"], [f"{p}/sum"], name=f"{p}/sum"))
+
+
+def _width(graph, output: str) -> int:
+    """Columns of a projection output: its MatMul(NBits) weight's N."""
+    node = _producers(graph)[output]
+    if node.op_type == "MatMulNBits":
+        return next(a.i for a in node.attribute if a.name == "N")
+    weight = next(t for t in graph.initializer if t.name == node.input[1])
+    return weight.dims[-1]
+
+
+def add_coefficients(model: onnx.ModelProto, subspace: Subspace, config: dict, defaults: dict) -> onnx.ModelProto:
+    """The builder's graph with every subspace module's low-rank path and its coefficient inputs (defaults: user.npz
+    tensors, (r, K) / (K, r) float32); returns a new proto (topologically sorted) and leaves `model` untouched."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    groups: dict = {}
+    for slot in find_slots(out, subspace, config):
+        groups.setdefault(slot.output, []).append(slot)
+    for output, slots in groups.items():
+        _add_branch(out.graph, output, slots, subspace, _width(out.graph, output))
+    _sort(out.graph)
+    return add_input_defaults(out, defaults)
+
+
+def _sort(graph):
+    """Topological order, stable (Kahn): the new nodes were appended after their consumers."""
+    nodes = list(graph.node)
+    made = {o: i for i, n in enumerate(nodes) for o in n.output if o}  # '' marks an omitted optional output
+    needs = [{made[t] for t in n.input if t in made} for n in nodes]
+    users: dict = {}
+    for i, deps in enumerate(needs):
+        for d in deps:
+            users.setdefault(d, []).append(i)
+    ready, order = sorted(i for i, deps in enumerate(needs) if not deps), []
+    while ready:
+        i = ready.pop(0)
+        order.append(i)
+        for u in users.get(i, []):
+            needs[u].discard(i)
+            if not needs[u]:
+                ready.append(u)
+    if len(order) != len(nodes):
+        raise ValueError("graph has a cycle after inserting the low-rank branches")
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)

@@ -1,0 +1,214 @@
+"""`edge-lorax export` for a Llama-family decoder: a KV-cache bundle that onnxruntime-genai opens as it is.
+
+Folder: model.onnx + model.onnx.data (onnxruntime-genai's model builder at fp32 / int8 / int4, then the coefficient
+branches of edge_lorax.export.decoder), genai_config.json, the tokenizer and chat template, manifest.json and
+`<user>.onnx_adapter` when --coeffs is given (the graph's defaults are that user, else zeros: the base model).
+Inputs: input_ids, attention_mask, past_key_values.<i>.key/value and the coefficient inputs (optional, named like a
+user.npz's keys); outputs: logits, present.<i>.key/value. Position ids come from the attention mask inside
+GroupQueryAttention (the builder's graph has no position_ids input).
+
+Before the folder appears, the prefill logits of a few fixed prompts are checked against the torch model with the
+subspace injected, for the defaults and two random coefficient sets (verify.TOLERANCE_RULE; the response check catches
+coefficient inputs that are not wired). Written atomically: any failure leaves nothing behind.
+Does not: generate (edge_lorax.runtime.llm does), per-example batches, model types other than LLM_TYPES.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from edge_lorax import __version__
+from edge_lorax.builder.models import portable_model_id
+from edge_lorax.export import decoder, passes
+from edge_lorax.export.verify import COEFF_SCALES, RESPONSE_MIN, TOLERANCE_RULE, cosine
+from edge_lorax.formats import names
+from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.onnx_adapter import write_onnx_adapter
+from edge_lorax.formats.subspace import Subspace
+from edge_lorax.formats.user import User
+
+LLM_TYPES = ("llama",)  # model_type values whose projections decoder.find_slots maps
+# Of max abs logit diff / scale, vs torch fp32. Quantized bases have no bound, measured instead (benchmarks/llm):
+# on SmolLM2-135M the builder's int4 base alone moves logits by up to 17 (scale 26) and the next token on most
+# prompt positions; int8 moves them by ~1 at the defaults but by 9 under the random U(-2, 2) coefficient set
+# (int8 activations). The response check still proves the coefficient inputs wired at every precision.
+TOLERANCES = {"fp32": 1e-4, "int8": None, "int4": None}
+# cos(Δgraph, Δtorch) over the coefficient sets: an unwired graph scores ~0. int4 noise alone brings a wired SmolLM2
+# graph to 0.77 (int8 0.997, fp32 1.0), hence its lower floor.
+RESPONSE_MINS = {"fp32": RESPONSE_MIN, "int8": RESPONSE_MIN, "int4": 0.5}
+VERIFY_PROMPTS = ("The capital of France is", "Write one word about the sea:", "ok")
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+
+
+def is_llm(config: dict) -> bool:
+    """A decoder this module exports with a KV cache (others keep the cache-free logits graph of export.graph)."""
+    return config.get("model_type") in LLM_TYPES
+
+
+def check_llm_config(path: Path, config: dict):
+    """What onnxruntime's GroupQueryAttention needs, refused before any work: a head size that is a multiple of 16."""
+    heads = config.get("num_attention_heads") or 1
+    size = config.get("head_dim") or config.get("hidden_size", 0) // heads
+    if size % 16:
+        raise InputError(f"{path}: head size {size}; onnxruntime's GroupQueryAttention (the decoder bundle's attention) "
+                         "needs a multiple of 16, so this model cannot get a KV-cache bundle")
+
+
+def _builder_graph(path: Path, work: Path, precision: str) -> tuple:
+    """(proto with weights loaded, genai config dict) from the model builder, built into `work`."""
+    decoder.run_model_builder(path, work, precision, portable_model_id(path))
+    config = json.loads((work / decoder.GENAI_CONFIG).read_text())
+    return onnx.load(str(work / names.BUNDLE_MODEL)), config
+
+
+def _save(model: onnx.ModelProto, out: Path) -> list:
+    data = names.BUNDLE_MODEL + names.EXTERNAL_DATA_SUFFIX
+    onnx.save_model(model, str(out / names.BUNDLE_MODEL), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data, size_threshold=1024)
+    return [names.BUNDLE_MODEL, data]
+
+
+def _copy_side_files(work: Path, path: Path, out: Path) -> list:
+    """genai_config.json and the builder's processing files (tokenizer, chat template), else the model folder's."""
+    copied = [decoder.GENAI_CONFIG]
+    shutil.copyfile(work / decoder.GENAI_CONFIG, out / decoder.GENAI_CONFIG)
+    for name in SIDE_FILES:
+        src = work / name if (work / name).is_file() else path / name
+        if src.is_file():
+            shutil.copyfile(src, out / name)
+            copied.append(name)
+    return copied
+
+
+def export_llm_bundle(path: Path, subspace: Subspace, tmp: Path, coeffs: User | None, coeffs_path, precision: str) -> dict:
+    """Build, insert, verify and write a decoder bundle into the (temporary) folder `tmp`; returns the manifest."""
+    if precision not in decoder.PRECISIONS:
+        raise ValueError(f"precision must be one of {decoder.PRECISIONS}, got {precision!r}")
+    defaults = coeffs.inputs() if coeffs is not None else _zero_user(subspace)
+    work = tmp / ".build"
+    proto, config = _builder_graph(path, work, precision)
+    meta = {"edge_lorax.fingerprint": subspace.fingerprint, "edge_lorax.mode": names.MODE_SHARED,
+            "edge_lorax.task": names.TASK_CAUSAL_LM}
+    model_files = _save(passes.set_metadata(decoder.add_coefficients(proto, subspace, config, defaults), meta), tmp)
+    del proto
+    side = _copy_side_files(work, path, tmp)
+    shutil.rmtree(work)
+    check = verify_llm(tmp, path, subspace, defaults, config, precision)
+    adapter = None
+    if coeffs is not None:
+        adapter = Path(coeffs_path).stem + names.ADAPTER_SUFFIX
+        write_onnx_adapter(defaults, tmp / adapter, coeffs.fingerprint)
+    manifest = _manifest(subspace, path, config, defaults, coeffs_path, precision, check,
+                         {"model": model_files[0], "external_data": model_files[1:], "side": side, "adapter": adapter})
+    (tmp / names.BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def _zero_user(subspace: Subspace) -> dict:
+    """All-zero coefficients: the graph's defaults when no --coeffs is given (the base model)."""
+    out = {}
+    for module, ms in subspace.modules.items():
+        out[names.coeff_name(module, names.COEFF_A)] = np.zeros((ms.rank, ms.k), np.float32)
+        out[names.coeff_name(module, names.COEFF_B)] = np.zeros((ms.k, ms.rank), np.float32)
+    return out
+
+
+def kv_shape(config: dict) -> tuple:
+    """(layers, kv heads, head size) from genai_config.json."""
+    dec = config["model"]["decoder"]
+    return dec["num_hidden_layers"], dec["num_key_value_heads"], dec["head_size"]
+
+
+def prefill_feeds(ids: list, config: dict) -> dict:
+    """One prompt's prefill feeds: input_ids, attention_mask (1, T) int64 and empty past_key_values (1, H_kv, 0, d)."""
+    layers, heads, size = kv_shape(config)
+    feeds = {names.INPUT_IDS: np.array([ids], np.int64), names.ATTENTION_MASK: np.ones((1, len(ids)), np.int64)}
+    for i in range(layers):
+        for kind in ("key", "value"):
+            feeds[f"past_key_values.{i}.{kind}"] = np.zeros((1, heads, 0, size), np.float32)
+    return feeds
+
+
+def _reference_logits(path: Path, subspace: Subspace, prompts: list, feed_sets: list) -> list:
+    """Torch prefill logits (1, T, vocab) per feed set and prompt: the causal LM with the subspace injected."""
+    import torch
+
+    from edge_lorax.builder.inject import inject_subspace, load_coeff_tensors
+    from edge_lorax.builder.models import load_causal_lm
+
+    net = load_causal_lm(path)
+    inject_subspace(net, subspace, coeffs=feed_sets[0])
+    out = []
+    with torch.no_grad():
+        for feeds in feed_sets:
+            load_coeff_tensors(net, feeds)
+            out.append([net(torch.tensor([ids])).logits.numpy() for ids in prompts])
+    return out
+
+
+def _random_sets(defaults: dict, seed: int = 1) -> list:
+    """The defaults, then U(-s, s) coefficients per COEFF_SCALES (seeded)."""
+    rng = np.random.default_rng(seed)
+    sets = [defaults]
+    for s in COEFF_SCALES:
+        sets.append({k: ((rng.random(v.shape, dtype=np.float32) - 0.5) * np.float32(2 * s)) for k, v in defaults.items()})
+    return sets
+
+
+def _prompts(bundle: Path) -> list:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    return [tok.encode(p).ids or [0] for p in VERIFY_PROMPTS]
+
+
+def verify_llm(bundle: Path, path: Path, subspace: Subspace, defaults: dict, config: dict, precision: str) -> dict:
+    """Prefill logits of the written graph vs torch for the defaults and random coefficient sets; raises RuntimeError
+    (nothing is written) above TOLERANCES[precision] x scale or when the logits do not follow the coefficients."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.log_severity_level = 1, 3
+    session = ort.InferenceSession(str(bundle / names.BUNDLE_MODEL), opts, providers=["CPUExecutionProvider"])
+    prompts, sets = _prompts(bundle), _random_sets(defaults)
+    want = _reference_logits(path, subspace, prompts, sets)
+    got = [[session.run([names.LOGITS], {**prefill_feeds(ids, config), **feeds})[0] for ids in prompts] for feeds in sets]
+    flat = lambda runs: [np.concatenate([x.ravel() for x in r]) for r in runs]  # noqa: E731
+    g, w = flat(got), flat(want)
+    worst, scale = max(float(np.abs(a - b).max()) for a, b in zip(g, w)), max(1.0, max(float(np.abs(x).max()) for x in w))
+    response, tol, floor = cosine(g, w), TOLERANCES[precision], RESPONSE_MINS[precision]
+    if tol is not None and not worst <= tol * scale:
+        raise RuntimeError(f"{precision} decoder graph: ONNX Runtime differs from torch by {worst:.3g} > {tol:g} x "
+                           f"{scale:.3g}; nothing written")
+    if not response >= floor:
+        raise RuntimeError(f"{precision} decoder graph: its logits follow the coefficients with cosine {response:.3f} "
+                           f"to torch's (< {floor}); the coefficient inputs are not wired; nothing written")
+    greedy = [int(np.mean([a[0, -1].argmax() == b[0, -1].argmax() for a, b in zip(gr, wr)]) * 100) for gr, wr in zip(got, want)]
+    return {"max_abs_diff": worst, "tolerance": tol, "scale": scale, "response": response, "response_min": floor,
+            "coefficient_sets": len(sets), "prompts": len(prompts), "next_token_agreement_pct": greedy,
+            "effect": max(float(np.abs(x - w[0]).max()) for x in w)}
+
+
+def _manifest(subspace: Subspace, path: Path, config: dict, defaults: dict, coeffs_path, precision: str, check: dict,
+              files: dict) -> dict:
+    """manifest.json of a decoder bundle (docs/formats.md, "Decoder bundle"); no times, so it is reproducible."""
+    import onnxruntime_genai
+
+    layers, heads, size = kv_shape(config)
+    coeffs = {k: list(v.shape) for k, v in sorted(defaults.items())}
+    return {
+        "kind": names.BUNDLE_KIND, "format_version": names.FORMAT_VERSION, "fingerprint": subspace.fingerprint,
+        "base_model": portable_model_id(path), "subspace_base_model": subspace.base_model,
+        "task": names.TASK_CAUSAL_LM, "mode": names.MODE_SHARED, "precision": precision, "kv_cache": True,
+        "kv": {"layers": layers, "heads": heads, "head_size": size, "context_length": config["model"]["context_length"]},
+        "eos_token_id": config["model"]["eos_token_id"],
+        "inputs": [names.INPUT_IDS, names.ATTENTION_MASK] + [f"past_key_values.{i}.{kind}" for i in range(layers)
+                                                             for kind in ("key", "value")] + list(coeffs),
+        "coefficients": coeffs, "defaults": Path(coeffs_path).name if coeffs_path else "zeros",
+        "files": files, "verification": {precision: check}, "tolerance_rule": TOLERANCE_RULE,
+        "exporter": {"name": "onnxruntime-genai model builder + edge_lorax.export.decoder", "edge_lorax": __version__,
+                     "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+                     "onnxruntime_genai": onnxruntime_genai.__version__},
+    }

@@ -1,0 +1,218 @@
+"""Generate from a decoder bundle with onnxruntime-genai: load once, register users, pick one per generation.
+
+    llm = load_llm("bundle")                      # one og.Model; the graph's defaults are the bundle's own user
+    llm.add_user("alice", "alice.npz")            # or an .onnx_adapter; checked against the bundle's fingerprint
+    for token in llm.generate("Hello", user="alice", max_new_tokens=32):  # Generation: token ids as they come
+        ...
+
+Text <-> tokens with the bundle's tokenizer.json (the `tokenizers` package) and, for --chat, its chat template
+rendered with jinja2 as transformers renders it (sandboxed, trim_blocks, lstrip_blocks); onnxruntime-genai's own
+tokenizer is not used (it cannot read every tokenizer.json, e.g. WordLevel ones). A user is an onnxruntime-genai
+adapter (`og.Adapters`): its tensors are fed by name to the coefficient inputs, and `Generator.set_active_adapter`
+picks it for one generation, with no reload (ORT docs, "Multi-LoRA"). Greedy unless a temperature > 0 is given (then
+top-p / top-k sampling, seeded). Generation stops at the model's EOS token(s) or after max_new_tokens. Refuses, in
+one line: a bundle that is not a decoder bundle, a missing or unreadable tokenizer, a user of another subspace or
+shape, a prompt that leaves no room in the context. Does not: batch prompts of different users, import torch.
+"""
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge_lorax.formats import names
+from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.onnx_adapter import fingerprint_version, read_onnx_adapter, write_onnx_adapter
+from edge_lorax.formats.user import check_fingerprint, read_user
+
+GENAI_CONFIG = "genai_config.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+CHAT_TEMPLATE = "chat_template.jinja"
+
+
+@dataclass
+class Generation:
+    """One prompt's generation; iterate it for token ids as they are produced. Times in ms, rates in tokens/s."""
+
+    prompt: str
+    prompt_tokens: int
+    tokens: list = field(default_factory=list)
+    time_to_first_token_ms: float | None = None
+    tokens_per_s: float | None = None  # decode rate after the first token
+    _steps: object = None
+
+    def __iter__(self):
+        yield from self._steps
+
+
+def _manifest(bundle: Path) -> dict:
+    path = bundle / names.BUNDLE_MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable bundle manifest ({e}); pass a folder written by `edge-lorax export`") from e
+    if manifest.get("task") != names.TASK_CAUSAL_LM or not manifest.get("kv_cache"):
+        raise InputError(f"{bundle}: a {manifest.get('task')} bundle, not a decoder (KV-cache) bundle; `generate` needs "
+                         "one exported from a Llama-family model (`edge-lorax export --model smollm2 ...`); use "
+                         "`edge-lorax run` for this one")
+    if not (bundle / names.TOKENIZER_FILE).is_file():
+        raise InputError(f"{bundle}: no {names.TOKENIZER_FILE}; re-export the bundle from a model folder with its tokenizer")
+    return manifest
+
+
+class LLM:
+    """A decoder bundle loaded once: og.Model, the tokenizer, the chat template and the registered users (og.Adapters)."""
+
+    def __init__(self, bundle, threads: int | None = None):
+        import onnxruntime_genai as og
+
+        self.bundle = Path(bundle)
+        self.manifest = _manifest(self.bundle)
+        self.tokenizer, self.special = _load_tokenizer(self.bundle), _special_tokens(self.bundle)
+        eos = self.manifest["eos_token_id"]
+        self.eos = set(eos if isinstance(eos, list) else [eos])
+        config = og.Config(str(self.bundle))
+        config.clear_providers()
+        if threads:
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+        self._og, self.model = og, og.Model(config)
+        self.adapters, self.users = og.Adapters(self.model), {}
+        self._scratch = tempfile.TemporaryDirectory(prefix="edge-lorax-users-")
+
+    @property
+    def context_length(self) -> int:
+        return int(self.manifest["kv"]["context_length"])
+
+    def add_user(self, name: str, path) -> str:
+        """Register a user.npz or .onnx_adapter under `name`; InputError (naming the file) for another subspace."""
+        path = Path(path)
+        if path.suffix == names.ADAPTER_SUFFIX:
+            arrays, version = read_onnx_adapter(path)
+            if version != fingerprint_version(self.manifest["fingerprint"]):
+                raise InputError(f"{path}: made for another subspace than {self.bundle}'s; export that user for this "
+                                 "bundle's subspace")
+            self._check_names(path, arrays)
+            self.adapters.load(str(path), name)
+        else:
+            user = read_user(path)
+            check_fingerprint(user, self.manifest["fingerprint"], path)
+            self._check_names(path, user.inputs())
+            file = Path(self._scratch.name) / f"{len(self.users)}{names.ADAPTER_SUFFIX}"
+            write_onnx_adapter(user.inputs(), file, user.fingerprint)
+            self.adapters.load(str(file), name)
+        self.users[name] = path
+        return name
+
+    def _check_names(self, path: Path, arrays: dict):
+        want = self.manifest["coefficients"]
+        bad = next((k for k in arrays if k not in want or list(arrays[k].shape) != want[k]), None)
+        if bad is not None or len(arrays) != len(want):
+            what = f"{bad}: {list(arrays[bad].shape)}" if bad else f"{len(arrays)} tensors, the bundle takes {len(want)}"
+            raise InputError(f"{path}: {what} does not match the bundle's coefficient inputs; project or train the user on "
+                             "this bundle's subspace")
+
+    def encode(self, prompt: str, chat: bool = False) -> list:
+        """Token ids of the prompt (the tokenizer's own special tokens); chat renders the chat template around one
+        user turn with the generation prompt, then encodes without adding special tokens (transformers' rule)."""
+        if not chat:
+            return self.tokenizer.encode(prompt).ids
+        text = _chat_template(self.bundle).render(messages=[{"role": "user", "content": prompt}],
+                                                  add_generation_prompt=True, **self.special)
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, tokens: list) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def generate(self, prompt: str, user: str | None = None, max_new_tokens: int = 64, temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, chat: bool = False) -> Generation:
+        """A Generation to iterate (token ids); user None = the bundle's defaults. Raises InputError for an unknown
+        user or a prompt + max_new_tokens beyond the context."""
+        ids = self.encode(prompt, chat)
+        if len(ids) + max_new_tokens > self.context_length:
+            raise InputError(f"prompt of {len(ids)} tokens + {max_new_tokens} new ones exceeds the context of "
+                             f"{self.context_length}; shorten the prompt or lower --max-new-tokens")
+        if user is not None and user not in self.users:
+            raise InputError(f"user {user!r} is not registered; add it first (known: {sorted(self.users)})")
+        gen = Generation(prompt, len(ids))
+        gen._steps = self._steps(gen, ids, user, max_new_tokens, temperature, top_p, top_k, seed)
+        return gen
+
+    def _params(self, total: int, temperature: float, top_p: float, top_k: int, seed):
+        params = self._og.GeneratorParams(self.model)
+        options = {"max_length": total, "do_sample": bool(temperature and temperature > 0)}
+        if options["do_sample"]:
+            options.update(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k))
+            if seed is not None:
+                options["random_seed"] = int(seed)
+        params.set_search_options(**options)
+        return params
+
+    def _steps(self, gen: Generation, ids: list, user, max_new: int, temperature, top_p, top_k, seed):
+        generator = self._og.Generator(self.model, self._params(len(ids) + max_new, temperature, top_p, top_k, seed))
+        if user is not None:
+            generator.set_active_adapter(self.adapters, user)
+        start = time.perf_counter()
+        generator.append_tokens(ids)
+        first = None
+        while not generator.is_done():
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            if first is None:
+                first = time.perf_counter()
+                gen.time_to_first_token_ms = (first - start) * 1e3
+            if token in self.eos:
+                break
+            gen.tokens.append(token)
+            yield token
+        if first is not None and len(gen.tokens) > 1:
+            gen.tokens_per_s = (len(gen.tokens) - 1) / (time.perf_counter() - first)
+
+
+def _load_tokenizer(bundle: Path):
+    from tokenizers import Tokenizer
+
+    path = bundle / names.TOKENIZER_FILE
+    try:
+        return Tokenizer.from_file(str(path))
+    except BaseException as e:  # its own (Rust) exception types; a Rust panic is a BaseException
+        if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise InputError(f"{path}: not a readable tokenizer ({str(e).splitlines()[0][:120] if str(e) else e!r}); "
+                         "re-export the bundle from a model folder with a valid tokenizer.json") from e
+
+
+def _special_tokens(bundle: Path) -> dict:
+    """bos_token, eos_token, ... of tokenizer_config.json as strings (the chat template refers to them)."""
+    path = bundle / TOKENIZER_CONFIG
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    out = {}
+    for key, value in config.items():
+        if key.endswith("_token") and isinstance(value, (str, dict)):
+            out[key] = value["content"] if isinstance(value, dict) else value
+    return out
+
+
+def _chat_template(bundle: Path):
+    """The bundle's chat template (chat_template.jinja, else tokenizer_config.json's), compiled as transformers does."""
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    path, config = bundle / CHAT_TEMPLATE, bundle / TOKENIZER_CONFIG
+    source = path.read_text() if path.is_file() else (json.loads(config.read_text()).get("chat_template")
+                                                       if config.is_file() else None)
+    if not isinstance(source, str):
+        raise InputError(f"{bundle}: no chat template ({CHAT_TEMPLATE} or tokenizer_config.json's chat_template); "
+                         "drop --chat or re-export from a model that has one")
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.globals["raise_exception"] = _raise_exception
+    return env.from_string(source)
+
+
+def _raise_exception(message: str):
+    raise InputError(f"chat template: {message}")
+
+
+def load_llm(bundle, threads: int | None = None) -> LLM:
+    """Open a decoder bundle once (see LLM); InputError for anything else."""
+    return LLM(bundle, threads)

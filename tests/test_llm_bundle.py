@@ -1,0 +1,246 @@
+"""Decoder (KV-cache) bundles on a tiny random Llama (GQA: 4 heads of 16, 2 KV heads), through `edge-lorax export`:
+onnxruntime-genai's model builder makes the base graph, edge_lorax.export.decoder adds the coefficient inputs.
+
+Shows: the bundle's prefill logits equal torch's injected model (fp32, ≤ 1e-5); onnxruntime-genai generates from the
+bundle the same 24 greedy tokens as a torch loop, for the default user and for another user activated from an
+.onnx_adapter on the same model; int4 keeps the coefficient inputs; what a decoder bundle does not offer is refused.
+Then the runtime (edge_lorax.runtime.llm, `edge-lorax generate`): JSON Lines equal to torch's greedy answer, two users
+swapped on one loaded model, a run with torch blocked, and the one-line refusals.
+~35 s (two builder runs). The tiny vocabulary has 80 words because the model builder takes any Linear with
+vocab_size outputs for the LM head: with 64 words and hidden 64 it wired o_proj's layer as the head (the bundle's
+verification refused it: logits off by 0.39).
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from edge_lorax.cli import cli
+from edge_lorax.export.llm_bundle import prefill_feeds
+from helpers.tiny import tiny_adapters, tiny_decoder_dir
+
+og = pytest.importorskip("onnxruntime_genai")
+WORDS = ["<pad>", "<unk>", "</s>"] + [f"w{i}" for i in range(77)]  # vocab 80: no Linear of the model has 80 outputs (see below)
+NEW_TOKENS = 24
+CHAT = "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}w1{% endif %}"
+
+
+def run(*args, ok: bool = True):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output + (repr(result.exception) if result.exception else "")
+    return result
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Model folder, four random LoRAs, a subspace of three (K=3), users: adapter 3 projected, adapter 0 projected."""
+    root = tmp_path_factory.mktemp("llm")
+    model = tiny_decoder_dir(root / "tiny-llama", WORDS, hidden=64, chat_template=CHAT)
+    adapters = tiny_adapters(model, "llama", root / "adapters")
+    run("build", *adapters[:3], "-o", root / "sub", "-k", 3)
+    run("project", root / "sub", adapters[3], "-o", root / "u3.npz")
+    run("project", root / "sub", adapters[0], "-o", root / "u0.npz")
+    run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", root / "bundle")
+    return root, model
+
+
+def torch_model(root, model, user: str):
+    from edge_lorax.builder.inject import inject_subspace
+    from edge_lorax.builder.models import load_causal_lm
+    from edge_lorax.formats.subspace import read_subspace
+    from edge_lorax.formats.user import read_user
+
+    net = load_causal_lm(model)
+    inject_subspace(net, read_subspace(root / "sub"), coeffs=read_user(root / user).inputs())
+    return net
+
+
+def torch_greedy(net, ids: list, n: int) -> list:
+    seq, out = torch.tensor([ids]), []
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(net(seq).logits[0, -1].argmax())
+            out.append(nxt)
+            seq = torch.cat([seq, torch.tensor([[nxt]])], 1)
+    return out
+
+
+def genai_greedy(bundle, ids: list, n: int, adapter=None) -> list:
+    config = og.Config(str(bundle))
+    config.clear_providers()
+    model = og.Model(config)
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + n, min_length=len(ids) + n, do_sample=False)
+    gen = og.Generator(model, params)
+    if adapter:
+        adapters = og.Adapters(model)
+        adapters.load(str(adapter), "user")
+        gen.set_active_adapter(adapters, "user")
+    gen.append_tokens(ids)
+    out = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        out.append(int(gen.get_next_tokens()[0]))
+    return out
+
+
+def test_bundle_layout_and_manifest(setup):
+    root, _ = setup
+    bundle = root / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["task"] == "causal-lm" and manifest["kv_cache"] and manifest["precision"] == "fp32"
+    assert manifest["kv"] == {"layers": 2, "heads": 2, "head_size": 16, "context_length": manifest["kv"]["context_length"]}
+    assert {p.name for p in bundle.iterdir()} >= {"model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json",
+                                                   "manifest.json", "u3.onnx_adapter"}
+    check = manifest["verification"]["fp32"]
+    assert check["max_abs_diff"] <= 1e-5 and check["response"] > 0.99 and check["effect"] > 1e-2
+
+
+def test_prefill_logits_equal_torch(setup):
+    import onnxruntime as ort
+
+    root, model = setup
+    config = json.loads((root / "bundle" / "genai_config.json").read_text())
+    session = ort.InferenceSession(str(root / "bundle" / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids = [5, 9, 11, 3, 40, 7, 7]
+    for user in ("u3.npz", "u0.npz"):
+        from edge_lorax.formats.user import read_user
+
+        feeds = {**prefill_feeds(ids, config), **read_user(root / user).inputs()}
+        got = session.run(["logits"], feeds)[0]
+        with torch.no_grad():
+            want = torch_model(root, model, user)(torch.tensor([ids])).logits.numpy()
+        assert np.abs(got - want).max() <= 1e-5
+
+
+def test_genai_generates_torch_tokens_and_swaps_users(setup):
+    root, model = setup
+    from edge_lorax.formats.onnx_adapter import write_onnx_adapter
+    from edge_lorax.formats.user import read_user
+
+    u0 = read_user(root / "u0.npz")
+    write_onnx_adapter(u0.inputs(), root / "u0.onnx_adapter", u0.fingerprint)
+    ids = [5, 9, 11, 3]
+    default = genai_greedy(root / "bundle", ids, NEW_TOKENS)
+    swapped = genai_greedy(root / "bundle", ids, NEW_TOKENS, root / "u0.onnx_adapter")
+    assert default == torch_greedy(torch_model(root, model, "u3.npz"), ids, NEW_TOKENS)
+    assert swapped == torch_greedy(torch_model(root, model, "u0.npz"), ids, NEW_TOKENS)
+    assert default != swapped
+
+
+def test_int4_keeps_coefficient_inputs(setup, tmp_path):
+    root, model = setup
+    out = tmp_path / "int4"
+    run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", out, "--quantize", "int4")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "int4" and manifest["verification"]["int4"]["response"] > 0.9
+    import onnx
+
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    assert any(n.op_type == "MatMulNBits" for n in graph.node)
+    assert set(manifest["coefficients"]) <= {i.name for i in graph.input}
+
+
+@pytest.mark.parametrize("flag", ["--per-example", "--merge", "--ort-format"])
+def test_refuses_what_decoder_bundles_lack(setup, tmp_path, flag):
+    root, model = setup
+    result = run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o",
+                 tmp_path / "b", flag, ok=False)
+    assert result.exit_code == 1 and flag in result.output and "decoder" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+# ---------------------------------------------------------------------------------------- runtime: edge-lorax generate
+
+PROMPT = "w5 w9 w11 w3"
+BLOCKED = ("torch", "transformers", "peft", "onnx", "onnxscript", "safetensors")
+
+
+def torch_answer(net, ids: list, n: int, eos: int = 2) -> list:
+    """Greedy tokens up to EOS (not included) or n tokens, as the runtime reports them."""
+    out = torch_greedy(net, ids, n)
+    return out[:out.index(eos)] if eos in out else out
+
+
+def test_generate_cli_json_matches_torch(setup):
+    root, model = setup
+    from edge_lorax.runtime.llm import load_llm
+
+    ids = load_llm(root / "bundle").encode(PROMPT)
+    lines = run("generate", root / "bundle", "--json", "--max-new-tokens", NEW_TOKENS, PROMPT, "w7 w7").stdout.splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["prompt"] for r in rows] == [PROMPT, "w7 w7"] and rows[0]["prompt_tokens"] == len(ids)
+    assert rows[0]["tokens"] == torch_answer(torch_model(root, model, "u3.npz"), ids, NEW_TOKENS)
+    assert rows[0]["time_to_first_token_ms"] > 0 and set(rows[0]) >= {"text", "tokens_per_s"}
+    chat = json.loads(run("generate", root / "bundle", "--json", "--chat", "--max-new-tokens", 4, PROMPT).stdout)
+    assert chat["prompt_tokens"] == len(ids) + 1  # the template appends "w1"
+
+
+def test_swap_users_on_one_model(setup):
+    """Register two users on one loaded bundle, generate for each in turn: each equals its own torch model."""
+    root, model = setup
+    from edge_lorax.formats.onnx_adapter import write_onnx_adapter
+    from edge_lorax.formats.user import read_user
+    from edge_lorax.runtime.llm import load_llm
+
+    u3 = read_user(root / "u3.npz")
+    write_onnx_adapter(u3.inputs(), root / "u3b.onnx_adapter", u3.fingerprint)
+    llm = load_llm(root / "bundle", threads=1)
+    llm.add_user("zero", root / "u0.npz")
+    llm.add_user("three", root / "u3b.onnx_adapter")
+    ids = llm.encode(PROMPT)
+    got = {u: list(llm.generate(PROMPT, u, NEW_TOKENS)) for u in ("zero", "three", "zero")}
+    assert got["zero"] == torch_answer(torch_model(root, model, "u0.npz"), ids, NEW_TOKENS)
+    assert got["three"] == torch_answer(torch_model(root, model, "u3.npz"), ids, NEW_TOKENS)
+
+
+def test_generate_runs_without_torch(setup):
+    root, _ = setup
+    prelude = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in BLOCKED)
+    body = (f"from edge_lorax.cli import main\nsys.argv = ['edge-lorax', 'generate', {str(root / 'bundle')!r}, "
+            f"'--coeffs', {str(root / 'u0.npz')!r}, '--json', '--max-new-tokens', '8', {PROMPT!r}]\nmain()\n")
+    proc = subprocess.run([sys.executable, "-c", prelude + body], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout)["prompt"] == PROMPT
+
+
+def test_generate_refusals(setup, tmp_path):
+    root, model = setup
+    adapters = sorted((root / "adapters").iterdir())
+    run("build", *adapters[1:], "-o", tmp_path / "other", "-k", 2)
+    run("project", tmp_path / "other", adapters[0], "-o", tmp_path / "other.npz")
+    cases = {
+        "another subspace": (["--coeffs", tmp_path / "other.npz", PROMPT], "made for subspace"),
+        "too long": (["--max-new-tokens", 10_000, PROMPT], "exceeds the context"),
+    }
+    for why, (args, message) in cases.items():
+        res = run("generate", root / "bundle", *args, ok=False)
+        assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output, why
+    run("export", "--model", model, "--subspace", root / "sub", "--task", "features", "-o", tmp_path / "features")
+    res = run("generate", tmp_path / "features", PROMPT, ok=False)
+    assert res.exit_code == 1 and "not a decoder" in res.output
+    shutil.copytree(root / "bundle", tmp_path / "notok", ignore=shutil.ignore_patterns("tokenizer.json"))
+    res = run("generate", tmp_path / "notok", PROMPT, ok=False)
+    assert res.exit_code == 1 and "tokenizer.json" in res.output
+
+
+def test_refuses_a_head_size_gqa_cannot_take(tmp_path):
+    model = tiny_decoder_dir(tmp_path / "narrow", WORDS)  # hidden 32, 4 heads of 8
+    adapters = tiny_adapters(model, "llama", tmp_path / "adapters", n=2)
+    run("build", *adapters, "-o", tmp_path / "sub", "-k", 2)
+    result = run("export", "--model", model, "--subspace", tmp_path / "sub", "-o", tmp_path / "b", ok=False)
+    assert result.exit_code == 1 and "head size 8" in result.output and not (tmp_path / "b").exists()
+
+
+def test_same_inputs_give_bit_identical_bundles(setup, tmp_path):
+    root, model = setup
+    run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", tmp_path / "again")
+    for name in ("model.onnx", "model.onnx.data", "manifest.json", "genai_config.json", "u3.onnx_adapter"):
+        assert (tmp_path / "again" / name).read_bytes() == (root / "bundle" / name).read_bytes(), name
