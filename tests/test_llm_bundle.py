@@ -23,6 +23,7 @@ from click.testing import CliRunner
 
 from edge_lorax.cli import cli
 from edge_lorax.export.llm_bundle import prefill_feeds
+from edge_lorax.formats.errors import InputError
 from helpers.tiny import tiny_adapters, tiny_decoder_dir
 
 og = pytest.importorskip("onnxruntime_genai")
@@ -135,6 +136,44 @@ def test_genai_generates_torch_tokens_and_swaps_users(setup):
     assert default != swapped
 
 
+def test_per_example_rows_carry_their_own_users(setup, tmp_path):
+    """--per-example: coefficient inputs (batch_size, r, K); a batch of two rows with users 0 and 3 gives each row its
+    own user's torch logits (the exporter checks this too), and unfed inputs broadcast the (1, r, K) defaults."""
+    import onnxruntime as ort
+
+    from edge_lorax.formats.user import read_user
+
+    root, model = setup
+    run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", tmp_path / "pe",
+        "--per-example")
+    manifest = json.loads((tmp_path / "pe" / "manifest.json").read_text())
+    assert manifest["mode"] == "per-example" and all(v[0] == "batch_size" for v in manifest["coefficients"].values())
+    config = json.loads((tmp_path / "pe" / "genai_config.json").read_text())
+    session = ort.InferenceSession(str(tmp_path / "pe" / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids, users = [5, 9, 11, 3, 40], [read_user(root / u).inputs() for u in ("u0.npz", "u3.npz")]
+    feeds = {k: np.concatenate([v, v]) for k, v in prefill_feeds(ids, config).items()}
+    got = session.run(["logits"], {**feeds, **{k: np.stack([users[0][k], users[1][k]]) for k in users[0]}})[0]
+    defaults = session.run(["logits"], feeds)[0]
+    with torch.no_grad():
+        want = [torch_model(root, model, u)(torch.tensor([ids])).logits.numpy()[0] for u in ("u0.npz", "u3.npz")]
+    assert np.abs(got[0] - want[0]).max() <= 1e-5 and np.abs(got[1] - want[1]).max() <= 1e-5
+    assert np.abs(defaults - want[1]).max() <= 1e-5  # both rows: the u3 defaults
+    from edge_lorax.runtime.llm import load_llm
+
+    llm = load_llm(tmp_path / "pe")
+    llm.add_user("zero", root / "u0.npz")
+    llm.add_user("three", root / "u3.npz")
+    prompts = [PROMPT, "w7 w8 w9 w10", PROMPT]
+    rows = llm.generate_batch(prompts, ["zero", "three", "three"], NEW_TOKENS)
+    nets = {u: torch_model(root, model, u) for u in ("u0.npz", "u3.npz")}
+    for prompt, user, row in zip(prompts, ("u0.npz", "u3.npz", "u3.npz"), rows):
+        assert row == torch_answer(nets[user], llm.encode(prompt), NEW_TOKENS), (prompt, user)
+    assert rows[0] != rows[2]  # same prompt, another user
+    assert list(llm.generate(PROMPT, "zero", NEW_TOKENS)) == rows[0]  # one user on a per-example bundle
+    with pytest.raises(InputError, match="equal token length"):
+        llm.generate_batch([PROMPT, "w7"], ["zero", "three"], 4)
+
+
 def test_int4_keeps_coefficient_inputs(setup, tmp_path):
     root, model = setup
     out = tmp_path / "int4"
@@ -148,7 +187,7 @@ def test_int4_keeps_coefficient_inputs(setup, tmp_path):
     assert set(manifest["coefficients"]) <= {i.name for i in graph.input}
 
 
-@pytest.mark.parametrize("flag", ["--per-example", "--merge", "--ort-format"])
+@pytest.mark.parametrize("flag", ["--merge", "--ort-format"])
 def test_refuses_what_decoder_bundles_lack(setup, tmp_path, flag):
     root, model = setup
     result = run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o",

@@ -13,7 +13,7 @@ coefficient inputs (a few (K, K) and (K, out) products). Per token that is two M
 whatever the number of target modules in it. Coefficient inputs are named like the keys of a user.npz and get
 same-name initializers (optional inputs) holding the default user.
 
-Does not: quantize (the builder does, at the precision asked), per-example batches, tokenizers or generation.
+Does not: quantize (the builder does, at the precision asked), tokenizers or generation.
 """
 
 import re
@@ -34,6 +34,7 @@ from edge_lorax.formats.subspace import Subspace
 BUILDER = "onnxruntime_genai.models.builder"
 PRECISIONS = ("fp32", "int8", "int4")  # the model builder's -p; int8 / int4: weight-only MatMulNBits
 GENAI_CONFIG = "genai_config.json"
+BATCH = "batch_size"  # the builder's name for the batch dim of input_ids
 _MODULE = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj$")
 _FUSED = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
 
@@ -99,36 +100,39 @@ def _init(graph, name: str, arr: np.ndarray) -> str:
     return name
 
 
-def _mixing(graph, slot: Slot, ms, width: int) -> str:
-    """Nodes computing W (K, width) for one module from its coefficient inputs: (coeff_B · coeff_A)ᵀ · C_Bᵀ, with C_Bᵀ
-    placed at the module's columns of the (possibly fused) output."""
+def _mixing(graph, slot: Slot, ms, width: int, per_example: bool) -> str:
+    """Nodes computing W (K, width) — per example (batch, K, width) — for one module from its coefficient inputs:
+    (coeff_B · coeff_A)ᵀ · C_Bᵀ, with C_Bᵀ placed at the module's columns of the (possibly fused) output."""
     a, b = names.coeff_name(slot.module, names.COEFF_A), names.coeff_name(slot.module, names.COEFF_B)
     cbt = np.zeros((ms.k, width), np.float32)  # (K, width)
     cbt[:, slot.lo:slot.hi] = ms.components_B.T.astype(np.float32)
     p = f"/edge_lorax/{slot.module}"
     graph.node.extend([
         helper.make_node("MatMul", [b, a], [f"{p}/BA"], name=f"{p}/BA"),  # (K, K) = coeff_B · coeff_A
-        helper.make_node("Transpose", [f"{p}/BA"], [f"{p}/M"], name=f"{p}/M"),  # (K, K)
+        helper.make_node("Transpose", [f"{p}/BA"], [f"{p}/M"], name=f"{p}/M", perm=[0, 2, 1] if per_example else [1, 0]),
         helper.make_node("MatMul", [f"{p}/M", _init(graph, f"{p}/components_B_t", cbt)], [f"{p}/W"], name=f"{p}/W"),
     ])
     return f"{p}/W"
 
 
-def _coefficient_inputs(graph, slot: Slot, ms):
-    for side, shape in ((names.COEFF_A, (ms.rank, ms.k)), (names.COEFF_B, (ms.k, ms.rank))):
+def _coefficient_inputs(graph, slot: Slot, ms, per_example: bool):
+    """(r, K) and (K, r) float32 inputs; per example with a leading batch dim (the builder's batch_size)."""
+    lead = [BATCH] if per_example else []
+    for side, shape in ((names.COEFF_A, [ms.rank, ms.k]), (names.COEFF_B, [ms.k, ms.rank])):
         graph.input.append(helper.make_tensor_value_info(names.coeff_name(slot.module, side), onnx.TensorProto.FLOAT,
-                                                         list(shape)))
+                                                         lead + shape))
 
 
-def _add_branch(graph, output: str, slots: list, subspace: Subspace, width: int):
-    """δ = (x · [C_A,m]ᵀ) · [W_m] for the modules writing `output`; its consumers then read output + δ."""
+def _add_branch(graph, output: str, slots: list, subspace: Subspace, width: int, per_example: bool):
+    """δ = (x · [C_A,m]ᵀ) · [W_m] for the modules writing `output`; its consumers then read output + δ. Per example,
+    x · C_Aᵀ is still one MatMul for every row: only W (batch, ΣK, width) differs by row."""
     p = f"/edge_lorax{output.rsplit('/MatMul', 1)[0]}"
     cat = np.concatenate([subspace.modules[s.module].components_A for s in slots], axis=0).T  # (in, ΣK)
-    ws = [_mixing(graph, s, subspace.modules[s.module], width) for s in slots]
+    ws = [_mixing(graph, s, subspace.modules[s.module], width, per_example) for s in slots]
     for s in slots:
-        _coefficient_inputs(graph, s, subspace.modules[s.module])
+        _coefficient_inputs(graph, s, subspace.modules[s.module], per_example)
     graph.node.extend([
-        helper.make_node("Concat", ws, [f"{p}/W"], name=f"{p}/W", axis=0),  # (ΣK, width)
+        helper.make_node("Concat", ws, [f"{p}/W"], name=f"{p}/W", axis=-2),  # (ΣK, width) or (batch, ΣK, width)
         helper.make_node("MatMul", [slots[0].x, _init(graph, f"{p}/components_A_t", cat)], [f"{p}/h"], name=f"{p}/h"),
         helper.make_node("MatMul", [f"{p}/h", f"{p}/W"], [f"{p}/delta"], name=f"{p}/delta"),  # (…, width)
     ])
@@ -146,16 +150,18 @@ def _width(graph, output: str) -> int:
     return weight.dims[-1]
 
 
-def add_coefficients(model: onnx.ModelProto, subspace: Subspace, config: dict, defaults: dict) -> onnx.ModelProto:
+def add_coefficients(model: onnx.ModelProto, subspace: Subspace, config: dict, defaults: dict,
+                     per_example: bool = False) -> onnx.ModelProto:
     """The builder's graph with every subspace module's low-rank path and its coefficient inputs (defaults: user.npz
-    tensors, (r, K) / (K, r) float32); returns a new proto (topologically sorted) and leaves `model` untouched."""
+    tensors, (r, K) / (K, r) float32; per example (1, r, K) / (1, K, r), broadcast over the batch when not fed);
+    returns a new proto (topologically sorted) and leaves `model` untouched."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     groups: dict = {}
     for slot in find_slots(out, subspace, config):
         groups.setdefault(slot.output, []).append(slot)
     for output, slots in groups.items():
-        _add_branch(out.graph, output, slots, subspace, _width(out.graph, output))
+        _add_branch(out.graph, output, slots, subspace, _width(out.graph, output), per_example)
     _sort(out.graph)
     return add_input_defaults(out, defaults)
 

@@ -84,25 +84,28 @@ def _copy_side_files(work: Path, path: Path, out: Path) -> list:
     return copied
 
 
-def export_llm_bundle(path: Path, subspace: Subspace, tmp: Path, coeffs: User | None, coeffs_path, precision: str) -> dict:
-    """Build, insert, verify and write a decoder bundle into the (temporary) folder `tmp`; returns the manifest."""
+def export_llm_bundle(path: Path, subspace: Subspace, tmp: Path, coeffs: User | None, coeffs_path, precision: str,
+                      per_example: bool = False) -> dict:
+    """Build, insert, verify and write a decoder bundle into the (temporary) folder `tmp`; returns the manifest.
+    per_example: coefficient inputs (batch_size, r, K) / (batch_size, K, r), one user per row (defaults: (1, ...))."""
     if precision not in decoder.PRECISIONS:
         raise ValueError(f"precision must be one of {decoder.PRECISIONS}, got {precision!r}")
     defaults = coeffs.inputs() if coeffs is not None else _zero_user(subspace)
-    work = tmp / ".build"
+    work, mode = tmp / ".build", names.MODE_PER_EXAMPLE if per_example else names.MODE_SHARED
     proto, config = _builder_graph(path, work, precision)
-    meta = {"edge_lorax.fingerprint": subspace.fingerprint, "edge_lorax.mode": names.MODE_SHARED,
-            "edge_lorax.task": names.TASK_CAUSAL_LM}
-    model_files = _save(passes.set_metadata(decoder.add_coefficients(proto, subspace, config, defaults), meta), tmp)
-    del proto
+    meta = {"edge_lorax.fingerprint": subspace.fingerprint, "edge_lorax.mode": mode, "edge_lorax.task": names.TASK_CAUSAL_LM}
+    graph_defaults = {k: v[None] for k, v in defaults.items()} if per_example else defaults
+    inserted = decoder.add_coefficients(proto, subspace, config, graph_defaults, per_example)
+    model_files = _save(passes.set_metadata(inserted, meta), tmp)
+    del proto, inserted
     side = _copy_side_files(work, path, tmp)
     shutil.rmtree(work)
-    check = verify_llm(tmp, path, subspace, defaults, config, precision)
+    check = verify_llm(tmp, path, subspace, defaults, config, precision, per_example)
     adapter = None
     if coeffs is not None:
         adapter = Path(coeffs_path).stem + names.ADAPTER_SUFFIX
         write_onnx_adapter(defaults, tmp / adapter, coeffs.fingerprint)
-    manifest = _manifest(subspace, path, config, defaults, coeffs_path, precision, check,
+    manifest = _manifest(subspace, path, config, graph_defaults, mode, coeffs_path, precision, check,
                          {"model": model_files[0], "external_data": model_files[1:], "side": side, "adapter": adapter})
     (tmp / names.BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
@@ -159,6 +162,13 @@ def _random_sets(defaults: dict, seed: int = 1) -> list:
     return sets
 
 
+def _two_rows(session, ids: list, config: dict, first: dict, second: dict):
+    """Logits (2, T, vocab) of one prompt as a batch of two rows, each with its own coefficient set."""
+    feeds = {k: np.concatenate([v, v]) for k, v in prefill_feeds(ids, config).items()}
+    feeds.update({k: np.stack([first[k], second[k]]) for k in first})
+    return session.run([names.LOGITS], feeds)[0]
+
+
 def _prompts(bundle: Path) -> list:
     from tokenizers import Tokenizer
 
@@ -166,19 +176,27 @@ def _prompts(bundle: Path) -> list:
     return [tok.encode(p).ids or [0] for p in VERIFY_PROMPTS]
 
 
-def verify_llm(bundle: Path, path: Path, subspace: Subspace, defaults: dict, config: dict, precision: str) -> dict:
-    """Prefill logits of the written graph vs torch for the defaults and random coefficient sets; raises RuntimeError
+def verify_llm(bundle: Path, path: Path, subspace: Subspace, defaults: dict, config: dict, precision: str,
+               per_example: bool = False) -> dict:
+    """Prefill logits of the written graph vs torch for the defaults and random coefficient sets (per example: fed as
+    (1, ...), and the last prompt once more as a batch of two rows with two different sets); raises RuntimeError
     (nothing is written) above TOLERANCES[precision] x scale or when the logits do not follow the coefficients."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.log_severity_level = 1, 3
     session = ort.InferenceSession(str(bundle / names.BUNDLE_MODEL), opts, providers=["CPUExecutionProvider"])
     prompts, sets = _prompts(bundle), _random_sets(defaults)
     want = _reference_logits(path, subspace, prompts, sets)
-    got = [[session.run([names.LOGITS], {**prefill_feeds(ids, config), **feeds})[0] for ids in prompts] for feeds in sets]
+    lift = (lambda f: {k: v[None] for k, v in f.items()}) if per_example else (lambda f: f)  # noqa: E731
+    got = [[session.run([names.LOGITS], {**prefill_feeds(ids, config), **lift(feeds)})[0] for ids in prompts]
+           for feeds in sets]
+    if per_example:  # two rows, two users: row i must be set i's logits
+        pair = _two_rows(session, prompts[-1], config, sets[1], sets[2])
+        got, want = got + [[pair[0:1]], [pair[1:2]]], want + [[want[1][-1]], [want[2][-1]]]
     flat = lambda runs: [np.concatenate([x.ravel() for x in r]) for r in runs]  # noqa: E731
     g, w = flat(got), flat(want)
     worst, scale = max(float(np.abs(a - b).max()) for a, b in zip(g, w)), max(1.0, max(float(np.abs(x).max()) for x in w))
-    response, tol, floor = cosine(g, w), TOLERANCES[precision], RESPONSE_MINS[precision]
+    n = len(sets)  # the response compares the sets over the same prompts (the per-example pair is extra)
+    response, tol, floor = cosine(g[:n], w[:n]), TOLERANCES[precision], RESPONSE_MINS[precision]
     if tol is not None and not worst <= tol * scale:
         raise RuntimeError(f"{precision} decoder graph: ONNX Runtime differs from torch by {worst:.3g} > {tol:g} x "
                            f"{scale:.3g}; nothing written")
@@ -188,22 +206,23 @@ def verify_llm(bundle: Path, path: Path, subspace: Subspace, defaults: dict, con
     greedy = [int(np.mean([a[0, -1].argmax() == b[0, -1].argmax() for a, b in zip(gr, wr)]) * 100) for gr, wr in zip(got, want)]
     return {"max_abs_diff": worst, "tolerance": tol, "scale": scale, "response": response, "response_min": floor,
             "coefficient_sets": len(sets), "prompts": len(prompts), "next_token_agreement_pct": greedy,
-            "effect": max(float(np.abs(x - w[0]).max()) for x in w)}
+            "effect": max(float(np.abs(x - w[0]).max()) for x in w[:n])}
 
 
-def _manifest(subspace: Subspace, path: Path, config: dict, defaults: dict, coeffs_path, precision: str, check: dict,
-              files: dict) -> dict:
+def _manifest(subspace: Subspace, path: Path, config: dict, defaults: dict, mode: str, coeffs_path, precision: str,
+              check: dict, files: dict) -> dict:
     """manifest.json of a decoder bundle (docs/formats.md, "Decoder bundle"); no times, so it is reproducible."""
     import onnxruntime_genai
 
     layers, heads, size = kv_shape(config)
-    coeffs = {k: list(v.shape) for k, v in sorted(defaults.items())}
+    lead = [decoder.BATCH] if mode == names.MODE_PER_EXAMPLE else []
+    coeffs = {k: lead + list(v.shape[len(lead):]) for k, v in sorted(defaults.items())}
     return {
         "kind": names.BUNDLE_KIND, "format_version": names.FORMAT_VERSION, "fingerprint": subspace.fingerprint,
         "base_model": portable_model_id(path), "subspace_base_model": subspace.base_model,
-        "task": names.TASK_CAUSAL_LM, "mode": names.MODE_SHARED, "precision": precision, "kv_cache": True,
+        "task": names.TASK_CAUSAL_LM, "mode": mode, "precision": precision, "kv_cache": True,
         "kv": {"layers": layers, "heads": heads, "head_size": size, "context_length": config["model"]["context_length"]},
-        "eos_token_id": config["model"]["eos_token_id"],
+        "eos_token_id": config["model"]["eos_token_id"], "pad_token_id": config["model"].get("pad_token_id"),
         "inputs": [names.INPUT_IDS, names.ATTENTION_MASK] + [f"past_key_values.{i}.{kind}" for i in range(layers)
                                                              for kind in ("key", "value")] + list(coeffs),
         "coefficients": coeffs, "defaults": Path(coeffs_path).name if coeffs_path else "zeros",

@@ -12,7 +12,8 @@ adapter (`og.Adapters`): its tensors are fed by name to the coefficient inputs, 
 picks it for one generation, with no reload (ORT docs, "Multi-LoRA"). Greedy unless a temperature > 0 is given (then
 top-p / top-k sampling, seeded). Generation stops at the model's EOS token(s) or after max_new_tokens. Refuses, in
 one line: a bundle that is not a decoder bundle, a missing or unreadable tokenizer, a user of another subspace or
-shape, a prompt that leaves no room in the context. Does not: batch prompts of different users, import torch.
+shape, a prompt that leaves no room in the context. `generate_batch` serves one user per row on a bundle exported
+with --per-example. Does not: stream batched rows, import torch.
 """
 
 import json
@@ -20,6 +21,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from edge_lorax.formats import names
 from edge_lorax.formats.errors import InputError
@@ -74,10 +77,10 @@ class LLM:
         self.eos = set(eos if isinstance(eos, list) else [eos])
         config = og.Config(str(self.bundle))
         config.clear_providers()
-        if threads:
-            config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+        options = {"log_severity_level": 3, **({"intra_op_num_threads": threads} if threads else {})}  # 3: errors only
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
         self._og, self.model = og, og.Model(config)
-        self.adapters, self.users = og.Adapters(self.model), {}
+        self.adapters, self.users, self._arrays, self._batches = og.Adapters(self.model), {}, {}, {}
         self._scratch = tempfile.TemporaryDirectory(prefix="edge-lorax-users-")
 
     @property
@@ -97,15 +100,23 @@ class LLM:
         else:
             user = read_user(path)
             check_fingerprint(user, self.manifest["fingerprint"], path)
-            self._check_names(path, user.inputs())
+            arrays = self._as_graph_inputs(user.inputs())
+            self._check_names(path, arrays)
             file = Path(self._scratch.name) / f"{len(self.users)}{names.ADAPTER_SUFFIX}"
-            write_onnx_adapter(user.inputs(), file, user.fingerprint)
+            write_onnx_adapter(arrays, file, user.fingerprint)
             self.adapters.load(str(file), name)
         self.users[name] = path
+        self._arrays[name] = arrays if path.suffix != names.ADAPTER_SUFFIX else self._as_graph_inputs(arrays)
         return name
 
+    def _as_graph_inputs(self, arrays: dict) -> dict:
+        """One user's (r, K) / (K, r) arrays as the graph takes them: (1, r, K) / (1, K, r) in a per-example bundle."""
+        if self.manifest["mode"] != names.MODE_PER_EXAMPLE:
+            return arrays
+        return {k: v[None] if v.ndim == 2 else v for k, v in arrays.items()}
+
     def _check_names(self, path: Path, arrays: dict):
-        want = self.manifest["coefficients"]
+        want = {k: [1 if isinstance(d, str) else d for d in v] for k, v in self.manifest["coefficients"].items()}
         bad = next((k for k in arrays if k not in want or list(arrays[k].shape) != want[k]), None)
         if bad is not None or len(arrays) != len(want):
             what = f"{bad}: {list(arrays[bad].shape)}" if bad else f"{len(arrays)} tensors, the bundle takes {len(want)}"
@@ -137,6 +148,51 @@ class LLM:
         gen = Generation(prompt, len(ids))
         gen._steps = self._steps(gen, ids, user, max_new_tokens, temperature, top_p, top_k, seed)
         return gen
+
+    def generate_batch(self, prompts: list, users: list, max_new_tokens: int = 64, temperature: float = 0.0,
+                       top_p: float = 1.0, top_k: int = 0, seed: int | None = None, chat: bool = False) -> list:
+        """One batched generation where row i uses users[i] (a per-example bundle: the rows share every base-model
+        MatMul and x · C_Aᵀ; only the K x r mixing differs). Prompts must have equal token lengths. Returns token
+        lists, each cut at its first EOS. InputError on a bundle exported without --per-example, an unknown user or
+        prompts of unequal length."""
+        if self.manifest["mode"] != names.MODE_PER_EXAMPLE:
+            raise InputError(f"{self.bundle}: exported without --per-example, so one batch serves one user; re-export "
+                             "with --per-example for a user per row")
+        if len(prompts) != len(users) or not prompts:
+            raise InputError(f"{len(prompts)} prompts and {len(users)} users: give one user per prompt")
+        unknown = sorted({u for u in users if u not in self._arrays})
+        if unknown:
+            raise InputError(f"users {unknown} are not registered; add them first (known: {sorted(self.users)})")
+        ids = [self.encode(p, chat) for p in prompts]
+        width = max(len(i) for i in ids)
+        if any(len(i) != width for i in ids):  # measured: a left-padded row generated other tokens than alone
+            raise InputError(f"prompts of {sorted({len(i) for i in ids})} tokens in one batch; GroupQueryAttention here "
+                             "takes no padding, so batch prompts of equal token length (or generate them one by one)")
+        if width + max_new_tokens > self.context_length:
+            raise InputError(f"a prompt of {width} tokens + {max_new_tokens} new ones exceeds the context of "
+                             f"{self.context_length}; shorten it or lower --max-new-tokens")
+        tokens = np.array(ids, np.int32)  # (batch, width)
+        params = self._params(width + max_new_tokens, temperature, top_p, top_k, seed)
+        params.set_search_options(batch_size=len(prompts))
+        generator = self._og.Generator(self.model, params)
+        generator.set_active_adapter(self.adapters, self._batch_adapter(tuple(users)))
+        generator.append_tokens(tokens)
+        out = [[] for _ in prompts]
+        while not generator.is_done():
+            generator.generate_next_token()
+            for row, token in enumerate(generator.get_next_tokens()):
+                out[row].append(int(token))
+        return [row[:next((i for i, t in enumerate(row) if t in self.eos), len(row))] for row in out]
+
+    def _batch_adapter(self, users: tuple) -> str:
+        """An adapter stacking the rows' users (batch_size, r, K), made once per combination of users."""
+        if users not in self._batches:
+            arrays = {k: np.concatenate([self._arrays[u][k] for u in users]) for k in self._arrays[users[0]]}
+            file = Path(self._scratch.name) / f"batch{len(self._batches)}{names.ADAPTER_SUFFIX}"
+            write_onnx_adapter(arrays, file, self.manifest["fingerprint"])
+            self.adapters.load(str(file), file.stem)
+            self._batches[users] = file.stem
+        return self._batches[users]
 
     def _params(self, total: int, temperature: float, top_p: float, top_k: int, seed):
         params = self._og.GeneratorParams(self.model)
