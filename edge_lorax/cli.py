@@ -489,15 +489,29 @@ def export(model, subspace_dir, coeffs, output, task, per_example, merge, quanti
 @click.option("--steps", default=60, show_default=True, help="Training steps for the trained user.")
 @click.option("--no-bench", is_flag=True, help="Skip the quick bench report.")
 @click.option("--adapters", type=click.Path(exists=True, file_okay=False),
-              help="Folder of the committed source adapters [default: adapters/ of the source checkout].")
+              help="Folder of the committed source adapters [default: adapters/ (adapters-smollm2/ with --llm) of the "
+                   "source checkout].")
+@click.option("--llm", is_flag=True, help="The generative job on the embedded SmolLM2: two projected users, one int8 "
+              "KV-cache bundle, answers and timings per user (-o default: out/demo-llm).")
 @_friendly
-def demo(output, steps, no_bench, adapters):
+def demo(output, steps, no_bench, adapters, llm):
     """The main job on the embedded defaults: subspace from the committed adapters, two users, export, swap, bench.
 
     \b
-    Example:
+    Examples:
       edge-lorax demo -o out/demo
+      edge-lorax demo --llm
     """
+    if llm:
+        from edge_lorax.demo_llm import run_llm_demo
+
+        result = run_llm_demo("out/demo-llm" if output == "out/demo" else output, adapters)
+        for user, rows in result["answers"].items():
+            for prompt, answer in rows:
+                click.echo(f"{user:12s} {answer!r:16s} {prompt}")
+        for user, t in result["free_generation"].items():
+            click.echo(f"{user:12s} {t['time_to_first_token_ms']} ms to first token, {t['tokens_per_s']} tokens/s: {t['text']!r}")
+        return
     from edge_lorax.demo import run_demo
 
     for user, preds in run_demo(output, steps, bench=not no_bench, adapters=adapters).items():

@@ -315,3 +315,19 @@ def test_real_smollm2_bundle_generates_the_torch_tokens(tmp_path):
     row = json.loads(run("generate", tmp_path / "b", "--chat", "--json", "--max-new-tokens", 32, prompt).stdout)
     net = torch_model(tmp_path, folder, "spam.npz")
     assert row["tokens"] == torch_answer(net, ids, 32) and len(row["tokens"]) >= 8
+
+
+@pytest.mark.slow
+def test_demo_llm_runs_end_to_end(tmp_path):
+    """`edge-lorax demo --llm`: two projected users on one int8 bundle, both answer, both generate freely.
+    Measured 91 s on 2 busy cores."""
+    from test_decoder_path import smollm2_or_skip
+
+    smollm2_or_skip()
+    result = run("demo", "--llm", "-o", tmp_path / "d")
+    lines = result.stdout.splitlines()
+    assert sum(line.startswith("spam-sms") for line in lines) == 3 and sum(line.startswith("trec-coarse") for line in lines) == 3
+    demo = json.loads((tmp_path / "d" / "demo.json").read_text())
+    assert all(t["tokens_per_s"] > 0 and t["text"] for t in demo["free_generation"].values())
+    manifest = json.loads((tmp_path / "d" / "bundle" / "manifest.json").read_text())
+    assert manifest["precision"] == "int8" and manifest["verification"]["int8"]["response"] > 0.9

@@ -32,8 +32,9 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def _instruction(text: str, choices) -> str:
-    """The chat user turn: the text, then the answer choices when given (zero-shot models need them)."""
+def instruction(text: str, choices) -> str:
+    """The chat user turn: the text, then the answer choices when given (zero-shot models need them); a generating
+    runtime asks its questions in these words (edge_lorax.demo_llm)."""
     return f"{text}\nAnswer with one word: {' or '.join(choices)}." if choices else f"{text}\nAnswer with one word."
 
 
@@ -41,7 +42,7 @@ def render_prompt(tokenizer, text: str, choices=()) -> str:
     """The prompt the answer follows: the chat template's user turn (listing `choices`) + generation prompt, else
     the plain template (which lists none)."""
     if has_chat_template(tokenizer):
-        messages = [{"role": "user", "content": _instruction(text, choices)}]
+        messages = [{"role": "user", "content": instruction(text, choices)}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return PLAIN_TEMPLATE.format(text=text)
 
