@@ -1,0 +1,148 @@
+"""Turn benchmarks/llm/runs/results.json (run.py) into report.json, report.md and report.png.
+
+Medians over the rounds per (build, threads); ratios of ours to onnxruntime-genai's plain and multi-LoRA builds at the
+same precision, taken from the same run, against issue 13's targets; switch costs, resident users, bytes per user;
+greedy token agreement (ours vs torch with the same user; each quantized build vs its own fp32 build).
+Does not measure anything.
+
+    .venv/bin/python benchmarks/llm/report.py [--quick]
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))
+
+from edge_lorax.bench import measure  # noqa: E402
+
+TARGETS = {"decode_vs_lora": 0.9, "decode_vs_plain": 0.85, "ttft_vs_plain": 1.15, "resident_vs_lora": 1 / 20}
+
+
+def median(runs: list, *path) -> float | None:
+    values = []
+    for r in runs:
+        for key in path:
+            r = r.get(key) if isinstance(r, dict) else None
+        if r is not None:
+            values.append(r)
+    return float(np.median(values)) if values else None
+
+
+def agreement(a: list, b: list) -> float:
+    """% of positions where two greedy token lists agree, up to each prompt's first disagreement counting as a miss
+    for the rest (a diverged sequence is not compared further)."""
+    same = total = 0
+    for x, y in zip(a, b):
+        n = min(len(x), len(y))
+        first = next((i for i in range(n) if x[i] != y[i]), n)
+        same, total = same + first, total + n
+    return round(100 * same / total, 1) if total else float("nan")
+
+
+def tables(res: dict) -> dict:
+    runs, builds = res["runs"], sorted({k.rsplit("_t", 1)[0] for k in res["runs"]})
+    threads = sorted({int(k.rsplit("_t", 1)[1]) for k in runs})
+    lengths = sorted({n for r in runs.values() for n in r[0]["ttft_ms"]}, key=int)
+    row = {}
+    for b in builds:
+        for t in threads:
+            rs = runs.get(f"{b}_t{t}", [])
+            row[(b, t)] = {"ttft_ms": {n: median(rs, "ttft_ms", n) for n in lengths},
+                           "decode": median(rs, "decode_tokens_per_s"), "hwm": median(rs, "memory_mib", "VmHWM"),
+                           "anon": median(rs, "memory_mib", "RssAnon"), "file": median(rs, "memory_mib", "RssFile")}
+    return {"builds": builds, "threads": threads, "lengths": lengths, "row": row}
+
+
+def ratio_lines(tab: dict) -> list:
+    out = []
+    for p in ("fp32", "int8", "int4"):
+        for t in tab["threads"]:
+            ours, plain, lora = (tab["row"].get((f"{k}-{p}", t)) for k in ("ours", "plain", "lora"))
+            if not ours or not plain or not lora or not ours["decode"]:
+                continue
+            dl, dp = ours["decode"] / lora["decode"], ours["decode"] / plain["decode"]
+            tt = {n: ours["ttft_ms"][n] / plain["ttft_ms"][n] for n in tab["lengths"]}
+            ok = lambda v, target, up=True: "meets" if (v >= target if up else v <= target) else "misses"  # noqa: E731
+            out.append(f"- {p}, {t} thread(s): decode ours/lora ×{dl:.3f} ({ok(dl, TARGETS['decode_vs_lora'])} ≥ "
+                       f"{TARGETS['decode_vs_lora']}), ours/plain ×{dp:.3f} ({ok(dp, TARGETS['decode_vs_plain'])} ≥ "
+                       f"{TARGETS['decode_vs_plain']}); time to first token ours/plain " +
+                       ", ".join(f"{n}: ×{v:.3f}" for n, v in tt.items()) +
+                       f" ({ok(max(tt.values()), TARGETS['ttft_vs_plain'], False)} ≤ {TARGETS['ttft_vs_plain']})")
+    return out or ["- (no complete precision yet)"]
+
+
+def markdown(res: dict) -> str:
+    tab = tables(res)
+    lines = ["# Decoder bundle vs onnxruntime-genai (SmolLM2-135M-Instruct, CPU)", "", *measure.stamp_md(res["stamp"]),
+             f"- quick smoke run: {res['quick']}", "",
+             "## Time to first token (ms, median) and decode (tokens/s, median)", "",
+             "| build | threads | " + " | ".join(f"TTFT {n}" for n in tab["lengths"]) + " | decode tok/s | VmHWM MiB | "
+             "RssAnon | RssFile |", "|---|---|" + "---|" * (len(tab["lengths"]) + 4)]
+    for (b, t), r in sorted(tab["row"].items()):
+        lines.append(f"| {b} | {t} | " + " | ".join(f"{r['ttft_ms'][n]:.1f}" for n in tab["lengths"]) +
+                     f" | {r['decode']:.1f} | {r['hwm']:.0f} | {r['anon']:.0f} | {r['file']:.0f} |")
+    torch_row = res["torch"]
+    lines += ["", "Torch eager (HF, KV cache, 1 thread, ours' user injected): TTFT " +
+              ", ".join(f"{n}: {v:.1f} ms" for n, v in torch_row["ttft_ms"].items()) +
+              f"; generate incl. prefill {torch_row['decode_tokens_per_s_incl_prefill']} tokens/s", "",
+              "## Ratios in this run (targets of issue 13)", "", *ratio_lines(tab), "", "## Switching a user (µs, median)", ""]
+    for b in tab["builds"]:
+        sw = median_dict(res["runs"].get(f"{b}_t1", []), "switch")
+        if sw:
+            lines.append(f"- {b}: " + ", ".join(f"{k} {v:.1f}" for k, v in sw.items()))
+    lines += ["", "## Resident users", ""]
+    for b in tab["builds"]:
+        rs = [r["resident"] for r in res["runs"].get(f"{b}_t1", []) if "resident" in r]
+        if rs:
+            lines.append(f"- {b}: {rs[0]['users']} users, +{np.median([r['rss_mib'] for r in rs]):.1f} MiB RSS "
+                         f"(anon +{np.median([r['anon_mib'] for r in rs]):.1f}); {rs[0]['bytes_per_user_file']:,} bytes "
+                         "per .onnx_adapter")
+    lines += ["", "## Greedy token agreement (4 chat prompts x 32 tokens)", ""]
+    greedy = {b: res["runs"][f"{b}_t1"][0].get("greedy") for b in tab["builds"] if f"{b}_t1" in res["runs"]}
+    for b, g in greedy.items():
+        kind, prec = b.split("-")
+        ref = res["torch"]["greedy"] if kind == "ours" else greedy.get(f"{kind}-fp32")
+        lines.append(f"- {b} vs {'torch (same user)' if kind == 'ours' else kind + '-fp32'}: {agreement(g, ref)} %")
+    lines += ["", "## Bundle sizes (bytes)", "", *[f"- {k}: {v:,}" for k, v in sorted(res["sizes"].items())], ""]
+    return measure.portable("\n".join(lines))
+
+
+def median_dict(runs: list, key: str) -> dict:
+    rows = [r[key] for r in runs if key in r]
+    return {k: float(np.median([r[k] for r in rows])) for k in rows[0]} if rows else {}
+
+
+def plot(res: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tab = tables(res)
+    builds = tab["builds"]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.bar(builds, [tab["row"][(b, 1)]["decode"] or 0 for b in builds])
+    ax.set_ylabel("decode tokens/s (1 thread)")
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    folder = HERE / ("runs_quick" if args.quick else "runs")
+    res = json.loads((folder / "results.json").read_text())
+    (folder / "report.md").write_text(markdown(res))
+    plot(res, folder / "report.png")
+    print(f"wrote {folder / 'report.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

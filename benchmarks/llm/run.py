@@ -1,0 +1,350 @@
+"""The decoder bundle against onnxruntime-genai's own builds of SmolLM2-135M-Instruct, side by side (issue 13).
+
+Builds, once each (cached under ~/.cache/edge-lorax/bench-llm/, so an interrupted run resumes), at fp32, int8 and int4:
+- plain: `onnxruntime_genai.models.builder` on the converted SmolLM2 (fused qkv, GroupQueryAttention, MatMulNBits);
+- lora: the same with `adapter_path=` one committed decoder LoRA (r=8, q/v), its A/B weights turned into optional
+  inputs as Olive's ExtractAdapters does (kept fp32: the builder is told not to quantize them), so LoRA users swap
+  through og.Adapters — onnxruntime-genai's multi-LoRA path;
+- ours: `edge-lorax export --model smollm2` on a subspace of the eleven other decoder adapters, with the held-out
+  adapter projected as the default user.
+
+Each (build, threads) is measured in a fresh process (`--worker`), in alternating order over rounds: time to first
+token at prompts of 32 / 128 / 512 tokens, decode tokens/s over 128 new tokens (EOS ignored), peak RSS (VmHWM) with
+RssAnon / RssFile, switching a user (a preloaded adapter; loaded from .onnx_adapter; ours also from user.npz), the RSS
+of 1000 resident users, and greedy tokens (4 chat prompts x 32) for the token agreement with torch. A torch eager row
+(HF generate with its KV cache) is the reference. Results: runs/*.json, then report.py.
+
+    .venv/bin/python benchmarks/llm/run.py            # the whole grid (about 30 min on a quiet 2-core machine)
+    .venv/bin/python benchmarks/llm/run.py --quick    # smoke: fp32 only, prompt 32, 16 new tokens, 1 round
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge_lorax.bench import measure  # noqa: E402
+from edge_lorax.formats import names  # noqa: E402
+
+CACHE = Path(os.environ.get("EDGE_LORAX_CACHE", Path.home() / ".cache" / "edge-lorax")) / "bench-llm"
+ADAPTERS = ROOT / "adapters-smollm2"
+HELD_OUT = "spam-sms"
+MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+PRECISIONS = ("fp32", "int8", "int4")
+KINDS = ("plain", "lora", "ours")
+PROMPT_LENGTHS, NEW_TOKENS, RESIDENT = (32, 128, 512), 128, 1000
+CHATS = ("Write a haiku about the sea.", "What is the capital of France? Answer in one word.",
+         "Give me three tips for sleeping well.", "Translate 'good morning' into French.")
+COMMAND = ".venv/bin/python benchmarks/llm/run.py"
+CODE = ("edge_lorax/export", "edge_lorax/runtime", "benchmarks/llm")
+
+
+# ------------------------------------------------------------------------------------------------------ builds
+
+def _builder(out: Path, precision: str, extra: list) -> Path:
+    from edge_lorax.builder.models import resolve_model
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", MODEL_ID, "-i", str(resolve_model("smollm2")),
+           "-o", str(tmp), "-p", precision, "-e", "cpu", "-c", str(tmp / ".cache")]
+    subprocess.run(cmd + (["--extra_options", *extra] if extra else []), check=True, capture_output=True)
+    shutil.rmtree(tmp / ".cache", ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _lora_nodes() -> list:
+    """The builder's LoRA MatMul node names (kept fp32 so their weights can become inputs)."""
+    return [f"/model/layers.{i}/attn/{p}_proj/lora_{s}/MatMul" for i in range(30) for p in ("q", "v") for s in "AB"]
+
+
+def lora_as_inputs(folder: Path) -> dict:
+    """The LoRA A/B initializers of a builder graph become optional inputs (input + same-name default), as Olive's
+    ExtractAdapters does; the model is rewritten in place; returns {name: array} (the LoRA user's feeds)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(folder / names.BUNDLE_MODEL))
+    feeds = {}
+    for init in model.graph.initializer:
+        if ".lora_A." in init.name or ".lora_B." in init.name:
+            feeds[init.name] = numpy_helper.to_array(init)
+            model.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    data = folder / (names.BUNDLE_MODEL + names.EXTERNAL_DATA_SUFFIX)
+    data.unlink()  # onnx appends to an existing external-data file: the weights would be stored twice
+    onnx.save_model(model, str(folder / names.BUNDLE_MODEL), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name)
+    return feeds
+
+
+def build(kind: str, precision: str) -> Path:
+    """The cached build folder (made when missing); its users: user.onnx_adapter (+ user.npz for ours)."""
+    from edge_lorax.formats.onnx_adapter import write_onnx_adapter
+
+    out = CACHE / f"{kind}-{precision}"
+    if (out / "done").is_file():
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if kind == "plain":
+        _builder(out, precision, [])
+    elif kind == "lora":
+        _builder(out, precision, [f"adapter_path={ADAPTERS / HELD_OUT}", "nodes_to_exclude=" + ",".join(_lora_nodes())])
+        write_onnx_adapter(lora_as_inputs(out), out / "user.onnx_adapter")
+    else:
+        _build_ours(out, precision)
+    (out / "done").write_text("ok\n")
+    return out
+
+
+def _build_ours(out: Path, precision: str):
+    from edge_lorax.builder.project import project_adapter
+    from edge_lorax.builder.subspace import build_subspace
+    from edge_lorax.export import export_bundle
+    from edge_lorax.formats.subspace import write_subspace
+    from edge_lorax.formats.user import write_user
+
+    sub_dir, user = CACHE / "subspace", CACHE / "user.npz"
+    if not user.is_file():
+        sources = sorted(p for p in ADAPTERS.glob("*") if (p / names.ADAPTER_CONFIG).is_file() and p.name != HELD_OUT)
+        sub = build_subspace(sources, components=8, mean="keep", seed=0)
+        write_subspace(sub, sub_dir, overwrite=True)
+        write_user(project_adapter(sub, ADAPTERS / HELD_OUT).coeffs, user)
+    export_bundle("smollm2", sub_dir, out, user, quantize=None if precision == "fp32" else precision, overwrite=True)
+    shutil.copyfile(user, out / "user.npz")  # the export wrote user.onnx_adapter beside the model
+
+
+# ------------------------------------------------------------------------------------------------------ worker
+
+def _prompt_ids(tokenizer, n: int) -> list:
+    text = " ".join(["The quick brown fox jumps over the lazy dog near the river bank."] * 80)
+    return tokenizer.encode(text).ids[:n]
+
+
+def _median_ms(values) -> float:
+    return round(float(np.median(values)) * 1e3, 3)
+
+
+def _generator(og, model, length: int, min_length: int = 0):
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=length, min_length=min_length, do_sample=False)
+    return og.Generator(model, params)
+
+
+def _ttft(og, model, ids: list, adapters, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        gen = _generator(og, model, len(ids) + 1)
+        if adapters is not None:
+            gen.set_active_adapter(adapters, "user")
+        start = time.perf_counter()
+        gen.append_tokens(ids)
+        gen.generate_next_token()
+        times.append(time.perf_counter() - start)
+    return _median_ms(times)
+
+
+def _decode(og, model, ids: list, adapters, new: int, reps: int) -> float:
+    rates = []
+    for _ in range(reps):
+        gen = _generator(og, model, len(ids) + new, len(ids) + new)
+        if adapters is not None:
+            gen.set_active_adapter(adapters, "user")
+        gen.append_tokens(ids)
+        gen.generate_next_token()
+        start = time.perf_counter()
+        while not gen.is_done():
+            gen.generate_next_token()
+        rates.append((new - 1) / (time.perf_counter() - start))
+    return round(float(np.median(rates)), 2)
+
+
+def _switch(og, model, folder: Path, reps: int) -> dict:
+    """µs: activate a preloaded adapter on a fresh generator; load from .onnx_adapter + activate; ours: user.npz too."""
+    out, adapters = {}, og.Adapters(model)
+    adapters.load(str(folder / "user.onnx_adapter"), "user")
+    gens = [_generator(og, model, 8) for _ in range(reps)]
+    t = []
+    for g in gens:
+        start = time.perf_counter()
+        g.set_active_adapter(adapters, "user")
+        t.append(time.perf_counter() - start)
+    out["preloaded_us"] = round(float(np.median(t)) * 1e6, 2)
+    t = []
+    for i in range(reps):
+        start = time.perf_counter()
+        adapters.load(str(folder / "user.onnx_adapter"), f"f{i}")
+        _generator(og, model, 8).set_active_adapter(adapters, f"f{i}")
+        t.append(time.perf_counter() - start)
+    out["from_onnx_adapter_us"] = round(float(np.median(t)) * 1e6, 2)
+    if (folder / "user.npz").is_file():  # what runtime.llm.LLM.add_user does, on this model
+        from edge_lorax.formats.onnx_adapter import write_onnx_adapter
+        from edge_lorax.formats.user import read_user
+
+        t = []
+        with tempfile.TemporaryDirectory() as tmp:
+            for i in range(reps):
+                start = time.perf_counter()
+                user = read_user(folder / "user.npz")
+                write_onnx_adapter(user.inputs(), Path(tmp) / f"n{i}.onnx_adapter", user.fingerprint)
+                adapters.load(str(Path(tmp) / f"n{i}.onnx_adapter"), f"n{i}")
+                _generator(og, model, 8).set_active_adapter(adapters, f"n{i}")
+                t.append(time.perf_counter() - start)
+        out["from_user_npz_us"] = round(float(np.median(t)) * 1e6, 2)
+    return out
+
+
+def _resident(og, model, folder: Path, n: int) -> dict:
+    """RSS growth (MiB) with n users loaded (n copies of the user's adapter file, each its own og adapter)."""
+    adapters = og.Adapters(model)
+    measure.trim_heap()
+    before = measure.proc_status()
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            path = Path(tmp) / f"u{i}{names.ADAPTER_SUFFIX}"
+            shutil.copyfile(folder / "user.onnx_adapter", path)
+            adapters.load(str(path), f"u{i}")
+        measure.trim_heap()
+        after = measure.proc_status()
+    return {"users": n, "rss_mib": round(after["VmRSS"] - before["VmRSS"], 2),
+            "anon_mib": round(after["RssAnon"] - before["RssAnon"], 2),
+            "bytes_per_user_file": (folder / "user.onnx_adapter").stat().st_size}
+
+
+def _greedy(og, model, tokenizer_ids: list, adapters, n: int) -> list:
+    gen = _generator(og, model, len(tokenizer_ids) + n, len(tokenizer_ids) + n)
+    if adapters is not None:
+        gen.set_active_adapter(adapters, "user")
+    gen.append_tokens(tokenizer_ids)
+    out = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        out.append(int(gen.get_next_tokens()[0]))
+    return out
+
+
+def worker(spec: dict) -> dict:
+    """One (build, threads) measured in this fresh process."""
+    import onnxruntime_genai as og
+
+    folder, quick = Path(spec["folder"]), spec["quick"]
+    config = og.Config(str(folder))
+    config.clear_providers()
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": spec["threads"],
+                                                                          "log_severity_level": 3}}}}))
+    start = time.perf_counter()
+    model = og.Model(config)
+    load_s = time.perf_counter() - start
+    adapters = None
+    if (folder / "user.onnx_adapter").is_file():
+        adapters = og.Adapters(model)
+        adapters.load(str(folder / "user.onnx_adapter"), "user")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / names.TOKENIZER_FILE))
+    reps, lengths, new = (2, (32,), 16) if quick else (5, PROMPT_LENGTHS, NEW_TOKENS)
+    result = {"load_s": round(load_s, 3),
+              "ttft_ms": {str(n): _ttft(og, model, _prompt_ids(tok, n), adapters, reps) for n in lengths},
+              "decode_tokens_per_s": _decode(og, model, _prompt_ids(tok, 32), adapters, new, reps)}
+    result["memory_mib"] = measure.proc_status()  # before the switch / resident stages add users
+    if spec["threads"] == 1:
+        result["greedy"] = [_greedy(og, model, i, adapters, 32) for i in spec["chat_ids"]]
+        if adapters is not None:
+            result["switch"] = _switch(og, model, folder, 20 if quick else 200)
+            result["resident"] = _resident(og, model, folder, 20 if quick else RESIDENT)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------- orchestrate
+
+def torch_reference(quick: bool, chat_ids: list) -> dict:
+    """HF eager generate (KV cache), one thread: TTFT per prompt length, decode tokens/s, greedy chat tokens (the
+    projected user injected, as the `ours` bundles serve it)."""
+    import torch
+
+    from edge_lorax.builder.inject import inject_subspace
+    from edge_lorax.builder.models import load_causal_lm, resolve_model
+    from edge_lorax.formats.subspace import read_subspace
+    from edge_lorax.formats.user import read_user
+
+    torch.set_num_threads(1)
+    net = load_causal_lm(resolve_model("smollm2"))
+    inject_subspace(net, read_subspace(CACHE / "subspace"), coeffs=read_user(CACHE / "user.npz").inputs())
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(CACHE / "ours-fp32" / names.TOKENIZER_FILE))
+    reps, lengths, new = (2, (32,), 16) if quick else (3, PROMPT_LENGTHS, NEW_TOKENS)
+    out = {"ttft_ms": {}, "greedy": []}
+    with torch.no_grad():
+        for n in lengths:
+            ids = torch.tensor([_prompt_ids(tok, n)])
+            times = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                net(ids, use_cache=True)
+                times.append(time.perf_counter() - start)
+            out["ttft_ms"][str(n)] = _median_ms(times)
+        ids = torch.tensor([_prompt_ids(tok, 32)])
+        start = time.perf_counter()
+        net.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        out["decode_tokens_per_s_incl_prefill"] = round(new / (time.perf_counter() - start), 2)
+        for ids in chat_ids:
+            seq = net.generate(torch.tensor([ids]), max_new_tokens=32, min_new_tokens=32, do_sample=False)
+            out["greedy"].append(seq[0, len(ids):].tolist())
+    return out
+
+
+def run_worker(folder: Path, threads: int, quick: bool, chat_ids: list) -> dict:
+    spec = {"folder": str(folder), "threads": threads, "quick": quick, "chat_ids": chat_ids}
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"worker {folder.name} t{threads} failed: {proc.stderr[-1500:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds over the builds (fresh process each)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    precisions = ("fp32",) if args.quick else PRECISIONS
+    out = HERE / ("runs_quick" if args.quick else "runs")
+    out.mkdir(exist_ok=True)
+    st = measure.stamp(COMMAND + (" --quick" if args.quick else ""), dirty_paths=CODE)
+    folders = {f"{k}-{p}": build(k, p) for p in precisions for k in KINDS}
+    print(f"builds ready: {sorted(folders)}", file=sys.stderr)
+    from edge_lorax.runtime.llm import load_llm
+
+    chat_ids = [load_llm(folders["ours-fp32"]).encode(c, chat=True) for c in CHATS]
+    runs = {}
+    for rnd in range(1 if args.quick else args.rounds):
+        for threads in ((1,) if args.quick else (1, 2)):
+            order = list(folders.items()) if rnd % 2 == 0 else list(reversed(folders.items()))
+            for name, folder in order:
+                print(f"round {rnd} t{threads} {name}", file=sys.stderr, flush=True)
+                runs.setdefault(f"{name}_t{threads}", []).append(run_worker(folder, threads, args.quick, chat_ids))
+    result = {"stamp": measure.finish(st), "runs": runs, "torch": torch_reference(args.quick, chat_ids),
+              "sizes": {n: sum(f.stat().st_size for f in p.iterdir() if f.is_file()) for n, p in folders.items()},
+              "quick": args.quick}
+    (out / "results.json").write_text(measure.portable(json.dumps(result, indent=1)) + "\n")
+    print(f"wrote {out / 'results.json'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
