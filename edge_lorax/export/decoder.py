@@ -7,11 +7,12 @@ then puts each target module's low-rank path beside the projection that writes i
 
     δ = (x · C_Aᵀ) · W,   W = (coeff_B · coeff_A)ᵀ · C_Bᵀ            # (…, K) · (K, out): ΔW x of EigenLoRAx (paper §3)
 
-Modules that read the same input (q, k and v) share one MatMul against their stacked components_A; modules that write
-one fused output (qkv_proj) share one MatMul against their stacked W, which is assembled once per run from the
-coefficient inputs (a few (K, K) and (K, out) products). Per token that is two MatMuls and an Add per projection,
-whatever the number of target modules in it. Coefficient inputs are named like the keys of a user.npz and get
-same-name initializers (optional inputs) holding the default user.
+Modules that read the same input (q, k and v) share one MatMul against their stacked components_A; the modules that
+write one fused output (qkv_proj) share one W. All the W's of a family of outputs (same width, same module shapes:
+every layer's qkv_proj) are assembled at once per run from the coefficient inputs — two Concats, one batched
+coeff_B · coeff_A, one batched product with C_Bᵀ, a few Reshapes — so each projection adds per token only a Gather,
+two MatMuls and an Add, however many target modules it holds. Coefficient inputs are named like the keys of a
+user.npz and get same-name initializers (optional inputs) holding the default user.
 
 Does not: quantize (the builder does, at the precision asked), tokenizers or generation.
 """
@@ -100,21 +101,6 @@ def _init(graph, name: str, arr: np.ndarray) -> str:
     return name
 
 
-def _mixing(graph, slot: Slot, ms, width: int, per_example: bool) -> str:
-    """Nodes computing W (K, width) — per example (batch, K, width) — for one module from its coefficient inputs:
-    (coeff_B · coeff_A)ᵀ · C_Bᵀ, with C_Bᵀ placed at the module's columns of the (possibly fused) output."""
-    a, b = names.coeff_name(slot.module, names.COEFF_A), names.coeff_name(slot.module, names.COEFF_B)
-    cbt = np.zeros((ms.k, width), np.float32)  # (K, width)
-    cbt[:, slot.lo:slot.hi] = ms.components_B.T.astype(np.float32)
-    p = f"/edge_lorax/{slot.module}"
-    graph.node.extend([
-        helper.make_node("MatMul", [b, a], [f"{p}/BA"], name=f"{p}/BA"),  # (K, K) = coeff_B · coeff_A
-        helper.make_node("Transpose", [f"{p}/BA"], [f"{p}/M"], name=f"{p}/M", perm=[0, 2, 1] if per_example else [1, 0]),
-        helper.make_node("MatMul", [f"{p}/M", _init(graph, f"{p}/components_B_t", cbt)], [f"{p}/W"], name=f"{p}/W"),
-    ])
-    return f"{p}/W"
-
-
 def _coefficient_inputs(graph, slot: Slot, ms, per_example: bool):
     """(r, K) and (K, r) float32 inputs; per example with a leading batch dim (the builder's batch_size)."""
     lead = [BATCH] if per_example else []
@@ -123,16 +109,47 @@ def _coefficient_inputs(graph, slot: Slot, ms, per_example: bool):
                                                          lead + shape))
 
 
-def _add_branch(graph, output: str, slots: list, subspace: Subspace, width: int, per_example: bool):
-    """δ = (x · [C_A,m]ᵀ) · [W_m] for the modules writing `output`; its consumers then read output + δ. Per example,
-    x · C_Aᵀ is still one MatMul for every row: only W (batch, ΣK, width) differs by row."""
+def _const(graph, name: str, values, dtype=np.int64) -> str:
+    graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
+    return name
+
+
+def _assemble(graph, p: str, outputs: list, subspace: Subspace, width: int, per_example: bool) -> str:
+    """Nodes computing every W of a family of outputs at once, from the coefficient inputs (a handful of kernels per
+    run instead of three per module): W_all (F, S·K, width), per example (batch, F, S·K, width), where output f's
+    W stacks its S modules' (coeff_B · coeff_A)ᵀ · C_Bᵀ, C_Bᵀ placed at the module's columns."""
+    slots = [s for _, group in outputs for s in group]
+    f, n = len(outputs), len(slots)
+    ms0 = subspace.modules[slots[0].module]
+    k, r, per = ms0.k, ms0.rank, n // f
+    cbt = np.zeros((n, k, width), np.float32)  # (F·S, K, width)
+    for i, slot in enumerate(slots):
+        cbt[i, :, slot.lo:slot.hi] = subspace.modules[slot.module].components_B.T
+    lead, t = ([0], [0, 1, 3, 2]) if per_example else ([], [0, 2, 1])  # Reshape's 0 keeps the batch dim
+    a = [names.coeff_name(s.module, names.COEFF_A) for s in slots]
+    b = [names.coeff_name(s.module, names.COEFF_B) for s in slots]
+    graph.node.extend([
+        helper.make_node("Concat", a, [f"{p}/A"], name=f"{p}/A", axis=-2),  # (F·S·r, K)
+        helper.make_node("Reshape", [f"{p}/A", _const(graph, f"{p}/A_shape", lead + [n, r, k])], [f"{p}/A3"], name=f"{p}/A3"),
+        helper.make_node("Concat", b, [f"{p}/B"], name=f"{p}/B", axis=-2),  # (F·S·K, r)
+        helper.make_node("Reshape", [f"{p}/B", _const(graph, f"{p}/B_shape", lead + [n, k, r])], [f"{p}/B3"], name=f"{p}/B3"),
+        helper.make_node("MatMul", [f"{p}/B3", f"{p}/A3"], [f"{p}/BA"], name=f"{p}/BA"),  # (F·S, K, K) = coeff_B · coeff_A
+        helper.make_node("Transpose", [f"{p}/BA"], [f"{p}/M"], name=f"{p}/M", perm=t),
+        helper.make_node("MatMul", [f"{p}/M", _init(graph, f"{p}/components_B_t", cbt)], [f"{p}/Wm"], name=f"{p}/Wm"),
+        helper.make_node("Reshape", [f"{p}/Wm", _const(graph, f"{p}/W_shape", lead + [f, per * k, width])], [f"{p}/W"],
+                         name=f"{p}/W"),  # (F, S·K, width)
+    ])
+    return f"{p}/W"
+
+
+def _add_branch(graph, index: int, w_all: str, output: str, slots: list, subspace: Subspace, per_example: bool):
+    """δ = (x · [C_A,m]ᵀ) · W_f for the modules writing `output` (the f-th of its family); its consumers then read
+    output + δ. Per example, x · C_Aᵀ is still one MatMul for every row: only W differs by row."""
     p = f"/edge_lorax{output.rsplit('/MatMul', 1)[0]}"
     cat = np.concatenate([subspace.modules[s.module].components_A for s in slots], axis=0).T  # (in, ΣK)
-    ws = [_mixing(graph, s, subspace.modules[s.module], width, per_example) for s in slots]
-    for s in slots:
-        _coefficient_inputs(graph, s, subspace.modules[s.module], per_example)
     graph.node.extend([
-        helper.make_node("Concat", ws, [f"{p}/W"], name=f"{p}/W", axis=-2),  # (ΣK, width) or (batch, ΣK, width)
+        helper.make_node("Gather", [w_all, _const(graph, f"{p}/index", index)], [f"{p}/W"], name=f"{p}/W",
+                         axis=1 if per_example else 0),  # (ΣK, width) or (batch, ΣK, width)
         helper.make_node("MatMul", [slots[0].x, _init(graph, f"{p}/components_A_t", cat)], [f"{p}/h"], name=f"{p}/h"),
         helper.make_node("MatMul", [f"{p}/h", f"{p}/W"], [f"{p}/delta"], name=f"{p}/delta"),  # (…, width)
     ])
@@ -160,8 +177,17 @@ def add_coefficients(model: onnx.ModelProto, subspace: Subspace, config: dict, d
     groups: dict = {}
     for slot in find_slots(out, subspace, config):
         groups.setdefault(slot.output, []).append(slot)
+    families: dict = {}  # outputs of one width whose modules have the same (K, r) in the same order
     for output, slots in groups.items():
-        _add_branch(out.graph, output, slots, subspace, _width(out.graph, output), per_example)
+        shape = tuple((subspace.modules[s.module].k, subspace.modules[s.module].rank) for s in slots)
+        families.setdefault((_width(out.graph, output), shape), []).append((output, slots))
+    for i, ((width, _), outputs) in enumerate(families.items()):
+        for _, slots in outputs:
+            for slot in slots:
+                _coefficient_inputs(out.graph, slot, subspace.modules[slot.module], per_example)
+        w_all = _assemble(out.graph, f"/edge_lorax/family{i}", outputs, subspace, width, per_example)
+        for index, (output, slots) in enumerate(outputs):
+            _add_branch(out.graph, index, w_all, output, slots, subspace, per_example)
     _sort(out.graph)
     return add_input_defaults(out, defaults)
 
