@@ -265,6 +265,8 @@ def test_generate_refusals(setup, tmp_path):
     run("export", "--model", model, "--subspace", root / "sub", "--task", "features", "-o", tmp_path / "features")
     res = run("generate", tmp_path / "features", PROMPT, ok=False)
     assert res.exit_code == 1 and "not a decoder" in res.output
+    res = run("run", root / "bundle", "w5 w9", ok=False)  # the classifier runtime points to `generate`
+    assert res.exit_code == 1 and "edge-lorax generate" in res.output
     shutil.copytree(root / "bundle", tmp_path / "notok", ignore=shutil.ignore_patterns("tokenizer.json"))
     res = run("generate", tmp_path / "notok", PROMPT, ok=False)
     assert res.exit_code == 1 and "tokenizer.json" in res.output

@@ -116,6 +116,9 @@ def read_manifest(path: Path) -> dict:
     if manifest.get("format_version", names.FORMAT_VERSION) != names.FORMAT_VERSION:
         raise BundleError(f"{mpath}: format_version {manifest.get('format_version')!r} is not {names.FORMAT_VERSION}, the "
                           "one this edge-lorax reads; re-export the bundle with this edge-lorax")
+    if manifest.get("kv_cache"):
+        raise BundleError(f"{path}: a decoder bundle with a KV cache; generate with `edge-lorax generate {path} PROMPT` "
+                          "(edge_lorax.runtime.llm), not `run` / `bench`")
     return manifest
 
 
