@@ -460,13 +460,16 @@ from edge_lorax.formats import names as _names  # noqa: E402  (export's choices 
               help="Encoders: also write model.int8.onnx (base weights int8). Decoders: the bundle's base weights are "
                    "int8 or int4 (weight-only MatMulNBits); the coefficient path stays fp32.")
 @click.option("--ort-format", is_flag=True, help="Also write .ort files (ORT Mobile) beside each .onnx.")
+@click.option("--builder-option", "builder_options", multiple=True, metavar="KEY=VALUE",
+              help="Decoders: an extra option of onnxruntime-genai's model builder, e.g. algo_config=k_quant_mixed "
+                   "(int4 with int8 for the LM head and the most sensitive layers). Repeatable.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
 @click.option("--allow-base-mismatch", is_flag=True, help="Accept a model whose id differs from the subspace's base.")
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @_friendly
-def export(model, subspace_dir, coeffs, output, task, per_example, merge, quantize, ort_format, exporter,
-           allow_base_mismatch, overwrite, as_json):
+def export(model, subspace_dir, coeffs, output, task, per_example, merge, quantize, ort_format, builder_options,
+           exporter, allow_base_mismatch, overwrite, as_json):
     """Export an ONNX bundle: components baked in, each user's coefficients as swappable inputs, verified vs torch.
 
     \b
@@ -478,7 +481,7 @@ def export(model, subspace_dir, coeffs, output, task, per_example, merge, quanti
 
     path = export_bundle(model, subspace_dir, output, coeffs, task=task, per_example=per_example, merge=merge,
                          quantize=quantize, ort_format=ort_format, overwrite=overwrite, exporter=exporter,
-                         allow_base_mismatch=allow_base_mismatch)
+                         allow_base_mismatch=allow_base_mismatch, builder_options=builder_options)
     manifest = json.loads((path / _names.BUNDLE_MANIFEST).read_text())
     worst = {v: round(c["max_abs_diff"], 7) for v, c in manifest["verification"].items()}
     _emit({"output": str(path), **describe(path), "task": manifest["task"], "max_abs_diff": worst}, as_json)

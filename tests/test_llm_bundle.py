@@ -177,8 +177,10 @@ def test_per_example_rows_carry_their_own_users(setup, tmp_path):
 def test_int4_keeps_coefficient_inputs(setup, tmp_path):
     root, model = setup
     out = tmp_path / "int4"
-    run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", out, "--quantize", "int4")
+    run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", out, "--quantize", "int4",
+        "--builder-option", "algo_config=k_quant_mixed")
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["builder_options"] == ["algo_config=k_quant_mixed"]
     assert manifest["precision"] == "int4" and manifest["verification"]["int4"]["response"] > 0.9
     import onnx
 
@@ -187,11 +189,12 @@ def test_int4_keeps_coefficient_inputs(setup, tmp_path):
     assert set(manifest["coefficients"]) <= {i.name for i in graph.input}
 
 
-@pytest.mark.parametrize("flag", ["--merge", "--ort-format"])
+@pytest.mark.parametrize("flag", ["--merge", "--ort-format", "--builder-option"])
 def test_refuses_what_decoder_bundles_lack(setup, tmp_path, flag):
     root, model = setup
+    args = [flag, "adapter_path=x"] if flag == "--builder-option" else [flag]
     result = run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o",
-                 tmp_path / "b", flag, ok=False)
+                 tmp_path / "b", *args, ok=False)
     assert result.exit_code == 1 and flag in result.output and "decoder" in result.output
     assert not (tmp_path / "b").exists()
 

@@ -22,8 +22,8 @@ import onnx
 
 from edge_lorax import __version__
 from edge_lorax.builder.models import canonical_base, portable_model_id, resolve_model
+from edge_lorax.export import decoder, llm_bundle, passes
 from edge_lorax.export import graph as g
-from edge_lorax.export import llm_bundle, passes
 from edge_lorax.export.quantize import quantize_int8
 from edge_lorax.export.verify import TOLERANCE_RULE, TOLERANCES, check_variant
 from edge_lorax.formats import names
@@ -211,7 +211,7 @@ def _copy_tokenizer(path: Path, out: Path) -> list:
 
 def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=None, per_example=False, merge=False,
                   quantize=None, ort_format=False, overwrite=False, exporter="torchscript", num_labels=None,
-                  allow_base_mismatch=False) -> Path:
+                  allow_base_mismatch=False, builder_options=()) -> Path:
     """Export, verify and write a bundle folder; returns its path. See docs/formats.md, "Bundle manifest"."""
     _check_options(coeffs_path, per_example, merge, quantize, exporter)
     out_dir = check_output(out_dir, overwrite)
@@ -226,12 +226,15 @@ def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=
     labels = _num_labels_for(task, coeffs, num_labels, path)
     if task == names.TASK_CAUSAL_LM and llm_bundle.is_llm(model_config(path)):
         _check_llm_options(merge, ort_format)
+        decoder.check_builder_options(builder_options)
         llm_bundle.check_llm_config(path, model_config(path))
         with atomic_dir(out_dir, overwrite) as tmp:
-            llm_bundle.export_llm_bundle(path, subspace, tmp, coeffs, coeffs_path, quantize or "fp32", per_example)
+            llm_bundle.export_llm_bundle(path, subspace, tmp, coeffs, coeffs_path, quantize or "fp32", per_example,
+                                         builder_options)
         return out_dir
-    if quantize == "int4":
-        raise InputError("--quantize int4 is for decoder bundles (Llama-family models); use int8 for this model")
+    if quantize == "int4" or builder_options:
+        raise InputError("--quantize int4 and --builder-option are for decoder bundles (Llama-family models); drop them "
+                         "for this model")
     with atomic_dir(out_dir, overwrite) as tmp:
         graph, reference = prepare_graphs(path, subspace, coeffs, task, labels, per_example, merge)
         side = _write_side_files(tmp, path, graph, coeffs_path, coeffs)  # first: verification uses the tokenizer

@@ -51,18 +51,28 @@ class Slot:
     hi: int
 
 
-def run_model_builder(model_dir: Path, out: Path, precision: str, model_id: str) -> Path:
-    """Build the base decoder graph (CPU) into `out`; raises InputError with the builder's last lines on failure."""
+def run_model_builder(model_dir: Path, out: Path, precision: str, model_id: str, options=()) -> Path:
+    """Build the base decoder graph (CPU) into `out`; `options` are the builder's KEY=VALUE extra options (e.g.
+    algo_config=k_quant_mixed); raises InputError with the builder's last lines on failure."""
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_builder_options(options)
     cmd = [sys.executable, "-m", BUILDER, "-m", model_id, "-i", str(model_dir), "-o", str(out), "-p", precision,
-           "-e", "cpu", "-c", str(out / ".builder_cache")]
+           "-e", "cpu", "-c", str(out / ".builder_cache")] + (["--extra_options", *options] if options else [])
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0 or not (out / names.BUNDLE_MODEL).is_file():
         tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
         raise InputError(f"{model_dir}: onnxruntime-genai's model builder failed ({tail}); is it a Llama-family HF "
                          "folder and is onnxruntime-genai installed (pip install 'edge-lorax[decoder]')?")
     return out
+
+
+def check_builder_options(options):
+    """KEY=VALUE each, and none that the exporter sets itself (adapter_path, filename): InputError naming it."""
+    bad = next((o for o in options if "=" not in o or o.startswith(("adapter_path=", "filename="))), None)
+    if bad is not None:
+        raise InputError(f"--builder-option {bad!r}: give KEY=VALUE, one of onnxruntime-genai's model builder extra "
+                         "options for the decoder bundle (adapter_path and filename are the exporter's own)")
 
 
 def _producers(graph) -> dict:

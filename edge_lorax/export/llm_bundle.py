@@ -58,9 +58,9 @@ def check_llm_config(path: Path, config: dict):
                          "needs a multiple of 16, so this model cannot get a KV-cache bundle")
 
 
-def _builder_graph(path: Path, work: Path, precision: str) -> tuple:
+def _builder_graph(path: Path, work: Path, precision: str, options=()) -> tuple:
     """(proto with weights loaded, genai config dict) from the model builder, built into `work`."""
-    decoder.run_model_builder(path, work, precision, portable_model_id(path))
+    decoder.run_model_builder(path, work, precision, portable_model_id(path), options)
     config = json.loads((work / decoder.GENAI_CONFIG).read_text())
     return onnx.load(str(work / names.BUNDLE_MODEL)), config
 
@@ -85,14 +85,14 @@ def _copy_side_files(work: Path, path: Path, out: Path) -> list:
 
 
 def export_llm_bundle(path: Path, subspace: Subspace, tmp: Path, coeffs: User | None, coeffs_path, precision: str,
-                      per_example: bool = False) -> dict:
+                      per_example: bool = False, builder_options=()) -> dict:
     """Build, insert, verify and write a decoder bundle into the (temporary) folder `tmp`; returns the manifest.
     per_example: coefficient inputs (batch_size, r, K) / (batch_size, K, r), one user per row (defaults: (1, ...))."""
     if precision not in decoder.PRECISIONS:
         raise ValueError(f"precision must be one of {decoder.PRECISIONS}, got {precision!r}")
     defaults = coeffs.inputs() if coeffs is not None else _zero_user(subspace)
     work, mode = tmp / ".build", names.MODE_PER_EXAMPLE if per_example else names.MODE_SHARED
-    proto, config = _builder_graph(path, work, precision)
+    proto, config = _builder_graph(path, work, precision, builder_options)
     meta = {"edge_lorax.fingerprint": subspace.fingerprint, "edge_lorax.mode": mode, "edge_lorax.task": names.TASK_CAUSAL_LM}
     graph_defaults = {k: v[None] for k, v in defaults.items()} if per_example else defaults
     inserted = decoder.add_coefficients(proto, subspace, config, graph_defaults, per_example)
@@ -107,6 +107,7 @@ def export_llm_bundle(path: Path, subspace: Subspace, tmp: Path, coeffs: User | 
         write_onnx_adapter(defaults, tmp / adapter, coeffs.fingerprint)
     manifest = _manifest(subspace, path, config, graph_defaults, mode, coeffs_path, precision, check,
                          {"model": model_files[0], "external_data": model_files[1:], "side": side, "adapter": adapter})
+    manifest["builder_options"] = sorted(builder_options)
     (tmp / names.BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
 
