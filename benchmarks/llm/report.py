@@ -136,8 +136,9 @@ def plot(res: dict, path: Path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--runs", default="runs", help="the run folder under benchmarks/llm (e.g. runs-algo_config_k_quant_mixed)")
     args = ap.parse_args(argv)
-    folder = HERE / ("runs_quick" if args.quick else "runs")
+    folder = HERE / ("runs_quick" if args.quick else args.runs)
     res = json.loads((folder / "results.json").read_text())
     (folder / "report.md").write_text(markdown(res))
     plot(res, folder / "report.png")

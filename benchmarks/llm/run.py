@@ -16,6 +16,7 @@ of 1000 resident users, and greedy tokens (4 chat prompts x 32) for the token ag
 
     .venv/bin/python benchmarks/llm/run.py            # the whole grid (about 30 min on a quiet 2-core machine)
     .venv/bin/python benchmarks/llm/run.py --quick    # smoke: fp32 only, prompt 32, 16 new tokens, 1 round
+    .venv/bin/python benchmarks/llm/run.py --builder-option algo_config=k_quant_mixed   # every build with it
 """
 
 import argparse
@@ -52,6 +53,9 @@ CODE = ("edge_lorax/export", "edge_lorax/runtime", "benchmarks/llm")
 
 # ------------------------------------------------------------------------------------------------------ builds
 
+OPTIONS: list = []  # --builder-option values, applied to every build (anchors and ours alike)
+
+
 def _builder(out: Path, precision: str, extra: list) -> Path:
     from edge_lorax.builder.models import resolve_model
 
@@ -59,6 +63,7 @@ def _builder(out: Path, precision: str, extra: list) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", MODEL_ID, "-i", str(resolve_model("smollm2")),
            "-o", str(tmp), "-p", precision, "-e", "cpu", "-c", str(tmp / ".cache")]
+    extra = [*OPTIONS, *extra]
     subprocess.run(cmd + (["--extra_options", *extra] if extra else []), check=True, capture_output=True)
     shutil.rmtree(tmp / ".cache", ignore_errors=True)
     tmp.rename(out)
@@ -93,7 +98,7 @@ def build(kind: str, precision: str) -> Path:
     """The cached build folder (made when missing); its users: user.onnx_adapter (+ user.npz for ours)."""
     from edge_lorax.formats.onnx_adapter import write_onnx_adapter
 
-    out = CACHE / f"{kind}-{precision}"
+    out = CACHE / "-".join([kind, precision, *(o.replace("=", "_") for o in OPTIONS)])
     if (out / "done").is_file():
         return out
     shutil.rmtree(out, ignore_errors=True)
@@ -122,7 +127,8 @@ def _build_ours(out: Path, precision: str):
         sub = build_subspace(sources, components=8, mean="keep", seed=0)
         write_subspace(sub, sub_dir, overwrite=True)
         write_user(project_adapter(sub, ADAPTERS / HELD_OUT).coeffs, user)
-    export_bundle("smollm2", sub_dir, out, user, quantize=None if precision == "fp32" else precision, overwrite=True)
+    export_bundle("smollm2", sub_dir, out, user, quantize=None if precision == "fp32" else precision, overwrite=True,
+                  builder_options=tuple(OPTIONS))
     shutil.copyfile(user, out / "user.npz")  # the export wrote user.onnx_adapter beside the model
 
 
@@ -318,16 +324,21 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds over the builds (fresh process each)")
+    ap.add_argument("--builder-option", action="append", default=[], metavar="KEY=VALUE",
+                    help="model builder extra option for every build, e.g. algo_config=k_quant_mixed (runs go to "
+                         "runs-<options>/)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    OPTIONS[:] = args.builder_option
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     precisions = ("fp32",) if args.quick else PRECISIONS
-    out = HERE / ("runs_quick" if args.quick else "runs")
+    out = HERE / ("runs_quick" if args.quick else "-".join(["runs", *(o.replace("=", "_") for o in OPTIONS)]))
     out.mkdir(exist_ok=True)
     st = measure.stamp(COMMAND + (" --quick" if args.quick else ""), dirty_paths=CODE)
     folders = {f"{k}-{p}": build(k, p) for p in precisions for k in KINDS}
+    st["builder_options"] = OPTIONS
     print(f"builds ready: {sorted(folders)}", file=sys.stderr)
     from edge_lorax.runtime.llm import load_llm
 
