@@ -350,12 +350,16 @@ def data_cmd(spec, text_column, label_column, kind, seed):
               help="user.npz or .onnx_adapter [default: the bundle's defaults].")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy.")
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
-@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="0: no top-k cut.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True,
+              help="Nucleus sampling (with --temperature > 0).")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True,
+              help="0: no top-k cut (with --temperature > 0).")
 @click.option("--seed", type=click.IntRange(min=0), help="Sampling seed (with --temperature > 0).")
 @click.option("--chat", is_flag=True, help="Apply the bundle's chat template (one user turn) to each prompt.")
 @click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads [default: its choice].")
-@click.option("--json", "as_json", is_flag=True, help="JSON Lines: one object per prompt, printed when it is done.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON Lines, one object per prompt when it is done: prompt, text, tokens, prompt_tokens, "
+                   "time_to_first_token_ms, tokens_per_s (decode rate after the first token; null below two tokens).")
 @_friendly
 def generate(bundle, prompts, coeffs, max_new_tokens, temperature, top_p, top_k, seed, chat, threads, as_json):
     """Generate text from a decoder bundle for one user (onnxruntime-genai; torch-free). Streams tokens to stdout.
@@ -375,19 +379,20 @@ def generate(bundle, prompts, coeffs, max_new_tokens, temperature, top_p, top_k,
 
 
 def _stream(llm, gen, as_json: bool):
-    """Text as it comes (decoded per token, so multi-byte characters arrive whole), or one JSON line at the end."""
+    """Text as it comes, or one JSON line at the end. The tokens so far are decoded as a whole and a trailing U+FFFD
+    (a character whose bytes span tokens still to come) is held back, so multi-byte characters print whole."""
     shown = ""
     for _ in gen:
-        if not as_json:
-            text = llm.decode(gen.tokens)
+        text = "" if as_json else llm.decode(gen.tokens).rstrip("\ufffd")
+        if text.startswith(shown) and text != shown:
             click.echo(text[len(shown):], nl=False)
             shown = text
+    text = llm.decode(gen.tokens)
     if as_json:
-        click.echo(json.dumps({"prompt": gen.prompt, "text": llm.decode(gen.tokens), "tokens": gen.tokens,
-                               "prompt_tokens": gen.prompt_tokens, "time_to_first_token_ms": gen.time_to_first_token_ms,
-                               "tokens_per_s": gen.tokens_per_s}))
+        click.echo(json.dumps({"prompt": gen.prompt, "text": text, "tokens": gen.tokens, "prompt_tokens": gen.prompt_tokens,
+                               "time_to_first_token_ms": gen.time_to_first_token_ms, "tokens_per_s": gen.tokens_per_s}))
     else:
-        click.echo()
+        click.echo(text[len(shown):] if text.startswith(shown) else "")
 
 
 @cli.command("run")
@@ -473,8 +478,13 @@ def export(model, subspace_dir, coeffs, output, task, per_example, merge, quanti
     """Export an ONNX bundle: components baked in, each user's coefficients as swappable inputs, verified vs torch.
 
     \b
-    Example:
+    Decoders (Llama family) get a KV-cache bundle from onnxruntime-genai's model builder; --exporter, --merge and
+    --ort-format do not apply to them.
+
+    \b
+    Examples:
       edge-lorax export --subspace subspace --coeffs nyt.npz -o bundle --quantize int8 --ort-format
+      edge-lorax export --model smollm2 --subspace smollm2-sub --coeffs spam.npz -o llm --quantize int8
     """
     from edge_lorax.describe import describe
     from edge_lorax.export import export_bundle

@@ -62,7 +62,9 @@ def _describe_bundle(path: Path) -> dict:
     inputs = manifest.get("inputs", [])
     if not isinstance(inputs, (list, dict)):
         raise InputError(f"{path / names.BUNDLE_MANIFEST}: inputs is not a list; re-export the bundle with `edge-lorax export`")
-    return {"kind": "bundle", **{k: manifest[k] for k in ("fingerprint", "mode") if k in manifest},
+    decoder = {"precision": manifest.get("precision"), "context_length": (manifest.get("kv") or {}).get("context_length"),
+               "builder_options": manifest.get("builder_options")} if manifest.get("kv_cache") else {}
+    return {"kind": "bundle", **{k: manifest[k] for k in ("fingerprint", "task", "mode") if k in manifest}, **decoder,
             "inputs": len(inputs), "bytes": _size(path)}
 
 

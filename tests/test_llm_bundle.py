@@ -346,3 +346,84 @@ def test_demo_llm_runs_end_to_end(tmp_path):
     assert all(t["tokens_per_s"] > 0 and t["text"] for t in demo["free_generation"].values())
     manifest = json.loads((tmp_path / "d" / "bundle" / "manifest.json").read_text())
     assert manifest["precision"] == "int8" and manifest["verification"]["int8"]["response"] > 0.9
+
+
+def test_bad_inputs_are_one_line_refusals(setup, tmp_path):
+    """Each: exit 1 (or InputError), one line naming the file or the option, no traceback."""
+    from edge_lorax.formats.onnx_adapter import write_onnx_adapter
+    from edge_lorax.formats.user import read_user
+    from edge_lorax.runtime.llm import load_llm
+
+    root, model = setup
+    bundle = root / "bundle"
+    u3 = read_user(root / "u3.npz").inputs()
+    write_onnx_adapter({k: v * np.inf for k, v in u3.items()}, tmp_path / "inf.onnx_adapter", read_user(root / "u3.npz").fingerprint)
+    broken = {}
+    for name, damage in {"nodata": "model.onnx.data", "noconfig": "genai_config.json"}.items():
+        shutil.copytree(bundle, tmp_path / name)
+        (tmp_path / name / damage).unlink()
+        broken[name] = damage
+    shutil.copytree(bundle, tmp_path / "badchat")
+    (tmp_path / "badchat" / "chat_template.jinja").write_text("{{ foo(")
+    cases = [
+        (["generate", bundle, ""], "no tokens"),
+        (["generate", bundle, "--coeffs", tmp_path / "inf.onnx_adapter", PROMPT], "NaN or Inf"),
+        (["generate", tmp_path / "nodata", PROMPT], "model.onnx.data"),
+        (["generate", tmp_path / "noconfig", PROMPT], "genai_config.json"),
+        (["generate", tmp_path / "badchat", "--chat", PROMPT], "chat_template.jinja"),
+        (["export", "--model", model, "--subspace", root / "sub", "-o", tmp_path / "x", "--builder-option", "exclude_embeds=true"], "exclude_embeds"),
+        (["export", "--model", model, "--subspace", root / "sub", "-o", tmp_path / "x", "--builder-option", "block_size=32",
+          "--builder-option", "block_size=64"], "twice"),
+        (["export", "--model", model, "--subspace", root / "sub", "-o", tmp_path / "x", "--exporter", "dynamo"], "--exporter dynamo"),
+    ]
+    for args, message in cases:
+        res = run(*args, ok=False)
+        assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output, (args, res.output)
+    assert not (tmp_path / "x").exists()
+    llm = load_llm(bundle)
+    llm.add_user("a", root / "u0.npz")
+    for call, message in [(lambda: llm.add_user("a", root / "u3.npz"), "taken"),
+                          (lambda: llm.generate(PROMPT, "a", max_new_tokens=0), "at least 1"),
+                          (lambda: llm.generate(PROMPT, "a", temperature=-1), "temperature"),
+                          (lambda: llm.encode("w3 \udcff"), "UTF-8")]:
+        with pytest.raises(InputError, match=message):
+            call()
+
+
+def test_per_example_bundle_takes_its_own_adapter_and_shared_ones(setup, tmp_path):
+    root, model = setup
+    run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", tmp_path / "pe",
+        "--per-example")
+    own = json.loads(run("generate", tmp_path / "pe", "--coeffs", tmp_path / "pe" / "u3.onnx_adapter", "--json",
+                         "--max-new-tokens", 8, PROMPT).stdout)
+    shared = json.loads(run("generate", tmp_path / "pe", "--coeffs", root / "bundle" / "u3.onnx_adapter", "--json",
+                            "--max-new-tokens", 8, PROMPT).stdout)
+    alone = json.loads(run("generate", root / "bundle", "--json", "--max-new-tokens", 8, PROMPT).stdout)
+    assert own["tokens"] == shared["tokens"] == alone["tokens"]
+
+
+def test_streamed_text_holds_back_split_characters():
+    """`_stream` on byte-level tokens: 'é' (2 bytes) and '😀' (4 bytes) arrive over several tokens, print whole."""
+    from edge_lorax.cli import _stream
+
+    class ByteLLM:
+        decode = staticmethod(lambda tokens: bytes(tokens).decode("utf-8", errors="replace"))
+
+    class Gen:
+        def __init__(self, data: bytes):
+            self.tokens, self._data = [], data
+
+        def __iter__(self):
+            for b in self._data:
+                self.tokens.append(b)
+                yield b
+
+    import click
+    from click.testing import CliRunner
+
+    @click.command()
+    def show():
+        _stream(ByteLLM(), Gen("café 😀!".encode()), as_json=False)
+
+    out = CliRunner().invoke(show).output
+    assert out == "café 😀!\n" and "\ufffd" not in out

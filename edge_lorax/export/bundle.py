@@ -52,9 +52,9 @@ def _check_options(coeffs_path, per_example: bool, merge: bool, quantize, export
         raise InputError(f"exporter must be one of {g.EXPORTERS}, got {exporter!r}")
 
 
-def _check_llm_options(merge: bool, ort_format: bool):
+def _check_llm_options(merge: bool, ort_format: bool, exporter: str):
     """What a KV-cache decoder bundle does not offer (yet): refused before any work."""
-    for flag, on in (("--merge", merge), ("--ort-format", ort_format)):
+    for flag, on in (("--merge", merge), ("--ort-format", ort_format), ("--exporter dynamo", exporter != "torchscript")):
         if on:
             raise InputError(f"{flag} is not available for decoder (KV-cache) bundles; drop it")
 
@@ -225,7 +225,7 @@ def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=
         raise InputError(f"task must be one of {names.TASKS}, got {task!r}")
     labels = _num_labels_for(task, coeffs, num_labels, path)
     if task == names.TASK_CAUSAL_LM and llm_bundle.is_llm(model_config(path)):
-        _check_llm_options(merge, ort_format)
+        _check_llm_options(merge, ort_format, exporter)
         decoder.check_builder_options(builder_options)
         llm_bundle.check_llm_config(path, model_config(path))
         with atomic_dir(out_dir, overwrite) as tmp:

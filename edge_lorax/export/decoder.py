@@ -67,12 +67,23 @@ def run_model_builder(model_dir: Path, out: Path, precision: str, model_id: str,
     return out
 
 
+# The model builder's weight-quantization options (its `--extra_options` help), the ones a decoder bundle passes on;
+# the others change the graph's inputs or layout (exclude_embeds, adapter_path, filename, ...) and are refused.
+BUILDER_OPTIONS = ("accuracy_level", "block_size", "is_symmetric", "op_types_to_quantize", "nodes_to_exclude",
+                   "algo_config", "matmul_mixed_precision", "int4_accuracy_level", "int4_block_size", "int4_is_symmetric",
+                   "int4_op_types_to_quantize", "int4_nodes_to_exclude", "int4_algo_config")
+
+
 def check_builder_options(options):
-    """KEY=VALUE each, and none that the exporter sets itself (adapter_path, filename): InputError naming it."""
-    bad = next((o for o in options if "=" not in o or o.startswith(("adapter_path=", "filename="))), None)
+    """KEY=VALUE each, a key of BUILDER_OPTIONS, each key once: InputError naming the offending option."""
+    keys = [o.partition("=")[0] for o in options]
+    bad = next((o for o, k in zip(options, keys) if "=" not in o or k not in BUILDER_OPTIONS), None)
     if bad is not None:
-        raise InputError(f"--builder-option {bad!r}: give KEY=VALUE, one of onnxruntime-genai's model builder extra "
-                         "options for the decoder bundle (adapter_path and filename are the exporter's own)")
+        raise InputError(f"--builder-option {bad!r}: give KEY=VALUE with KEY one of the model builder's quantization "
+                         f"options {', '.join(BUILDER_OPTIONS[:7])} (int4_ aliases too)")
+    twice = next((k for k in keys if keys.count(k) > 1), None)
+    if twice is not None:
+        raise InputError(f"--builder-option {twice} is given twice; give each key once")
 
 
 def _producers(graph) -> dict:

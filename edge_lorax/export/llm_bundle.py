@@ -104,7 +104,7 @@ def export_llm_bundle(path: Path, subspace: Subspace, tmp: Path, coeffs: User | 
     adapter = None
     if coeffs is not None:
         adapter = Path(coeffs_path).stem + names.ADAPTER_SUFFIX
-        write_onnx_adapter(defaults, tmp / adapter, coeffs.fingerprint)
+        write_onnx_adapter(graph_defaults, tmp / adapter, coeffs.fingerprint)  # as the graph takes them
     manifest = _manifest(subspace, path, config, graph_defaults, mode, coeffs_path, precision, check,
                          {"model": model_files[0], "external_data": model_files[1:], "side": side, "adapter": adapter})
     manifest["builder_options"] = sorted(builder_options)

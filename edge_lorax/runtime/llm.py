@@ -75,11 +75,7 @@ class LLM:
         self.tokenizer, self.special = _load_tokenizer(self.bundle), _special_tokens(self.bundle)
         eos = self.manifest["eos_token_id"]
         self.eos = set(eos if isinstance(eos, list) else [eos])
-        config = og.Config(str(self.bundle))
-        config.clear_providers()
-        options = {"log_severity_level": 3, **({"intra_op_num_threads": threads} if threads else {})}  # 3: errors only
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
-        self._og, self.model = og, og.Model(config)
+        self._og, self.model = og, _load_model(og, self.bundle, threads)
         self.adapters, self.users, self._arrays, self._batches = og.Adapters(self.model), {}, {}, {}
         self._scratch = tempfile.TemporaryDirectory(prefix="edge-lorax-users-")
 
@@ -88,25 +84,33 @@ class LLM:
         return int(self.manifest["kv"]["context_length"])
 
     def add_user(self, name: str, path) -> str:
-        """Register a user.npz or .onnx_adapter under `name`; InputError (naming the file) for another subspace."""
+        """Register a user.npz or .onnx_adapter under `name`; InputError (naming the file) for a name taken, another
+        subspace, other shapes or non-finite values. A file the graph takes as it is is memory-mapped; otherwise (a
+        user.npz, or one user's file on a per-example bundle) a converted copy is."""
         path = Path(path)
+        if name in self.users:
+            raise InputError(f"user name {name!r} is taken (by {self.users[name]}); register {path} under another name")
         if path.suffix == names.ADAPTER_SUFFIX:
-            arrays, version = read_onnx_adapter(path)
+            raw, version = read_onnx_adapter(path)
             if version != fingerprint_version(self.manifest["fingerprint"]):
                 raise InputError(f"{path}: made for another subspace than {self.bundle}'s; export that user for this "
                                  "bundle's subspace")
-            self._check_names(path, arrays)
-            self.adapters.load(str(path), name)
         else:
             user = read_user(path)
             check_fingerprint(user, self.manifest["fingerprint"], path)
-            arrays = self._as_graph_inputs(user.inputs())
-            self._check_names(path, arrays)
+            if user.head:
+                raise InputError(f"{path}: a classifier user (head tensors {sorted(user.head)}); a decoder bundle "
+                                 "generates, so train the user for generation (`edge-lorax train --model smollm2 ...`)")
+            raw = user.inputs()
+        arrays = self._as_graph_inputs(raw)
+        self._check_arrays(path, arrays)
+        if path.suffix == names.ADAPTER_SUFFIX and all(raw[k].shape == arrays[k].shape for k in raw):
+            self.adapters.load(str(path), name)
+        else:
             file = Path(self._scratch.name) / f"{len(self.users)}{names.ADAPTER_SUFFIX}"
-            write_onnx_adapter(arrays, file, user.fingerprint)
+            write_onnx_adapter(arrays, file, self.manifest["fingerprint"])
             self.adapters.load(str(file), name)
-        self.users[name] = path
-        self._arrays[name] = arrays if path.suffix != names.ADAPTER_SUFFIX else self._as_graph_inputs(arrays)
+        self.users[name], self._arrays[name] = path, arrays
         return name
 
     def _as_graph_inputs(self, arrays: dict) -> dict:
@@ -115,22 +119,38 @@ class LLM:
             return arrays
         return {k: v[None] if v.ndim == 2 else v for k, v in arrays.items()}
 
-    def _check_names(self, path: Path, arrays: dict):
+    def _check_arrays(self, path: Path, arrays: dict):
+        """Exactly the bundle's coefficient inputs, in its shapes, finite float values."""
         want = {k: [1 if isinstance(d, str) else d for d in v] for k, v in self.manifest["coefficients"].items()}
-        bad = next((k for k in arrays if k not in want or list(arrays[k].shape) != want[k]), None)
-        if bad is not None or len(arrays) != len(want):
-            what = f"{bad}: {list(arrays[bad].shape)}" if bad else f"{len(arrays)} tensors, the bundle takes {len(want)}"
-            raise InputError(f"{path}: {what} does not match the bundle's coefficient inputs; project or train the user on "
+        missing, extra = sorted(set(want) - set(arrays)), sorted(set(arrays) - set(want))
+        if missing or extra:
+            what = f"lacks {missing[0]}" if missing else f"has {extra[0]}, not a coefficient input of the bundle"
+            raise InputError(f"{path}: {what} ({len(missing)} missing, {len(extra)} extra); project or train the user on "
                              "this bundle's subspace")
+        bad = next((k for k in arrays if list(arrays[k].shape) != want[k]), None)
+        if bad is not None:
+            raise InputError(f"{path}: {bad} is {list(arrays[bad].shape)}, the bundle takes {want[bad]}; project or "
+                             "train the user on this bundle's subspace")
+        bad = next((k for k, v in arrays.items() if not np.isfinite(v).all()), None)
+        if bad is not None:
+            raise InputError(f"{path}: {bad} holds NaN or Inf; retrain or re-project this user")
 
     def encode(self, prompt: str, chat: bool = False) -> list:
         """Token ids of the prompt (the tokenizer's own special tokens); chat renders the chat template around one
         user turn with the generation prompt, then encodes without adding special tokens (transformers' rule)."""
-        if not chat:
-            return self.tokenizer.encode(prompt).ids
-        text = _chat_template(self.bundle).render(messages=[{"role": "user", "content": prompt}],
-                                                  add_generation_prompt=True, **self.special)
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        try:
+            prompt.encode("utf-8")
+        except (UnicodeEncodeError, AttributeError) as e:
+            raise InputError(f"prompt {prompt!r:.60}: not UTF-8 text; pass the prompt as UTF-8") from e
+        if chat:
+            text = _render_chat(self.bundle, prompt, self.special)
+            ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        else:
+            ids = self.tokenizer.encode(prompt).ids
+        if not ids:
+            raise InputError("the prompt encodes to no tokens; give a non-empty prompt (or --chat, which adds the "
+                             "template's tokens)")
+        return ids
 
     def decode(self, tokens: list) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -139,6 +159,7 @@ class LLM:
                  top_p: float = 1.0, top_k: int = 0, seed: int | None = None, chat: bool = False) -> Generation:
         """A Generation to iterate (token ids); user None = the bundle's defaults. Raises InputError for an unknown
         user or a prompt + max_new_tokens beyond the context."""
+        _check_options(max_new_tokens, temperature, top_p, top_k)
         ids = self.encode(prompt, chat)
         if len(ids) + max_new_tokens > self.context_length:
             raise InputError(f"prompt of {len(ids)} tokens + {max_new_tokens} new ones exceeds the context of "
@@ -158,6 +179,7 @@ class LLM:
         if self.manifest["mode"] != names.MODE_PER_EXAMPLE:
             raise InputError(f"{self.bundle}: exported without --per-example, so one batch serves one user; re-export "
                              "with --per-example for a user per row")
+        _check_options(max_new_tokens, temperature, top_p, top_k)
         if len(prompts) != len(users) or not prompts:
             raise InputError(f"{len(prompts)} prompts and {len(users)} users: give one user per prompt")
         unknown = sorted({u for u in users if u not in self._arrays})
@@ -249,24 +271,56 @@ def _special_tokens(bundle: Path) -> dict:
     return out
 
 
-def _chat_template(bundle: Path):
-    """The bundle's chat template (chat_template.jinja, else tokenizer_config.json's), compiled as transformers does."""
+def _check_options(max_new_tokens: int, temperature: float, top_p: float, top_k: int):
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise InputError(f"max_new_tokens is {max_new_tokens!r}; give at least 1 (--max-new-tokens)")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+        raise InputError(f"temperature {temperature}, top_p {top_p}, top_k {top_k}: need temperature >= 0 (0: greedy), "
+                         "0 < top_p <= 1, top_k >= 0 (0: no cut)")
+
+
+def _load_model(og, bundle: Path, threads: int | None):
+    """og.Model of the bundle, ONNX Runtime errors only; a missing or broken file is one InputError naming it."""
+    for name in (GENAI_CONFIG, names.BUNDLE_MODEL):
+        if not (bundle / name).is_file():
+            raise InputError(f"{bundle}: no {name}; re-export the bundle with `edge-lorax export`")
+    try:
+        config = og.Config(str(bundle))
+        config.clear_providers()
+        options = {"log_severity_level": 3, **({"intra_op_num_threads": threads} if threads else {})}  # 3: errors only
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+        return og.Model(config)
+    except RuntimeError as e:  # onnxruntime-genai raises RuntimeError for every load failure
+        raise InputError(f"{bundle}: onnxruntime-genai cannot load it ({str(e).splitlines()[0][:160]}); re-export the "
+                         "bundle with `edge-lorax export` (a missing or cut model.onnx.data or genai_config.json?)") from e
+
+
+def _render_chat(bundle: Path, prompt: str, special: dict) -> str:
+    """The bundle's chat template (chat_template.jinja, else tokenizer_config.json's) around one user turn, with the
+    generation prompt, rendered as transformers does (sandboxed, trim_blocks, lstrip_blocks)."""
+    from jinja2 import TemplateError
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     path, config = bundle / CHAT_TEMPLATE, bundle / TOKENIZER_CONFIG
     source = path.read_text() if path.is_file() else (json.loads(config.read_text()).get("chat_template")
                                                        if config.is_file() else None)
+    where = path if path.is_file() else config
     if not isinstance(source, str):
         raise InputError(f"{bundle}: no chat template ({CHAT_TEMPLATE} or tokenizer_config.json's chat_template); "
                          "drop --chat or re-export from a model that has one")
+
+    def raise_exception(message: str):
+        raise InputError(f"{where}: the chat template refuses this prompt ({message}); drop --chat or fix the template")
+
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.globals["raise_exception"] = _raise_exception
-    return env.from_string(source)
-
-
-def _raise_exception(message: str):
-    raise InputError(f"chat template: {message}")
+    env.globals["raise_exception"] = raise_exception
+    try:
+        return env.from_string(source).render(messages=[{"role": "user", "content": prompt}],
+                                              add_generation_prompt=True, **special)
+    except TemplateError as e:
+        raise InputError(f"{where}: not a usable chat template ({type(e).__name__}: {str(e)[:120]}); fix it or drop "
+                         "--chat") from e
 
 
 def load_llm(bundle, threads: int | None = None) -> LLM:
