@@ -79,8 +79,8 @@ def check_builder_options(options):
     keys = [o.partition("=")[0] for o in options]
     bad = next((o for o, k in zip(options, keys) if "=" not in o or k not in BUILDER_OPTIONS), None)
     if bad is not None:
-        raise InputError(f"--builder-option {bad!r}: give KEY=VALUE with KEY one of the model builder's quantization "
-                         f"options {', '.join(BUILDER_OPTIONS[:7])} (int4_ aliases too)")
+        raise InputError(f"--builder-option {bad!r}: a decoder bundle takes KEY=VALUE with KEY one of the model "
+                         f"builder's quantization options {', '.join(BUILDER_OPTIONS[:7])} (int4_ aliases too)")
     twice = next((k for k in keys if keys.count(k) > 1), None)
     if twice is not None:
         raise InputError(f"--builder-option {twice} is given twice; give each key once")
