@@ -69,7 +69,8 @@ def main_table(runs, rows: str, metric: str) -> list:
 
 
 def sweep_table(runs, chosen: dict) -> list:
-    out = ["| method | " + " | ".join(f"lr {i + 1}" for i in range(3)) + " | pick |", "|---|---|---|---|---|"]
+    width = max(len(g) for g in LR_GRID.values())
+    out = ["| method | " + " | ".join(f"lr {i + 1}" for i in range(width)) + " | pick |", "|---|" + "---|" * (width + 1)]
     for method, grid in LR_GRID.items():
         cells = []
         for lr in grid:
@@ -80,6 +81,7 @@ def sweep_table(runs, chosen: dict) -> list:
                 continue
             acc, rank = (100 * np.mean([v[k] for v in vals]) for k in ("accuracy", "rank_accuracy"))
             cells.append(f"{lr:g}: {acc:.1f} / {rank:.1f}")
+        cells += ["–"] * (width - len(cells))
         out.append(f"| {method} | " + " | ".join(cells) + f" | {chosen.get(method, 'not yet')} |")
     return out
 
