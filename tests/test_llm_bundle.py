@@ -136,7 +136,16 @@ def test_genai_generates_torch_tokens_and_swaps_users(setup):
     assert default != swapped
 
 
-def test_per_example_rows_carry_their_own_users(setup, tmp_path):
+@pytest.fixture(scope="module")
+def per_example(setup, tmp_path_factory):
+    """The same export with --per-example (one builder run for the tests that need it)."""
+    root, model = setup
+    out = tmp_path_factory.mktemp("pe") / "pe"
+    run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", out, "--per-example")
+    return out
+
+
+def test_per_example_rows_carry_their_own_users(setup, per_example):
     """--per-example: coefficient inputs (batch_size, r, K); a batch of two rows with users 0 and 3 gives each row its
     own user's torch logits (the exporter checks this too), and unfed inputs broadcast the (1, r, K) defaults."""
     import onnxruntime as ort
@@ -144,12 +153,10 @@ def test_per_example_rows_carry_their_own_users(setup, tmp_path):
     from edge_lorax.formats.user import read_user
 
     root, model = setup
-    run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", tmp_path / "pe",
-        "--per-example")
-    manifest = json.loads((tmp_path / "pe" / "manifest.json").read_text())
+    manifest = json.loads((per_example / "manifest.json").read_text())
     assert manifest["mode"] == "per-example" and all(v[0] == "batch_size" for v in manifest["coefficients"].values())
-    config = json.loads((tmp_path / "pe" / "genai_config.json").read_text())
-    session = ort.InferenceSession(str(tmp_path / "pe" / "model.onnx"), providers=["CPUExecutionProvider"])
+    config = json.loads((per_example / "genai_config.json").read_text())
+    session = ort.InferenceSession(str(per_example / "model.onnx"), providers=["CPUExecutionProvider"])
     ids, users = [5, 9, 11, 3, 40], [read_user(root / u).inputs() for u in ("u0.npz", "u3.npz")]
     feeds = {k: np.concatenate([v, v]) for k, v in prefill_feeds(ids, config).items()}
     got = session.run(["logits"], {**feeds, **{k: np.stack([users[0][k], users[1][k]]) for k in users[0]}})[0]
@@ -160,7 +167,7 @@ def test_per_example_rows_carry_their_own_users(setup, tmp_path):
     assert np.abs(defaults - want[1]).max() <= 1e-5  # both rows: the u3 defaults
     from edge_lorax.runtime.llm import load_llm
 
-    llm = load_llm(tmp_path / "pe")
+    llm = load_llm(per_example)
     llm.add_user("zero", root / "u0.npz")
     llm.add_user("three", root / "u3.npz")
     prompts = [PROMPT, "w7 w8 w9 w10", PROMPT]
@@ -390,13 +397,11 @@ def test_bad_inputs_are_one_line_refusals(setup, tmp_path):
             call()
 
 
-def test_per_example_bundle_takes_its_own_adapter_and_shared_ones(setup, tmp_path):
-    root, model = setup
-    run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", tmp_path / "pe",
-        "--per-example")
-    own = json.loads(run("generate", tmp_path / "pe", "--coeffs", tmp_path / "pe" / "u3.onnx_adapter", "--json",
+def test_per_example_bundle_takes_its_own_adapter_and_shared_ones(setup, per_example):
+    root, _ = setup
+    own = json.loads(run("generate", per_example, "--coeffs", per_example / "u3.onnx_adapter", "--json",
                          "--max-new-tokens", 8, PROMPT).stdout)
-    shared = json.loads(run("generate", tmp_path / "pe", "--coeffs", root / "bundle" / "u3.onnx_adapter", "--json",
+    shared = json.loads(run("generate", per_example, "--coeffs", root / "bundle" / "u3.onnx_adapter", "--json",
                             "--max-new-tokens", 8, PROMPT).stdout)
     alone = json.loads(run("generate", root / "bundle", "--json", "--max-new-tokens", 8, PROMPT).stdout)
     assert own["tokens"] == shared["tokens"] == alone["tokens"]
