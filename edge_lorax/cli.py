@@ -379,20 +379,18 @@ def generate(bundle, prompts, coeffs, max_new_tokens, temperature, top_p, top_k,
 
 
 def _stream(llm, gen, as_json: bool):
-    """Text as it comes, or one JSON line at the end. The tokens so far are decoded as a whole and a trailing U+FFFD
-    (a character whose bytes span tokens still to come) is held back, so multi-byte characters print whole."""
-    shown = ""
-    for _ in gen:
-        text = "" if as_json else llm.decode(gen.tokens).rstrip("\ufffd")
-        if text.startswith(shown) and text != shown:
-            click.echo(text[len(shown):], nl=False)
-            shown = text
-    text = llm.decode(gen.tokens)
-    if as_json:
-        click.echo(json.dumps({"prompt": gen.prompt, "text": text, "tokens": gen.tokens, "prompt_tokens": gen.prompt_tokens,
-                               "time_to_first_token_ms": gen.time_to_first_token_ms, "tokens_per_s": gen.tokens_per_s}))
-    else:
-        click.echo(text[len(shown):] if text.startswith(shown) else "")
+    """Text as it comes (whole characters: runtime.llm.text_deltas), or one JSON line when the prompt is done."""
+    from edge_lorax.runtime.llm import text_deltas
+
+    if not as_json:
+        for piece in text_deltas(llm.decode, gen):
+            click.echo(piece, nl=False)
+        click.echo()
+        return
+    list(gen)
+    click.echo(json.dumps({"prompt": gen.prompt, "text": llm.decode(gen.tokens), "tokens": gen.tokens,
+                           "prompt_tokens": gen.prompt_tokens, "time_to_first_token_ms": gen.time_to_first_token_ms,
+                           "tokens_per_s": gen.tokens_per_s}))
 
 
 @cli.command("run")

@@ -19,6 +19,7 @@ with --per-example. Does not: stream batched rows, import torch.
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,6 +270,21 @@ def _special_tokens(bundle: Path) -> dict:
         if key.endswith("_token") and isinstance(value, (str, dict)):
             out[key] = value["content"] if isinstance(value, dict) else value
     return out
+
+
+def text_deltas(decode, gen) -> Iterator[str]:
+    """Iterate a Generation as text pieces: the tokens so far are decoded as a whole and a trailing U+FFFD (a
+    character whose bytes span tokens still to come) is held back, so multi-byte characters arrive whole; the last
+    piece completes the text. `decode`: token ids -> str (LLM.decode)."""
+    shown = ""
+    for _ in gen:
+        text = decode(gen.tokens).rstrip("\ufffd")
+        if text.startswith(shown) and text != shown:
+            yield text[len(shown):]
+            shown = text
+    text = decode(gen.tokens)
+    if text.startswith(shown) and text != shown:
+        yield text[len(shown):]
 
 
 def _check_options(max_new_tokens: int, temperature: float, top_p: float, top_k: int):
