@@ -9,15 +9,14 @@ refuse with one InputError naming the input. A user's own class names (its __met
 Does not load users or bundles."""
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from edge_lorax.formats import names
 from edge_lorax.formats.errors import InputError
-from edge_lorax.formats.jsonfile import read_json_object
-from edge_lorax.runtime.bundle import Bundle, BundleError, bundle_file
+from edge_lorax.runtime.bundle import Bundle, BundleError
+from edge_lorax.runtime.tokens import load_tokenizer, special_tokens, tokenizer_error
 from edge_lorax.runtime.users import LoadedUser, UserError
 
 # Models whose position ids start after the pad id (RoBERTa's offset): max_position_embeddings - pad_token_id - 1 usable.
@@ -193,55 +192,13 @@ def run_mixed(bundle: Bundle, users: list, inputs: dict, outputs=None) -> dict:
     return dict(zip(wanted, bundle.session.run(wanted, feeds)))
 
 
-@lru_cache(maxsize=8)
-def _tokenizer(path: str, max_length: int):
-    from tokenizers import Tokenizer
-
-    try:
-        tok = Tokenizer.from_file(path)
-    except BaseException as e:  # its own (Rust) exception types; a Rust panic is a BaseException
-        raise _tokenizer_error(path, e) from e
-    tok.enable_truncation(max_length)
-    tok.no_padding()
-    return tok
-
-
-def _tokenizer_error(path, e: BaseException) -> BundleError:
-    """A tokenizer.json that cannot be loaded or used: one line naming it (Ctrl-C and exits pass through)."""
-    if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
-        raise e
-    return BundleError(f"{path}: not a readable tokenizer ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
-                       "re-export the bundle (it copies the model's tokenizer)")
-
-
 def tokenizer(bundle: Bundle, max_length: int = 128):
     """The bundle's fast tokenizer (tokenizer.json), truncating at max_length; cached per file."""
-    path = bundle_file(bundle.path, names.TOKENIZER_FILE)
-    if path is None:
-        raise BundleError(f"{bundle.path}: no {names.TOKENIZER_FILE}; re-export the bundle (it copies the tokenizer)")
-    return _tokenizer(str(bundle.path / names.TOKENIZER_FILE), check_max_length(bundle, max_length))
-
-
-TOKENIZER_CONFIG = "tokenizer_config.json"
-
-
-@lru_cache(maxsize=8)
-def _pad_token(bundle_path: Path) -> str | None:
-    """tokenizer_config.json's pad_token (a string, or {"content": ...}), None when absent; read once per bundle
-    folder, like the tokenizer itself, not on every encode."""
-    if bundle_file(bundle_path, TOKENIZER_CONFIG) is None:
-        return None
-    cfg_path = bundle_path / TOKENIZER_CONFIG
-    pad = read_json_object(cfg_path, "re-export the bundle", BundleError).get("pad_token")
-    pad = pad.get("content") if isinstance(pad, dict) else pad
-    if pad is not None and not isinstance(pad, str):
-        raise BundleError(f"{cfg_path}: pad_token is a JSON {type(pad).__name__}, a string or {{\"content\": ...}} is "
-                          "needed; re-export the bundle")
-    return pad
+    return load_tokenizer(bundle.path, check_max_length(bundle, max_length))
 
 
 def _pad_id(bundle: Bundle, tok) -> int:
-    pad = _pad_token(bundle.path)
+    pad = special_tokens(bundle.path).get("pad_token")
     tid = tok.token_to_id(pad) if pad else None
     return tid if tid is not None else int(bundle.model_config.get("pad_token_id") or 0)
 
@@ -260,7 +217,7 @@ def _encode(bundle: Bundle, texts: list, max_length: int) -> dict:
     try:
         encs = tok.encode_batch(texts)
     except BaseException as e:  # a tokenizer.json that loads but cannot encode (edited normalizer, vocab, template)
-        raise _tokenizer_error(bundle.path / names.TOKENIZER_FILE, e) from e
+        raise tokenizer_error(bundle.path / names.TOKENIZER_FILE, e) from e
     width = max(len(e.ids) for e in encs)
     ids = np.full((len(encs), width), _pad_id(bundle, tok), np.int64)
     mask, types = np.zeros_like(ids), np.zeros_like(ids)

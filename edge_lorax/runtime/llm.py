@@ -29,9 +29,9 @@ from edge_lorax.formats import names
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.onnx_adapter import fingerprint_version, read_onnx_adapter, write_onnx_adapter
 from edge_lorax.formats.user import check_fingerprint, read_user
+from edge_lorax.runtime.tokens import TOKENIZER_CONFIG, load_tokenizer, special_tokens, tokenizer_config
 
 GENAI_CONFIG = "genai_config.json"
-TOKENIZER_CONFIG = "tokenizer_config.json"
 CHAT_TEMPLATE = "chat_template.jinja"
 
 
@@ -73,7 +73,7 @@ class LLM:
 
         self.bundle = Path(bundle)
         self.manifest = _manifest(self.bundle)
-        self.tokenizer, self.special = _load_tokenizer(self.bundle), _special_tokens(self.bundle)
+        self.tokenizer, self.special = load_tokenizer(self.bundle), special_tokens(self.bundle)
         eos = self.manifest["eos_token_id"]
         self.eos = set(eos if isinstance(eos, list) else [eos])
         self._og, self.model = og, _load_model(og, self.bundle, threads)
@@ -248,30 +248,6 @@ class LLM:
             gen.tokens_per_s = (len(gen.tokens) - 1) / (time.perf_counter() - first)
 
 
-def _load_tokenizer(bundle: Path):
-    from tokenizers import Tokenizer
-
-    path = bundle / names.TOKENIZER_FILE
-    try:
-        return Tokenizer.from_file(str(path))
-    except BaseException as e:  # its own (Rust) exception types; a Rust panic is a BaseException
-        if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
-            raise
-        raise InputError(f"{path}: not a readable tokenizer ({str(e).splitlines()[0][:120] if str(e) else e!r}); "
-                         "re-export the bundle from a model folder with a valid tokenizer.json") from e
-
-
-def _special_tokens(bundle: Path) -> dict:
-    """bos_token, eos_token, ... of tokenizer_config.json as strings (the chat template refers to them)."""
-    path = bundle / TOKENIZER_CONFIG
-    config = json.loads(path.read_text()) if path.is_file() else {}
-    out = {}
-    for key, value in config.items():
-        if key.endswith("_token") and isinstance(value, (str, dict)):
-            out[key] = value["content"] if isinstance(value, dict) else value
-    return out
-
-
 def text_deltas(decode, gen) -> Iterator[str]:
     """Iterate a Generation as text pieces: the tokens so far are decoded as a whole and a trailing U+FFFD (a
     character whose bytes span tokens still to come) is held back, so multi-byte characters arrive whole; the last
@@ -318,10 +294,9 @@ def _render_chat(bundle: Path, prompt: str, special: dict) -> str:
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    path, config = bundle / CHAT_TEMPLATE, bundle / TOKENIZER_CONFIG
-    source = path.read_text() if path.is_file() else (json.loads(config.read_text()).get("chat_template")
-                                                       if config.is_file() else None)
-    where = path if path.is_file() else config
+    path = bundle / CHAT_TEMPLATE
+    source = path.read_text() if path.is_file() else tokenizer_config(bundle).get("chat_template")
+    where = path if path.is_file() else bundle / TOKENIZER_CONFIG
     if not isinstance(source, str):
         raise InputError(f"{bundle}: no chat template ({CHAT_TEMPLATE} or tokenizer_config.json's chat_template); "
                          "drop --chat or re-export from a model that has one")
