@@ -105,11 +105,52 @@ def markdown(res: dict) -> str:
     lines += ["", "## Greedy token agreement (4 chat prompts x 32 tokens)", ""]
     greedy = {b: res["runs"][f"{b}_t1"][0].get("greedy") for b in tab["builds"] if f"{b}_t1" in res["runs"]}
     for b, g in greedy.items():
-        kind, prec = b.split("-")
+        kind = b.split("-")[0]
         ref = res["torch"]["greedy"] if kind == "ours" else greedy.get(f"{kind}-fp32")
-        lines.append(f"- {b} vs {'torch (same user)' if kind == 'ours' else kind + '-fp32'}: {agreement(g, ref)} %")
-    lines += ["", "## Bundle sizes (bytes)", "", *[f"- {k}: {v:,}" for k, v in sorted(res["sizes"].items())], ""]
+        if ref is not None and b != f"{kind}-fp32":
+            lines.append(f"- {b} vs {'torch (same user)' if kind == 'ours' else kind + '-fp32'}: {agreement(g, ref)} %")
+    lines += [*accuracy_lines(res), *export_lines(res), ""]
     return measure.portable("\n".join(lines))
+
+
+def accuracy_lines(res: dict) -> list:
+    """Exact match per task and build (ours, through the runtime) beside torch with the same user."""
+    acc = res.get("accuracy")
+    if not acc:
+        return []
+    tasks = list(acc["torch"])
+    lines = ["", f"## Task accuracy (exact match %, first {acc['torch'][tasks[0]]['rows']} test rows, greedy chat answer)",
+             "", "| build | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for name in sorted(acc, key=lambda n: (n != "torch", n)):
+        cells = []
+        for t in tasks:
+            got, ref = acc[name][t], acc["torch"][t]
+            same = sum(a == b for a, b in zip(got["answers"], ref["answers"]))
+            cells.append(f"{got['exact_match']:.1f}" + ("" if name == "torch" else
+                                                         f" (Δ {got['exact_match'] - ref['exact_match']:+.1f}; "
+                                                         f"{same}/{len(ref['answers'])} answers as torch)"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Majority class: " + ", ".join(f"{t} {acc['torch'][t]['majority']:.1f} %" for t in tasks) +
+                 ". spam:sms is served by the held-out spam adapter projected (the bundles' default user); "
+                 "vader:tweets-binary by a source adapter projected onto the subspace it is part of.")
+    return lines
+
+
+def export_lines(res: dict) -> list:
+    """Build wall time and size per build; ours' export verification (manifest) per precision."""
+    lines = ["", "## Builds: wall time (s) and size (bytes)", ""]
+    for name, size in sorted(res["sizes"].items()):
+        secs = res.get("build_s", {}).get(name)
+        lines.append(f"- {name}: {'' if secs is None else f'{secs:.1f} s, '}{size:,} bytes")
+    for name, ver in sorted(res.get("verification", {}).items()):
+        for v in (ver or {}).values():
+            diff = f"max |Δ logits| {v['max_abs_diff']:.2e} (tolerance {v['tolerance']:g} × scale {v['scale']:.1f}), " \
+                if v.get("tolerance") is not None else f"max |Δ logits| {v['max_abs_diff']:.3g} (no tolerance), "
+            lines.append(f"- {name} export check vs torch ({v['prompts']} prompts, {v['coefficient_sets']} coefficient "
+                         f"sets): {diff}next-token agreement {v['next_token_agreement_pct']} %, response "
+                         f"{v['response']:.3f} (min {v['response_min']})")
+    return lines
 
 
 def median_dict(runs: list, key: str) -> dict:

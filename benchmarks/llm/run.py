@@ -16,7 +16,7 @@ of 1000 resident users, and greedy tokens (4 chat prompts x 32) for the token ag
 
     .venv/bin/python benchmarks/llm/run.py            # the whole grid (about 30 min on a quiet 2-core machine)
     .venv/bin/python benchmarks/llm/run.py --quick    # smoke: fp32 only, prompt 32, 16 new tokens, 1 round
-    .venv/bin/python benchmarks/llm/run.py --builder-option algo_config=k_quant_mixed   # every build with it
+    .venv/bin/python benchmarks/llm/run.py --builder-option algo_config=k_quant_mixed --precisions int4
 """
 
 import argparse
@@ -41,6 +41,9 @@ from edge_lorax.formats import names  # noqa: E402
 CACHE = Path(os.environ.get("EDGE_LORAX_CACHE", Path.home() / ".cache" / "edge-lorax")) / "bench-llm"
 ADAPTERS = ROOT / "adapters-smollm2"
 HELD_OUT = "spam-sms"
+# Quantization's task accuracy change: the held-out spam user (the default) and a source inside the subspace
+# (tweets-binary, projected), on the first 200 test rows (the decoder LOO's cap).
+ACCURACY_TASKS, ACCURACY_ROWS = ("spam:sms", "vader:tweets-binary"), 200
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 PRECISIONS = ("fp32", "int8", "int4")
 KINDS = ("plain", "lora", "ours")
@@ -103,6 +106,7 @@ def build(kind: str, precision: str) -> Path:
         return out
     shutil.rmtree(out, ignore_errors=True)
     CACHE.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
     if kind == "plain":
         _builder(out, precision, [])
     elif kind == "lora":
@@ -110,8 +114,16 @@ def build(kind: str, precision: str) -> Path:
         write_onnx_adapter(lora_as_inputs(out), out / "user.onnx_adapter")
     else:
         _build_ours(out, precision)
-    (out / "done").write_text("ok\n")
+    (out / "done").write_text(json.dumps({"build_s": round(time.perf_counter() - start, 1)}) + "\n")
     return out
+
+
+def build_seconds(folder: Path) -> float | None:
+    """Wall time of the build that made the cached folder (None for a folder cached before times were kept)."""
+    try:
+        return json.loads((folder / "done").read_text())["build_s"]
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _build_ours(out: Path, precision: str):
@@ -275,7 +287,7 @@ def worker(spec: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------------- orchestrate
 
-def torch_reference(quick: bool, chat_ids: list) -> dict:
+def torch_reference(quick: bool, chat_ids: list, bundle: Path) -> dict:
     """HF eager generate (KV cache), one thread: TTFT per prompt length, decode tokens/s, greedy chat tokens (the
     projected user injected, as the `ours` bundles serve it)."""
     import torch
@@ -290,7 +302,7 @@ def torch_reference(quick: bool, chat_ids: list) -> dict:
     inject_subspace(net, read_subspace(CACHE / "subspace"), coeffs=read_user(CACHE / "user.npz").inputs())
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(CACHE / "ours-fp32" / names.TOKENIZER_FILE))
+    tok = Tokenizer.from_file(str(bundle / names.TOKENIZER_FILE))
     reps, lengths, new = (2, (32,), 16) if quick else (3, PROMPT_LENGTHS, NEW_TOKENS)
     out = {"ttft_ms": {}, "greedy": []}
     with torch.no_grad():
@@ -312,6 +324,74 @@ def torch_reference(quick: bool, chat_ids: list) -> dict:
     return out
 
 
+def _task_split(spec: str, rows: int) -> tuple:
+    """(task, its first test rows) (the decoder LOO's split and cap)."""
+    from edge_lorax.builder.data import Split, load_task
+
+    task = load_task(spec, seed=0)
+    return task, Split(task.test.texts[:rows], task.test.targets[:rows])
+
+
+def accuracy_user(spec: str) -> Path:
+    """The user file that answers `spec`: the task's committed adapter projected onto the bench subspace (for the
+    held-out spam adapter that is the bundles' default user; tweets-binary is one of the eleven sources)."""
+    from edge_lorax.builder.project import project_adapter
+    from edge_lorax.formats.subspace import read_subspace
+    from edge_lorax.formats.user import write_user
+
+    family, name = spec.split(":")
+    folder = name if family == "vader" else f"{family}-{name}"
+    path = CACHE / f"user-{folder}.npz"
+    if not path.is_file():
+        write_user(project_adapter(read_subspace(CACHE / "subspace"), ADAPTERS / folder).coeffs, path)
+    return path
+
+
+def _exact_match(answers: list, task, split) -> dict:
+    hits = [a == task.labels[int(t)] for a, t in zip(answers, split.targets)]
+    return {"rows": len(hits), "exact_match": round(100 * float(np.mean(hits)), 2),
+            "majority": round(100 * float(np.bincount(np.asarray(split.targets)).max() / len(hits)), 2),
+            "answers": answers}
+
+
+def task_accuracy(folder: Path, rows: int) -> dict:
+    """Exact match (%) of the greedy chat answer with the label word on each ACCURACY task's test rows, served by
+    the runtime (runtime.llm, 2 threads) with that task's user registered on the bundle."""
+    from edge_lorax.builder.generative import instruction
+    from edge_lorax.runtime.llm import load_llm
+
+    llm, out = load_llm(folder, threads=2), {}
+    for spec in ACCURACY_TASKS:
+        task, split = _task_split(spec, rows)
+        user = llm.add_user(spec, accuracy_user(spec))
+        out[spec] = _exact_match([llm.decode(list(llm.generate(instruction(t, task.labels), user, 8, chat=True))).strip()
+                                  for t in split.texts], task, split)
+    return out
+
+
+def torch_accuracy(rows: int) -> dict:
+    """task_accuracy's figures from torch (each task's user injected; HF generate, greedy, batches of 8)."""
+    from edge_lorax.builder.generative import Generation
+    from edge_lorax.builder.inject import inject_subspace, load_coeff_tensors
+    from edge_lorax.builder.models import load_causal_lm, load_tokenizer, resolve_model
+    from edge_lorax.formats.subspace import read_subspace
+    from edge_lorax.formats.user import read_user
+
+    path, out = resolve_model("smollm2"), {}
+    net, tok = load_causal_lm(path), load_tokenizer(path)
+    inject_subspace(net, read_subspace(CACHE / "subspace"), coeffs=read_user(CACHE / "user.npz").inputs())
+    for spec in ACCURACY_TASKS:
+        task, split = _task_split(spec, rows)
+        objective = Generation(task, tok, 512)
+        load_coeff_tensors(net, read_user(accuracy_user(spec)).inputs())
+        out[spec] = _exact_match(objective.answers_of(net, objective.encode(split), batch_size=8), task, split)
+    return out
+
+
+def _manifest(folder: Path) -> dict:
+    return json.loads((folder / names.BUNDLE_MANIFEST).read_text())
+
+
 def run_worker(folder: Path, threads: int, quick: bool, chat_ids: list) -> dict:
     spec = {"folder": str(folder), "threads": threads, "quick": quick, "chat_ids": chat_ids}
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
@@ -327,13 +407,14 @@ def main(argv=None):
     ap.add_argument("--builder-option", action="append", default=[], metavar="KEY=VALUE",
                     help="model builder extra option for every build, e.g. algo_config=k_quant_mixed (runs go to "
                          "runs-<options>/)")
+    ap.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated subset of fp32,int8,int4")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     OPTIONS[:] = args.builder_option
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
-    precisions = ("fp32",) if args.quick else PRECISIONS
+    precisions = ("fp32",) if args.quick else tuple(args.precisions.split(","))
     out = HERE / ("runs_quick" if args.quick else "-".join(["runs", *(o.replace("=", "_") for o in OPTIONS)]))
     out.mkdir(exist_ok=True)
     st = measure.stamp(COMMAND + (" --quick" if args.quick else ""), dirty_paths=CODE)
@@ -342,7 +423,8 @@ def main(argv=None):
     print(f"builds ready: {sorted(folders)}", file=sys.stderr)
     from edge_lorax.runtime.llm import load_llm
 
-    chat_ids = [load_llm(folders["ours-fp32"]).encode(c, chat=True) for c in CHATS]
+    ours = next(p for n, p in folders.items() if n.startswith("ours"))
+    chat_ids = [load_llm(ours).encode(c, chat=True) for c in CHATS]
     runs = {}
     for rnd in range(1 if args.quick else args.rounds):
         for threads in ((1,) if args.quick else (1, 2)):
@@ -350,8 +432,13 @@ def main(argv=None):
             for name, folder in order:
                 print(f"round {rnd} t{threads} {name}", file=sys.stderr, flush=True)
                 runs.setdefault(f"{name}_t{threads}", []).append(run_worker(folder, threads, args.quick, chat_ids))
-    result = {"stamp": measure.finish(st), "runs": runs, "torch": torch_reference(args.quick, chat_ids),
+    rows = 16 if args.quick else ACCURACY_ROWS
+    result = {"stamp": measure.finish(st), "runs": runs, "torch": torch_reference(args.quick, chat_ids, ours),
               "sizes": {n: sum(f.stat().st_size for f in p.iterdir() if f.is_file()) for n, p in folders.items()},
+              "build_s": {n: build_seconds(p) for n, p in folders.items()},
+              "verification": {n: _manifest(p).get("verification") for n, p in folders.items() if n.startswith("ours")},
+              "accuracy": {**{n: task_accuracy(p, rows) for n, p in folders.items() if n.startswith("ours")},
+                           "torch": torch_accuracy(rows)},
               "quick": args.quick}
     (out / "results.json").write_text(measure.portable(json.dumps(result, indent=1)) + "\n")
     print(f"wrote {out / 'results.json'}", file=sys.stderr)
