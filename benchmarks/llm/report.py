@@ -109,6 +109,13 @@ def markdown(res: dict) -> str:
         ref = res["torch"]["greedy"] if kind == "ours" else greedy.get(f"{kind}-fp32")
         if ref is not None and b != f"{kind}-fp32":
             lines.append(f"- {b} vs {'torch (same user)' if kind == 'ours' else kind + '-fp32'}: {agreement(g, ref)} %")
+    par = res.get("parity")
+    if par:
+        lines += ["", f"## fp32 logits parity (prefill, {par['prompts']} chat prompts, {par['positions']} positions, "
+                  "the bundle's user)", "",
+                  f"- max |Δ| ours-fp32 (onnxruntime) vs torch fp32: {par['max_abs_diff_vs_torch_fp32']:.2e}; vs torch "
+                  f"fp64: {par['max_abs_diff_vs_torch_fp64']:.2e}; torch fp32 vs fp64: {par['torch_fp32_vs_fp64']:.2e} "
+                  f"(max |logit| {par['max_abs_logit']:.1f}; issue 13's bound 1e-4)"]
     lines += [*accuracy_lines(res), *export_lines(res), ""]
     return measure.portable("\n".join(lines))
 

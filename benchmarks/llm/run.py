@@ -388,6 +388,36 @@ def torch_accuracy(rows: int) -> dict:
     return out
 
 
+def logits_parity(folder: Path, chat_ids: list) -> dict:
+    """Prefill logits of the fp32 bundle (plain onnxruntime, its default user) vs torch with that user injected, on
+    the chat prompts: max |Δ| against torch fp32, and torch fp32 vs torch fp64 (the reference's own rounding)."""
+    import onnxruntime as ort
+    import torch
+
+    from edge_lorax.builder.inject import inject_subspace
+    from edge_lorax.builder.models import load_causal_lm, resolve_model
+    from edge_lorax.export.llm_bundle import prefill_feeds
+    from edge_lorax.formats.subspace import read_subspace
+    from edge_lorax.formats.user import read_user
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sess = ort.InferenceSession(str(folder / names.BUNDLE_MODEL), options, providers=["CPUExecutionProvider"])
+    config = json.loads((folder / "genai_config.json").read_text())
+    net = load_causal_lm(resolve_model("smollm2")).eval()
+    inject_subspace(net, read_subspace(CACHE / "subspace"), coeffs=read_user(CACHE / "user.npz").inputs())
+    ours = [sess.run(["logits"], prefill_feeds(ids, config))[0][0] for ids in chat_ids]  # (T, vocab) each
+    with torch.no_grad():
+        ref = [net(torch.tensor([ids])).logits[0].numpy() for ids in chat_ids]
+        net.double()
+        ref64 = [net(torch.tensor([ids])).logits[0].numpy() for ids in chat_ids]
+    return {"prompts": len(chat_ids), "positions": sum(len(i) for i in chat_ids),
+            "max_abs_diff_vs_torch_fp32": float(max(np.abs(a - b).max() for a, b in zip(ours, ref))),
+            "max_abs_diff_vs_torch_fp64": float(max(np.abs(a - b).max() for a, b in zip(ours, ref64))),
+            "torch_fp32_vs_fp64": float(max(np.abs(a - b).max() for a, b in zip(ref, ref64))),
+            "max_abs_logit": float(max(np.abs(b).max() for b in ref))}
+
+
 def _manifest(folder: Path) -> dict:
     return json.loads((folder / names.BUNDLE_MANIFEST).read_text())
 
@@ -437,6 +467,7 @@ def main(argv=None):
               "sizes": {n: sum(f.stat().st_size for f in p.iterdir() if f.is_file()) for n, p in folders.items()},
               "build_s": {n: build_seconds(p) for n, p in folders.items()},
               "verification": {n: _manifest(p).get("verification") for n, p in folders.items() if n.startswith("ours")},
+              "parity": logits_parity(folders["ours-fp32"], chat_ids) if "ours-fp32" in folders else None,
               "accuracy": {**{n: task_accuracy(p, rows) for n, p in folders.items() if n.startswith("ours")},
                            "torch": torch_accuracy(rows)},
               "quick": args.quick}
