@@ -73,25 +73,6 @@ def torch_greedy(net, ids: list, n: int) -> list:
     return out
 
 
-def genai_greedy(bundle, ids: list, n: int, adapter=None) -> list:
-    config = og.Config(str(bundle))
-    config.clear_providers()
-    model = og.Model(config)
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + n, min_length=len(ids) + n, do_sample=False)
-    gen = og.Generator(model, params)
-    if adapter:
-        adapters = og.Adapters(model)
-        adapters.load(str(adapter), "user")
-        gen.set_active_adapter(adapters, "user")
-    gen.append_tokens(ids)
-    out = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        out.append(int(gen.get_next_tokens()[0]))
-    return out
-
-
 def test_bundle_layout_and_manifest(setup):
     root, _ = setup
     bundle = root / "bundle"
@@ -122,17 +103,20 @@ def test_prefill_logits_equal_torch(setup):
 
 
 def test_genai_generates_torch_tokens_and_swaps_users(setup):
+    """The bundle's defaults (u3) and an .onnx_adapter user (u0) through onnxruntime-genai: torch's greedy tokens."""
     root, model = setup
     from edge_lorax.formats.onnx_adapter import write_onnx_adapter
     from edge_lorax.formats.user import read_user
+    from edge_lorax.runtime.llm import load_llm
 
     u0 = read_user(root / "u0.npz")
     write_onnx_adapter(u0.inputs(), root / "u0.onnx_adapter", u0.fingerprint)
-    ids = [5, 9, 11, 3]
-    default = genai_greedy(root / "bundle", ids, NEW_TOKENS)
-    swapped = genai_greedy(root / "bundle", ids, NEW_TOKENS, root / "u0.onnx_adapter")
-    assert default == torch_greedy(torch_model(root, model, "u3.npz"), ids, NEW_TOKENS)
-    assert swapped == torch_greedy(torch_model(root, model, "u0.npz"), ids, NEW_TOKENS)
+    llm = load_llm(root / "bundle", threads=1)
+    llm.add_user("u0", root / "u0.onnx_adapter")
+    ids = llm.encode(PROMPT)
+    default, swapped = (list(llm.generate(PROMPT, user, NEW_TOKENS)) for user in (None, "u0"))
+    assert default == torch_answer(torch_model(root, model, "u3.npz"), ids, NEW_TOKENS)
+    assert swapped == torch_answer(torch_model(root, model, "u0.npz"), ids, NEW_TOKENS)
     assert default != swapped
 
 
