@@ -462,6 +462,7 @@ def main(argv=None):
             for name, folder in order:
                 print(f"round {rnd} t{threads} {name}", file=sys.stderr, flush=True)
                 runs.setdefault(f"{name}_t{threads}", []).append(run_worker(folder, threads, args.quick, chat_ids))
+    (out / "runs.partial.json").write_text(json.dumps(runs))  # the timings, kept should a later stage fail
     rows = 16 if args.quick else ACCURACY_ROWS
     result = {"stamp": measure.finish(st), "runs": runs, "torch": torch_reference(args.quick, chat_ids, ours),
               "sizes": {n: sum(f.stat().st_size for f in p.iterdir() if f.is_file()) for n, p in folders.items()},
@@ -472,6 +473,7 @@ def main(argv=None):
                            "torch": torch_accuracy(rows)},
               "quick": args.quick}
     (out / "results.json").write_text(measure.portable(json.dumps(result, indent=1)) + "\n")
+    (out / "runs.partial.json").unlink()
     print(f"wrote {out / 'results.json'}", file=sys.stderr)
 
 
