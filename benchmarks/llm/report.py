@@ -107,7 +107,7 @@ def markdown(res: dict) -> str:
     for b, g in greedy.items():
         kind = b.split("-")[0]
         ref = res["torch"]["greedy"] if kind == "ours" else greedy.get(f"{kind}-fp32")
-        if ref is not None and b != f"{kind}-fp32":
+        if ref is not None and (kind == "ours" or b != f"{kind}-fp32"):
             lines.append(f"- {b} vs {'torch (same user)' if kind == 'ours' else kind + '-fp32'}: {agreement(g, ref)} %")
     par = res.get("parity")
     if par:
