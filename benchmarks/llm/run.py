@@ -445,9 +445,11 @@ def main(argv=None):
         print(json.dumps(worker(json.loads(args.worker))))
         return
     precisions = ("fp32",) if args.quick else tuple(args.precisions.split(","))
-    out = HERE / ("runs_quick" if args.quick else "-".join(["runs", *(o.replace("=", "_") for o in OPTIONS)]))
+    subset = [] if precisions == PRECISIONS else list(precisions)
+    out = HERE / ("runs_quick" if args.quick else "-".join(["runs", *(o.replace("=", "_") for o in OPTIONS), *subset,
+                                                             *([f"r{args.rounds}"] if args.rounds != 2 else [])]))
     out.mkdir(exist_ok=True)
-    st = measure.stamp(COMMAND + (" --quick" if args.quick else ""), dirty_paths=CODE)
+    st = measure.stamp(" ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])]), dirty_paths=CODE)
     folders = {f"{k}-{p}": build(k, p) for p in precisions for k in KINDS}
     st["builder_options"] = OPTIONS
     print(f"builds ready: {sorted(folders)}", file=sys.stderr)
