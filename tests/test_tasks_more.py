@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from edge_lorax.builder import tasks_pkg
 from edge_lorax.builder.data import DataError, load_task
-from edge_lorax.formats.errors import InputError
 from edge_lorax.cli import cli
+from edge_lorax.formats.errors import InputError
 
 DISASTER_HEADER = "id,split,message,original,genre,related,PII,request,child_alone,water\n"
 
