@@ -356,12 +356,15 @@ def test_bad_inputs_are_one_line_refusals(setup, tmp_path):
         broken[name] = damage
     shutil.copytree(bundle, tmp_path / "badchat")
     (tmp_path / "badchat" / "chat_template.jinja").write_text("{{ foo(")
+    shutil.copytree(bundle, tmp_path / "listmanifest")
+    (tmp_path / "listmanifest" / "manifest.json").write_text("[]")
     cases = [
         (["generate", bundle, ""], "no tokens"),
         (["generate", bundle, "--coeffs", tmp_path / "inf.onnx_adapter", PROMPT], "NaN or Inf"),
         (["generate", tmp_path / "nodata", PROMPT], "model.onnx.data"),
         (["generate", tmp_path / "noconfig", PROMPT], "genai_config.json"),
         (["generate", tmp_path / "badchat", "--chat", PROMPT], "chat_template.jinja"),
+        (["generate", tmp_path / "listmanifest", PROMPT], "manifest.json: holds a JSON list"),
         (["export", "--model", model, "--subspace", root / "sub", "-o", tmp_path / "x", "--builder-option", "exclude_embeds=true"], "exclude_embeds"),
         (["export", "--model", model, "--subspace", root / "sub", "-o", tmp_path / "x", "--builder-option", "block_size=32",
           "--builder-option", "block_size=64"], "twice"),

@@ -27,6 +27,7 @@ import numpy as np
 
 from edge_lorax.formats import names
 from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.formats.onnx_adapter import fingerprint_version, read_onnx_adapter, write_onnx_adapter
 from edge_lorax.formats.user import check_fingerprint, read_user
 from edge_lorax.runtime.tokens import TOKENIZER_CONFIG, load_tokenizer, special_tokens, tokenizer_config
@@ -51,17 +52,11 @@ class Generation:
 
 
 def _manifest(bundle: Path) -> dict:
-    path = bundle / names.BUNDLE_MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable bundle manifest ({e}); pass a folder written by `edge-lorax export`") from e
+    manifest = read_json_object(bundle / names.BUNDLE_MANIFEST, "pass a folder written by `edge-lorax export`")
     if manifest.get("task") != names.TASK_CAUSAL_LM or not manifest.get("kv_cache"):
         raise InputError(f"{bundle}: a {manifest.get('task')} bundle, not a decoder (KV-cache) bundle; `generate` needs "
                          "one exported from a Llama-family model (`edge-lorax export --model smollm2 ...`); use "
                          "`edge-lorax run` for this one")
-    if not (bundle / names.TOKENIZER_FILE).is_file():
-        raise InputError(f"{bundle}: no {names.TOKENIZER_FILE}; re-export the bundle from a model folder with its tokenizer")
     return manifest
 
 

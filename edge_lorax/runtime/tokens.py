@@ -59,7 +59,7 @@ def special_tokens(folder) -> dict:
     """tokenizer_config.json's `*_token` entries (bos_token, eos_token, pad_token, ...) as strings; null ones left out.
     Chat templates refer to them by these names."""
     folder, out = Path(folder), {}
-    for key, value in tokenizer_config(Path(folder)).items():
+    for key, value in tokenizer_config(folder).items():
         if not key.endswith("_token") or value is None:
             continue
         value = value.get("content") if isinstance(value, dict) else value
