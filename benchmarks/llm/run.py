@@ -287,19 +287,25 @@ def worker(spec: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------------- orchestrate
 
-def torch_reference(quick: bool, chat_ids: list, bundle: Path) -> dict:
-    """HF eager generate (KV cache), one thread: TTFT per prompt length, decode tokens/s, greedy chat tokens (the
-    projected user injected, as the `ours` bundles serve it)."""
-    import torch
-
+def injected_net():
+    """The torch reference of the `ours` builds: SmolLM2 with the bench subspace injected, the default user's
+    coefficients loaded, in eval mode (loaded once; torch_reference, logits_parity and torch_accuracy share it)."""
     from edge_lorax.builder.inject import inject_subspace
     from edge_lorax.builder.models import load_causal_lm, resolve_model
     from edge_lorax.formats.subspace import read_subspace
     from edge_lorax.formats.user import read_user
 
-    torch.set_num_threads(1)
-    net = load_causal_lm(resolve_model("smollm2"))
+    net = load_causal_lm(resolve_model("smollm2")).eval()
     inject_subspace(net, read_subspace(CACHE / "subspace"), coeffs=read_user(CACHE / "user.npz").inputs())
+    return net
+
+
+def torch_reference(net, quick: bool, chat_ids: list, bundle: Path) -> dict:
+    """HF eager generate (KV cache), one thread: TTFT per prompt length, decode tokens/s, greedy chat tokens (the
+    projected user injected, as the `ours` bundles serve it)."""
+    import torch
+
+    torch.set_num_threads(1)
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(bundle / names.TOKENIZER_FILE))
@@ -369,17 +375,14 @@ def task_accuracy(folder: Path, rows: int) -> dict:
     return out
 
 
-def torch_accuracy(rows: int) -> dict:
-    """task_accuracy's figures from torch (each task's user injected; HF generate, greedy, batches of 8)."""
+def torch_accuracy(net, rows: int) -> dict:
+    """task_accuracy's figures from torch (each task's user loaded into `net`; HF generate, greedy, batches of 8)."""
     from edge_lorax.builder.generative import Generation
-    from edge_lorax.builder.inject import inject_subspace, load_coeff_tensors
-    from edge_lorax.builder.models import load_causal_lm, load_tokenizer, resolve_model
-    from edge_lorax.formats.subspace import read_subspace
+    from edge_lorax.builder.inject import load_coeff_tensors
+    from edge_lorax.builder.models import load_tokenizer, resolve_model
     from edge_lorax.formats.user import read_user
 
-    path, out = resolve_model("smollm2"), {}
-    net, tok = load_causal_lm(path), load_tokenizer(path)
-    inject_subspace(net, read_subspace(CACHE / "subspace"), coeffs=read_user(CACHE / "user.npz").inputs())
+    tok, out = load_tokenizer(resolve_model("smollm2")), {}
     for spec in ACCURACY_TASKS:
         task, split = _task_split(spec, rows)
         objective = Generation(task, tok, 512)
@@ -388,29 +391,25 @@ def torch_accuracy(rows: int) -> dict:
     return out
 
 
-def logits_parity(folder: Path, chat_ids: list) -> dict:
+def logits_parity(net, folder: Path, chat_ids: list) -> dict:
     """Prefill logits of the fp32 bundle (plain onnxruntime, its default user) vs torch with that user injected, on
-    the chat prompts: max |Δ| against torch fp32, and torch fp32 vs torch fp64 (the reference's own rounding)."""
+    the chat prompts: max |Δ| against torch fp32, and torch fp32 vs torch fp64 (the reference's own rounding); `net`
+    is returned to float32 (exact: its weights are float32 values)."""
     import onnxruntime as ort
     import torch
 
-    from edge_lorax.builder.inject import inject_subspace
-    from edge_lorax.builder.models import load_causal_lm, resolve_model
     from edge_lorax.export.llm_bundle import prefill_feeds
-    from edge_lorax.formats.subspace import read_subspace
-    from edge_lorax.formats.user import read_user
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     sess = ort.InferenceSession(str(folder / names.BUNDLE_MODEL), options, providers=["CPUExecutionProvider"])
     config = json.loads((folder / "genai_config.json").read_text())
-    net = load_causal_lm(resolve_model("smollm2")).eval()
-    inject_subspace(net, read_subspace(CACHE / "subspace"), coeffs=read_user(CACHE / "user.npz").inputs())
     ours = [sess.run(["logits"], prefill_feeds(ids, config))[0][0] for ids in chat_ids]  # (T, vocab) each
     with torch.no_grad():
         ref = [net(torch.tensor([ids])).logits[0].numpy() for ids in chat_ids]
         net.double()
         ref64 = [net(torch.tensor([ids])).logits[0].numpy() for ids in chat_ids]
+        net.float()
     return {"prompts": len(chat_ids), "positions": sum(len(i) for i in chat_ids),
             "max_abs_diff_vs_torch_fp32": float(max(np.abs(a - b).max() for a, b in zip(ours, ref))),
             "max_abs_diff_vs_torch_fp64": float(max(np.abs(a - b).max() for a, b in zip(ours, ref64))),
@@ -466,13 +465,14 @@ def main(argv=None):
                 runs.setdefault(f"{name}_t{threads}", []).append(run_worker(folder, threads, args.quick, chat_ids))
     (out / "runs.partial.json").write_text(json.dumps(runs))  # the timings, kept should a later stage fail
     rows = 16 if args.quick else ACCURACY_ROWS
-    result = {"stamp": measure.finish(st), "runs": runs, "torch": torch_reference(args.quick, chat_ids, ours),
+    net = injected_net()
+    result = {"stamp": measure.finish(st), "runs": runs, "torch": torch_reference(net, args.quick, chat_ids, ours),
               "sizes": {n: sum(f.stat().st_size for f in p.iterdir() if f.is_file()) for n, p in folders.items()},
               "build_s": {n: build_seconds(p) for n, p in folders.items()},
               "verification": {n: _manifest(p).get("verification") for n, p in folders.items() if n.startswith("ours")},
-              "parity": logits_parity(folders["ours-fp32"], chat_ids) if "ours-fp32" in folders else None,
+              "parity": logits_parity(net, folders["ours-fp32"], chat_ids) if "ours-fp32" in folders else None,
               "accuracy": {**{n: task_accuracy(p, rows) for n, p in folders.items() if n.startswith("ours")},
-                           "torch": torch_accuracy(rows)},
+                           "torch": torch_accuracy(net, rows)},
               "quick": args.quick}
     (out / "results.json").write_text(measure.portable(json.dumps(result, indent=1)) + "\n")
     (out / "runs.partial.json").unlink()
