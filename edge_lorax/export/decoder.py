@@ -5,14 +5,16 @@ The builder (`python -m onnxruntime_genai.models.builder`) writes a Llama-family
 at int4, MatMulNBits weights; `genai_config.json` beside it lets onnxruntime-genai generate from it. `add_coefficients`
 then puts each target module's low-rank path beside the projection that writes it, as a small Model -> Model pass:
 
-    δ = (x · C_Aᵀ) · W,   W = (coeff_B · coeff_A)ᵀ · C_Bᵀ            # (…, K) · (K, out): ΔW x of EigenLoRAx (paper §3)
+    δ = ((x · C_Aᵀ) · M) · C_Bᵀ,   M = (coeff_B · coeff_A)ᵀ                # (…, K) · (K, K) · (K, out): ΔW x (paper §3)
 
 Modules that read the same input (q, k and v) share one MatMul against their stacked components_A; the modules that
-write one fused output (qkv_proj) share one W. All the W's of a family of outputs (same width, same module shapes:
-every layer's qkv_proj) are assembled at once per run from the coefficient inputs — two Concats, one batched
-coeff_B · coeff_A, one batched product with C_Bᵀ, a few Reshapes — so each projection adds per token only a Gather,
-two MatMuls and an Add, however many target modules it holds. Coefficient inputs are named like the keys of a
-user.npz and get same-name initializers (optional inputs) holding the default user.
+write one fused output (qkv_proj) share one M (block diagonal) and one MatMul against their components_B, placed at
+their columns. Every M of a family of outputs (same width, same module shapes: every layer's qkv_proj) is assembled
+at once per run from the coefficient inputs — two Concats, one batched product, a block mask, one Split — so each
+projection adds per token three MatMuls and an Add, however many target modules it holds, and the components stay
+constants. (Assembling W = M · C_Bᵀ per run instead, one MatMul fewer per token, measured slower on SmolLM2 at int4:
+it rewrites every layer's (K, out) matrix on every decode step; benchmarks/llm.) Coefficient inputs are named like
+the keys of a user.npz and get same-name initializers (optional inputs) holding the default user.
 
 Does not: quantize (the builder does, at the precision asked), tokenizers or generation.
 """
@@ -135,44 +137,65 @@ def _const(graph, name: str, values, dtype=np.int64) -> str:
     return name
 
 
-def _assemble(graph, p: str, outputs: list, subspace: Subspace, width: int, per_example: bool) -> str:
-    """Nodes computing every W of a family of outputs at once, from the coefficient inputs (a handful of kernels per
-    run instead of three per module): W_all (F, S·K, width), per example (batch, F, S·K, width), where output f's
-    W stacks its S modules' (coeff_B · coeff_A)ᵀ · C_Bᵀ, C_Bᵀ placed at the module's columns."""
+def _assemble(graph, p: str, outputs: list, subspace: Subspace, per_example: bool) -> str:
+    """Nodes computing every mixing matrix of a family of outputs at once from the coefficient inputs (a handful of
+    tiny kernels per run), returned one per output: M_all (F, S·K, S·K), per example (batch, F, S·K, S·K), where output f's M holds its S
+    modules' (coeff_B · coeff_A)ᵀ on the diagonal blocks. One batched product gives every cross block too (T·U with
+    T = [coeff_A,1 … coeff_A,S]ᵀ, U = [coeff_B,1 … coeff_B,S]ᵀ); a constant block mask zeroes the cross blocks."""
     slots = [s for _, group in outputs for s in group]
     f, n = len(outputs), len(slots)
     ms0 = subspace.modules[slots[0].module]
     k, r, per = ms0.k, ms0.rank, n // f
-    cbt = np.zeros((n, k, width), np.float32)  # (F·S, K, width)
-    for i, slot in enumerate(slots):
-        cbt[i, :, slot.lo:slot.hi] = subspace.modules[slot.module].components_B.T
-    lead, t = ([0], [0, 1, 3, 2]) if per_example else ([], [0, 2, 1])  # Reshape's 0 keeps the batch dim
+    mask = np.kron(np.eye(per, dtype=np.float32), np.ones((k, k), np.float32))  # (S·K, S·K)
+    lead, t = ([0], [0, 1, 2, 4, 3]) if per_example else ([], [0, 1, 3, 2])  # Reshape's 0 keeps the batch dim
     a = [names.coeff_name(s.module, names.COEFF_A) for s in slots]
     b = [names.coeff_name(s.module, names.COEFF_B) for s in slots]
     graph.node.extend([
         helper.make_node("Concat", a, [f"{p}/A"], name=f"{p}/A", axis=-2),  # (F·S·r, K)
-        helper.make_node("Reshape", [f"{p}/A", _const(graph, f"{p}/A_shape", lead + [n, r, k])], [f"{p}/A3"], name=f"{p}/A3"),
+        helper.make_node("Reshape", [f"{p}/A", _const(graph, f"{p}/A_shape", lead + [f, per, r, k])], [f"{p}/A4"],
+                         name=f"{p}/A4"),
+        helper.make_node("Transpose", [f"{p}/A4"], [f"{p}/At"], name=f"{p}/At", perm=t),  # (F, S, K, r)
+        helper.make_node("Reshape", [f"{p}/At", _const(graph, f"{p}/T_shape", lead + [f, per * k, r])], [f"{p}/T"],
+                         name=f"{p}/T"),  # (F, S·K, r): every coeff_Aᵀ stacked
         helper.make_node("Concat", b, [f"{p}/B"], name=f"{p}/B", axis=-2),  # (F·S·K, r)
-        helper.make_node("Reshape", [f"{p}/B", _const(graph, f"{p}/B_shape", lead + [n, k, r])], [f"{p}/B3"], name=f"{p}/B3"),
-        helper.make_node("MatMul", [f"{p}/B3", f"{p}/A3"], [f"{p}/BA"], name=f"{p}/BA"),  # (F·S, K, K) = coeff_B · coeff_A
-        helper.make_node("Transpose", [f"{p}/BA"], [f"{p}/M"], name=f"{p}/M", perm=t),
-        helper.make_node("MatMul", [f"{p}/M", _init(graph, f"{p}/components_B_t", cbt)], [f"{p}/Wm"], name=f"{p}/Wm"),
-        helper.make_node("Reshape", [f"{p}/Wm", _const(graph, f"{p}/W_shape", lead + [f, per * k, width])], [f"{p}/W"],
-                         name=f"{p}/W"),  # (F, S·K, width)
+        helper.make_node("Reshape", [f"{p}/B", _const(graph, f"{p}/B_shape", lead + [f, per * k, r])], [f"{p}/B3"],
+                         name=f"{p}/B3"),  # (F, S·K, r): every coeff_B stacked
+        helper.make_node("Transpose", [f"{p}/B3"], [f"{p}/U"], name=f"{p}/U", perm=[0, 1, 3, 2] if per_example else [0, 2, 1]),
+        helper.make_node("MatMul", [f"{p}/T", f"{p}/U"], [f"{p}/TU"], name=f"{p}/TU"),  # (F, S·K, S·K)
+        helper.make_node("Mul", [f"{p}/TU", _init(graph, f"{p}/block_mask", mask)], [f"{p}/M"], name=f"{p}/M"),
     ])
-    return f"{p}/W"
+    return _split(graph, f"{p}/M", [f"{p}/M{j}" for j in range(f)], per_example)
 
 
-def _add_branch(graph, index: int, w_all: str, output: str, slots: list, subspace: Subspace, per_example: bool):
-    """δ = (x · [C_A,m]ᵀ) · W_f for the modules writing `output` (the f-th of its family); its consumers then read
-    output + δ. Per example, x · C_Aᵀ is still one MatMul for every row: only W differs by row."""
+def _split(graph, m_all: str, parts: list, per_example: bool) -> list:
+    """One M per output: a Split along F giving (1, ΣK, ΣK) — MatMul broadcasts it over the batch — or, per example,
+    a Gather per output giving (batch, ΣK, ΣK) (ONNX Runtime fuses the Gathers into one Split)."""
+    if not per_example:
+        graph.node.append(helper.make_node("Split", [m_all], parts, name=f"{m_all}/split", axis=0,
+                                           num_outputs=len(parts)))
+        return parts
+    for j, part in enumerate(parts):
+        graph.node.append(helper.make_node("Gather", [m_all, _const(graph, f"{part}/index", j)], [part], name=part,
+                                           axis=1))
+    return parts
+
+
+def _add_branch(graph, m: str, output: str, slots: list, subspace: Subspace, width: int):
+    """δ = ((x · [C_A,m]ᵀ) · M_f) · [C_B,m]ᵀ for the modules writing `output` (the f-th of its family); its consumers
+    then read output + δ. `m`: its M, (1, ΣK, ΣK) or per example (batch, ΣK, ΣK). The components stay constants."""
     p = f"/edge_lorax{output.rsplit('/MatMul', 1)[0]}"
     cat = np.concatenate([subspace.modules[s.module].components_A for s in slots], axis=0).T  # (in, ΣK)
+    cbt = np.zeros((cat.shape[1], width), np.float32)  # (ΣK, width): each C_Bᵀ at its module's rows and columns
+    row = 0
+    for s in slots:
+        cb = subspace.modules[s.module].components_B  # (out, K)
+        cbt[row:row + cb.shape[1], s.lo:s.hi] = cb.T
+        row += cb.shape[1]
     graph.node.extend([
-        helper.make_node("Gather", [w_all, _const(graph, f"{p}/index", index)], [f"{p}/W"], name=f"{p}/W",
-                         axis=1 if per_example else 0),  # (ΣK, width) or (batch, ΣK, width)
         helper.make_node("MatMul", [slots[0].x, _init(graph, f"{p}/components_A_t", cat)], [f"{p}/h"], name=f"{p}/h"),
-        helper.make_node("MatMul", [f"{p}/h", f"{p}/W"], [f"{p}/delta"], name=f"{p}/delta"),  # (…, width)
+        helper.make_node("MatMul", [f"{p}/h", m], [f"{p}/g"], name=f"{p}/g"),  # (…, ΣK)
+        helper.make_node("MatMul", [f"{p}/g", _init(graph, f"{p}/components_B_t", cbt)], [f"{p}/delta"],
+                         name=f"{p}/delta"),  # (…, width)
     ])
     for node in graph.node:
         node.input[:] = [f"{p}/sum" if i == output else i for i in node.input]
@@ -206,9 +229,9 @@ def add_coefficients(model: onnx.ModelProto, subspace: Subspace, config: dict, d
         for _, slots in outputs:
             for slot in slots:
                 _coefficient_inputs(out.graph, slot, subspace.modules[slot.module], per_example)
-        w_all = _assemble(out.graph, f"/edge_lorax/family{i}", outputs, subspace, width, per_example)
-        for index, (output, slots) in enumerate(outputs):
-            _add_branch(out.graph, index, w_all, output, slots, subspace, per_example)
+        mixes = _assemble(out.graph, f"/edge_lorax/family{i}", outputs, subspace, per_example)
+        for m, (output, slots) in zip(mixes, outputs):
+            _add_branch(out.graph, m, output, slots, subspace, width)
     _sort(out.graph)
     return add_input_defaults(out, defaults)
 
