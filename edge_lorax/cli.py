@@ -116,9 +116,13 @@ def _emit(data: dict, as_json: bool):
                    "drop: centre and discard it (paper).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--allow-base-mismatch", is_flag=True, help="Accept adapters whose base model ids differ.")
+@click.option("--sources/--no-sources", default=True, show_default=True,
+              help="Keep every adapter's projection in sources.npz (a few KB each): bundles ship it and `personalize` "
+                   "starts from a mix of them.")
 @click.option("--overwrite", is_flag=True)
 @_friendly
-def build(adapters, output, components, explained_variance, augment, mean, seed, allow_base_mismatch, overwrite):
+def build(adapters, output, components, explained_variance, augment, mean, seed, allow_base_mismatch, sources,
+          overwrite):
     """Build a subspace from PEFT LoRA adapter folders.
 
     \b
@@ -141,7 +145,12 @@ def build(adapters, output, components, explained_variance, augment, mean, seed,
     sub = build_subspace(adapters, components=components, explained_variance=explained_variance, augment=augment,
                          mean=mean, seed=seed, allow_base_mismatch=allow_base_mismatch,
                          progress=lambda mods: progress(mods, "modules"))
-    write_subspace(sub, output, overwrite)
+    kept = None
+    if sources:
+        from edge_lorax.builder.project import project_sources
+
+        kept = project_sources(sub, adapters)
+    write_subspace(sub, output, overwrite, kept)
     from edge_lorax.describe import describe
 
     _emit({"output": output, **describe(output)}, False)
@@ -391,6 +400,63 @@ def _stream(llm, gen, as_json: bool):
     click.echo(json.dumps({"prompt": gen.prompt, "text": llm.decode(gen.tokens), "tokens": gen.tokens,
                            "prompt_tokens": gen.prompt_tokens, "time_to_first_token_ms": gen.time_to_first_token_ms,
                            "tokens_per_s": gen.tokens_per_s}))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False),
+              help="Local examples: a .csv, .tsv or .jsonl file with text and label columns.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="user.npz to write.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True)
+@click.option("--init", type=click.Path(dir_okay=False),
+              help="user.npz or .onnx_adapter to start from [default: the bundle's defaults].")
+@click.option("--method", type=click.Choice(["head", "mix", "refine"]), default="refine", show_default=True,
+              help="head: fit the head only; mix: + mix the bundle's projected sources; refine: + every coefficient.")
+@click.option("--steps", type=click.IntRange(min=0), help="SPSA steps in all [default: until --budget-seconds].")
+@click.option("--budget-seconds", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Wall time for the whole fit, loading included.")
+@click.option("--holdout", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
+              help="Share of the examples held out to check the fit.")
+@click.option("--variant", type=click.Choice(["fp32", "int8", "ort", "int8_ort"]), default="fp32", show_default=True,
+              help="The bundle's model file to run.")
+@click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime threads [default: all usable cores].")
+@click.option("--max-length", type=click.IntRange(min=1), default=48, show_default=True, help="Tokens per example.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Split, minibatches, perturbations.")
+@click.option("--json", "as_json", is_flag=True, help="The fit report as JSON.")
+@click.option("--overwrite", is_flag=True)
+@_friendly
+def personalize(bundle, data, output, text_column, label_column, kind, init, method, steps, budget_seconds, holdout,
+                variant, threads, max_length, seed, as_json, overwrite):
+    """Fit a user on this machine from local examples (torch-free: ONNX Runtime forwards, numpy head).
+
+    \b
+    Examples:
+      edge-lorax personalize out/demo/bundle --data my_notes.csv -o me.npz
+      edge-lorax personalize out/demo/bundle --data my_notes.csv -o me.npz --variant int8 --threads 1
+    """
+    import time
+
+    from edge_lorax.formats.tasks import read_task
+    from edge_lorax.formats.user import write_user
+    from edge_lorax.runtime.bundle import SessionConfig, open_bundle
+    from edge_lorax.runtime.infer import check_max_length
+    from edge_lorax.runtime.personalize import FitConfig, check_task
+    from edge_lorax.runtime.personalize import personalize as fit
+    from edge_lorax.runtime.users import load_user
+
+    t0 = time.perf_counter()
+    check_output(output, overwrite)
+    task = read_task(data, text_column, label_column, kind, fractions=(1 - holdout, holdout, 0.0), seed=seed)
+    check_task(task, data)
+    opened = open_bundle(bundle, SessionConfig(threads=threads or 0, variant=variant))
+    config = FitConfig(method=method, steps=steps, budget_s=budget_seconds, seed=seed,
+                       max_length=check_max_length(opened, max_length))
+    start = load_user(opened, init) if init else None
+    result = fit(opened, task, start, config, lambda msg: click.echo(msg, err=True), t0)
+    write_user(result.user, output)
+    _emit({"output": output, **result.report}, as_json)
 
 
 @cli.command("run")

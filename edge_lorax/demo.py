@@ -27,14 +27,14 @@ def _build_users(adapters: Path, out: Path, steps: int) -> tuple:
     """Subspace + two coefficient files: nyt-projected (no training), nyt-trained (coefficients + head)."""
     from edge_lorax.builder.data import load_task
     from edge_lorax.builder.loop import TrainConfig
-    from edge_lorax.builder.project import project_adapter
+    from edge_lorax.builder.project import project_adapter, project_sources
     from edge_lorax.builder.subspace import build_subspace
     from edge_lorax.builder.train import train_coeffs
     from edge_lorax.formats.subspace import write_subspace
     from edge_lorax.formats.user import write_user
 
     sub = build_subspace([adapters / s for s in SOURCES], components=8, mean="keep")
-    write_subspace(sub, out / "subspace", overwrite=True)
+    write_subspace(sub, out / "subspace", overwrite=True, sources=project_sources(sub, [adapters / s for s in SOURCES]))
     proj = project_adapter(sub, adapters / "nyt-binary")
     write_user(proj.coeffs, out / "nyt-projected.npz")
     log(f"subspace {sub.fingerprint}: 9 sources, K=8; nyt-binary projected, relative ΔW error {proj.overall:.3f}")

@@ -10,6 +10,7 @@ as `edge-lorax train` writes it), else None (bare features).
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from edge_lorax.formats.peft import (
     renamed,
     write_adapter,
 )
+from edge_lorax.formats.sources import stack_sources
 from edge_lorax.formats.subspace import Subspace
 from edge_lorax.formats.user import User, check_fingerprint, head_weight
 
@@ -105,6 +107,19 @@ def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True) -> 
     if head:
         meta["head_module"] = info.head_module.rsplit(".", 1)[-1]  # reconstruct saves it so ("score" on a Llama)
     return Projection(User(subspace.fingerprint, tensors, head, meta), errors, (num / den) ** 0.5)
+
+
+def project_sources(subspace: Subspace, adapter_dirs) -> User:
+    """Every source adapter's projection (heads left out), stacked in the given order under its folder name (a
+    repeated name gets -2, -3, ...): the sources.npz that `build` keeps and bundles ship (formats.sources)."""
+    users = {}
+    for adapter_dir in adapter_dirs:
+        name, n = Path(adapter_dir).name, 1
+        while name in users:
+            n += 1
+            name = f"{Path(adapter_dir).name}-{n}"
+        users[name] = project_adapter(subspace, adapter_dir, with_head=False).coeffs
+    return stack_sources(subspace.fingerprint, users)
 
 
 def _adapter_head(adapter_dir) -> dict:

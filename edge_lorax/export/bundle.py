@@ -1,7 +1,8 @@
 """`edge-lorax export`: a self-contained bundle folder, written atomically and verified before it appears.
 
 Folder: model.onnx (weights inline; `model.onnx.data` only past protobuf's 2 GB), optionally model.int8.onnx and
-the .ort files, tokenizer files, config.json, manifest.json and `<user>.onnx_adapter` when --coeffs is given.
+the .ort files, tokenizer files, config.json, manifest.json, `<user>.onnx_adapter` when --coeffs is given and the
+subspace's sources.npz (its projected source adapters, for on-device personalisation) when it has one.
 Refuses, before any work: an existing or unwritable output (unless overwrite), a --coeffs user of another subspace,
 of a larger shape or with out-of-range values (a lower K' or r' is zero-padded, so the bundle keeps the subspace's
 input shapes and serves every user), a model whose modules, shapes or id differ from the subspace's, an unreadable
@@ -31,8 +32,9 @@ from edge_lorax.formats.atomic import atomic_dir, check_output
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.formats.onnx_adapter import write_onnx_adapter
+from edge_lorax.formats.sources import SOURCES_FILE, read_sources
 from edge_lorax.formats.subspace import Subspace, read_subspace
-from edge_lorax.formats.user import User, conform_user, read_user
+from edge_lorax.formats.user import User, conform_user, read_user, subspace_shapes
 
 QUANTIZE = ("int8", "int4")  # int4: decoder bundles only (the model builder's MatMulNBits)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
@@ -238,6 +240,7 @@ def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=
     with atomic_dir(out_dir, overwrite) as tmp:
         graph, reference = prepare_graphs(path, subspace, coeffs, task, labels, per_example, merge)
         side = _write_side_files(tmp, path, graph, coeffs_path, coeffs)  # first: verification uses the tokenizer
+        side["sources"] = _copy_sources(Path(subspace_path), subspace, tmp)
         files, checks = _write_models(tmp, graph, reference, exporter, quantize, ort_format, subspace.fingerprint)
         manifest = _build_manifest(graph, subspace, path, coeffs_path, exporter, {**files, **side}, checks)
         (tmp / names.BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -263,6 +266,16 @@ def _write_models(tmp: Path, graph: g.Prepared, reference: g.Prepared, exporter:
     if graph.spec.mode != names.MODE_SHARED:
         files[graph.spec.mode.replace("-", "_")] = fp32.name  # runtime variant keys: per_example, merged
     return {**files, "external_data": written[1:]}, checks
+
+
+def _copy_sources(subspace_path: Path, subspace: Subspace, tmp: Path) -> str | None:
+    """The subspace's sources.npz (the projected source adapters), checked, byte for byte; None when it has none."""
+    src = subspace_path / SOURCES_FILE
+    if not src.is_file():
+        return None
+    read_sources(src, subspace.fingerprint, subspace_shapes(subspace))
+    shutil.copyfile(src, tmp / SOURCES_FILE)
+    return SOURCES_FILE
 
 
 def _write_side_files(tmp: Path, path: Path, graph: g.Prepared, coeffs_path, coeffs) -> dict:

@@ -4,7 +4,8 @@ The wrapper's forward(input_ids, attention_mask, *coefficient tensors) hands the
 (and to the task head) through `set_feed`, so no exporter can constant-fold them; the graph inputs are named
 exactly like the keys of a user.npz. Exports with the TorchScript exporter (fast, checked on BERT, GPT-2, Llama)
 or, on request, the dynamo exporter. Tasks: sequence classification / regression (head = MatMul + Add over a
-pre-transposed weight input), mean-pooled features, causal-LM logits.
+pre-transposed weight input; a second output `head_input`, what the head reads, lets a device fit the head itself),
+mean-pooled features, causal-LM logits.
 Does not: KV cache or generation, token_type_ids inputs, encoder-decoder models, heads other than a Linear.
 """
 
@@ -76,9 +77,10 @@ class FeedHead(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.feed = {}
+        self.feed, self.seen = {}, None
 
     def forward(self, x):  # x: (B, in) or (B, T, in)
+        self.seen = x  # the wrapper returns it as head_input
         w, b = self.feed[names.HEAD_WEIGHT_T], self.feed[names.HEAD_BIAS]  # (in, L), (L,) or (B, in, L), (B, L)
         if w.dim() == 2:
             return x @ w + b  # (..., L)
@@ -88,11 +90,13 @@ class FeedHead(nn.Module):
 
 
 class ExportWrapper(nn.Module):
-    """forward(input_ids, attention_mask, *feeds) -> the task output; feeds named like user.npz keys."""
+    """forward(input_ids, attention_mask, *feeds) -> the task output, then head_input (B, in) when `head_input` is
+    set (a FeedHead reading one pooled vector per example); feeds named like user.npz keys."""
 
-    def __init__(self, model: nn.Module, task: str, feed_names: list, head: FeedHead | None):
+    def __init__(self, model: nn.Module, task: str, feed_names: list, head: FeedHead | None, head_input: bool = False):
         super().__init__()
         self.model, self.task, self.feed_names, self.head = model, task, list(feed_names), head
+        self.head_input = head_input
 
     def forward(self, input_ids, attention_mask, *tensors):  # (B, T) int64 x2, then one tensor per feed name
         feed = dict(zip(self.feed_names, tensors))  # a fresh dict per call: the dynamo tracer sees every read
@@ -103,7 +107,24 @@ class ExportWrapper(nn.Module):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         if self.task == names.TASK_FEATURES:
             return mean_pool(out.last_hidden_state, attention_mask)  # (B, H)
+        if self.head_input:
+            return out.logits, self.head.seen  # (B, L), (B, in)
         return out.logits  # (B, L) or (B, T, V)
+
+
+def reads_pooled(model, head: FeedHead) -> bool:
+    """Whether the head reads one vector per example (BERT-style pooler / CLS), checked by one tiny forward; a head
+    over every token's state (Llama-style sequence classification, pooled after the head) does not."""
+    tokens = sample_tokens(model.config.vocab_size, batch=1, seq=3)
+    head.feed = {k: torch.zeros(v) for k, v in ((names.HEAD_WEIGHT_T, (model.config.hidden_size, 1)),
+                                                 (names.HEAD_BIAS, (1,)))}
+    with torch.no_grad():
+        try:
+            model(**{k: torch.from_numpy(v) for k, v in tokens.items()})
+        except Exception:  # a head whose input width is not hidden_size: no head_input output
+            return False
+    seen, head.seen, head.feed = head.seen, None, {}
+    return seen is not None and seen.dim() == 2
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -159,13 +180,15 @@ def _batched(shape: tuple, per_example: bool) -> tuple:
     return (names.DIM_BATCH, *shape) if per_example else tuple(shape)
 
 
-def _output_spec(task: str, model) -> TensorSpec:
+def output_specs(task: str, model, head_input: bool = False) -> tuple:
+    """The graph's outputs: features, LM logits, or the head's logits then (head_input) what the head reads."""
     cfg = model.config
     if task == names.TASK_FEATURES:
-        return TensorSpec(names.FEATURES, (names.DIM_BATCH, cfg.hidden_size))
+        return (TensorSpec(names.FEATURES, (names.DIM_BATCH, cfg.hidden_size)),)
     if task == names.TASK_CAUSAL_LM:
-        return TensorSpec(names.LOGITS, (names.DIM_BATCH, names.DIM_SEQUENCE, cfg.vocab_size))
-    return TensorSpec(names.LOGITS, (names.DIM_BATCH, cfg.num_labels))
+        return (TensorSpec(names.LOGITS, (names.DIM_BATCH, names.DIM_SEQUENCE, cfg.vocab_size)),)
+    logits = TensorSpec(names.LOGITS, (names.DIM_BATCH, cfg.num_labels))
+    return (logits, TensorSpec(names.HEAD_INPUT, (names.DIM_BATCH, cfg.hidden_size))) if head_input else (logits,)
 
 
 def prepare(model, head_in_checkpoint: bool, subspace: Subspace, coeffs: User | None, task: str,
@@ -175,18 +198,19 @@ def prepare(model, head_in_checkpoint: bool, subspace: Subspace, coeffs: User | 
     inject_subspace(model, subspace, coeffs=coeffs.coefficients if coeffs else None)
     defaults = {k: np.asarray(coeffs.coefficients[k], np.float32) if coeffs else np.zeros(s, np.float32)
                 for k, s in shapes.items()}
-    head, source = None, None
+    head, source, pooled = None, None, False
     if task in HEAD_TASKS:
         head_vals, source = _head_defaults(model, head_in_checkpoint, coeffs)
         defaults.update(head_vals)
         head = FeedHead()
         setattr(model, head_module(model), head)
+        pooled = reads_pooled(model, head)
     if per_example:
         defaults = {k: v[None] for k, v in defaults.items()}  # (1, ...): broadcasts over any batch when not fed
     feeds = tuple(TensorSpec(k, _batched(v.shape[1:] if per_example else v.shape, per_example)) for k, v in defaults.items())
     mode = names.MODE_PER_EXAMPLE if per_example else names.MODE_SHARED
-    spec = GraphSpec(task, mode, token_specs(), feeds, (_output_spec(task, model),))
-    return Prepared(ExportWrapper(model, task, list(defaults), head).eval(), spec, defaults, source)
+    spec = GraphSpec(task, mode, token_specs(), feeds, output_specs(task, model, pooled))
+    return Prepared(ExportWrapper(model, task, list(defaults), head, pooled).eval(), spec, defaults, source)
 
 
 def prepare_merged(model, subspace: Subspace, coeffs: User, task: str) -> Prepared:
@@ -196,7 +220,7 @@ def prepare_merged(model, subspace: Subspace, coeffs: User, task: str) -> Prepar
     if task in HEAD_TASKS and coeffs.head:
         write_head(model, coeffs.head)  # (L, in), (L,)
     merged_model(model, subspace, coeffs)
-    spec = GraphSpec(task, names.MODE_MERGED, token_specs(), (), (_output_spec(task, model),))
+    spec = GraphSpec(task, names.MODE_MERGED, token_specs(), (), output_specs(task, model))
     return Prepared(ExportWrapper(model, task, [], None).eval(), spec, {}, "coeffs" if coeffs.head else None)
 
 

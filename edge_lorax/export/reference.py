@@ -83,7 +83,7 @@ def _reference_graph(model, task: str, feeds: dict, mode: str, holder: dict | No
     if holder is not None:
         wrapper = _filling(wrapper, list(feeds), holder)
     specs = tuple(g.TensorSpec(k, tuple(np.shape(v))) for k, v in feeds.items())
-    spec = g.GraphSpec(task, mode, g.token_specs(), specs, (g._output_spec(task, model),))
+    spec = g.GraphSpec(task, mode, g.token_specs(), specs, g.output_specs(task, model))
     return g.Prepared(wrapper, spec, {k: np.asarray(v, np.float32) for k, v in feeds.items()})
 
 

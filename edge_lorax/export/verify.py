@@ -76,7 +76,8 @@ def _torch_output(prepared: Prepared, tokens: dict, feeds: dict) -> np.ndarray:
         if s.shape[:1] == (names.DIM_BATCH,) and value.shape[0] != batch:
             value = np.repeat(value, batch, 0)
         args.append(torch.from_numpy(np.ascontiguousarray(value)))
-    return prepared.wrapper(*args).numpy()
+    out = prepared.wrapper(*args)
+    return (out[0] if isinstance(out, tuple) else out).numpy()  # the task output; head_input feeds it
 
 
 def _ort_output(session: ort.InferenceSession, tokens: dict, feeds: dict) -> np.ndarray:

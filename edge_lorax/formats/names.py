@@ -32,6 +32,7 @@ BUNDLE_KIND = "edge-lorax-bundle"
 ORT_SUFFIX = ".ort"  # ORT-format model beside its .onnx: model.onnx -> model.ort
 EXTERNAL_DATA_SUFFIX = ".data"  # model.onnx -> model.onnx.data, only when the weights exceed protobuf's 2 GB
 
+HEAD_INPUT = "head_input"  # (batch, in): what the task head reads (BERT: the pooler output); fits a head on device
 FEATURES = "features"  # (batch, hidden) masked mean of the last hidden state (sentence-transformers pooling)
 DIM_BATCH = "batch"  # symbolic dims of graph inputs/outputs, as written in the bundle manifest
 DIM_SEQUENCE = "sequence"

@@ -77,14 +77,19 @@ def subspace_tensors(modules: dict) -> dict:
     return out
 
 
-def write_subspace(subspace: Subspace, path, overwrite: bool = False) -> Path:
-    """subspace_config.json + subspace.safetensors, written to a temp dir and renamed into place."""
+def write_subspace(subspace: Subspace, path, overwrite: bool = False, sources=None) -> Path:
+    """subspace_config.json + subspace.safetensors (+ sources.npz: the stacked projected sources, a formats.sources
+    User), written to a temp dir and renamed into place."""
     from safetensors.numpy import save_file
+
+    from edge_lorax.formats.sources import SOURCES_FILE, write_sources
 
     with atomic_dir(path, overwrite) as tmp:
         save_file(subspace_tensors(subspace.modules), str(tmp / names.SUBSPACE_WEIGHTS),
                   metadata={"fingerprint": subspace.fingerprint})
         (tmp / names.SUBSPACE_CONFIG).write_text(json.dumps(subspace.config, indent=1, sort_keys=True) + "\n")
+        if sources is not None:
+            write_sources(sources, tmp / SOURCES_FILE)
     return Path(path)
 
 

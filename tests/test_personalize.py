@@ -1,0 +1,171 @@
+"""On-device personalisation (runtime.personalize, `edge-lorax personalize`) on a tiny BERT bundle.
+
+The head fit matches scikit-learn's LogisticRegression (C = 1) and the ridge formula; a planted task (labels made by a
+known user of the bundle's subspace and a known head) is recovered from forwards alone, better than the head alone;
+the bundle ships the subspace's projected sources; refusals are one line; the command runs with torch blocked.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers.runtime import WORDS, get_setup, random_user
+
+from edge_lorax.cli import cli
+from edge_lorax.formats import names
+from edge_lorax.formats.sources import SOURCES_FILE, read_sources, stack_sources, write_sources
+from edge_lorax.formats.user import read_user, subspace_shapes
+from edge_lorax.runtime.head import fit_head, head_logits, head_score
+
+
+# ------------------------------------------------------------------------------------------------ the head
+
+def test_logistic_head_matches_scikit_learn():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((120, 6)) * [1, 2, 3, 0.5, 1, 4] + 1.5
+    y = (x[:, 0] - 0.3 * x[:, 1] + rng.standard_normal(120) > 1.0).astype(np.int64)
+    head = fit_head(x, y, "classification", 2)
+    z = StandardScaler().fit_transform(x)
+    ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(z, y)
+    ours = head_logits(x, head)
+    assert np.abs((ours[:, 1] - ours[:, 0]) - ref.decision_function(z)).max() < 1e-3
+    assert head[names.HEAD_WEIGHT_T].shape == (6, 2) and head[names.HEAD_BIAS].dtype == np.float32
+
+
+def test_ridge_head_is_the_closed_form():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((50, 4))
+    y = x @ [1.0, -2.0, 0.5, 0.0] + 3.0
+    head = fit_head(x, y, "regression", 1)
+    assert head[names.HEAD_WEIGHT_T].shape == (4, 1)
+    assert -head_score(x, y, head, "regression") < 0.05  # MSE: λ = 1 shrinks little at n = 50
+    assert abs(float(head_logits(x, head).mean()) - y.mean()) < 1e-4
+
+
+# ------------------------------------------------------------------------------------------ a planted task
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A bundle whose subspace ships three sources; labels planted by source 1's coefficients and a random head."""
+    from edge_lorax.export import export_bundle
+    from edge_lorax.runtime import open_bundle
+    from edge_lorax.runtime.infer import encode, run_arrays
+    from edge_lorax.runtime.users import make_user
+
+    setup = get_setup(tmp_path_factory)
+    root = tmp_path_factory.mktemp("personalize")
+    sub_dir = root / "subspace"
+    import shutil
+
+    shutil.copytree(setup.subspace_dir, sub_dir)
+    users = {f"src{i}": random_user(setup.subspace, 10 + i, scale=3.0, head=False) for i in range(3)}
+    write_sources(stack_sources(setup.subspace.fingerprint, users), sub_dir / SOURCES_FILE)
+    bundle_dir = export_bundle(setup.model, sub_dir, root / "bundle", setup.users[0], quantize="int8")
+    bundle = open_bundle(bundle_dir)
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(WORDS, rng.integers(3, 8))) for _ in range(400)]
+    target = make_user(bundle, users["src1"].coefficients)
+    x = run_arrays(bundle, target, encode(bundle, texts, 48), [names.HEAD_INPUT])[names.HEAD_INPUT]
+    w = rng.standard_normal(x.shape[1])
+    score = (x - x.mean(0)) @ w
+    labels = np.where(score > np.median(score), "yes", "no")
+    rows = [{"text": t, "label": lab} for t, lab in zip(texts, labels)]
+    local, test = root / "local.jsonl", root / "test.jsonl"
+    local.write_text("".join(json.dumps(r) + "\n" for r in rows[:256]))
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows[256:]))
+    return bundle_dir, local, test, setup
+
+
+def _accuracy(bundle_dir, user_path, test_path) -> float:
+    from edge_lorax.runtime import open_bundle
+    from edge_lorax.runtime.infer import predict
+    from edge_lorax.runtime.users import load_user
+
+    rows = [json.loads(line) for line in test_path.read_text().splitlines()]
+    bundle = open_bundle(bundle_dir)
+    preds = predict(bundle, load_user(bundle, user_path), [r["text"] for r in rows], 48)
+    return float(np.mean([p.label == r["label"] for p, r in zip(preds, rows)]))
+
+
+def _personalize(bundle_dir, local, out, *args):
+    result = CliRunner().invoke(cli, ["personalize", str(bundle_dir), "--data", str(local), "-o", str(out), "--json",
+                                      "--threads", "1", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_bundle_ships_the_subspace_sources(planted):
+    bundle_dir, _, _, setup = planted
+    manifest = json.loads((bundle_dir / names.BUNDLE_MANIFEST).read_text())
+    assert manifest["files"]["sources"] == SOURCES_FILE
+    got = read_sources(bundle_dir / SOURCES_FILE, setup.subspace.fingerprint, subspace_shapes(setup.subspace))
+    assert list(got) == ["src0", "src1", "src2"]
+    assert manifest["outputs"][1]["name"] == names.HEAD_INPUT
+
+
+def test_planted_task_is_recovered_from_forwards_alone(planted, tmp_path):
+    bundle_dir, local, test, setup = planted
+    head = _personalize(bundle_dir, local, tmp_path / "head.npz", "--method", "head")
+    mixed = _personalize(bundle_dir, local, tmp_path / "mix.npz", "--method", "mix", "--steps", "400")
+    assert head["steps"] == 0 and mixed["steps"] == 400
+    assert mixed["heldout"] >= mixed["start_heldout"]  # never worse than the start on the held-out split
+    acc_head, acc_mix = _accuracy(bundle_dir, tmp_path / "head.npz", test), _accuracy(bundle_dir, tmp_path / "mix.npz", test)
+    assert acc_mix >= 0.85 and acc_mix > acc_head + 0.05, (acc_head, acc_mix)  # measured 0.889 vs 0.785
+    assert max(abs(w) for w in mixed["checkpoints"][1]["weights"].values()) > 0.1  # the mix moved
+    user = read_user(tmp_path / "mix.npz")
+    assert user.fingerprint == setup.subspace.fingerprint and user.meta["labels"] == ["no", "yes"]
+
+
+def test_refine_runs_on_the_int8_model_and_the_user_serves_run(planted, tmp_path):
+    bundle_dir, local, _, _ = planted
+    report = _personalize(bundle_dir, local, tmp_path / "me.npz", "--variant", "int8", "--steps", "20")
+    assert report["stages"] == ["start", "mix", "refine"] and report["steps"] == 20
+    result = CliRunner().invoke(cli, ["run", str(bundle_dir), "--coeffs", str(tmp_path / "me.npz"), "good fun"])
+    assert result.exit_code == 0 and result.output.split("\t")[0] in ("no", "yes"), result.output
+
+
+def test_same_seed_same_user(planted, tmp_path):
+    bundle_dir, local, _, _ = planted
+    for name in ("a.npz", "b.npz"):
+        _personalize(bundle_dir, local, tmp_path / name, "--steps", "6")
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+
+@pytest.mark.parametrize("rows, message", [
+    ([("a film", "x")] * 20, "only one class"),
+    ([("a film", "x"), ("good", "y")] * 2, "at least 8"),
+])
+def test_bad_local_data_is_refused(planted, tmp_path, rows, message):
+    bundle_dir = planted[0]
+    data = tmp_path / "local.csv"
+    data.write_text("text,label\n" + "".join(f"{t},{lab}\n" for t, lab in rows))
+    result = CliRunner().invoke(cli, ["personalize", str(bundle_dir), "--data", str(data), "-o", str(tmp_path / "u.npz")])
+    assert result.exit_code == 1 and message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "u.npz").exists()
+
+
+def test_three_classes_on_a_two_label_bundle_are_refused(planted, tmp_path):
+    bundle_dir = planted[0]
+    data = tmp_path / "local.csv"
+    data.write_text("text,label\n" + "".join(f"w{i},{'abc'[i % 3]}\n" for i in range(30)))
+    result = CliRunner().invoke(cli, ["personalize", str(bundle_dir), "--data", str(data), "-o", str(tmp_path / "u.npz")])
+    assert result.exit_code == 1 and "--num-labels 3" in result.output
+
+
+def test_torch_is_never_imported(planted, tmp_path):
+    bundle_dir, local, _, _ = planted
+    code = ("import sys\nfor m in ('torch', 'transformers', 'peft', 'onnx', 'edge_lorax.builder'): sys.modules[m] = None\n"
+            "from edge_lorax.cli import main\nsys.argv = ['edge-lorax', 'personalize', sys.argv[1], '--data', sys.argv[2], "
+            "'-o', sys.argv[3], '--steps', '4', '--threads', '1']\nmain()")
+    done = subprocess.run([sys.executable, "-c", code, str(bundle_dir), str(local), str(tmp_path / "u.npz")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "u.npz").is_file()
