@@ -12,14 +12,13 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers.runtime import WORDS, get_setup, random_user
 
 from edge_lorax.cli import cli
 from edge_lorax.formats import names
 from edge_lorax.formats.sources import SOURCES_FILE, read_sources, stack_sources, write_sources
 from edge_lorax.formats.user import read_user, subspace_shapes
 from edge_lorax.runtime.head import fit_head, head_logits, head_score
-
+from helpers.runtime import WORDS, get_setup, random_user
 
 # ------------------------------------------------------------------------------------------------ the head
 

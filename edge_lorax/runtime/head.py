@@ -1,9 +1,10 @@
 """A task head fitted in closed form on a bundle's `head_input` features, in numpy: what a device can afford.
 
-Classification: multinomial logistic regression with an L2 penalty (Newton's method; scikit-learn's
-LogisticRegression default C = 1, i.e. λ = 1 on the summed loss — for two classes on the logistic weight, as there), regression: ridge (λ = 1) — both on
-standardised features, returned in the user file's head layout (`head.weight_t` (in, L), `head.bias` (L,)) for the raw
-features, so the graph's MatMul + Add computes the same logits. Does not choose λ, weigh classes or run a model.
+Classification: multinomial logistic regression with an L2 penalty by Newton's method (scikit-learn's
+LogisticRegression default C = 1, i.e. λ = 1 on the summed loss; for two classes on the one logistic weight, as
+there); regression: ridge (λ = 1). Both on standardised features, returned in the user file's head layout
+(`head.weight_t` (in, L), `head.bias` (L,)) for the raw features, so the graph's MatMul + Add computes the same
+logits. Does not choose λ (its caller does, on held-out rows), weigh classes or run a model.
 """
 
 import numpy as np
@@ -25,12 +26,12 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _logistic(z: np.ndarray, y: np.ndarray, labels: int) -> np.ndarray:
+def _logistic(z: np.ndarray, y: np.ndarray, labels: int, l2: float) -> np.ndarray:
     """Newton's method on the L2-penalised multinomial log-loss; returns W (d + 1, L), the last row the bias."""
     n, d = z.shape
     z1 = np.hstack([z, np.ones((n, 1))])  # (n, d + 1)
     onehot = np.eye(labels)[y]  # (n, L)
-    reg = np.full(d + 1, 2 * L2 if labels == 2 else L2)  # two softmax rows split one logistic weight: same penalty
+    reg = np.full(d + 1, 2 * l2 if labels == 2 else l2)  # two softmax rows split one logistic weight: same penalty
     reg[-1] = 1e-4  # the bias barely penalised (enough to pin the softmax's shift freedom)
     w = np.zeros((d + 1, labels))
     for _ in range(NEWTON_STEPS):
@@ -49,18 +50,18 @@ def _logistic(z: np.ndarray, y: np.ndarray, labels: int) -> np.ndarray:
     return w
 
 
-def _ridge(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _ridge(z: np.ndarray, y: np.ndarray, l2: float) -> np.ndarray:
     """Ridge on centred targets; returns W (d + 1, 1), the last row the bias (the targets' mean)."""
     mean = float(y.mean())
-    w = np.linalg.solve(z.T @ z + L2 * np.eye(z.shape[1]), z.T @ (y - mean))  # (d,)
+    w = np.linalg.solve(z.T @ z + l2 * np.eye(z.shape[1]), z.T @ (y - mean))  # (d,)
     return np.concatenate([w, [mean]])[:, None]
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, kind: str, labels: int) -> dict:
+def fit_head(x: np.ndarray, y: np.ndarray, kind: str, labels: int, l2: float = L2) -> dict:
     """x (n, in) float features, y (n,) int64 class indices or float targets -> {head.weight_t (in, L), head.bias (L,)}
-    float32 for the raw features; L = labels (1 for regression)."""
+    float32 for the raw features; L = labels (1 for regression); l2: the penalty λ."""
     z, mu, sd = _standardise(np.asarray(x, np.float64))
-    w = _logistic(z, np.asarray(y), labels) if kind == CLASSIFICATION else _ridge(z, np.asarray(y, np.float64))
+    w = _logistic(z, np.asarray(y), labels, l2) if kind == CLASSIFICATION else _ridge(z, np.asarray(y, np.float64), l2)
     weight = w[:-1] / sd[:, None]  # (in, L)
     bias = w[-1] - mu @ weight  # (L,)
     return {names.HEAD_WEIGHT_T: weight.astype(np.float32), names.HEAD_BIAS: bias.astype(np.float32)}

@@ -8,9 +8,10 @@ inputs, with the task head fitted in closed form (runtime.head) on the graph's `
   refine  every coefficient number, θ = θ_mix + σ ⊙ z with σ each tensor's RMS, z by SPSA
 
 SPSA step (two forwards of one minibatch): Δ ~ Rademacher, ĝ = (L(p + εΔ) − L(p − εΔ)) / 2ε · Δ, then an Adam
-update of p; the head follows, refitted every few steps on cached features that the perturbed forwards refresh. Each stage ends in a checkpoint: features of every local example, the head refitted on the
-fit split, the held-out split scored. The best checkpoint (start included; accuracy, then held-out loss) is returned
-with its head refitted on all local examples, so the user is never worse than its start on the held-out split.
+update of p; the head follows, refitted every few steps on cached features that the perturbed forwards refresh.
+Each stage ends in a checkpoint: features of every local example, the head refitted on the fit split, the held-out
+split scored. The best checkpoint (start included; accuracy, then held-out loss) is returned with its head refitted
+on all local examples, so the user is never worse than its start on the held-out split.
 Works on any variant the runtime opens (fp32, int8, .ort) whose graph outputs head_input (classification and
 regression bundles exported by this edge-lorax). Does not: run per-example or decoder bundles, change the base model.
 """
@@ -33,6 +34,7 @@ from edge_lorax.runtime.users import LoadedUser, load_user, make_user
 METHODS = ("head", "mix", "refine")  # each includes the ones before it
 MIN_ROWS = 8  # local examples needed to fit and hold some out
 REFIT = 10  # SPSA steps between head refits on the feature cache
+L2_GRID = (1.0, 10.0, 100.0)  # head penalties tried at each checkpoint, the held-out loss picks (n ≈ 50–200 rows, d = 384)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class FitConfig:
 
     method: str = "refine"
     steps: int | None = None
-    budget_s: float = 60.0
+    budget_s: float = 55.0
     batch: int = 16  # examples per SPSA forward
     eps: tuple = (0.05, 0.05)  # perturbation size: mixing weights, refine (in units of each tensor's RMS)
     lr: tuple = (0.05, 0.02)  # Adam step size: mix, refine
@@ -116,9 +118,12 @@ def _encode_split(bundle: Bundle, split: Split, max_length: int) -> dict:
 # ---------------------------------------------------------------------------------------- parameterisations
 
 def _mixer(start: dict, sources: dict):
-    """p (S,) -> coefficients θ0 + Σ_s p_s (θ_s − θ0)."""
+    """p (S,) -> coefficients θ0 + Σ_s (w0 + p_s)(θ_s − θ0), w0 = 1/S from an all-zero start (ΔW is bilinear in the
+    coefficients: at zero, central differences see nothing), else 0."""
     diffs = {k: np.stack([src[k] - start[k] for src in sources.values()]) for k in start}  # (S, ...)
-    return len(sources), lambda p: {k: (start[k] + np.tensordot(p, d, 1)).astype(np.float32) for k, d in diffs.items()}
+    w0 = 1.0 / len(sources) if not any(v.any() for v in start.values()) else 0.0
+    return len(sources), lambda p: {k: (start[k] + np.tensordot(w0 + p, d, 1)).astype(np.float32)
+                                    for k, d in diffs.items()}
 
 
 def _refiner(start: dict):
@@ -154,8 +159,10 @@ class _Fitter:
         kind, d = self.task.kind, self.data
         x_fit, x_held = _features(self.bundle, coeffs, d.fit), _features(self.bundle, coeffs, d.held)
         self.rows_run += len(x_fit) + len(x_held)
-        head = fit_head(x_fit, d.y_fit, kind, self.labels)
-        point = {"stage": stage, "coeffs": coeffs, "head": head, "x": (x_fit, x_held), "steps": self.steps,
+        heads = {l2: fit_head(x_fit, d.y_fit, kind, self.labels, l2) for l2 in L2_GRID}
+        l2 = min(L2_GRID, key=lambda a: head_loss(x_held, d.y_held, heads[a], kind))
+        head = heads[l2]
+        point = {"stage": stage, "coeffs": coeffs, "head": head, "l2": l2, "x": (x_fit, x_held), "steps": self.steps,
                  "seconds": round(self.elapsed(), 2), "heldout_score": head_score(x_held, d.y_held, head, kind),
                  "heldout_loss": head_loss(x_held, d.y_held, head, kind),
                  "fit_loss": head_loss(x_fit, d.y_fit, head, kind)}
@@ -198,7 +205,7 @@ class _Fitter:
             p = p - lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
             cache[index] = (x_plus + x_minus) / 2
             if t % REFIT == 0:
-                head = fit_head(cache, y, kind, self.labels)
+                head = fit_head(cache, y, kind, self.labels, point["l2"])
             per_step = time.perf_counter() - tick
             if t % 20 == 0:
                 self.progress(f"{stage}: step {self.steps}, {self.elapsed():.1f} s")
@@ -261,7 +268,8 @@ def personalize(bundle: Bundle, task: Task, start: LoadedUser | None = None, con
                         deadlines[i], config.eps[j], config.lr[j])
         point = fitter.checkpoint(stage, to_coeffs(p))
         if stage == "mix":
-            point["weights"] = dict(zip(sources, (round(float(w), 4) for w in p)))
+            w0 = 1.0 / len(sources) if not any(v.any() for v in current.values()) else 0.0
+            point["weights"] = dict(zip(sources, (round(float(w0 + w), 4) for w in p)))
         if _better(point, best):
             best, current = point, point["coeffs"]
     return Result(_final_user(bundle, task, best), _report(fitter, first, best, stages))
@@ -283,14 +291,14 @@ def _final_user(bundle: Bundle, task: Task, best: dict) -> User:
     """The best checkpoint's coefficients with a head refitted on every local example."""
     x = np.concatenate(best["x"])
     y = np.concatenate([np.asarray(task.train.targets), np.asarray(task.validation.targets)])
-    head = fit_head(x, y, task.kind, task.num_labels)
+    head = fit_head(x, y, task.kind, task.num_labels, best["l2"])
     meta = {"method": f"personalize:{best['stage']}", "labels": list(task.labels) if task.labels else None,
             "base_model": bundle.manifest.get("base_model")}
     return User(bundle.fingerprint, dict(best["coeffs"]), head, {k: v for k, v in meta.items() if v is not None})
 
 
 def _report(fitter: _Fitter, first: dict, best: dict, stages: list) -> dict:
-    keep = ("stage", "steps", "seconds", "heldout_score", "heldout_loss", "fit_loss", "weights")
+    keep = ("stage", "steps", "seconds", "heldout_score", "heldout_loss", "fit_loss", "l2", "weights")
     return {"stages": ["start", *stages], "checkpoints": [{k: c[k] for k in keep if k in c} for c in fitter.checkpoints],
             "chosen": best["stage"], "start_heldout": first["heldout_score"], "heldout": best["heldout_score"],
             "score": _score_name(fitter.task.kind), "steps": fitter.steps, "rows_run": fitter.rows_run,

@@ -1,0 +1,174 @@
+"""On-device personalisation vs host training (issue 14): `edge-lorax personalize` against `edge-lorax train` on the
+same local examples, the head alone, and the starting user.
+
+Targets: the four VADER domains (binary) and two non-sentiment tasks (spam:sms, disaster:request). Each target gets a
+MiniLM subspace built without its own adapters (K=8, mean kept; sources.npz kept) and a classification bundle (fp32 +
+int8, zero coefficients: the start user is the base model). Per target, local rows (64 / 256, a seeded sample of the
+train split) and seed:
+- device: `edge-lorax personalize --threads 1` (the defaults: start -> mix -> refine, 55 s budget for the fit);
+- head: `--method head` (the start user's features, head fitted in closed form);
+- int8: the device fit on the int8 model (seed 0 only);
+- host: `edge-lorax train --threads 1` on the same file (80 steps of batch 16, lr 2e-2, max length 48: the paper
+  table's budget and its swept rate for EigenLoRAx);
+- inference: a plain session of the same bundle predicting the 256 local texts (the RSS the device fit is held to).
+Every command runs as its own process: wall seconds and peak RSS (ru_maxrss = VmHWM, from os.wait4). Test accuracy
+on the first 300 test rows through the runtime (fp32). Each cell is one JSON file under runs/: resumable.
+
+    .venv/bin/python benchmarks/personalize/run.py --seeds 0,1,2 && .venv/bin/python benchmarks/personalize/report.py
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edge_lorax.bench.measure import finish, portable, stamp  # noqa: E402
+
+RUNS = HERE / "runs"
+CACHE = Path.home() / ".cache" / "edge-lorax" / "bench-personalize"
+ADAPTERS = ROOT / "adapters"
+TARGETS = {"nyt": ("vader:nyt-binary", "nyt-"), "amazon": ("vader:amazon-binary", "amazon-"),
+           "movies": ("vader:movies-binary", "movies-"), "tweets": ("vader:tweets-binary", "tweets-"),
+           "spam": ("spam:sms", "spam-"), "disaster": ("disaster:request", "disaster-")}
+TEST_ROWS = 300
+
+
+def _bundle(target: str) -> Path:
+    """The target's leave-own-out subspace (with sources) and classification bundle, cached."""
+    from edge_lorax.builder.project import project_sources
+    from edge_lorax.builder.subspace import build_subspace
+    from edge_lorax.export import export_bundle
+    from edge_lorax.formats.subspace import write_subspace
+
+    out = CACHE / target
+    if (out / "bundle" / "manifest.json").is_file():
+        return out / "bundle"
+    sources = sorted(p for p in ADAPTERS.iterdir() if p.is_dir() and not p.name.startswith(TARGETS[target][1]))
+    sub = build_subspace(sources, components=8, mean="keep", seed=0)
+    write_subspace(sub, out / "subspace", overwrite=True, sources=project_sources(sub, sources))
+    export_bundle(None, out / "subspace", out / "bundle", task="classification", num_labels=2, quantize="int8",
+                  overwrite=True)
+    return out / "bundle"
+
+
+def _local_file(target: str, rows: int, seed: int) -> tuple:
+    """(local CSV path, test rows [(text, label)]): a seeded sample of the train split, written once."""
+    import numpy as np
+
+    from edge_lorax.builder.data import load_task
+
+    task = load_task(TARGETS[target][0])
+    path = CACHE / target / f"local-{rows}-{seed}.csv"
+    if not path.is_file():
+        pick = np.random.default_rng(seed).permutation(len(task.train))[:rows]
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows((task.train.texts[i], task.labels[int(task.train.targets[i])]) for i in pick)
+    test = [(t, task.labels[int(y)]) for t, y in zip(task.test.texts[:TEST_ROWS], task.test.targets[:TEST_ROWS])]
+    return path, test, list(task.labels)
+
+
+_WRAP = ("import atexit, os, runpy, sys\n"
+         "def _hwm():\n"
+         "    line = next(x for x in open('/proc/self/status') if x.startswith('VmHWM'))\n"
+         "    open(os.environ['EDGE_BENCH_RSS'], 'w').write(line.split()[1])\n"
+         "atexit.register(_hwm)\n"
+         "sys.argv = ['edge-lorax', *sys.argv[1:]]\n"
+         "runpy.run_module('edge_lorax', run_name='__main__')\n")
+
+
+def _measured(args: list) -> dict:
+    """`edge-lorax ARGS` as its own process: wall seconds, peak RSS (its VmHWM at exit, MiB), exit code, stdout."""
+    rss_file = CACHE / "rss.txt"
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "EDGE_BENCH_RSS": str(rss_file)}
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _WRAP, *args], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    try:
+        data = json.loads(done.stdout) if done.stdout.strip().startswith("{") else None
+    except ValueError:
+        data = None
+    return {"seconds": round(wall, 2), "peak_rss_mib": round(int(rss_file.read_text()) / 1024, 1), "exit": done.returncode,
+            "report": data, "stderr_tail": done.stderr.strip().splitlines()[-2:] if done.returncode else []}
+
+
+def _accuracy(bundle: Path, user: Path, test: list, labels: list) -> float:
+    from edge_lorax.runtime import open_bundle
+    from edge_lorax.runtime.bundle import SessionConfig
+    from edge_lorax.runtime.infer import predict
+    from edge_lorax.runtime.users import load_user
+
+    b = open_bundle(bundle, SessionConfig(threads=1))
+    preds = predict(b, load_user(b, user) if user else None, [t for t, _ in test], 48)
+    index = [list(p.scores).index(p.label) for p in preds]  # the bundle's own names (LABEL_i) for the start user
+    return round(100 * sum(i == labels.index(lab) for i, (_, lab) in zip(index, test)) / len(test), 2)
+
+
+def _cell(kind: str, target: str, rows: int, seed: int) -> Path:
+    return RUNS / f"{target}-{rows}-s{seed}-{kind}.json"
+
+
+def _run_cell(kind: str, target: str, rows: int, seed: int, bundle: Path, local: Path, test: list, labels: list):
+    out = _cell(kind, target, rows, seed)
+    if out.is_file():
+        return
+    user = CACHE / target / f"{kind}-{rows}-{seed}.npz"
+    if kind == "host":
+        cmd = ["train", "--subspace", str(bundle.parent / "subspace"), "--data", str(local), "-o", str(user),
+                     "--steps", "80", "--batch-size", "16", "--lr", "2e-2", "--max-length", "48", "--threads", "1",
+                     "--seed", str(seed), "--overwrite"]
+    elif kind == "inference":
+        texts = [r["text"] for r in csv.DictReader(open(local))]
+        cmd = ["run", str(bundle), "--max-length", "48", "--json", *texts]
+        user = None
+    else:
+        extra = {"device": [], "head": ["--method", "head"], "int8": ["--variant", "int8"]}[kind]
+        cmd = ["personalize", str(bundle), "--data", str(local), "-o", str(user), "--threads", "1",
+                     "--seed", str(seed), "--json", "--overwrite", *extra]
+    result = _measured(cmd)
+    if result["exit"] == 0 and user is not None:
+        result["test_accuracy"] = _accuracy(bundle, user, test, labels)
+    shown = cmd if kind != "inference" else cmd[:5] + ["TEXTS..."]
+    result.update(kind=kind, target=target, rows=rows, seed=seed, command=portable("edge-lorax " + " ".join(shown)))
+    out.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    print(f"{out.name}: {result.get('test_accuracy')} % in {result['seconds']} s, {result['peak_rss_mib']} MiB", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--rows", default="64,256")
+    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--kinds", default="device,head,host,int8,inference", help="'none': bundles and start rows only")
+    args = ap.parse_args()
+    RUNS.mkdir(parents=True, exist_ok=True)
+    st = stamp(portable(" ".join([".venv/bin/python", "benchmarks/personalize/run.py", *sys.argv[1:]])))
+    for seed in map(int, args.seeds.split(",")):
+        for target in args.targets.split(","):
+            bundle = _bundle(target)
+            for rows in map(int, args.rows.split(",")):
+                local, test, labels = _local_file(target, rows, seed)
+                start = _cell("start", target, rows, seed)
+                if not start.is_file():
+                    start.write_text(json.dumps({"kind": "start", "target": target, "rows": rows, "seed": seed,
+                                                 "test_accuracy": _accuracy(bundle, None, test, labels)}) + "\n")
+                for kind in args.kinds.split(","):
+                    if kind == "int8" and seed != 0 or kind == "inference" and (seed != 0 or rows != 256):
+                        continue
+                    _run_cell(kind, target, rows, seed, bundle, local, test, labels)
+    stamps = HERE / "stamps.jsonl"
+    with open(stamps, "a") as f:
+        f.write(json.dumps(finish(st), sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
