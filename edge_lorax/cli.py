@@ -523,6 +523,9 @@ from edge_lorax.formats import names as _names  # noqa: E402  (export's choices 
 @click.option("-o", "--output", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--task", type=click.Choice(_names.TASKS),
               help="Default: from the coefficients' head, else features (encoders) or causal-lm (LM checkpoints).")
+@click.option("--num-labels", type=click.IntRange(min=1),
+              help="Classification head width [default: the coefficients' head, else the model config's labels]; a "
+                   "bundle for a new task's own classes, e.g. --task classification --num-labels 3.")
 @click.option("--per-example", is_flag=True, help="Coefficient inputs with a leading batch dim: one user per example.")
 @click.option("--merge", is_flag=True, help="Fold the --coeffs user into the weights: no coefficient inputs.")
 @click.option("--quantize", type=click.Choice(["int8", "int4"]),
@@ -537,8 +540,8 @@ from edge_lorax.formats import names as _names  # noqa: E402  (export's choices 
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @_friendly
-def export(model, subspace_dir, coeffs, output, task, per_example, merge, quantize, ort_format, builder_options,
-           exporter, allow_base_mismatch, overwrite, as_json):
+def export(model, subspace_dir, coeffs, output, task, num_labels, per_example, merge, quantize, ort_format,
+           builder_options, exporter, allow_base_mismatch, overwrite, as_json):
     """Export an ONNX bundle: components baked in, each user's coefficients as swappable inputs, verified vs torch.
 
     \b
@@ -548,6 +551,7 @@ def export(model, subspace_dir, coeffs, output, task, per_example, merge, quanti
     \b
     Examples:
       edge-lorax export --subspace subspace --coeffs nyt.npz -o bundle --quantize int8 --ort-format
+      edge-lorax export --subspace subspace --task classification --num-labels 3 -o bundle3   # for personalize
       edge-lorax export --model smollm2 --subspace smollm2-sub --coeffs spam.npz -o llm --quantize int8
     """
     from edge_lorax.describe import describe
@@ -555,7 +559,7 @@ def export(model, subspace_dir, coeffs, output, task, per_example, merge, quanti
 
     path = export_bundle(model, subspace_dir, output, coeffs, task=task, per_example=per_example, merge=merge,
                          quantize=quantize, ort_format=ort_format, overwrite=overwrite, exporter=exporter,
-                         allow_base_mismatch=allow_base_mismatch, builder_options=builder_options)
+                         num_labels=num_labels, allow_base_mismatch=allow_base_mismatch, builder_options=builder_options)
     manifest = json.loads((path / _names.BUNDLE_MANIFEST).read_text())
     worst = {v: round(c["max_abs_diff"], 7) for v, c in manifest["verification"].items()}
     _emit({"output": str(path), **describe(path), "task": manifest["task"], "max_abs_diff": worst}, as_json)

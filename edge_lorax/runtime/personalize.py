@@ -78,8 +78,9 @@ def check_bundle(bundle: Bundle, task: Task):
         raise BundleError(f"{bundle.model_path}: a per-example graph; personalize on the bundle's fp32 or int8 model")
     width = bundle.coeff_inputs[names.HEAD_BIAS].shape[-1]
     if width != task.num_labels:
-        raise InputError(f"{task.name}: {task.num_labels} {'labels' if task.kind == CLASSIFICATION else 'target'}, but "
-                         f"{bundle.path}'s head has {width}; export a bundle with --num-labels {task.num_labels}")
+        fix = f"--num-labels {task.num_labels}" if task.kind == CLASSIFICATION else "--task regression"
+        raise InputError(f"{task.name}: {task.num_labels} {'classes' if task.kind == CLASSIFICATION else 'target'}, but "
+                         f"{bundle.path}'s head has {width} outputs; export a bundle with {fix}")
 
 
 def check_task(task: Task, path):
@@ -190,10 +191,12 @@ class _Fitter:
              lr: float) -> np.ndarray:
         """SPSA with Adam over p (size,), from 0, for `steps` or until `deadline` (seconds since start). The head
         follows the features: the two perturbed forwards average to the minibatch's features at p (to first order),
-        which refresh a cache of every fit row's features; the head is refitted on that cache every REFIT steps."""
+        which refresh a cache of every fit row's features; the head is refitted on that cache every REFIT steps (or less
+        often when a refit costs more than a quarter of the time between refits)."""
         kind, y = self.task.kind, self.data.y_fit
         p, m, v, t, per_step = np.zeros(size), np.zeros(size), np.zeros(size), 0, 0.0
         cache, head, batches = point["x"][0].copy(), point["head"], self._batches()
+        refit_at, refit_cost = 0.0, 0.0  # a refit waits until 4x its own cost has passed (many classes: slow Newton)
         while (steps is None or t < steps) and self.elapsed() + per_step < deadline:
             tick, index = time.perf_counter(), next(batches)
             delta = self.rng.choice((-1.0, 1.0), size)
@@ -204,8 +207,10 @@ class _Fitter:
             m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
             p = p - lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
             cache[index] = (x_plus + x_minus) / 2
-            if t % REFIT == 0:
+            if t % REFIT == 0 and self.elapsed() - refit_at >= 4 * refit_cost:
+                refit_at = self.elapsed()
                 head = fit_head(cache, y, kind, self.labels, point["l2"])
+                refit_cost = self.elapsed() - refit_at
             per_step = time.perf_counter() - tick
             if t % 20 == 0:
                 self.progress(f"{stage}: step {self.steps}, {self.elapsed():.1f} s")
