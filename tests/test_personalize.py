@@ -168,3 +168,64 @@ def test_torch_is_never_imported(planted, tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "u.npz").is_file()
+
+
+def test_empty_text_row_is_refused(planted, tmp_path):
+    data = tmp_path / "local.csv"
+    data.write_text("text,label\n" + "".join(f"w{i},{'ab'[i % 2]}\n" for i in range(12)) + ",a\n")
+    result = CliRunner().invoke(cli, ["personalize", str(planted[0]), "--data", str(data), "-o", str(tmp_path / "u.npz")])
+    assert result.exit_code == 1 and "data row 13 has an empty 'text'" in result.output
+
+
+# ------------------------------------------------------------------------------- sources, heads of any width
+
+def test_build_keeps_every_source_projection(save_adapter, tmp_path):
+    from edge_lorax.builder.project import project_adapter
+    from edge_lorax.formats.subspace import read_subspace
+
+    dirs = [save_adapter("bert", weight_seed=s) for s in (1, 2, 3)]
+    for name in ("a", "b"):
+        result = CliRunner().invoke(cli, ["build", *map(str, dirs), "-o", str(tmp_path / name), "-k", "2"])
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "a" / SOURCES_FILE).read_bytes() == (tmp_path / "b" / SOURCES_FILE).read_bytes()
+    sub = read_subspace(tmp_path / "a")
+    got = read_sources(tmp_path / "a" / SOURCES_FILE, sub.fingerprint, subspace_shapes(sub))
+    assert list(got) == [d.name for d in dirs]
+    for d, arrays in zip(dirs, got.values()):
+        want = project_adapter(sub, d, with_head=False).coeffs.coefficients
+        assert set(arrays) == set(want) and all(np.array_equal(arrays[k], want[k]) for k in want)
+    result = CliRunner().invoke(cli, ["build", *map(str, dirs), "-o", str(tmp_path / "c"), "-k", "2", "--no-sources"])
+    assert result.exit_code == 0 and not (tmp_path / "c" / SOURCES_FILE).exists()
+
+
+def test_sources_of_another_subspace_or_row_count_are_refused(planted, tmp_path):
+    from edge_lorax.formats.user import UserError
+
+    setup = planted[3]
+    path = planted[0] / SOURCES_FILE
+    with pytest.raises(UserError, match="sources of subspace .* this one is other"):
+        read_sources(path, "other", subspace_shapes(setup.subspace))
+    stacked = read_user(path)
+    key = sorted(stacked.coefficients)[0]
+    stacked.coefficients[key] = stacked.coefficients[key][:2]
+    write_sources(stacked, tmp_path / SOURCES_FILE)
+    with pytest.raises(UserError, match="rows for 3 sources"):
+        read_sources(tmp_path / SOURCES_FILE, setup.subspace.fingerprint, subspace_shapes(setup.subspace))
+
+
+@pytest.mark.parametrize("kind, extra, width", [("regression", ["--task", "regression"], 1),
+                                                ("classification", ["--task", "classification", "--num-labels", "3"], 3)])
+def test_new_heads_regression_and_three_classes(planted, tmp_path, kind, extra, width):
+    setup = planted[3]
+    result = CliRunner().invoke(cli, ["export", "--model", str(setup.model), "--subspace", str(setup.subspace_dir),
+                                      "-o", str(tmp_path / "b"), *extra])
+    assert result.exit_code == 0, result.output
+    rng = np.random.default_rng(0)
+    labels = [f"{v:.2f}" for v in rng.standard_normal(40)] if kind == "regression" else ["abc"[i % 3] for i in range(40)]
+    data = tmp_path / "local.csv"
+    data.write_text("text,label\n" + "".join(f"{' '.join(rng.choice(WORDS, 4))},{lab}\n" for lab in labels))
+    _personalize(tmp_path / "b", data, tmp_path / "u.npz", "--kind", kind, "--steps", "4")
+    user = read_user(tmp_path / "u.npz")
+    assert user.head[names.HEAD_WEIGHT_T].shape == (32, width) and user.head[names.HEAD_BIAS].shape == (width,)
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "b"), "--coeffs", str(tmp_path / "u.npz"), "good fun"])
+    assert result.exit_code == 0, result.output

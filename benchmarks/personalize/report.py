@@ -67,6 +67,27 @@ def _summary(rows: list) -> list:
     return lines
 
 
+def _trace(cells: dict) -> list:
+    """Mean held-out accuracy (%) and time at each checkpoint of the device fits, per local-set size: what each
+    stage adds, and when."""
+    lines = []
+    for kind in ("device", "int8"):
+        for n in sorted({c["rows"] for c in cells.values()}):
+            fits = [c["report"] for c in cells.values() if c["kind"] == kind and c["rows"] == n and c.get("report")]
+            if not fits:
+                continue
+            parts = []
+            for stage in ("start", "mix", "refine"):
+                points = [p for f in fits for p in f["checkpoints"] if p["stage"] == stage]
+                if points:
+                    parts.append(f"{stage} {_mean([100 * p['heldout_score'] for p in points])} % at "
+                                 f"{_mean([p['seconds'] for p in points])} s")
+            chosen = [f["chosen"] for f in fits]
+            lines.append(f"- {kind}, {n} examples ({len(fits)} fits): " + ", ".join(parts) + "; written: "
+                         + ", ".join(f"{s} ×{chosen.count(s)}" for s in ("start", "mix", "refine") if s in chosen))
+    return lines
+
+
 def main():
     cells = _load()
     rows = _rows(cells)
@@ -87,6 +108,7 @@ def main():
                   f"{_fmt(r['device_s'])} | {_fmt(r['device_rss'], 0)} | {_fmt(r['host_s'])} | {_fmt(r['host_rss'], 0)} | "
                   f"{_fmt(r['inference_rss'], 0)} | {_fmt(r['device_steps'], 0)} | {' '.join(r['chosen'])} |")
     md += ["", "## Targets", ""] + _summary(rows)
+    md += ["", "## What each stage adds (held-out split of the local examples, mean over fits)", ""] + _trace(cells)
     (HERE / "report.md").write_text("\n".join(md) + "\n")
     (HERE / "results.json").write_text(json.dumps({"rows": rows, "stamps": stamps}, indent=1, sort_keys=True) + "\n")
     print(f"wrote {HERE / 'report.md'}")
