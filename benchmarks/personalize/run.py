@@ -133,7 +133,7 @@ def _run_cell(kind: str, target: str, rows: int, seed: int, bundle: Path, local:
                      "--seed", str(seed), "--overwrite"]
     elif kind == "inference":
         texts = [r["text"] for r in csv.DictReader(open(local))]
-        cmd = ["run", str(bundle), "--max-length", "48", "--json", *texts]
+        cmd = ["run", str(bundle), "--max-length", "48", "--json", "--", *texts]  # a text may start with "-"
         user = None
     else:
         extra = {"device": [], "head": ["--method", "head"], "int8": ["--variant", "int8"]}[kind]
