@@ -174,10 +174,8 @@ class _Fitter:
 
     def _forward(self, coeffs: dict, index) -> np.ndarray:
         """head_input (len(index), in) of some fit rows."""
-        x = run_arrays(self.bundle, make_user(self.bundle, coeffs, "candidate"), _rows(self.data.fit, index),
-                       [names.HEAD_INPUT])[names.HEAD_INPUT]
         self.rows_run += len(index)
-        return x.astype(np.float64)
+        return _features(self.bundle, coeffs, {k: v[index] for k, v in self.data.fit.items()})
 
     def _batches(self):
         """Minibatches of fit rows, a fresh seeded permutation per epoch: every row is seen once an epoch."""
