@@ -149,7 +149,7 @@ def build(adapters, output, components, explained_variance, augment, mean, seed,
     if sources:
         from edge_lorax.builder.project import project_sources
 
-        kept = project_sources(sub, adapters)
+        kept = project_sources(sub, adapters, allow_base_mismatch)
     write_subspace(sub, output, overwrite, kept)
     from edge_lorax.describe import describe
 

@@ -214,11 +214,8 @@ def test_sources_of_another_subspace_or_row_count_are_refused(planted, tmp_path)
 
 
 @pytest.mark.parametrize("kind, extra, width", [
-    pytest.param("regression", ["--task", "regression"], 1, marks=pytest.mark.xfail(
-        strict=True, reason="export --task regression on a checkpoint with a 2-label head: transformers refuses the "
-        "size mismatch (open defect, found at the end of a session)")),
-    pytest.param("classification", ["--task", "classification", "--num-labels", "3"], 3, marks=pytest.mark.xfail(
-        strict=True, reason="the same size mismatch for a 3-label head on a 2-label checkpoint (open defect)"))])
+    ("regression", ["--task", "regression"], 1),
+    ("classification", ["--task", "classification", "--num-labels", "3"], 3)])  # the checkpoint's head has 2 labels
 def test_new_heads_regression_and_three_classes(planted, tmp_path, kind, extra, width):
     setup = planted[3]
     result = CliRunner().invoke(cli, ["export", "--model", str(setup.model), "--subspace", str(setup.subspace_dir),

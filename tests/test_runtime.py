@@ -30,7 +30,7 @@ def test_bundle_inputs_come_from_the_session(bundle, setup):
     assert set(bundle.coeff_inputs) == set(random_user(setup.subspace, 0).inputs())
     spec = bundle.coeff_inputs[names.coeff_name(next(iter(setup.subspace.modules)), names.COEFF_A)]
     assert spec.shape == (2, 4) and spec.has_default and not bundle.per_example
-    assert bundle.fingerprint == setup.subspace.fingerprint and bundle.outputs == (names.LOGITS,)
+    assert bundle.fingerprint == setup.subspace.fingerprint and bundle.outputs == (names.LOGITS, names.HEAD_INPUT)
 
 
 def test_swapped_users_match_torch(bundle, setup, batch, expected):

@@ -56,13 +56,13 @@ def _fit_rank(ca: np.ndarray, cb: np.ndarray, rank: int) -> tuple:
     return root[:, None] * Vt[:rank], U[:, :rank] * root
 
 
-def _check_adapter(subspace: Subspace, info):
+def _check_adapter(subspace: Subspace, info, allow_base_mismatch: bool = False):
     """The adapter under the subspace's module names (the one naming rule), or refused naming the first difference."""
     mapping = align_modules(info.modules, subspace.modules)
     if mapping is None:
         raise AdapterError(f"{info.path}: {module_difference(info.modules, subspace.modules, 'the adapter', 'the subspace')}; "
                            "project adapters of the subspace's target modules")
-    if canonical_base(info.base_model) != canonical_base(subspace.base_model):
+    if not allow_base_mismatch and canonical_base(info.base_model) != canonical_base(subspace.base_model):
         raise AdapterError(f"{info.path}: base model {info.base_model!r}, subspace built for {subspace.base_model!r}")
     return renamed(info, mapping)
 
@@ -86,9 +86,10 @@ def _adapter_task_type(adapter_dir) -> dict:
     return {"task_type": kind} if kind in TASK_TYPES else {}
 
 
-def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True) -> Projection:
+def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True,
+                    allow_base_mismatch: bool = False) -> Projection:
     """Training-free coefficients for an existing LoRA (+ its saved task head), with the relative ΔW error."""
-    info = _check_adapter(subspace, read_adapter(adapter_dir))
+    info = _check_adapter(subspace, read_adapter(adapter_dir), allow_base_mismatch)
     tensors, errors, num, den = {}, {}, 0.0, 0.0
     for module, ms in subspace.modules.items():
         A, B = read_factors(info, module)  # (r, in), (out, r)
@@ -109,7 +110,7 @@ def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True) -> 
     return Projection(User(subspace.fingerprint, tensors, head, meta), errors, (num / den) ** 0.5)
 
 
-def project_sources(subspace: Subspace, adapter_dirs) -> User:
+def project_sources(subspace: Subspace, adapter_dirs, allow_base_mismatch: bool = False) -> User:
     """Every source adapter's projection (heads left out), stacked in the given order under its folder name (a
     repeated name gets -2, -3, ...): the sources.npz that `build` keeps and bundles ship (formats.sources)."""
     users = {}
@@ -118,7 +119,7 @@ def project_sources(subspace: Subspace, adapter_dirs) -> User:
         while name in users:
             n += 1
             name = f"{Path(adapter_dir).name}-{n}"
-        users[name] = project_adapter(subspace, adapter_dir, with_head=False).coeffs
+        users[name] = project_adapter(subspace, adapter_dir, False, allow_base_mismatch).coeffs
     return stack_sources(subspace.fingerprint, users)
 
 

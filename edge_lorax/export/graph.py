@@ -149,10 +149,12 @@ def load_task_model(path, task: str, num_labels: int):
     problem = "regression" if task == names.TASK_REGRESSION else "single_label_classification"
     with torch.random.fork_rng():  # a head absent from the checkpoint is initialised identically on every export
         torch.manual_seed(0)
-        model, info = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, output_loading_info=True,
-                                                                       problem_type=problem)
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=num_labels, output_loading_info=True, problem_type=problem,
+            ignore_mismatched_sizes=True)  # a checkpoint head of another width is re-seeded, as a missing one is
     head = head_module(model)
-    return model.eval(), not any(k.startswith(head + ".") for k in info["missing_keys"])
+    fresh = list(info["missing_keys"]) + [k[0] if isinstance(k, tuple) else k for k in info.get("mismatched_keys", ())]
+    return model.eval(), not any(k.startswith(head + ".") for k in fresh)
 
 
 def _coeff_shapes(subspace: Subspace, coeffs: User | None) -> dict:
