@@ -40,6 +40,8 @@ QUANTIZE = ("int8", "int4")  # int4: decoder bundles only (the model builder's M
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "tokenizer.model")
 INLINE_LIMIT = 1_800_000_000  # bytes of initializers above which weights go to external data (protobuf: 2 GB)
+ST_MODULES = "modules.json"  # sentence-transformers' module list; with these beside model.onnx, features bundles load
+ST_FILES = (ST_MODULES, "sentence_bert_config.json", "config_sentence_transformers.json")  # as SentenceTransformer(bundle, backend="onnx")
 VERIFY_TEXTS = ("A short one.", "The exporter checks every graph against torch before the folder appears.", "ok")
 
 
@@ -290,7 +292,61 @@ def _write_side_files(tmp: Path, path: Path, graph: g.Prepared, coeffs_path, coe
     if coeffs is not None and graph.spec.feeds:
         adapter = Path(coeffs_path).stem + names.ADAPTER_SUFFIX
         write_onnx_adapter({n: graph.defaults[n] for n in graph.spec.feed_names}, tmp / adapter, coeffs.fingerprint)
-    return {"tokenizer": _copy_tokenizer(path, tmp), "config": names.BUNDLE_CONFIG, "adapter": adapter}
+    side = {"tokenizer": _copy_tokenizer(path, tmp), "config": names.BUNDLE_CONFIG, "adapter": adapter}
+    if graph.spec.task == names.TASK_FEATURES:
+        side["sentence_transformers"] = _sentence_transformers_files(path, tmp, config)
+    return side
+
+
+def _sentence_transformers_files(path: Path, out: Path, config: dict) -> list:
+    """What sentence-transformers reads beside the root model.onnx (its ONNX backend's default file, loaded with no
+    extra argument): the model folder's own modules.json, configs and module folders (MiniLM: mean pooling, then
+    Normalize) when its Transformer module sits at the root, else Transformer + mean Pooling (the `features` output).
+    Returns the written paths, relative to the bundle."""
+    written = []
+    modules = _st_modules(path)
+    if modules is not None:
+        for name in ST_FILES:
+            if (path / name).is_file():
+                shutil.copyfile(path / name, out / name)
+                written.append(name)
+        for entry in modules:
+            folder = path / entry["path"] if entry["path"] else None
+            if folder is not None and folder.is_dir() and not folder.is_symlink():
+                (out / entry["path"]).mkdir(parents=True, exist_ok=True)
+                for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.is_symlink()):
+                    shutil.copyfile(f, out / entry["path"] / f.name)
+                    written.append(f"{entry['path']}/{f.name}")
+        return sorted(written)
+    pooling = {"word_embedding_dimension": int(config["hidden_size"]), "pooling_mode_mean_tokens": True}
+    files = {ST_MODULES: [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                          {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}],
+             "sentence_bert_config.json": {"max_seq_length": int(min(512, config.get("max_position_embeddings") or 512)),
+                                           "do_lower_case": False},
+             "1_Pooling/config.json": pooling}
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    for name, value in files.items():
+        (out / name).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+    return sorted(files)
+
+
+def _st_modules(path: Path) -> list | None:
+    """The model folder's modules.json when it is a list of modules whose Transformer sits at the root (where the
+    bundle's model.onnx is), with relative module paths inside the folder; None otherwise (the default is written)."""
+    if not (path / ST_MODULES).is_file():
+        return None
+    try:
+        modules = json.loads((path / ST_MODULES).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("path"), str)
+                                                and isinstance(m.get("type"), str) for m in modules):
+        return None
+    if not any(m["type"].endswith(".Transformer") and m["path"] == "" for m in modules):
+        return None
+    if any(Path(m["path"]).is_absolute() or ".." in Path(m["path"]).parts for m in modules):
+        return None
+    return modules
 
 
 def _build_manifest(graph: g.Prepared, subspace: Subspace, path: Path, coeffs_path, exporter: str, files: dict,

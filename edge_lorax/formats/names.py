@@ -34,6 +34,7 @@ EXTERNAL_DATA_SUFFIX = ".data"  # model.onnx -> model.onnx.data, only when the w
 
 HEAD_INPUT = "head_input"  # (batch, in): what the task head reads (BERT: the pooler output); fits a head on device
 FEATURES = "features"  # (batch, hidden) masked mean of the last hidden state (sentence-transformers pooling)
+LAST_HIDDEN_STATE = "last_hidden_state"  # (batch, sequence, hidden): features bundles' second output (optimum, ST)
 DIM_BATCH = "batch"  # symbolic dims of graph inputs/outputs, as written in the bundle manifest
 DIM_SEQUENCE = "sequence"
 

@@ -119,16 +119,16 @@ def _encode_split(bundle: Bundle, split: Split, max_length: int) -> dict:
 # ---------------------------------------------------------------------------------------- parameterisations
 
 def _mixer(start: dict, sources: dict):
-    """p (S,) -> coefficients θ0 + Σ_s (w0 + p_s)(θ_s − θ0), w0 = 1/S from an all-zero start (ΔW is bilinear in the
-    coefficients: at zero, central differences see nothing), else 0."""
+    """(S, w0, p (S,) -> coefficients θ0 + Σ_s (w0 + p_s)(θ_s − θ0)), w0 = 1/S from an all-zero start (ΔW is bilinear
+    in the coefficients: at zero, central differences see nothing), else 0."""
     diffs = {k: np.stack([src[k] - start[k] for src in sources.values()]) for k in start}  # (S, ...)
     w0 = 1.0 / len(sources) if not any(v.any() for v in start.values()) else 0.0
-    return len(sources), lambda p: {k: (start[k] + np.tensordot(w0 + p, d, 1)).astype(np.float32)
-                                    for k, d in diffs.items()}
+    return len(sources), w0, lambda p: {k: (start[k] + np.tensordot(w0 + p, d, 1)).astype(np.float32)
+                                        for k, d in diffs.items()}
 
 
 def _refiner(start: dict):
-    """p (P,) -> coefficients θ0 + σ ⊙ p, σ each tensor's RMS (at least 1e-3): one step size fits every tensor."""
+    """(P, 0, p (P,) -> coefficients θ0 + σ ⊙ p), σ each tensor's RMS (at least 1e-3): one step size fits every tensor."""
     keys = sorted(start)
     sizes = [start[k].size for k in keys]
     sigma = np.concatenate([np.full(n, max(float(np.sqrt(np.mean(start[k] ** 2))), 1e-3)) for k, n in zip(keys, sizes)])
@@ -138,7 +138,7 @@ def _refiner(start: dict):
         parts = np.split(sigma * p, cuts)
         return {k: (start[k] + d.reshape(start[k].shape)).astype(np.float32) for k, d in zip(keys, parts)}
 
-    return int(sum(sizes)), coeffs
+    return int(sum(sizes)), 0.0, coeffs
 
 
 # ------------------------------------------------------------------------------------------------ the loop
@@ -265,13 +265,12 @@ def personalize(bundle: Bundle, task: Task, start: LoadedUser | None = None, con
                                                     for i in range(len(stages))] if stages else []
     current = coeffs0
     for i, stage in enumerate(stages):
-        size, to_coeffs = _mixer(current, sources) if stage == "mix" else _refiner(current)
+        size, w0, to_coeffs = _mixer(current, sources) if stage == "mix" else _refiner(current)
         j = 0 if stage == "mix" else 1
         p = fitter.spsa(stage, size, to_coeffs, best, None if step_share is None else step_share[i],
                         deadlines[i], config.eps[j], config.lr[j])
         point = fitter.checkpoint(stage, to_coeffs(p))
         if stage == "mix":
-            w0 = 1.0 / len(sources) if not any(v.any() for v in current.values()) else 0.0
             point["weights"] = dict(zip(sources, (round(float(w0 + w), 4) for w in p)))
         if _better(point, best):
             best, current = point, point["coeffs"]
