@@ -9,6 +9,7 @@ mean-pooled features, causal-LM logits.
 Does not: KV cache or generation, token_type_ids inputs, encoder-decoder models, heads other than a Linear.
 """
 
+import contextlib
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -91,7 +92,8 @@ class FeedHead(nn.Module):
 
 class ExportWrapper(nn.Module):
     """forward(input_ids, attention_mask, *feeds) -> the task output, then head_input (B, in) when `head_input` is
-    set (a FeedHead reading one pooled vector per example); feeds named like user.npz keys."""
+    set (a FeedHead reading one pooled vector per example) or last_hidden_state (B, T, H) for features; feeds named
+    like user.npz keys."""
 
     def __init__(self, model: nn.Module, task: str, feed_names: list, head: FeedHead | None, head_input: bool = False):
         super().__init__()
@@ -105,8 +107,8 @@ class ExportWrapper(nn.Module):
         if self.head is not None:
             self.head.feed = feed
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
-        if self.task == names.TASK_FEATURES:
-            return mean_pool(out.last_hidden_state, attention_mask)  # (B, H)
+        if self.task == names.TASK_FEATURES:  # pooled first (the runtime's vector), then what optimum / ST read
+            return mean_pool(out.last_hidden_state, attention_mask), out.last_hidden_state  # (B, H), (B, T, H)
         if self.head_input:
             return out.logits, self.head.seen  # (B, L), (B, in)
         return out.logits  # (B, L) or (B, T, V)
@@ -185,8 +187,9 @@ def _batched(shape: tuple, per_example: bool) -> tuple:
 def output_specs(task: str, model, head_input: bool = False) -> tuple:
     """The graph's outputs: features, LM logits, or the head's logits then (head_input) what the head reads."""
     cfg = model.config
-    if task == names.TASK_FEATURES:
-        return (TensorSpec(names.FEATURES, (names.DIM_BATCH, cfg.hidden_size)),)
+    if task == names.TASK_FEATURES:  # + the token states: ORTModelForFeatureExtraction / sentence-transformers read them
+        return (TensorSpec(names.FEATURES, (names.DIM_BATCH, cfg.hidden_size)),
+                TensorSpec(names.LAST_HIDDEN_STATE, (names.DIM_BATCH, names.DIM_SEQUENCE, cfg.hidden_size)))
     if task == names.TASK_CAUSAL_LM:
         return (TensorSpec(names.LOGITS, (names.DIM_BATCH, names.DIM_SEQUENCE, cfg.vocab_size)),)
     logits = TensorSpec(names.LOGITS, (names.DIM_BATCH, cfg.num_labels))
@@ -268,9 +271,58 @@ def export_onnx(prepared: Prepared, tokens: dict, exporter: str = "torchscript")
         if exporter == "dynamo":
             _export_dynamo(prepared.wrapper, args, spec, io_names, path)
         else:
-            torch.onnx.export(prepared.wrapper, args, str(path), dynamo=False, opset_version=OPSET,
-                              dynamic_axes=_dynamic_axes(spec), do_constant_folding=True, **io_names)
+            with _traceable_masks():
+                torch.onnx.export(prepared.wrapper, args, str(path), dynamo=False, opset_version=OPSET,
+                                  dynamic_axes=_dynamic_axes(spec), do_constant_folding=True, **io_names)
         return onnx.load(str(path))
+
+
+def _broadcast_mask(batch_size, cache_position, kv_length, kv_offset=0, mask_function=None, attention_mask=None,
+                    local_size=None, allow_is_causal_skip=True, **kwargs):
+    """transformers 4.57's sdpa_mask built by broadcasting index tensors instead of torch.vmap (as optimum's exporter
+    patches it): (batch, 1, q, kv) bool, or None where SDPA's is_causal serves (never while tracing)."""
+    from transformers import masking_utils as mu
+
+    mask_function = mask_function or mu.causal_mask_function
+    q_length = cache_position.shape[0]
+    padding_mask = mu.prepare_padding_mask(attention_mask, kv_length, kv_offset, _slice=False)
+    if allow_is_causal_skip and mu._ignore_causal_mask_sdpa(padding_mask, q_length, kv_length, kv_offset, local_size):
+        return None
+    if padding_mask is not None:
+        mask_function = mu.and_masks(mask_function, mu.padding_mask_function(padding_mask))
+    device = cache_position.device
+    batch = torch.arange(batch_size, dtype=torch.long, device=device)[:, None, None, None]
+    head = torch.arange(1, dtype=torch.long, device=device)[None, :, None, None]
+    kv = torch.arange(kv_length, dtype=torch.long, device=device)[None, None, None, :] + kv_offset
+    mask = mask_function(batch, head, cache_position[None, None, :, None], kv)
+    return mask.expand(batch_size, -1, q_length, kv_length)
+
+
+@contextlib.contextmanager
+def _traceable_masks():
+    """transformers 4.5x (the optimum environment) builds causal masks with torch.vmap, which the TorchScript tracer
+    cannot follow (torch 2.13: `RuntimeError: unordered_map::at`); while tracing, `_broadcast_mask` stands in.
+    transformers 5.x has one tracer-aware builder (no sdpa_mask_recent_torch): nothing to do."""
+    try:
+        from transformers import masking_utils as mu
+    except ImportError:
+        mu = None
+    recent = getattr(mu, "sdpa_mask_recent_torch", None)
+    if recent is None or mu.sdpa_mask is not recent:
+        yield
+        return
+    registry = mu.ALL_MASK_ATTENTION_FUNCTIONS
+    local = "sdpa" in registry._local_mapping
+    saved = registry["sdpa"]
+    mu.sdpa_mask, registry["sdpa"] = _broadcast_mask, _broadcast_mask  # eager_mask calls the module's sdpa_mask
+    try:
+        yield
+    finally:
+        mu.sdpa_mask = recent
+        if local:
+            registry["sdpa"] = saved
+        else:
+            del registry["sdpa"]
 
 
 def _export_dynamo(wrapper, args, spec: GraphSpec, io_names: dict, path: Path):
