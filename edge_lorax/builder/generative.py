@@ -203,11 +203,12 @@ class Generation:
         if width:  # feed each label's answer but its last token; rows b*L + j hold label j
             cont = torch.tensor([a[:-1] + [self.pad] * (width + 1 - len(a)) for a in self.answers]).repeat(len(prompts), 1)
             cmask = torch.tensor([[1] * (len(a) - 1) + [0] * (width + 1 - len(a)) for a in self.answers]).repeat(len(prompts), 1)
-            cache = out.cache
+            cache = out.cache if hasattr(out, "cache") else out.past_key_values  # transformers 5.x / 4.57
             cache.batch_repeat_interleave(len(self.labels))
             full = torch.cat([mask.repeat_interleave(len(self.labels), 0), cmask], dim=1)  # (B*L, T + width)
             pos = mask.sum(-1).repeat_interleave(len(self.labels))[:, None] + torch.arange(width)  # (B*L, width)
-            logits = model(input_ids=cont, attention_mask=full, position_ids=pos, cache=cache).logits
+            past = {"cache" if hasattr(out, "cache") else "past_key_values": cache}
+            logits = model(input_ids=cont, attention_mask=full, position_ids=pos, **past).logits
             steps += list(torch.log_softmax(logits.float(), -1).unbind(1))  # width x (B*L, V)
         return self._gather(steps, len(prompts))
 

@@ -35,6 +35,7 @@ from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.subspace import Subspace
 
 BUILDER = "onnxruntime_genai.models.builder"
+BUILDER_MAIN = "edge_lorax.export.genai_builder"  # BUILDER, on transformers 5.x and 4.57 alike
 PRECISIONS = ("fp32", "int8", "int4")  # the model builder's -p; int8 / int4: weight-only MatMulNBits
 GENAI_CONFIG = "genai_config.json"
 BATCH = "batch_size"  # the builder's name for the batch dim of input_ids
@@ -59,7 +60,7 @@ def run_model_builder(model_dir: Path, out: Path, precision: str, model_id: str,
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     check_builder_options(options)
-    cmd = [sys.executable, "-m", BUILDER, "-m", model_id, "-i", str(model_dir), "-o", str(out), "-p", precision,
+    cmd = [sys.executable, "-m", BUILDER_MAIN, "-m", model_id, "-i", str(model_dir), "-o", str(out), "-p", precision,
            "-e", "cpu", "-c", str(out / ".builder_cache")] + (["--extra_options", *options] if options else [])
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0 or not (out / names.BUNDLE_MODEL).is_file():

@@ -1,0 +1,43 @@
+"""`python -m edge_lorax.export.genai_builder ARGS`: onnxruntime-genai's model builder (`python -m
+onnxruntime_genai.models.builder ARGS`) on either transformers line.
+
+onnxruntime-genai 0.18's builder is written against transformers 5.x: at module level it imports model classes only
+newer releases have (Qwen3.5: stand-ins here, reached only when building those models), and it reads
+config.rope_parameters, which 4.57 configs (the optimum environment) lack: they hold rope_theta and rope_scaling
+(None or a dict), folded here into rope_parameters as 5.x writes it. On 5.x neither step changes anything.
+"""
+
+import runpy
+
+BUILDER = "onnxruntime_genai.models.builder"
+MISSING = ("Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneration")
+
+
+def _rope_parameters(config):
+    have = getattr(config, "__dict__", {})
+    if "rope_scaling" in have and "rope_parameters" not in have and hasattr(config, "rope_theta"):
+        scaling = config.rope_scaling or {}
+        del config.rope_scaling
+        config.rope_parameters = {"rope_type": scaling.get("rope_type", scaling.get("type", "default")),
+                                  "rope_theta": config.rope_theta, **scaling}
+
+
+def main():
+    import transformers
+
+    for name in MISSING:
+        if not hasattr(transformers, name):
+            setattr(transformers, name, type(name, (), {}))
+    load = transformers.AutoConfig.from_pretrained
+
+    def from_pretrained(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        _rope_parameters(loaded[0] if isinstance(loaded, tuple) else loaded)  # return_unused_kwargs=True: a tuple
+        return loaded
+
+    transformers.AutoConfig.from_pretrained = from_pretrained
+    runpy.run_module(BUILDER, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
