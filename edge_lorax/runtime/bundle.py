@@ -283,6 +283,10 @@ def open_bundle(path, config: SessionConfig | str = "default") -> Bundle:
         session = ort.InferenceSession(str(model), session_options(config), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
         raise BundleError(f"{model}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]}); re-export the bundle") from e
+    return _bundle(path, manifest, model, session, config)
+
+
+def _bundle(path: Path, manifest: dict, model: Path, session: ort.InferenceSession, config: SessionConfig) -> Bundle:
     fingerprint = _fingerprint(path, manifest, session)
     tokens, coeffs = _inputs(session)
     _check_manifest_inputs(model, manifest, coeffs)
@@ -290,3 +294,11 @@ def open_bundle(path, config: SessionConfig | str = "default") -> Bundle:
         raise BundleError(f"{model}: no {names.INPUT_IDS} input; not an edge-lorax text model, re-export it")
     return Bundle(path, manifest, model, session, config, tokens, coeffs, tuple(o.name for o in session.get_outputs()),
                   fingerprint)
+
+
+def bundle_of_session(session: ort.InferenceSession, model_path) -> Bundle:
+    """A Bundle around a session someone else opened on a bundle's model file (optimum's ORTModel, sentence-
+    transformers): the same checks as open_bundle (manifest, fingerprint, inputs), no second session."""
+    model = Path(model_path)
+    path = model.parent
+    return _bundle(path, read_manifest(path), model, session, SessionConfig())
