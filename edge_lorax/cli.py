@@ -532,6 +532,10 @@ from edge_lorax.formats import names as _names  # noqa: E402  (export's choices 
               help="Encoders: also write model.int8.onnx (base weights int8). Decoders: the bundle's base weights are "
                    "int8 or int4 (weight-only MatMulNBits); the coefficient path stays fp32.")
 @click.option("--ort-format", is_flag=True, help="Also write .ort files (ORT Mobile) beside each .onnx.")
+@click.option("--fuse", "fused", is_flag=True,
+              help="Encoders (BERT family): also write model.fused.onnx, ONNX Runtime's Attention / SkipLayerNormalization "
+                   "/ BiasGelu with the q/k/v coefficient branches inside (runtime variant 'fused'); a graph that cannot "
+                   "be fused is left out and the manifest's `fusion` says why.")
 @click.option("--builder-option", "builder_options", multiple=True, metavar="KEY=VALUE",
               help="Decoders: an extra option of onnxruntime-genai's model builder, e.g. algo_config=k_quant_mixed "
                    "(int4 with int8 for the LM head and the most sensitive layers). Repeatable.")
@@ -540,7 +544,7 @@ from edge_lorax.formats import names as _names  # noqa: E402  (export's choices 
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @_friendly
-def export(model, subspace_dir, coeffs, output, task, num_labels, per_example, merge, quantize, ort_format,
+def export(model, subspace_dir, coeffs, output, task, num_labels, per_example, merge, quantize, ort_format, fused,
            builder_options, exporter, allow_base_mismatch, overwrite, as_json):
     """Export an ONNX bundle: components baked in, each user's coefficients as swappable inputs, verified vs torch.
 
@@ -559,7 +563,8 @@ def export(model, subspace_dir, coeffs, output, task, num_labels, per_example, m
 
     path = export_bundle(model, subspace_dir, output, coeffs, task=task, per_example=per_example, merge=merge,
                          quantize=quantize, ort_format=ort_format, overwrite=overwrite, exporter=exporter,
-                         num_labels=num_labels, allow_base_mismatch=allow_base_mismatch, builder_options=builder_options)
+                         num_labels=num_labels, allow_base_mismatch=allow_base_mismatch, builder_options=builder_options,
+                         fused=fused)
     manifest = json.loads((path / _names.BUNDLE_MANIFEST).read_text())
     worst = {v: round(c["max_abs_diff"], 7) for v, c in manifest["verification"].items()}
     _emit({"output": str(path), **describe(path), "task": manifest["task"], "max_abs_diff": worst}, as_json)

@@ -23,7 +23,7 @@ import onnx
 
 from edge_lorax import __version__
 from edge_lorax.builder.models import canonical_base, portable_model_id, resolve_model
-from edge_lorax.export import decoder, llm_bundle, passes
+from edge_lorax.export import decoder, fuse, llm_bundle, passes
 from edge_lorax.export import graph as g
 from edge_lorax.export.quantize import quantize_int8
 from edge_lorax.export.verify import TOLERANCE_RULE, TOLERANCES, check_variant
@@ -56,9 +56,10 @@ def _check_options(coeffs_path, per_example: bool, merge: bool, quantize, export
         raise InputError(f"exporter must be one of {g.EXPORTERS}, got {exporter!r}")
 
 
-def _check_llm_options(merge: bool, ort_format: bool, exporter: str):
+def _check_llm_options(merge: bool, ort_format: bool, exporter: str, fused: bool = False):
     """What a KV-cache decoder bundle does not offer (yet): refused before any work."""
-    for flag, on in (("--merge", merge), ("--ort-format", ort_format), ("--exporter dynamo", exporter != "torchscript")):
+    for flag, on in (("--merge", merge), ("--ort-format", ort_format), ("--exporter dynamo", exporter != "torchscript"),
+                     ("--fuse", fused)):  # the model builder's graph has GroupQueryAttention already
         if on:
             raise InputError(f"{flag} is not available for decoder (KV-cache) bundles; drop it")
 
@@ -215,7 +216,7 @@ def _copy_tokenizer(path: Path, out: Path) -> list:
 
 def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=None, per_example=False, merge=False,
                   quantize=None, ort_format=False, overwrite=False, exporter="torchscript", num_labels=None,
-                  allow_base_mismatch=False, builder_options=()) -> Path:
+                  allow_base_mismatch=False, builder_options=(), fused=False) -> Path:
     """Export, verify and write a bundle folder; returns its path. See docs/formats.md, "Bundle manifest"."""
     _check_options(coeffs_path, per_example, merge, quantize, exporter)
     out_dir = check_output(out_dir, overwrite)
@@ -229,7 +230,7 @@ def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=
         raise InputError(f"task must be one of {names.TASKS}, got {task!r}")
     labels = _num_labels_for(task, coeffs, num_labels, path)
     if task == names.TASK_CAUSAL_LM and llm_bundle.is_llm(model_config(path)):
-        _check_llm_options(merge, ort_format, exporter)
+        _check_llm_options(merge, ort_format, exporter, fused)
         decoder.check_builder_options(builder_options)
         llm_bundle.check_llm_config(path, model_config(path))
         with atomic_dir(out_dir, overwrite) as tmp:
@@ -243,18 +244,23 @@ def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=
         graph, reference = prepare_graphs(path, subspace, coeffs, task, labels, per_example, merge)
         side = _write_side_files(tmp, path, graph, coeffs_path, coeffs)  # first: verification uses the tokenizer
         side["sources"] = _copy_sources(Path(subspace_path), subspace, tmp)
-        files, checks = _write_models(tmp, graph, reference, exporter, quantize, ort_format, subspace.fingerprint)
+        files, checks, fusion = _write_models(tmp, graph, reference, exporter, quantize, ort_format,
+                                              subspace.fingerprint, fused)
         manifest = _build_manifest(graph, subspace, path, coeffs_path, exporter, {**files, **side}, checks)
+        if fusion is not None:
+            manifest["fusion"] = fusion
         (tmp / names.BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return out_dir
 
 
 def _write_models(tmp: Path, graph: g.Prepared, reference: g.Prepared, exporter: str, quantize, ort_format: bool,
-                 fingerprint: str) -> dict:
-    """model.onnx (+ int8, + .ort), each checked against torch; returns ({variant: file}, {variant: check})."""
+                 fingerprint: str, fused: bool = False) -> tuple:
+    """model.onnx (+ int8, + .ort, + fused), each checked against torch; returns ({variant: file}, {variant: check},
+    the manifest's `fusion` entry or None when not asked)."""
     meta = {"edge_lorax.fingerprint": fingerprint, "edge_lorax.mode": graph.spec.mode, "edge_lorax.task": graph.spec.task}
     fp32 = tmp / names.BUNDLE_MODEL
-    written = save_model(build_onnx(graph, exporter, meta), fp32)
+    proto = build_onnx(graph, exporter, meta)
+    written = save_model(proto, fp32)
     onnx.checker.check_model(str(fp32), full_check=True)
     tokens = _verify_tokens(tmp, graph.wrapper.model.config.vocab_size)
     models = {"fp32": fp32}
@@ -263,11 +269,34 @@ def _write_models(tmp: Path, graph: g.Prepared, reference: g.Prepared, exporter:
             models["int8"] = quantize_int8(fp32, tmp / names.BUNDLE_MODEL_INT8, graph.spec.feed_names)
         if ort_format:
             models.update({("ort" if v == "fp32" else f"{v}_ort"): _to_ort_format(p) for v, p in list(models.items())})
+        fusion = _write_fused(proto, graph, tmp / names.BUNDLE_MODEL_FUSED, len(written) > 1) if fused else None
+    if fusion is not None and fusion["file"]:
+        models["fused"] = tmp / fusion["file"]
     checks = {v: check_variant(v, p, graph, reference, tokens).as_dict() for v, p in models.items()}
     files = {v: p.name for v, p in models.items()}
     if graph.spec.mode != names.MODE_SHARED:
         files[graph.spec.mode.replace("-", "_")] = fp32.name  # runtime variant keys: per_example, merged
-    return {**files, "external_data": written[1:]}, checks
+    return {**files, "external_data": written[1:]}, checks, fusion
+
+
+def _write_fused(proto: onnx.ModelProto, graph: g.Prepared, path: Path, external: bool) -> dict:
+    """model.fused.onnx (export/fuse.py) beside model.onnx; a graph that cannot be fused keeps only the unfused one
+    and the manifest says why: {"file": name or None, "ops": {contrib op: count}, "reason": None or why not}."""
+    cfg = graph.wrapper.model.config
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None)
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", None)
+    why = ("causal-LM graphs are not fused (causal attention)" if graph.spec.task == names.TASK_CAUSAL_LM else
+           "weights in external data are not fused" if external else
+           None if heads and hidden else "the model config names no attention heads / hidden size")
+    if why is None:
+        try:
+            fused = fuse.fuse_attention(proto, int(heads), int(hidden))
+        except fuse.FuseRefused as e:
+            why = str(e)
+    if why is not None:
+        return {"file": None, "ops": {}, "reason": why}
+    save_model(fused, path)
+    return {"file": path.name, "ops": fuse.fused_ops(fused), "reason": None}
 
 
 def _copy_sources(subspace_path: Path, subspace: Subspace, tmp: Path) -> str | None:

@@ -16,7 +16,7 @@ from edge_lorax.export.graph import Prepared
 from edge_lorax.formats import names
 from edge_lorax.runtime.bundle import SessionConfig, session_options
 
-TOLERANCES = {"fp32": 1e-4, "int8": 0.25, "ort": 1e-4, "int8_ort": 0.25}  # of max abs diff / scale, vs torch fp32
+TOLERANCES = {"fp32": 1e-4, "int8": 0.25, "ort": 1e-4, "int8_ort": 0.25, "fused": 1e-4}  # of max abs diff / scale, vs torch fp32
 TOLERANCE_RULE = "max_abs_diff <= tolerance * scale, scale = max(1, max |torch output|)"
 RESPONSE_MIN = 0.9  # cosine(Δgraph, Δtorch): a graph that ignores its coefficient inputs scores 0
 COEFF_SCALES = (0.5, 2.0)  # random sets ~ U(-s, s): the paper's initialisation, and strong enough to beat int8 noise

@@ -28,6 +28,7 @@ BUNDLE_MODEL = "model.onnx"
 BUNDLE_MODEL_INT8 = "model.int8.onnx"  # dynamic int8 base weights; coefficient inputs and the low-rank path stay fp32
 BUNDLE_MODEL_INT8_ORT = "model.int8.ort"
 BUNDLE_MODEL_ORT = "model.ort"
+BUNDLE_MODEL_FUSED = "model.fused.onnx"  # `export --fuse`: Attention / SkipLayerNormalization / BiasGelu (export/fuse.py)
 BUNDLE_KIND = "edge-lorax-bundle"
 ORT_SUFFIX = ".ort"  # ORT-format model beside its .onnx: model.onnx -> model.ort
 EXTERNAL_DATA_SUFFIX = ".data"  # model.onnx -> model.onnx.data, only when the weights exceed protobuf's 2 GB
@@ -54,7 +55,7 @@ TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS)  # graph inputs fed f
 # Model files of a bundle by variant; the runtime falls back to these when the manifest has no `files` entry.
 BUNDLE_VARIANT_FILES = {"fp32": BUNDLE_MODEL, "int8": BUNDLE_MODEL_INT8, "ort": BUNDLE_MODEL_ORT,
                         "int8_ort": BUNDLE_MODEL_INT8_ORT, "per_example": "model.per_example.onnx",
-                        "merged": "model.merged.onnx"}
+                        "merged": "model.merged.onnx", "fused": BUNDLE_MODEL_FUSED}
 
 FORMAT_VERSION = 1
 
