@@ -412,9 +412,12 @@ def _stream(llm, gen, as_json: bool):
 @click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True)
 @click.option("--init", type=click.Path(dir_okay=False),
               help="user.npz or .onnx_adapter to start from [default: the bundle's defaults].")
-@click.option("--method", type=click.Choice(["head", "mix", "refine"]), default="refine", show_default=True,
-              help="head: fit the head only; mix: + mix the bundle's projected sources; refine: + every coefficient.")
-@click.option("--steps", type=click.IntRange(min=0), help="SPSA steps in all [default: until --budget-seconds].")
+@click.option("--method", type=click.Choice(["auto", "head", "mix", "refine", "exact"]), default="auto",
+              show_default=True,
+              help="head: fit the head only; mix: + mix the bundle's projected sources; then every coefficient by "
+                   "refine (forward-only SPSA) or exact (gradient descent on the bundle's model.grad.onnx); auto: "
+                   "exact when the bundle ships a gradient graph, else refine.")
+@click.option("--steps", type=click.IntRange(min=0), help="Optimizer steps in all [default: until --budget-seconds].")
 @click.option("--budget-seconds", type=click.FloatRange(min=0, min_open=True), default=55.0, show_default=True,
               help="Wall time for the fit, loading included (the process with its imports stays under 60 s).")
 @click.option("--holdout", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
@@ -536,6 +539,10 @@ from edge_lorax.formats import names as _names  # noqa: E402  (export's choices 
               help="Encoders (BERT family): also write model.fused.onnx, ONNX Runtime's Attention / SkipLayerNormalization "
                    "/ BiasGelu with the q/k/v coefficient branches inside (runtime variant 'fused'); a graph that cannot "
                    "be fused is left out and the manifest's `fusion` says why.")
+@click.option("--gradient/--no-gradient", default=True, show_default=True,
+              help="Classification / regression bundles: also write model.grad.onnx (loss and its gradient with "
+                   "respect to every coefficient and head input, checked against torch autograd), which "
+                   "`personalize` trains with on the device.")
 @click.option("--builder-option", "builder_options", multiple=True, metavar="KEY=VALUE",
               help="Decoders: an extra option of onnxruntime-genai's model builder, e.g. algo_config=k_quant_mixed "
                    "(int4 with int8 for the LM head and the most sensitive layers). Repeatable.")
@@ -545,7 +552,7 @@ from edge_lorax.formats import names as _names  # noqa: E402  (export's choices 
 @click.option("--json", "as_json", is_flag=True)
 @_friendly
 def export(model, subspace_dir, coeffs, output, task, num_labels, per_example, merge, quantize, ort_format, fused,
-           builder_options, exporter, allow_base_mismatch, overwrite, as_json):
+           gradient, builder_options, exporter, allow_base_mismatch, overwrite, as_json):
     """Export an ONNX bundle: components baked in, each user's coefficients as swappable inputs, verified vs torch.
 
     \b
@@ -564,7 +571,7 @@ def export(model, subspace_dir, coeffs, output, task, num_labels, per_example, m
     path = export_bundle(model, subspace_dir, output, coeffs, task=task, per_example=per_example, merge=merge,
                          quantize=quantize, ort_format=ort_format, overwrite=overwrite, exporter=exporter,
                          num_labels=num_labels, allow_base_mismatch=allow_base_mismatch, builder_options=builder_options,
-                         fused=fused)
+                         fused=fused, gradient=gradient)
     manifest = json.loads((path / _names.BUNDLE_MANIFEST).read_text())
     worst = {v: round(c["max_abs_diff"], 7) for v, c in manifest["verification"].items()}
     _emit({"output": str(path), **describe(path), "task": manifest["task"], "max_abs_diff": worst}, as_json)

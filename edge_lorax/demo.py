@@ -74,7 +74,8 @@ def run_demo(out, steps: int = 60, bench: bool = True, adapters=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     subspace, projected, trained = _build_users(folder, out, steps)
     log("exporting the bundle (fp32 + int8, verified against torch)")
-    bundle = export_bundle(None, subspace, out / "bundle", projected, quantize="int8", overwrite=True)
+    bundle = export_bundle(None, subspace, out / "bundle", projected, quantize="int8", overwrite=True,
+                           gradient=True)  # personalize trains with it
     results = _swap_users(bundle, [projected, trained])
     if bench:
         from edge_lorax.bench.run import run_bench

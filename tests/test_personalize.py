@@ -65,7 +65,7 @@ def planted(tmp_path_factory):
     shutil.copytree(setup.subspace_dir, sub_dir)
     users = {f"src{i}": random_user(setup.subspace, 10 + i, scale=3.0, head=False) for i in range(3)}
     write_sources(stack_sources(setup.subspace.fingerprint, users), sub_dir / SOURCES_FILE)
-    bundle_dir = export_bundle(setup.model, sub_dir, root / "bundle", setup.users[0], quantize="int8")
+    bundle_dir = export_bundle(setup.model, sub_dir, root / "bundle", setup.users[0], quantize="int8", gradient=True)
     bundle = open_bundle(bundle_dir)
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(WORDS, rng.integers(3, 8))) for _ in range(400)]
@@ -121,9 +121,22 @@ def test_planted_task_is_recovered_from_forwards_alone(planted, tmp_path):
     assert user.fingerprint == setup.subspace.fingerprint and user.meta["labels"] == ["no", "yes"]
 
 
+def test_exact_gradients_recover_the_planted_task(planted, tmp_path):
+    bundle_dir, local, test, _ = planted
+    manifest = json.loads((bundle_dir / names.BUNDLE_MANIFEST).read_text())
+    assert manifest["files"]["gradient"] == names.BUNDLE_MODEL_GRADIENT and manifest["gradient"]["check"]["max_abs_diff"] < 1e-5
+    _personalize(bundle_dir, local, tmp_path / "head.npz", "--method", "head")
+    report = _personalize(bundle_dir, local, tmp_path / "exact.npz", "--steps", "120")  # auto: the bundle has the graph
+    assert report["stages"] == ["start", "mix", "exact"] and report["steps"] == 120
+    assert report["heldout"] >= report["start_heldout"]
+    acc_head, acc = _accuracy(bundle_dir, tmp_path / "head.npz", test), _accuracy(bundle_dir, tmp_path / "exact.npz", test)
+    assert acc >= 0.85 and acc > acc_head + 0.05, (acc_head, acc)
+
+
 def test_refine_runs_on_the_int8_model_and_the_user_serves_run(planted, tmp_path):
     bundle_dir, local, _, _ = planted
-    report = _personalize(bundle_dir, local, tmp_path / "me.npz", "--variant", "int8", "--steps", "20")
+    report = _personalize(bundle_dir, local, tmp_path / "me.npz", "--variant", "int8", "--steps", "20",
+                          "--method", "refine")
     assert report["stages"] == ["start", "mix", "refine"] and report["steps"] == 20
     result = CliRunner().invoke(cli, ["run", str(bundle_dir), "--coeffs", str(tmp_path / "me.npz"), "good fun"])
     assert result.exit_code == 0 and result.output.split("\t")[0] in ("no", "yes"), result.output

@@ -56,11 +56,12 @@ def _bundle(target: str) -> Path:
     sub = build_subspace(sources, components=8, mean="keep", seed=0)
     write_subspace(sub, out / "subspace", overwrite=True, sources=project_sources(sub, sources))
     try:
-        export_bundle(None, out / "subspace", out / "bundle", task="classification", num_labels=2, quantize="int8",
+        export_bundle(None, out / "subspace", out / "bundle", task="classification", num_labels=2, quantize="int8", gradient=True,
                       overwrite=True)
     except RuntimeError as e:  # the exporter's int8 parity check: recorded, the bundle is fp32 only
         (out / "int8-refused.txt").write_text(str(e) + "\n")
-        export_bundle(None, out / "subspace", out / "bundle", task="classification", num_labels=2, overwrite=True)
+        export_bundle(None, out / "subspace", out / "bundle", task="classification", num_labels=2, overwrite=True,
+                      gradient=True)
     return out / "bundle"
 
 

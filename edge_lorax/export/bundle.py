@@ -24,6 +24,7 @@ import onnx
 from edge_lorax import __version__
 from edge_lorax.builder.models import canonical_base, portable_model_id, resolve_model
 from edge_lorax.export import decoder, fuse, llm_bundle, passes
+from edge_lorax.export import gradient as grad
 from edge_lorax.export import graph as g
 from edge_lorax.export.quantize import quantize_int8
 from edge_lorax.export.verify import TOLERANCE_RULE, TOLERANCES, check_variant
@@ -216,8 +217,10 @@ def _copy_tokenizer(path: Path, out: Path) -> list:
 
 def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=None, per_example=False, merge=False,
                   quantize=None, ort_format=False, overwrite=False, exporter="torchscript", num_labels=None,
-                  allow_base_mismatch=False, builder_options=(), fused=False) -> Path:
-    """Export, verify and write a bundle folder; returns its path. See docs/formats.md, "Bundle manifest"."""
+                  allow_base_mismatch=False, builder_options=(), fused=False, gradient=False) -> Path:
+    """Export, verify and write a bundle folder; returns its path. See docs/formats.md, "Bundle manifest".
+    gradient: also write model.grad.onnx for a classification / regression bundle (`edge-lorax export` does by
+    default; personalize's exact path needs it; ~30 s more on MiniLM)."""
     _check_options(coeffs_path, per_example, merge, quantize, exporter)
     out_dir = check_output(out_dir, overwrite)
     subspace = read_subspace(subspace_path)
@@ -246,9 +249,14 @@ def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=
         side["sources"] = _copy_sources(Path(subspace_path), subspace, tmp)
         files, checks, fusion = _write_models(tmp, graph, reference, exporter, quantize, ort_format,
                                               subspace.fingerprint, fused)
+        grads = _write_gradient(tmp, graph) if gradient and _has_gradient(graph, files) else None
+        if grads is not None:
+            side["gradient"] = grads["file"]
         manifest = _build_manifest(graph, subspace, path, coeffs_path, exporter, {**files, **side}, checks)
         if fusion is not None:
             manifest["fusion"] = fusion
+        if grads is not None:
+            manifest["gradient"] = grads
         (tmp / names.BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return out_dir
 
@@ -277,6 +285,22 @@ def _write_models(tmp: Path, graph: g.Prepared, reference: g.Prepared, exporter:
     if graph.spec.mode != names.MODE_SHARED:
         files[graph.spec.mode.replace("-", "_")] = fp32.name  # runtime variant keys: per_example, merged
     return {**files, "external_data": written[1:]}, checks, fusion
+
+
+def _has_gradient(graph: g.Prepared, files: dict) -> bool:
+    """A gradient graph serves shared classification / regression graphs whose weights fit one protobuf."""
+    return graph.spec.task in g.HEAD_TASKS and graph.spec.mode == names.MODE_SHARED and not files["external_data"]
+
+
+def _write_gradient(tmp: Path, graph: g.Prepared) -> dict:
+    """model.grad.onnx (export/gradient.py), checked against torch autograd; its manifest entry."""
+    tokens = _verify_tokens(tmp, graph.wrapper.model.config.vocab_size)
+    path = tmp / names.BUNDLE_MODEL_GRADIENT
+    with quiet():
+        grad.save_gradient(grad.export_gradient(graph, tokens), path)
+        check = grad.check_gradient(path, graph, tokens)
+    loss = "mse" if graph.spec.task == names.TASK_REGRESSION else "cross_entropy"
+    return {"file": path.name, "loss": loss, "labels": names.LABELS, "check": check}
 
 
 def _write_fused(proto: onnx.ModelProto, graph: g.Prepared, path: Path, external: bool) -> dict:

@@ -6,6 +6,9 @@ inputs, with the task head fitted in closed form (runtime.head) on the graph's `
   start   the bundle's defaults or an initial user; its head fitted on its features ("head only")
   mix     coefficients θ0 + Σ_s w_s (θ_s − θ0) over the bundle's projected sources (sources.npz), w by SPSA
   refine  every coefficient number, θ = θ_mix + σ ⊙ z with σ each tensor's RMS, z by SPSA
+  exact   every coefficient and head number by Adam on exact gradients: the bundle's gradient graph
+          (model.grad.onnx, export/gradient.py; loss and d loss / d every feed), run by plain ONNX Runtime, with the
+          host trainer's schedule (builder.loop: linear warm-up over 6 % of the steps, then linear decay to 0)
 
 SPSA step (two forwards of one minibatch): Δ ~ Rademacher, ĝ = (L(p + εΔ) − L(p − εΔ)) / 2ε · Δ, then an Adam
 update of p; the head follows, refitted every few steps on cached features that the perturbed forwards refresh.
@@ -17,7 +20,7 @@ regression bundles exported by this edge-lorax). Does not: run per-example or de
 """
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -31,7 +34,10 @@ from edge_lorax.runtime.head import fit_head, head_loss, head_score
 from edge_lorax.runtime.infer import encode, run_arrays
 from edge_lorax.runtime.users import LoadedUser, load_user, make_user
 
-METHODS = ("head", "mix", "refine")  # each includes the ones before it
+METHODS = ("head", "mix", "refine", "exact")  # mix includes head; refine and exact start from the mix
+AUTO = "auto"  # exact when the bundle ships a gradient graph, else refine
+STAGE_WEIGHT = {"mix": 1, "refine": 1, "exact": 2}  # shares of the budget (the mix plateaus within ~15 s)
+WARMUP = 0.06  # the host trainer's warm-up fraction (builder.loop.TrainConfig.warmup)
 MIN_ROWS = 8  # local examples needed to fit and hold some out
 REFIT = 10  # SPSA steps between head refits on the feature cache
 L2_GRID = (1.0, 10.0, 100.0)  # head penalties tried at each checkpoint, the held-out loss picks (n ≈ 50–200 rows, d = 384)
@@ -41,12 +47,13 @@ L2_GRID = (1.0, 10.0, 100.0)  # head penalties tried at each checkpoint, the hel
 class FitConfig:
     """steps: SPSA steps over both stages (None: until budget_s of wall time, setup included, is spent)."""
 
-    method: str = "refine"
+    method: str = AUTO
     steps: int | None = None
     budget_s: float = 55.0
     batch: int = 16  # examples per SPSA forward
     eps: tuple = (0.05, 0.05)  # perturbation size: mixing weights, refine (in units of each tensor's RMS)
     lr: tuple = (0.05, 0.02)  # Adam step size: mix, refine
+    exact_lr: float = 2e-2  # Adam peak step size on exact gradients (the host trainer's EigenLoRAx rate)
     seed: int = 0
     max_length: int = 48
 
@@ -155,13 +162,16 @@ class _Fitter:
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
-    def checkpoint(self, stage: str, coeffs: dict) -> dict:
-        """Features of every local example, head fitted on the fit split, held-out score and loss."""
+    def checkpoint(self, stage: str, coeffs: dict, trained_head: dict | None = None) -> dict:
+        """Features of every local example, head fitted on the fit split (or `trained_head` when its held-out loss
+        is lower: l2 None), held-out score and loss."""
         kind, d = self.task.kind, self.data
         x_fit, x_held = _features(self.bundle, coeffs, d.fit), _features(self.bundle, coeffs, d.held)
         self.rows_run += len(x_fit) + len(x_held)
         heads = {l2: fit_head(x_fit, d.y_fit, kind, self.labels, l2) for l2 in L2_GRID}
-        l2 = min(L2_GRID, key=lambda a: head_loss(x_held, d.y_held, heads[a], kind))
+        if trained_head is not None:
+            heads[None] = trained_head
+        l2 = min(heads, key=lambda a: head_loss(x_held, d.y_held, heads[a], kind))
         head = heads[l2]
         point = {"stage": stage, "coeffs": coeffs, "head": head, "l2": l2, "x": (x_fit, x_held), "steps": self.steps,
                  "seconds": round(self.elapsed(), 2), "heldout_score": head_score(x_held, d.y_held, head, kind),
@@ -215,6 +225,64 @@ class _Fitter:
         return p
 
 
+    def descend(self, sess, coeffs: dict, head: dict, steps: int | None, deadline: float) -> tuple:
+        """Adam (the host trainer's AdamW at weight decay 0) on every coefficient and head number with the gradient
+        graph's exact gradients, minibatches of fit rows, warm-up then linear decay over the planned steps (`steps`,
+        else as many as fit before `deadline`, estimated from the first step); returns (coefficients, head)."""
+        params = {k: np.array(v, np.float32) for k, v in {**coeffs, **head}.items()}
+        m, v = ({k: np.zeros_like(a) for k, a in params.items()} for _ in range(2))
+        y, outs = self.data.y_fit.astype(_label_dtype(self.task.kind)), [o.name for o in sess.get_outputs()]
+        t, planned, per_step, batches = 0, steps, 0.0, self._batches()
+        while (planned is None or t < planned) and self.elapsed() + per_step < deadline:
+            tick, index = time.perf_counter(), next(batches)
+            got = dict(zip(outs, sess.run(None, {**_rows(self.data.fit, index), names.LABELS: y[index], **params})))
+            t, self.steps, self.rows_run = t + 1, self.steps + 1, self.rows_run + 3 * len(index)  # backward ≈ 2 forwards
+            per_step = time.perf_counter() - tick
+            if planned is None:
+                planned = t + max(0, int((deadline - self.elapsed()) / per_step))
+            rate = self.config.exact_lr * _schedule(t - 1, planned)
+            for k, a in params.items():
+                g = got[names.GRAD_PREFIX + k]
+                m[k], v[k] = 0.9 * m[k] + 0.1 * g, 0.999 * v[k] + 0.001 * g * g
+                a -= (rate * (m[k] / (1 - 0.9 ** t)) / (np.sqrt(v[k] / (1 - 0.999 ** t)) + 1e-8)).astype(np.float32)
+            if t % 20 == 0:
+                self.progress(f"exact: step {self.steps}, {self.elapsed():.1f} s, loss {float(got[names.LOSS]):.4f}")
+        return split_inputs(params)
+
+
+def _schedule(step: int, total: int) -> float:
+    """The host trainer's rate factor (builder.loop.schedule): linear warm-up over WARMUP of `total`, then decay."""
+    warm = max(1, int(WARMUP * total))
+    return (step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
+
+
+def _label_dtype(kind: str):
+    return np.int64 if kind == CLASSIFICATION else np.float32
+
+
+def _exact_start(coeffs: dict, rng) -> dict:
+    """The coefficients gradient descent starts from: as given, or from an all-zero start the host trainer's
+    "zero_b" initialisation (coeff_A ~ U(-0.5, 0.5), coeff_B = 0: ΔW is bilinear, so at zero every gradient is 0)."""
+    if any(v.any() for v in coeffs.values()):
+        return coeffs
+    return {k: (rng.random(v.shape) - 0.5).astype(np.float32) if k.endswith("." + names.COEFF_A) else v
+            for k, v in coeffs.items()}
+
+
+def gradient_session(bundle: Bundle):
+    """An ONNX Runtime session on the bundle's gradient graph (manifest files.gradient), None when it ships none."""
+    import onnxruntime as ort
+
+    from edge_lorax.runtime.bundle import session_options
+
+    name = (bundle.manifest.get("files") or {}).get("gradient")
+    path = bundle_file(bundle.path, name) if isinstance(name, str) else None
+    if path is None:
+        return None
+    return ort.InferenceSession(str(path), session_options(replace(bundle.config, variant="fp32")),
+                                providers=["CPUExecutionProvider"])
+
+
 def _score_name(kind: str) -> str:
     return "accuracy" if kind == CLASSIFICATION else "MSE"
 
@@ -233,19 +301,19 @@ def load_sources(bundle: Bundle) -> dict:
 
 
 def _stage_deadlines(config: FitConfig, fitter: _Fitter, stages: list, checkpoint_s: float) -> list:
-    """Each SPSA stage's deadline (seconds since start): the budget left after the start, shared equally, minus
+    """Each stage's deadline (seconds since start): the budget left after the start, shared by STAGE_WEIGHT, minus
     one checkpoint per stage."""
-    left = config.budget_s - fitter.elapsed()
-    share = left / max(len(stages), 1)
-    return [fitter.elapsed() + share * (i + 1) - checkpoint_s for i in range(len(stages))]
+    left, now = config.budget_s - fitter.elapsed(), fitter.elapsed()
+    weights = np.cumsum([STAGE_WEIGHT[s] for s in stages]) / max(sum(STAGE_WEIGHT[s] for s in stages), 1)
+    return [now + left * w - checkpoint_s for w in weights]
 
 
 def personalize(bundle: Bundle, task: Task, start: LoadedUser | None = None, config: FitConfig = FitConfig(),
                 progress=lambda msg: None, t0: float | None = None) -> Result:
     """Fit a user for `task` (its train split fits, its validation split is held out) on `bundle`, from `start` (None:
     the bundle's defaults); returns the user (this bundle's fingerprint, the task's labels) and a report."""
-    if config.method not in METHODS:
-        raise InputError(f"method must be one of {METHODS}, got {config.method!r}")
+    if config.method not in (AUTO, *METHODS):
+        raise InputError(f"method must be one of {(AUTO, *METHODS)}, got {config.method!r}")
     check_bundle(bundle, task)
     t0 = time.perf_counter() if t0 is None else t0
     data = _Data(_encode_split(bundle, task.train, config.max_length), np.asarray(task.train.targets),
@@ -255,9 +323,14 @@ def personalize(bundle: Bundle, task: Task, start: LoadedUser | None = None, con
     tick = time.perf_counter()
     best = first = fitter.checkpoint("start", coeffs0)
     checkpoint_s = time.perf_counter() - tick
-    sources = load_sources(bundle) if config.method != "head" else {}
-    stages = (["mix"] if sources else []) + (["refine"] if config.method == "refine" else [])
-    if config.method == "mix" and not sources:
+    sess = gradient_session(bundle) if config.method in (AUTO, "exact") else None
+    method = ("exact" if sess is not None else "refine") if config.method == AUTO else config.method
+    if method == "exact" and sess is None:
+        raise BundleError(f"{bundle.path}: ships no gradient graph ({names.BUNDLE_MODEL_GRADIENT}); re-export it with "
+                          "this edge-lorax (export writes it by default) or use --method refine")
+    sources = load_sources(bundle) if method != "head" else {}
+    stages = (["mix"] if sources else []) + ([method] if method in ("refine", "exact") else [])
+    if method == "mix" and not sources:
         raise BundleError(f"{bundle.path}: ships no {SOURCES_FILE} to mix; use --method refine or head, or build the "
                           "subspace with --sources and re-export")
     deadlines = _stage_deadlines(config, fitter, stages, checkpoint_s)
@@ -265,6 +338,13 @@ def personalize(bundle: Bundle, task: Task, start: LoadedUser | None = None, con
                                                     for i in range(len(stages))] if stages else []
     current = coeffs0
     for i, stage in enumerate(stages):
+        if stage == "exact":
+            coeffs, head = fitter.descend(sess, _exact_start(current, fitter.rng), best["head"],
+                                          None if step_share is None else step_share[i], deadlines[i])
+            point = fitter.checkpoint(stage, coeffs, head)
+            if _better(point, best):
+                best, current = point, coeffs
+            continue
         size, w0, to_coeffs = _mixer(current, sources) if stage == "mix" else _refiner(current)
         j = 0 if stage == "mix" else 1
         p = fitter.spsa(stage, size, to_coeffs, best, None if step_share is None else step_share[i],
@@ -290,10 +370,11 @@ def _start_coeffs(bundle: Bundle, start: LoadedUser | None) -> dict:
 
 
 def _final_user(bundle: Bundle, task: Task, best: dict) -> User:
-    """The best checkpoint's coefficients with a head refitted on every local example."""
+    """The best checkpoint's coefficients with a head refitted on every local example (a head trained with the
+    coefficients is kept as it is)."""
     x = np.concatenate(best["x"])
     y = np.concatenate([np.asarray(task.train.targets), np.asarray(task.validation.targets)])
-    head = fit_head(x, y, task.kind, task.num_labels, best["l2"])
+    head = best["head"] if best["l2"] is None else fit_head(x, y, task.kind, task.num_labels, best["l2"])
     meta = {"method": f"personalize:{best['stage']}", "labels": list(task.labels) if task.labels else None,
             "base_model": bundle.manifest.get("base_model")}
     return User(bundle.fingerprint, dict(best["coeffs"]), head, {k: v for k, v in meta.items() if v is not None})

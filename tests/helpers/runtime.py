@@ -135,7 +135,8 @@ def get_setup(tmp_path_factory) -> Setup:
         sub = tiny_subspace()
         write_subspace(sub, root / "subspace")
         users = tuple(save_user(sub, i, root / f"user{i}.npz") for i in range(3))
-        bundle = export_bundle(model, root / "subspace", root / "bundle", users[0], quantize="int8", ort_format=True)
+        bundle = export_bundle(model, root / "subspace", root / "bundle", users[0], quantize="int8", ort_format=True,
+                               gradient=True)
         per_example = export_bundle(model, root / "subspace", root / "bundle-pe", users[0], per_example=True)
         _CACHE["setup"] = Setup(root, model, sub, root / "subspace", users, Path(bundle), Path(per_example))
     return _CACHE["setup"]
