@@ -12,7 +12,8 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 from edge_lorax.bench.measure import stamp_md  # noqa: E402
 
-KINDS = ("start", "head", "device", "host", "int8")
+KINDS = ("start", "head", "refine", "device", "host", "int8", "refine_int8")
+STAGES = ("start", "mix", "refine", "exact")
 
 
 def _load() -> dict:
@@ -58,7 +59,9 @@ def _summary(rows: list) -> list:
         sel = [r for r in rows if r["rows"] == n and r["acc_device"] is not None]
         gap = _mean([r["acc_device"] - r["acc_host"] for r in sel if r["acc_host"] is not None])
         lift = _mean([r["acc_device"] - r["acc_head"] for r in sel if r["acc_head"] is not None])
+        old = _mean([r["acc_refine"] - r["acc_host"] for r in sel if r["acc_host"] is not None and r["acc_refine"]])
         lines.append(f"- {n} examples, mean over {len(sel)} targets: on-device − host {_fmt(gap)} points "
+                     f"(forward-only refine: {_fmt(old)}) "
                      f"(target at 256: ≥ −2), on-device − head-only {_fmt(lift)} (target ≥ +5); slowest on-device "
                      f"fit {_fmt(max((r['device_s'] or 0) for r in sel))} s (target ≤ 60 s, 1 thread, max length 48)")
     ratio = [r["device_rss"] / r["inference_rss"] for r in rows if r["device_rss"] and r["inference_rss"]]
@@ -71,20 +74,20 @@ def _trace(cells: dict) -> list:
     """Mean held-out accuracy (%) and time at each checkpoint of the device fits, per local-set size: what each
     stage adds, and when."""
     lines = []
-    for kind in ("device", "int8"):
+    for kind in ("device", "int8", "refine", "refine_int8"):
         for n in sorted({c["rows"] for c in cells.values()}):
             fits = [c["report"] for c in cells.values() if c["kind"] == kind and c["rows"] == n and c.get("report")]
             if not fits:
                 continue
             parts = []
-            for stage in ("start", "mix", "refine"):
+            for stage in STAGES:
                 points = [p for f in fits for p in f["checkpoints"] if p["stage"] == stage]
                 if points:
                     parts.append(f"{stage} {_mean([100 * p['heldout_score'] for p in points])} % at "
                                  f"{_mean([p['seconds'] for p in points])} s")
             chosen = [f["chosen"] for f in fits]
             lines.append(f"- {kind}, {n} examples ({len(fits)} fits): " + ", ".join(parts) + "; written: "
-                         + ", ".join(f"{s} ×{chosen.count(s)}" for s in ("start", "mix", "refine") if s in chosen))
+                         + ", ".join(f"{s} ×{chosen.count(s)}" for s in STAGES if s in chosen))
     return lines
 
 
@@ -97,14 +100,18 @@ def main():
         md += stamp_md(st) + [""]
     md += ["Test accuracy (%) on the first 300 test rows through the runtime (fp32 bundle); mean over the seeds listed. "
            "start: the bundle's zero user (untrained head: a constant class); head: head fitted on device, coefficients "
-           "untouched; device: `edge-lorax personalize` defaults (mix over the projected sources, then every "
-           "coefficient; SPSA, 55 s budget); int8: the same on the int8 model (seed 0); host: `edge-lorax train` "
-           "(torch, 80 steps of 16, lr 2e-2). Seconds and peak RSS (VmHWM) are whole processes on 1 thread.", "",
-           "| target | rows | seeds | start | head | device | int8 | host | device s | device MiB | host s | host MiB "
-           "| inference MiB | steps | chosen |", "|" + "---|" * 15]
+           "untouched; refine: `--method refine` (mix over the projected sources, then every coefficient by "
+           "forward-only SPSA; the defaults before the gradient graph); device: `edge-lorax personalize` defaults "
+           "(mix, then every coefficient and the head by Adam on the bundle's gradient graph, model.grad.onnx); "
+           "int8 / refine int8: the same on the int8 model (seed 0); host: `edge-lorax train` (torch, 80 steps of "
+           "16, lr 2e-2). 55 s budget for every device fit. Seconds and peak RSS (VmHWM) are whole processes on 1 "
+           "thread; device s / MiB / steps / chosen are the default (exact) fits'.", "",
+           "| target | rows | seeds | start | head | refine | device | int8 | refine int8 | host | device s | device MiB "
+           "| host s | host MiB | inference MiB | steps | chosen |", "|" + "---|" * 17]
     for r in rows:
         md.append(f"| {r['target']} | {r['rows']} | {','.join(map(str, r['seeds']))} | {_fmt(r['acc_start'])} | "
-                  f"{_fmt(r['acc_head'])} | {_fmt(r['acc_device'])} | {_fmt(r['acc_int8'])} | {_fmt(r['acc_host'])} | "
+                  f"{_fmt(r['acc_head'])} | {_fmt(r['acc_refine'])} | {_fmt(r['acc_device'])} | {_fmt(r['acc_int8'])} | "
+                  f"{_fmt(r['acc_refine_int8'])} | {_fmt(r['acc_host'])} | "
                   f"{_fmt(r['device_s'])} | {_fmt(r['device_rss'], 0)} | {_fmt(r['host_s'])} | {_fmt(r['host_rss'], 0)} | "
                   f"{_fmt(r['inference_rss'], 0)} | {_fmt(r['device_steps'], 0)} | {' '.join(r['chosen'])} |")
     md += ["", "## Targets", ""] + _summary(rows)

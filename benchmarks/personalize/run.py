@@ -5,7 +5,10 @@ Targets: the four VADER domains (binary) and two non-sentiment tasks (spam:sms, 
 MiniLM subspace built without its own adapters (K=8, mean kept; sources.npz kept) and a classification bundle (fp32 +
 int8, zero coefficients: the start user is the base model). Per target, local rows (64 / 256, a seeded sample of the
 train split) and seed:
-- device: `edge-lorax personalize --threads 1` (the defaults: start -> mix -> refine, 55 s budget for the fit);
+- device: `edge-lorax personalize --threads 1` (the defaults: start -> mix -> exact gradients on the bundle's
+  model.grad.onnx, 55 s budget for the fit);
+- refine: `--method refine` (start -> mix -> forward-only SPSA over every coefficient; the defaults before the
+  gradient graph: cells `*-refine*.json` come from then);
 - head: `--method head` (the start user's features, head fitted in closed form);
 - int8: the device fit on the int8 model (seed 0 only);
 - host: `edge-lorax train --threads 1` on the same file (80 steps of batch 16, lr 2e-2, max length 48: the paper
@@ -39,7 +42,7 @@ TARGETS = {"nyt": ("vader:nyt-binary", "nyt-"), "amazon": ("vader:amazon-binary"
            "movies": ("vader:movies-binary", "movies-"), "tweets": ("vader:tweets-binary", "tweets-"),
            "spam": ("spam:sms", "spam-"), "disaster": ("disaster:request", "disaster-")}
 TEST_ROWS = 300
-KINDS = ("device", "head", "host", "int8", "inference")
+KINDS = ("device", "head", "host", "int8", "inference", "refine")
 
 
 def _bundle(target: str) -> Path:
@@ -137,7 +140,8 @@ def _run_cell(kind: str, target: str, rows: int, seed: int, bundle: Path, local:
         cmd = ["run", str(bundle), "--max-length", "48", "--json", "--", *texts]  # a text may start with "-"
         user = None
     else:
-        extra = {"device": [], "head": ["--method", "head"], "int8": ["--variant", "int8"]}[kind]
+        extra = {"device": [], "head": ["--method", "head"], "int8": ["--variant", "int8"],
+                 "refine": ["--method", "refine"]}[kind]
         cmd = ["personalize", str(bundle), "--data", str(local), "-o", str(user), "--threads", "1",
                      "--seed", str(seed), "--json", "--overwrite", *extra]
     result = _measured(cmd)

@@ -342,7 +342,7 @@ def personalize(bundle: Bundle, task: Task, start: LoadedUser | None = None, con
             coeffs, head = fitter.descend(sess, _exact_start(current, fitter.rng), best["head"],
                                           None if step_share is None else step_share[i], deadlines[i])
             point = fitter.checkpoint(stage, coeffs, head)
-            if _better(point, best):
+            if point["heldout_score"] >= first["heldout_score"]:  # trusted as host training is, unless worse than start
                 best, current = point, coeffs
             continue
         size, w0, to_coeffs = _mixer(current, sources) if stage == "mix" else _refiner(current)
