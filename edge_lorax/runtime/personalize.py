@@ -14,7 +14,9 @@ SPSA step (two forwards of one minibatch): Δ ~ Rademacher, ĝ = (L(p + εΔ) �
 update of p; the head follows, refitted every few steps on cached features that the perturbed forwards refresh.
 Each stage ends in a checkpoint: features of every local example, the head refitted on the fit split, the held-out
 split scored. The best checkpoint (start included; accuracy, then held-out loss) is returned with its head refitted
-on all local examples, so the user is never worse than its start on the held-out split.
+on all local examples, so the user is never worse than its start on the held-out split. An exact-gradient fit is
+kept as host training is (no choice among noisy checkpoints) unless its held-out loss (the training objective, a
+steadier judge than accuracy on ~50 rows of a skewed task) is above the start's.
 Works on any variant the runtime opens (fp32, int8, .ort) whose graph outputs head_input (classification and
 regression bundles exported by this edge-lorax). Does not: run per-example or decoder bundles, change the base model.
 """
@@ -342,7 +344,7 @@ def personalize(bundle: Bundle, task: Task, start: LoadedUser | None = None, con
             coeffs, head = fitter.descend(sess, _exact_start(current, fitter.rng), best["head"],
                                           None if step_share is None else step_share[i], deadlines[i])
             point = fitter.checkpoint(stage, coeffs, head)
-            if point["heldout_score"] >= first["heldout_score"]:  # trusted as host training is, unless worse than start
+            if point["heldout_loss"] <= first["heldout_loss"]:  # trusted as host training is, unless worse than start
                 best, current = point, coeffs
             continue
         size, w0, to_coeffs = _mixer(current, sources) if stage == "mix" else _refiner(current)
