@@ -57,6 +57,11 @@ def _summary(rows: list) -> list:
     lines = []
     for n in sorted({r["rows"] for r in rows}):
         sel = [r for r in rows if r["rows"] == n and r["acc_device"] is not None]
+        if not sel:
+            old = _mean([r["acc_refine"] - r["acc_host"] for r in rows if r["rows"] == n and r["acc_refine"] is not None
+                         and r["acc_host"] is not None])
+            lines.append(f"- {n} examples: no default (exact) fits in this report; forward-only refine − host {_fmt(old)}")
+            continue
         gap = _mean([r["acc_device"] - r["acc_host"] for r in sel if r["acc_host"] is not None])
         lift = _mean([r["acc_device"] - r["acc_head"] for r in sel if r["acc_head"] is not None])
         old = _mean([r["acc_refine"] - r["acc_host"] for r in sel if r["acc_host"] is not None and r["acc_refine"]])
