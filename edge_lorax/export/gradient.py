@@ -18,6 +18,7 @@ import contextlib
 import numpy as np
 import onnx
 import torch
+import torch.nn.attention
 from onnx import helper
 
 from edge_lorax.export.graph import Prepared
@@ -62,11 +63,12 @@ def _eager_frozen(prepared: Prepared):
     model = prepared.wrapper.model
     before = model.config._attn_implementation
     grads = {n: p.requires_grad for n, p in prepared.wrapper.named_parameters()}
-    model.set_attn_implementation("eager")
+    model.set_attn_implementation("eager")  # transformers 5.x; 4.57 keeps its SDPA modules, so SDPA runs as math
     for p in prepared.wrapper.parameters():
         p.requires_grad_(False)
     try:
-        yield
+        with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+            yield
     finally:
         model.set_attn_implementation(before)
         for n, p in prepared.wrapper.named_parameters():
