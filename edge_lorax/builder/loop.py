@@ -128,7 +128,7 @@ def forward(model, input_ids, mask) -> torch.Tensor:
     return _logits_of(model(input_ids=input_ids, attention_mask=mask))
 
 
-def _task_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
+def task_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
     """Cross-entropy for classification; MSE on the raw target scale for regression (one output)."""
     if kind == CLASSIFICATION:
         return torch.nn.functional.cross_entropy(logits, targets)
@@ -144,7 +144,7 @@ def metrics(logits: np.ndarray, targets: np.ndarray, kind: str) -> dict:
     """loss + accuracy/macro-F1, or loss (= MSE) + MSE/MAE/Pearson r; empty splits give {}."""
     if not len(targets):
         return {}
-    loss = float(_task_loss(torch.from_numpy(logits), torch.from_numpy(np.array(targets)), kind))
+    loss = float(task_loss(torch.from_numpy(logits), torch.from_numpy(np.array(targets)), kind))
     if kind == CLASSIFICATION:
         pred = logits.argmax(-1)
         return {"loss": loss, "accuracy": float((pred == targets).mean()), "macro_f1": macro_f1(pred, targets, logits.shape[-1])}
@@ -216,7 +216,7 @@ class Classification:
 
     def loss(self, model, data: Encoded, index) -> torch.Tensor:
         input_ids, mask, targets = _collate(data, index)
-        return _task_loss(forward(model, input_ids, mask), targets, data.kind)
+        return task_loss(forward(model, input_ids, mask), targets, data.kind)
 
     def evaluate(self, model, data: Encoded, batch_size: int) -> dict:
         return evaluate(model, data, batch_size)

@@ -3,7 +3,7 @@
 Inputs `input_ids`, `attention_mask` (B, T) int64, `labels` (B,) (int64 class ids, or float32 targets for regression)
 and every feed of the forward graph under its user.npz name (optional inputs: the bundle's defaults). Outputs `loss`
 (scalar, float32) and `grad.<feed name>` (the feed's shape, float32). The loss is the host trainer's
-(builder.loop._task_loss): mean cross-entropy over the batch, or mean squared error on the raw target scale.
+(builder.loop.task_loss, called here): mean cross-entropy over the batch, or mean squared error on the raw target scale.
 
 Made by torch, once, on the host: the loss module with every feed as a parameter is traced by `torch.export`
 (eager attention: SDPA's fused backward has no ONNX export), torch's joint forward-backward pass
@@ -21,6 +21,7 @@ import torch
 import torch.nn.attention
 from onnx import helper
 
+from edge_lorax.builder.loop import task_loss
 from edge_lorax.export.graph import Prepared
 from edge_lorax.formats import names
 
@@ -40,13 +41,6 @@ class _LossModule(torch.nn.Module):
     def forward(self, input_ids, attention_mask, labels):  # (B, T) int64 x2, (B,)
         logits = self.wrapper(input_ids, attention_mask, *(self.feeds[_param_key(k)] for k in self.keys))[0]  # (B, L)
         return (task_loss(logits, labels, self.task),)
-
-
-def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
-    """The host trainer's loss (builder.loop._task_loss): cross-entropy, or MSE for a one-output regression head."""
-    if task == names.TASK_REGRESSION:
-        return torch.nn.functional.mse_loss(logits.squeeze(-1), labels)
-    return torch.nn.functional.cross_entropy(logits, labels)
 
 
 def _param_key(feed: str) -> str:
