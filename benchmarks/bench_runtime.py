@@ -1,5 +1,6 @@
 """The committed runtime benchmark on the real MiniLM: source adapters -> subspace -> one projected user (+ its task
-head) -> exported bundle (fp32 + int8) -> `edge-lorax bench` report.
+head) -> exported bundle (fp32 + int8 + fused) -> `edge-lorax bench` report, with optimum's plain export and its O2
+rows when the optimum environment exists (scripts/setup-optimum.sh).
 
     .venv/bin/python benchmarks/bench_runtime.py -o benchmarks/reports/runtime-minilm          # the report (quiet machine)
     .venv/bin/python benchmarks/bench_runtime.py -o /tmp/r --quick --random-adapters 6       # smoke test, no committed adapters
@@ -17,6 +18,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
+OPTIMUM_CLI = ROOT / ".venv-optimum" / "bin" / "optimum-cli"
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
@@ -56,7 +58,7 @@ def build_inputs(adapters: list, work: Path, k: int) -> tuple:
     head = proj.head or {names.HEAD_WEIGHT_T: (rng.standard_normal((384, 2)) * 0.05).astype(np.float32),
                          names.HEAD_BIAS: np.zeros(2, np.float32)}
     user = write_user(User(proj.fingerprint, proj.coefficients, head, proj.meta), work / "user.npz")
-    bundle = export_bundle("default", subspace, work / "bundle", user, quantize="int8", overwrite=True)
+    bundle = export_bundle("default", subspace, work / "bundle", user, quantize="int8", overwrite=True, fused=True)
     return subspace, user, Path(bundle)
 
 
@@ -69,6 +71,9 @@ def main(argv=None):
     ap.add_argument("--k", type=int, default=8, help="components per module (K)")
     ap.add_argument("--work", default=str(ROOT / "out" / "bench-runtime"))
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--optimum-cli", default=str(OPTIMUM_CLI) if OPTIMUM_CLI.is_file() else None,
+                    help="optimum's CLI for the optimum plain / O2 rows [default: .venv-optimum's, made by "
+                         "scripts/setup-optimum.sh]")
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -80,7 +85,8 @@ def main(argv=None):
     from edge_lorax.bench.run import run_bench
 
     command = shlex.join([".venv/bin/python", "benchmarks/bench_runtime.py", *(argv or sys.argv[1:])])
-    out = run_bench(bundle, args.output, args.quick, None, subspace, user, command, log=lambda m: print(m, file=sys.stderr))
+    out = run_bench(bundle, args.output, args.quick, None, subspace, user, command,
+                    log=lambda m: print(m, file=sys.stderr), optimum_cli=args.optimum_cli)
     print(out / "report.md")
 
 

@@ -1,11 +1,17 @@
 """Bench preparation: every graph and user file a benchmark run compares, written into a work folder.
 
 From a bundle (the swappable EigenLoRAx graph) plus its base model and subspace: the plain base model, the int8
-variants, the merged export, the multi-LoRA anchor (the same user's full A and B as inputs), N user files (npz and
+variants, the merged export, the multi-LoRA anchor (the same user's full A and B as inputs), the bundle's fused graph
+when it ships one (`export --fuse`), optimum's own export of the plain model and the same after ORTOptimizer O2 (the
+graphs a Hugging Face user would pick instead; only where an `optimum-cli` is found), N user files (npz and
 .onnx_adapter) and a parity check across all of them. Needs torch/transformers/onnx, imported inside functions so
 the runtime package still imports without them. Does not time anything.
 """
 
+import os
+import shutil
+import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +28,9 @@ from edge_lorax.runtime.bundle import open_bundle, read_manifest
 EIGEN, ANCHOR, PLAIN, MERGED = "eigenlorax", "multi-lora anchor", "plain", "merged"
 INT8 = " int8"
 AA_COPY = PLAIN + " (A/A copy)"  # the paired control: plain's file opened a second time (same graph, its own session)
+FUSED = EIGEN + " fused"  # the bundle's model.fused.onnx (export/fuse.py), when it has one
+OPTIMUM, OPTIMUM_O2 = PLAIN + " (optimum)", PLAIN + " (optimum O2)"  # `optimum-cli export onnx`, then `-O2`
+OPTIMUM_TASKS = {names.TASK_CLASSIFICATION: "text-classification", names.TASK_FEATURES: "feature-extraction"}
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,55 @@ def _export_merged(bundle_dir: Path, model_dir, subspace_dir, coeffs_path, out: 
     return Path(dest) / names.BUNDLE_MODEL
 
 
+def find_optimum_cli(given=None) -> str | None:
+    """optimum's CLI: `given`, else $EDGE_LORAX_OPTIMUM_CLI, else beside this interpreter, else on PATH; None when
+    there is none (the project's is `.venv-optimum/bin/optimum-cli`, made by scripts/setup-optimum.sh)."""
+    for cand in (given, os.environ.get("EDGE_LORAX_OPTIMUM_CLI"), Path(sys.executable).parent / "optimum-cli"):
+        if cand and Path(cand).is_file():
+            return str(cand)
+    return shutil.which("optimum-cli")
+
+
+def _run_cli(cmd: list, timeout_s: int = 900):
+    """Run one optimum-cli command offline; its last stderr line in the error when it fails."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout_s, env=env)
+    if proc.returncode:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"`{' '.join(map(str, cmd[:3]))}` exit {proc.returncode}: {tail[0][:300]}")
+
+
+def optimum_plain(cli: str, model_dir, task: str, out: Path) -> dict:
+    """{OPTIMUM: model.onnx, OPTIMUM_O2: model_optimized.onnx}: optimum's export of the plain base model
+    (`optimum-cli export onnx --task text-classification|feature-extraction`; its own head, random where the checkpoint
+    has none: timing only) and the same after ORTOptimizer at level 2 (`optimum-cli onnxruntime optimize -O2`: ORT's
+    BERT fusions). Raises RuntimeError (the CLI's last line) or KeyError (a task optimum has no row for here)."""
+    plain, o2 = out / "optimum", out / "optimum-O2"
+    _run_cli([cli, "export", "onnx", "--model", model_dir, "--task", OPTIMUM_TASKS[task], "--library-name",
+              "transformers", plain])
+    _run_cli([cli, "onnxruntime", "optimize", "--onnx_model", plain, "-o", o2, "-O2"])
+    return {OPTIMUM: plain / "model.onnx", OPTIMUM_O2: o2 / "model_optimized.onnx"}
+
+
+def _extra_models(bundle_dir: Path, model_dir, task: str, cli: str | None, work: Path, notes: list) -> dict:
+    """The optional rows: the bundle's fused graph, optimum's plain export and its O2; each absent one is a note."""
+    models = {}
+    fused = bundle_dir / names.BUNDLE_MODEL_FUSED
+    if fused.is_file():
+        models[FUSED] = fused
+    else:
+        notes.append(f"no {FUSED} row: the bundle has no {names.BUNDLE_MODEL_FUSED} (export it with --fuse)")
+    if cli is None:
+        notes.append("no optimum rows: no optimum-cli found; install the [optimum] extra (scripts/setup-optimum.sh) "
+                     "and pass --optimum-cli .venv-optimum/bin/optimum-cli")
+        return models
+    try:
+        models.update(optimum_plain(cli, model_dir, task, work))
+    except (RuntimeError, KeyError, subprocess.TimeoutExpired) as e:
+        notes.append(f"no optimum rows: {e}")
+    return models
+
+
 def _int8_of(src: Path, dst: Path, shipped: Path | None = None) -> Path:
     """The bundle's own int8 model when shipped, else the exporter's quantization (the same for plain, EigenLoRAx
     and anchor: base weights int8 per channel, every node on a per-user input's low-rank path kept fp32)."""
@@ -134,14 +192,12 @@ def user_bytes(coeffs: User, lora: dict, factors: dict, files: dict) -> dict:
 
 def parity(models: dict, feeds: dict, reference: np.ndarray, tokens: dict) -> dict:
     """Max abs diff of each graph's logits vs the torch reference on the same tokens (int8: expected larger)."""
-    from edge_lorax.bench.workers import load_feeds, open_session
+    from edge_lorax.bench.workers import load_feeds, open_session, runner
 
     out = {}
     for label, path in models.items():
-        session = open_session(path, 1)
-        declared = {i.name for i in session.get_inputs()} | {i.name for i in session.get_overridable_initializers()}
-        feed = {k: v for k, v in {**tokens, **load_feeds(feeds.get(label))}.items() if k in declared}
-        out[label] = float(np.abs(session.run(None, feed)[0] - reference).max())
+        run = runner(open_session(path, 1), load_feeds(feeds.get(label)), tokens)
+        out[label] = float(np.abs(run()[0] - reference).max())
     return out
 
 
@@ -171,8 +227,10 @@ def _resolve_inputs(bundle_dir: Path, model_dir, subspace_dir) -> tuple:
     return Path(model_dir), Path(subspace_dir)
 
 
-def prepare(bundle_dir, work, model_dir=None, subspace_dir=None, coeffs_path=None, n_users: int = 10) -> Prepared:
-    """Write every compared graph and user file into `work`; returns their paths and a parity table vs torch."""
+def prepare(bundle_dir, work, model_dir=None, subspace_dir=None, coeffs_path=None, n_users: int = 10,
+            optimum_cli: str | None = None) -> Prepared:
+    """Write every compared graph and user file into `work`; returns their paths and a parity table vs torch (not
+    for the plain rows, whose heads are not the user's). optimum_cli: see find_optimum_cli."""
     from edge_lorax.builder.models import load_model
 
     bundle_dir, work = Path(bundle_dir), Path(work)
@@ -187,12 +245,13 @@ def prepare(bundle_dir, work, model_dir=None, subspace_dir=None, coeffs_path=Non
     anchor = graphs.export_anchor(load_model(model_dir, labels), task, factors, coeffs.head, work / "anchor.onnx")
     models = {PLAIN: graphs.export_plain(load_model(model_dir, labels), task, work / "plain.onnx"), EIGEN: bundle.model_path,
               ANCHOR: anchor, MERGED: _export_merged(bundle_dir, model_dir, subspace_dir, coeffs_path, work)}
+    models.update(_extra_models(bundle_dir, model_dir, task, find_optimum_cli(optimum_cli), work, notes))
     for label in (PLAIN, EIGEN, ANCHOR):
         models[label + INT8] = _int8_of(models[label], work / f"{label.replace(' ', '-')}.int8.onnx",
                                        bundle_dir / names.BUNDLE_MODEL_INT8 if label == EIGEN else None)
     lora = {**graphs.lora_feeds(factors), **coeffs.head}
     feeds = {EIGEN: _save_feeds(coeffs.inputs(), work / "eigen-feeds.npz"), ANCHOR: _save_feeds(lora, work / "lora-feeds.npz")}
-    feeds.update({k + INT8: feeds[k] for k in (EIGEN, ANCHOR)})
+    feeds.update({k + INT8: feeds[k] for k in (EIGEN, ANCHOR)} | ({FUSED: feeds[EIGEN]} if FUSED in models else {}))
     from edge_lorax.bench.workers import token_inputs
 
     vocab = int(bundle.model_config.get("vocab_size", 1000))

@@ -17,10 +17,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edge_lorax.bench import measure, workers
-from edge_lorax.bench.prepare import AA_COPY, ANCHOR, EIGEN, INT8, MERGED, PLAIN
+from edge_lorax.bench.prepare import AA_COPY, ANCHOR, EIGEN, FUSED, INT8, MERGED, OPTIMUM, OPTIMUM_O2, PLAIN
 from edge_lorax.runtime.bundle import usable_cores
 
-SWEEP_MODELS = (PLAIN, EIGEN, ANCHOR, MERGED, PLAIN + INT8, EIGEN + INT8, ANCHOR + INT8)
+SWEEP_MODELS = (PLAIN, EIGEN, ANCHOR, MERGED, PLAIN + INT8, EIGEN + INT8, ANCHOR + INT8)  # always prepared
+OPTIONAL_MODELS = (FUSED, OPTIMUM, OPTIMUM_O2)  # where prepared: a fused bundle, an optimum-cli (bench/prepare.py)
+
+
+def sweep_models(prep) -> tuple:
+    """The models a run measures: SWEEP_MODELS plus the optional ones this preparation has."""
+    return SWEEP_MODELS + tuple(m for m in OPTIONAL_MODELS if m in prep.models)
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,7 @@ class Plan:
     max_runs: int = 1000
     warmup: int = 10
     blocks: int = 5
-    paired_cells: tuple = ((1, 64), (8, 64))  # (batch, seq) measured alternating models in blocks
+    paired_cells: tuple = ((1, 16), (1, 64), (8, 64))  # (batch, seq) measured alternating models in blocks
     paired_rounds: int = 40  # five full balanced orders of the 8 paired models; short rounds (see report notes)
     paired_retries: int = 2  # re-measurements of a paired cell whose A/A control is off (report.AA_LIMIT)
     block_s: float = 0.1  # per paired block, sized on the slowest model; after 2 untimed switch runs
@@ -83,7 +89,7 @@ def sweep(prep, plan: Plan, log=None) -> list:
     for threads in plan.threads:
         for batch in plan.batches:
             for seq in plan.seqs:
-                for label in SWEEP_MODELS:
+                for label in sweep_models(prep):
                     spec = {"kind": "latency", "model": prep.models[label], "feeds": prep.feeds.get(label),
                             "threads": _threads_of(threads), "batch": batch, "seq": seq, "vocab": prep.vocab,
                             "warmup": plan.warmup, "budget_s": plan.budget_s, "min_runs": plan.min_runs,
@@ -120,7 +126,7 @@ def _paired_ratios(prep, plan: Plan, log=None, busy_machine: bool = False) -> li
     from edge_lorax.bench.report import metric_for
 
     rows = []
-    models = [{"label": lab, "model": prep.models[lab], "feeds": prep.feeds.get(lab)} for lab in SWEEP_MODELS]
+    models = [{"label": lab, "model": prep.models[lab], "feeds": prep.feeds.get(lab)} for lab in sweep_models(prep)]
     models.append({"label": AA_COPY, "model": prep.models[PLAIN], "feeds": None})
     for threads in plan.threads:
         for batch, seq in plan.paired_cells:
@@ -174,8 +180,9 @@ def torch_reference(prep, plan: Plan) -> list:
 
 
 def run_bench(bundle_dir, out_dir, quick: bool = False, model_dir=None, subspace_dir=None, coeffs=None,
-              command: str = "", log=None, plan: Plan | None = None) -> Path:
-    """Prepare, measure, write the report into out_dir (report.json, report.md, report.png); returns out_dir."""
+              command: str = "", log=None, plan: Plan | None = None, optimum_cli: str | None = None) -> Path:
+    """Prepare, measure, write the report into out_dir (report.json, report.md, report.png); returns out_dir.
+    optimum_cli: the CLI that exports optimum's plain rows (bench/prepare.py find_optimum_cli; none: rows absent)."""
     from edge_lorax.bench.prepare import prepare
     from edge_lorax.bench.report import write_report
 
@@ -184,7 +191,7 @@ def run_bench(bundle_dir, out_dir, quick: bool = False, model_dir=None, subspace
             "bundle": str(bundle_dir)}
     with tempfile.TemporaryDirectory(prefix="edge-lorax-bench-") as work:
         t0 = time.perf_counter()
-        prep = prepare(bundle_dir, work, model_dir, subspace_dir, coeffs, plan.n_users)
+        prep = prepare(bundle_dir, work, model_dir, subspace_dir, coeffs, plan.n_users, optimum_cli)
         data["prepared"], data["prepare_s"] = prep.to_dict(), time.perf_counter() - t0
         _log(f"prepared in {data['prepare_s']:.1f} s; parity {prep.parity}", log)
         data["latency"] = sweep(prep, plan, log)

@@ -44,9 +44,11 @@ def open_session(path, threads: int, spinning: bool = True) -> ort.InferenceSess
 
 
 def runner(session, feeds: dict, tokens: dict):
-    """A zero-argument run closure over preloaded arrays (only feeds the graph declares are bound)."""
+    """A zero-argument run closure over preloaded arrays (only feeds the graph declares are bound; a declared
+    token_type_ids, as in optimum's plain export, gets zeros like input_ids)."""
     declared = {i.name for i in session.get_inputs()} | {i.name for i in session.get_overridable_initializers()}
-    values = {k: v for k, v in {**tokens, **feeds}.items() if k in declared}
+    types = {names.TOKEN_TYPE_IDS: np.zeros_like(tokens[names.INPUT_IDS])}
+    values = {k: v for k, v in {**types, **tokens, **feeds}.items() if k in declared}
     outputs = [o.name for o in session.get_outputs()]
     return lambda: session.run(outputs, values)
 
