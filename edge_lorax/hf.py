@@ -1,5 +1,6 @@
-"""Choosing a user of a bundle through the Hugging Face classes that open it: optimum's `ORTModelFor*` and
-sentence-transformers' ONNX backend (`SentenceTransformer(bundle, backend="onnx")`).
+"""Choosing a user of a bundle through the Hugging Face classes that open it: optimum's `ORTModelFor*` (decoder
+bundles through `ORTModelForCausalLM`, whose KV-cache loop and `generate` are optimum's) and sentence-transformers'
+ONNX backend (`SentenceTransformer(bundle, backend="onnx")`).
 
 Those classes run the bundle's default user (the coefficient inputs' initializers). `with_user(model, user)` binds
 another user: the model's ONNX Runtime session is wrapped once by a thin proxy whose `run` adds the user's preloaded
@@ -12,9 +13,10 @@ sentence-transformers (duck-typed: anything with an ONNX Runtime `session` and `
     from edge_lorax.hf import with_user
     model = with_user(ORTModelForSequenceClassification.from_pretrained("bundle"), "alice.npz")
     st = with_user(SentenceTransformer("features-bundle", backend="onnx"), "bob.npz")
+    llm = with_user(ORTModelForCausalLM.from_pretrained("decoder-bundle"), "alice.onnx_adapter")  # then llm.generate
 
 Does not: IO binding (`use_io_binding=True` bypasses the feeds and ONNX Runtime ignores adapters there: refused),
-per-example bundles (one user per run here), decoder (KV-cache) bundles.
+per-example bundles (one user per run here; a --per-example decoder bundle too).
 """
 
 import os

@@ -90,6 +90,15 @@ def planted_adapters(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="session")
+def decoder_bundle(tmp_path_factory):
+    """(root, model folder) of the tiny decoder (KV-cache) bundle, root / "bundle" (helpers.decoder): built once per
+    session for test_llm_bundle.py and test_hf_interop.py; treat it as read-only (add files, never change them)."""
+    from helpers.decoder import tiny_decoder_bundle
+
+    return tiny_decoder_bundle(tmp_path_factory.mktemp("llm"))
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """The shared tiny-BERT bundle and its users (one per test module)."""

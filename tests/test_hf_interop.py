@@ -1,5 +1,7 @@
 """Bundles opened by the Hugging Face classes (issue 15): optimum's ORTModelFor* and sentence-transformers' ONNX
-backend run the bundle's default user, and edge_lorax.hf.with_user chooses another, with the runtime's outputs.
+backend run the bundle's default user, and edge_lorax.hf.with_user chooses another, with the runtime's outputs; the
+decoder (KV-cache) bundle through ORTModelForCausalLM and AutoTokenizer, against a plain session and the runtime's
+greedy generation (the tiny Llama bundle of test_llm_bundle.py, conftest's decoder_bundle: ~15 s when built here).
 
 Needs the interop environment (`bash scripts/setup-optimum.sh`, `.venv-optimum`: optimum-onnx + sentence-transformers
 on transformers 4.57; `bash scripts/test-optimum.sh`); skipped where they are absent, so the default `.venv` stays green.
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 
 if os.environ.get("EDGE_LORAX_REQUIRE_HF"):  # scripts/test-optimum.sh: a broken interop environment fails, never skips
+    import onnxruntime_genai  # noqa: F401  (the decoder bundle's builder and the runtime's generation)
     import optimum.onnxruntime  # noqa: F401
     import sentence_transformers  # noqa: F401
 pytest.importorskip("optimum.onnxruntime")
@@ -191,3 +194,80 @@ def test_with_user_refusals(made):
     binding = ORTModelForFeatureExtraction.from_pretrained(made["feat"], use_io_binding=True)
     with pytest.raises(InputError, match="use_io_binding=False"):
         hf.with_user(binding, made["users"]["fa"])
+
+
+# ------------------------------------------------------------------------------- decoder (KV-cache) bundle: causal LM
+
+PROMPT = "w5 w9 w11 w3"
+
+
+@pytest.fixture(scope="module")
+def decoder(decoder_bundle):
+    """(root, bundle folder, ORTModelForCausalLM on it): users u3 (the bundle's defaults, also u3.onnx_adapter) and u0."""
+    pytest.importorskip("onnxruntime_genai")
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    root, _ = decoder_bundle
+    return root, root / "bundle", ORTModelForCausalLM.from_pretrained(root / "bundle")
+
+
+def _decoder_users(root, bundle) -> dict:
+    """User name -> what with_user is given: u0 as user.npz, u3 as the bundle's .onnx_adapter."""
+    return {"u0": root / "u0.npz", "u3": bundle / ("u3" + names.ADAPTER_SUFFIX)}
+
+
+def _plain_logits(bundle, root, who: str, ids: list) -> np.ndarray:
+    """Prefill logits (1, T, vocab) of a plain ONNX Runtime session fed the user's arrays and an empty KV cache."""
+    import onnxruntime as ort
+
+    from edge_lorax.export.llm_bundle import prefill_feeds
+    from edge_lorax.formats.user import read_user
+
+    config = json.loads((bundle / "genai_config.json").read_text())
+    session = ort.InferenceSession(str(bundle / names.BUNDLE_MODEL), providers=["CPUExecutionProvider"])
+    return session.run([names.LOGITS], {**prefill_feeds(ids, config), **read_user(root / f"{who}.npz").inputs()})[0]
+
+
+def test_optimum_causal_lm_logits_per_user(decoder):
+    """ORTModelForCausalLM: the defaults are u3; with_user binds u0 (npz) and u3 (.onnx_adapter) on one session, each
+    giving the plain session's first-step logits (≤ 1e-5); the users differ; KV inputs are neither tokens nor a user's."""
+    import torch
+
+    root, bundle, model = decoder
+    ids = [5, 9, 11, 3, 40, 7, 7]
+    tokens = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids), dtype=torch.int64)}
+    default = model(**tokens).logits.numpy()
+    assert np.abs(default - _plain_logits(bundle, root, "u3", ids)).max() <= TOL
+    outs, session = {}, None
+    for who, user in _decoder_users(root, bundle).items():
+        outs[who] = hf.with_user(model, user)(**tokens).logits.numpy()
+        session = session or model.session
+        assert model.session is session  # bound once: a swap never reloads
+        assert np.abs(outs[who] - _plain_logits(bundle, root, who, ids)).max() <= TOL, who
+    assert np.abs(outs["u0"] - outs["u3"]).max() > 1e-2
+    wrapped = model.session.bundle
+    assert sorted(wrapped.kv_inputs) == [f"past_key_values.{i}.{k}" for i in range(2) for k in ("key", "value")]
+    manifest = json.loads((bundle / names.BUNDLE_MANIFEST).read_text())
+    assert set(wrapped.coeff_inputs) == set(manifest["coefficients"]) and wrapped.token_inputs == ("input_ids", "attention_mask")
+
+
+def test_optimum_causal_lm_generates_the_runtime_tokens(decoder):
+    """AutoTokenizer on the bundle gives the runtime's ids (no token_type_ids); greedy generate (8 new tokens) per user
+    equals edge_lorax.runtime.llm's greedy tokens (the runtime stops before EOS, generate after it)."""
+    from transformers import AutoTokenizer
+
+    from edge_lorax.runtime.llm import load_llm
+
+    root, bundle, model = decoder
+    users = _decoder_users(root, bundle)
+    llm = load_llm(bundle, threads=1)
+    llm.add_user("u0", users["u0"])
+    tok = AutoTokenizer.from_pretrained(bundle)
+    enc = tok(PROMPT, return_tensors="pt")
+    assert set(enc) == {"input_ids", "attention_mask"} and enc["input_ids"][0].tolist() == llm.encode(PROMPT)
+    eos, got = llm.manifest["eos_token_id"], {}
+    for who, name in (("u0", "u0"), ("u3", None)):
+        out = hf.with_user(model, users[who]).generate(**enc, max_new_tokens=8, do_sample=False)
+        new = out[0, enc["input_ids"].shape[1]:].tolist()
+        got[who] = new[:new.index(eos)] if eos in new else new
+        assert got[who] == list(llm.generate(PROMPT, name, 8)), who

@@ -19,37 +19,21 @@ import sys
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
-from edge_lorax.cli import cli
 from edge_lorax.export.llm_bundle import prefill_feeds
 from edge_lorax.formats.errors import InputError
+from helpers.decoder import WORDS, run
 from helpers.tiny import tiny_adapters, tiny_decoder_dir
 
 og = pytest.importorskip("onnxruntime_genai")
-WORDS = ["<pad>", "<unk>", "</s>"] + [f"w{i}" for i in range(77)]  # vocab 80: no Linear of the model has 80 outputs (see below)
 NEW_TOKENS = 24
-CHAT = "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}w1{% endif %}"
-
-
-def run(*args, ok: bool = True):
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output + (repr(result.exception) if result.exception else "")
-    return result
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Model folder, four random LoRAs, a subspace of three (K=3), users: adapter 3 projected, adapter 0 projected."""
-    root = tmp_path_factory.mktemp("llm")
-    model = tiny_decoder_dir(root / "tiny-llama", WORDS, hidden=64, chat_template=CHAT)
-    adapters = tiny_adapters(model, "llama", root / "adapters")
-    run("build", *adapters[:3], "-o", root / "sub", "-k", 3)
-    run("project", root / "sub", adapters[3], "-o", root / "u3.npz")
-    run("project", root / "sub", adapters[0], "-o", root / "u0.npz")
-    run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", root / "bundle")
-    return root, model
+def setup(decoder_bundle):
+    """Model folder, four random LoRAs, a subspace of three (K=3), users: adapter 3 projected, adapter 0 projected
+    (helpers.decoder; shared with test_hf_interop.py)."""
+    return decoder_bundle
 
 
 def torch_model(root, model, user: str):
@@ -74,7 +58,7 @@ def torch_greedy(net, ids: list, n: int) -> list:
 
 
 def test_bundle_layout_and_manifest(setup):
-    root, _ = setup
+    root, model = setup
     bundle = root / "bundle"
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["task"] == "causal-lm" and manifest["kv_cache"] and manifest["precision"] == "fp32"
@@ -83,6 +67,23 @@ def test_bundle_layout_and_manifest(setup):
                                                    "manifest.json", "u3.onnx_adapter"}
     check = manifest["verification"]["fp32"]
     assert check["max_abs_diff"] <= 1e-5 and check["response"] > 0.99 and check["effect"] > 1e-2
+    assert {"config.json", "generation_config.json", "tokenizer_config.json"} <= set(manifest["files"]["side"])
+    assert (bundle / "config.json").read_bytes() == (model / "config.json").read_bytes()  # as is, for optimum
+
+
+def test_auto_tokenizer_reads_the_bundle(setup):
+    """AutoTokenizer.from_pretrained(bundle) on this transformers line (4.57 and 5 both read PreTrainedTokenizerFast)
+    gives tokenizer.json's ids and only the graph's token inputs."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    bundle = setup[0] / "bundle"
+    config = json.loads((bundle / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    tok, raw = AutoTokenizer.from_pretrained(bundle), Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    for text in (PROMPT, "W7 w8, w9 nope", ""):
+        enc = tok(text)
+        assert set(enc) == {"input_ids", "attention_mask"} and enc["input_ids"] == raw.encode(text).ids, text
 
 
 def test_prefill_logits_equal_torch(setup):

@@ -1,8 +1,9 @@
 """`edge-lorax export` for a Llama-family decoder: a KV-cache bundle that onnxruntime-genai opens as it is.
 
 Folder: model.onnx + model.onnx.data (onnxruntime-genai's model builder at fp32 / int8 / int4, then the coefficient
-branches of edge_lorax.export.decoder), genai_config.json, the tokenizer and chat template, manifest.json and
-`<user>.onnx_adapter` when --coeffs is given (the graph's defaults are that user, else zeros: the base model).
+branches of edge_lorax.export.decoder), genai_config.json, the tokenizer and chat template, the model's config.json
+(and generation_config.json) for optimum's ORTModelForCausalLM, manifest.json and `<user>.onnx_adapter` when --coeffs
+is given (the graph's defaults are that user, else zeros: the base model).
 Inputs: input_ids, attention_mask, past_key_values.<i>.key/value and the coefficient inputs (optional, named like a
 user.npz's keys); outputs: logits, present.<i>.key/value. Position ids come from the attention mask inside
 GroupQueryAttention (the builder's graph has no position_ids input).
@@ -27,6 +28,7 @@ from edge_lorax.export import decoder, passes
 from edge_lorax.export.verify import COEFF_SCALES, RESPONSE_MIN, TOLERANCE_RULE, cosine
 from edge_lorax.formats import names
 from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.formats.onnx_adapter import write_onnx_adapter
 from edge_lorax.formats.subspace import Subspace
 from edge_lorax.formats.user import User
@@ -42,6 +44,12 @@ TOLERANCES = {"fp32": 1e-4, "int8": None, "int4": None}
 RESPONSE_MINS = {"fp32": RESPONSE_MIN, "int8": RESPONSE_MIN, "int4": 0.5}
 VERIFY_PROMPTS = ("The capital of France is", "Write one word about the sea:", "ok")
 SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+# The model folder's own, copied as they are: optimum's ORTModelForCausalLM.from_pretrained(bundle) needs config.json
+# (heads, KV heads, model type) and takes generation_config.json's defaults; onnxruntime-genai reads neither.
+HF_FILES = (names.BUNDLE_CONFIG, "generation_config.json")
+# tokenizer_config.json's class: transformers 5's tokenizer save writes "TokenizersBackend", which transformers 4.57's
+# AutoTokenizer refuses; PreTrainedTokenizerFast is known to both and reads tokenizer.json as it is (the runtime's ids).
+HF_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
 
 def is_llm(config: dict) -> bool:
@@ -73,7 +81,9 @@ def _save(model: onnx.ModelProto, out: Path) -> list:
 
 
 def _copy_side_files(work: Path, path: Path, out: Path) -> list:
-    """genai_config.json and the builder's processing files (tokenizer, chat template), else the model folder's."""
+    """genai_config.json and the builder's processing files (tokenizer, chat template), else the model folder's; then
+    the model folder's HF_FILES. Returns the names written, in that order; tokenizer_config.json is made loadable by
+    both transformers lines (_hf_tokenizer_config)."""
     copied = [decoder.GENAI_CONFIG]
     shutil.copyfile(work / decoder.GENAI_CONFIG, out / decoder.GENAI_CONFIG)
     for name in SIDE_FILES:
@@ -81,7 +91,23 @@ def _copy_side_files(work: Path, path: Path, out: Path) -> list:
         if src.is_file():
             shutil.copyfile(src, out / name)
             copied.append(name)
+    for name in HF_FILES:
+        if (path / name).is_file():
+            shutil.copyfile(path / name, out / name)
+            copied.append(name)
+    if "tokenizer_config.json" in copied:
+        _hf_tokenizer_config(out / "tokenizer_config.json")
     return copied
+
+
+def _hf_tokenizer_config(file: Path):
+    """Rewrite tokenizer_config.json (a JSON object, else InputError naming it) for AutoTokenizer on transformers 4.57
+    and 5: tokenizer_class HF_TOKENIZER_CLASS, model_input_names the graph's token inputs (input_ids, attention_mask:
+    no token_type_ids to feed). onnxruntime-genai tokenizes the same with either class (checked on SmolLM2)."""
+    config = read_json_object(file, "fix the model folder's tokenizer_config.json")
+    config["tokenizer_class"] = HF_TOKENIZER_CLASS
+    config["model_input_names"] = [names.INPUT_IDS, names.ATTENTION_MASK]
+    file.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def export_llm_bundle(path: Path, subspace: Subspace, tmp: Path, coeffs: User | None, coeffs_path, precision: str,
@@ -133,7 +159,7 @@ def prefill_feeds(ids: list, config: dict) -> dict:
     feeds = {names.INPUT_IDS: np.array([ids], np.int64), names.ATTENTION_MASK: np.ones((1, len(ids)), np.int64)}
     for i in range(layers):
         for kind in ("key", "value"):
-            feeds[f"past_key_values.{i}.{kind}"] = np.zeros((1, heads, 0, size), np.float32)
+            feeds[names.kv_input_name(i, kind)] = np.zeros((1, heads, 0, size), np.float32)
     return feeds
 
 
@@ -224,7 +250,7 @@ def _manifest(subspace: Subspace, path: Path, config: dict, defaults: dict, mode
         "task": names.TASK_CAUSAL_LM, "mode": mode, "precision": precision, "kv_cache": True,
         "kv": {"layers": layers, "heads": heads, "head_size": size, "context_length": config["model"]["context_length"]},
         "eos_token_id": config["model"]["eos_token_id"], "pad_token_id": config["model"].get("pad_token_id"),
-        "inputs": [names.INPUT_IDS, names.ATTENTION_MASK] + [f"past_key_values.{i}.{kind}" for i in range(layers)
+        "inputs": [names.INPUT_IDS, names.ATTENTION_MASK] + [names.kv_input_name(i, kind) for i in range(layers)
                                                              for kind in ("key", "value")] + list(coeffs),
         "coefficients": coeffs, "defaults": Path(coeffs_path).name if coeffs_path else "zeros",
         "files": files, "verification": {precision: check}, "tolerance_rule": TOLERANCE_RULE,

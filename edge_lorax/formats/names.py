@@ -55,7 +55,10 @@ BUNDLE_CONFIG = "config.json"  # the HF model config inside a bundle (labels, pr
 TOKENIZER_FILE = "tokenizer.json"  # the fast tokenizer inside a bundle, read by the `tokenizers` package
 ADAPTER_SUFFIX = ".onnx_adapter"  # ONNX Runtime LoraAdapter file of one user
 TOKEN_TYPE_IDS = "token_type_ids"
-TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS)  # graph inputs fed from the tokenizer; all others are per-user
+TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS)  # graph inputs fed from the tokenizer; others: per-user or KV
+# A decoder bundle's KV-cache inputs, past_key_values.<layer>.key / .value (batch, kv heads, past length, head size):
+# fed by the generation loop, neither tokens nor a user's.
+KV_INPUT_PREFIX = "past_key_values."
 # Model files of a bundle by variant; the runtime falls back to these when the manifest has no `files` entry.
 BUNDLE_VARIANT_FILES = {"fp32": BUNDLE_MODEL, "int8": BUNDLE_MODEL_INT8, "ort": BUNDLE_MODEL_ORT,
                         "int8_ort": BUNDLE_MODEL_INT8_ORT, "per_example": "model.per_example.onnx",
@@ -67,6 +70,11 @@ FORMAT_VERSION = 1
 def coeff_name(module: str, side: str) -> str:
     """`<module>.coeff_A` / `<module>.coeff_B`; side is COEFF_A or COEFF_B."""
     return f"{module}.{side}"
+
+
+def kv_input_name(layer: int, kind: str) -> str:
+    """`past_key_values.<layer>.key` / `.value`; kind is "key" or "value"."""
+    return f"{KV_INPUT_PREFIX}{layer}.{kind}"
 
 
 def component_name(module: str, side: str) -> str:

@@ -1,8 +1,9 @@
 """Open an exported bundle folder as one ONNX Runtime session plus what the runtime needs to feed it.
 
 Coefficient inputs (names, shapes, dtypes) are read from the session itself — every input or overridable
-initializer that is not a token input — so the runtime never trusts a manifest over the graph. The manifest gives
-the fingerprint, the files and the task. Does not tokenize or run (see infer.py) and does not load users (users.py).
+initializer that is not a token input or a decoder's KV-cache input — so the runtime never trusts a manifest over the
+graph. The manifest gives the fingerprint, the files and the task. Does not tokenize or run (see infer.py) and does not
+load users (users.py).
 """
 
 import os
@@ -105,9 +106,11 @@ def _check_types(path: Path, data: dict, types: dict, fix: str, error=InputError
             raise error(f"{path}: {key!r} is a JSON {_JSON_NAMES.get(type(value), 'value')}, expected {want}; {fix}")
 
 
-def read_manifest(path: Path) -> dict:
+def read_manifest(path: Path, decoder: bool = False) -> dict:
     """manifest.json of a bundle folder; a missing, unreadable or ill-typed one, or one of another format version,
-    is a BundleError naming the file and the fix. An absent format_version is version 1 (bundles written before it)."""
+    is a BundleError naming the file and the fix. An absent format_version is version 1 (bundles written before it).
+    A decoder (KV-cache) bundle is refused unless `decoder` (bundle_of_session: optimum's ORTModelForCausalLM runs its
+    cache loop itself); `run` / `bench` cannot step a KV cache."""
     mpath = Path(path) / names.BUNDLE_MANIFEST
     if not mpath.is_file():
         raise BundleError(f"{path}: not a bundle folder (no {names.BUNDLE_MANIFEST}); create one with `edge-lorax export`")
@@ -116,7 +119,7 @@ def read_manifest(path: Path) -> dict:
     if manifest.get("format_version", names.FORMAT_VERSION) != names.FORMAT_VERSION:
         raise BundleError(f"{mpath}: format_version {manifest.get('format_version')!r} is not {names.FORMAT_VERSION}, the "
                           "one this edge-lorax reads; re-export the bundle with this edge-lorax")
-    if manifest.get("kv_cache"):
+    if manifest.get("kv_cache") and not decoder:
         raise BundleError(f"{path}: a decoder bundle with a KV cache; generate with `edge-lorax generate {path} PROMPT` "
                           "(edge_lorax.runtime.llm), not `run` / `bench`")
     return manifest
@@ -207,6 +210,7 @@ class Bundle:
     outputs: tuple
 
     fingerprint: str  # the graph's own subspace fingerprint (its metadata), which the manifest must repeat
+    kv_inputs: tuple = ()  # a decoder bundle's past_key_values.<i>.key / .value, in graph order: fed by its caller
 
     @property
     def per_example(self) -> bool:
@@ -224,11 +228,15 @@ class Bundle:
 
 
 def _inputs(session: ort.InferenceSession) -> tuple:
+    """(token input names, {coefficient input name: InputSpec}, KV-cache input names) of the session's graph: a
+    KV-cache input (names.KV_INPUT_PREFIX) is neither tokens nor a user's; every other input or overridable
+    initializer that is not a token input is a coefficient (or head) input."""
     required = [_spec(a, False) for a in session.get_inputs()]
     optional = [_spec(a, True) for a in session.get_overridable_initializers()]
     tokens = tuple(s.name for s in required if s.name in names.TOKEN_INPUTS)
-    coeffs = {s.name: s for s in required + optional if s.name not in names.TOKEN_INPUTS}
-    return tokens, coeffs
+    kv = tuple(s.name for s in required if s.name.startswith(names.KV_INPUT_PREFIX))
+    coeffs = {s.name: s for s in required + optional if s.name not in names.TOKEN_INPUTS and s.name not in kv}
+    return tokens, coeffs, kv
 
 
 def _fingerprint(path: Path, manifest: dict, session: ort.InferenceSession) -> str:
@@ -288,17 +296,18 @@ def open_bundle(path, config: SessionConfig | str = "default") -> Bundle:
 
 def _bundle(path: Path, manifest: dict, model: Path, session: ort.InferenceSession, config: SessionConfig) -> Bundle:
     fingerprint = _fingerprint(path, manifest, session)
-    tokens, coeffs = _inputs(session)
+    tokens, coeffs, kv = _inputs(session)
     _check_manifest_inputs(model, manifest, coeffs)
     if names.INPUT_IDS not in tokens:
         raise BundleError(f"{model}: no {names.INPUT_IDS} input; not an edge-lorax text model, re-export it")
     return Bundle(path, manifest, model, session, config, tokens, coeffs, tuple(o.name for o in session.get_outputs()),
-                  fingerprint)
+                  fingerprint, kv)
 
 
 def bundle_of_session(session: ort.InferenceSession, model_path) -> Bundle:
     """A Bundle around a session someone else opened on a bundle's model file (optimum's ORTModel, sentence-
-    transformers): the same checks as open_bundle (manifest, fingerprint, inputs), no second session."""
+    transformers): the same checks as open_bundle (manifest, fingerprint, inputs), no second session. A decoder
+    (KV-cache) bundle is accepted here (optimum's ORTModelForCausalLM feeds the cache; its kv_inputs are listed)."""
     model = Path(model_path)
     path = model.parent
-    return _bundle(path, read_manifest(path), model, session, SessionConfig())
+    return _bundle(path, read_manifest(path, decoder=True), model, session, SessionConfig())
