@@ -6,6 +6,7 @@ Results go to stdout, progress to stderr; bad input is a one-line ClickException
 import json
 import sys
 from functools import wraps
+from pathlib import Path
 
 import click
 
@@ -43,33 +44,33 @@ def _friendly(fn):
     return wrapper
 
 
-_TRAINING_OPTIONS = (
-    click.option("--data", required=True, help="vader:<domain>-<binary|3class|regression>, spam:sms, trec:coarse, disaster:<category> "
+_TRAINING_OPTIONS = {  # by option name: train and train-lora take all, train-many all but those it has no use for
+    "data": click.option("--data", required=True, help="vader:<domain>-<binary|3class|regression>, spam:sms, trec:coarse, disaster:<category> "
                  "(e.g. disaster:request), 20ng:topic, or a .csv/.tsv/.jsonl file."),
-    click.option("--text-column", default="text", show_default=True),
-    click.option("--label-column", default="label", show_default=True),
-    click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True,
+    "text-column": click.option("--text-column", default="text", show_default=True),
+    "label-column": click.option("--label-column", default="label", show_default=True),
+    "kind": click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True,
                  help="Task kind of a data file (built-in tasks know theirs)."),
-    click.option("--model", default="default", show_default=True,
+    "model": click.option("--model", default="default", show_default=True,
                  help="Base model folder ('default': the embedded MiniLM; 'smollm2': the embedded SmolLM2-135M-Instruct "
                       "decoder; must match the subspace's base)."),
-    click.option("--task-type", type=click.Choice(["SEQ_CLS", "CAUSAL_LM"]),
+    "task-type": click.option("--task-type", type=click.Choice(["SEQ_CLS", "CAUSAL_LM"]),
                  help="PEFT task type [default: CAUSAL_LM for a causal LM folder (the answer is the generated label "
                       "word, loss on the answer tokens only), else SEQ_CLS (a task head)]."),
-    click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps (overrides --epochs)."),
-    click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
-    click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
-    click.option("--max-length", type=click.IntRange(min=1), default=64, show_default=True,
+    "steps": click.option("--steps", type=click.IntRange(min=1), help="Optimizer steps (overrides --epochs)."),
+    "epochs": click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True),
+    "batch-size": click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True),
+    "max-length": click.option("--max-length", type=click.IntRange(min=1), default=64, show_default=True,
                  help="Tokens per training text, for a decoder prompt + answer (longer texts are cut; at most the "
                       "model's positions)."),
-    click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
+    "patience": click.option("--patience", type=click.IntRange(min=0), default=0, show_default=True,
                  help="Early stopping: evals without a better val loss."),
-    click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Split, init and batch order."),
-    click.option("--threads", type=click.IntRange(min=1),
+    "seed": click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Split, init and batch order."),
+    "threads": click.option("--threads", type=click.IntRange(min=1),
                  help="torch threads [default: torch's choice]; on a machine shared with other jobs use 1 per process "
                       "(OpenMP threads spin-wait when the cores are taken)."),
-    click.option("--overwrite", is_flag=True),
-)
+    "overwrite": click.option("--overwrite", is_flag=True),
+}
 
 
 def _set_threads(threads):
@@ -79,11 +80,14 @@ def _set_threads(threads):
         torch.set_num_threads(threads)
 
 
-def _training_options(fn):
-    """The options `train` and `train-lora` share (data, model, schedule, seed), declared once."""
-    for option in reversed(_TRAINING_OPTIONS):
-        fn = option(fn)
-    return fn
+def _training_options(fn=None, *, skip: tuple = ()):
+    """The options `train`, `train-lora` and `train-many` share (data, model, schedule, seed), declared once; `skip`
+    leaves some out."""
+    def wrap(fn):
+        for name, option in reversed(_TRAINING_OPTIONS.items()):
+            fn = fn if name in skip else option(fn)
+        return fn
+    return wrap(fn) if fn is not None else wrap
 
 
 def progress(items, label: str):
@@ -91,6 +95,42 @@ def progress(items, label: str):
     from tqdm import tqdm
 
     return tqdm(items, desc=label, file=sys.stderr, leave=False)
+
+
+def progress_callback(label: str):
+    """A tqdm bar on stderr driven as callback(done, total) (builder.executor.map_items' progress)."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=label, file=sys.stderr, leave=False)
+
+    def update(done: int, total: int):
+        bar.total = total
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+    return update
+
+
+_EXECUTOR_OPTIONS = [
+    click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                 help="ray: one task per item on a Ray cluster (a local one unless --address); files are read by path, "
+                      "so a cluster of several machines needs them on a shared filesystem."),
+    click.option("--address", help="An existing Ray cluster (e.g. auto, HOST:6379) [default: start a local one]."),
+    click.option("--workers", type=click.IntRange(min=1), help="CPUs of the local Ray cluster [default: all]."),
+]
+
+
+def _executor_options(fn):
+    """--executor / --address / --workers, declared once for build, project-many and train-many."""
+    for option in reversed(_EXECUTOR_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _executor(kind: str, address, workers):
+    from edge_lorax.builder.executor import Executor
+
+    return Executor(kind, address, workers)
 
 
 def _emit(data: dict, as_json: bool):
@@ -120,15 +160,17 @@ def _emit(data: dict, as_json: bool):
               help="Keep every adapter's projection in sources.npz (a few KB each): bundles ship it and `personalize` "
                    "starts from a mix of them.")
 @click.option("--overwrite", is_flag=True)
+@_executor_options
 @_friendly
 def build(adapters, output, components, explained_variance, augment, mean, seed, allow_base_mismatch, sources,
-          overwrite):
+          overwrite, executor, address, workers):
     """Build a subspace from PEFT LoRA adapter folders.
 
     \b
     Example:
       edge-lorax build adapters/tweets-* adapters/amazon-* -o subspace -k 8
       edge-lorax build adapters/* -o subspace-paper -k 8 --mean drop   # the paper's centred procedure
+      edge-lorax build hub/* -o subspace -k 32 --executor ray --workers 2   # one Ray task per module, same bytes
     """
     import os
 
@@ -142,9 +184,10 @@ def build(adapters, output, components, explained_variance, augment, mean, seed,
         components = 8
     check_build_options(components, explained_variance, augment, mean, seed)
     check_output(output, overwrite)  # before the work: exists, or cannot be written
+    where = _executor(executor, address, workers)
     sub = build_subspace(adapters, components=components, explained_variance=explained_variance, augment=augment,
                          mean=mean, seed=seed, allow_base_mismatch=allow_base_mismatch,
-                         progress=lambda mods: progress(mods, "modules"))
+                         progress=progress_callback("modules"), executor=where)
     kept = None
     if sources:
         from edge_lorax.builder.project import project_sources
@@ -179,6 +222,41 @@ def project(subspace, adapter, output, as_json, overwrite):
     write_user(result.coeffs, output)
     data = {"output": output, "relative_error": round(result.overall, 6), "bytes": result.coeffs.nbytes()}
     _emit({**data, "module_errors": {m: round(e, 6) for m, e in result.errors.items()}} if as_json else data, as_json)
+
+
+@cli.command("project-many")
+@click.argument("subspace", type=click.Path(exists=True, file_okay=False))
+@click.argument("adapters", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Folder to write: one <adapter folder name>.npz each, projections.csv and projections.json.")
+@click.option("--allow-base-mismatch", is_flag=True, help="Accept adapters whose base model id differs.")
+@click.option("--overwrite", is_flag=True)
+@_executor_options
+@_friendly
+def project_many(subspace, adapters, output, allow_base_mismatch, overwrite, executor, address, workers):
+    """Project a hub of LoRA adapters onto a subspace -> one user file each + a table of errors and bytes.
+
+    A failing adapter is a row of the table (status failed, its error), never the end of the batch; the exit status
+    is 1 when any failed.
+
+    \b
+    Examples:
+      edge-lorax project-many subspace adapters/* -o users
+      edge-lorax project-many subspace hub/* -o users --executor ray --address auto
+    """
+    from edge_lorax.builder.project import project_many as run_many
+    from edge_lorax.formats.subspace import read_subspace
+
+    check_output(output, overwrite)
+    rows = run_many(read_subspace(subspace), adapters, output, _executor(executor, address, workers),
+                    allow_base_mismatch, overwrite, progress_callback("adapters"))
+    failed = [r for r in rows if r["status"] != "ok"]
+    _emit({"output": output, "projected": len(rows) - len(failed), "failed": len(failed),
+           "table": str(Path(output) / "projections.csv")}, False)
+    for row in failed:
+        click.echo(f"failed: {row['adapter']}: {row['error']}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 @cli.command()
@@ -269,6 +347,45 @@ def train(subspace_dir, data, text_column, label_column, kind, output, model, ta
     report = train_coeffs(read_subspace(subspace_dir), task, output, model=model, rank=rank, k=k, init=init, config=config,
                           kind=task_type)
     click.echo(report.summary())
+
+
+@cli.command("train-many")
+@click.option("--subspace", "subspace_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--data-dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="One task file per user (.csv/.tsv/.jsonl), the user named by the file's stem.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Folder to write: <user>.npz each, train-many.csv and train-many.json.")
+@click.option("--users-per-batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Users trained together: each step's batch holds --batch-size rows of each.")
+@_training_options(skip=("data", "task-type", "patience"))
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-2, show_default=True)
+@_executor_options
+@_friendly
+def train_many(subspace_dir, data_dir, output, users_per_batch, text_column, label_column, kind, model, steps, epochs,
+               batch_size, max_length, seed, threads, overwrite, lr, executor, address, workers):
+    """Train many users' coefficients (+ heads) together: one forward/backward of the base model serves a batch of users.
+
+    Each user ends as `edge-lorax train` would leave it (same seed and steps), up to training noise; every user gets
+    the same step count (--steps, else the largest user's --epochs).
+
+    \b
+    Examples:
+      edge-lorax train-many --subspace subspace --data-dir users/ -o trained --steps 60 --users-per-batch 16
+      edge-lorax train-many --subspace subspace --data-dir users/ -o trained --executor ray --workers 2
+    """
+    from edge_lorax.builder.fleet import data_files, write_trained
+    from edge_lorax.builder.fleet import train_many as run_many
+    from edge_lorax.builder.loop import TrainConfig
+    from edge_lorax.formats.subspace import read_subspace
+
+    check_output(output, overwrite)
+    config = TrainConfig(lr=lr, batch_size=batch_size, max_length=max_length, steps=steps, epochs=epochs, seed=seed)
+    tasks = [(f.stem, _load_cli_task(str(f), text_column, label_column, kind, seed=seed)) for f in data_files(data_dir)]
+    _set_threads(threads)
+    trained = run_many(read_subspace(subspace_dir), tasks, model=model, config=config, users_per_batch=users_per_batch,
+                       executor=_executor(executor, address, workers), progress=progress_callback("groups"))
+    rows = write_trained(trained, output, overwrite)
+    _emit({"output": output, "users": len(rows), "table": str(Path(output) / "train-many.csv")}, False)
 
 
 @cli.command("train-lora")
@@ -497,13 +614,18 @@ def run_cmd(bundle, texts, coeffs, profile, max_length, as_json):
 @click.option("--model", help="Base model folder [default: the manifest's base_model].")
 @click.option("--coeffs", type=click.Path(exists=True, dir_okay=False), help="The bench user [default: seeded random].")
 @click.option("--quick", is_flag=True, help="Few configurations, few runs (a smoke test, not a measurement).")
+@click.option("--optimum-cli", type=click.Path(exists=True, dir_okay=False),
+              help="optimum's CLI for the optimum plain / O2 rows [default: $EDGE_LORAX_OPTIMUM_CLI, beside this Python, "
+                   "or on PATH; none: those rows are left out, the report says so].")
 @_friendly
-def bench(bundle, output, subspace, model, coeffs, quick):
-    """Latency, switch cost and memory vs plain, merged, int8, multi-LoRA and torch -> report.json/md/png.
+def bench(bundle, output, subspace, model, coeffs, quick, optimum_cli):
+    """Latency, switch cost and memory vs plain, merged, int8, multi-LoRA, optimum (plain, O2) and torch ->
+    report.json/md/png. A bundle exported with --fuse also gets its fused graph's rows.
 
     \b
     Example (on a quiet machine):
-      edge-lorax bench out/bundle --subspace out/subspace -o benchmarks/reports/minilm
+      edge-lorax bench out/bundle --subspace out/subspace -o benchmarks/reports/minilm \\
+          --optimum-cli .venv-optimum/bin/optimum-cli
     """
     import shlex
 
@@ -511,8 +633,9 @@ def bench(bundle, output, subspace, model, coeffs, quick):
 
     command = shlex.join(["edge-lorax", "bench", bundle, "-o", output, "--subspace", subspace]
                          + (["--model", model] if model else []) + (["--coeffs", coeffs] if coeffs else [])
-                         + (["--quick"] if quick else []))
-    out = run_bench(bundle, output, quick, model, subspace, coeffs, command, log=lambda m: click.echo(m, err=True))
+                         + (["--quick"] if quick else []) + (["--optimum-cli", optimum_cli] if optimum_cli else []))
+    out = run_bench(bundle, output, quick, model, subspace, coeffs, command, log=lambda m: click.echo(m, err=True),
+                    optimum_cli=optimum_cli)
     _emit({"report": str(out / "report.md"), "json": str(out / "report.json"), "plot": str(out / "report.png")}, False)
 
 from edge_lorax.formats import names as _names  # noqa: E402  (export's choices come from the shared names)

@@ -9,13 +9,18 @@ adapter is SEQ_CLS when the user has a head, CAUSAL_LM when its meta says so (a 
 as `edge-lorax train` writes it), else None (bare features).
 """
 
+import csv
+import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edge_lorax.builder.executor import map_items
 from edge_lorax.builder.models import CAUSAL_LM, SEQ_CLS, TASK_TYPES, canonical_base
 from edge_lorax.formats import names
+from edge_lorax.formats.atomic import atomic_dir
 from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.formats.peft import (
     AdapterError,
@@ -29,7 +34,7 @@ from edge_lorax.formats.peft import (
 )
 from edge_lorax.formats.sources import stack_sources
 from edge_lorax.formats.subspace import Subspace
-from edge_lorax.formats.user import User, check_fingerprint, head_weight
+from edge_lorax.formats.user import User, check_fingerprint, head_weight, write_user
 
 
 @dataclass(frozen=True)
@@ -113,14 +118,69 @@ def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True,
 def project_sources(subspace: Subspace, adapter_dirs, allow_base_mismatch: bool = False) -> User:
     """Every source adapter's projection (heads left out), stacked in the given order under its folder name (a
     repeated name gets -2, -3, ...): the sources.npz that `build` keeps and bundles ship (formats.sources)."""
-    users = {}
+    users = {name: project_adapter(subspace, adapter_dir, False, allow_base_mismatch).coeffs
+             for name, adapter_dir in zip(_unique_names(adapter_dirs), adapter_dirs)}
+    return stack_sources(subspace.fingerprint, users)
+
+
+def _unique_names(adapter_dirs) -> list:
+    """Each adapter's folder name, a repeated one suffixed -2, -3, ... (in the given order)."""
+    names_, seen = [], set()
     for adapter_dir in adapter_dirs:
         name, n = Path(adapter_dir).name, 1
-        while name in users:
+        while name in seen:
             n += 1
             name = f"{Path(adapter_dir).name}-{n}"
-        users[name] = project_adapter(subspace, adapter_dir, False, allow_base_mismatch).coeffs
-    return stack_sources(subspace.fingerprint, users)
+        seen.add(name)
+        names_.append(name)
+    return names_
+
+
+TABLE_COLUMNS = ("adapter", "name", "status", "output", "relative_error", "user_bytes", "adapter_bytes", "seconds",
+                 "host", "error")
+
+
+def _table_row(adapter_dir, name: str, outcome) -> dict:
+    """One line of project-many's table: the projection's error and sizes, or the failure's one line."""
+    weights = Path(adapter_dir) / names.ADAPTER_WEIGHTS
+    row = {"adapter": str(adapter_dir), "name": name, "seconds": round(outcome.seconds, 4), "host": outcome.host,
+           "adapter_bytes": weights.stat().st_size if weights.is_file() else None}
+    if outcome.error:
+        return {**row, "status": "failed", "output": None, "relative_error": None, "user_bytes": None,
+                "error": outcome.error}
+    return {**row, "status": "ok", "output": f"{name}.npz", "relative_error": round(outcome.value.overall, 6),
+            "user_bytes": outcome.value.coeffs.nbytes(), "error": None}
+
+
+def _write_table(rows: list, folder: Path):
+    """projections.json (the rows) and projections.csv (same columns, in TABLE_COLUMNS order)."""
+    (folder / "projections.json").write_text(json.dumps(rows, indent=1) + "\n")
+    with open(folder / "projections.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def project_many(subspace: Subspace, adapter_dirs, out_dir, executor=None, allow_base_mismatch: bool = False,
+                 overwrite: bool = False, progress=None) -> list:
+    """A hub of LoRA adapters -> out_dir/<folder name>.npz each (project_adapter, head carried) plus
+    projections.csv / projections.json: per adapter its relative ΔW error, user and adapter bytes, seconds and host,
+    or why it failed. A failing adapter is a row, never the end of the batch; the folder appears whole (atomic_dir).
+    executor: builder.executor.Executor (one task per adapter). Returns the rows."""
+    adapter_dirs = [Path(d) for d in adapter_dirs]
+    task = functools.partial(_project_task, subspace, allow_base_mismatch)
+    outcomes = map_items(task, adapter_dirs, executor, progress, raise_errors=False)
+    rows = [_table_row(d, n, o) for d, n, o in zip(adapter_dirs, _unique_names(adapter_dirs), outcomes)]
+    with atomic_dir(out_dir, overwrite) as tmp:
+        for row, outcome in zip(rows, outcomes):
+            if row["status"] == "ok":
+                write_user(outcome.value.coeffs, tmp / row["output"])
+        _write_table(rows, tmp)
+    return rows
+
+
+def _project_task(subspace: Subspace, allow_base_mismatch: bool, adapter_dir) -> Projection:
+    return project_adapter(subspace, adapter_dir, True, allow_base_mismatch)
 
 
 def _adapter_head(adapter_dir) -> dict:

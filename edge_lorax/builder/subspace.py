@@ -5,15 +5,20 @@ streaming, mean-updating SVD (exact while the stack's rank ≤ max_rank, truncat
 rows at a time, so memory stays flat in N and time grows linearly. Components are orthonormal rows with
 deterministic signs. Options are range-checked before any adapter is read; adapters are aligned to the first one's
 module names by the one naming rule (edge_lorax.formats.peft.name_variants) and an adapter whose ΔW is zero in a
-module is refused (it would add only noise). Does not train anything, and does not read or write the subspace
-folder (edge_lorax.formats.subspace).
+module is refused (it would add only noise). Modules are independent: an executor (builder.executor; Ray) builds
+them as one task each, by the same code on the same rows, so the subspace is bit-identical to the local build. Does
+not train anything, and does not read or write the subspace folder (edge_lorax.formats.subspace).
 """
 
+import functools
 import math
+import os
+import socket
 import zlib
 
 import numpy as np
 
+from edge_lorax.builder.executor import map_items
 from edge_lorax.builder.models import canonical_base, portable_base
 from edge_lorax.formats import names
 from edge_lorax.formats.errors import InputError
@@ -172,9 +177,20 @@ def _available(svd: _StreamingSVD, mean: str) -> int:
     return svd.S.shape[0] + (1 if mean == "keep" else 0)
 
 
+def _check_readable(infos):
+    """Every adapter's weights file readable here, else one line naming it and this host: executor tasks read
+    adapters by path, so on a cluster every node needs them at the same path."""
+    for info in infos:
+        if not os.access(info.weights, os.R_OK):
+            raise AdapterError(f"{info.weights}: not readable on host {socket.gethostname()}; build tasks read adapters "
+                               "by path: with --executor ray on several machines put them on a filesystem every node "
+                               "mounts at the same path (NFS, a shared volume), or build with --executor local")
+
+
 def build_module(infos, module: str, *, components=None, explained_variance=None, augment=0, mean=DEFAULT_MEAN, seed=0,
                  max_rank=512, chunk_rows=512) -> ModuleSubspace:
     """One module's subspace; K beyond the stack's rank without augmentation is refused."""
+    _check_readable(infos)
     svd_a, svd_b = _stack_rows(infos, module, max_rank, chunk_rows)
     k = _choose_k(svd_a, svd_b, components, explained_variance, mean)
     have = min(_available(svd_a, mean), _available(svd_b, mean))
@@ -254,17 +270,21 @@ def check_build_options(components, explained_variance, augment=0, mean=DEFAULT_
 
 
 def build_subspace(adapter_dirs, *, components=None, explained_variance=None, augment=0, mean=DEFAULT_MEAN, seed=0,
-                   allow_base_mismatch=False, max_rank=512, progress=None) -> Subspace:
-    """Stack, SVD and select per module; exactly one of components / explained_variance."""
+                   allow_base_mismatch=False, max_rank=512, progress=None, executor=None, task_stats=None) -> Subspace:
+    """Stack, SVD and select per module; exactly one of components / explained_variance. executor: where the
+    per-module tasks run (builder.executor.Executor; None: here); progress(done, total) after each module; task_stats: a
+    list that receives each module's task {module, seconds, pid, host, peak_rss_mib}."""
     check_build_options(components, explained_variance, augment, mean, seed, max_rank)
     infos = [read_adapter(d) for d in adapter_dirs]
     if not infos:
         raise InputError("no adapters given; pass one or more PEFT adapter folders")
     infos = _check_compatible(infos, allow_base_mismatch)
-    modules = {}
-    for module in (progress or (lambda x: x))(infos[0].modules):
-        modules[module] = build_module(infos, module, components=components, explained_variance=explained_variance,
-                                       augment=augment, mean=mean, seed=seed, max_rank=max_rank)
+    task = functools.partial(build_module, infos, components=components, explained_variance=explained_variance,
+                             augment=augment, mean=mean, seed=seed, max_rank=max_rank)
+    outcomes = map_items(task, infos[0].modules, executor, progress)
+    modules = {m: o.value for m, o in zip(infos[0].modules, outcomes)}
+    if task_stats is not None:
+        task_stats.extend({"module": m, **o.stats()} for m, o in zip(infos[0].modules, outcomes))
     config = {"format_version": names.FORMAT_VERSION, "kind": KIND,
               "base_model": portable_base(infos[0].base_model), "fan_in_fan_out": infos[0].fan_in_fan_out, "mean": mean,
               "augment": augment, "seed": seed, "max_rank": max_rank,

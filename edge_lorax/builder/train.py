@@ -42,7 +42,7 @@ def check_base(model_path: Path, subspace: Subspace):
                          "pass --model with that model or build a subspace for this one")
 
 
-def _check_dims(subspace: Subspace, rank=None, k=None):
+def check_dims(subspace: Subspace, rank=None, k=None):
     """--k within 1..the subspace's K, --rank >= 1 (None: the subspace's own)."""
     most = min(ms.k for ms in subspace.modules.values())
     if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= most):
@@ -101,7 +101,7 @@ class CoeffReport:
                 f"{self.wall_s:.1f} s wall, {self.result.s_per_step:.3f} s/step x {self.result.steps}")
 
 
-def _task_meta(task, result, settings: dict) -> dict:
+def task_meta(task, result, settings: dict) -> dict:
     return {"method": "eigenlorax", "task": task.name, "kind": task.kind, "labels": list(task.labels), **settings,
             "test": {k: round(v, 6) for k, v in result.test.items()}}
 
@@ -118,7 +118,7 @@ def train_coeffs(subspace: Subspace, task, output, *, model=None, rank=None, k=N
     path = resolve_model(model)
     check_base(path, subspace)
     kind = task_type(path, kind)
-    _check_dims(subspace, rank, k)
+    check_dims(subspace, rank, k)
     check_max_length(path, config.max_length)
     check_output(output, overwrite=True)
     tokenizer = load_tokenizer(path)
@@ -128,7 +128,7 @@ def train_coeffs(subspace: Subspace, task, output, *, model=None, rank=None, k=N
     result = fit(net, task, tokenizer, config, progress=progress, objective=objective)
     settings = {"task_type": kind, "rank": rank, "k": k, "init": init, "base_model": subspace.base_model,
                 **({"head_module": head_module(net)} if kind == SEQ_CLS else {})}
-    user = user_coefficients(net, subspace, _task_meta(task, result, settings))
+    user = user_coefficients(net, subspace, task_meta(task, result, settings))
     write_user(user, output)
     return CoeffReport(task.name, str(output), sum(v.size for v in user.coefficients.values()),
                        sum(v.size for v in user.head.values()), Path(output).stat().st_size,
