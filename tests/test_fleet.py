@@ -117,7 +117,7 @@ def users(tmp_path_factory):
     rng = np.random.default_rng(0)
     for name, classes in (("ann", 2), ("bob", 2), ("cyd", 3)):
         lines = ["text,label"]
-        for i in range(60):
+        for _ in range(60):
             label = int(rng.integers(classes))
             words = rng.choice(WORDS, size=int(rng.integers(2, 7)))
             lines.append(f"{' '.join(words)} {WORDS[label]},{['neg', 'pos', 'mid'][label]}")
