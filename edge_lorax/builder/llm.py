@@ -18,6 +18,7 @@ from pathlib import Path
 from edge_lorax.builder.data import cache_dir
 from edge_lorax.formats.atomic import atomic_dir
 from edge_lorax.formats.errors import MissingInputError
+from edge_lorax.formats.tokenizer_files import make_portable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -69,6 +70,7 @@ def smollm2_path() -> Path:
     """The converted SmolLM2 folder: reused when present, else converted from the package's GGUF (once)."""
     folder = smollm2_dir()
     if is_converted(folder):
+        make_portable(folder / "tokenizer_config.json")  # a folder converted before the portable class was written
         return folder
     with _conversion_lock(folder):
         return folder if is_converted(folder) else convert_gguf(smollm2_gguf(), folder)
@@ -116,4 +118,5 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     with atomic_dir(out, overwrite=True) as tmp:
         _plain_model(gguf).save_pretrained(tmp)
         _tokenizer(gguf).save_pretrained(tmp)
+        make_portable(tmp / "tokenizer_config.json")  # AutoTokenizer on transformers 4.57 and 5 (formats.tokenizer_files)
     return out

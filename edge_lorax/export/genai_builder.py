@@ -4,7 +4,9 @@ onnxruntime_genai.models.builder ARGS`) on either transformers line.
 onnxruntime-genai 0.18's builder is written against transformers 5.x: at module level it imports model classes only
 newer releases have (Qwen3.5: stand-ins here, reached only when building those models), and it reads
 config.rope_parameters, which 4.57 configs (the optimum environment) lack: they hold rope_theta and rope_scaling
-(None or a dict), folded here into rope_parameters as 5.x writes it. On 5.x neither step changes anything.
+(None or a dict), folded here into rope_parameters as 5.x writes it; a 5.x config.json read by 4.57 carries
+rope_parameters as written plus 4.57's default rope_scaling None, which is dropped. On 5.x neither step changes
+anything.
 """
 
 import runpy
@@ -15,7 +17,9 @@ MISSING = ("Qwen3_5ForConditionalGeneration", "Qwen3_5MoeForConditionalGeneratio
 
 def _rope_parameters(config):
     have = getattr(config, "__dict__", {})
-    if "rope_scaling" in have and "rope_parameters" not in have and hasattr(config, "rope_theta"):
+    if "rope_parameters" in have and "rope_scaling" in have and config.rope_scaling is None:
+        del config.rope_scaling  # a 5.x config.json read by 4.57 (its default rope_scaling None beside the 5.x key)
+    elif "rope_scaling" in have and "rope_parameters" not in have and hasattr(config, "rope_theta"):
         scaling = config.rope_scaling or {}
         del config.rope_scaling
         config.rope_parameters = {"rope_type": scaling.get("rope_type", scaling.get("type", "default")),

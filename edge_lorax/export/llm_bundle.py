@@ -28,9 +28,9 @@ from edge_lorax.export import decoder, passes
 from edge_lorax.export.verify import COEFF_SCALES, RESPONSE_MIN, TOLERANCE_RULE, cosine
 from edge_lorax.formats import names
 from edge_lorax.formats.errors import InputError
-from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.formats.onnx_adapter import write_onnx_adapter
 from edge_lorax.formats.subspace import Subspace
+from edge_lorax.formats.tokenizer_files import make_portable
 from edge_lorax.formats.user import User
 
 LLM_TYPES = ("llama",)  # model_type values whose projections decoder.find_slots maps
@@ -47,9 +47,6 @@ SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", 
 # The model folder's own, copied as they are: optimum's ORTModelForCausalLM.from_pretrained(bundle) needs config.json
 # (heads, KV heads, model type) and takes generation_config.json's defaults; onnxruntime-genai reads neither.
 HF_FILES = (names.BUNDLE_CONFIG, "generation_config.json")
-# tokenizer_config.json's class: transformers 5's tokenizer save writes "TokenizersBackend", which transformers 4.57's
-# AutoTokenizer refuses; PreTrainedTokenizerFast is known to both and reads tokenizer.json as it is (the runtime's ids).
-HF_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
 
 def is_llm(config: dict) -> bool:
@@ -83,7 +80,7 @@ def _save(model: onnx.ModelProto, out: Path) -> list:
 def _copy_side_files(work: Path, path: Path, out: Path) -> list:
     """genai_config.json and the builder's processing files (tokenizer, chat template), else the model folder's; then
     the model folder's HF_FILES. Returns the names written, in that order; tokenizer_config.json is made loadable by
-    both transformers lines (_hf_tokenizer_config)."""
+    both transformers lines (formats.tokenizer_files)."""
     copied = [decoder.GENAI_CONFIG]
     shutil.copyfile(work / decoder.GENAI_CONFIG, out / decoder.GENAI_CONFIG)
     for name in SIDE_FILES:
@@ -96,18 +93,8 @@ def _copy_side_files(work: Path, path: Path, out: Path) -> list:
             shutil.copyfile(path / name, out / name)
             copied.append(name)
     if "tokenizer_config.json" in copied:
-        _hf_tokenizer_config(out / "tokenizer_config.json")
+        make_portable(out / "tokenizer_config.json")
     return copied
-
-
-def _hf_tokenizer_config(file: Path):
-    """Rewrite tokenizer_config.json (a JSON object, else InputError naming it) for AutoTokenizer on transformers 4.57
-    and 5: tokenizer_class HF_TOKENIZER_CLASS, model_input_names the graph's token inputs (input_ids, attention_mask:
-    no token_type_ids to feed). onnxruntime-genai tokenizes the same with either class (checked on SmolLM2)."""
-    config = read_json_object(file, "fix the model folder's tokenizer_config.json")
-    config["tokenizer_class"] = HF_TOKENIZER_CLASS
-    config["model_input_names"] = [names.INPUT_IDS, names.ATTENTION_MASK]
-    file.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def export_llm_bundle(path: Path, subspace: Subspace, tmp: Path, coeffs: User | None, coeffs_path, precision: str,
