@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from edge_lorax import __version__
-from edge_lorax.formats.atomic import check_output
+from edge_lorax.formats.atomic import atomic_file, check_output
 from edge_lorax.formats.errors import InputError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -161,9 +161,11 @@ def _emit(data: dict, as_json: bool):
                    "starts from a mix of them.")
 @click.option("--overwrite", is_flag=True)
 @_executor_options
+@click.option("--task-stats", type=click.Path(dir_okay=False),
+              help="Also write each module task's seconds, process, host and peak RSS here (JSON).")
 @_friendly
 def build(adapters, output, components, explained_variance, augment, mean, seed, allow_base_mismatch, sources,
-          overwrite, executor, address, workers):
+          overwrite, executor, address, workers, task_stats):
     """Build a subspace from PEFT LoRA adapter folders.
 
     \b
@@ -184,16 +186,19 @@ def build(adapters, output, components, explained_variance, augment, mean, seed,
         components = 8
     check_build_options(components, explained_variance, augment, mean, seed)
     check_output(output, overwrite)  # before the work: exists, or cannot be written
-    where = _executor(executor, address, workers)
+    where, stats = _executor(executor, address, workers), []
     sub = build_subspace(adapters, components=components, explained_variance=explained_variance, augment=augment,
                          mean=mean, seed=seed, allow_base_mismatch=allow_base_mismatch,
-                         progress=progress_callback("modules"), executor=where)
+                         progress=progress_callback("modules"), executor=where, task_stats=stats)
     kept = None
     if sources:
         from edge_lorax.builder.project import project_sources
 
-        kept = project_sources(sub, adapters, allow_base_mismatch)
+        kept = project_sources(sub, adapters, allow_base_mismatch, where)
     write_subspace(sub, output, overwrite, kept)
+    if task_stats:
+        with atomic_file(task_stats) as tmp:
+            tmp.write_text(json.dumps(stats, indent=1) + "\n")
     from edge_lorax.describe import describe
 
     _emit({"output": output, **describe(output)}, False)

@@ -36,6 +36,9 @@ def cluster():
     c.add_node(num_cpus=1, object_store_memory=80 * 2**20)
     c.wait_for_nodes()
     yield Executor("ray", c.address)
+    import ray
+
+    ray.shutdown()  # the driver's connection (builder.executor keeps it for later maps), then the nodes
     c.shutdown()
 
 

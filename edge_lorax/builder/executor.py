@@ -5,12 +5,14 @@ to Ray (https://docs.ray.io/en/latest/ray-core/tasks.html).
 seconds, the process and host that ran it and that process's peak RSS (VmHWM: Ray reuses worker processes, so it is
 the worker's peak so far). `local` (the default) runs the items here, one after another. `ray` submits one task per
 item (one CPU each) to the cluster at `address`, or to a local one started here with `workers` CPUs (Ray's own
-`ray.init(num_cpus=...)`, nothing to set up beyond `pip install edge-lorax[fleet]`) and shut down after the map.
+`ray.init(num_cpus=...)`, nothing to set up beyond `pip install edge-lorax[fleet]`), kept for the process's later
+maps and shut down at exit.
 Ray moves `fn` and the items between processes with its own serialiser (cloudpickle); no input file is unpickled.
 Tasks read their input files by path: on a cluster of several machines the files must sit at the same path on
 every node (a shared filesystem). Does not retry failed items, balance memory or pick the number of workers.
 """
 
+import atexit
 import os
 import socket
 import time
@@ -104,24 +106,21 @@ def _map_local(fn, items, executor, progress) -> list:
 
 
 def _map_ray(fn, items, executor, progress) -> list:
-    """One Ray task per item (num_cpus=1), fn put in the object store once; results gathered as they finish."""
+    """One Ray task per item (num_cpus=1), fn put in the object store once; results gathered as they finish. The
+    first map of a process connects (or starts the local cluster) and later maps reuse it; ray.shutdown at exit."""
     ray = _import_ray()
-    started = not ray.is_initialized()
-    if started:
+    if not ray.is_initialized():
         ray.init(address=executor.address, num_cpus=None if executor.address else executor.workers,
                  include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        task, fn_ref = ray.remote(num_cpus=1, max_retries=0)(run_item), ray.put(fn)
-        refs = [task.remote(fn_ref, item) for item in items]
-        index, out, pending = {r: i for i, r in enumerate(refs)}, [None] * len(refs), list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            out[index[done[0]]] = _fetch(ray, done[0])
-            progress(len(refs) - len(pending))
-        return out
-    finally:
-        if started:
-            ray.shutdown()
+        atexit.register(ray.shutdown)
+    task, fn_ref = ray.remote(num_cpus=1, max_retries=0)(run_item), ray.put(fn)
+    refs = [task.remote(fn_ref, item) for item in items]
+    index, out, pending = {r: i for i, r in enumerate(refs)}, [None] * len(refs), list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        out[index[done[0]]] = _fetch(ray, done[0])
+        progress(len(refs) - len(pending))
+    return out
 
 
 def _fetch(ray, ref) -> Outcome:

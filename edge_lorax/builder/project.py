@@ -115,11 +115,13 @@ def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True,
     return Projection(User(subspace.fingerprint, tensors, head, meta), errors, (num / den) ** 0.5)
 
 
-def project_sources(subspace: Subspace, adapter_dirs, allow_base_mismatch: bool = False) -> User:
+def project_sources(subspace: Subspace, adapter_dirs, allow_base_mismatch: bool = False, executor=None) -> User:
     """Every source adapter's projection (heads left out), stacked in the given order under its folder name (a
-    repeated name gets -2, -3, ...): the sources.npz that `build` keeps and bundles ship (formats.sources)."""
-    users = {name: project_adapter(subspace, adapter_dir, False, allow_base_mismatch).coeffs
-             for name, adapter_dir in zip(_unique_names(adapter_dirs), adapter_dirs)}
+    repeated name gets -2, -3, ...): the sources.npz that `build` keeps and bundles ship (formats.sources).
+    executor: builder.executor.Executor, one task per adapter (None: here)."""
+    task = functools.partial(_project_task, subspace, allow_base_mismatch, False)
+    outcomes = map_items(task, list(adapter_dirs), executor)
+    users = {name: o.value.coeffs for name, o in zip(_unique_names(adapter_dirs), outcomes)}
     return stack_sources(subspace.fingerprint, users)
 
 
@@ -168,7 +170,7 @@ def project_many(subspace: Subspace, adapter_dirs, out_dir, executor=None, allow
     or why it failed. A failing adapter is a row, never the end of the batch; the folder appears whole (atomic_dir).
     executor: builder.executor.Executor (one task per adapter). Returns the rows."""
     adapter_dirs = [Path(d) for d in adapter_dirs]
-    task = functools.partial(_project_task, subspace, allow_base_mismatch)
+    task = functools.partial(_project_task, subspace, allow_base_mismatch, True)
     outcomes = map_items(task, adapter_dirs, executor, progress, raise_errors=False)
     rows = [_table_row(d, n, o) for d, n, o in zip(adapter_dirs, _unique_names(adapter_dirs), outcomes)]
     with atomic_dir(out_dir, overwrite) as tmp:
@@ -179,8 +181,8 @@ def project_many(subspace: Subspace, adapter_dirs, out_dir, executor=None, allow
     return rows
 
 
-def _project_task(subspace: Subspace, allow_base_mismatch: bool, adapter_dir) -> Projection:
-    return project_adapter(subspace, adapter_dir, True, allow_base_mismatch)
+def _project_task(subspace: Subspace, allow_base_mismatch: bool, with_head: bool, adapter_dir) -> Projection:
+    return project_adapter(subspace, adapter_dir, with_head, allow_base_mismatch)
 
 
 def _adapter_head(adapter_dir) -> dict:
