@@ -53,7 +53,9 @@ def build_md(cells: dict) -> list:
     rows = [c for c in (cells.get("build-local"), cells.get("build-ray1"), cells.get("build-ray2")) if c]
     if not rows:
         return ["\n## Build\n", "not measured"]
-    out = ["\n## Build: 200 Llama-7B-shaped adapters (32 layers x q/v, 4096 x 4096, r=16), -k 32\n",
+    shape = rows[0].get("shape", {})
+    out = [f"\n## Build: {rows[0]['adapters']} Llama-7B-shaped adapters ({shape.get('layers', '?')} layers x q/v, "
+           f"{shape.get('dim', '?')} x {shape.get('dim', '?')}, r=16, float16), -k {rows[0]['k']}\n",
            "| executor | wall (s) | driver peak RSS (MiB) | worker peak RSS (MiB) | module tasks | task s: median / p90 / max / sum |",
            "|---|---:|---:|---|---:|---|"]
     for c in rows:
@@ -139,8 +141,9 @@ def main(argv=None):
     first = next(iter(cells.values()))["stamp"]
     lines += ["", *measure.stamp_md(first)[2:3], f"- command: `{first['command']}`"]
     lines += build_md(cells) + train_md(cells) + project_md(cells)
-    (HERE / ("report-quick.md" if args.quick else "report.md")).write_text(measure.portable("\n".join(lines) + "\n"))
-    print(HERE / "report.md")
+    out = HERE / ("report-quick.md" if args.quick else "report.md")
+    out.write_text(measure.portable("\n".join(lines) + "\n"))
+    print(out)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def adapters_7b(workdir: Path, n: int, layers: int, dim: int) -> list:
     return generate(workdir, n, layers, dim, 16)[0]
 
 
-def build_cell(dirs: list, workdir: Path, workers: int | None, k: int) -> dict:
+def build_cell(dirs: list, workdir: Path, workers: int | None, k: int, shape: dict) -> dict:
     """One `edge-lorax build` (local when workers is None, else a local Ray cluster of `workers` CPUs)."""
     out, stats = workdir / f"subspace-{workers or 'local'}", workdir / f"stats-{workers or 'local'}.json"
     cmd = edge_lorax() + ["build", *map(str, dirs), "-o", str(out), "-k", str(k), "--overwrite", "--task-stats", str(stats)]
@@ -92,7 +92,7 @@ def build_cell(dirs: list, workdir: Path, workers: int | None, k: int) -> dict:
         workers_rss[str(t["pid"])] = max(workers_rss.get(str(t["pid"]), 0), t["peak_rss_mib"])
     return {"adapters": len(dirs), "workers": workers, "wall_s": res["wall_s"], "cpu_s_children": res["cpu_s"],
             "driver_peak_rss_mib": res["peak_rss_mib_max_child"], "tasks": tasks, "worker_peak_rss_mib": workers_rss,
-            "sha256": sha256s(out), "k": k}
+            "sha256": sha256s(out), "k": k, "shape": shape}
 
 
 # ------------------------------------------------------------------------------------------------------- train
@@ -167,9 +167,10 @@ def cells(args, workdir: Path) -> dict:
     dirs = lambda: adapters_7b(workdir, n, layers, dim)  # noqa: E731
     data = lambda: user_files(workdir / f"users-{users}", users)  # noqa: E731
     sub = lambda: minilm_subspace(workdir)  # noqa: E731
-    out = {"build-local": lambda: build_cell(dirs(), workdir, None, args.k),
-           "build-ray1": lambda: build_cell(dirs(), workdir, 1, args.k),
-           "build-ray2": lambda: build_cell(dirs(), workdir, 2, args.k),
+    shape = {"layers": layers, "dim": dim}
+    out = {"build-local": lambda: build_cell(dirs(), workdir, None, args.k, shape),
+           "build-ray1": lambda: build_cell(dirs(), workdir, 1, args.k, shape),
+           "build-ray2": lambda: build_cell(dirs(), workdir, 2, args.k, shape),
            "train-alone": lambda: (data(), train_cell("alone", workdir / f"users-{users}", sub(), upb,
                                                       workdir / "trained-alone"))[1],
            "train-together": lambda: (data(), train_cell("together", workdir / f"users-{users}", sub(), upb,
