@@ -91,6 +91,23 @@ def _adapter_task_type(adapter_dir) -> dict:
     return {"task_type": kind} if kind in TASK_TYPES else {}
 
 
+def _squared_errors(A, B, CA, CB, ca0, cb0) -> tuple:
+    """(‖ΔW − ΔŴ‖², ‖ΔW‖²) for ΔW = B·A and its projection ΔŴ = P_B·ΔW·P_A (P = the components' orthogonal
+    projectors; what the zero-padded fit gives), from (r, r) products only: the residual splits into
+    (I − P_B)·B·A and P_B·B·A·(I − P_A), which are orthogonal, so no (out, in) matrix is formed (a Llama-7B module:
+    4096 x 4096 per adapter)."""
+    gram_a = A @ A.T  # (r, r)
+    b_out, a_out = B - CB @ cb0, A - ca0 @ CA  # (out, r), (r, in): the parts outside the components' spans
+    n2 = float(np.sum((b_out.T @ b_out) * gram_a) + np.sum((cb0.T @ cb0) * (a_out @ a_out.T)))
+    return n2, float(np.sum((B.T @ B) * gram_a))
+
+
+def _squared_errors_dense(A, B, CA, CB, ca, cb) -> tuple:
+    """(‖ΔW − ΔŴ‖², ‖ΔW‖²) with both (out, in) matrices formed: for a rank-truncated fit, not a projection."""
+    dw, dw_hat = B @ A, CB @ cb @ ca @ CA  # (out, in)
+    return float(np.square(dw - dw_hat).sum()), float(np.square(dw).sum())
+
+
 def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True,
                     allow_base_mismatch: bool = False) -> Projection:
     """Training-free coefficients for an existing LoRA (+ its saved task head), with the relative ΔW error."""
@@ -98,9 +115,11 @@ def project_adapter(subspace: Subspace, adapter_dir, with_head: bool = True,
     tensors, errors, num, den = {}, {}, 0.0, 0.0
     for module, ms in subspace.modules.items():
         A, B = read_factors(info, module)  # (r, in), (out, r)
-        ca, cb = _fit_rank(A @ ms.components_A.T.astype(np.float64), ms.components_B.T.astype(np.float64) @ B, ms.rank)
-        dw, dw_hat = B @ A, ms.components_B @ cb @ ca @ ms.components_A  # (out, in)
-        n2, d2 = float(np.square(dw - dw_hat).sum()), float(np.square(dw).sum())
+        CA, CB = ms.components_A.astype(np.float64), ms.components_B.astype(np.float64)  # (K, in), (out, K)
+        ca0, cb0 = A @ CA.T, CB.T @ B  # (r, K), (K, r)
+        ca, cb = _fit_rank(ca0, cb0, ms.rank)
+        n2, d2 = _squared_errors(A, B, CA, CB, ca0, cb0) if ca0.shape[0] <= ms.rank else _squared_errors_dense(
+            A, B, CA, CB, ca, cb)
         errors[module], num, den = (n2 / d2) ** 0.5 if d2 else 0.0, num + n2, den + d2  # ΔW = 0 here: ΔŴ = 0 too
         tensors[names.coeff_name(module, names.COEFF_A)] = ca.astype(np.float32)
         tensors[names.coeff_name(module, names.COEFF_B)] = cb.astype(np.float32)
