@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge_lorax.bench.prepare import ANCHOR, EIGEN, INT8, MERGED
-from edge_lorax.bench.run import SWEEP_MODELS
+from edge_lorax.bench.run import OPTIONAL_MODELS, SWEEP_MODELS
 from edge_lorax.cli import cli
 from helpers.runtime import get_setup
 
@@ -43,7 +43,10 @@ def test_report_files_and_stamp(report):
 
 def test_latency_rows_fresh_process_each(report):
     rows = report[1]["latency"]
-    assert sorted(r["model"] for r in rows) == sorted(SWEEP_MODELS)
+    measured = [r["model"] for r in rows]
+    assert set(SWEEP_MODELS) <= set(measured) <= set(SWEEP_MODELS + OPTIONAL_MODELS) and len(set(measured)) == len(rows)
+    notes = report[1]["prepared"]["notes"]  # an optional row absent is a note saying why (e.g. no optimum-cli)
+    assert all(any(m.split()[0] in n or "optimum" in n for n in notes) for m in set(OPTIONAL_MODELS) - set(measured))
     for r in rows:
         assert "error" not in r, r
         s, mem = r["stats"], r["memory"]["end"]
@@ -54,7 +57,8 @@ def test_latency_rows_fresh_process_each(report):
 def test_paired_switch_memory_torch(report):
     data = report[1]
     paired = data["paired"][0]
-    assert set(paired["block_medians_ms"]) == set(SWEEP_MODELS) | {"plain (A/A copy)"}
+    measured = {r["model"] for r in data["latency"]}
+    assert set(paired["block_medians_ms"]) == measured | {"plain (A/A copy)"}
     assert all(len(v) == data["plan"]["paired_rounds"] for v in paired["block_medians_ms"].values())
     sw = data["switch"]
     assert "error" not in sw, sw
