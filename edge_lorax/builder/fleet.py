@@ -31,8 +31,8 @@ from edge_lorax.builder.loop import (
     Classification,
     TrainConfig,
     TrainResult,
-    _batch_stream,
-    _collate,
+    batch_stream,
+    collate,
     forward,
     schedule,
     task_loss,
@@ -155,7 +155,7 @@ class _Group:
 
 def _joint_batch(data: list, indices: list) -> tuple:
     """(input_ids, mask, rows, per-user (slice, targets)) of every user's rows at its indices, padded to the longest."""
-    parts = [_collate(d, i) for d, i in zip(data, indices)]
+    parts = [collate(d, i) for d, i in zip(data, indices)]
     width = max(p[0].shape[1] for p in parts)
     pad = lambda t, v: nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
     ids = torch.cat([pad(p[0], d.pad_id) for p, d in zip(parts, data)])
@@ -178,7 +178,7 @@ def _fit_group(group: _Group, encoded: list, config: TrainConfig, total: int) ->
     params = group.parameters()
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, config.warmup))
-    streams = [_batch_stream(len(e["train"].ids), config.batch_size, config.seed) for e in encoded]
+    streams = [batch_stream(len(e["train"].ids), config.batch_size, config.seed) for e in encoded]
     group.net.train()
     start = time.perf_counter()
     for _ in range(total):

@@ -94,7 +94,7 @@ def encode(split: Split, kind: str, tokenizer, max_length: int) -> Encoded:
     return Encoded(tuple(ids), split.targets, kind, tokenizer.pad_token_id or 0)
 
 
-def _collate(data: Encoded, index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(data: Encoded, index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, targets) for the rows at `index`, right-padded with pad_id."""
     rows = [data.ids[i] for i in index]
     width = max(len(r) for r in rows)
@@ -107,7 +107,7 @@ def _collate(data: Encoded, index) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     return input_ids, mask, torch.as_tensor(np.asarray(data.targets)[list(index)], dtype=dtype)
 
 
-def _batch_stream(n: int, batch_size: int, seed: int):
+def batch_stream(n: int, batch_size: int, seed: int):
     """Endless shuffled batches of row indices, reshuffled each epoch from one seeded generator."""
     rng = np.random.default_rng(seed)
     while True:
@@ -168,7 +168,7 @@ def predict(model, data: Encoded, batch_size: int = 128) -> np.ndarray:
     """Logits in row order, model in eval mode (dropout off); rows are batched by length for less padding."""
     was_training, order = model.training, np.argsort([len(r) for r in data.ids], kind="stable")
     model.eval()
-    out = [forward(model, *_collate(data, order[i:i + batch_size])[:2]).float() for i in range(0, len(order), batch_size)]
+    out = [forward(model, *collate(data, order[i:i + batch_size])[:2]).float() for i in range(0, len(order), batch_size)]
     model.train(was_training)
     logits = torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
     result = np.empty_like(logits)
@@ -215,7 +215,7 @@ class Classification:
         return len(data.ids)
 
     def loss(self, model, data: Encoded, index) -> torch.Tensor:
-        input_ids, mask, targets = _collate(data, index)
+        input_ids, mask, targets = collate(data, index)
         return task_loss(forward(model, input_ids, mask), targets, data.kind)
 
     def evaluate(self, model, data: Encoded, batch_size: int) -> dict:
@@ -245,7 +245,7 @@ def fit(model, task: Task, tokenizer, config: TrainConfig = TrainConfig(), param
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, config.warmup))
     loop = _Loop(model, data, config, total, progress, objective)
-    for step, index in zip(range(1, total + 1), _batch_stream(len(task.train), config.batch_size, config.seed)):
+    for step, index in zip(range(1, total + 1), batch_stream(len(task.train), config.batch_size, config.seed)):
         loop.step(step, index, optimizer, scheduler)
         if loop.should_eval(step) and loop.validate(step):
             break
