@@ -91,12 +91,12 @@ class UserHeads(nn.Module):
 
 
 def _initial_state(model_path: Path, subspace: Subspace, labels: int, rank, k, init: str, seed: int) -> tuple:
-    """(coefficients, head) as train_coeffs starts a user of `labels` outputs: the same seeded load and init."""
+    """(coefficients, head, the model) as train_coeffs starts a user of `labels` outputs: the same seeded load and init."""
     from edge_lorax.builder.train import coeff_model
 
     torch.manual_seed(seed)
     net = coeff_model(model_path, subspace, labels, rank=rank, k=k, init=init, seed=seed, kind=SEQ_CLS)
-    return {n: v.copy() for n, v in coeff_tensors(net).items()}, read_head(net)
+    return {n: v.copy() for n, v in coeff_tensors(net).items()}, read_head(net), net
 
 
 def _widths(tasks: list) -> list:
@@ -108,11 +108,9 @@ class _Group:
     """U users on one injected model: stacked coefficients (U, r, K) / (U, K, r) per input name and UserHeads."""
 
     def __init__(self, model_path: Path, subspace: Subspace, tasks: list, rank, k, init: str, seed: int):
-        from edge_lorax.builder.train import coeff_model
-
         widths = _widths(tasks)
         starts = {w: _initial_state(model_path, subspace, w, rank, k, init, seed) for w in sorted(set(widths))}
-        self.net = coeff_model(model_path, subspace, max(widths), rank=rank, k=k, init=init, seed=seed, kind=SEQ_CLS)
+        self.net = starts[max(widths)][2]  # the widest user's loaded model carries the group (its head is replaced)
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.names = sorted(starts[widths[0]][0])
