@@ -5,6 +5,7 @@ Results go to stdout, progress to stderr; bad input is a one-line ClickException
 
 import json
 import sys
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 
@@ -97,18 +98,24 @@ def progress(items, label: str):
     return tqdm(items, desc=label, file=sys.stderr, leave=False)
 
 
+@contextmanager
 def progress_callback(label: str):
-    """A tqdm bar on stderr driven as callback(done, total) (builder.executor.map_items' progress)."""
+    """A tqdm bar on stderr driven as callback(done, total); opened at the first call and closed on leaving the
+    `with`, so a refusal's `Error:` line starts its own line."""
     from tqdm import tqdm
 
-    bar = tqdm(desc=label, file=sys.stderr, leave=False)
+    bars = []
 
     def update(done: int, total: int):
-        bar.total = total
-        bar.update(done - bar.n)
-        if done == total:
+        if not bars:
+            bars.append(tqdm(desc=label, total=total, file=sys.stderr, leave=False))
+        bars[0].total = total
+        bars[0].update(done - bars[0].n)
+    try:
+        yield update
+    finally:
+        for bar in bars:
             bar.close()
-    return update
 
 
 _EXECUTOR_OPTIONS = [
@@ -187,9 +194,10 @@ def build(adapters, output, components, explained_variance, augment, mean, seed,
     check_build_options(components, explained_variance, augment, mean, seed)
     check_output(output, overwrite)  # before the work: exists, or cannot be written
     where, stats = _executor(executor, address, workers), []
-    sub = build_subspace(adapters, components=components, explained_variance=explained_variance, augment=augment,
-                         mean=mean, seed=seed, allow_base_mismatch=allow_base_mismatch,
-                         progress=progress_callback("modules"), executor=where, task_stats=stats)
+    with progress_callback("modules") as update:
+        sub = build_subspace(adapters, components=components, explained_variance=explained_variance, augment=augment,
+                             mean=mean, seed=seed, allow_base_mismatch=allow_base_mismatch,
+                             progress=update, executor=where, task_stats=stats)
     kept = None
     if sources:
         from edge_lorax.builder.project import project_sources
@@ -253,8 +261,9 @@ def project_many(subspace, adapters, output, allow_base_mismatch, overwrite, exe
     from edge_lorax.formats.subspace import read_subspace
 
     check_output(output, overwrite)
-    rows = run_many(read_subspace(subspace), adapters, output, _executor(executor, address, workers),
-                    allow_base_mismatch, overwrite, progress_callback("adapters"))
+    with progress_callback("adapters") as update:
+        rows = run_many(read_subspace(subspace), adapters, output, _executor(executor, address, workers),
+                        allow_base_mismatch, overwrite, update)
     failed = [r for r in rows if r["status"] != "ok"]
     _emit({"output": output, "projected": len(rows) - len(failed), "failed": len(failed),
            "table": str(Path(output) / "projections.csv")}, False)
@@ -387,8 +396,10 @@ def train_many(subspace_dir, data_dir, output, users_per_batch, text_column, lab
     config = TrainConfig(lr=lr, batch_size=batch_size, max_length=max_length, steps=steps, epochs=epochs, seed=seed)
     tasks = [(f.stem, _load_cli_task(str(f), text_column, label_column, kind, seed=seed)) for f in data_files(data_dir)]
     _set_threads(threads)
-    trained = run_many(read_subspace(subspace_dir), tasks, model=model, config=config, users_per_batch=users_per_batch,
-                       executor=_executor(executor, address, workers), progress=progress_callback("groups"))
+    with progress_callback("groups") as update:
+        trained = run_many(read_subspace(subspace_dir), tasks, model=model, config=config,
+                           users_per_batch=users_per_batch, executor=_executor(executor, address, workers),
+                           progress=update)
     rows = write_trained(trained, output, overwrite)
     _emit({"output": output, "users": len(rows), "table": str(Path(output) / "train-many.csv")}, False)
 

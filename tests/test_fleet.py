@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edge_lorax.builder import fleet
 from edge_lorax.builder.executor import Executor, map_items
 from edge_lorax.builder.fleet import train_many
 from edge_lorax.builder.loop import TrainConfig
@@ -138,7 +139,9 @@ def _tasks(data: Path) -> list:
     return [(f.stem, load_task(str(f), seed=0)) for f in data_files(data)]
 
 
-def test_each_user_trained_together_equals_it_trained_alone(users, tmp_path):
+@pytest.mark.parametrize("tokens", [fleet.JOINT_TOKENS, 40])  # one chunk per step; several, users mixed
+def test_each_user_trained_together_equals_it_trained_alone(users, tmp_path, monkeypatch, tokens):
+    monkeypatch.setattr(fleet, "JOINT_TOKENS", tokens)
     model, sub, data = users
     tasks, subspace = _tasks(data), read_subspace(sub)
     together = train_many(subspace, tasks, model=model, config=CONFIG, users_per_batch=3)
@@ -152,6 +155,25 @@ def test_each_user_trained_together_equals_it_trained_alone(users, tmp_path):
         assert t.result.test["accuracy"] == pytest.approx(alone.meta["test"]["accuracy"])
     heads = [t.user.head["head.weight_t"] for t in together]
     assert heads[2].shape[1] == 3 and not np.allclose(heads[0], heads[1])  # own widths, own values
+
+
+def test_joint_chunks_hold_every_row_once_within_the_token_budget(users):
+    from edge_lorax.builder.loop import Classification
+    from edge_lorax.builder.models import load_tokenizer
+
+    model, _, data = users
+    encoded = [Classification(t, load_tokenizer(model), 16).encode(t.train) for _, t in _tasks(data)]
+    indices = [np.arange(8), np.arange(3, 11), np.arange(5)]
+    chunks = fleet._joint_chunks(encoded, indices, 40)
+    assert len(chunks) > 3 and all(c.ids.numel() <= 40 or len(c.ids) == 1 for c in chunks)
+    for u, index in enumerate(indices):
+        parts = [(c, sl, share) for c in chunks for v, sl, _, share in c.parts if v == u]
+        assert sum(share for *_, share in parts) == pytest.approx(1.0)
+        assert all((c.rows[sl] == u).all() for c, sl, _ in parts)
+        got = sorted(tuple(c.ids[i][c.mask[i] == 1].tolist()) for c, sl, _ in parts for i in range(sl.start, sl.stop))
+        assert got == sorted(tuple(encoded[u].ids[i]) for i in index)
+    widths = [c.ids.shape[1] for c in chunks]
+    assert widths == sorted(widths, reverse=True)  # longest first: a row is padded to rows of its own length
 
 
 def test_train_many_cli_writes_every_user_and_the_table(users, cluster, tmp_path):
