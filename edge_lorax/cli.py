@@ -550,7 +550,9 @@ def _stream(llm, gen, as_json: bool):
               help="head: fit the head only; mix: + mix the bundle's projected sources; then every coefficient by "
                    "refine (forward-only SPSA) or exact (gradient descent on the bundle's model.grad.onnx); auto: "
                    "exact when the bundle ships a gradient graph, else refine.")
-@click.option("--steps", type=click.IntRange(min=0), help="Optimizer steps in all [default: until --budget-seconds].")
+@click.option("--steps", type=click.IntRange(min=0),
+              help="Optimizer steps in all, exactly: reproducible, --budget-seconds then does not apply "
+                   "[default: until --budget-seconds].")
 @click.option("--budget-seconds", type=click.FloatRange(min=0, min_open=True), default=55.0, show_default=True,
               help="Wall time for the fit, loading included (the process with its imports stays under 60 s).")
 @click.option("--holdout", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,

@@ -144,8 +144,8 @@ def test_refine_runs_on_the_int8_model_and_the_user_serves_run(planted, tmp_path
 
 def test_same_seed_same_user(planted, tmp_path):
     bundle_dir, local, _, _ = planted
-    for name in ("a.npz", "b.npz"):
-        _personalize(bundle_dir, local, tmp_path / name, "--steps", "6")
+    for name in ("a.npz", "b.npz"):  # 30 mix steps: three head refits, on a step count, never on the clock
+        _personalize(bundle_dir, local, tmp_path / name, "--steps", "30", "--method", "mix")
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
 
 

@@ -13,7 +13,7 @@ time and the driver's peak RSS (wait4), per-module task seconds and each Ray wor
 train-*: 64 users, each 320 rows (256 train / 32 validation / 32 test, the loader's 80/10/10 split) cut from the
 classification tasks below (disjoint slices), MiniLM, the committed adapters' subspace (-k 8), 24 steps of batch 32:
 one process trains them one at a time (builder.train.train_coeffs each, as `edge-lorax train`), another in groups
-of --users-per-batch (builder.fleet.train_many, as `edge-lorax train-many`).
+of --users-per-batch (16) and in groups of 4 (builder.fleet.train_many, as `edge-lorax train-many`).
 project-*: `edge-lorax project-many` of the committed adapters (each listed --repeat times) local vs Ray.
 """
 
@@ -175,6 +175,8 @@ def cells(args, workdir: Path) -> dict:
                                                       workdir / "trained-alone"))[1],
            "train-together": lambda: (data(), train_cell("together", workdir / f"users-{users}", sub(), upb,
                                                          workdir / "trained-together"))[1],
+           "train-together-u4": lambda: (data(), train_cell("together", workdir / f"users-{users}", sub(), 4,
+                                                            workdir / "trained-together-u4"))[1],
            "project-local": lambda: project_cell(sub(), args.repeat, workdir, None),
            "project-ray2": lambda: project_cell(sub(), args.repeat, workdir, 2)}
     return {k: v for k, v in out.items() if any(k.startswith(c) for c in args.cells)}

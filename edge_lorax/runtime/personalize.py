@@ -47,7 +47,9 @@ L2_GRID = (1.0, 10.0, 100.0)  # head penalties tried at each checkpoint, the hel
 
 @dataclass(frozen=True)
 class FitConfig:
-    """steps: SPSA steps over both stages (None: until budget_s of wall time, setup included, is spent)."""
+    """steps: optimizer steps over all stages, exactly, whatever the time (None: until budget_s of wall time, setup
+    included, is spent). Only a budget makes a fit depend on the machine's speed; a given steps count is reproducible
+    bit for bit."""
 
     method: str = AUTO
     steps: int | None = None
@@ -201,8 +203,8 @@ class _Fitter:
              lr: float) -> np.ndarray:
         """SPSA with Adam over p (size,), from 0, for `steps` or until `deadline` (seconds since start). The head
         follows the features: the two perturbed forwards average to the minibatch's features at p (to first order),
-        which refresh a cache of every fit row's features; the head is refitted on that cache every REFIT steps (or less
-        often when a refit costs more than a quarter of the time between refits)."""
+        which refresh a cache of every fit row's features; the head is refitted on that cache every REFIT steps (against a
+        deadline alone: less often when a refit costs more than a quarter of the time between refits)."""
         kind, y = self.task.kind, self.data.y_fit
         p, m, v, t, per_step = np.zeros(size), np.zeros(size), np.zeros(size), 0, 0.0
         cache, head, batches = point["x"][0].copy(), point["head"], self._batches()
@@ -217,7 +219,7 @@ class _Fitter:
             m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
             p = p - lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
             cache[index] = (x_plus + x_minus) / 2
-            if t % REFIT == 0 and self.elapsed() - refit_at >= 4 * refit_cost:
+            if t % REFIT == 0 and (steps is not None or self.elapsed() - refit_at >= 4 * refit_cost):
                 refit_at = self.elapsed()
                 head = fit_head(cache, y, kind, self.labels, point["l2"])
                 refit_cost = self.elapsed() - refit_at
@@ -304,7 +306,9 @@ def load_sources(bundle: Bundle) -> dict:
 
 def _stage_deadlines(config: FitConfig, fitter: _Fitter, stages: list, checkpoint_s: float) -> list:
     """Each stage's deadline (seconds since start): the budget left after the start, shared by STAGE_WEIGHT, minus
-    one checkpoint per stage."""
+    one checkpoint per stage; none (inf) when config.steps is set."""
+    if config.steps is not None:
+        return [float("inf")] * len(stages)
     left, now = config.budget_s - fitter.elapsed(), fitter.elapsed()
     weights = np.cumsum([STAGE_WEIGHT[s] for s in stages]) / max(sum(STAGE_WEIGHT[s] for s in stages), 1)
     return [now + left * w - checkpoint_s for w in weights]
