@@ -24,7 +24,7 @@ from pathlib import Path
 
 from edge_lorax.formats.errors import InputError
 from edge_lorax.runtime.bundle import Bundle, bundle_of_session
-from edge_lorax.runtime.infer import _check_user
+from edge_lorax.runtime.infer import check_user
 from edge_lorax.runtime.users import LoadedUser, make_user
 from edge_lorax.runtime.users import load_user as _load_user
 
@@ -89,7 +89,7 @@ def load_user(model, user, name: str | None = None) -> LoadedUser:
     _, session = _bound(model)
     bundle = session.bundle
     if isinstance(user, LoadedUser):
-        _check_user(bundle, user)
+        check_user(bundle, user)
         return user
     if isinstance(user, (str, os.PathLike)):
         return _load_user(bundle, Path(user), name)

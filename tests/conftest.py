@@ -99,6 +99,14 @@ def decoder_bundle(tmp_path_factory):
     return tiny_decoder_bundle(tmp_path_factory.mktemp("llm"))
 
 
+@pytest.fixture(scope="session")
+def bert(tmp_path_factory):
+    """helpers.tiny's BERT set-up (model, adapters, subspace, a projected user) for the exporter's tests; read-only."""
+    from helpers.tiny import tiny_setup
+
+    return tiny_setup("bert", tmp_path_factory.mktemp("bert"))
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """The shared tiny-BERT bundle and its users (one per test module)."""

@@ -24,21 +24,15 @@ from edge_lorax.formats.onnx_adapter import (
 )
 from edge_lorax.formats.subspace import read_subspace  # noqa: E402
 from edge_lorax.formats.user import User, write_user  # noqa: E402
-from helpers import random_user  # noqa: E402
+from helpers import ort_session, random_user  # noqa: E402
 from helpers.tiny import tiny_setup  # noqa: E402
 
 TOL = 1e-4  # fp32 ORT vs torch, max abs diff
 TOKENS = sample_tokens(99, batch=3, seq=9, seed=5)  # unlike the trace shapes (2, 7); last row padded
 
 
-def session(path) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.log_severity_level = 1, 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
 def run(path, feeds=None, run_options=None, tokens=TOKENS) -> np.ndarray:
-    return session(path).run(None, {**tokens, **(feeds or {})}, run_options)[0]
+    return ort_session(path).run(None, {**tokens, **(feeds or {})}, run_options)[0]
 
 
 def graph_inputs(path) -> set:
@@ -61,11 +55,6 @@ def torch_reference(setup, coeffs, task: str, tokens=TOKENS) -> np.ndarray:
     ids, mask = (torch.from_numpy(tokens[k]) for k in (names.INPUT_IDS, names.ATTENTION_MASK))
     out = model(input_ids=ids, attention_mask=mask)
     return (mean_pool(out.last_hidden_state, mask) if task == names.TASK_FEATURES else out.logits).numpy()
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory):
-    return tiny_setup("bert", tmp_path_factory.mktemp("bert"))
 
 
 @pytest.fixture(scope="module")

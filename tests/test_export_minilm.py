@@ -17,7 +17,7 @@ from edge_lorax.export import export_bundle  # noqa: E402
 from edge_lorax.export.graph import mean_pool  # noqa: E402
 from edge_lorax.formats import names  # noqa: E402
 from edge_lorax.formats.subspace import read_subspace, write_subspace  # noqa: E402
-from helpers import random_user  # noqa: E402
+from helpers import ort_session, random_user  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the real all-MiniLM-L6-v2
 
@@ -27,14 +27,6 @@ TOL = 1e-4
 LAYERS, HIDDEN, RANK, K = 6, 384, 8, 8
 MODULES = [f"bert.encoder.layer.{i}.attention.self.{p}" for i in range(LAYERS) for p in ("query", "value")]
 TEXTS = ["What a wonderful film, I loved every minute.", "Terrible.", "The delivery was late but the product works."]
-
-
-def session(path):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.log_severity_level = 1, 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +78,7 @@ def expected(minilm, users, tokens):
 
 
 def test_three_users_match_injected_torch(minilm, users, tokens, expected):
-    sess = session(minilm[1] / names.BUNDLE_MODEL)
+    sess = ort_session(minilm[1] / names.BUNDLE_MODEL)
     for user, want in zip(users, expected):
         assert np.abs(sess.run(None, {**tokens, **user.inputs()})[0] - want).max() <= TOL
     assert np.abs(expected[0] - expected[1]).max() > 0.1
@@ -95,7 +87,7 @@ def test_three_users_match_injected_torch(minilm, users, tokens, expected):
 def test_int8_within_tolerance_and_coefficients_act(minilm, users, tokens, expected):
     from edge_lorax.formats.user import User
 
-    sess = session(minilm[1] / names.BUNDLE_MODEL_INT8)
+    sess = ort_session(minilm[1] / names.BUNDLE_MODEL_INT8)
     for user, want in zip(users, expected):
         got = sess.run(None, {**tokens, **user.inputs()})[0]
         assert np.abs(got - want).max() <= 0.25 * max(1.0, np.abs(want).max())  # the stated int8 tolerance
@@ -111,7 +103,7 @@ def test_int8_within_tolerance_and_coefficients_act(minilm, users, tokens, expec
 
 
 def test_ort_format_runs_and_agrees(minilm, users, tokens, expected):
-    got = session(minilm[1] / names.BUNDLE_MODEL_ORT).run(None, {**tokens, **users[1].inputs()})[0]
+    got = ort_session(minilm[1] / names.BUNDLE_MODEL_ORT).run(None, {**tokens, **users[1].inputs()})[0]
     assert np.abs(got - expected[1]).max() <= TOL
 
 
@@ -138,5 +130,5 @@ def test_pooled_features(minilm, users, tokens, tmp_path):
     ids, mask = (torch.from_numpy(tokens[k]) for k in (names.INPUT_IDS, names.ATTENTION_MASK))
     with torch.no_grad():
         want = mean_pool(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask).numpy()
-    got = session(bundle / names.BUNDLE_MODEL).run(None, tokens)[0]  # defaults are this user
+    got = ort_session(bundle / names.BUNDLE_MODEL).run(None, tokens)[0]  # defaults are this user
     assert got.shape == (3, HIDDEN) and np.abs(got - want).max() <= TOL

@@ -18,12 +18,7 @@ from edge_lorax.formats.errors import InputError  # noqa: E402
 from edge_lorax.formats.subspace import read_subspace  # noqa: E402
 from edge_lorax.formats.user import User, write_user  # noqa: E402
 from helpers import random_user  # noqa: E402
-from helpers.tiny import tiny_model, tiny_setup  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory):
-    return tiny_setup("bert", tmp_path_factory.mktemp("bert"))
+from helpers.tiny import tiny_model  # noqa: E402
 
 
 def leftovers(parent) -> list:

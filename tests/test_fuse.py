@@ -11,7 +11,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
@@ -22,7 +21,7 @@ from edge_lorax.export.fuse import FuseRefused, find_layers, fuse_attention  # n
 from edge_lorax.export.graph import mean_pool  # noqa: E402
 from edge_lorax.formats import names  # noqa: E402
 from edge_lorax.formats.subspace import read_subspace, write_subspace  # noqa: E402
-from helpers import random_user  # noqa: E402
+from helpers import ort_session, random_user  # noqa: E402
 from helpers.tiny import tiny_setup  # noqa: E402
 
 TOL = 1e-5
@@ -43,10 +42,7 @@ def tokens(pad: str = "right") -> dict:
 
 
 def run(path, feeds=None, toks=None, output: int = 0) -> np.ndarray:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.log_severity_level = 1, 3
-    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return session.run(None, {**(toks or tokens()), **(feeds or {})})[output]
+    return ort_session(path).run(None, {**(toks or tokens()), **(feeds or {})})[output]
 
 
 @torch.no_grad()
@@ -79,11 +75,6 @@ def subspace_on(bert, targets: list, root):
     from edge_lorax.builder.subspace import build_subspace
 
     return write_subspace(build_subspace(adapters_on(bert.model, targets, root), components=3), root / "subspace")
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory):
-    return tiny_setup("bert", tmp_path_factory.mktemp("bert"))
 
 
 @pytest.fixture(scope="module")

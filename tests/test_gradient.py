@@ -11,6 +11,7 @@ import pytest
 from edge_lorax.export import gradient
 from edge_lorax.export.graph import load_task_model, prepare, sample_tokens
 from edge_lorax.formats import names
+from edge_lorax.formats.tasks import target_dtype
 from helpers.runtime import get_setup
 
 
@@ -36,7 +37,7 @@ def test_loss_and_gradients_equal_torch_autograd(graph):
     tokens[names.ATTENTION_MASK][1, 4:] = 0  # a padded row
     rng = np.random.default_rng(0)
     labels = (rng.integers(0, 2, 4) if prepared.spec.task == names.TASK_CLASSIFICATION else
-              rng.standard_normal(4)).astype(gradient.label_dtype(prepared.spec.task))
+              rng.standard_normal(4)).astype(target_dtype(prepared.spec.task))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     outs = [o.name for o in sess.get_outputs()]
     assert outs[0] == names.LOSS and sorted(outs[1:]) == sorted(names.GRAD_PREFIX + k for k in prepared.defaults)

@@ -102,16 +102,11 @@ def _initial_state(model_path: Path, subspace: Subspace, labels: int, rank, k, i
     return {n: v.copy() for n, v in coeff_tensors(net).items()}, read_head(net), net
 
 
-def _widths(tasks: list) -> list:
-    """Output width per user: its classes, 1 for regression."""
-    return [t.num_labels for _, t in tasks]
-
-
 class _Group:
     """U users on one injected model: stacked coefficients (U, r, K) / (U, K, r) per input name and UserHeads."""
 
     def __init__(self, model_path: Path, subspace: Subspace, tasks: list, rank, k, init: str, seed: int):
-        widths = _widths(tasks)
+        widths = [t.num_labels for _, t in tasks]  # output width per user: its classes, 1 for regression
         starts = {w: _initial_state(model_path, subspace, w, rank, k, init, seed) for w in sorted(set(widths))}
         self.net = starts[max(widths)][2]  # the widest user's loaded model carries the group (its head is replaced)
         for p in self.net.parameters():

@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edge_lorax.export.passes import add_input_defaults
+from edge_lorax.export.passes import add_input_defaults, sort_nodes
 from edge_lorax.formats import names
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.subspace import Subspace
@@ -233,28 +233,5 @@ def add_coefficients(model: onnx.ModelProto, subspace: Subspace, config: dict, d
         mixes = _assemble(out.graph, f"/edge_lorax/family{i}", outputs, subspace, per_example)
         for m, (output, slots) in zip(mixes, outputs):
             _add_branch(out.graph, m, output, slots, subspace, width)
-    _sort(out.graph)
+    sort_nodes(out.graph)
     return add_input_defaults(out, defaults)
-
-
-def _sort(graph):
-    """Topological order, stable (Kahn): the new nodes were appended after their consumers."""
-    nodes = list(graph.node)
-    made = {o: i for i, n in enumerate(nodes) for o in n.output if o}  # '' marks an omitted optional output
-    needs = [{made[t] for t in n.input if t in made} for n in nodes]
-    users: dict = {}
-    for i, deps in enumerate(needs):
-        for d in deps:
-            users.setdefault(d, []).append(i)
-    ready, order = sorted(i for i, deps in enumerate(needs) if not deps), []
-    while ready:
-        i = ready.pop(0)
-        order.append(i)
-        for u in users.get(i, []):
-            needs[u].discard(i)
-            if not needs[u]:
-                ready.append(u)
-    if len(order) != len(nodes):
-        raise ValueError("graph has a cycle after inserting the low-rank branches")
-    del graph.node[:]
-    graph.node.extend(nodes[i] for i in order)

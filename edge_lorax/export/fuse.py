@@ -38,6 +38,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edge_lorax.export.passes import sort_nodes
 from edge_lorax.formats import names
 
 DOMAIN = "com.microsoft"
@@ -352,55 +353,67 @@ def _coeff_rank(model: onnx.ModelProto, name: str) -> int:
 
 def fuse_attention_graph(model: onnx.ModelProto, num_heads: int) -> onnx.ModelProto:
     """The surgery alone (no ONNX Runtime optimizer, no check): a new proto, `model` untouched."""
-    from edge_lorax.export.decoder import _sort
-
     layers = find_layers(model)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
     any_branch = next((b for layer in layers for _, b in layer.branches), None)
     per_example = any_branch is not None and _coeff_rank(model, any_branch.coeff_a) == 3
-    inputs = {i.name for i in graph.input}
-    mask = None
-    if names.ATTENTION_MASK in inputs:
-        mask = "/edge_lorax/fuse/mask_int32"
-        graph.node.append(helper.make_node("Cast", [names.ATTENTION_MASK], [mask], name=mask, to=onnx.TensorProto.INT32))
-    inits = {t.name: t for t in graph.initializer}
+    mask = _int32_mask(graph)
     opset = next((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), 17)
+    mixes = {}
+    for f, ((_, shape), members) in enumerate(_families(graph, layers).items()):
+        parts = _assemble(graph, f"/edge_lorax/fuse/family{f}", [layers[i] for i in members], shape, per_example, opset)
+        mixes.update(zip(members, parts))
+    dense = {layer.dense: i for i, layer in enumerate(layers)}
+    for node in list(graph.node):
+        if node.name in dense:
+            i = dense[node.name]
+            node.input[0] = _attention(graph, layers[i], f"/edge_lorax/fuse/layer{i}", mixes.get(i), mask, num_heads)
+    if not any(o.domain == DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    sort_nodes(graph)  # the new nodes were appended after their consumers; _prune walks in topological order
+    _prune(graph)
+    return out
+
+
+def _int32_mask(graph) -> str | None:
+    """The Attention op's mask_index: attention_mask cast to int32 (one Cast for every layer), or None without one."""
+    if names.ATTENTION_MASK not in {i.name for i in graph.input}:
+        return None
+    mask = "/edge_lorax/fuse/mask_int32"
+    graph.node.append(helper.make_node("Cast", [names.ATTENTION_MASK], [mask], name=mask, to=onnx.TensorProto.INT32))
+    return mask
+
+
+def _families(graph, layers: list) -> dict:
+    """(branch roles, ((K, r) per branch)) -> indices of the layers of that shape, which share one assembly."""
+    inits = {t.name: t for t in graph.initializer}
     families: dict = {}
     for i, layer in enumerate(layers):
         shape = tuple((br.components_a_t.shape[1], numpy_helper.to_array(inits[br.coeff_a]).shape[-2])
                       for _, br in layer.branches)
         if shape:
             families.setdefault((tuple(r for r, _ in layer.branches), shape), []).append(i)
-    mixes = {}
-    for f, ((_, shape), members) in enumerate(families.items()):
-        parts = _assemble(graph, f"/edge_lorax/fuse/family{f}", [layers[i] for i in members], shape, per_example, opset)
-        mixes.update(zip(members, parts))
-    dense = {layer.dense: i for i, layer in enumerate(layers)}
-    for node in list(graph.node):
-        i = dense.get(node.name)
-        if i is None:
-            continue
-        layer, p = layers[i], f"/edge_lorax/fuse/layer{i}"
-        weight, bias, cat = _packed(layer)
-        x = layer.q.x
-        if cat is not None:
-            graph.node.extend([
-                helper.make_node("MatMul", [x, _init(graph, f"{p}/components_A_t", cat)], [f"{p}/h"], name=f"{p}/h"),
-                helper.make_node("MatMul", [f"{p}/h", mixes[i]], [f"{p}/g"], name=f"{p}/g"),  # (B, S, ΣK)
-                helper.make_node("Concat", [x, f"{p}/g"], [f"{p}/x_ext"], name=f"{p}/x_ext", axis=-1),
-            ])
-            x = f"{p}/x_ext"  # (B, S, in + ΣK)
-        graph.node.append(helper.make_node(
-            "Attention", [x, _init(graph, f"{p}/qkv_weight", weight), _init(graph, f"{p}/qkv_bias", bias)]
-            + ([mask] if mask else []), [f"{p}/context"], name=f"{p}/Attention", domain=DOMAIN, num_heads=num_heads))
-        node.input[0] = f"{p}/context"  # (B, S, hidden)
-    if not any(o.domain == DOMAIN for o in out.opset_import):
-        out.opset_import.append(helper.make_opsetid(DOMAIN, 1))
-    _sort(graph)  # the new nodes were appended after their consumers; _prune walks in topological order
-    _prune(graph)
-    return out
+    return families
+
+
+def _attention(graph, layer, p: str, mix: str | None, mask: str | None, num_heads: int) -> str:
+    """One layer's Attention node (packed q/k/v weights; with branches, x extended by its low-rank features
+    x Cᴀᵀ · mix); returns its context output (B, S, hidden)."""
+    weight, bias, cat = _packed(layer)
+    x = layer.q.x
+    if cat is not None:
+        graph.node.extend([
+            helper.make_node("MatMul", [x, _init(graph, f"{p}/components_A_t", cat)], [f"{p}/h"], name=f"{p}/h"),
+            helper.make_node("MatMul", [f"{p}/h", mix], [f"{p}/g"], name=f"{p}/g"),  # (B, S, ΣK)
+            helper.make_node("Concat", [x, f"{p}/g"], [f"{p}/x_ext"], name=f"{p}/x_ext", axis=-1),
+        ])
+        x = f"{p}/x_ext"  # (B, S, in + ΣK)
+    graph.node.append(helper.make_node(
+        "Attention", [x, _init(graph, f"{p}/qkv_weight", weight), _init(graph, f"{p}/qkv_bias", bias)]
+        + ([mask] if mask else []), [f"{p}/context"], name=f"{p}/Attention", domain=DOMAIN, num_heads=num_heads))
+    return f"{p}/context"
 
 
 def _ort_fusions(model: onnx.ModelProto, num_heads: int, hidden: int) -> onnx.ModelProto:

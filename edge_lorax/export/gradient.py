@@ -24,6 +24,7 @@ from onnx import helper
 from edge_lorax.builder.loop import task_loss
 from edge_lorax.export.graph import Prepared
 from edge_lorax.formats import names
+from edge_lorax.formats.tasks import target_dtype
 
 GRAD_TOLERANCE = 1e-4  # max |Δ| <= GRAD_TOLERANCE * max(1, max |torch gradient|), per checked feed set
 
@@ -45,10 +46,6 @@ class _LossModule(torch.nn.Module):
 
 def _param_key(feed: str) -> str:
     return feed.replace(".", "__")  # a ParameterDict key cannot hold dots
-
-
-def label_dtype(task: str):
-    return np.float32 if task == names.TASK_REGRESSION else np.int64
 
 
 @contextlib.contextmanager
@@ -138,7 +135,7 @@ def check_gradient(path, prepared: Prepared, tokens: dict, seed: int = 0) -> dic
     rng = np.random.default_rng(seed)
     batch = len(tokens[names.INPUT_IDS])
     labels = (rng.standard_normal(batch) if prepared.spec.task == names.TASK_REGRESSION else
-              rng.integers(0, prepared.defaults[names.HEAD_BIAS].shape[-1], batch)).astype(label_dtype(prepared.spec.task))
+              rng.integers(0, prepared.defaults[names.HEAD_BIAS].shape[-1], batch)).astype(target_dtype(prepared.spec.task))
     sets = [{}, {k: (rng.random(v.shape, dtype=np.float32) - 0.5) for k, v in prepared.defaults.items()}]
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst, scale = 0.0, 1.0

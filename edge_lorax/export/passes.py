@@ -79,3 +79,27 @@ def set_metadata(model: onnx.ModelProto, meta: dict) -> onnx.ModelProto:
     for key in sorted(meta):
         out.metadata_props.add(key=key, value=str(meta[key]))
     return out
+
+
+def sort_nodes(graph):
+    """Topological order in place, stable (Kahn): a surgery appends its new nodes after their consumers; ValueError
+    on a cycle."""
+    nodes = list(graph.node)
+    made = {o: i for i, n in enumerate(nodes) for o in n.output if o}  # '' marks an omitted optional output
+    needs = [{made[t] for t in n.input if t in made} for n in nodes]
+    users: dict = {}
+    for i, deps in enumerate(needs):
+        for d in deps:
+            users.setdefault(d, []).append(i)
+    ready, order = sorted(i for i, deps in enumerate(needs) if not deps), []
+    while ready:
+        i = ready.pop(0)
+        order.append(i)
+        for u in users.get(i, []):
+            needs[u].discard(i)
+            if not needs[u]:
+                ready.append(u)
+    if len(order) != len(nodes):
+        raise ValueError("graph has a cycle after inserting the low-rank branches")
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)

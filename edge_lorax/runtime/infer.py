@@ -134,7 +134,7 @@ def _wanted(bundle: Bundle, outputs) -> list:
     return wanted
 
 
-def _check_user(bundle: Bundle, user, where: str = "user"):
+def check_user(bundle: Bundle, user, where: str = "user"):
     """A LoadedUser of this bundle's subspace (load_user / make_user checked it against a bundle of it)."""
     if not isinstance(user, LoadedUser):
         raise InputError(f"{where} must be a LoadedUser (runtime.load_user(bundle, path)), got {type(user).__name__}")
@@ -147,7 +147,7 @@ def feeds_for(bundle: Bundle, user: LoadedUser | None, inputs: dict) -> dict:
     """The run's bindings: token arrays + the user's preloaded arrays (nothing copied for the user)."""
     feeds = _token_feeds(bundle, inputs)
     if user is not None:
-        _check_user(bundle, user)
+        check_user(bundle, user)
         if bundle.per_example:
             raise InputError(f"{bundle.model_path.name} is a per-example graph; use run_mixed with one user per example")
         feeds.update(user.arrays)
@@ -174,7 +174,7 @@ def _stack_users(bundle: Bundle, users: list) -> dict:
         raise InputError(f"{bundle.model_path.name} takes one user per run; open the per_example variant for mixed batches")
     keys = [k for k, s in bundle.coeff_inputs.items() if s.per_example]
     for i, u in enumerate(users):
-        _check_user(bundle, u, f"users[{i}]")
+        check_user(bundle, u, f"users[{i}]")
         if any(k not in u.arrays for k in keys):
             raise UserError(f"{u.name}: lacks {next(k for k in keys if k not in u.arrays)}; mixed batches need full users")
     return {k: np.stack([u.arrays[k] for u in users]) for k in keys}  # (batch, ...): one copy per run

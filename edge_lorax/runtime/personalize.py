@@ -29,7 +29,7 @@ import numpy as np
 from edge_lorax.formats import names
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.sources import SOURCES_FILE, read_sources
-from edge_lorax.formats.tasks import CLASSIFICATION, DataError, Split, Task
+from edge_lorax.formats.tasks import CLASSIFICATION, DataError, Split, Task, target_dtype
 from edge_lorax.formats.user import User, split_inputs
 from edge_lorax.runtime.bundle import Bundle, BundleError, bundle_file
 from edge_lorax.runtime.head import fit_head, head_loss, head_score
@@ -235,7 +235,7 @@ class _Fitter:
         else as many as fit before `deadline`, estimated from the first step); returns (coefficients, head)."""
         params = {k: np.array(v, np.float32) for k, v in {**coeffs, **head}.items()}
         m, v = ({k: np.zeros_like(a) for k, a in params.items()} for _ in range(2))
-        y, outs = self.data.y_fit.astype(_label_dtype(self.task.kind)), [o.name for o in sess.get_outputs()]
+        y, outs = self.data.y_fit.astype(target_dtype(self.task.kind)), [o.name for o in sess.get_outputs()]
         t, planned, per_step, batches = 0, steps, 0.0, self._batches()
         while (planned is None or t < planned) and self.elapsed() + per_step < deadline:
             tick, index = time.perf_counter(), next(batches)
@@ -258,10 +258,6 @@ def _schedule(step: int, total: int) -> float:
     """The host trainer's rate factor (builder.loop.schedule): linear warm-up over WARMUP of `total`, then decay."""
     warm = max(1, int(WARMUP * total))
     return (step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm))
-
-
-def _label_dtype(kind: str):
-    return np.int64 if kind == CLASSIFICATION else np.float32
 
 
 def _exact_start(coeffs: dict, rng) -> dict:

@@ -106,3 +106,12 @@ def random_user(subspace, seed: int, *, labels: int = 0, hidden: int = 32, scale
     if labels:
         shapes.update({names.HEAD_WEIGHT_T: (hidden, labels), names.HEAD_BIAS: (labels,)})
     return synthetic_user(shapes, subspace.fingerprint, seed, scale=scale, dist=dist)
+
+
+def ort_session(path):
+    """A one-thread CPU ONNX Runtime session, warnings off: the tests' way to run a graph file."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.log_severity_level = 1, 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
