@@ -753,14 +753,19 @@ def demo(output, steps, no_bench, adapters, llm):
             click.echo(f"{user:14s} {p.label:9s} {p.score:.3f}  {p.text}")
 
 
+_TERMINATED = {}  # "status": 128 + the signal that ended the command (main() exits with it)
+
+
 def _terminate(signum, frame):
     """SIGTERM/SIGHUP end the command like Ctrl-C: the exception unwinds every `finally`, so atomic writes remove their
-    temp folders. Further signals are ignored while that cleanup runs; the exit status is the shell's 128 + signal."""
+    temp folders. Further signals are ignored while that cleanup runs; the exit status is the shell's 128 + signal,
+    also when a library re-raises the exit with its own status (Ray's wait turns it into SystemExit(1))."""
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     click.echo(f"Terminated ({signal.Signals(signum).name}): partial output removed", err=True)
+    _TERMINATED["status"] = 128 + signum
     raise SystemExit(128 + signum)
 
 
@@ -776,4 +781,7 @@ def _install_signal_handlers():
 
 def main():
     _install_signal_handlers()
-    cli()
+    try:
+        cli()
+    except SystemExit as e:
+        raise SystemExit(_TERMINATED.get("status", e.code)) from None

@@ -180,3 +180,25 @@ def test_overwrite_swaps_whole_outputs_and_leaves_nothing(tmp_path):
             (tmp / "new").write_text("new")
     assert sorted(os.listdir(tmp_path)) == ["dir", "file"]
     assert all(sorted(os.listdir(tmp_path / n)) == ["new"] for n in ("dir", "file"))
+
+
+def test_sigterm_during_a_ray_build_exits_143_and_leaves_nothing(many_sources, tmp_path):
+    """ray.init installs its own SIGTERM handler (exit 1, stack dump) and ray.wait re-raises the exit as status 1:
+    the CLI keeps its own handler and status, the local cluster stops with the command."""
+    pytest.importorskip("ray")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    proc = start(["build", *many_sources, "-o", folder / "subspace", "-k", "8", "--executor", "ray", "--workers", "1"])
+    try:
+        seen = b""
+        while b"modules:" not in seen and proc.poll() is None:  # the bar opens when the first module is done
+            seen += os.read(proc.stderr.fileno(), 4096)
+        proc.send_signal(signal.SIGTERM)
+        err = seen + proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode(errors="replace")[-2000:]
+    assert b"Terminated (SIGTERM)" in err and b"logging.cc" not in err
+    assert sorted(os.listdir(folder)) == []

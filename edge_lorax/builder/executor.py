@@ -15,6 +15,7 @@ every node (a shared filesystem). Does not retry failed items, balance memory or
 import atexit
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,9 +111,7 @@ def _map_ray(fn, items, executor, progress) -> list:
     first map of a process connects (or starts the local cluster) and later maps reuse it; ray.shutdown at exit."""
     ray = _import_ray()
     if not ray.is_initialized():
-        ray.init(address=executor.address, num_cpus=None if executor.address else executor.workers,
-                 include_dashboard=False, log_to_driver=False, configure_logging=False)
-        atexit.register(ray.shutdown)
+        _init_ray(ray, executor)
     task, fn_ref = ray.remote(num_cpus=1, max_retries=0)(run_item), ray.put(fn)
     refs = [task.remote(fn_ref, item) for item in items]
     index, out, pending = {r: i for i, r in enumerate(refs)}, [None] * len(refs), list(refs)
@@ -121,6 +120,20 @@ def _map_ray(fn, items, executor, progress) -> list:
         out[index[done[0]]] = _fetch(ray, done[0])
         progress(len(refs) - len(pending))
     return out
+
+
+def _init_ray(ray, executor: Executor):
+    """Connect (or start the local cluster), keeping the process's own SIGTERM/SIGHUP handlers: ray.init replaces
+    them with its own (exit 1 and a stack dump), which would skip the CLI's cleanup and its 128 + signal status."""
+    import signal
+
+    kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    ray.init(address=executor.address, num_cpus=None if executor.address else executor.workers,
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
+    atexit.register(ray.shutdown)
+    for sig, handler in kept.items():
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(sig, handler)
 
 
 def _fetch(ray, ref) -> Outcome:
