@@ -200,3 +200,19 @@ def test_train_many_refusals(users, tmp_path):
     assert res.exit_code != 0 and "no .csv/.tsv/.jsonl files" in res.output and not (tmp_path / "o").exists()
     with pytest.raises(InputError, match="--address and --workers apply to --executor ray only"):
         Executor("local", workers=2)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "no-port-here"])
+def test_an_unreachable_cluster_is_refused_at_once(hub, address, tmp_path):
+    """A fresh process (this one may hold a Ray connection already): one line naming the address, in seconds."""
+    import subprocess
+    import sys
+    import time
+
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "edge_lorax", "build", *map(str, hub[1][:2]), "-o", str(tmp_path / "s"),
+                           "-k", "2", "--executor", "ray", "--address", address], capture_output=True, text=True,
+                          timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert proc.returncode == 1 and len(errors) == 1 and f"--address {address}: no Ray cluster answers" in errors[0]
+    assert "ray start --head" in errors[0] and time.monotonic() - start < 60 and not (tmp_path / "s").exists()

@@ -127,13 +127,34 @@ def _init_ray(ray, executor: Executor):
     them with its own (exit 1 and a stack dump), which would skip the CLI's cleanup and its 128 + signal status."""
     import signal
 
+    _check_reachable(executor.address)
     kept = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    ray.init(address=executor.address, num_cpus=None if executor.address else executor.workers,
-             include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        ray.init(address=executor.address, num_cpus=None if executor.address else executor.workers,
+                 include_dashboard=False, log_to_driver=False, configure_logging=False)
+    except ConnectionError as e:  # "auto" with no cluster running
+        said = str(e).strip().splitlines()[0].split(". ")[0].rstrip(".")
+        raise InputError(f"--address {executor.address}: {said}; {NO_CLUSTER_FIX}") from None
     atexit.register(ray.shutdown)
     for sig, handler in kept.items():
         if handler is not None and threading.current_thread() is threading.main_thread():
             signal.signal(sig, handler)
+
+
+NO_CLUSTER_FIX = "start one (`ray start --head`) or leave --address out for a local cluster"
+
+
+def _check_reachable(address: str | None, timeout_s: float = 5.0):
+    """A HOST:PORT address must accept a TCP connection within timeout_s: ray.init retries an unreachable one for
+    minutes. Other forms (None, "auto", "ray://...") go to ray.init as they are."""
+    if not address or address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        raise InputError(f"--address {address}: no Ray cluster answers there ({type(e).__name__}: {e}); "
+                         f"{NO_CLUSTER_FIX}") from None
 
 
 def _fetch(ray, ref) -> Outcome:
