@@ -239,7 +239,7 @@ def project(subspace, adapter, output, as_json, overwrite):
 
 @cli.command("project-many")
 @click.argument("subspace", type=click.Path(exists=True, file_okay=False))
-@click.argument("adapters", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.argument("adapters", nargs=-1, required=True, type=click.Path())  # a bad one is a failed row
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
               help="Folder to write: one <adapter folder name>.npz each, projections.csv and projections.json.")
 @click.option("--allow-base-mismatch", is_flag=True, help="Accept adapters whose base model id differs.")

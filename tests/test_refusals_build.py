@@ -358,7 +358,8 @@ def test_build_k_beyond_the_stack_is_refused_before_writing(good, work):
 
 TRAIN_OPTIONS = [
     (["--k", 0], "'--k'", 2), (["--k", 100], "--k 100: the subspace has K=2", 1), (["--k", 3], "--k 3", 1),
-    (["--rank", 0], "'--rank'", 2), (["--steps", 0], "'--steps'", 2), (["--steps", -5], "'--steps'", 2),
+    (["--rank", 0], "'--rank'", 2), (["--rank", 100], "--rank 100: the subspace's r is", 1),
+    (["--steps", 0], "'--steps'", 2), (["--steps", -5], "'--steps'", 2),
     (["--epochs", 0], "'--epochs'", 2), (["--epochs", -1], "'--epochs'", 2), (["--epochs", "nan"], "--epochs nan", 1),
     (["--batch-size", 0], "'--batch-size'", 2), (["--max-length", 0], "'--max-length'", 2),
     (["--max-length", -5], "'--max-length'", 2), (["--max-length", 600], "--max-length 600", 1),

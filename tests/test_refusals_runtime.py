@@ -540,3 +540,15 @@ def test_rank4_coeffs_on_the_r8_demo_subspace_export_a_bundle_for_every_user(dem
     if CASES.is_dir():
         res = invoke("run", tmp_path / "bundle", "--coeffs", CASES / "ham_spam_labels.npz", "--json", "win a free prize")
         assert res.exit_code == 0 and json.loads(res.output)["predictions"][0]["label"] in ("ham", "spam"), res.output
+
+
+def test_max_length_that_leaves_no_text_token_is_refused(setup):
+    """tokenizers does not truncate at all below its special tokens' count: --max-length 1 meant no truncation."""
+    from tokenizers import Tokenizer
+
+    specials = Tokenizer.from_file(str(setup.bundle / names.TOKENIZER_FILE)).post_processor.num_special_tokens_to_add(False)
+    assert specials == 2  # [CLS] ... [SEP]
+    for value in ("1", "2"):
+        assert_refused(invoke("run", setup.bundle, "--max-length", value, TEXTS[0]), "adds 2 special tokens",
+                       "pass 3 or more")
+    assert invoke("run", setup.bundle, "--max-length", "3", TEXTS[0]).exit_code == 0

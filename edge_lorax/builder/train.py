@@ -43,13 +43,15 @@ def check_base(model_path: Path, subspace: Subspace):
 
 
 def check_dims(subspace: Subspace, rank=None, k=None):
-    """--k within 1..the subspace's K, --rank >= 1 (None: the subspace's own)."""
-    most = min(ms.k for ms in subspace.modules.values())
+    """--k within 1..the subspace's K, --rank within 1..its r (None: the subspace's own): a bundle's coefficient
+    inputs are (r, K), so a user of a higher rank could not run on one."""
+    most, r = min(ms.k for ms in subspace.modules.values()), min(ms.rank for ms in subspace.modules.values())
     if k is not None and not (isinstance(k, int) and not isinstance(k, bool) and 1 <= k <= most):
         raise InputError(f"--k {k!r}: the subspace has K={most} components per module; pass --k from 1 to {most} "
                          "or leave it out to use all")
-    if rank is not None and not (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1):
-        raise InputError(f"--rank {rank!r}: an integer >= 1 is needed (default: the subspace's r)")
+    if rank is not None and not (isinstance(rank, int) and not isinstance(rank, bool) and 1 <= rank <= r):
+        raise InputError(f"--rank {rank!r}: the subspace's r is {r}; pass --rank from 1 to {r} or leave it out "
+                         "(a higher rank could not run on the subspace's bundles)")
 
 
 def coeff_model(model, subspace: Subspace, num_labels: int, *, rank=None, k=None, init="zero_b", seed=0, kind=SEQ_CLS):

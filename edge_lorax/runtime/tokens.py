@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from edge_lorax.formats import names
+from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.runtime.bundle import BundleError, bundle_file
 
@@ -42,6 +43,10 @@ def _load(path: str, max_length: int | None):
     except BaseException as e:  # its own (Rust) exception types; a Rust panic is a BaseException
         raise tokenizer_error(path, e) from e
     if max_length is not None:
+        specials = tok.post_processor.num_special_tokens_to_add(False) if tok.post_processor else 0
+        if max_length <= specials:  # the tokenizers library then does not truncate at all
+            raise InputError(f"max_length (--max-length) {max_length}: {path} adds {specials} special tokens to "
+                             f"every text; pass {specials + 1} or more")
         tok.enable_truncation(max_length)
     tok.no_padding()
     return tok
