@@ -580,7 +580,7 @@ def personalize(bundle, data, output, text_column, label_column, kind, init, met
     from edge_lorax.formats.user import write_user
     from edge_lorax.runtime.bundle import SessionConfig, open_bundle
     from edge_lorax.runtime.infer import check_max_length
-    from edge_lorax.runtime.personalize import FitConfig, check_task
+    from edge_lorax.runtime.personalize import FitConfig, check_bundle, check_task
     from edge_lorax.runtime.personalize import personalize as fit
     from edge_lorax.runtime.users import load_user
 
@@ -589,6 +589,7 @@ def personalize(bundle, data, output, text_column, label_column, kind, init, met
     task = read_task(data, text_column, label_column, kind, fractions=(1 - holdout, holdout, 0.0), seed=seed)
     check_task(task, data)
     opened = open_bundle(bundle, SessionConfig(threads=threads or 0, variant=variant))
+    check_bundle(opened, task, data)
     config = FitConfig(method=method, steps=steps, budget_s=budget_seconds, seed=seed,
                        max_length=check_max_length(opened, max_length))
     start = load_user(opened, init) if init else None

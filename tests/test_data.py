@@ -213,3 +213,12 @@ def test_cli_data_prints_the_summary_as_json():
     out = json.loads(result.output)
     assert out["task"] == "vader:nyt-binary" and out["labels"] == ["negative", "positive"]
     assert out["train"]["rows"] + out["validation"]["rows"] + out["test"]["rows"] == 4878  # 5190 - 71 dupes - 241 zero
+
+
+def test_too_few_rows_to_split_names_the_file(tmp_path):
+    from edge_lorax.formats.tasks import DataError, read_task
+
+    path = tmp_path / "tiny.csv"
+    path.write_text("text,label\na,x\nb,y\nc,x\n")
+    with pytest.raises(DataError, match=rf"^{path}: 3 rows are too few to split"):
+        read_task(path)

@@ -170,7 +170,7 @@ def _table_row(adapter_dir, name: str, outcome) -> dict:
         return {**row, "status": "failed", "output": None, "relative_error": None, "user_bytes": None,
                 "error": outcome.error}
     return {**row, "status": "ok", "output": f"{name}.npz", "relative_error": round(outcome.value.overall, 6),
-            "user_bytes": outcome.value.coeffs.nbytes(), "error": None}
+            "user_bytes": None, "error": None}  # the written file's size, set by project_many
 
 
 def _write_table(rows: list, folder: Path):
@@ -185,9 +185,10 @@ def _write_table(rows: list, folder: Path):
 def project_many(subspace: Subspace, adapter_dirs, out_dir, executor=None, allow_base_mismatch: bool = False,
                  overwrite: bool = False, progress=None) -> list:
     """A hub of LoRA adapters -> out_dir/<folder name>.npz each (project_adapter, head carried) plus
-    projections.csv / projections.json: per adapter its relative ΔW error, user and adapter bytes, seconds and host,
-    or why it failed. A failing adapter is a row, never the end of the batch; the folder appears whole (atomic_dir).
-    executor: builder.executor.Executor (one task per adapter). Returns the rows."""
+    projections.csv / projections.json: per adapter its relative ΔW error, the sizes of its user.npz and of its
+    adapter_model.safetensors (file bytes both), seconds and host, or why it failed. A failing adapter is a row,
+    never the end of the batch; the folder appears whole (atomic_dir). executor: builder.executor.Executor (one task
+    per adapter). Returns the rows."""
     adapter_dirs = [Path(d) for d in adapter_dirs]
     task = functools.partial(_project_task, subspace, allow_base_mismatch, True)
     outcomes = map_items(task, adapter_dirs, executor, progress, raise_errors=False)
@@ -195,7 +196,7 @@ def project_many(subspace: Subspace, adapter_dirs, out_dir, executor=None, allow
     with atomic_dir(out_dir, overwrite) as tmp:
         for row, outcome in zip(rows, outcomes):
             if row["status"] == "ok":
-                write_user(outcome.value.coeffs, tmp / row["output"])
+                row["user_bytes"] = write_user(outcome.value.coeffs, tmp / row["output"]).stat().st_size
         _write_table(rows, tmp)
     return rows
 

@@ -14,6 +14,7 @@ decoder graphs; dropout is off (eval mode), as in the forward graph.
 """
 
 import contextlib
+import warnings
 
 import numpy as np
 import onnx
@@ -66,6 +67,16 @@ def _eager_frozen(prepared: Prepared):
             p.requires_grad_(grads[n])
 
 
+@contextlib.contextmanager
+def _quiet():
+    """torch.export warns about each coefficient feed held as a plain attribute (they are the traced inputs, not
+    state: one warning listing every feed of every layer) and about deprecated pytree specs inside torch."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The tensor attributes", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+        yield
+
+
 def export_gradient(prepared: Prepared, tokens: dict) -> onnx.ModelProto:
     """The gradient graph (see module docstring) traced on `tokens` (input_ids / attention_mask, dynamic B and T)."""
     from torch.export.experimental import _export_forward_backward
@@ -76,7 +87,7 @@ def export_gradient(prepared: Prepared, tokens: dict) -> onnx.ModelProto:
     ids, mask = (torch.from_numpy(tokens[k]) for k in (names.INPUT_IDS, names.ATTENTION_MASK))
     labels = torch.zeros(ids.shape[0], dtype=torch.float32 if prepared.spec.task == names.TASK_REGRESSION else torch.long)
     dyn = torch.export.Dim.DYNAMIC
-    with _eager_frozen(prepared):
+    with _eager_frozen(prepared), _quiet():
         program = torch.export.export(net, (ids, mask, labels), dynamic_shapes=({0: dyn, 1: dyn}, {0: dyn, 1: dyn},
                                                                                {0: dyn}), strict=False)
         joint = _export_forward_backward(program, joint_loss_index=0)
@@ -84,8 +95,9 @@ def export_gradient(prepared: Prepared, tokens: dict) -> onnx.ModelProto:
     targets = [s.target for s in specs[1:]]
     joint._graph_signature.output_specs = [OutputSpec(OutputKind.USER_OUTPUT, s.arg, None) for s in specs]
     joint.module_call_graph[0].signature.out_spec = _pytree.tree_flatten(tuple(range(len(specs))))[1]
-    proto = torch.onnx.export(joint, (ids, mask, labels), None, dynamo=True, verbose=False,
-                              optimize=False).model_proto  # constant folding would fold the feeds into their uses
+    with _quiet():
+        proto = torch.onnx.export(joint, (ids, mask, labels), None, dynamo=True, verbose=False,
+                                  optimize=False).model_proto  # constant folding would fold the feeds into their uses
     by_target = {f"feeds.{_param_key(k)}": k for k in net.keys}
     return _name_io(proto, [by_target[t] for t in targets], by_target, prepared)
 

@@ -204,7 +204,10 @@ def read_task(path, text_column: str = "text", label_column: str = "label", kind
     files = {"train": path, "validation": validation, "test": test}
     labels = _class_names([label for _, label in parts["train"]], path) if kind == CLASSIFICATION else ()
     splits = {s: _split_from_rows(rows, kind, labels, files[s]) for s, rows in parts.items()}
-    splits = _fill_missing_splits(splits, fractions, seed)
+    try:
+        splits = _fill_missing_splits(splits, fractions, seed)
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
     return Task(name or Path(path).stem, kind, labels, splits["train"], splits["validation"], splits["test"])
 
 

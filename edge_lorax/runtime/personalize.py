@@ -80,8 +80,9 @@ class _Data:
 
 # ------------------------------------------------------------------------------------------------- checks
 
-def check_bundle(bundle: Bundle, task: Task):
-    """A shared classification/regression graph with a head_input output and a head as wide as the task's labels."""
+def check_bundle(bundle: Bundle, task: Task, source=None):
+    """A shared classification/regression graph with a head_input output and a head as wide as the task's labels;
+    `source` (the task's file) is named in the refusal, else the task's name."""
     if names.HEAD_INPUT not in bundle.outputs or names.HEAD_BIAS not in bundle.coeff_inputs:
         raise BundleError(f"{bundle.model_path}: no {names.HEAD_INPUT} output or head inputs, so no head can be fitted "
                           "on device; export a classification or regression bundle with this edge-lorax")
@@ -90,7 +91,7 @@ def check_bundle(bundle: Bundle, task: Task):
     width = bundle.coeff_inputs[names.HEAD_BIAS].shape[-1]
     if width != task.num_labels:
         fix = f"--num-labels {task.num_labels}" if task.kind == CLASSIFICATION else "--task regression"
-        raise InputError(f"{task.name}: {task.num_labels} {'classes' if task.kind == CLASSIFICATION else 'target'}, but "
+        raise InputError(f"{source or task.name}: {task.num_labels} {'classes' if task.kind == CLASSIFICATION else 'target'}, but "
                          f"{bundle.path}'s head has {width} outputs; export a bundle with {fix}")
 
 
