@@ -106,3 +106,17 @@ def test_paired_cells_carry_their_control_and_attempts(report):
         assert all(abs(a["control"] - 1) > AA_LIMIT for a in attempts[:-1])  # re-measured only while off
     invalid = [t for t in data["targets"] if t["status"] == "INVALID"]
     assert all("A/A control" in t["why"] for t in invalid)
+
+
+def test_another_subspace_or_a_user_of_other_labels_is_refused_by_name(tmp_path_factory, tmp_path):
+    from edge_lorax.formats.subspace import write_subspace
+    from helpers.runtime import save_user, tiny_subspace
+
+    setup = get_setup(tmp_path_factory)
+    other = write_subspace(tiny_subspace(seed=1), tmp_path / "other")
+    three = save_user(setup.subspace, 5, tmp_path / "three.npz", labels=3)
+    for args, named in (([ "--subspace", str(other)], f"{other}: subspace"),
+                        (["--subspace", str(setup.subspace_dir), "--coeffs", str(three)], f"{three}: its head has 3")):
+        res = CliRunner().invoke(cli, ["bench", str(setup.bundle), "-o", str(tmp_path / "r"), "--model",
+                                       str(setup.model), "--quick", *args])
+        assert res.exit_code == 1 and named in res.output and not (tmp_path / "r").exists(), res.output

@@ -19,7 +19,7 @@ import numpy as np
 
 from edge_lorax.export import reference as graphs
 from edge_lorax.formats import names
-from edge_lorax.formats.errors import MissingInputError
+from edge_lorax.formats.errors import InputError, MissingInputError
 from edge_lorax.formats.onnx_adapter import write_onnx_adapter
 from edge_lorax.formats.synthetic import random_user as synthetic_user
 from edge_lorax.formats.user import User, read_user, write_user
@@ -227,6 +227,23 @@ def _resolve_inputs(bundle_dir: Path, model_dir, subspace_dir) -> tuple:
     return Path(model_dir), Path(subspace_dir)
 
 
+def _check_inputs(bundle, subspace_dir, coeffs: User, coeffs_path):
+    """The subspace folder and the user belong to the bundle (fingerprint, head width), each refusal naming its file."""
+    from edge_lorax.formats.subspace import read_subspace
+    from edge_lorax.formats.user import check_fingerprint
+
+    fp = read_subspace(subspace_dir).fingerprint
+    if fp != bundle.fingerprint:
+        raise InputError(f"{subspace_dir}: subspace {fp}, but {bundle.path} serves {bundle.fingerprint}; pass the "
+                         "subspace the bundle was exported from (--subspace)")
+    where = coeffs_path or "the bench user"
+    check_fingerprint(coeffs, fp, where)
+    want, have = bundle.coeff_inputs.get(names.HEAD_BIAS), coeffs.head.get(names.HEAD_BIAS) if coeffs.head else None
+    if want is not None and have is not None and want.shape[-1] != have.shape[-1]:
+        raise InputError(f"{where}: its head has {have.shape[-1]} outputs, {bundle.path}'s {want.shape[-1]}; pass a user "
+                         "trained for this bundle's labels (--coeffs)")
+
+
 def prepare(bundle_dir, work, model_dir=None, subspace_dir=None, coeffs_path=None, n_users: int = 10,
             optimum_cli: str | None = None) -> Prepared:
     """Write every compared graph and user file into `work`; returns their paths and a parity table vs torch (not
@@ -238,6 +255,7 @@ def prepare(bundle_dir, work, model_dir=None, subspace_dir=None, coeffs_path=Non
     (work / "users").mkdir(parents=True, exist_ok=True)
     bundle, notes, labels = open_bundle(bundle_dir), [], _num_labels_of(bundle_dir)
     coeffs = read_user(coeffs_path) if coeffs_path else random_user(bundle, 0)
+    _check_inputs(bundle, subspace_dir, coeffs, coeffs_path)
     coeffs_path = write_user(coeffs, work / "users" / "bench-user.npz")
     factors = _factors_of(subspace_dir, coeffs)
     npz, eigen_ad, lora_ad = _user_files(bundle, coeffs, subspace_dir, work / "users", n_users)
