@@ -146,8 +146,8 @@ NO_CLUSTER_FIX = "start one (`ray start --head`) or leave --address out for a lo
 
 def _check_reachable(address: str | None, timeout_s: float = 5.0):
     """A HOST:PORT address must accept a TCP connection within timeout_s: ray.init retries an unreachable one for
-    minutes. Other forms (None, "auto", "ray://...") go to ray.init as they are."""
-    if not address or address == "auto" or "://" in address:
+    minutes. Ray's other forms (None, "auto", "local", "ray://...") go to ray.init as they are."""
+    if not address or address in ("auto", "local") or "://" in address:
         return
     host, _, port = address.rpartition(":")
     try:
