@@ -24,6 +24,7 @@ from edge_lorax.formats.onnx_adapter import write_onnx_adapter
 from edge_lorax.formats.synthetic import random_user as synthetic_user
 from edge_lorax.formats.user import User, read_user, write_user
 from edge_lorax.runtime.bundle import open_bundle, read_manifest
+from edge_lorax.runtime.users import make_user
 
 EIGEN, ANCHOR, PLAIN, MERGED = "eigenlorax", "multi-lora anchor", "plain", "merged"
 INT8 = " int8"
@@ -228,20 +229,16 @@ def _resolve_inputs(bundle_dir: Path, model_dir, subspace_dir) -> tuple:
 
 
 def _check_inputs(bundle, subspace_dir, coeffs: User, coeffs_path):
-    """The subspace folder and the user belong to the bundle (fingerprint, head width), each refusal naming its file."""
+    """The subspace folder and the user belong to the bundle (the user validated as runtime.make_user validates a
+    file: fingerprint, shapes, head width), each refusal naming its file."""
     from edge_lorax.formats.subspace import read_subspace
-    from edge_lorax.formats.user import check_fingerprint
 
     fp = read_subspace(subspace_dir).fingerprint
     if fp != bundle.fingerprint:
         raise InputError(f"{subspace_dir}: subspace {fp}, but {bundle.path} serves {bundle.fingerprint}; pass the "
                          "subspace the bundle was exported from (--subspace)")
-    where = coeffs_path or "the bench user"
-    check_fingerprint(coeffs, fp, where)
-    want, have = bundle.coeff_inputs.get(names.HEAD_BIAS), coeffs.head.get(names.HEAD_BIAS) if coeffs.head else None
-    if want is not None and have is not None and want.shape[-1] != have.shape[-1]:
-        raise InputError(f"{where}: its head has {have.shape[-1]} outputs, {bundle.path}'s {want.shape[-1]}; pass a user "
-                         "trained for this bundle's labels (--coeffs)")
+    if coeffs_path:
+        make_user(bundle, coeffs.inputs(), fingerprint=coeffs.fingerprint, path=coeffs_path)
 
 
 def prepare(bundle_dir, work, model_dir=None, subspace_dir=None, coeffs_path=None, n_users: int = 10,

@@ -85,7 +85,7 @@ def export_gradient(prepared: Prepared, tokens: dict) -> onnx.ModelProto:
 
     net = _LossModule(prepared)
     ids, mask = (torch.from_numpy(tokens[k]) for k in (names.INPUT_IDS, names.ATTENTION_MASK))
-    labels = torch.zeros(ids.shape[0], dtype=torch.float32 if prepared.spec.task == names.TASK_REGRESSION else torch.long)
+    labels = torch.from_numpy(np.zeros(ids.shape[0], target_dtype(prepared.spec.task)))  # (B,) int64 ids / float32
     dyn = torch.export.Dim.DYNAMIC
     with _eager_frozen(prepared), _quiet():
         program = torch.export.export(net, (ids, mask, labels), dynamic_shapes=({0: dyn, 1: dyn}, {0: dyn, 1: dyn},
