@@ -115,7 +115,7 @@ def test_another_subspace_or_a_user_of_other_labels_is_refused_by_name(tmp_path_
     setup = get_setup(tmp_path_factory)
     other = write_subspace(tiny_subspace(seed=1), tmp_path / "other")
     three = save_user(setup.subspace, 5, tmp_path / "three.npz", labels=3)
-    for args, named in (([ "--subspace", str(other)], f"{other}: subspace"),
+    for args, named in ((["--subspace", str(other)], f"{other}: subspace"),
                         (["--subspace", str(setup.subspace_dir), "--coeffs", str(three)], f"{three}: head.bias has shape (3,)")):
         res = CliRunner().invoke(cli, ["bench", str(setup.bundle), "-o", str(tmp_path / "r"), "--model",
                                        str(setup.model), "--quick", *args])

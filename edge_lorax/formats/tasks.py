@@ -26,6 +26,7 @@ def target_dtype(kind: str):
     """Targets' dtype, in a Split and as the gradient graph's `labels` input: int64 class ids, float32 regression."""
     return np.float32 if kind == REGRESSION else np.int64
 
+
 class DataError(InputError):
     """Bad task input; the message names the file and the fix."""
 
