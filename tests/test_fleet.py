@@ -91,17 +91,21 @@ def test_project_many_lists_failures_and_matches_local(hub, cluster, tmp_path):
     bad = tmp_path / "broken"
     bad.mkdir()
     (bad / "adapter_config.json").write_text("{}")
-    args = ["project-many", str(sub), *map(str, adapters), str(bad)]
+    notes = tmp_path / "README.md"  # what `project-many SUB hub/*` picks up beside the adapter folders
+    notes.write_text("not an adapter\n")
+    args = ["project-many", str(sub), *map(str, adapters), str(bad), str(notes), str(tmp_path / "missing")]
     local = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "local")])
     ray = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "ray"), "--executor", "ray", "--address", cluster.address])
     assert local.exit_code == 1 and ray.exit_code == 1  # the batch ran to the end; one failure makes the status 1
     rows = json.loads((tmp_path / "ray" / "projections.json").read_text())
-    assert [r["status"] for r in rows] == ["ok"] * 6 + ["failed"] and "adapter_model.safetensors" in rows[-1]["error"]
+    assert [r["status"] for r in rows] == ["ok"] * 6 + ["failed"] * 3 and "adapter_model.safetensors" in rows[6]["error"]
+    assert all(str(p) in r["error"] for p, r in zip((notes, tmp_path / "missing"), rows[7:]))
     assert all(r["relative_error"] < 1e-5 for r in rows[:4]) and all(r["relative_error"] > 0.1 for r in rows[4:6])
     assert all(0 < r["user_bytes"] < r["adapter_bytes"] for r in rows[:6])
+    assert all(r["user_bytes"] == (tmp_path / "ray" / r["output"]).stat().st_size for r in rows[:6])  # file bytes
     for r in rows[:6]:
         assert (tmp_path / "ray" / r["output"]).read_bytes() == (tmp_path / "local" / r["output"]).read_bytes()
-    assert (tmp_path / "ray" / "projections.csv").read_text().count("\n") == 8
+    assert (tmp_path / "ray" / "projections.csv").read_text().count("\n") == 10
 
 
 # ----------------------------------------------------------------------------------------------- train-many
