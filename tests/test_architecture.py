@@ -1,9 +1,12 @@
-"""The import rules of docs/architecture.md, enforced with import-linter (contracts in pyproject.toml).
+"""The import rules of docs/architecture.md, enforced with import-linter (contracts in pyproject.toml), and no import
+cycle between two files of the package.
 
 Green on this tree; red on a copy with one deliberately broken import (a call-time `import torch` in the runtime,
-`import onnx` in the builder): static analysis counts imports inside functions, so "torch-free" means at call time.
+`import onnx` in the builder, a function-local import that closes a cycle): static analysis counts imports inside
+functions, so "torch-free" means at call time and a cycle hidden in a function is still a cycle.
 """
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -49,3 +52,67 @@ def test_a_deliberately_broken_import_is_caught(tmp_path, module, line, contract
     assert proc.returncode != 0
     broken = [ln for ln in proc.stdout.splitlines() if ln.endswith("BROKEN")]
     assert any(b.startswith(contract) for b in broken), proc.stdout[-3000:]
+
+
+def _modules(package: Path) -> dict:
+    """{dotted module name: file} of every .py under `package` (a package is named by its __init__.py)."""
+    out = {}
+    for path in sorted(package.rglob("*.py")):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imported(name: str, path: Path, modules: dict) -> set:
+    """The package's modules that `name` imports anywhere in its file (inside functions too), relative ones resolved."""
+    here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ".".join(here.split(".")[:len(here.split(".")) - node.level + 1]) if node.level else ""
+            module = ".".join(p for p in (base, node.module or "") if p)
+            found.update(f"{module}.{alias.name}" if f"{module}.{alias.name}" in modules else module for alias in node.names)
+    return {_owner(m, modules) for m in found} - {None, name}
+
+
+def _owner(dotted: str, modules: dict):
+    """The longest prefix of `dotted` that is one of `modules` (`pkg.mod.func` -> `pkg.mod`), else None."""
+    while dotted and dotted not in modules:
+        dotted = dotted.rpartition(".")[0]
+    return dotted or None
+
+
+def file_cycles(package: Path) -> list:
+    """Every set of the package's files that import each other round in a circle (strongly connected, 2 or more)."""
+    modules = _modules(package)
+    graph = {name: _imported(name, path, modules) for name, path in modules.items()}
+    reach = {name: _reachable(graph, name) for name in graph}
+    groups = {frozenset(m for m in reach[name] if name in reach[m]) | {name} for name in graph}
+    return sorted(sorted(g) for g in groups if len(g) > 1)
+
+
+def _reachable(graph: dict, start: str) -> set:
+    """Every module `start` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_no_import_cycle_between_files():
+    assert file_cycles(REPO / "edge_lorax") == []
+
+
+@pytest.mark.parametrize("module, line, cycle", [
+    ("edge_lorax.builder.tasks_pkg", "from edge_lorax.builder.data import load_task",
+     ["edge_lorax.builder.data", "edge_lorax.builder.tasks_pkg"]),
+    ("edge_lorax.builder.metrics", "from .loop import fit",
+     ["edge_lorax.builder.generative", "edge_lorax.builder.loop", "edge_lorax.builder.metrics"]),
+    ("edge_lorax.bench.workers", "from edge_lorax.bench import prepare", ["edge_lorax.bench.prepare", "edge_lorax.bench.workers"]),
+])
+def test_a_cycle_hidden_in_a_function_is_caught(tmp_path, module, line, cycle):
+    assert file_cycles(broken_copy(tmp_path, module, line) / "edge_lorax") == [cycle]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_lorax.bench.workers import load_feeds, open_session, runner, token_inputs, torch_model
 from edge_lorax.export import reference as graphs
 from edge_lorax.formats import names
 from edge_lorax.formats.errors import InputError, MissingInputError
@@ -55,20 +56,6 @@ class Prepared:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def torch_model(model_dir, subspace_dir, coeffs_path, num_labels: int):
-    """The injected torch model with a user's coefficients and head: the reference every graph must match."""
-    from edge_lorax.builder.inject import inject_subspace
-    from edge_lorax.builder.models import load_model, write_head
-    from edge_lorax.formats.subspace import read_subspace
-
-    coeffs = read_user(coeffs_path)
-    model = load_model(Path(model_dir), num_labels)
-    inject_subspace(model, read_subspace(subspace_dir), coeffs=coeffs.coefficients)
-    if coeffs.head and num_labels:
-        write_head(model, coeffs.head)
-    return model.eval()
 
 
 def _num_labels_of(bundle_dir: Path) -> int:
@@ -193,8 +180,6 @@ def user_bytes(coeffs: User, lora: dict, factors: dict, files: dict) -> dict:
 
 def parity(models: dict, feeds: dict, reference: np.ndarray, tokens: dict) -> dict:
     """Max abs diff of each graph's logits vs the torch reference on the same tokens (int8: expected larger)."""
-    from edge_lorax.bench.workers import load_feeds, open_session, runner
-
     out = {}
     for label, path in models.items():
         run = runner(open_session(path, 1), load_feeds(feeds.get(label)), tokens)
@@ -267,8 +252,6 @@ def prepare(bundle_dir, work, model_dir=None, subspace_dir=None, coeffs_path=Non
     lora = {**graphs.lora_feeds(factors), **coeffs.head}
     feeds = {EIGEN: _save_feeds(coeffs.inputs(), work / "eigen-feeds.npz"), ANCHOR: _save_feeds(lora, work / "lora-feeds.npz")}
     feeds.update({k + INT8: feeds[k] for k in (EIGEN, ANCHOR)} | ({FUSED: feeds[EIGEN]} if FUSED in models else {}))
-    from edge_lorax.bench.workers import token_inputs
-
     vocab = int(bundle.model_config.get("vocab_size", 1000))
     tokens = token_inputs(2, 16, vocab)
     ref = _reference(model_dir, subspace_dir, coeffs_path, labels, tokens)

@@ -3,13 +3,15 @@
 Kinds: latency (one model, one shape, one thread count), paired (several models alternated in blocks of equal
 length in a balanced order, idle sessions not spinning: overhead ratios robust to drift), switch (user-switch
 costs), memory (N resident users), torch (eager reference). Every ORT model is fed the same way — preloaded numpy
-arrays through session.run, as the runtime does — so paths differ only in the graph. The torch kind imports torch;
-nothing else here does. Does not prepare models, judge numbers or write reports.
+arrays through session.run, as the runtime does — so paths differ only in the graph. The torch kind (and
+`torch_model`, the reference prepare's parity table is taken against) imports torch; nothing else here does.
+Does not prepare models, judge numbers or write reports.
 """
 
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -17,6 +19,7 @@ import onnxruntime as ort
 from edge_lorax.bench import measure
 from edge_lorax.formats import names
 from edge_lorax.formats.synthetic import random_user
+from edge_lorax.formats.user import read_user
 from edge_lorax.runtime.bundle import SessionConfig, session_options
 
 RESULT_PREFIX = "BENCH_RESULT "
@@ -27,6 +30,21 @@ def token_inputs(batch: int, seq: int, vocab: int, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     ids = rng.integers(5, max(vocab, 6), size=(batch, seq), dtype=np.int64)
     return {names.INPUT_IDS: ids, names.ATTENTION_MASK: np.ones_like(ids)}
+
+
+def torch_model(model_dir, subspace_dir, coeffs_path, num_labels: int):
+    """The injected torch model with a user's coefficients and head: the reference every graph must match (prepare's
+    parity table, the torch kind); imports torch and the builder at call time."""
+    from edge_lorax.builder.inject import inject_subspace
+    from edge_lorax.builder.models import load_model, write_head
+    from edge_lorax.formats.subspace import read_subspace
+
+    coeffs = read_user(coeffs_path)
+    model = load_model(Path(model_dir), num_labels)
+    inject_subspace(model, read_subspace(subspace_dir), coeffs=coeffs.coefficients)
+    if coeffs.head and num_labels:
+        write_head(model, coeffs.head)
+    return model.eval()
 
 
 def load_feeds(path) -> dict:
@@ -251,8 +269,6 @@ def _torch_ref(spec: dict) -> dict:
 
     if spec["device"] == "cuda" and not torch.cuda.is_available():
         return {"available": False, "reason": "not available: no CUDA device"}
-    from edge_lorax.bench.prepare import torch_model
-
     torch.set_num_threads(spec["threads"])
     model = torch_model(spec["model_dir"], spec["subspace"], spec["coeffs"], spec["num_labels"]).to(spec["device"])
     tokens = {k: torch.from_numpy(v).to(spec["device"]) for k, v in

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_lorax.builder import tasks_pkg
+from edge_lorax.builder.cache import cache_dir
 from edge_lorax.formats.tasks import (  # noqa: F401  (the task types and file reading, re-exported for builder users)
     CLASSIFICATION,
     DEFAULT_FRACTIONS,
@@ -58,11 +60,6 @@ def repo_data_dir() -> Path:
     if os.environ.get("EDGE_LORAX_DATA"):
         return Path(os.environ["EDGE_LORAX_DATA"]) / "vader"
     return Path(__file__).resolve().parents[2] / "data" / "vader"
-
-
-def cache_dir() -> Path:
-    """$EDGE_LORAX_CACHE, default ~/.cache/edge-lorax."""
-    return Path(os.environ.get("EDGE_LORAX_CACHE", Path.home() / ".cache" / "edge-lorax"))
 
 
 def _vader_dir(fetch: bool = True) -> Path:
@@ -125,8 +122,6 @@ def load_task(spec, text_column: str = "text", label_column: str = "label", kind
     see `tasks_pkg`) or a data file path (kwargs: validation, test, fractions, seed, name)."""
     if str(spec).startswith("vader:"):
         return _vader_task(str(spec), kwargs.get("fractions", DEFAULT_FRACTIONS), kwargs.get("seed", 0))
-    from edge_lorax.builder import tasks_pkg  # spam:, trec:, disaster:, 20ng: (imports this module)
-
     if tasks_pkg.is_pkg_spec(spec):
         _no_split_files(spec, kwargs)
         return tasks_pkg.load_pkg_task(str(spec), kwargs.get("fractions", DEFAULT_FRACTIONS), kwargs.get("seed", 0))

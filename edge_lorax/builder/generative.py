@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_lorax.builder.data import CLASSIFICATION
+from edge_lorax.builder.metrics import macro_f1
 from edge_lorax.formats.errors import InputError
 
 IGNORE = -100  # HF's ignore_index: positions that carry no loss
@@ -235,8 +236,6 @@ class Generation:
         """loss, accuracy (greedy yields exactly the true label's tokens + EOS), rank_accuracy, macro_f1 (ranking)."""
         if not len(data.prompts):
             return {}
-        from edge_lorax.builder.loop import macro_f1
-
         summed, mean, follows = self.label_logprobs(model, data, batch_size)
         targets = np.asarray(data.targets, dtype=np.int64)
         rows = np.arange(len(targets))

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from importlib import metadata, util
 from pathlib import Path
 
-from edge_lorax.builder.data import cache_dir
+from edge_lorax.builder.cache import cache_dir
 from edge_lorax.formats.atomic import atomic_dir
 from edge_lorax.formats.errors import MissingInputError
 from edge_lorax.formats.tokenizer_files import make_portable

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from edge_lorax.builder.data import CLASSIFICATION, SPLITS, Split, Task
+from edge_lorax.builder.generative import Generation
+from edge_lorax.builder.metrics import macro_f1
 from edge_lorax.builder.models import CAUSAL_LM
 from edge_lorax.formats.errors import InputError
 
@@ -153,16 +155,6 @@ def metrics(logits: np.ndarray, targets: np.ndarray, kind: str) -> dict:
     return {"loss": loss, "mse": loss, "mae": float(np.abs(pred - targets).mean()), "pearson": float(r)}
 
 
-def macro_f1(pred: np.ndarray, targets: np.ndarray, classes: int) -> float:
-    """Unweighted mean of per-class F1 over classes present in targets or predictions."""
-    scores = []
-    for c in range(classes):
-        tp, fp, fn = np.sum((pred == c) & (targets == c)), np.sum((pred == c) & (targets != c)), np.sum((pred != c) & (targets == c))
-        if tp + fp + fn:
-            scores.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores))
-
-
 @torch.no_grad()
 def predict(model, data: Encoded, batch_size: int = 128) -> np.ndarray:
     """Logits in row order, model in eval mode (dropout off); rows are batched by length for less padding."""
@@ -225,8 +217,6 @@ class Classification:
 def objective_for(kind: str, task: Task, tokenizer, max_length: int):
     """The objective of a PEFT task type: Classification (SEQ_CLS) or generative.Generation (CAUSAL_LM)."""
     if kind == CAUSAL_LM:
-        from edge_lorax.builder.generative import Generation
-
         return Generation(task, tokenizer, max_length)
     return Classification(task, tokenizer, max_length)
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_lorax.builder.data import CLASSIFICATION, DEFAULT_FRACTIONS, DataError, Split, Task, cache_dir, frozen, split_indices
+from edge_lorax.builder.cache import cache_dir
+from edge_lorax.formats.tasks import CLASSIFICATION, DEFAULT_FRACTIONS, DataError, Split, Task, frozen, split_indices
 
 csv.field_size_limit(1 << 24)  # 20 Newsgroups posts exceed csv's 128 KiB default field size
 
