@@ -45,13 +45,25 @@ def _friendly(fn):
     return wrapper
 
 
+_TASK_FILE_OPTIONS = [  # how a data file's rows are read
+    click.option("--text-column", default="text", show_default=True),
+    click.option("--label-column", default="label", show_default=True),
+    click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True,
+                 help="Task kind of a data file (built-in tasks know theirs)."),
+]
+
+
+def _task_file_options(fn):
+    """--text-column / --label-column / --kind, declared once for train, train-lora, train-many, data and personalize."""
+    for option in reversed(_TASK_FILE_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
 _TRAINING_OPTIONS = {  # by option name: train and train-lora take all, train-many all but those it has no use for
     "data": click.option("--data", required=True, help="vader:<domain>-<binary|3class|regression>, spam:sms, trec:coarse, disaster:<category> "
                  "(e.g. disaster:request), 20ng:topic, or a .csv/.tsv/.jsonl file."),
-    "text-column": click.option("--text-column", default="text", show_default=True),
-    "label-column": click.option("--label-column", default="label", show_default=True),
-    "kind": click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True,
-                 help="Task kind of a data file (built-in tasks know theirs)."),
+    "task-file": _task_file_options,
     "model": click.option("--model", default="default", show_default=True,
                  help="Base model folder ('default': the embedded MiniLM; 'smollm2': the embedded SmolLM2-135M-Instruct "
                       "decoder; must match the subspace's base)."),
@@ -457,9 +469,7 @@ def _load_cli_task(data, text_column, label_column, kind, validation_file=None, 
 
 @cli.command("data")
 @click.argument("spec")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
-@click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True)
+@_task_file_options
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @_friendly
 def data_cmd(spec, text_column, label_column, kind, seed):
@@ -540,9 +550,7 @@ def _stream(llm, gen, as_json: bool):
 @click.option("--data", required=True, type=click.Path(dir_okay=False),
               help="Local examples: a .csv, .tsv or .jsonl file with text and label columns.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="user.npz to write.")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
-@click.option("--kind", type=click.Choice(["classification", "regression"]), default="classification", show_default=True)
+@_task_file_options
 @click.option("--init", type=click.Path(dir_okay=False),
               help="user.npz or .onnx_adapter to start from [default: the bundle's defaults].")
 @click.option("--method", type=click.Choice(["auto", "head", "mix", "refine", "exact"]), default="auto",
