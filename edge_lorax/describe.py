@@ -7,8 +7,8 @@ summary counts every tensor it read (LoRA factors and the carried head). Does no
 from pathlib import Path
 
 from edge_lorax.formats import names
-from edge_lorax.formats.errors import InputError, MissingInputError
-from edge_lorax.formats.jsonfile import read_json_object
+from edge_lorax.formats.bundle import read_manifest
+from edge_lorax.formats.errors import MissingInputError
 
 
 def _size(path: Path) -> int:
@@ -58,14 +58,12 @@ def _describe_adapter(path: Path) -> dict:
 
 
 def _describe_bundle(path: Path) -> dict:
-    manifest = read_json_object(path / names.BUNDLE_MANIFEST, "re-export the bundle with `edge-lorax export`")
-    inputs = manifest.get("inputs", [])
-    if not isinstance(inputs, (list, dict)):
-        raise InputError(f"{path / names.BUNDLE_MANIFEST}: inputs is not a list; re-export the bundle with `edge-lorax export`")
+    manifest = read_manifest(path)
+    inputs = manifest["inputs"]
     decoder = {"precision": manifest.get("precision"), "context_length": (manifest.get("kv") or {}).get("context_length"),
                "builder_options": manifest.get("builder_options")} if manifest.get("kv_cache") else {}
-    return {"kind": "bundle", **{k: manifest[k] for k in ("fingerprint", "task", "mode") if k in manifest}, **decoder,
-            "inputs": len(inputs), "bytes": _size(path)}
+    return {"kind": "bundle", **{k: manifest[k] for k in ("target", "fingerprint", "task", "mode")}, **decoder,
+            "inputs": len(inputs), "user_inputs": len(manifest["user_inputs"]), "bytes": _size(path)}
 
 
 def describe(path) -> dict:

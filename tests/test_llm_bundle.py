@@ -410,3 +410,76 @@ def test_streamed_text_holds_back_split_characters():
 
     pieces = list(text_deltas(lambda t: bytes(t).decode("utf-8", errors="replace"), Gen("café 😀!".encode())))
     assert "".join(pieces) == "café 😀!" and not any("\ufffd" in p for p in pieces) and len(pieces) == 7
+
+
+def _truncated(user, keep: int):
+    """The user on its first `keep` directions only: coeff_A (r, K') and coeff_B (K', r)."""
+    from edge_lorax.formats.user import User
+
+    cut = {k: (v[:, :keep] if k.endswith("coeff_A") else v[:keep, :]) for k, v in user.coefficients.items()}
+    return User(user.fingerprint, cut, {}, dict(user.meta))
+
+
+def test_lower_k_user_generates_like_its_zero_padded_twin(setup, tmp_path):
+    """A K' < K user goes through the one validator (zero-padded, exact), as `run` and `export --coeffs` take it: its
+    greedy tokens equal its zero-padded twin's on one loaded model, and its arrays are the twin's."""
+    root, _ = setup
+    from edge_lorax.formats.user import User, read_user, write_user
+    from edge_lorax.runtime.llm import load_llm
+
+    full = read_user(root / "u3.npz")
+    low = _truncated(full, 2)
+    twin = User(full.fingerprint, {k: np.pad(v, [(0, f - h) for f, h in zip(full.coefficients[k].shape, v.shape)])
+                                   for k, v in low.coefficients.items()}, {}, dict(full.meta))
+    write_user(low, tmp_path / "low.npz")
+    write_user(twin, tmp_path / "twin.npz")
+    assert next(iter(read_user(tmp_path / "low.npz").coefficients.values())).shape[-1] == 2
+    llm = load_llm(root / "bundle", threads=1)
+    for name in ("low", "twin"):
+        llm.add_user(name, tmp_path / f"{name}.npz")
+    got = {u: list(llm.generate(PROMPT, u, NEW_TOKENS)) for u in ("low", "twin")}
+    assert got["low"] == got["twin"] and len(got["low"]) > 0
+    assert np.array_equal(llm._arrays["low"][next(iter(low.coefficients))], next(iter(twin.coefficients.values())))
+
+
+def test_decoder_manifest_paths_stay_inside_the_bundle(setup, tmp_path):
+    """The decoder bundle's manifest goes through the one reader: a model file linked out of the folder or a path
+    with `..` is refused in one line, as on encoder bundles."""
+    root, _ = setup
+    from edge_lorax.formats.bundle import BundleError
+    from edge_lorax.runtime.llm import load_llm
+
+    linked = tmp_path / "linked"
+    shutil.copytree(root / "bundle", linked)
+    (linked / "model.onnx").rename(tmp_path / "elsewhere.onnx")
+    (linked / "model.onnx").symlink_to(tmp_path / "elsewhere.onnx")
+    with pytest.raises(BundleError, match="model.onnx: links outside the bundle folder"):
+        load_llm(linked)
+    res = run("generate", linked, PROMPT, ok=False)
+    assert res.exit_code == 1 and "links outside the bundle folder" in res.output and "Traceback" not in res.output
+    dotted = tmp_path / "dotted"
+    shutil.copytree(root / "bundle", dotted)
+    manifest = json.loads((dotted / "manifest.json").read_text())
+    manifest["files"]["side"].append("../secret.json")
+    (dotted / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="names '../secret.json', outside the bundle folder"):
+        load_llm(dotted)
+
+
+def test_version_1_decoder_manifest_still_opens(setup, tmp_path):
+    """A decoder bundle written before `target` / `user_inputs` (format_version 1, inputs as names) opens; its users
+    are validated from its `coefficients`."""
+    root, _ = setup
+    from edge_lorax.runtime.llm import load_llm
+
+    old = tmp_path / "old"
+    shutil.copytree(root / "bundle", old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for key in ("target", "user_inputs"):
+        manifest.pop(key)
+    manifest["format_version"], manifest["inputs"] = 1, [i["name"] for i in manifest["inputs"]]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    llm = load_llm(old, threads=1)
+    assert llm.manifest["target"] == "genai-decoder" and len(llm.manifest["user_inputs"]) == len(manifest["coefficients"])
+    llm.add_user("zero", root / "u0.npz")
+    assert list(llm.generate(PROMPT, "zero", 4))

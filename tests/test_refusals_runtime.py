@@ -223,7 +223,7 @@ def _manifest_cases(setup, tmp: Path) -> list:
         ("m-coeffs", _set("coefficients", {A0: "2x4"}), f"coefficients['{A0}'] is not a list of dims"),
         ("m-up", _set("files", {**files, "fp32": "../outside.onnx"}), "outside the bundle folder"),
         ("m-abs", _set("files", {**files, "fp32": str(outside)}), "outside the bundle folder"),
-        ("m-nofp", lambda d: {k: v for k, v in d.items() if k != "fingerprint"}, "manifest fingerprint (none)"),
+        ("m-nofp", lambda d: {k: v for k, v in d.items() if k != "fingerprint"}, "no 'fingerprint' key"),
         ("m-otherfp", _set("fingerprint", "0123456789abcdef"), "mixes two exports"),
     ]
 
@@ -260,10 +260,10 @@ def test_no_fingerprint_anywhere_serves_nobody(setup, tmp_path):
     del model.metadata_props[:]
     onnx.save(model, str(folder / names.BUNDLE_MODEL))
     _edit_json(folder / names.BUNDLE_MANIFEST, lambda d: {k: v for k, v in d.items() if k != "fingerprint"})
-    with pytest.raises(InputError, match="neither the manifest nor the model names a subspace fingerprint"):
+    with pytest.raises(InputError, match="no 'fingerprint' key; re-export"):
         open_bundle(folder)
     anonymous = write_user(User("", random_user(setup.subspace, 1).coefficients), tmp_path / "anon.npz")
-    assert_refused(invoke("run", folder, "--coeffs", anonymous, TEXTS[0]), folder, "neither the manifest nor the model")
+    assert_refused(invoke("run", folder, "--coeffs", anonymous, TEXTS[0]), folder, "no 'fingerprint' key")
 
 
 def _side_file_cases() -> list:
@@ -365,7 +365,7 @@ def test_api_misuse_refused(bundle, setup):
         (lambda: run_arrays(bundle, user, good, outputs=["nope"]), "not among the graph's outputs"),
         (lambda: make_user(bundle, [1, 2]), "a user is a dict of arrays"),
         (lambda: run_arrays(bundle, str(setup.users[1]), good), "user must be a LoadedUser"),
-        (lambda: run_arrays(bundle, other_user, good), "loaded for subspace 0123456789abcdef"),
+        (lambda: run_arrays(bundle, other_user, good), "made for subspace 0123456789abcdef"),
         (lambda: load_user(bundle, None), "needs a user file path"),
         (lambda: run_mixed(open_bundle(setup.per_example), [user], {**good, names.INPUT_IDS: np.array([[2, 5, 3]] * 2),
                                                                    names.ATTENTION_MASK: np.ones((2, 3), np.int64)}),

@@ -37,7 +37,7 @@ def _bad_files(setup, tmp):
     np.savez(pickled, **{A0: np.array([{"x": 1}], dtype=object)})
     return [
         (str(save_user(other, 0, tmp / "other.npz")), "made for subspace"),
-        (str(other_adapter), "made for another subspace"),
+        (str(other_adapter), "made for subspace model_version"),
         (_variant(setup, tmp / "missing.npz", lambda t, h: t.pop(A0)), f"missing tensor {A0}"),
         (_variant(setup, tmp / "extra.npz", lambda t, h: t.update({"bert.pooler.dense.coeff_A": t[A0]})),
          "bert.pooler.dense.coeff_A (1 extra) is not an input"),
@@ -98,7 +98,7 @@ def test_user_of_a_bundle_with_another_fingerprint(setup, tmp_path):
     manifest = json.loads((bad / names.BUNDLE_MANIFEST).read_text())
     manifest["fingerprint"] = "0000000000000000"
     (bad / names.BUNDLE_MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(UserError, match="serves 0000000000000000; re-project or retrain"):
+    with pytest.raises(UserError, match="this one is 0000000000000000; re-project or retrain"):
         load_user(open_bundle(bad), setup.users[0])
 
 

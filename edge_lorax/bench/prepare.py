@@ -20,11 +20,12 @@ import numpy as np
 from edge_lorax.bench.workers import load_feeds, open_session, runner, token_inputs, torch_model
 from edge_lorax.export import reference as graphs
 from edge_lorax.formats import names
+from edge_lorax.formats.bundle import read_manifest
 from edge_lorax.formats.errors import InputError, MissingInputError
 from edge_lorax.formats.onnx_adapter import write_onnx_adapter
 from edge_lorax.formats.synthetic import random_user as synthetic_user
 from edge_lorax.formats.user import User, read_user, write_user
-from edge_lorax.runtime.bundle import open_bundle, read_manifest
+from edge_lorax.runtime.bundle import open_bundle
 from edge_lorax.runtime.users import make_user
 
 EIGEN, ANCHOR, PLAIN, MERGED = "eigenlorax", "multi-lora anchor", "plain", "merged"

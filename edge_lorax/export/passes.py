@@ -103,3 +103,16 @@ def sort_nodes(graph):
         raise ValueError("graph has a cycle after inserting the low-rank branches")
     del graph.node[:]
     graph.node.extend(nodes[i] for i in order)
+
+
+def input_specs(model: onnx.ModelProto) -> list:
+    """The graph's inputs in graph order as the manifest lists them: {"name", "dtype", "shape"} (ints and symbolic
+    dims; a dim with neither is "?"), plus "default": true for an input an initializer backs (optional)."""
+    backed = {i.name for i in model.graph.initializer}
+    out = []
+    for vi in model.graph.input:
+        tt = vi.type.tensor_type
+        shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+        spec = {"name": vi.name, "dtype": str(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)), "shape": shape}
+        out.append({**spec, "default": True} if vi.name in backed else spec)
+    return out

@@ -53,6 +53,7 @@ MODE_PER_EXAMPLE = "per-example"  # one user per example: coefficient inputs (ba
 MODE_MERGED = "merged"  # one user's ΔW folded into the weights: no coefficient inputs
 BUNDLE_CONFIG = "config.json"  # the HF model config inside a bundle (labels, problem type)
 TOKENIZER_FILE = "tokenizer.json"  # the fast tokenizer inside a bundle, read by the `tokenizers` package
+GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's model config inside a decoder bundle
 ADAPTER_SUFFIX = ".onnx_adapter"  # ONNX Runtime LoraAdapter file of one user
 TOKEN_TYPE_IDS = "token_type_ids"
 TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS)  # graph inputs fed from the tokenizer; others: per-user or KV

@@ -19,6 +19,7 @@ import numpy as np
 from edge_lorax.formats import names
 from edge_lorax.formats.atomic import atomic_file
 from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.onnx_adapter import fingerprint_version
 
 MAX_ABS = 1e4  # |coefficient| or |head value| above this is refused: trained and projected users stay below ~1e2
 
@@ -163,11 +164,19 @@ def _check_values(path, key: str, arr: np.ndarray):
                         "broken, retrain or re-project it")
 
 
-def check_fingerprint(user: User, fingerprint: str, path="user"):
-    """Refuse a user made for another subspace: its numbers mean nothing on these components."""
-    if user.fingerprint != fingerprint:
-        raise UserError(f"{path}: made for subspace {user.fingerprint or '(none)'}, this one is {fingerprint}; "
-                        "re-project or retrain the user on this subspace")
+def check_fingerprint(have, fingerprint: str, path="user"):
+    """The one fingerprint check of every path (export, run, generate, project, merge): refuse a user made for another
+    subspace, whose numbers mean nothing on these components. `have`: a User, its fingerprint, or an .onnx_adapter's
+    model_version (int: fingerprint_version of the subspace it was written for)."""
+    if isinstance(have, int):
+        same, shown = have == fingerprint_version(fingerprint), f"model_version {have:#x}"
+        fingerprint = f"{fingerprint} (model_version {fingerprint_version(fingerprint):#x})"
+    else:
+        shown = have.fingerprint if isinstance(have, User) else str(have or "")
+        same, shown = shown == fingerprint, shown or "(none)"
+    if not same:
+        raise UserError(f"{path}: made for subspace {shown}, this one is {fingerprint}; re-project or retrain the user "
+                        "on this subspace")
 
 
 def _check_names(path, arrays: dict, expected: dict, where: str):

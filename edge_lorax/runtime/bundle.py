@@ -15,13 +15,17 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_lorax.formats import names
-from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.bundle import (
+    TARGET_DECODER,
+    TARGET_ENCODER,
+    BundleError,
+    bundle_file,
+    check_target,
+    check_types,
+    read_manifest,
+    resolve_inside,
+)
 from edge_lorax.formats.jsonfile import read_json_object
-
-
-class BundleError(InputError):
-    """A bundle folder that cannot be served; the message names the path and the fix."""
-
 
 _OPT_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
                "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
@@ -89,39 +93,14 @@ def _spec(arg, has_default: bool) -> InputSpec:
     return InputSpec(arg.name, shape, _ORT_DTYPES.get(arg.type, np.float32), has_default)
 
 
-# The manifest keys anything reads, with the JSON types they may hold (None: the key may be null).
-_MANIFEST_TYPES = {"format_version": (int,), "fingerprint": (str,), "files": (dict,), "coefficients": (dict,),
-                   "task": (str, type(None)), "mode": (str,), "labels": (int, type(None)), "base_model": (str, type(None)),
-                   "kind": (str,)}
-_JSON_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
-               type(None): "null"}
-
-
-def _check_types(path: Path, data: dict, types: dict, fix: str, error=InputError):
-    """Refuse a key of `data` whose JSON type is not one of `types[key]` (a boolean is not an integer)."""
-    for key, allowed in types.items():
-        value = data.get(key)
-        if key in data and type(value) not in allowed:
-            want = " or ".join(_JSON_NAMES[t] for t in allowed)
-            raise error(f"{path}: {key!r} is a JSON {_JSON_NAMES.get(type(value), 'value')}, expected {want}; {fix}")
-
-
-def read_manifest(path: Path, decoder: bool = False) -> dict:
-    """manifest.json of a bundle folder; a missing, unreadable or ill-typed one, or one of another format version,
-    is a BundleError naming the file and the fix. An absent format_version is version 1 (bundles written before it).
-    A decoder (KV-cache) bundle is refused unless `decoder` (bundle_of_session: optimum's ORTModelForCausalLM runs its
-    cache loop itself); `run` / `bench` cannot step a KV cache."""
-    mpath = Path(path) / names.BUNDLE_MANIFEST
-    if not mpath.is_file():
-        raise BundleError(f"{path}: not a bundle folder (no {names.BUNDLE_MANIFEST}); create one with `edge-lorax export`")
-    manifest = read_json_object(mpath, "re-export the bundle", BundleError)
-    _check_types(mpath, manifest, _MANIFEST_TYPES, "re-export the bundle", BundleError)
-    if manifest.get("format_version", names.FORMAT_VERSION) != names.FORMAT_VERSION:
-        raise BundleError(f"{mpath}: format_version {manifest.get('format_version')!r} is not {names.FORMAT_VERSION}, the "
-                          "one this edge-lorax reads; re-export the bundle with this edge-lorax")
-    if manifest.get("kv_cache") and not decoder:
-        raise BundleError(f"{path}: a decoder bundle with a KV cache; generate with `edge-lorax generate {path} PROMPT` "
-                          "(edge_lorax.runtime.llm), not `run` / `bench`")
+def _served_manifest(path: Path, decoder: bool = False) -> dict:
+    """The bundle's manifest (formats.bundle.read_manifest: every check, every target). A decoder (KV-cache) bundle is
+    refused unless `decoder` (bundle_of_session: optimum's ORTModelForCausalLM runs its cache loop itself); `run` /
+    `bench` cannot step a KV cache."""
+    manifest = read_manifest(path)
+    targets = (TARGET_ENCODER, TARGET_DECODER) if decoder else (TARGET_ENCODER,)
+    check_target(path, manifest, targets, f"generate with `edge-lorax generate {path} PROMPT` (edge_lorax.runtime.llm), "
+                                          "not `run` / `bench`")
     return manifest
 
 
@@ -152,31 +131,11 @@ def _find_variant(path: Path, manifest: dict, variant: str):
     return None
 
 
-def _resolve_inside(path: Path, rel: str, referrer: Path) -> Path | None:
-    """`path / rel` resolved (links followed), or None when it lands outside the bundle folder; a path that cannot be
-    resolved (a symlink loop, a NUL byte) is refused naming `referrer`, the file that names it."""
-    try:
-        target = (path / rel).resolve()
-    except (OSError, RuntimeError, ValueError) as e:
-        raise BundleError(f"{referrer}: names {rel!r}, which cannot be resolved ({e}); re-export the bundle") from e
-    return target if target.is_relative_to(path.resolve()) else None
-
-
 def _inside(path: Path, rel: str) -> Path:
-    """A manifest path, refused unless it resolves inside the bundle folder (no `..`, absolute paths or links out)."""
-    target = _resolve_inside(path, rel, path / names.BUNDLE_MANIFEST)
+    """A manifest path (read_manifest has checked it stays inside the folder), resolved."""
+    target = resolve_inside(path, rel, path / names.BUNDLE_MANIFEST)
     if target is None:
         raise BundleError(f"{path / names.BUNDLE_MANIFEST}: names {rel!r}, outside the bundle folder; re-export the bundle")
-    return target
-
-
-def bundle_file(path: Path, name: str) -> Path | None:
-    """A fixed-name file of the bundle (config.json, tokenizer files) if present, refused if it links out of the folder."""
-    if not (path / name).is_file():
-        return None
-    target = _resolve_inside(path, name, path / name)
-    if target is None:
-        raise BundleError(f"{path / name}: links outside the bundle folder; re-export the bundle")
     return target
 
 
@@ -192,7 +151,7 @@ def _read_bundle_config(path: Path) -> dict:
     if cfg is None:
         return {}
     config = read_json_object(path / names.BUNDLE_CONFIG, "re-export the bundle", BundleError)
-    _check_types(path / names.BUNDLE_CONFIG, config, _CONFIG_TYPES, "re-export the bundle", BundleError)
+    check_types(path / names.BUNDLE_CONFIG, config, _CONFIG_TYPES, "re-export the bundle")
     return config
 
 
@@ -240,19 +199,14 @@ def _inputs(session: ort.InferenceSession) -> tuple:
 
 
 def _fingerprint(path: Path, manifest: dict, session: ort.InferenceSession) -> str:
-    """The graph's own fingerprint (metadata); the manifest must name the same subspace. A graph without one (not
-    written by edge-lorax) falls back to the manifest's; with neither, the bundle is refused: it could not tell the
-    users of its subspace from any other's."""
+    """The subspace fingerprint the bundle serves: the manifest's (read_manifest requires one), which the graph's own
+    (its `edge_lorax.fingerprint` metadata, when written by edge-lorax) must repeat."""
     meta = session.get_modelmeta().custom_metadata_map or {}
-    inside = meta.get("edge_lorax.fingerprint") or meta.get("fingerprint") or ""
-    listed = manifest.get("fingerprint") or ""
+    inside, listed = meta.get("edge_lorax.fingerprint") or meta.get("fingerprint") or "", manifest["fingerprint"]
     if inside and inside != listed:
-        raise BundleError(f"{path}: manifest fingerprint {listed or '(none)'} but the model was exported for "
-                          f"{inside}; the folder mixes two exports or was edited, re-export it")
-    if not (inside or listed):
-        raise BundleError(f"{path}: neither the manifest nor the model names a subspace fingerprint, so no user can be "
-                          "checked against it; re-export the bundle with `edge-lorax export`")
-    return str(inside or listed)
+        raise BundleError(f"{path}: manifest fingerprint {listed} but the model was exported for {inside}; the folder "
+                          "mixes two exports or was edited, re-export it")
+    return listed
 
 
 def _check_manifest_inputs(model: Path, manifest: dict, coeffs: dict):
@@ -285,7 +239,7 @@ def open_bundle(path, config: SessionConfig | str = "default") -> Bundle:
         if config not in PROFILES:
             raise BundleError(f"unknown profile {config!r}; choose one of {', '.join(PROFILES)}")
         config = PROFILES[config]
-    manifest = read_manifest(path)
+    manifest = _served_manifest(path)
     model = _model_file(path, manifest, config.variant)
     try:
         session = ort.InferenceSession(str(model), session_options(config), providers=["CPUExecutionProvider"])
@@ -310,4 +264,4 @@ def bundle_of_session(session: ort.InferenceSession, model_path) -> Bundle:
     (KV-cache) bundle is accepted here (optimum's ORTModelForCausalLM feeds the cache; its kv_inputs are listed)."""
     model = Path(model_path)
     path = model.parent
-    return _bundle(path, read_manifest(path, decoder=True), model, session, SessionConfig())
+    return _bundle(path, _served_manifest(path, decoder=True), model, session, SessionConfig())

@@ -13,24 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_lorax.formats import names
+from edge_lorax.formats import architectures, names
 from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.user import check_fingerprint
 from edge_lorax.runtime.bundle import Bundle, BundleError
 from edge_lorax.runtime.tokens import load_tokenizer, special_tokens, tokenizer_error
 from edge_lorax.runtime.users import LoadedUser, UserError
 
-# Models whose position ids start after the pad id (RoBERTa's offset): max_position_embeddings - pad_token_id - 1 usable.
-_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "mpnet", "longformer",
-                     "ibert")
-
-
 # ------------------------------------------------------------------------------------------ the model's limits
 
 def max_positions(bundle: Bundle) -> int | None:
-    """Tokens per sequence the model can embed (config.json), None when the config does not say."""
+    """Tokens per sequence the model can embed (config.json), None when the config does not say; a type whose
+    position ids start after the pad id (formats.architectures.has_position_offset) loses pad_token_id + 1."""
     cfg = bundle.model_config
     limit = cfg.get("max_position_embeddings", cfg.get("n_positions"))
-    if limit is not None and cfg.get("model_type") in _OFFSET_POSITIONS:
+    if limit is not None and architectures.has_position_offset(cfg.get("model_type")):
         limit -= int(cfg.get("pad_token_id") or 0) + 1
     return limit
 
@@ -138,9 +135,7 @@ def check_user(bundle: Bundle, user, where: str = "user"):
     """A LoadedUser of this bundle's subspace (load_user / make_user checked it against a bundle of it)."""
     if not isinstance(user, LoadedUser):
         raise InputError(f"{where} must be a LoadedUser (runtime.load_user(bundle, path)), got {type(user).__name__}")
-    if user.fingerprint != bundle.fingerprint:
-        raise UserError(f"{user.name}: loaded for subspace {user.fingerprint}, bundle {bundle.path} serves "
-                        f"{bundle.fingerprint}; load the user on this bundle")
+    check_fingerprint(user.fingerprint, bundle.fingerprint, f"user {user.name!r} (loaded on another bundle)")
 
 
 def feeds_for(bundle: Bundle, user: LoadedUser | None, inputs: dict) -> dict:

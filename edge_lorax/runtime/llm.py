@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from edge_lorax.formats import names
+from edge_lorax.formats.bundle import TARGET_DECODER, check_target, read_manifest, user_input_shapes
 from edge_lorax.formats.errors import InputError
-from edge_lorax.formats.jsonfile import read_json_object
-from edge_lorax.formats.onnx_adapter import fingerprint_version, read_onnx_adapter, write_onnx_adapter
-from edge_lorax.formats.user import check_fingerprint, read_user
+from edge_lorax.formats.onnx_adapter import read_onnx_adapter, write_onnx_adapter
+from edge_lorax.formats.user import check_fingerprint, conform_inputs, read_user
 from edge_lorax.runtime.tokens import TOKENIZER_CONFIG, load_tokenizer, special_tokens, tokenizer_config
 
-GENAI_CONFIG = "genai_config.json"
 CHAT_TEMPLATE = "chat_template.jinja"
 
 
@@ -51,12 +50,14 @@ class Generation:
         yield from self._steps
 
 
+DECODER_FIX = ("not a decoder (genai-decoder) bundle: `generate` needs one exported from a model with a KV-cache target "
+               "(`edge-lorax export --model smollm2 ...`); use `edge-lorax run` for this one")
+
+
 def _manifest(bundle: Path) -> dict:
-    manifest = read_json_object(bundle / names.BUNDLE_MANIFEST, "pass a folder written by `edge-lorax export`")
-    if manifest.get("task") != names.TASK_CAUSAL_LM or not manifest.get("kv_cache"):
-        raise InputError(f"{bundle}: a {manifest.get('task')} bundle, not a decoder (KV-cache) bundle; `generate` needs "
-                         "one exported from a Llama-family model (`edge-lorax export --model smollm2 ...`); use "
-                         "`edge-lorax run` for this one")
+    """The bundle's manifest through the one reader (formats.bundle), refused unless a genai-decoder bundle."""
+    manifest = read_manifest(bundle)
+    check_target(bundle, manifest, (TARGET_DECODER,), DECODER_FIX)
     return manifest
 
 
@@ -80,27 +81,17 @@ class LLM:
         return int(self.manifest["kv"]["context_length"])
 
     def add_user(self, name: str, path) -> str:
-        """Register a user.npz or .onnx_adapter under `name`; InputError (naming the file) for a name taken, another
-        subspace, other shapes or non-finite values. A file the graph takes as it is is memory-mapped; otherwise (a
-        user.npz, or one user's file on a per-example bundle) a converted copy is."""
+        """Register a user.npz or .onnx_adapter under `name`, checked by the one validator (formats.user: fingerprint,
+        names, float32, finite and bounded values, shapes; a lower K' or r' is zero-padded, exactly as `run` and
+        `export --coeffs` do). InputError naming the file for a name taken or any defect. A file the graph takes as
+        it is is memory-mapped; otherwise (a user.npz, a padded user, one user's file on a per-example bundle) a
+        converted copy is."""
         path = Path(path)
         if name in self.users:
             raise InputError(f"user name {name!r} is taken (by {self.users[name]}); register {path} under another name")
-        if path.suffix == names.ADAPTER_SUFFIX:
-            raw, version = read_onnx_adapter(path)
-            if version != fingerprint_version(self.manifest["fingerprint"]):
-                raise InputError(f"{path}: made for another subspace than {self.bundle}'s; export that user for this "
-                                 "bundle's subspace")
-        else:
-            user = read_user(path)
-            check_fingerprint(user, self.manifest["fingerprint"], path)
-            if user.head:
-                raise InputError(f"{path}: a classifier user (head tensors {sorted(user.head)}); a decoder bundle "
-                                 "generates, so train the user for generation (`edge-lorax train --model smollm2 ...`)")
-            raw = user.inputs()
-        arrays = self._as_graph_inputs(raw)
-        self._check_arrays(path, arrays)
-        if path.suffix == names.ADAPTER_SUFFIX and all(raw[k].shape == arrays[k].shape for k in raw):
+        raw, stored = self._read_user_file(path)
+        arrays = self._as_graph_inputs(conform_inputs(path, raw, user_input_shapes(self.manifest), f"bundle {self.bundle}"))
+        if stored is not None and all(stored.get(k) == arrays[k].shape for k in arrays):
             self.adapters.load(str(path), name)
         else:
             file = Path(self._scratch.name) / f"{len(self.users)}{names.ADAPTER_SUFFIX}"
@@ -109,27 +100,28 @@ class LLM:
         self.users[name], self._arrays[name] = path, arrays
         return name
 
+    def _read_user_file(self, path: Path) -> tuple:
+        """(one user's arrays by input name, the file's own tensor shapes when it is an .onnx_adapter else None), its
+        subspace checked (formats.user.check_fingerprint); an adapter of a per-example bundle ((1, r, K)) is read as
+        one user's (r, K)."""
+        if path.suffix == names.ADAPTER_SUFFIX:
+            raw, version = read_onnx_adapter(path)
+            check_fingerprint(version, self.manifest["fingerprint"], path)
+            per_example = self.manifest["mode"] == names.MODE_PER_EXAMPLE
+            one = {k: v[0] if per_example and v.ndim == 3 and v.shape[0] == 1 else v for k, v in raw.items()}
+            return one, {k: v.shape for k, v in raw.items()}
+        user = read_user(path)
+        check_fingerprint(user, self.manifest["fingerprint"], path)
+        if user.head:
+            raise InputError(f"{path}: a classifier user (head tensors {sorted(user.head)}); a decoder bundle "
+                             "generates, so train the user for generation (`edge-lorax train --model smollm2 ...`)")
+        return user.inputs(), None
+
     def _as_graph_inputs(self, arrays: dict) -> dict:
         """One user's (r, K) / (K, r) arrays as the graph takes them: (1, r, K) / (1, K, r) in a per-example bundle."""
         if self.manifest["mode"] != names.MODE_PER_EXAMPLE:
             return arrays
         return {k: v[None] if v.ndim == 2 else v for k, v in arrays.items()}
-
-    def _check_arrays(self, path: Path, arrays: dict):
-        """Exactly the bundle's coefficient inputs, in its shapes, finite float values."""
-        want = {k: [1 if isinstance(d, str) else d for d in v] for k, v in self.manifest["coefficients"].items()}
-        missing, extra = sorted(set(want) - set(arrays)), sorted(set(arrays) - set(want))
-        if missing or extra:
-            what = f"lacks {missing[0]}" if missing else f"has {extra[0]}, not a coefficient input of the bundle"
-            raise InputError(f"{path}: {what} ({len(missing)} missing, {len(extra)} extra); project or train the user on "
-                             "this bundle's subspace")
-        bad = next((k for k in arrays if list(arrays[k].shape) != want[k]), None)
-        if bad is not None:
-            raise InputError(f"{path}: {bad} is {list(arrays[bad].shape)}, the bundle takes {want[bad]}; project or "
-                             "train the user on this bundle's subspace")
-        bad = next((k for k, v in arrays.items() if not np.isfinite(v).all()), None)
-        if bad is not None:
-            raise InputError(f"{path}: {bad} holds NaN or Inf; retrain or re-project this user")
 
     def encode(self, prompt: str, chat: bool = False) -> list:
         """Token ids of the prompt (the tokenizer's own special tokens); chat renders the chat template around one
@@ -268,7 +260,7 @@ def _check_options(max_new_tokens: int, temperature: float, top_p: float, top_k:
 
 def _load_model(og, bundle: Path, threads: int | None):
     """og.Model of the bundle, ONNX Runtime errors only; a missing or broken file is one InputError naming it."""
-    for name in (GENAI_CONFIG, names.BUNDLE_MODEL):
+    for name in (names.GENAI_CONFIG, names.BUNDLE_MODEL):
         if not (bundle / name).is_file():
             raise InputError(f"{bundle}: no {name}; re-export the bundle with `edge-lorax export`")
     try:

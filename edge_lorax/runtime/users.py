@@ -17,8 +17,8 @@ import onnxruntime as ort
 
 from edge_lorax.formats import names
 from edge_lorax.formats.errors import InputError, MissingInputError
-from edge_lorax.formats.onnx_adapter import fingerprint_version, read_onnx_adapter
-from edge_lorax.formats.user import UserError, conform_inputs, read_user
+from edge_lorax.formats.onnx_adapter import read_onnx_adapter
+from edge_lorax.formats.user import UserError, check_fingerprint, conform_inputs, read_user
 from edge_lorax.runtime.bundle import Bundle
 
 __all__ = ["LoadedUser", "UserError", "load_user", "make_user"]
@@ -47,12 +47,6 @@ def _expected(bundle: Bundle) -> dict:
     return {k: (s.shape[1:] if s.per_example else s.shape) for k, s in bundle.coeff_inputs.items()}
 
 
-def _check_fingerprint(bundle: Bundle, path, fingerprint: str):
-    if fingerprint != bundle.fingerprint:
-        raise UserError(f"{path}: made for subspace {fingerprint or '(none)'}, bundle {bundle.path} serves "
-                        f"{bundle.fingerprint}; re-project or retrain the user on this bundle's subspace")
-
-
 def _labels(bundle: Bundle, arrays: dict, labels) -> tuple | None:
     """The user's own class names when it has its own head of that many classes; None otherwise."""
     bias = arrays.get(names.HEAD_BIAS)
@@ -68,7 +62,7 @@ def make_user(bundle: Bundle, arrays: dict, name: str = "user", fingerprint: str
     where = path or f"<{name}>"
     if not isinstance(arrays, dict):
         raise UserError(f"{where}: a user is a dict of arrays by graph input name, got {type(arrays).__name__}")
-    _check_fingerprint(bundle, where, fp)
+    check_fingerprint(fp, bundle.fingerprint, where)
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     arrays = conform_inputs(where, arrays, _expected(bundle), f"bundle {bundle.path}")
     shared = {k: k for k in bundle.coeff_inputs}  # the bundle's key strings: ~2.5 KB less per resident user
@@ -84,9 +78,7 @@ def _read_adapter(bundle: Bundle, path: Path) -> dict:
         arrays, version = read_onnx_adapter(path)
     except InputError as e:
         raise UserError(str(e)) from e
-    if version != fingerprint_version(bundle.fingerprint):
-        raise UserError(f"{path}: made for another subspace (model_version {version:#x}, this bundle's is "
-                        f"{fingerprint_version(bundle.fingerprint):#x}); re-export the user for this bundle")
+    check_fingerprint(version, bundle.fingerprint, path)
     return arrays
 
 
