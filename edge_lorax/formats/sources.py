@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_lorax.formats import names
-from edge_lorax.formats.user import User, UserError, conform_inputs, read_user, write_user
+from edge_lorax.formats.user import User, UserError, check_fingerprint, conform_inputs, read_user, write_user
 
 SOURCES_FILE = "sources.npz"
 
@@ -37,8 +37,7 @@ def read_sources(path, fingerprint: str, shapes: dict) -> dict:
     path = Path(path)
     user = read_user(path)
     fix = "rebuild the subspace with `edge-lorax build` and re-export the bundle"
-    if user.fingerprint != fingerprint:
-        raise UserError(f"{path}: sources of subspace {user.fingerprint or '(none)'}, this one is {fingerprint}; {fix}")
+    check_fingerprint(user, fingerprint, path, fix)
     listed = user.meta.get("sources")
     if user.head or not isinstance(listed, list) or not listed or len(set(map(str, listed))) != len(listed):
         raise UserError(f"{path}: not a sources file (no unique 'sources' names in {names.META_KEY}, or a head); {fix}")

@@ -164,7 +164,7 @@ def _check_values(path, key: str, arr: np.ndarray):
                         "broken, retrain or re-project it")
 
 
-def check_fingerprint(have, fingerprint: str, path="user"):
+def check_fingerprint(have, fingerprint: str, path="user", fix: str = "re-project or retrain the user on this subspace"):
     """The one fingerprint check of every path (export, run, generate, project, merge): refuse a user made for another
     subspace, whose numbers mean nothing on these components. `have`: a User, its fingerprint, or an .onnx_adapter's
     model_version (int: fingerprint_version of the subspace it was written for)."""
@@ -175,8 +175,7 @@ def check_fingerprint(have, fingerprint: str, path="user"):
         shown = have.fingerprint if isinstance(have, User) else str(have or "")
         same, shown = shown == fingerprint, shown or "(none)"
     if not same:
-        raise UserError(f"{path}: made for subspace {shown}, this one is {fingerprint}; re-project or retrain the user "
-                        "on this subspace")
+        raise UserError(f"{path}: made for subspace {shown}, this one is {fingerprint}; {fix}")
 
 
 def _check_names(path, arrays: dict, expected: dict, where: str):
