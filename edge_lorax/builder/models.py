@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from edge_lorax.builder.llm import SMOLLM2_ID, SMOLLM2_NAMES, smollm2_dir, smollm2_path
+from edge_lorax.formats import architectures
 from edge_lorax.formats.errors import InputError, MissingInputError
 from edge_lorax.formats.jsonfile import read_json_object
 
@@ -154,9 +155,6 @@ def canonical_base(name: str) -> str:
 
 SEQ_CLS, CAUSAL_LM = "SEQ_CLS", "CAUSAL_LM"  # PEFT's TaskType names
 TASK_TYPES = (SEQ_CLS, CAUSAL_LM)
-_LM_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")
-_DEFAULT_TARGETS = {"bert": ("query", "value"), "gpt2": ("c_attn",), "llama": ("q_proj", "v_proj"),
-                    "mistral": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj")}
 
 
 def task_type(path: Path, requested: str | None = None) -> str:
@@ -167,17 +165,13 @@ def task_type(path: Path, requested: str | None = None) -> str:
             raise InputError(f"--task-type {requested!r}: use {' or '.join(TASK_TYPES)}")
         return requested
     config = read_json_object(Path(path) / "config.json", "pass a folder written by save_pretrained")
-    archs = config.get("architectures") or []
-    return CAUSAL_LM if any(str(a).endswith(_LM_ARCHITECTURES) for a in archs) else SEQ_CLS
+    return CAUSAL_LM if architectures.is_causal_lm(config.get("architectures")) else SEQ_CLS
 
 
 def default_targets(path: Path) -> tuple:
-    """PEFT target modules for the model type (BERT query,value; Llama-family q_proj,v_proj; GPT-2 c_attn)."""
+    """PEFT target modules for the model type (formats.architectures); refused naming the types that have them."""
     model_type = read_json_object(Path(path) / "config.json", "pass a folder written by save_pretrained").get("model_type")
-    if model_type not in _DEFAULT_TARGETS:
-        raise InputError(f"{path}: no default target modules for model_type {model_type!r}; pass --targets "
-                         "(comma-separated Linear module names, or all-linear)")
-    return _DEFAULT_TARGETS[model_type]
+    return architectures.get_default_targets(model_type, Path(path) / "config.json")
 
 
 def load_for_task(path: Path, kind: str, num_labels: int):
@@ -185,15 +179,14 @@ def load_for_task(path: Path, kind: str, num_labels: int):
     return load_causal_lm(path) if kind == CAUSAL_LM else load_model(path, num_labels)
 
 
-HEAD_MODULES = ("classifier", "score")  # BERT-family / GPT-2 and Llama sequence-classification heads
-
-
 def head_module(model) -> str:
-    """Name of the task head Linear of a *ForSequenceClassification model (the one user.npz `head.*` replaces)."""
-    for name in HEAD_MODULES:
+    """Name of the task head Linear of a *ForSequenceClassification model (the one user.npz `head.*` replaces): its
+    type's head (formats.architectures) first, then any other head the table knows."""
+    candidates = architectures.head_modules(getattr(getattr(model, "config", None), "model_type", None))
+    for name in candidates:
         if hasattr(model, name):
             return name
-    raise ValueError(f"{type(model).__name__} has no task head ({'/'.join(HEAD_MODULES)}); load it with num_labels > 0")
+    raise ValueError(f"{type(model).__name__} has no task head ({'/'.join(candidates)}); load it with num_labels > 0")
 
 
 def read_head(model) -> dict:

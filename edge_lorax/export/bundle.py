@@ -28,7 +28,7 @@ from edge_lorax.export import gradient as grad
 from edge_lorax.export import graph as g
 from edge_lorax.export.quantize import quantize_int8
 from edge_lorax.export.verify import TOLERANCE_RULE, TOLERANCES, check_variant
-from edge_lorax.formats import names
+from edge_lorax.formats import architectures, names
 from edge_lorax.formats.atomic import atomic_dir, check_output
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.jsonfile import read_json_object
@@ -91,10 +91,8 @@ def _default_task(path: Path, coeffs: User | None) -> str:
     if coeffs is not None and coeffs.head:
         labels = coeffs.head[names.HEAD_BIAS].shape[-1]
         return names.TASK_REGRESSION if labels == 1 else names.TASK_CLASSIFICATION
-    archs = model_config(path).get("architectures") or []
-    if not isinstance(archs, list):
-        archs = []
-    return names.TASK_CAUSAL_LM if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) else names.TASK_FEATURES
+    causal = architectures.is_causal_lm(model_config(path).get("architectures"))
+    return names.TASK_CAUSAL_LM if causal else names.TASK_FEATURES
 
 
 def _num_labels_for(task: str, coeffs: User | None, num_labels: int | None, path: Path) -> int:

@@ -19,7 +19,6 @@ the keys of a user.npz and get same-name initializers (optional inputs) holding 
 Does not: quantize (the builder does, at the precision asked), tokenizers or generation.
 """
 
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edge_lorax.export.passes import add_input_defaults, sort_nodes
-from edge_lorax.formats import names
+from edge_lorax.formats import architectures, names
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.subspace import Subspace
 
@@ -39,7 +38,6 @@ BUILDER_MAIN = "edge_lorax.export.genai_builder"  # BUILDER, on transformers 5.x
 PRECISIONS = ("fp32", "int8", "int4")  # the model builder's -p; int8 / int4: weight-only MatMulNBits
 GENAI_CONFIG = "genai_config.json"
 BATCH = "batch_size"  # the builder's name for the batch dim of input_ids
-_MODULE = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj$")
 _FUSED = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
 
 
@@ -103,11 +101,13 @@ def _head_columns(config: dict) -> dict:
 def find_slots(model: onnx.ModelProto, subspace: Subspace, config: dict) -> list:
     """A Slot per subspace module; raises InputError for a module the builder's graph does not expose."""
     made, slots = _producers(model.graph), []
+    genai_type = config["model"].get("type")
+    pattern = architectures.decoder_pattern(genai_type, GENAI_CONFIG)
     for module, ms in subspace.modules.items():
-        m = _MODULE.match(module)
+        m = pattern.match(module)
         if not m:
-            raise InputError(f"subspace module {module}: not a Llama attention/MLP projection that the decoder export "
-                             "knows (model.layers.<i>.self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj)")
+            raise InputError(f"subspace module {module}: not an attention/MLP projection that the decoder export knows "
+                             f"for model type {genai_type!r} ({pattern.pattern}); build the subspace on those modules")
         layer, block, proj = m.groups()
         where = f"/model/layers.{layer}/{'attn' if block == 'self_attn' else 'mlp'}"
         own, fused = f"{where}/{proj}_proj/MatMul/output_0", f"{where}/{_FUSED.get(proj)}_proj/MatMul/output_0"

@@ -39,7 +39,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edge_lorax.export.passes import sort_nodes
-from edge_lorax.formats import names
+from edge_lorax.formats import architectures, names
 
 DOMAIN = "com.microsoft"
 CHECK_TOLERANCE = 1e-4  # max abs diff fused vs unfused (ONNX Runtime both), x max(1, |output|)
@@ -416,13 +416,15 @@ def _attention(graph, layer, p: str, mix: str | None, mask: str | None, num_head
     return f"{p}/context"
 
 
-def _ort_fusions(model: onnx.ModelProto, num_heads: int, hidden: int) -> onnx.ModelProto:
+def _ort_fusions(model: onnx.ModelProto, num_heads: int, hidden: int, model_type=None) -> onnx.ModelProto:
     """ONNX Runtime's transformer optimizer on the fused graph: SkipLayerNormalization, BiasGelu (+ LayerNorm, Gelu
-    shapes) as in optimum's O2; no EmbedLayerNormalization (O2 leaves it off too), python fusions only (opt_level 0)."""
+    shapes) as in optimum's O2; no EmbedLayerNormalization (O2 leaves it off too), python fusions only (opt_level 0).
+    Its model_type is formats.architectures.fusion_type (the BERT-family fusions for any type the table leaves open)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
-    opts = FusionOptions("bert")
+    fusion = architectures.fusion_type(model_type)
+    opts = FusionOptions(fusion)
     opts.enable_attention = False  # done above
     opts.enable_embed_layer_norm = False
     import logging
@@ -430,7 +432,7 @@ def _ort_fusions(model: onnx.ModelProto, num_heads: int, hidden: int) -> onnx.Mo
     level = logging.getLogger("onnxruntime.transformers").level
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     try:
-        optimized = optimize_model(model, model_type="bert", num_heads=num_heads, hidden_size=hidden, opt_level=0,
+        optimized = optimize_model(model, model_type=fusion, num_heads=num_heads, hidden_size=hidden, opt_level=0,
                                    optimization_options=opts)
     finally:
         logging.getLogger("onnxruntime.transformers").setLevel(level)

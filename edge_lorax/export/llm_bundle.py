@@ -11,7 +11,8 @@ GroupQueryAttention (the builder's graph has no position_ids input).
 Before the folder appears, the prefill logits of a few fixed prompts are checked against the torch model with the
 subspace injected, for the defaults and two random coefficient sets (verify.TOLERANCE_RULE; the response check catches
 coefficient inputs that are not wired). Written atomically: any failure leaves nothing behind.
-Does not: generate (edge_lorax.runtime.llm does), per-example batches, model types other than LLM_TYPES.
+Does not: generate (edge_lorax.runtime.llm does), per-example batches, model types other than
+formats.architectures.kv_cache_types().
 """
 
 import json
@@ -26,14 +27,13 @@ from edge_lorax import __version__
 from edge_lorax.builder.models import portable_model_id
 from edge_lorax.export import decoder, passes
 from edge_lorax.export.verify import COEFF_SCALES, RESPONSE_MIN, TOLERANCE_RULE, cosine
-from edge_lorax.formats import names
+from edge_lorax.formats import architectures, names
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.onnx_adapter import write_onnx_adapter
 from edge_lorax.formats.subspace import Subspace
 from edge_lorax.formats.tokenizer_files import make_portable
 from edge_lorax.formats.user import User
 
-LLM_TYPES = ("llama",)  # model_type values whose projections decoder.find_slots maps
 # Of max abs logit diff / scale, vs torch fp32. Quantized bases have no bound, measured instead (benchmarks/llm):
 # on SmolLM2-135M the builder's int4 base alone moves logits by up to 17 (scale 26) and the next token on most
 # prompt positions; int8 moves them by ~1 at the defaults but by 9 under the random U(-2, 2) coefficient set
@@ -51,7 +51,7 @@ HF_FILES = (names.BUNDLE_CONFIG, "generation_config.json")
 
 def is_llm(config: dict) -> bool:
     """A decoder this module exports with a KV cache (others keep the cache-free logits graph of export.graph)."""
-    return config.get("model_type") in LLM_TYPES
+    return architectures.supports_kv_cache(config.get("model_type"))
 
 
 def check_llm_config(path: Path, config: dict):
