@@ -582,27 +582,14 @@ def personalize(bundle, data, output, text_column, label_column, kind, init, met
       edge-lorax personalize out/demo/bundle --data my_notes.csv -o me.npz
       edge-lorax personalize out/demo/bundle --data my_notes.csv -o me.npz --variant int8 --threads 1
     """
-    import time
+    from edge_lorax.runtime.bundle import SessionConfig
+    from edge_lorax.runtime.personalize import FitConfig, personalize_file
 
-    from edge_lorax.formats.tasks import read_task
-    from edge_lorax.formats.user import write_user
-    from edge_lorax.runtime.bundle import SessionConfig, open_bundle
-    from edge_lorax.runtime.infer import check_max_length
-    from edge_lorax.runtime.personalize import FitConfig, check_bundle, check_task
-    from edge_lorax.runtime.personalize import personalize as fit
-    from edge_lorax.runtime.users import load_user
-
-    t0 = time.perf_counter()
-    check_output(output, overwrite)
-    task = read_task(data, text_column, label_column, kind, fractions=(1 - holdout, holdout, 0.0), seed=seed)
-    check_task(task, data)
-    opened = open_bundle(bundle, SessionConfig(threads=threads or 0, variant=variant))
-    check_bundle(opened, task, data)
-    config = FitConfig(method=method, steps=steps, budget_s=budget_seconds, seed=seed,
-                       max_length=check_max_length(opened, max_length))
-    start = load_user(opened, init) if init else None
-    result = fit(opened, task, start, config, lambda msg: click.echo(msg, err=True), t0)
-    write_user(result.user, output)
+    result = personalize_file(bundle, data, output, init=init, text_column=text_column, label_column=label_column,
+                              kind=kind, holdout=holdout, overwrite=overwrite,
+                              config=FitConfig(method=method, steps=steps, budget_s=budget_seconds, seed=seed, max_length=max_length),
+                              session=SessionConfig(threads=threads or 0, variant=variant),
+                              progress=lambda msg: click.echo(msg, err=True))
     _emit({"output": output, **result.report}, as_json)
 
 

@@ -149,6 +149,18 @@ def test_same_seed_same_user(planted, tmp_path):
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
 
 
+def test_the_library_front_door_writes_what_the_command_writes(planted, tmp_path):
+    from edge_lorax.runtime.bundle import SessionConfig
+    from edge_lorax.runtime.personalize import FitConfig, personalize_file
+
+    bundle_dir, local, _, _ = planted
+    report = _personalize(bundle_dir, local, tmp_path / "cli.npz", "--steps", "30", "--method", "mix")
+    result = personalize_file(bundle_dir, local, tmp_path / "lib.npz", config=FitConfig(method="mix", steps=30),
+                              session=SessionConfig(threads=1))
+    assert (tmp_path / "cli.npz").read_bytes() == (tmp_path / "lib.npz").read_bytes()
+    assert result.report["steps"] == report["steps"] and result.report["heldout"] == report["heldout"]
+
+
 # ---------------------------------------------------------------------------------------------- refusals
 
 @pytest.mark.parametrize("rows, message", [
@@ -216,7 +228,7 @@ def test_sources_of_another_subspace_or_row_count_are_refused(planted, tmp_path)
 
     setup = planted[3]
     path = planted[0] / SOURCES_FILE
-    with pytest.raises(UserError, match="sources of subspace .* this one is other"):
+    with pytest.raises(UserError, match="made for subspace .* this one is other"):
         read_sources(path, "other", subspace_shapes(setup.subspace))
     stacked = read_user(path)
     key = sorted(stacked.coefficients)[0]

@@ -19,21 +19,26 @@ kept as host training is (no choice among noisy checkpoints) unless its held-out
 steadier judge than accuracy on ~50 rows of a skewed task) is above the start's.
 Works on any variant the runtime opens (fp32, int8, .ort) whose graph outputs head_input (classification and
 regression bundles exported by this edge-lorax). Does not: run per-example or decoder bundles, change the base model.
+
+Front door: `personalize_file` (a bundle folder, a data file and the user file to write: what `edge-lorax
+personalize` calls); `personalize` fits an opened bundle on a task already read.
 """
 
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
 from edge_lorax.formats import names
+from edge_lorax.formats.atomic import check_output
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.sources import SOURCES_FILE, read_sources
-from edge_lorax.formats.tasks import CLASSIFICATION, DataError, Split, Task, target_dtype
-from edge_lorax.formats.user import User, split_inputs
-from edge_lorax.runtime.bundle import Bundle, BundleError, bundle_file
+from edge_lorax.formats.tasks import CLASSIFICATION, DataError, Split, Task, read_task, target_dtype
+from edge_lorax.formats.user import User, split_inputs, write_user
+from edge_lorax.runtime.bundle import Bundle, BundleError, SessionConfig, bundle_file, open_bundle
 from edge_lorax.runtime.head import fit_head, head_loss, head_score
-from edge_lorax.runtime.infer import encode, run_arrays
+from edge_lorax.runtime.infer import check_max_length, encode, run_arrays
 from edge_lorax.runtime.users import LoadedUser, load_user, make_user
 
 METHODS = ("head", "mix", "refine", "exact")  # mix includes head; refine and exact start from the mix
@@ -358,6 +363,25 @@ def personalize(bundle: Bundle, task: Task, start: LoadedUser | None = None, con
         if _better(point, best):
             best, current = point, point["coeffs"]
     return Result(_final_user(bundle, task, best), _report(fitter, first, best, stages))
+
+
+def personalize_file(bundle_path, data_path, out, *, init=None, text_column: str = "text", label_column: str = "label",
+                     kind: str = CLASSIFICATION, holdout: float = 0.2, config: FitConfig = FitConfig(),
+                     session: SessionConfig = SessionConfig(), overwrite: bool = False, progress=None) -> Result:
+    """One-shot: check `out`, read the examples (`holdout` of them held out, split by config.seed), open the bundle
+    with `session`, load `init` (None: the bundle's defaults), fit, write the user to `out`; what `edge-lorax
+    personalize` calls. config.budget_s counts from this call; refusals come before the fit, naming the file."""
+    t0 = time.perf_counter()
+    check_output(out, overwrite)
+    task = read_task(data_path, text_column, label_column, kind, fractions=(1 - holdout, holdout, 0.0), seed=config.seed)
+    check_task(task, data_path)
+    bundle = open_bundle(Path(bundle_path), session)
+    check_bundle(bundle, task, data_path)
+    config = replace(config, max_length=check_max_length(bundle, config.max_length))
+    start = load_user(bundle, init) if init else None
+    result = personalize(bundle, task, start, config, progress or (lambda msg: None), t0)
+    write_user(result.user, out)
+    return result
 
 
 def _start_coeffs(bundle: Bundle, start: LoadedUser | None) -> dict:
