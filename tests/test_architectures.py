@@ -86,6 +86,7 @@ def test_generate_refusal_names_the_kv_cache_types():
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("out/b: a causal-lm bundle of model_type 'gpt2', not a decoder")
     assert "model_type llama" in msg and "edge-lorax run" in msg
+    assert msg.endswith(arch.generate_fix()) and "model_type llama (" in arch.generate_fix()
 
 
 # ------------------------------------------------------------------------------------------------ the readers

@@ -149,9 +149,13 @@ def decoder_pattern(genai_type, where=None) -> re.Pattern:
     raise _refuse(genai_type, where, "KV-cache decoder export", "genai_type")
 
 
+def generate_fix() -> str:
+    """The fix for a bundle `generate` cannot serve (a check_target `fix`): names the KV-cache model types."""
+    return (f"`generate` needs one exported from a causal LM of model_type {' or '.join(kv_cache_types())} "
+            "(`edge-lorax export --model smollm2 ...`); use `edge-lorax run` for this one")
+
+
 def refuse_generate(where, task, model_type):
     """Raise the one-line InputError for a bundle `generate` cannot serve (not a KV-cache decoder bundle)."""
     kind = f"a {task} bundle" + (f" of model_type {model_type!r}" if model_type else "")
-    raise InputError(f"{where}: {kind}, not a decoder (KV-cache) bundle; `generate` needs one exported from a causal "
-                     f"LM of model_type {' or '.join(kv_cache_types())} (`edge-lorax export --model smollm2 ...`); "
-                     "use `edge-lorax run` for this one")
+    raise InputError(f"{where}: {kind}, not a decoder (KV-cache) bundle; {generate_fix()}")
