@@ -14,14 +14,9 @@ import onnxruntime as ort
 
 from edge_lorax.formats.atomic import atomic_file
 from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.user import fingerprint_version
 
 ADAPTER_VERSION = 1
-
-
-def fingerprint_version(fingerprint: str | None) -> int:
-    """The subspace fingerprint as AdapterFormat's integer model_version (first 7 hex digits; 0 = no subspace):
-    the format has no string metadata, and this keeps a user of another subspace from loading silently."""
-    return int(fingerprint[:7], 16) if fingerprint else 0
 
 
 def write_onnx_adapter(feeds: dict, path, fingerprint: str | None = None) -> Path:

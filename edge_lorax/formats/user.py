@@ -19,7 +19,6 @@ import numpy as np
 from edge_lorax.formats import names
 from edge_lorax.formats.atomic import atomic_file
 from edge_lorax.formats.errors import InputError
-from edge_lorax.formats.onnx_adapter import fingerprint_version
 
 MAX_ABS = 1e4  # |coefficient| or |head value| above this is refused: trained and projected users stay below ~1e2
 
@@ -162,6 +161,12 @@ def _check_values(path, key: str, arr: np.ndarray):
     if arr.size and float(np.abs(arr).max()) > MAX_ABS:
         raise UserError(f"{path}: {key} holds |values| up to {float(np.abs(arr).max()):.3g} > {MAX_ABS:g}; such a user is "
                         "broken, retrain or re-project it")
+
+
+def fingerprint_version(fingerprint: str | None) -> int:
+    """The subspace fingerprint as AdapterFormat's integer model_version (first 7 hex digits; 0 = no subspace):
+    the format has no string metadata, and this keeps a user of another subspace from loading silently."""
+    return int(fingerprint[:7], 16) if fingerprint else 0
 
 
 def check_fingerprint(have, fingerprint: str, path="user", fix: str = "re-project or retrain the user on this subspace"):
