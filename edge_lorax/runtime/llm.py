@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_lorax.formats import names
+from edge_lorax.formats import architectures, names
 from edge_lorax.formats.bundle import TARGET_DECODER, check_target, read_manifest, user_input_shapes
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.onnx_adapter import read_onnx_adapter, write_onnx_adapter
@@ -50,8 +50,7 @@ class Generation:
         yield from self._steps
 
 
-DECODER_FIX = ("not a decoder (genai-decoder) bundle: `generate` needs one exported from a model with a KV-cache target "
-               "(`edge-lorax export --model smollm2 ...`); use `edge-lorax run` for this one")
+DECODER_FIX = "not a decoder (genai-decoder) bundle: " + architectures.generate_fix()
 
 
 def _manifest(bundle: Path) -> dict:
