@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from edge_lorax.formats import architectures, names
-from edge_lorax.formats.bundle import TARGET_DECODER, check_target, read_manifest, user_input_shapes
+from edge_lorax.formats.bundle import TARGET_DECODER, bundle_file, read_manifest, user_input_shapes
 from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.formats.onnx_adapter import read_onnx_adapter, write_onnx_adapter
 from edge_lorax.formats.user import check_fingerprint, conform_inputs, read_user
 from edge_lorax.runtime.tokens import TOKENIZER_CONFIG, load_tokenizer, special_tokens, tokenizer_config
@@ -50,13 +51,14 @@ class Generation:
         yield from self._steps
 
 
-DECODER_FIX = "not a decoder (genai-decoder) bundle: " + architectures.generate_fix()
-
-
 def _manifest(bundle: Path) -> dict:
-    """The bundle's manifest through the one reader (formats.bundle), refused unless a genai-decoder bundle."""
+    """The bundle's manifest through the one reader (formats.bundle), refused unless a genai-decoder bundle (naming
+    its task and model type, and the model types that get one)."""
     manifest = read_manifest(bundle)
-    check_target(bundle, manifest, (TARGET_DECODER,), DECODER_FIX)
+    if manifest["target"] != TARGET_DECODER:
+        config = bundle_file(bundle, names.BUNDLE_CONFIG)
+        model_type = read_json_object(config, "re-export the bundle").get("model_type") if config else None
+        architectures.refuse_generate(bundle, manifest.get("task"), model_type)
     return manifest
 
 
