@@ -704,12 +704,13 @@ def export(model, subspace_dir, coeffs, output, task, num_labels, per_example, m
     """
     from edge_lorax.describe import describe
     from edge_lorax.export import export_bundle
+    from edge_lorax.formats.bundle import read_manifest
 
     path = export_bundle(model, subspace_dir, output, coeffs, task=task, per_example=per_example, merge=merge,
                          quantize=quantize, ort_format=ort_format, overwrite=overwrite, exporter=exporter,
                          num_labels=num_labels, allow_base_mismatch=allow_base_mismatch, builder_options=builder_options,
                          fused=fused, gradient=gradient)
-    manifest = json.loads((path / _names.BUNDLE_MANIFEST).read_text())
+    manifest = read_manifest(path)
     worst = {v: round(c["max_abs_diff"], 7) for v, c in manifest["verification"].items()}
     _emit({"output": str(path), **describe(path), "task": manifest["task"], "max_abs_diff": worst}, as_json)
 

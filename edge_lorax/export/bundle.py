@@ -30,6 +30,7 @@ from edge_lorax.export.quantize import quantize_int8
 from edge_lorax.export.verify import TOLERANCE_RULE, TOLERANCES, check_variant
 from edge_lorax.formats import architectures, names
 from edge_lorax.formats.atomic import atomic_dir, check_output
+from edge_lorax.formats.bundle import TARGET_ENCODER, write_manifest
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.formats.onnx_adapter import write_onnx_adapter
@@ -255,7 +256,7 @@ def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=
             manifest["fusion"] = fusion
         if grads is not None:
             manifest["gradient"] = grads
-        (tmp / names.BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        write_manifest(tmp, manifest)
     return out_dir
 
 
@@ -410,9 +411,9 @@ def _build_manifest(graph: g.Prepared, subspace: Subspace, path: Path, coeffs_pa
     feeds = [{**s.as_dict(), "default": True} for s in spec.feeds]
     head = {s.name: list(s.shape) for s in spec.feeds if s.name.startswith(names.HEAD_PREFIX)}
     return {
-        "kind": names.BUNDLE_KIND, "format_version": names.FORMAT_VERSION, "fingerprint": subspace.fingerprint,
+        "target": TARGET_ENCODER, "fingerprint": subspace.fingerprint,
         "base_model": portable_model_id(path), "subspace_base_model": subspace.base_model,
-        "task": spec.task, "mode": spec.mode, "labels": spec.outputs[0].shape[-1] if spec.task in g.HEAD_TASKS else None,
+        "task": spec.task, "mode": spec.mode, "user_inputs": feeds, "labels": spec.outputs[0].shape[-1] if spec.task in g.HEAD_TASKS else None,
         "pooling": "mean" if spec.task == names.TASK_FEATURES else None,
         "inputs": [s.as_dict() for s in spec.tokens] + feeds, "outputs": [s.as_dict() for s in spec.outputs],
         "coefficients": {s.name: list(s.shape) for s in spec.feeds if s.name in spec.coeff_names},

@@ -28,6 +28,7 @@ from edge_lorax.builder.models import portable_model_id
 from edge_lorax.export import decoder, passes
 from edge_lorax.export.verify import COEFF_SCALES, RESPONSE_MIN, TOLERANCE_RULE, cosine
 from edge_lorax.formats import architectures, names
+from edge_lorax.formats.bundle import TARGET_DECODER, make_user_inputs, write_manifest
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.onnx_adapter import write_onnx_adapter
 from edge_lorax.formats.subspace import Subspace
@@ -110,6 +111,7 @@ def export_llm_bundle(path: Path, subspace: Subspace, tmp: Path, coeffs: User | 
     graph_defaults = {k: v[None] for k, v in defaults.items()} if per_example else defaults
     inserted = decoder.add_coefficients(proto, subspace, config, graph_defaults, per_example)
     model_files = _save(passes.set_metadata(inserted, meta), tmp)
+    graph_inputs = passes.input_specs(inserted)
     del proto, inserted
     side = _copy_side_files(work, path, tmp)
     shutil.rmtree(work)
@@ -119,9 +121,10 @@ def export_llm_bundle(path: Path, subspace: Subspace, tmp: Path, coeffs: User | 
         adapter = Path(coeffs_path).stem + names.ADAPTER_SUFFIX
         write_onnx_adapter(graph_defaults, tmp / adapter, coeffs.fingerprint)  # as the graph takes them
     manifest = _manifest(subspace, path, config, graph_defaults, mode, coeffs_path, precision, check,
-                         {"model": model_files[0], "external_data": model_files[1:], "side": side, "adapter": adapter})
+                         {"model": model_files[0], "external_data": model_files[1:], "side": side, "adapter": adapter},
+                         graph_inputs)
     manifest["builder_options"] = sorted(builder_options)
-    (tmp / names.BUNDLE_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_manifest(tmp, manifest)
     return manifest
 
 
@@ -224,7 +227,7 @@ def verify_llm(bundle: Path, path: Path, subspace: Subspace, defaults: dict, con
 
 
 def _manifest(subspace: Subspace, path: Path, config: dict, defaults: dict, mode: str, coeffs_path, precision: str,
-              check: dict, files: dict) -> dict:
+              check: dict, files: dict, graph_inputs: list) -> dict:
     """manifest.json of a decoder bundle (docs/formats.md, "Decoder bundle"); no times, so it is reproducible."""
     import onnxruntime_genai
 
@@ -232,13 +235,13 @@ def _manifest(subspace: Subspace, path: Path, config: dict, defaults: dict, mode
     lead = [decoder.BATCH] if mode == names.MODE_PER_EXAMPLE else []
     coeffs = {k: lead + list(v.shape[len(lead):]) for k, v in sorted(defaults.items())}
     return {
-        "kind": names.BUNDLE_KIND, "format_version": names.FORMAT_VERSION, "fingerprint": subspace.fingerprint,
+        "target": TARGET_DECODER, "fingerprint": subspace.fingerprint,
         "base_model": portable_model_id(path), "subspace_base_model": subspace.base_model,
         "task": names.TASK_CAUSAL_LM, "mode": mode, "precision": precision, "kv_cache": True,
+        "user_inputs": make_user_inputs((k, shape, "float32") for k, shape in coeffs.items()),
         "kv": {"layers": layers, "heads": heads, "head_size": size, "context_length": config["model"]["context_length"]},
         "eos_token_id": config["model"]["eos_token_id"], "pad_token_id": config["model"].get("pad_token_id"),
-        "inputs": [names.INPUT_IDS, names.ATTENTION_MASK] + [names.kv_input_name(i, kind) for i in range(layers)
-                                                             for kind in ("key", "value")] + list(coeffs),
+        "inputs": graph_inputs,
         "coefficients": coeffs, "defaults": Path(coeffs_path).name if coeffs_path else "zeros",
         "files": files, "verification": {precision: check}, "tolerance_rule": TOLERANCE_RULE,
         "exporter": {"name": "onnxruntime-genai model builder + edge_lorax.export.decoder", "edge_lorax": __version__,
