@@ -17,8 +17,53 @@ from edge_lorax.formats.errors import InputError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
+# An optional package (its top-level module) -> (the extra of pyproject.toml that provides it, the extras to install:
+# exporting and benchmarking work on torch models, so their line includes build). tests/test_cli_core.py checks the
+# table against pyproject.toml.
+EXTRAS = {"torch": ("build", "build"), "transformers": ("build", "build"), "peft": ("build", "build"),
+          "tqdm": ("build", "build"), "sklearn": ("build", "build"), "onnx": ("export", "build,export"),
+          "onnxscript": ("export", "build,export"), "matplotlib": ("bench", "build,export,bench"),
+          "psutil": ("bench", "build,export,bench"), "gguf": ("llm", "build,llm"), "onnxruntime_genai": ("llm", "llm"),
+          "ray": ("fleet", "build,fleet")}
 
-@click.group(context_settings=CONTEXT)
+
+def _needs(command: str | None, module: str, install: str) -> click.ClickException:
+    """`edge-lorax COMMAND needs the 'X' extra (MODULE is not installed): pip install "edge-lorax[INSTALL]"`."""
+    who = f"edge-lorax {command}" if command else "edge-lorax"
+    return click.ClickException(f"{who} needs the '{EXTRAS[module][0]}' extra ({module} is not installed): "
+                                f'pip install "edge-lorax[{install}]"')
+
+
+def missing_extra(error: ModuleNotFoundError, command: str | None) -> click.ClickException | None:
+    """The one-line refusal for a package an extra provides that is not installed (None: not one of EXTRAS)."""
+    module = (error.name or "").partition(".")[0]
+    return _needs(command, module, EXTRAS[module][1]) if module in EXTRAS else None
+
+
+def require_extras(command: str, *extras: str):
+    """Before a long command: its extras' packages are installed (found, not imported), else the one-line refusal
+    whose install line names all of `extras`."""
+    import importlib.util
+
+    for module, (extra, _) in EXTRAS.items():
+        if extra in extras and importlib.util.find_spec(module) is None:
+            raise _needs(command, module, ",".join(extras))
+
+
+class _Commands(click.Group):
+    """The command group; a command that imports a missing optional package ends in one line naming the extra."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as e:
+            refusal = missing_extra(e, ctx.invoked_subcommand)
+            if refusal is None:
+                raise
+            raise refusal from e
+
+
+@click.group(cls=_Commands, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="edge-lorax")
 def cli():
     """EigenLoRAx for the edge: build a subspace from LoRA adapters, train users as coefficients, export, run.
@@ -733,6 +778,7 @@ def demo(output, steps, no_bench, adapters, llm):
       edge-lorax demo -o out/demo
       edge-lorax demo --llm
     """
+    require_extras("demo", "build", "export", *(["llm"] if llm else ([] if no_bench else ["bench"])))
     if llm:
         from edge_lorax.demo_llm import run_llm_demo
 

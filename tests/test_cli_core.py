@@ -141,6 +141,42 @@ def test_console_script_exits_non_zero_on_refusal(save_adapter, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+# The process a plain `pip install edge-lorax` gives: `module` cannot be imported (None in sys.modules).
+WITHOUT = "import sys; sys.modules[sys.argv.pop(1)] = None; sys.argv[0] = 'edge-lorax'; from edge_lorax.cli import main; main()"
+
+
+@pytest.mark.parametrize("module, args, line", [
+    ("onnxscript", ["demo", "-o"], "edge-lorax demo needs the 'export' extra (onnxscript is not installed): "
+                                   'pip install "edge-lorax[build,export,bench]"'),
+    ("torch", ["demo", "--no-bench", "-o"], "edge-lorax demo needs the 'build' extra (torch is not installed): "
+                                            'pip install "edge-lorax[build,export]"'),
+    ("torch", ["train-lora", "--data", "vader:tweets-binary", "-o"],
+     "edge-lorax train-lora needs the 'build' extra (torch is not installed): " 'pip install "edge-lorax[build]"'),
+])
+def test_a_missing_extra_is_one_line_naming_it(tmp_path, module, args, line):
+    """Not a ModuleNotFoundError traceback: exit 1, the extra and the install line on stderr, nothing written."""
+    done = subprocess.run([sys.executable, "-c", WITHOUT, module, *args, str(tmp_path / "out")], capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", f"Error: {line}\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_extras_table_is_pyproject_s():
+    """Every package EXTRAS names is a requirement of the extra it names, and every requirement of those extras has
+    its row: a dependency added to an extra without one goes red."""
+    import re
+
+    from edge_lorax.cli import EXTRAS, missing_extra
+
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    dist = {"sklearn": "scikit-learn", "onnxruntime_genai": "onnxruntime-genai"}
+    declared = {(extra, re.split(r"[<>=!~\[; ]", req)[0]) for extra in {e for e, _ in EXTRAS.values()} for req in extras[extra]}
+    assert {(extra, dist.get(module, module)) for module, (extra, _) in EXTRAS.items()} == declared
+    assert all(extra in install.split(",") and set(install.split(",")) <= set(extras) for extra, install in EXTRAS.values())
+    assert missing_extra(ModuleNotFoundError(name="yaml"), "run") is None  # not an extra's: the traceback stays
+
+
 # ---- every refused input: message, exit code, nothing written ----
 
 def _bin(save_adapter, tmp_path):
