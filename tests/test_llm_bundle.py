@@ -371,15 +371,20 @@ def test_bad_inputs_are_one_line_refusals(setup, tmp_path):
           "--builder-option", "block_size=64"], "twice"),
         (["export", "--model", model, "--subspace", root / "sub", "-o", tmp_path / "x", "--exporter", "dynamo"], "--exporter dynamo"),
     ]
+    cases += _decoder_runtime_cases(root, tmp_path)
     for args, message in cases:
         res = run(*args, ok=False)
         assert res.exit_code == 1 and message in res.output and "Traceback" not in res.output, (args, res.output)
+        assert res.output.count("\n") == 1, res.output
     assert not (tmp_path / "x").exists()
     llm = load_llm(bundle)
     llm.add_user("a", root / "u0.npz")
     for call, message in [(lambda: llm.add_user("a", root / "u3.npz"), "taken"),
                           (lambda: llm.generate(PROMPT, "a", max_new_tokens=0), "at least 1"),
                           (lambda: llm.generate(PROMPT, "a", temperature=-1), "temperature"),
+                          (lambda: llm.generate(PROMPT, "a", max_new_tokens=True), "--max-new-tokens True"),
+                          (lambda: llm.generate(PROMPT, "a", top_p=float("nan")), "--top-p nan"),
+                          (lambda: llm.generate(PROMPT, "a", top_k=1.5), "--top-k 1.5"),
                           (lambda: llm.encode("w3 \udcff"), "UTF-8")]:
         with pytest.raises(InputError, match=message):
             call()
@@ -483,3 +488,79 @@ def test_version_1_decoder_manifest_still_opens(setup, tmp_path):
     assert llm.manifest["target"] == "genai-decoder" and len(llm.manifest["user_inputs"]) == len(manifest["coefficients"])
     llm.add_user("zero", root / "u0.npz")
     assert list(llm.generate(PROMPT, "zero", 4))
+
+
+def _edited_copy(bundle, dest, name: str, edit):
+    """A copy of the bundle with one JSON file edited."""
+    shutil.copytree(bundle, dest)
+    data = json.loads((dest / name).read_text())
+    edit(data)
+    (dest / name).write_text(json.dumps(data))
+    return dest
+
+
+def _decoder_runtime_cases(root, tmp_path) -> list:
+    """What the encoder runtime refuses, refused by the decoder runtime too (issue 25, cause 1 and 5): users through
+    the one validator, the manifest through the one reader, genai_config.json checked against it, bounded options."""
+    from edge_lorax.formats.onnx_adapter import write_onnx_adapter
+    from edge_lorax.formats.user import read_user
+
+    bundle, user = root / "bundle", read_user(root / "u3.npz")
+    write_onnx_adapter({k: v * 1e30 for k, v in user.inputs().items()}, tmp_path / "huge.onnx_adapter", user.fingerprint)
+    values = user.inputs()
+    write_raw_adapter({k: v.astype(np.float16) for k, v in values.items()}, tmp_path / "half.onnx_adapter", user.fingerprint)
+    write_raw_adapter({k: v.astype(np.float64) for k, v in values.items()}, tmp_path / "double.onnx_adapter", user.fingerprint)
+    genai, manifest = "genai_config.json", "manifest.json"
+    short = _edited_copy(bundle, tmp_path / "short", genai, lambda d: d["model"].update(context_length=16))
+    typed = _edited_copy(bundle, tmp_path / "typed", genai, lambda d: d["model"].update(type="gpt2"))
+    eos = _edited_copy(bundle, tmp_path / "eos", manifest, lambda d: d.update(eos_token_id="2"))
+    nofp = _edited_copy(bundle, tmp_path / "nofp", manifest, lambda d: d.pop("fingerprint"))
+    return [
+        (["generate", bundle, "--coeffs", tmp_path / "huge.onnx_adapter", PROMPT], "holds |values| up to"),
+        (["generate", bundle, "--coeffs", tmp_path / "half.onnx_adapter", PROMPT], "is float16, expected float32"),
+        (["generate", bundle, "--coeffs", tmp_path / "double.onnx_adapter", PROMPT], "is float64, expected float32"),
+        (["generate", short, PROMPT], "model.context_length 16, but manifest.json says"),
+        (["generate", typed, PROMPT], "model.type 'gpt2' is not a decoder type"),
+        (["generate", eos, PROMPT], "'eos_token_id' is a JSON string"),
+        (["generate", nofp, "--coeffs", root / "u0.npz", PROMPT], "no 'fingerprint' key"),
+        (["generate", bundle, "--threads", 10_000, PROMPT], "--threads 10000: give 1 to"),
+        (["generate", bundle, "--temperature", "nan", PROMPT], "--temperature nan"),
+        (["generate", bundle, "--temperature", "inf", PROMPT], "--temperature inf"),
+        (["generate", bundle, "--temperature", 1, "--top-k", 1_000_000_000, PROMPT], "--top-k 1000000000: give 0"),
+        (["generate", bundle, "--temperature", 1, "--seed", 10**20, PROMPT], "--seed 100000000000000000000: give 0"),
+    ]
+
+
+def write_raw_adapter(arrays: dict, path, fingerprint: str):
+    """An .onnx_adapter holding the arrays in their own dtype (write_onnx_adapter always writes float32)."""
+    import onnxruntime as ort
+
+    from edge_lorax.formats.onnx_adapter import ADAPTER_VERSION, fingerprint_version
+
+    fmt = ort.AdapterFormat()
+    fmt.set_adapter_version(ADAPTER_VERSION)
+    fmt.set_model_version(fingerprint_version(fingerprint))
+    values = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    fmt.set_parameters(values)
+    fmt.export_adapter(str(path))
+
+
+def test_registered_users_leave_no_file_behind(setup, tmp_path, monkeypatch):
+    """A user.npz (converted) or a padded user is registered from a file with no name on disk: at no moment of the
+    session, so after no kill (SIGKILL included), is a copy of the user's coefficients left in the temp folder."""
+    import tempfile
+
+    from edge_lorax.runtime.llm import load_llm
+
+    root, _ = setup
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    llm = load_llm(root / "bundle", threads=1)
+    llm.add_user("u0", root / "u0.npz")
+    assert list(scratch.iterdir()) == []
+    alone = list(llm.generate(PROMPT, "u0", 8))
+    del llm
+    again = load_llm(root / "bundle", threads=1)
+    again.add_user("u0", root / "u0.npz")
+    assert list(again.generate(PROMPT, "u0", 8)) == alone and list(scratch.iterdir()) == []

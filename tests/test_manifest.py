@@ -67,6 +67,7 @@ def _refused(tmp_path, edit, match):
     (lambda d: d["files"].update(fp32=3), "files\\['fp32'\\] holds 3, not a relative path"),
     (lambda d: d["user_inputs"].append(d["user_inputs"][0]), "user_inputs\\[3\\] is not a unique"),
     (lambda d: d.update(kv={"context_length": "2048"}), "'context_length' is a JSON string, expected integer"),
+    (lambda d: d.update(kv=[]), "'kv' is a JSON array, expected object"),
     (lambda d: d.update(eos_token_id="2"), "'eos_token_id' is a JSON string, expected integer or array"),
 ])
 def test_bad_manifests_are_one_line_refusals(tmp_path, edit, match):
@@ -96,7 +97,8 @@ def test_version_1_encoder_manifest_is_upgraded(tmp_path):
 def test_version_1_decoder_manifest_is_upgraded(tmp_path):
     """The old decoder shape: inputs as names, a kv_cache flag; user_inputs come from `coefficients`."""
     old = {k: v for k, v in manifest().items() if k not in ("target", "user_inputs")}
-    old.update(kv_cache=True, task=names.TASK_CAUSAL_LM, inputs=[names.INPUT_IDS, A, B],
+    old.update(kv_cache=True, task=names.TASK_CAUSAL_LM, inputs=[names.INPUT_IDS, A, B], eos_token_id=[2],
+               kv={"layers": 2, "heads": 2, "head_size": 16, "context_length": 128},
                files={"model": "model.onnx", "external_data": ["model.onnx.data"], "side": [], "adapter": None})
     (tmp_path / names.BUNDLE_MANIFEST).write_text(json.dumps({**old, "kind": names.BUNDLE_KIND}))  # no version: 1
     got = read_manifest(tmp_path)
@@ -108,3 +110,19 @@ def test_the_writer_refuses_what_the_reader_would(tmp_path):
     with pytest.raises(ValueError, match="an exporter wrote an invalid manifest"):
         write_manifest(tmp_path, manifest(target="nope"))
     assert not (tmp_path / names.BUNDLE_MANIFEST).exists()
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: d.pop("kv"), "no 'kv' key"),
+    (lambda d: d["kv"].pop("context_length"), "no 'kv.context_length' key"),
+    (lambda d: d.pop("eos_token_id"), "no 'eos_token_id' key"),
+])
+def test_a_decoder_manifest_needs_what_its_runtime_reads(tmp_path, edit, match):
+    data = manifest(target=TARGET_DECODER, kv={"layers": 2, "heads": 2, "head_size": 16, "context_length": 128},
+                    eos_token_id=2)
+    write_manifest(tmp_path, data)
+    raw = json.loads((tmp_path / names.BUNDLE_MANIFEST).read_text())
+    edit(raw)
+    (tmp_path / names.BUNDLE_MANIFEST).write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match=match):
+        read_manifest(tmp_path)

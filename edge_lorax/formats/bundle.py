@@ -34,6 +34,7 @@ TARGET_ENCODER, TARGET_DECODER, TARGET_EXECUTORCH = "onnx-encoder", "genai-decod
 TARGETS = (TARGET_ENCODER, TARGET_DECODER, TARGET_EXECUTORCH)
 FIX = "re-export the bundle with `edge-lorax export`"
 REQUIRED = ("kind", "target", "fingerprint", "task", "mode", "files", "inputs", "user_inputs")
+TARGET_REQUIRED = {TARGET_DECODER: ("kv", "eos_token_id")}  # what a target's runtime needs beyond REQUIRED
 
 _NULL = type(None)
 # Every key any reader uses, with the JSON types it may hold (a boolean is not an integer).
@@ -177,7 +178,10 @@ def _check_version(mpath: Path, manifest: dict):
 
 def _check_manifest(mpath: Path, manifest: dict):
     check_types(mpath, manifest, _TYPES)
-    missing = next((k for k in REQUIRED if k not in manifest), None)
+    check_types(mpath, manifest.get("kv") or {}, _KV_TYPES)
+    required = REQUIRED + TARGET_REQUIRED.get(manifest.get("target"), ())
+    missing = next((k for k in required if k not in manifest), None)
+    missing = missing or next((f"kv.{k}" for k in _KV_TYPES if "kv" in manifest and k not in manifest["kv"]), None)
     if missing is not None:
         raise BundleError(f"{mpath}: no {missing!r} key; {FIX}")
     if manifest["kind"] != names.BUNDLE_KIND or manifest["target"] not in TARGETS:
@@ -185,7 +189,6 @@ def _check_manifest(mpath: Path, manifest: dict):
                           f"bundle of a known target ({', '.join(TARGETS)}); {FIX}")
     if not manifest["fingerprint"]:
         raise BundleError(f"{mpath}: an empty fingerprint, so no user could be checked against it; {FIX}")
-    check_types(mpath, manifest.get("kv") or {}, _KV_TYPES)
     _check_files(mpath, manifest["files"])
     _check_user_inputs(mpath, manifest)
 

@@ -7,6 +7,9 @@ same name. Reading refuses, in one line naming the file, a file ONNX Runtime can
 other than ADAPTER_VERSION. Does not validate against a graph (runtime.users and the exporter do).
 """
 
+import contextlib
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +22,41 @@ from edge_lorax.formats.user import fingerprint_version
 ADAPTER_VERSION = 1
 
 
-def write_onnx_adapter(feeds: dict, path, fingerprint: str | None = None) -> Path:
-    """{input name: float32 array} -> adapter file, written atomically; OrtValues kept alive until written."""
+def _export(feeds: dict, fingerprint: str | None, path: str):
+    """AdapterFormat of the feeds written to `path`; the OrtValues stay alive until it is written."""
     values = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(feeds[k], dtype=np.float32)) for k in sorted(feeds)}
     fmt = ort.AdapterFormat()
     fmt.set_adapter_version(ADAPTER_VERSION)
     fmt.set_model_version(fingerprint_version(fingerprint))
     fmt.set_parameters(values)
+    fmt.export_adapter(path)
+
+
+def write_onnx_adapter(feeds: dict, path, fingerprint: str | None = None) -> Path:
+    """{input name: float32 array} -> adapter file, written atomically."""
     with atomic_file(path) as tmp:
-        fmt.export_adapter(str(tmp))
+        _export(feeds, fingerprint, str(tmp))
     return Path(path)
+
+
+@contextlib.contextmanager
+def unnamed_onnx_adapter(feeds: dict, fingerprint: str | None = None):
+    """Yield the path of an adapter file that has no name on disk (Linux O_TMPFILE, opened as /proc/self/fd/N) and is
+    gone when the block ends: a loader that maps it keeps it alive, and no kill, even SIGKILL, leaves a copy of the
+    user's coefficients behind. Where O_TMPFILE is missing, a named temp file removed at the end of the block."""
+    try:
+        fd = os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
+        path, named = f"/proc/self/fd/{fd}", None
+    except (AttributeError, OSError):  # not Linux, or a file system without O_TMPFILE
+        fd, named = tempfile.mkstemp(suffix=".onnx_adapter")
+        path = named
+    try:
+        _export(feeds, fingerprint, path)
+        yield path
+    finally:
+        os.close(fd)
+        if named is not None:
+            os.unlink(named)
 
 
 def read_onnx_adapter(path) -> tuple[dict, int]:

@@ -17,7 +17,7 @@ with --per-example. Does not: stream batched rows, import torch.
 """
 
 import json
-import tempfile
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,11 +29,11 @@ from edge_lorax.formats import architectures, names
 from edge_lorax.formats.bundle import TARGET_DECODER, bundle_file, read_manifest, user_input_shapes
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.jsonfile import read_json_object
-from edge_lorax.formats.onnx_adapter import read_onnx_adapter, write_onnx_adapter
+from edge_lorax.formats.onnx_adapter import read_onnx_adapter, unnamed_onnx_adapter
 from edge_lorax.formats.user import check_fingerprint, conform_inputs, read_user
-from edge_lorax.runtime.tokens import TOKENIZER_CONFIG, load_tokenizer, special_tokens, tokenizer_config
-
-CHAT_TEMPLATE = "chat_template.jinja"
+from edge_lorax.runtime.bundle import usable_cores
+from edge_lorax.runtime.chat import render_chat
+from edge_lorax.runtime.tokens import load_tokenizer, special_tokens
 
 
 @dataclass
@@ -70,12 +70,16 @@ class LLM:
 
         self.bundle = Path(bundle)
         self.manifest = _manifest(self.bundle)
+        check_threads(threads)
+        self.vocab_size = _check_genai_config(self.bundle, self.manifest)
         self.tokenizer, self.special = load_tokenizer(self.bundle), special_tokens(self.bundle)
         eos = self.manifest["eos_token_id"]
         self.eos = set(eos if isinstance(eos, list) else [eos])
+        if not all(type(e) is int for e in self.eos):
+            raise InputError(f"{self.bundle / names.BUNDLE_MANIFEST}: eos_token_id {eos!r} is not a token id or a list of "
+                             "them; re-export the bundle")
         self._og, self.model = og, _load_model(og, self.bundle, threads)
         self.adapters, self.users, self._arrays, self._batches = og.Adapters(self.model), {}, {}, {}
-        self._scratch = tempfile.TemporaryDirectory(prefix="edge-lorax-users-")
 
     @property
     def context_length(self) -> int:
@@ -95,9 +99,8 @@ class LLM:
         if stored is not None and all(stored.get(k) == arrays[k].shape for k in arrays):
             self.adapters.load(str(path), name)
         else:
-            file = Path(self._scratch.name) / f"{len(self.users)}{names.ADAPTER_SUFFIX}"
-            write_onnx_adapter(arrays, file, self.manifest["fingerprint"])
-            self.adapters.load(str(file), name)
+            with unnamed_onnx_adapter(arrays, self.manifest["fingerprint"]) as file:  # nothing left on disk
+                self.adapters.load(file, name)
         self.users[name], self._arrays[name] = path, arrays
         return name
 
@@ -132,7 +135,7 @@ class LLM:
         except (UnicodeEncodeError, AttributeError) as e:
             raise InputError(f"prompt {prompt!r:.60}: not UTF-8 text; pass the prompt as UTF-8") from e
         if chat:
-            text = _render_chat(self.bundle, prompt, self.special)
+            text = render_chat(self.bundle, [{"role": "user", "content": prompt}], self.special)
             ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         else:
             ids = self.tokenizer.encode(prompt).ids
@@ -148,7 +151,7 @@ class LLM:
                  top_p: float = 1.0, top_k: int = 0, seed: int | None = None, chat: bool = False) -> Generation:
         """A Generation to iterate (token ids); user None = the bundle's defaults. Raises InputError for an unknown
         user or a prompt + max_new_tokens beyond the context."""
-        _check_options(max_new_tokens, temperature, top_p, top_k)
+        _check_options(max_new_tokens, temperature, top_p, top_k, seed, self.vocab_size)
         ids = self.encode(prompt, chat)
         if len(ids) + max_new_tokens > self.context_length:
             raise InputError(f"prompt of {len(ids)} tokens + {max_new_tokens} new ones exceeds the context of "
@@ -168,7 +171,7 @@ class LLM:
         if self.manifest["mode"] != names.MODE_PER_EXAMPLE:
             raise InputError(f"{self.bundle}: exported without --per-example, so one batch serves one user; re-export "
                              "with --per-example for a user per row")
-        _check_options(max_new_tokens, temperature, top_p, top_k)
+        _check_options(max_new_tokens, temperature, top_p, top_k, seed, self.vocab_size)
         if len(prompts) != len(users) or not prompts:
             raise InputError(f"{len(prompts)} prompts and {len(users)} users: give one user per prompt")
         unknown = sorted({u for u in users if u not in self._arrays})
@@ -199,10 +202,10 @@ class LLM:
         """An adapter stacking the rows' users (batch_size, r, K), made once per combination of users."""
         if users not in self._batches:
             arrays = {k: np.concatenate([self._arrays[u][k] for u in users]) for k in self._arrays[users[0]]}
-            file = Path(self._scratch.name) / f"batch{len(self._batches)}{names.ADAPTER_SUFFIX}"
-            write_onnx_adapter(arrays, file, self.manifest["fingerprint"])
-            self.adapters.load(str(file), file.stem)
-            self._batches[users] = file.stem
+            name = f"batch{len(self._batches)}"
+            with unnamed_onnx_adapter(arrays, self.manifest["fingerprint"]) as file:
+                self.adapters.load(file, name)
+            self._batches[users] = name
         return self._batches[users]
 
     def _params(self, total: int, temperature: float, top_p: float, top_k: int, seed):
@@ -251,19 +254,59 @@ def text_deltas(decode, gen) -> Iterator[str]:
         yield text[len(shown):]
 
 
-def _check_options(max_new_tokens: int, temperature: float, top_p: float, top_k: int):
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise InputError(f"max_new_tokens is {max_new_tokens!r}; give at least 1 (--max-new-tokens)")
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-        raise InputError(f"temperature {temperature}, top_p {top_p}, top_k {top_k}: need temperature >= 0 (0: greedy), "
-                         "0 < top_p <= 1, top_k >= 0 (0: no cut)")
+MAX_SEED = 2**31 - 1  # onnxruntime-genai's random_seed is a C++ int
+
+
+def _check_options(max_new_tokens, temperature, top_p, top_k, seed=None, vocab_size: int | None = None):
+    """The sampling options onnxruntime-genai takes: InputError naming the option for anything it would reject with a
+    traceback or silently reinterpret (NaN / inf temperature, a boolean count, top_k past the vocabulary, a seed
+    past a C int)."""
+    if type(max_new_tokens) is not int or max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens {max_new_tokens!r}: give a whole number of at least 1")
+    finite = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (temperature, top_p))
+    if not finite or temperature < 0 or not 0 < top_p <= 1:
+        raise InputError(f"--temperature {temperature!r}, --top-p {top_p!r}: need a finite temperature >= 0 (0: greedy) "
+                         "and 0 < top_p <= 1")
+    most = vocab_size or MAX_SEED
+    if type(top_k) is not int or not 0 <= top_k <= most:
+        raise InputError(f"--top-k {top_k!r}: give 0 (no cut) to {most} (the vocabulary)")
+    if seed is not None and (type(seed) is not int or not 0 <= seed <= MAX_SEED):
+        raise InputError(f"--seed {seed!r}: give 0 to {MAX_SEED}")
+
+
+def check_threads(threads) -> int | None:
+    """threads (--threads): None (onnxruntime-genai's choice) or 1 .. this machine's usable cores (more only slow runs
+    down and spawn threads by the thousand)."""
+    cores = usable_cores()
+    if threads is not None and (type(threads) is not int or not 1 <= threads <= cores):
+        raise InputError(f"--threads {threads!r}: give 1 to {cores} (this machine's usable cores)")
+    return threads
+
+
+def _check_genai_config(bundle: Path, manifest: dict) -> int | None:
+    """genai_config.json: a JSON object whose model.type gets a KV-cache bundle (formats.architectures) and whose
+    context length and EOS ids are the manifest's (the runtime budgets and stops by the manifest's); returns its
+    vocab_size (None when absent)."""
+    path = bundle_file(bundle, names.GENAI_CONFIG)
+    if path is None:
+        raise InputError(f"{bundle}: no {names.GENAI_CONFIG}; re-export the bundle with `edge-lorax export`")
+    model = read_json_object(path, "re-export the bundle").get("model")
+    model = model if isinstance(model, dict) else {}
+    if model.get("type") not in {architectures.get_architecture(t).genai_type for t in architectures.kv_cache_types()}:
+        raise InputError(f"{path}: model.type {model.get('type')!r} is not a decoder type this runtime serves "
+                         f"({', '.join(architectures.kv_cache_types())}); re-export the bundle")
+    for key, want in (("context_length", manifest["kv"]["context_length"]), ("eos_token_id", manifest["eos_token_id"])):
+        if model.get(key) != want:
+            raise InputError(f"{path}: model.{key} {model.get(key)!r}, but {names.BUNDLE_MANIFEST} says {want!r}; the "
+                             "folder mixes two exports or was edited, re-export the bundle")
+    vocab = model.get("vocab_size")
+    return vocab if type(vocab) is int and vocab > 0 else None
 
 
 def _load_model(og, bundle: Path, threads: int | None):
     """og.Model of the bundle, ONNX Runtime errors only; a missing or broken file is one InputError naming it."""
-    for name in (names.GENAI_CONFIG, names.BUNDLE_MODEL):
-        if not (bundle / name).is_file():
-            raise InputError(f"{bundle}: no {name}; re-export the bundle with `edge-lorax export`")
+    if not (bundle / names.BUNDLE_MODEL).is_file():
+        raise InputError(f"{bundle}: no {names.BUNDLE_MODEL}; re-export the bundle with `edge-lorax export`")
     try:
         config = og.Config(str(bundle))
         config.clear_providers()
@@ -273,33 +316,6 @@ def _load_model(og, bundle: Path, threads: int | None):
     except RuntimeError as e:  # onnxruntime-genai raises RuntimeError for every load failure
         raise InputError(f"{bundle}: onnxruntime-genai cannot load it ({str(e).splitlines()[0][:160]}); re-export the "
                          "bundle with `edge-lorax export` (a missing or cut model.onnx.data or genai_config.json?)") from e
-
-
-def _render_chat(bundle: Path, prompt: str, special: dict) -> str:
-    """The bundle's chat template (chat_template.jinja, else tokenizer_config.json's) around one user turn, with the
-    generation prompt, rendered as transformers does (sandboxed, trim_blocks, lstrip_blocks)."""
-    from jinja2 import TemplateError
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    path = bundle / CHAT_TEMPLATE
-    source = path.read_text() if path.is_file() else tokenizer_config(bundle).get("chat_template")
-    where = path if path.is_file() else bundle / TOKENIZER_CONFIG
-    if not isinstance(source, str):
-        raise InputError(f"{bundle}: no chat template ({CHAT_TEMPLATE} or tokenizer_config.json's chat_template); "
-                         "drop --chat or re-export from a model that has one")
-
-    def raise_exception(message: str):
-        raise InputError(f"{where}: the chat template refuses this prompt ({message}); drop --chat or fix the template")
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.globals["raise_exception"] = raise_exception
-    try:
-        return env.from_string(source).render(messages=[{"role": "user", "content": prompt}],
-                                              add_generation_prompt=True, **special)
-    except TemplateError as e:
-        raise InputError(f"{where}: not a usable chat template ({type(e).__name__}: {str(e)[:120]}); fix it or drop "
-                         "--chat") from e
 
 
 def load_llm(bundle, threads: int | None = None) -> LLM:

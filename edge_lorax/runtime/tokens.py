@@ -14,8 +14,6 @@ from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.runtime.bundle import BundleError, bundle_file
 
-TOKENIZER_CONFIG = "tokenizer_config.json"
-
 
 def tokenizer_error(path, e: BaseException) -> BundleError:
     """A tokenizer.json that cannot be loaded or used: one line naming it (Ctrl-C and exits pass through)."""
@@ -55,9 +53,9 @@ def _load(path: str, max_length: int | None):
 @lru_cache(maxsize=8)
 def tokenizer_config(folder: Path) -> dict:
     """tokenizer_config.json as a dict ({} when absent); read once per folder."""
-    if bundle_file(folder, TOKENIZER_CONFIG) is None:
+    if bundle_file(folder, names.TOKENIZER_CONFIG) is None:
         return {}
-    return read_json_object(folder / TOKENIZER_CONFIG, "re-export the bundle", BundleError)
+    return read_json_object(folder / names.TOKENIZER_CONFIG, "re-export the bundle", BundleError)
 
 
 def special_tokens(folder) -> dict:
@@ -69,7 +67,7 @@ def special_tokens(folder) -> dict:
             continue
         value = value.get("content") if isinstance(value, dict) else value
         if not isinstance(value, str):
-            raise BundleError(f"{folder / TOKENIZER_CONFIG}: {key} is a JSON {type(value).__name__}, a string or "
+            raise BundleError(f"{folder / names.TOKENIZER_CONFIG}: {key} is a JSON {type(value).__name__}, a string or "
                               "{\"content\": ...} is needed; re-export the bundle")
         out[key] = value
     return out
