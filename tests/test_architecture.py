@@ -116,3 +116,56 @@ def test_no_import_cycle_between_files():
 ])
 def test_a_cycle_hidden_in_a_function_is_caught(tmp_path, module, line, cycle):
     assert file_cycles(broken_copy(tmp_path, module, line) / "edge_lorax") == [cycle]
+
+
+PACKAGES = ("builder", "export", "runtime", "formats", "bench")
+
+
+def _bound(tree: ast.Module) -> set:
+    """Names a module binds outside its functions: definitions, assignments and imports (under `if` too)."""
+    names = set()
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)):
+            names.add(stmt.name)
+            continue
+        for node in ast.walk(stmt):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names.update((a.asname or a.name).partition(".")[0] for a in node.names)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                names.add(node.id)
+    return names
+
+
+def _exported(tree: ast.Module) -> list:
+    """The literal `__all__` of a module ([] when it has none)."""
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in stmt.targets):
+            return ast.literal_eval(stmt.value)
+    return []
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_package_has_a_front_door(package):
+    """A docstring naming the front door and an `__all__` whose every name a static reader finds: a submodule file, or
+    a name the __init__ binds (an import, under `if TYPE_CHECKING` included)."""
+    init = REPO / "edge_lorax" / package / "__init__.py"
+    tree = ast.parse(init.read_text(encoding="utf-8"))
+    submodules = {p.stem for p in init.parent.glob("*.py")} - {"__init__"}
+    assert "Front door" in (ast.get_docstring(tree) or "")
+    exported = _exported(tree)
+    assert exported and not [n for n in exported if n not in submodules and n not in _bound(tree)], exported
+
+
+def test_import_edge_lorax_export_stays_cheap_and_its_names_are_their_homes():
+    """`import edge_lorax.export` loads no torch / onnx; each lazily loaded name is the object its TYPE_CHECKING import
+    names (the table __getattr__ reads agrees with the imports static readers follow)."""
+    tree = ast.parse((REPO / "edge_lorax" / "export" / "__init__.py").read_text(encoding="utf-8"))
+    guarded = [s for s in tree.body if isinstance(s, ast.If) and getattr(s.test, "id", None) == "TYPE_CHECKING"]
+    homes = {a.name: node.module for s in guarded for node in s.body for a in node.names}
+    code = ("import sys, importlib, edge_lorax.export as e; heavy = [m for m in ('torch', 'onnx', 'transformers') if m in sys.modules]; "
+            f"print(heavy, all(getattr(e, n) is getattr(importlib.import_module(m), n) for n, m in {homes!r}.items()))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert done.stdout.split() == ["[]", "True"], done.stderr[-2000:]
+    table = next(ast.literal_eval(s.value) for s in tree.body if isinstance(s, ast.Assign) and s.targets[0].id == "_HOMES")
+    assert homes and {n: f"edge_lorax.export.{m}" for n, m in table.items()} == homes

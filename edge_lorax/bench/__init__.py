@@ -1,3 +1,9 @@
 """Benchmarks: preparation of the compared graphs (from edge_lorax.export), worker processes, measurement, report
 rendering and the one stamp (machine, commit, versions, command) every report carries. Not on the serving path.
+
+Front door, named in `__all__` (`import edge_lorax.bench` itself imports neither): `run.run_bench` (the `edge-lorax
+bench` command: prepare.prepare writes the compared graphs, one `python -m edge_lorax.bench.workers` process per
+measurement, report.write_report) and `measure` (timing, statistics and `stamp()`, which benchmarks/ reports use).
 """
+
+__all__ = ["measure", "run"]
