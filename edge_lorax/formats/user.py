@@ -21,6 +21,7 @@ from edge_lorax.formats.atomic import atomic_file
 from edge_lorax.formats.errors import InputError
 
 MAX_ABS = 1e4  # |coefficient| or |head value| above this is refused: trained and projected users stay below ~1e2
+MAX_ELEMENTS = 1 << 25  # numbers per user file (128 MB of float32): a 7B model's user is ~1e5, sources.npz ~1e7
 
 
 class UserError(InputError):
@@ -94,12 +95,51 @@ def write_user(user: User, path) -> Path:
     return Path(path)
 
 
+def _member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple:
+    """(shape, dtype, header bytes) from a member's .npy header, reading only the header (nothing else is inflated)."""
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read is None:
+            raise ValueError(f"npy format version {version}")
+        shape, _, dtype = read(f)
+        return shape, dtype, f.tell()
+
+
+def _check_members(path: Path, zf: zipfile.ZipFile):
+    """Every member's declared shape, dtype and uncompressed size, before any array is decompressed: float32 tensors
+    (a unicode __meta__) of at most MAX_ELEMENTS in all, each member exactly the size its header declares (no bytes
+    dropped, no zip bomb)."""
+    total = 0
+    for info in zf.infolist():
+        shape, dtype, header = _member_header(zf, info)
+        count = int(np.prod(shape, dtype=np.float64))
+        key = info.filename.removesuffix(".npy")
+        if dtype.hasobject:
+            raise UserError(f"{path}: holds pickled objects, which are never loaded; save plain float32 arrays")
+        if key != names.META_KEY and dtype != np.float32:
+            raise UserError(f"{path}: {key} is {dtype}, expected float32; re-save it with edge-lorax")
+        total += count
+        if total > MAX_ELEMENTS or info.file_size != header + count * dtype.itemsize:
+            raise UserError(f"{path}: {key} declares {shape} in {info.file_size:,} bytes unpacked (a user holds at most "
+                            f"{MAX_ELEMENTS:,} numbers, each member exactly its header's size); re-create the file with "
+                            "`edge-lorax project` or `edge-lorax train`")
+
+
 def _read_arrays(path: Path) -> dict:
-    """Every member as an array; pickles, corrupt members and non-zip files are one UserError naming the file."""
+    """Every member as an array; pickles, corrupt members, oversized members (checked from their headers before
+    decompressing) and non-zip files are one UserError naming the file."""
     if not path.is_file():
         raise UserError(f"{path}: no such user file; create one with `edge-lorax project` or `edge-lorax train`")
     if not zipfile.is_zipfile(path):  # np.load would take any other file for a pickle
         raise UserError(f"{path}: not an .npz file; create one with `edge-lorax project` or `edge-lorax train`")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            _check_members(path, zf)
+    except UserError:
+        raise
+    except Exception as e:  # a damaged header raises anything from zlib.error to ValueError
+        raise _corrupt(path, e) from e
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
