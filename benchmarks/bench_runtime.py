@@ -48,7 +48,7 @@ def build_inputs(adapters: list, work: Path, k: int) -> tuple:
     """(subspace dir, user.npz, bundle dir) under work; the user is adapter 0 projected, with its head."""
     from edge_lorax.builder.project import project_adapter
     from edge_lorax.builder.subspace import build_subspace
-    from edge_lorax.export import export_bundle
+    from edge_lorax.export import ExportConfig, export_bundle
     from edge_lorax.formats.subspace import read_subspace, write_subspace
     from edge_lorax.formats.user import User, write_user
 
@@ -58,7 +58,7 @@ def build_inputs(adapters: list, work: Path, k: int) -> tuple:
     head = proj.head or {names.HEAD_WEIGHT_T: (rng.standard_normal((384, 2)) * 0.05).astype(np.float32),
                          names.HEAD_BIAS: np.zeros(2, np.float32)}
     user = write_user(User(proj.fingerprint, proj.coefficients, head, proj.meta), work / "user.npz")
-    bundle = export_bundle("default", subspace, work / "bundle", user, quantize="int8", overwrite=True, fused=True)
+    bundle = export_bundle("default", subspace, work / "bundle", user, ExportConfig(quantize="int8", overwrite=True, fused=True))
     return subspace, user, Path(bundle)
 
 

@@ -289,7 +289,7 @@ def project(subspace, adapter, output, as_json, overwrite):
 
     check_output(output, overwrite)
     result = project_adapter(read_subspace(subspace), adapter)
-    write_user(result.coeffs, output)
+    write_user(result.coeffs, output, overwrite)
     data = {"output": output, "relative_error": round(result.overall, 6), "bytes": result.coeffs.nbytes()}
     _emit({**data, "module_errors": {m: round(e, 6) for m, e in result.errors.items()}} if as_json else data, as_json)
 
@@ -416,7 +416,7 @@ def train(subspace_dir, data, text_column, label_column, kind, output, model, ta
     task = load_task(data, text_column=text_column, label_column=label_column, kind=kind, seed=seed)
     _set_threads(threads)
     report = train_coeffs(read_subspace(subspace_dir), task, output, model=model, rank=rank, k=k, init=init, config=config,
-                          kind=task_type)
+                          kind=task_type, overwrite=overwrite)
     click.echo(report.summary())
 
 
@@ -748,13 +748,14 @@ def export(model, subspace_dir, coeffs, output, task, num_labels, per_example, m
       edge-lorax export --model smollm2 --subspace smollm2-sub --coeffs spam.npz -o llm --quantize int8
     """
     from edge_lorax.describe import describe
-    from edge_lorax.export import export_bundle
+    from edge_lorax.export import ExportConfig, export_bundle
     from edge_lorax.formats.bundle import read_manifest
 
-    path = export_bundle(model, subspace_dir, output, coeffs, task=task, per_example=per_example, merge=merge,
-                         quantize=quantize, ort_format=ort_format, overwrite=overwrite, exporter=exporter,
-                         num_labels=num_labels, allow_base_mismatch=allow_base_mismatch, builder_options=builder_options,
-                         fused=fused, gradient=gradient)
+    config = ExportConfig(task=task, per_example=per_example, merge=merge, quantize=quantize, ort_format=ort_format,
+                          overwrite=overwrite, exporter=exporter, num_labels=num_labels,
+                          allow_base_mismatch=allow_base_mismatch, builder_options=builder_options, fused=fused,
+                          gradient=gradient)
+    path = export_bundle(model, subspace_dir, output, coeffs, config)
     manifest = read_manifest(path)
     worst = {v: round(c["max_abs_diff"], 7) for v, c in manifest["verification"].items()}
     _emit({"output": str(path), **describe(path), "task": manifest["task"], "max_abs_diff": worst}, as_json)

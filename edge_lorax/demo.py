@@ -68,14 +68,14 @@ def _source_adapters(adapters=None) -> Path:
 
 def run_demo(out, steps: int = 60, bench: bool = True, adapters=None) -> dict:
     """The whole job; returns {user: predictions}. Outputs under `out` (subspace, users, bundle, bench/)."""
-    from edge_lorax.export import export_bundle
+    from edge_lorax.export import ExportConfig, export_bundle
 
     out, start, folder = Path(out), time.perf_counter(), _source_adapters(adapters)
     out.mkdir(parents=True, exist_ok=True)
     subspace, projected, trained = _build_users(folder, out, steps)
     log("exporting the bundle (fp32 + int8, verified against torch)")
-    bundle = export_bundle(None, subspace, out / "bundle", projected, quantize="int8", overwrite=True,
-                           gradient=True)  # personalize trains with it
+    config = ExportConfig(quantize="int8", overwrite=True, gradient=True)  # gradient: personalize trains with it
+    bundle = export_bundle(None, subspace, out / "bundle", projected, config)
     results = _swap_users(bundle, [projected, trained])
     if bench:
         from edge_lorax.bench.run import run_bench

@@ -83,15 +83,15 @@ def _swap_users(bundle: Path, users: dict) -> dict:
 def run_llm_demo(out, adapters=None, precision: str = "int8") -> dict:
     """The whole job; returns {"answers": {user: [(prompt, answer)]}, "free_generation": {user: timing}}; writes
     subspace/, the users, bundle/ and demo.json under `out`."""
-    from edge_lorax.export import export_bundle
+    from edge_lorax.export import ExportConfig, export_bundle
 
     out, start = Path(out), time.perf_counter()
     found = _source_adapters(adapters)
     out.mkdir(parents=True, exist_ok=True)
     subspace, users = _build_users(found, out)
     log(f"exporting the {precision} decoder bundle (onnxruntime-genai model builder + coefficient inputs, verified)")
-    bundle = export_bundle("smollm2", subspace, out / "bundle", users[HELD_OUT], quantize=None if precision == "fp32"
-                           else precision, overwrite=True)
+    config = ExportConfig(quantize=None if precision == "fp32" else precision, overwrite=True)
+    bundle = export_bundle("smollm2", subspace, out / "bundle", users[HELD_OUT], config)
     result = _swap_users(bundle, users)
     (out / "demo.json").write_text(json.dumps(result, indent=1) + "\n")
     log(f"done in {time.perf_counter() - start:.0f} s")

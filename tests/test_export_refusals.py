@@ -100,6 +100,8 @@ def test_failed_parity_check_leaves_nothing(bert, tmp_path, monkeypatch):
     (["--merge"], "pass that user with --coeffs"),
     (["--merge", "--per-example", "--coeffs", "USER"], "exclude each other"),
     (["--task", "regression", "--coeffs", "HEAD2"], "head has 2 labels, task regression needs 1"),
+    (["--quantize", "int4"], "--quantize int4 and --builder-option are for decoder bundles"),  # the encoder target's
+    (["--builder-option", "algo_config=k_quant_mixed"], "--quantize int4 and --builder-option are for decoder bundles"),
 ])
 def test_bad_option_combinations(bert, tmp_path, extra, message):
     head2 = write_user(random_user(read_subspace(bert.subspace), 3, labels=2), tmp_path / "h.npz")
@@ -115,3 +117,21 @@ def test_per_example_coefficients_file_is_refused(bert, tmp_path):
     path = write_user(batched, tmp_path / "batched.npz")
     with pytest.raises(ValueError, match=r"\(1, 4, 4\).*one user.s \(r, K\).*per-example files are not exported"):
         export_bundle(bert.model, bert.subspace, tmp_path / "out", path)
+
+
+def test_every_target_checks_and_writes():
+    """export.bundle dispatches by the manifest's target names; each target module offers check(job), write(job, tmp)."""
+    from edge_lorax.export.bundle import TARGETS
+    from edge_lorax.formats.bundle import TARGETS as TARGET_NAMES
+
+    assert set(TARGETS) <= set(TARGET_NAMES) and len(TARGETS) >= 2
+    assert all(callable(module.check) and callable(module.write) for module in TARGETS.values())
+
+
+def test_unknown_option_is_refused_before_any_work(bert, tmp_path):
+    """export_bundle's **options are ExportConfig's fields: a misspelt one is a TypeError naming it, nothing written."""
+    from edge_lorax.export import ExportConfig
+
+    with pytest.raises(TypeError, match="quantise"):
+        export_bundle(bert.model, bert.subspace, tmp_path / "out", config=ExportConfig(task="features"), quantise="int8")
+    assert leftovers(tmp_path) == []

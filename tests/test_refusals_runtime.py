@@ -147,12 +147,12 @@ def test_bad_user_files_refused_by_the_api(bundle, setup, tmp_path):
 @pytest.fixture
 def no_export_work(monkeypatch):
     """Export refusals must come before the work: building the graphs fails the test."""
-    import edge_lorax.export.bundle as export_bundle
+    import edge_lorax.export.encoder_bundle as encoder_bundle
 
     def started(*args, **kwargs):
         raise AssertionError("the export work started before the input was refused")
 
-    monkeypatch.setattr(export_bundle, "prepare_graphs", started)
+    monkeypatch.setattr(encoder_bundle, "prepare_graphs", started)
 
 
 def test_bad_user_files_refused_by_export_before_the_work(setup, tmp_path, no_export_work):

@@ -129,7 +129,7 @@ def build_seconds(folder: Path) -> float | None:
 def _build_ours(out: Path, precision: str):
     from edge_lorax.builder.project import project_adapter
     from edge_lorax.builder.subspace import build_subspace
-    from edge_lorax.export import export_bundle
+    from edge_lorax.export import ExportConfig, export_bundle
     from edge_lorax.formats.subspace import write_subspace
     from edge_lorax.formats.user import write_user
 
@@ -139,8 +139,9 @@ def _build_ours(out: Path, precision: str):
         sub = build_subspace(sources, components=8, mean="keep", seed=0)
         write_subspace(sub, sub_dir, overwrite=True)
         write_user(project_adapter(sub, ADAPTERS / HELD_OUT).coeffs, user)
-    export_bundle("smollm2", sub_dir, out, user, quantize=None if precision == "fp32" else precision, overwrite=True,
-                  builder_options=tuple(OPTIONS))
+    config = ExportConfig(quantize=None if precision == "fp32" else precision, overwrite=True,
+                          builder_options=tuple(OPTIONS))
+    export_bundle("smollm2", sub_dir, out, user, config)
     shutil.copyfile(user, out / "user.npz")  # the export wrote user.onnx_adapter beside the model
 
 

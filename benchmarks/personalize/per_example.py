@@ -21,7 +21,7 @@ CACHE = Path.home() / ".cache" / "edge-lorax" / "bench-personalize" / "nyt"
 
 
 def main(batch: int = 16, steps: int = 30):
-    from edge_lorax.export import export_bundle
+    from edge_lorax.export import ExportConfig, export_bundle
     from edge_lorax.runtime import open_bundle
     from edge_lorax.runtime.bundle import SessionConfig
     from edge_lorax.runtime.infer import encode, run_arrays, run_mixed
@@ -30,8 +30,8 @@ def main(batch: int = 16, steps: int = 30):
     st = stamp(portable(".venv/bin/python benchmarks/personalize/per_example.py"))
     pe_dir = CACHE / "bundle-per-example"
     if not (pe_dir / "manifest.json").is_file():
-        export_bundle(None, CACHE / "subspace", pe_dir, task="classification", num_labels=2, per_example=True,
-                      overwrite=True)
+        export_bundle(None, CACHE / "subspace", pe_dir,
+                      config=ExportConfig(task="classification", num_labels=2, per_example=True, overwrite=True))
     shared, pe = open_bundle(CACHE / "bundle", SessionConfig(threads=1)), open_bundle(pe_dir, SessionConfig(threads=1))
     texts = [r.split(",", 1)[0] for r in (CACHE / "local-256-0.csv").read_text().splitlines()[1:batch + 1]]
     tokens = encode(shared, texts, 48)

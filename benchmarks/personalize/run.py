@@ -47,9 +47,11 @@ KINDS = ("device", "head", "host", "int8", "inference", "refine")
 
 def _bundle(target: str) -> Path:
     """The target's leave-own-out subspace (with sources) and classification bundle, cached."""
+    from dataclasses import replace
+
     from edge_lorax.builder.project import project_sources
     from edge_lorax.builder.subspace import build_subspace
-    from edge_lorax.export import export_bundle
+    from edge_lorax.export import ExportConfig, export_bundle
     from edge_lorax.formats.subspace import write_subspace
 
     out = CACHE / target
@@ -58,13 +60,12 @@ def _bundle(target: str) -> Path:
     sources = sorted(p for p in ADAPTERS.iterdir() if p.is_dir() and not p.name.startswith(TARGETS[target][1]))
     sub = build_subspace(sources, components=8, mean="keep", seed=0)
     write_subspace(sub, out / "subspace", overwrite=True, sources=project_sources(sub, sources))
+    config = ExportConfig(task="classification", num_labels=2, quantize="int8", gradient=True, overwrite=True)
     try:
-        export_bundle(None, out / "subspace", out / "bundle", task="classification", num_labels=2, quantize="int8", gradient=True,
-                      overwrite=True)
+        export_bundle(None, out / "subspace", out / "bundle", config=config)
     except RuntimeError as e:  # the exporter's int8 parity check: recorded, the bundle is fp32 only
         (out / "int8-refused.txt").write_text(str(e) + "\n")
-        export_bundle(None, out / "subspace", out / "bundle", task="classification", num_labels=2, overwrite=True,
-                      gradient=True)
+        export_bundle(None, out / "subspace", out / "bundle", config=replace(config, quantize=None))
     return out / "bundle"
 
 

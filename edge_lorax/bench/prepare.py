@@ -88,11 +88,12 @@ def _save_feeds(feeds: dict, path: Path) -> str:
 
 def _export_merged(bundle_dir: Path, model_dir, subspace_dir, coeffs_path, out: Path) -> Path:
     """The exporter's --merge bundle for the bench user (ΔW folded into the weights, verified against torch)."""
-    from edge_lorax.export import export_bundle
+    from edge_lorax.export import ExportConfig, export_bundle
 
     manifest = read_manifest(bundle_dir)
-    dest = export_bundle(model_dir, subspace_dir, out / "merged-bundle", coeffs_path, task=manifest.get("task"),
-                         merge=True, num_labels=manifest.get("labels"), allow_base_mismatch=True)
+    config = ExportConfig(task=manifest.get("task"), merge=True, num_labels=manifest.get("labels"),
+                          allow_base_mismatch=True)
+    dest = export_bundle(model_dir, subspace_dir, out / "merged-bundle", coeffs_path, config)
     return Path(dest) / names.BUNDLE_MODEL
 
 

@@ -1,69 +1,95 @@
-"""`edge-lorax export`: a self-contained bundle folder, written atomically and verified before it appears.
+"""`edge-lorax export`: the front door every export target shares; the bundle folder is written atomically.
 
-Folder: model.onnx (weights inline; `model.onnx.data` only past protobuf's 2 GB), optionally model.int8.onnx and
-the .ort files, tokenizer files, config.json, manifest.json, `<user>.onnx_adapter` when --coeffs is given and the
-subspace's sources.npz (its projected source adapters, for on-device personalisation) when it has one.
-Refuses, before any work: an existing or unwritable output (unless overwrite), a --coeffs user of another subspace,
-of a larger shape or with out-of-range values (a lower K' or r' is zero-padded, so the bundle keeps the subspace's
-input shapes and serves every user), a model whose modules, shapes or id differ from the subspace's, an unreadable
-model config or tokenizer. Any failure, including a parity check, Ctrl-C or SIGTERM, leaves nothing behind.
-Does not benchmark, tokenize at run time or serve users (edge_lorax.runtime does).
+Common to every target, refused before any work: an option of the wrong value or combination, an existing or
+unwritable output (unless overwrite), a --coeffs user of another subspace, of a larger shape or with out-of-range
+values (a lower K' or r' is zero-padded, so the bundle keeps the subspace's input shapes and serves every user), a
+model whose id differs from the subspace's base, an unreadable model config or tokenizer. What was read becomes one
+`ExportJob` (export.config); `choose_target` picks its target (formats.bundle's TARGET_*: a causal LM whose model
+type gets a KV cache in formats.architectures gets the decoder target, every other model the encoder's); the
+target's `check(job)` refuses the options it does not offer (one line each), then its `write(job, tmp)` writes its
+files and manifest (formats.bundle.write_manifest) into the atomic folder. Any failure, including a parity check,
+Ctrl-C or SIGTERM, leaves nothing behind.
+
+Targets (`TARGETS`): onnx-encoder -> export.encoder_bundle, genai-decoder -> export.llm_bundle.
+How to add one (e.g. ExecuTorch): a module export/executorch_bundle.py with `check(job)` and `write(job, tmp)` (its
+files, then write_manifest with `target` TARGET_EXECUTORCH and the ordered user_inputs a positional method binds), an
+entry in TARGETS and a rule in `choose_target`; a new option (such as an explicit target) is a field of ExportConfig,
+the one place options are declared, and only the targets that offer it accept it in their `check`.
+Does not: build graphs, verify or write model files (the target modules do), benchmark or serve users
+(edge_lorax.runtime does).
 """
 
-import contextlib
-import io
-import json
-import logging
-import shutil
-import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-import onnx
-
-from edge_lorax import __version__
 from edge_lorax.builder.models import canonical_base, portable_model_id, resolve_model
-from edge_lorax.export import decoder, fuse, llm_bundle, passes
-from edge_lorax.export import gradient as grad
+from edge_lorax.export import encoder_bundle, llm_bundle
 from edge_lorax.export import graph as g
-from edge_lorax.export.quantize import quantize_int8
-from edge_lorax.export.verify import TOLERANCE_RULE, TOLERANCES, check_variant
+from edge_lorax.export.config import ExportConfig, ExportJob
 from edge_lorax.formats import architectures, names
 from edge_lorax.formats.atomic import atomic_dir, check_output
-from edge_lorax.formats.bundle import TARGET_ENCODER, write_manifest
+from edge_lorax.formats.bundle import TARGET_DECODER, TARGET_ENCODER
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.jsonfile import read_json_object
-from edge_lorax.formats.onnx_adapter import write_onnx_adapter
-from edge_lorax.formats.sources import SOURCES_FILE, read_sources
 from edge_lorax.formats.subspace import Subspace, read_subspace
-from edge_lorax.formats.user import User, conform_user, read_user, subspace_shapes
+from edge_lorax.formats.user import User, conform_user, read_user
+
+__all__ = ["TARGETS", "ExportConfig", "check_base", "choose_target", "export_bundle", "model_config", "read_job"]
 
 QUANTIZE = ("int8", "int4")  # int4: decoder bundles only (the model builder's MatMulNBits)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
-                   "merges.txt", "tokenizer.model")
-INLINE_LIMIT = 1_800_000_000  # bytes of initializers above which weights go to external data (protobuf: 2 GB)
-ST_MODULES = "modules.json"  # sentence-transformers' module list; with these beside model.onnx, features bundles load
-ST_FILES = (ST_MODULES, "sentence_bert_config.json", "config_sentence_transformers.json")  # as SentenceTransformer(bundle, backend="onnx")
-VERIFY_TEXTS = ("A short one.", "The exporter checks every graph against torch before the folder appears.", "ok")
+# manifest target -> its module: check(job) refuses what it does not offer, write(job, tmp) writes the bundle
+TARGETS = {TARGET_ENCODER: encoder_bundle, TARGET_DECODER: llm_bundle}
 
 
-def _check_options(coeffs_path, per_example: bool, merge: bool, quantize, exporter: str):
-    if merge and coeffs_path is None:
+def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, config: ExportConfig = ExportConfig(),
+                  **options) -> Path:
+    """Export, verify and write a bundle folder; returns its path (docs/formats.md, "Bundle manifest").
+    `options`: ExportConfig fields by name (task="features"), replacing config's; a convenience for scripts and tests.
+    config.gradient: also model.grad.onnx for a classification / regression bundle (`edge-lorax export` does by
+    default; personalize's exact path needs it; ~30 s more on MiniLM)."""
+    config = replace(config, **options) if options else config
+    _check_config(config, coeffs_path)
+    out_dir = check_output(out_dir, config.overwrite)
+    job = read_job(model_path, subspace_path, coeffs_path, config)
+    target = TARGETS[choose_target(job)]
+    target.check(job)
+    with atomic_dir(out_dir, config.overwrite) as tmp:
+        target.write(job, tmp)
+    return out_dir
+
+
+def _check_config(config: ExportConfig, coeffs_path):
+    """Option values and combinations no target takes, refused before anything is read."""
+    if config.merge and coeffs_path is None:
         raise InputError("--merge folds one user's ΔW into the weights; pass that user with --coeffs")
-    if merge and per_example:
+    if config.merge and config.per_example:
         raise InputError("--merge and --per-example exclude each other: a merged graph serves exactly one user")
-    if quantize not in (None, *QUANTIZE):
-        raise InputError(f"--quantize must be one of {QUANTIZE}, got {quantize!r}")
-    if exporter not in g.EXPORTERS:
-        raise InputError(f"exporter must be one of {g.EXPORTERS}, got {exporter!r}")
+    if config.quantize not in (None, *QUANTIZE):
+        raise InputError(f"--quantize must be one of {QUANTIZE}, got {config.quantize!r}")
+    if config.exporter not in g.EXPORTERS:
+        raise InputError(f"exporter must be one of {g.EXPORTERS}, got {config.exporter!r}")
 
 
-def _check_llm_options(merge: bool, ort_format: bool, exporter: str, fused: bool = False):
-    """What a KV-cache decoder bundle does not offer (yet): refused before any work."""
-    for flag, on in (("--merge", merge), ("--ort-format", ort_format), ("--exporter dynamo", exporter != "torchscript"),
-                     ("--fuse", fused)):  # the model builder's graph has GroupQueryAttention already
-        if on:
-            raise InputError(f"{flag} is not available for decoder (KV-cache) bundles; drop it")
+def read_job(model_path, subspace_path, coeffs_path, config: ExportConfig) -> ExportJob:
+    """What every target needs, read and checked before any work: the subspace, the --coeffs user (conformed), the
+    model (its id, config.json, tokenizer), the task and its head's labels."""
+    subspace = read_subspace(subspace_path)
+    coeffs, path = _read_export_user(coeffs_path, subspace), resolve_model(model_path)
+    check_base(path, subspace, config.allow_base_mismatch)
+    cfg = model_config(path)  # valid JSON object before any work (transformers would raise its own traceback)
+    _check_tokenizer(path)
+    task = config.task or _default_task(path, coeffs)
+    if task not in names.TASKS:
+        raise InputError(f"task must be one of {names.TASKS}, got {task!r}")
+    labels = _num_labels_for(task, coeffs, config.num_labels, path)
+    return ExportJob(path, cfg, subspace, Path(subspace_path), coeffs, coeffs_path, task, labels, config)
+
+
+def choose_target(job: ExportJob) -> str:
+    """The job's manifest target: genai-decoder for a causal LM whose model type gets a KV cache
+    (formats.architectures), else onnx-encoder (other causal LMs keep the cache-free logits graph)."""
+    kv_cache = architectures.supports_kv_cache(job.model_config.get("model_type"))
+    return TARGET_DECODER if job.task == names.TASK_CAUSAL_LM and kv_cache else TARGET_ENCODER
 
 
 def _read_export_user(coeffs_path, subspace: Subspace) -> User | None:
@@ -132,295 +158,3 @@ def _check_tokenizer(path: Path):
         except Exception as e:  # tokenizers raises its own (Rust) exception types
             raise InputError(f"{path / names.TOKENIZER_FILE}: not a readable tokenizer "
                              f"({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); fix or remove it") from e
-
-
-def prepare_graphs(path: Path, subspace: Subspace, coeffs, task: str, labels: int, per_example: bool, merge: bool):
-    """(graph, reference): the same Prepared unless merged, where the reference is the unmerged user model."""
-    reference = g.prepare(*g.load_task_model(path, task, labels), subspace, coeffs, task, per_example and not merge)
-    if not merge:
-        return reference, reference
-    model, _ = g.load_task_model(path, task, labels)
-    return g.prepare_merged(model, subspace, coeffs, task), reference
-
-
-def save_model(model: onnx.ModelProto, path: Path) -> list:
-    """Write the proto; weights inline unless over INLINE_LIMIT. Returns the file names written."""
-    size = sum(int(np.prod(t.dims)) * 4 for t in model.graph.initializer)
-    if size <= INLINE_LIMIT:
-        onnx.save_model(model, str(path))
-        return [path.name]
-    data = path.name + names.EXTERNAL_DATA_SUFFIX
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data)
-    return [path.name, data]
-
-
-def build_onnx(prepared: g.Prepared, exporter: str, meta: dict) -> onnx.ModelProto:
-    """torch -> proto, then the passes: dim names, node names, input defaults, metadata; checked in full."""
-    proto = g.export_onnx(prepared, g.sample_tokens(prepared.wrapper.model.config.vocab_size), exporter)
-    proto = passes.name_dims(proto, prepared.spec)
-    proto = passes.add_input_defaults(passes.name_nodes(proto), prepared.defaults)
-    proto = passes.set_metadata(proto, meta)
-    missing = [n for n in prepared.spec.feed_names if n not in {i.name for i in proto.graph.input}]
-    if missing:
-        raise RuntimeError(f"the exporter folded coefficient inputs away (e.g. {missing[0]}); nothing written")
-    return proto
-
-
-def _verify_tokens(path: Path, vocab_size: int) -> dict:
-    """Token inputs for the parity checks, shaped unlike the trace: the bundle's tokenizer if any, else seeded ids."""
-    if (path / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-        tok.enable_padding()
-        enc = tok.encode_batch(list(VERIFY_TEXTS))
-        return {names.INPUT_IDS: np.array([e.ids for e in enc], np.int64),
-                names.ATTENTION_MASK: np.array([e.attention_mask for e in enc], np.int64)}
-    return g.sample_tokens(vocab_size, batch=3, seq=11, seed=1)
-
-
-@contextlib.contextmanager
-def quiet():
-    """ONNX Runtime's logger at ERROR and Python logging up to WARNING muted (the quantizer's advice), then restored."""
-    import onnxruntime
-
-    onnxruntime.set_default_logger_severity(3)
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-        onnxruntime.set_default_logger_severity(2)
-
-
-def _to_ort_format(onnx_path: Path) -> Path:
-    """ORT-format model beside the .onnx (optimizations fixed at conversion); the operator config is dropped."""
-    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
-
-    out = onnx_path.with_suffix(names.ORT_SUFFIX)
-    with tempfile.TemporaryDirectory(dir=onnx_path.parent) as scratch, contextlib.redirect_stdout(io.StringIO()):
-        convert_onnx_models_to_ort(onnx_path, output_dir=Path(scratch), optimization_styles=[OptimizationStyle.Fixed])
-        shutil.move(str(Path(scratch) / out.name), out)
-    return out
-
-
-def _copy_tokenizer(path: Path, out: Path) -> list:
-    """The model folder's tokenizer files, byte for byte; [] for a model without a tokenizer."""
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (path / name).is_file():
-            shutil.copyfile(path / name, out / name)
-            copied.append(name)
-    return copied
-
-
-def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, *, task=None, per_example=False, merge=False,
-                  quantize=None, ort_format=False, overwrite=False, exporter="torchscript", num_labels=None,
-                  allow_base_mismatch=False, builder_options=(), fused=False, gradient=False) -> Path:
-    """Export, verify and write a bundle folder; returns its path. See docs/formats.md, "Bundle manifest".
-    gradient: also write model.grad.onnx for a classification / regression bundle (`edge-lorax export` does by
-    default; personalize's exact path needs it; ~30 s more on MiniLM)."""
-    _check_options(coeffs_path, per_example, merge, quantize, exporter)
-    out_dir = check_output(out_dir, overwrite)
-    subspace = read_subspace(subspace_path)
-    coeffs, path = _read_export_user(coeffs_path, subspace), resolve_model(model_path)
-    check_base(path, subspace, allow_base_mismatch)
-    model_config(path)  # valid JSON object before any work (transformers would raise its own traceback)
-    _check_tokenizer(path)
-    task = task or _default_task(path, coeffs)
-    if task not in names.TASKS:
-        raise InputError(f"task must be one of {names.TASKS}, got {task!r}")
-    labels = _num_labels_for(task, coeffs, num_labels, path)
-    if task == names.TASK_CAUSAL_LM and llm_bundle.is_llm(model_config(path)):
-        _check_llm_options(merge, ort_format, exporter, fused)
-        decoder.check_builder_options(builder_options)
-        llm_bundle.check_llm_config(path, model_config(path))
-        with atomic_dir(out_dir, overwrite) as tmp:
-            llm_bundle.export_llm_bundle(path, subspace, tmp, coeffs, coeffs_path, quantize or "fp32", per_example,
-                                         builder_options)
-        return out_dir
-    if quantize == "int4" or builder_options:
-        raise InputError("--quantize int4 and --builder-option are for decoder bundles (Llama-family models); drop them "
-                         "for this model")
-    with atomic_dir(out_dir, overwrite) as tmp:
-        graph, reference = prepare_graphs(path, subspace, coeffs, task, labels, per_example, merge)
-        side = _write_side_files(tmp, path, graph, coeffs_path, coeffs)  # first: verification uses the tokenizer
-        side["sources"] = _copy_sources(Path(subspace_path), subspace, tmp)
-        files, checks, fusion = _write_models(tmp, graph, reference, exporter, quantize, ort_format,
-                                              subspace.fingerprint, fused)
-        grads = _write_gradient(tmp, graph) if gradient and _has_gradient(graph, files) else None
-        if grads is not None:
-            side["gradient"] = grads["file"]
-        manifest = _build_manifest(graph, subspace, path, coeffs_path, exporter, {**files, **side}, checks)
-        if fusion is not None:
-            manifest["fusion"] = fusion
-        if grads is not None:
-            manifest["gradient"] = grads
-        write_manifest(tmp, manifest)
-    return out_dir
-
-
-def _write_models(tmp: Path, graph: g.Prepared, reference: g.Prepared, exporter: str, quantize, ort_format: bool,
-                 fingerprint: str, fused: bool = False) -> tuple:
-    """model.onnx (+ int8, + .ort, + fused), each checked against torch; returns ({variant: file}, {variant: check},
-    the manifest's `fusion` entry or None when not asked)."""
-    meta = {"edge_lorax.fingerprint": fingerprint, "edge_lorax.mode": graph.spec.mode, "edge_lorax.task": graph.spec.task}
-    fp32 = tmp / names.BUNDLE_MODEL
-    proto = build_onnx(graph, exporter, meta)
-    written = save_model(proto, fp32)
-    onnx.checker.check_model(str(fp32), full_check=True)
-    tokens = _verify_tokens(tmp, graph.wrapper.model.config.vocab_size)
-    models = {"fp32": fp32}
-    with quiet():
-        if quantize == "int8":
-            models["int8"] = quantize_int8(fp32, tmp / names.BUNDLE_MODEL_INT8, graph.spec.feed_names)
-        if ort_format:
-            models.update({("ort" if v == "fp32" else f"{v}_ort"): _to_ort_format(p) for v, p in list(models.items())})
-        fusion = _write_fused(proto, graph, tmp / names.BUNDLE_MODEL_FUSED, len(written) > 1) if fused else None
-    if fusion is not None and fusion["file"]:
-        models["fused"] = tmp / fusion["file"]
-    checks = {v: check_variant(v, p, graph, reference, tokens).as_dict() for v, p in models.items()}
-    files = {v: p.name for v, p in models.items()}
-    if graph.spec.mode != names.MODE_SHARED:
-        files[graph.spec.mode.replace("-", "_")] = fp32.name  # runtime variant keys: per_example, merged
-    return {**files, "external_data": written[1:]}, checks, fusion
-
-
-def _has_gradient(graph: g.Prepared, files: dict) -> bool:
-    """A gradient graph serves shared classification / regression graphs whose weights fit one protobuf."""
-    return graph.spec.task in g.HEAD_TASKS and graph.spec.mode == names.MODE_SHARED and not files["external_data"]
-
-
-def _write_gradient(tmp: Path, graph: g.Prepared) -> dict:
-    """model.grad.onnx (export/gradient.py), checked against torch autograd; its manifest entry."""
-    tokens = _verify_tokens(tmp, graph.wrapper.model.config.vocab_size)
-    path = tmp / names.BUNDLE_MODEL_GRADIENT
-    with quiet():
-        grad.save_gradient(grad.export_gradient(graph, tokens), path)
-        check = grad.check_gradient(path, graph, tokens)
-    loss = "mse" if graph.spec.task == names.TASK_REGRESSION else "cross_entropy"
-    return {"file": path.name, "loss": loss, "labels": names.LABELS, "check": check}
-
-
-def _write_fused(proto: onnx.ModelProto, graph: g.Prepared, path: Path, external: bool) -> dict:
-    """model.fused.onnx (export/fuse.py) beside model.onnx; a graph that cannot be fused keeps only the unfused one
-    and the manifest says why: {"file": name or None, "ops": {contrib op: count}, "reason": None or why not}."""
-    cfg = graph.wrapper.model.config
-    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None)
-    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", None)
-    why = ("causal-LM graphs are not fused (causal attention)" if graph.spec.task == names.TASK_CAUSAL_LM else
-           "weights in external data are not fused" if external else
-           None if heads and hidden else "the model config names no attention heads / hidden size")
-    if why is None:
-        try:
-            fused = fuse.fuse_attention(proto, int(heads), int(hidden))
-        except fuse.FuseRefused as e:
-            why = str(e)
-    if why is not None:
-        return {"file": None, "ops": {}, "reason": why}
-    save_model(fused, path)
-    return {"file": path.name, "ops": fuse.fused_ops(fused), "reason": None}
-
-
-def _copy_sources(subspace_path: Path, subspace: Subspace, tmp: Path) -> str | None:
-    """The subspace's sources.npz (the projected source adapters), checked, byte for byte; None when it has none."""
-    src = subspace_path / SOURCES_FILE
-    if not src.is_file():
-        return None
-    read_sources(src, subspace.fingerprint, subspace_shapes(subspace))
-    shutil.copyfile(src, tmp / SOURCES_FILE)
-    return SOURCES_FILE
-
-
-def _write_side_files(tmp: Path, path: Path, graph: g.Prepared, coeffs_path, coeffs) -> dict:
-    """Tokenizer files, config.json and the user's .onnx_adapter; returns their names for the manifest."""
-    config = graph.wrapper.model.config.to_dict()
-    config["architectures"] = [type(graph.wrapper.model).__name__]  # what the graph computes, not the checkpoint
-    labels = (coeffs.meta.get("labels") if coeffs is not None else None) or []  # read_user: a list of names
-    if len(labels) == config.get("num_labels", len(config.get("id2label", {}))):  # the user's task names its classes
-        config["id2label"], config["label2id"] = {str(i): lab for i, lab in enumerate(labels)}, {lab: i for i, lab in enumerate(labels)}
-    (tmp / names.BUNDLE_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    adapter = None
-    if coeffs is not None and graph.spec.feeds:
-        adapter = Path(coeffs_path).stem + names.ADAPTER_SUFFIX
-        write_onnx_adapter({n: graph.defaults[n] for n in graph.spec.feed_names}, tmp / adapter, coeffs.fingerprint)
-    side = {"tokenizer": _copy_tokenizer(path, tmp), "config": names.BUNDLE_CONFIG, "adapter": adapter}
-    if graph.spec.task == names.TASK_FEATURES:
-        side["sentence_transformers"] = _sentence_transformers_files(path, tmp, config)
-    return side
-
-
-def _sentence_transformers_files(path: Path, out: Path, config: dict) -> list:
-    """What sentence-transformers reads beside the root model.onnx (its ONNX backend's default file, loaded with no
-    extra argument): the model folder's own modules.json, configs and module folders (MiniLM: mean pooling, then
-    Normalize) when its Transformer module sits at the root, else Transformer + mean Pooling (the `features` output).
-    Returns the written paths, relative to the bundle."""
-    written = []
-    modules = _st_modules(path)
-    if modules is not None:
-        for name in ST_FILES:
-            if (path / name).is_file():
-                shutil.copyfile(path / name, out / name)
-                written.append(name)
-        for entry in modules:
-            folder = path / entry["path"] if entry["path"] else None
-            if folder is not None and folder.is_dir() and not folder.is_symlink():
-                (out / entry["path"]).mkdir(parents=True, exist_ok=True)
-                for f in sorted(p for p in folder.iterdir() if p.is_file() and not p.is_symlink()):
-                    shutil.copyfile(f, out / entry["path"] / f.name)
-                    written.append(f"{entry['path']}/{f.name}")
-        return sorted(written)
-    pooling = {"word_embedding_dimension": int(config["hidden_size"]), "pooling_mode_mean_tokens": True}
-    files = {ST_MODULES: [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                          {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}],
-             "sentence_bert_config.json": {"max_seq_length": int(min(512, config.get("max_position_embeddings") or 512)),
-                                           "do_lower_case": False},
-             "1_Pooling/config.json": pooling}
-    (out / "1_Pooling").mkdir(exist_ok=True)
-    for name, value in files.items():
-        (out / name).write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    return sorted(files)
-
-
-def _st_modules(path: Path) -> list | None:
-    """The model folder's modules.json when it is a list of modules whose Transformer sits at the root (where the
-    bundle's model.onnx is), with relative module paths inside the folder; None otherwise (the default is written)."""
-    if not (path / ST_MODULES).is_file():
-        return None
-    try:
-        modules = json.loads((path / ST_MODULES).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("path"), str)
-                                                and isinstance(m.get("type"), str) for m in modules):
-        return None
-    if not any(m["type"].endswith(".Transformer") and m["path"] == "" for m in modules):
-        return None
-    if any(Path(m["path"]).is_absolute() or ".." in Path(m["path"]).parts for m in modules):
-        return None
-    return modules
-
-
-def _build_manifest(graph: g.Prepared, subspace: Subspace, path: Path, coeffs_path, exporter: str, files: dict,
-                   checks: dict) -> dict:
-    """The manifest.json content (schema: docs/formats.md, "Bundle manifest"); no times, so it is reproducible."""
-    import onnxruntime
-    import torch
-
-    spec = graph.spec
-    feeds = [{**s.as_dict(), "default": True} for s in spec.feeds]
-    head = {s.name: list(s.shape) for s in spec.feeds if s.name.startswith(names.HEAD_PREFIX)}
-    return {
-        "target": TARGET_ENCODER, "fingerprint": subspace.fingerprint,
-        "base_model": portable_model_id(path), "subspace_base_model": subspace.base_model,
-        "task": spec.task, "mode": spec.mode, "user_inputs": feeds, "labels": spec.outputs[0].shape[-1] if spec.task in g.HEAD_TASKS else None,
-        "pooling": "mean" if spec.task == names.TASK_FEATURES else None,
-        "inputs": [s.as_dict() for s in spec.tokens] + feeds, "outputs": [s.as_dict() for s in spec.outputs],
-        "coefficients": {s.name: list(s.shape) for s in spec.feeds if s.name in spec.coeff_names},
-        "head": {"inputs": head, "default": graph.head_source} if (head or graph.head_source) else None,
-        "defaults": Path(coeffs_path).name if coeffs_path else "zeros",
-        "files": files, "tolerances": {v: TOLERANCES[v] for v in checks}, "tolerance_rule": TOLERANCE_RULE,
-        "verification": checks,
-        "exporter": {"name": exporter, "opset": g.OPSET, "edge_lorax": __version__, "torch": torch.__version__,
-                     "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
-    }

@@ -11,6 +11,8 @@ GroupQueryAttention (the builder's graph has no position_ids input).
 Before the folder appears, the prefill logits of a few fixed prompts are checked against the torch model with the
 subspace injected, for the defaults and two random coefficient sets (verify.TOLERANCE_RULE; the response check catches
 coefficient inputs that are not wired). Written atomically: any failure leaves nothing behind.
+export.bundle's `genai-decoder` target: `check(job)` refuses, before any work, --merge, --ort-format, --exporter
+dynamo, --fuse, a bad --builder-option and a head size GroupQueryAttention cannot take; `write(job, tmp)` writes.
 Does not: generate (edge_lorax.runtime.llm does), per-example batches, model types other than
 formats.architectures.kv_cache_types().
 """
@@ -26,6 +28,7 @@ import onnxruntime as ort
 from edge_lorax import __version__
 from edge_lorax.builder.models import portable_model_id
 from edge_lorax.export import decoder, passes
+from edge_lorax.export.config import ExportJob
 from edge_lorax.export.verify import COEFF_SCALES, RESPONSE_MIN, TOLERANCE_RULE, cosine
 from edge_lorax.formats import architectures, names
 from edge_lorax.formats.bundle import TARGET_DECODER, make_user_inputs, write_manifest
@@ -62,6 +65,26 @@ def check_llm_config(path: Path, config: dict):
     if size % 16:
         raise InputError(f"{path}: head size {size}; onnxruntime's GroupQueryAttention (the decoder bundle's attention) "
                          "needs a multiple of 16, so this model cannot get a KV-cache bundle")
+
+
+
+def check(job: ExportJob):
+    """What a KV-cache decoder bundle does not offer (yet), its builder options and its head size: refused before any
+    work, one line each."""
+    c = job.config
+    for flag, on in (("--merge", c.merge), ("--ort-format", c.ort_format), ("--exporter dynamo", c.exporter != "torchscript"),
+                     ("--fuse", c.fused)):  # the model builder's graph has GroupQueryAttention already
+        if on:
+            raise InputError(f"{flag} is not available for decoder (KV-cache) bundles; drop it")
+    decoder.check_builder_options(c.builder_options)
+    check_llm_config(job.path, job.model_config)
+
+
+def write(job: ExportJob, tmp: Path):
+    """Build, verify and write the decoder bundle into the (temporary) folder `tmp` (export_llm_bundle)."""
+    c = job.config
+    export_llm_bundle(job.path, job.subspace, tmp, job.coeffs, job.coeffs_path, c.quantize or "fp32", c.per_example,
+                      c.builder_options)
 
 
 def _builder_graph(path: Path, work: Path, precision: str, options=()) -> tuple:

@@ -1,9 +1,10 @@
 """The bench's reference graphs, made by the exporter's own code: the plain base model and the multi-LoRA anchor.
 
 Both are traced by `graph.export_onnx` (TorchScript, `graph.OPSET`, symbolic batch × sequence) through the
-exporter's `ExportWrapper`, then run through `bundle.build_onnx`'s passes (dim names, node names, input defaults,
-metadata) and written by `bundle.save_model`; their int8 variants come from `quantize.quantize_int8`, the product's
-one quantizer (per-channel, the whole low-rank path kept fp32). So the bench compares the method, not two exporters.
+exporter's `ExportWrapper`, then run through `encoder_bundle.build_onnx`'s passes (dim names, node names, input
+defaults, metadata) and written by `encoder_bundle.save_model`; their int8 variants come from
+`quantize.quantize_int8`, the product's one quantizer (per-channel, the whole low-rank path kept fp32). So the bench
+compares the method, not two exporters.
 
 The anchor is ONNX Runtime's multi-LoRA style: every adapted Linear computes W x + b + (x Aᵀ) Bᵀ with the user's full
 `<module>.lora_A` (r, in) and `<module>.lora_B` (out, r) as optional graph inputs, and the task head is the
@@ -91,7 +92,7 @@ def _write_graph(prepared, path) -> Path:
     """The exporter's build_onnx (trace + passes) and save_model, checked like a bundle's model.onnx."""
     import onnx
 
-    from edge_lorax.export.bundle import build_onnx, save_model
+    from edge_lorax.export.encoder_bundle import build_onnx, save_model
 
     meta = {"edge_lorax.mode": prepared.spec.mode, "edge_lorax.task": prepared.spec.task}
     save_model(build_onnx(prepared, "torchscript", meta), Path(path))
@@ -124,7 +125,7 @@ def feed_names(path) -> list:
 def quantized(src, dst) -> Path:
     """The product's int8 (export.quantize.quantize_int8) of any graph: the low-rank path of its optional inputs
     kept fp32, and those inputs checked to survive; ORT's and the quantizer's chatter muted as in the exporter."""
-    from edge_lorax.export.bundle import quiet
+    from edge_lorax.export.encoder_bundle import quiet
     from edge_lorax.export.quantize import quantize_int8
 
     with quiet():
