@@ -21,6 +21,7 @@ from edge_lorax.builder.executor import map_items
 from edge_lorax.builder.models import CAUSAL_LM, SEQ_CLS, TASK_TYPES, canonical_base
 from edge_lorax.formats import names
 from edge_lorax.formats.atomic import atomic_dir
+from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.formats.peft import (
     AdapterError,
@@ -187,12 +188,17 @@ def project_many(subspace: Subspace, adapter_dirs, out_dir, executor=None, allow
     """A hub of LoRA adapters -> out_dir/<folder name>.npz each (project_adapter, head carried) plus
     projections.csv / projections.json: per adapter its relative ΔW error, the sizes of its user.npz and of its
     adapter_model.safetensors (file bytes both), seconds and host, or why it failed. A failing adapter is a row,
-    never the end of the batch; the folder appears whole (atomic_dir). executor: builder.executor.Executor (one task
-    per adapter). Returns the rows."""
+    never the end of the batch; the folder appears whole (atomic_dir), and not at all when every adapter failed
+    (InputError naming the first failure). executor: builder.executor.Executor (one task per adapter). Returns the
+    rows."""
     adapter_dirs = [Path(d) for d in adapter_dirs]
     task = functools.partial(_project_task, subspace, allow_base_mismatch, True)
     outcomes = map_items(task, adapter_dirs, executor, progress, raise_errors=False)
     rows = [_table_row(d, n, o) for d, n, o in zip(adapter_dirs, _unique_names(adapter_dirs), outcomes)]
+    failed = [r for r in rows if r["status"] != "ok"]
+    if rows and len(failed) == len(rows):  # nothing to publish: no folder a rerun would need --overwrite for
+        raise InputError(f"no adapter could be projected ({len(rows)} failed), {out_dir} not written; the first: "
+                         f"{failed[0]['error']}")
     with atomic_dir(out_dir, overwrite) as tmp:
         for row, outcome in zip(rows, outcomes):
             if row["status"] == "ok":

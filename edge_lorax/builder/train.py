@@ -109,9 +109,10 @@ def task_meta(task, result, settings: dict) -> dict:
 
 
 def train_coeffs(subspace: Subspace, task, output, *, model=None, rank=None, k=None, init="zero_b",
-                 config=None, progress=True, kind=None) -> CoeffReport:
+                 config=None, progress=True, kind=None, overwrite: bool = True) -> CoeffReport:
     """Train one user's coefficients (+ head for SEQ_CLS) on `task` and save them as user.npz (carries the
-    fingerprint); kind None: models.task_type's pick for the model."""
+    fingerprint); kind None: models.task_type's pick for the model; without `overwrite` an output that appeared
+    meanwhile is refused (formats.atomic's publish rule)."""
     from edge_lorax.builder.loop import TrainConfig, fit, objective_for
     from edge_lorax.builder.models import load_tokenizer
     from edge_lorax.formats.user import write_user
@@ -131,7 +132,7 @@ def train_coeffs(subspace: Subspace, task, output, *, model=None, rank=None, k=N
     settings = {"task_type": kind, "rank": rank, "k": k, "init": init, "base_model": subspace.base_model,
                 **({"head_module": head_module(net)} if kind == SEQ_CLS else {})}
     user = user_coefficients(net, subspace, task_meta(task, result, settings))
-    write_user(user, output)
+    write_user(user, output, overwrite)
     return CoeffReport(task.name, str(output), sum(v.size for v in user.coefficients.values()),
                        sum(v.size for v in user.head.values()), Path(output).stat().st_size,
                        round(time.perf_counter() - start, 2), result)

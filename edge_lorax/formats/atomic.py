@@ -147,29 +147,52 @@ def _begin(path, overwrite: bool) -> Path:
     return path
 
 
+def _publish(tmp: Path, path: Path, overwrite: bool):
+    """The one publish rule, files and folders alike: `overwrite` swaps the new output in; otherwise an output that
+    appeared while we worked (another process) is never replaced: OutputExistsError, and ours is discarded. A file is
+    published with link() (atomic: it fails if the name exists); a folder after a last existence check."""
+    _publish_mode(tmp)
+    if overwrite:
+        _swap_in(tmp, path)
+        return
+    try:
+        if tmp.is_dir():
+            _refuse_existing(path, False)
+            os.rename(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
+    except FileExistsError as e:
+        raise OutputExistsError(f"{path}: appeared while this command ran (another process?); pass --overwrite or "
+                                "choose another output") from e
+    except OutputExistsError as e:
+        raise OutputExistsError(f"{path}: appeared while this command ran (another process?); pass --overwrite or "
+                                "choose another output") from e
+
+
 @contextmanager
 def atomic_dir(path, overwrite: bool = False):
-    """Yield a temp folder beside `path`; on success it replaces `path`, on error it is removed."""
+    """Yield a temp folder beside `path`; on success it becomes `path` (by the publish rule), on error it is removed."""
     path = _begin(path, overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
     try:
         yield tmp
-        _publish_mode(tmp)
-        _swap_in(tmp, path)
+        _publish(tmp, path, overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
 def atomic_file(path, overwrite: bool = True):
-    """Yield a temp file path beside `path`; renamed into place on success, removed on error."""
+    """Yield a temp file path beside `path`; on success it becomes `path` (by the publish rule), on error it is
+    removed. overwrite defaults to True for files a command rewrites as its own (reports, manifests inside a temp
+    folder); user-facing outputs pass the command's --overwrite."""
     path = _begin(path, overwrite)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        _publish_mode(Path(tmp))
-        os.replace(tmp, path)
+        _publish(Path(tmp), path, overwrite)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

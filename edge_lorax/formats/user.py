@@ -83,12 +83,13 @@ def _write_member(zf: zipfile.ZipFile, name: str, arr: np.ndarray):
     zf.writestr(info, buf.getvalue())
 
 
-def write_user(user: User, path) -> Path:
-    """Deterministic .npz (loadable by np.load); written to a temp file, then renamed."""
+def write_user(user: User, path, overwrite: bool = True) -> Path:
+    """Deterministic .npz (loadable by np.load), written atomically by formats.atomic's one publish rule: without
+    `overwrite`, an existing file (or one another process wrote meanwhile) is OutputExistsError, never replaced."""
     meta = {**user.meta, "fingerprint": user.fingerprint, "format_version": names.FORMAT_VERSION}
     arrays = {**{k: np.asarray(v, np.float32) for k, v in user.inputs().items()},
               names.META_KEY: np.array(json.dumps(meta, sort_keys=True))}
-    with atomic_file(path) as tmp:
+    with atomic_file(path, overwrite) as tmp:
         with zipfile.ZipFile(tmp, "w") as zf:
             for key in sorted(arrays):
                 _write_member(zf, key, arrays[key])

@@ -380,7 +380,7 @@ def personalize_file(bundle_path, data_path, out, *, init=None, text_column: str
     config = replace(config, max_length=check_max_length(bundle, config.max_length))
     start = load_user(bundle, init) if init else None
     result = personalize(bundle, task, start, config, progress or (lambda msg: None), t0)
-    write_user(result.user, out)
+    write_user(result.user, out, overwrite)
     return result
 
 
