@@ -355,8 +355,7 @@ def reconstruct(subspace, coeffs, output, merged_model, model, overwrite):
     sub, user = read_subspace(subspace), read_user(coeffs)
     model = model or sub.base_model
     if merged_model:
-        from edge_lorax.builder.models import resolve_model
-        from edge_lorax.builder.train import check_base
+        from edge_lorax.builder.models import check_base, resolve_model
 
         check_base(resolve_model(model), sub)  # a bad or mismatched --model is refused before anything is written
     reconstruct_adapter(sub, user, output, overwrite)

@@ -257,7 +257,8 @@ def train_many(subspace: Subspace, tasks: list, *, model=None, config: TrainConf
                rank=None, k=None, init: str = "zero_b", executor=None, progress=None) -> list:
     """[(name, Task)] -> [Trained] in the given order: groups of users_per_batch users, each group one task of
     `executor` (builder.executor; None: here). Refuses a model whose task type is not SEQ_CLS."""
-    from edge_lorax.builder.train import check_base, check_dims
+    from edge_lorax.builder.models import check_base
+    from edge_lorax.builder.train import check_dims
 
     config = config or TrainConfig(lr=2e-2)
     if not (isinstance(users_per_batch, int) and users_per_batch >= 1):

@@ -16,6 +16,7 @@ from importlib import metadata, util
 from pathlib import Path
 
 from edge_lorax.builder.cache import cache_dir
+from edge_lorax.formats import names
 from edge_lorax.formats.atomic import atomic_dir
 from edge_lorax.formats.errors import MissingInputError
 from edge_lorax.formats.tokenizer_files import make_portable
@@ -37,7 +38,7 @@ def smollm2_dir() -> Path:
 def is_converted(folder: Path) -> bool:
     """A finished conversion: config, safetensors weights and tokenizer (atomic_dir publishes all or nothing)."""
     folder = Path(folder)
-    return ((folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
+    return ((folder / names.BUNDLE_CONFIG).is_file() and (folder / names.TOKENIZER_FILE).is_file()
             and any(folder.glob("*.safetensors")))
 
 
@@ -70,7 +71,7 @@ def smollm2_path() -> Path:
     """The converted SmolLM2 folder: reused when present, else converted from the package's GGUF (once)."""
     folder = smollm2_dir()
     if is_converted(folder):
-        make_portable(folder / "tokenizer_config.json")  # a folder converted before the portable class was written
+        make_portable(folder / names.TOKENIZER_CONFIG)  # a folder converted before the portable class was written
         return folder
     with _conversion_lock(folder):
         return folder if is_converted(folder) else convert_gguf(smollm2_gguf(), folder)
@@ -118,5 +119,5 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     with atomic_dir(out, overwrite=True) as tmp:
         _plain_model(gguf).save_pretrained(tmp)
         _tokenizer(gguf).save_pretrained(tmp)
-        make_portable(tmp / "tokenizer_config.json")  # AutoTokenizer on transformers 4.57 and 5 (formats.tokenizer_files)
+        make_portable(tmp / names.TOKENIZER_CONFIG)  # AutoTokenizer on transformers 4.57 and 5 (formats.tokenizer_files)
     return out

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from edge_lorax.builder.llm import SMOLLM2_ID, SMOLLM2_NAMES, smollm2_dir, smollm2_path
-from edge_lorax.formats import architectures
+from edge_lorax.formats import architectures, names
 from edge_lorax.formats.errors import InputError, MissingInputError
 from edge_lorax.formats.jsonfile import read_json_object
 
@@ -70,7 +70,7 @@ def max_positions(path: Path) -> int | None:
     """The longest input (tokens) the model takes: its position table, capped by the tokenizer's model_max_length."""
     config = read_json_object(path / "config.json", "pass a folder written by save_pretrained")
     limits = [v for v in (config.get(k) for k in ("max_position_embeddings", "n_positions")) if _positive(v)]
-    tok = path / "tokenizer_config.json"
+    tok = path / names.TOKENIZER_CONFIG
     if tok.is_file():
         value = read_json_object(tok, "pass a folder written by save_pretrained").get("model_max_length")
         limits += [value] if _positive(value) else []
@@ -146,6 +146,14 @@ def portable_base(name: str) -> str:
     if name in SMOLLM2_NAMES:
         return SMOLLM2_ID
     return portable_model_id(Path(name)) if name and Path(name).is_dir() else name
+
+
+def check_base(path: Path, subspace, fix: str = "pass --model with that model or build a subspace for this one"):
+    """The one base-model check (train, train-many, reconstruct, export): the model folder's portable id must be the
+    subspace's base_model, compared by canonical_base (never by raw path); InputError naming the folder and `fix`."""
+    have, want = portable_model_id(path), subspace.base_model
+    if canonical_base(have) != canonical_base(want):
+        raise InputError(f"{path}: base model {have!r}, but the subspace was built for {want!r}; {fix}")
 
 
 def canonical_base(name: str) -> str:

@@ -18,11 +18,10 @@ import torch
 from edge_lorax.builder.inject import coeff_tensors, init_coeffs, inject_subspace
 from edge_lorax.builder.models import (
     SEQ_CLS,
-    canonical_base,
+    check_base,
     check_max_length,
     head_module,
     load_for_task,
-    portable_model_id,
     read_head,
     resolve_model,
     task_type,
@@ -32,14 +31,6 @@ from edge_lorax.formats.atomic import check_output
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.subspace import Subspace
 from edge_lorax.formats.user import User
-
-
-def check_base(model_path: Path, subspace: Subspace):
-    """Refuse training on a base model other than the one the subspace was built for."""
-    have, want = portable_model_id(model_path), subspace.base_model
-    if canonical_base(have) != canonical_base(want):
-        raise InputError(f"{model_path}: base model {have!r}, but the subspace was built for {want!r}; "
-                         "pass --model with that model or build a subspace for this one")
 
 
 def check_dims(subspace: Subspace, rank=None, k=None):

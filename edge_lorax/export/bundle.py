@@ -22,7 +22,7 @@ Does not: build graphs, verify or write model files (the target modules do), ben
 from dataclasses import replace
 from pathlib import Path
 
-from edge_lorax.builder.models import canonical_base, portable_model_id, resolve_model
+from edge_lorax.builder.models import check_base, resolve_model
 from edge_lorax.export import encoder_bundle, llm_bundle
 from edge_lorax.export import graph as g
 from edge_lorax.export.config import ExportConfig, ExportJob
@@ -34,7 +34,7 @@ from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.formats.subspace import Subspace, read_subspace
 from edge_lorax.formats.user import User, conform_user, read_user
 
-__all__ = ["TARGETS", "ExportConfig", "check_base", "choose_target", "export_bundle", "model_config", "read_job"]
+__all__ = ["TARGETS", "ExportConfig", "choose_target", "export_bundle", "model_config", "read_job"]
 
 QUANTIZE = ("int8", "int4")  # int4: decoder bundles only (the model builder's MatMulNBits)
 # manifest target -> its module: check(job) refuses what it does not offer, write(job, tmp) writes the bundle
@@ -75,7 +75,8 @@ def read_job(model_path, subspace_path, coeffs_path, config: ExportConfig) -> Ex
     model (its id, config.json, tokenizer), the task and its head's labels."""
     subspace = read_subspace(subspace_path)
     coeffs, path = _read_export_user(coeffs_path, subspace), resolve_model(model_path)
-    check_base(path, subspace, config.allow_base_mismatch)
+    if not config.allow_base_mismatch:
+        check_base(path, subspace, "pass that model or --allow-base-mismatch if the weights really match")
     cfg = model_config(path)  # valid JSON object before any work (transformers would raise its own traceback)
     _check_tokenizer(path)
     task = config.task or _default_task(path, coeffs)
@@ -103,14 +104,6 @@ def _read_export_user(coeffs_path, subspace: Subspace) -> User | None:
         raise InputError(f"{coeffs_path}: {batched} is {tuple(user.coefficients[batched].shape)}; one user's (r, K) and "
                          "(K, r) are needed (per-example files are not exported), pass one user's file")
     return conform_user(user, subspace, coeffs_path)
-
-
-def check_base(path: Path, subspace: Subspace, allow_mismatch: bool):
-    """The model id must be the subspace's base (compared by portable id, never raw path)."""
-    have = portable_model_id(path)
-    if not allow_mismatch and canonical_base(have) != canonical_base(subspace.base_model):
-        raise InputError(f"{path}: model {have!r}, but the subspace was built for {subspace.base_model!r}; pass that "
-                         "model or --allow-base-mismatch if the weights really match")
 
 
 def _default_task(path: Path, coeffs: User | None) -> str:

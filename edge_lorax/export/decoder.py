@@ -36,7 +36,6 @@ from edge_lorax.formats.subspace import Subspace
 BUILDER = "onnxruntime_genai.models.builder"
 BUILDER_MAIN = "edge_lorax.export.genai_builder"  # BUILDER, on transformers 5.x and 4.57 alike
 PRECISIONS = ("fp32", "int8", "int4")  # the model builder's -p; int8 / int4: weight-only MatMulNBits
-GENAI_CONFIG = "genai_config.json"
 BATCH = "batch_size"  # the builder's name for the batch dim of input_ids
 _FUSED = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
 
@@ -102,7 +101,7 @@ def find_slots(model: onnx.ModelProto, subspace: Subspace, config: dict) -> list
     """A Slot per subspace module; raises InputError for a module the builder's graph does not expose."""
     made, slots = _producers(model.graph), []
     genai_type = config["model"].get("type")
-    pattern = architectures.decoder_pattern(genai_type, GENAI_CONFIG)
+    pattern = architectures.decoder_pattern(genai_type, names.GENAI_CONFIG)
     for module, ms in subspace.modules.items():
         m = pattern.match(module)
         if not m:

@@ -40,7 +40,7 @@ from edge_lorax.formats.sources import SOURCES_FILE, read_sources
 from edge_lorax.formats.subspace import Subspace
 from edge_lorax.formats.user import subspace_shapes
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
+TOKENIZER_FILES = (names.TOKENIZER_FILE, names.TOKENIZER_CONFIG, "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "tokenizer.model")
 INLINE_LIMIT = 1_800_000_000  # bytes of initializers above which weights go to external data (protobuf: 2 GB)
 ST_MODULES = "modules.json"  # sentence-transformers' module list; with these beside model.onnx, features bundles load
@@ -108,10 +108,10 @@ def build_onnx(prepared: g.Prepared, exporter: str, meta: dict) -> onnx.ModelPro
 
 def _verify_tokens(path: Path, vocab_size: int) -> dict:
     """Token inputs for the parity checks, shaped unlike the trace: the bundle's tokenizer if any, else seeded ids."""
-    if (path / "tokenizer.json").is_file():
+    if (path / names.TOKENIZER_FILE).is_file():
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+        tok = Tokenizer.from_file(str(path / names.TOKENIZER_FILE))
         tok.enable_padding()
         enc = tok.encode_batch(list(VERIFY_TEXTS))
         return {names.INPUT_IDS: np.array([e.ids for e in enc], np.int64),

@@ -47,7 +47,7 @@ TOLERANCES = {"fp32": 1e-4, "int8": None, "int4": None}
 # graph to 0.77 (int8 0.997, fp32 1.0), hence its lower floor.
 RESPONSE_MINS = {"fp32": RESPONSE_MIN, "int8": RESPONSE_MIN, "int4": 0.5}
 VERIFY_PROMPTS = ("The capital of France is", "Write one word about the sea:", "ok")
-SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+SIDE_FILES = (names.TOKENIZER_FILE, names.TOKENIZER_CONFIG, names.CHAT_TEMPLATE, "special_tokens_map.json")
 # The model folder's own, copied as they are: optimum's ORTModelForCausalLM.from_pretrained(bundle) needs config.json
 # (heads, KV heads, model type) and takes generation_config.json's defaults; onnxruntime-genai reads neither.
 HF_FILES = (names.BUNDLE_CONFIG, "generation_config.json")
@@ -90,7 +90,7 @@ def write(job: ExportJob, tmp: Path):
 def _builder_graph(path: Path, work: Path, precision: str, options=()) -> tuple:
     """(proto with weights loaded, genai config dict) from the model builder, built into `work`."""
     decoder.run_model_builder(path, work, precision, portable_model_id(path), options)
-    config = json.loads((work / decoder.GENAI_CONFIG).read_text())
+    config = json.loads((work / names.GENAI_CONFIG).read_text())
     return onnx.load(str(work / names.BUNDLE_MODEL)), config
 
 
@@ -105,8 +105,8 @@ def _copy_side_files(work: Path, path: Path, out: Path) -> list:
     """genai_config.json and the builder's processing files (tokenizer, chat template), else the model folder's; then
     the model folder's HF_FILES. Returns the names written, in that order; tokenizer_config.json is made loadable by
     both transformers lines (formats.tokenizer_files)."""
-    copied = [decoder.GENAI_CONFIG]
-    shutil.copyfile(work / decoder.GENAI_CONFIG, out / decoder.GENAI_CONFIG)
+    copied = [names.GENAI_CONFIG]
+    shutil.copyfile(work / names.GENAI_CONFIG, out / names.GENAI_CONFIG)
     for name in SIDE_FILES:
         src = work / name if (work / name).is_file() else path / name
         if src.is_file():
@@ -116,8 +116,8 @@ def _copy_side_files(work: Path, path: Path, out: Path) -> list:
         if (path / name).is_file():
             shutil.copyfile(path / name, out / name)
             copied.append(name)
-    if "tokenizer_config.json" in copied:
-        make_portable(out / "tokenizer_config.json")
+    if names.TOKENIZER_CONFIG in copied:
+        make_portable(out / names.TOKENIZER_CONFIG)
     return copied
 
 
@@ -212,7 +212,7 @@ def _two_rows(session, ids: list, config: dict, first: dict, second: dict):
 def _prompts(bundle: Path) -> list:
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(bundle / names.TOKENIZER_FILE))
     return [tok.encode(p).ids or [0] for p in VERIFY_PROMPTS]
 
 
