@@ -746,7 +746,7 @@ def export(model, subspace_dir, coeffs, output, task, num_labels, per_example, m
       edge-lorax export --subspace subspace --task classification --num-labels 3 -o bundle3   # for personalize
       edge-lorax export --model smollm2 --subspace smollm2-sub --coeffs spam.npz -o llm --quantize int8
     """
-    from edge_lorax.describe import describe
+    from edge_lorax.describe import describe, verdict
     from edge_lorax.export import ExportConfig, export_bundle
     from edge_lorax.formats.bundle import read_manifest
 
@@ -756,8 +756,8 @@ def export(model, subspace_dir, coeffs, output, task, num_labels, per_example, m
                           gradient=gradient)
     path = export_bundle(model, subspace_dir, output, coeffs, config)
     manifest = read_manifest(path)
-    worst = {v: round(c["max_abs_diff"], 7) for v, c in manifest["verification"].items()}
-    _emit({"output": str(path), **describe(path), "task": manifest["task"], "max_abs_diff": worst}, as_json)
+    checks = {v: verdict(c) for v, c in manifest["verification"].items()}  # the rule and the verdict per precision
+    _emit({"output": str(path), **describe(path), "task": manifest["task"], "verification": checks}, as_json)
 
 
 @cli.command()

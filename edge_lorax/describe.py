@@ -66,6 +66,19 @@ def _describe_bundle(path: Path) -> dict:
             "inputs": len(inputs), "user_inputs": len(manifest["user_inputs"]), "bytes": _size(path)}
 
 
+def verdict(check: dict) -> str:
+    """One precision's verification as the rule it passed, e.g. `max |Δ| 3.1e-06 <= 1e-04 x 12.3, response 1.000 >=
+    0.9: pass`; a precision without a parity bound (quantized decoders) says so and passes by the response alone
+    (manifest verification.<precision>, docs/formats.md)."""
+    worst, tol, scale = check.get("max_abs_diff"), check.get("tolerance"), check.get("scale", 1.0)
+    response, floor = check.get("response"), check.get("response_min")
+    parity = (f"max |Δ| {worst:.3g} <= {tol:g} x {scale:.3g}" if tol is not None else
+              f"max |Δ| {worst:.3g} (no parity bound at this precision: measured, not asserted)")
+    passed = (tol is None or worst <= tol * scale) and (floor is None or response is None or response >= floor)
+    wired = f", response {response:.3f} >= {floor:g}" if response is not None and floor is not None else ""
+    return f"{parity}{wired}: {'pass' if passed else 'FAIL'}"
+
+
 def describe(path) -> dict:
     """Dispatch on what the path holds; unknown paths get a one-line error naming what was expected."""
     path = Path(path)

@@ -327,3 +327,17 @@ def test_a_failed_write_leaves_nothing_and_keeps_the_old_output(tmp_path):
 def test_inspect_refuses_what_it_does_not_know(tmp_path):
     (tmp_path / "thing.txt").write_text("x")
     assert_refused(run("inspect", tmp_path / "thing.txt"), "not a subspace folder, PEFT adapter folder, bundle or .npz")
+
+
+def test_verdict_states_the_rule_and_the_outcome():
+    """describe.verdict: what `export` prints per precision — the parity bound (or that there is none), the response
+    floor, pass / FAIL (issue 26: an int4 line used to print a bare max_abs_diff of 44.92)."""
+    from edge_lorax.describe import verdict
+
+    ok = {"max_abs_diff": 3.1e-6, "tolerance": 1e-4, "scale": 12.3, "response": 1.0, "response_min": 0.9}
+    assert verdict(ok) == "max |Δ| 3.1e-06 <= 0.0001 x 12.3, response 1.000 >= 0.9: pass"
+    assert verdict({**ok, "max_abs_diff": 0.5}).endswith(": FAIL")
+    assert verdict({**ok, "response": 0.2}).endswith(": FAIL")
+    int4 = {"max_abs_diff": 44.92, "tolerance": None, "scale": 26.0, "response": 0.78, "response_min": 0.5}
+    assert verdict(int4) == ("max |Δ| 44.9 (no parity bound at this precision: measured, not asserted), "
+                             "response 0.780 >= 0.5: pass")

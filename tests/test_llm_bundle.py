@@ -169,9 +169,12 @@ def test_per_example_rows_carry_their_own_users(setup, per_example):
 def test_int4_keeps_coefficient_inputs(setup, tmp_path):
     root, model = setup
     out = tmp_path / "int4"
-    run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", out, "--quantize", "int4",
-        "--builder-option", "algo_config=k_quant_mixed")
+    res = run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", out, "--quantize",
+              "int4", "--builder-option", "algo_config=k_quant_mixed", "--json")
     manifest = json.loads((out / "manifest.json").read_text())
+    said = json.loads(res.stdout)["verification"]["int4"]  # the rule it passed by, and the verdict (issue 26)
+    assert "no parity bound" in said and f"response {manifest['verification']['int4']['response']:.3f} >= 0.5" in said
+    assert said.endswith(": pass")
     assert manifest["builder_options"] == ["algo_config=k_quant_mixed"]
     assert manifest["precision"] == "int4" and manifest["verification"]["int4"]["response"] > 0.9
     import onnx
