@@ -552,25 +552,34 @@ def data_cmd(spec, text_column, label_column, kind, seed):
               help="0: no top-k cut (with --temperature > 0).")
 @click.option("--seed", type=click.IntRange(min=0), help="Sampling seed (with --temperature > 0).")
 @click.option("--chat", is_flag=True, help="Apply the bundle's chat template (one user turn) to each prompt.")
+@click.option("--choices", metavar="A,B|auto",
+              help="Ask each prompt in the task format decoder users are trained on (the chat turn 'PROMPT\\nAnswer "
+                   "with one word: A or B.'), listing these label words; 'auto': the --coeffs user's own labels.")
 @click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime intra-op threads [default: its choice].")
 @click.option("--json", "as_json", is_flag=True,
               help="JSON Lines, one object per prompt when it is done: prompt, text, tokens, prompt_tokens, "
                    "time_to_first_token_ms, tokens_per_s (decode rate after the first token; null below two tokens).")
 @_friendly
-def generate(bundle, prompts, coeffs, max_new_tokens, temperature, top_p, top_k, seed, chat, threads, as_json):
+def generate(bundle, prompts, coeffs, max_new_tokens, temperature, top_p, top_k, seed, chat, choices, threads, as_json):
     """Generate text from a decoder bundle for one user (onnxruntime-genai; torch-free). Streams tokens to stdout.
+
+    A user trained or projected for a task (`train --model`, `project`) answers best when asked in the format it was
+    trained on: `--choices ham,spam` wraps each prompt as 'PROMPT\\nAnswer with one word: ham or spam.' in the chat
+    template (`--choices auto` takes the user's own labels from its file).
 
     \b
     Examples:
       edge-lorax generate out/llm --chat "What is the capital of France?"
+      edge-lorax generate out/llm --coeffs spam.npz --choices ham,spam "WIN a FREE prize, call now"
       edge-lorax generate out/llm --coeffs alice.npz --max-new-tokens 32 --json "Dear Bob,"
     """
-    from edge_lorax.runtime.llm import load_llm
+    from edge_lorax.runtime.llm import load_llm, task_choices
 
     llm = load_llm(bundle, threads)
     user = llm.add_user("user", coeffs) if coeffs else None
+    words = task_choices(choices, coeffs)
     for prompt in prompts:
-        gen = llm.generate(prompt, user, max_new_tokens, temperature, top_p, top_k, seed, chat)
+        gen = llm.generate(prompt, user, max_new_tokens, temperature, top_p, top_k, seed, chat, words)
         _stream(llm, gen, as_json)
 
 

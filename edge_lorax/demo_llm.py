@@ -61,7 +61,6 @@ def _build_users(adapters: list, out: Path) -> tuple:
 
 def _swap_users(bundle: Path, users: dict) -> dict:
     """One model, both users registered; each answers its prompts, in turn; {user: [(prompt, answer)]}."""
-    from edge_lorax.builder.generative import instruction
     from edge_lorax.runtime.llm import load_llm
 
     llm = load_llm(bundle)
@@ -69,7 +68,7 @@ def _swap_users(bundle: Path, users: dict) -> dict:
         llm.add_user(name, path)
     answers = {}
     for name in users:
-        answers[name] = [(text, llm.decode(list(llm.generate(instruction(text, choices), name, 8, chat=True))))
+        answers[name] = [(text, llm.decode(list(llm.generate(text, name, 8, choices=choices))))
                          for text, choices in PROMPTS[name]]
     timing = {}
     for name in users:

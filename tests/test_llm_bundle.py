@@ -567,3 +567,26 @@ def test_registered_users_leave_no_file_behind(setup, tmp_path, monkeypatch):
     again = load_llm(root / "bundle", threads=1)
     again.add_user("u0", root / "u0.npz")
     assert list(again.generate(PROMPT, "u0", 8)) == alone and list(scratch.iterdir()) == []
+
+
+def test_choices_ask_in_the_training_format(setup, tmp_path):
+    """`generate --choices` encodes a prompt exactly as builder.generative renders it for training (chat turn with
+    the label words, generation prompt), so a task user is asked in its own format; `auto` reads the user's labels."""
+    from transformers import AutoTokenizer
+
+    from edge_lorax.builder.generative import prompt_ids
+    from edge_lorax.formats.user import read_user, write_user
+    from edge_lorax.runtime.llm import load_llm, task_choices
+
+    root, model = setup
+    llm = load_llm(root / "bundle", threads=1)
+    hf = AutoTokenizer.from_pretrained(model)
+    assert llm.encode(PROMPT, choices=("w3", "w5")) == prompt_ids(hf, PROMPT, ("w3", "w5"))
+    assert llm.encode(PROMPT, choices=("w3", "w5")) != llm.encode(PROMPT, chat=True)
+    u = read_user(root / "u3.npz")
+    labelled = write_user(type(u)(u.fingerprint, u.coefficients, {}, {**u.meta, "labels": ["w3", "w5"]}), tmp_path / "l.npz")
+    assert task_choices("auto", labelled) == ("w3", "w5") and task_choices("w3, w5") == ("w3", "w5")
+    res = run("generate", root / "bundle", "--coeffs", labelled, "--choices", "auto", "--json", "--max-new-tokens", 4, PROMPT)
+    assert json.loads(res.stdout)["prompt_tokens"] == len(prompt_ids(hf, PROMPT, ("w3", "w5")))
+    bad = run("generate", root / "bundle", "--coeffs", root / "u3.npz", "--choices", "auto", PROMPT, ok=False)
+    assert bad.exit_code == 1 and "no labels to ask with" in bad.output

@@ -24,19 +24,11 @@ import numpy as np
 from edge_lorax.builder.data import CLASSIFICATION
 from edge_lorax.builder.metrics import macro_f1
 from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.prompts import instruction, plain_prompt
 
 IGNORE = -100  # HF's ignore_index: positions that carry no loss
-PLAIN_TEMPLATE = "Text: {text}\nAnswer:"
-
-
 def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
-
-
-def instruction(text: str, choices) -> str:
-    """The chat user turn: the text, then the answer choices when given (zero-shot models need them); a generating
-    runtime asks its questions in these words (edge_lorax.demo_llm)."""
-    return f"{text}\nAnswer with one word: {' or '.join(choices)}." if choices else f"{text}\nAnswer with one word."
 
 
 def render_prompt(tokenizer, text: str, choices=()) -> str:
@@ -45,7 +37,7 @@ def render_prompt(tokenizer, text: str, choices=()) -> str:
     if has_chat_template(tokenizer):
         messages = [{"role": "user", "content": instruction(text, choices)}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return PLAIN_TEMPLATE.format(text=text)
+    return plain_prompt(text)
 
 
 def _answer_text(tokenizer, label: str) -> str:

@@ -30,6 +30,11 @@ def template_source(bundle: Path) -> tuple:
     return source, Path(bundle) / names.TOKENIZER_CONFIG
 
 
+def has_chat_template(bundle: Path) -> bool:
+    """The bundle has a chat template (chat_template.jinja or tokenizer_config.json's)."""
+    return (Path(bundle) / names.CHAT_TEMPLATE).is_file() or isinstance(tokenizer_config(bundle).get("chat_template"), str)
+
+
 def _bounded_env(where: Path):
     """The immutable sandbox with a shared range() budget and bounded * / **; raise_exception as transformers has it."""
     from jinja2.ext import loopcontrols

@@ -30,9 +30,10 @@ from edge_lorax.formats.bundle import TARGET_DECODER, bundle_file, read_manifest
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.formats.onnx_adapter import read_onnx_adapter, unnamed_onnx_adapter
+from edge_lorax.formats.prompts import instruction, plain_prompt
 from edge_lorax.formats.user import check_fingerprint, conform_inputs, read_user
 from edge_lorax.runtime.bundle import usable_cores
-from edge_lorax.runtime.chat import render_chat
+from edge_lorax.runtime.chat import has_chat_template, render_chat
 from edge_lorax.runtime.tokens import load_tokenizer, special_tokens
 
 
@@ -127,13 +128,17 @@ class LLM:
             return arrays
         return {k: v[None] if v.ndim == 2 else v for k, v in arrays.items()}
 
-    def encode(self, prompt: str, chat: bool = False) -> list:
+    def encode(self, prompt: str, chat: bool = False, choices=()) -> list:
         """Token ids of the prompt (the tokenizer's own special tokens); chat renders the chat template around one
-        user turn with the generation prompt, then encodes without adding special tokens (transformers' rule)."""
+        user turn with the generation prompt, then encodes without adding special tokens (transformers' rule).
+        choices (the label words): the prompt asked in the task format a decoder user is trained on
+        (formats.prompts: the chat turn `TEXT\nAnswer with one word: A or B.`, or the plain template without one)."""
         try:
             prompt.encode("utf-8")
         except (UnicodeEncodeError, AttributeError) as e:
             raise InputError(f"prompt {prompt!r:.60}: not UTF-8 text; pass the prompt as UTF-8") from e
+        if choices:
+            return self._task_ids(prompt, list(choices))
         if chat:
             text = render_chat(self.bundle, [{"role": "user", "content": prompt}], self.special)
             ids = self.tokenizer.encode(text, add_special_tokens=False).ids
@@ -144,15 +149,26 @@ class LLM:
                              "template's tokens)")
         return ids
 
+    def _task_ids(self, text: str, choices: list) -> list:
+        """The task prompt's ids, as builder.generative renders it for training (formats.prompts)."""
+        if not all(isinstance(c, str) and c.strip() for c in choices):
+            raise InputError(f"--choices {choices!r}: give the label words, comma-separated (e.g. --choices ham,spam)")
+        if has_chat_template(self.bundle):
+            text = render_chat(self.bundle, [{"role": "user", "content": instruction(text, choices)}], self.special)
+        else:
+            text = plain_prompt(text)
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
     def decode(self, tokens: list) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def generate(self, prompt: str, user: str | None = None, max_new_tokens: int = 64, temperature: float = 0.0,
-                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, chat: bool = False) -> Generation:
+                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, chat: bool = False,
+                 choices=()) -> Generation:
         """A Generation to iterate (token ids); user None = the bundle's defaults. Raises InputError for an unknown
         user or a prompt + max_new_tokens beyond the context."""
         _check_options(max_new_tokens, temperature, top_p, top_k, seed, self.vocab_size)
-        ids = self.encode(prompt, chat)
+        ids = self.encode(prompt, chat, choices)
         if len(ids) + max_new_tokens > self.context_length:
             raise InputError(f"prompt of {len(ids)} tokens + {max_new_tokens} new ones exceeds the context of "
                              f"{self.context_length}; shorten the prompt or lower --max-new-tokens")
@@ -316,6 +332,21 @@ def _load_model(og, bundle: Path, threads: int | None):
     except RuntimeError as e:  # onnxruntime-genai raises RuntimeError for every load failure
         raise InputError(f"{bundle}: onnxruntime-genai cannot load it ({str(e).splitlines()[0][:160]}); re-export the "
                          "bundle with `edge-lorax export` (a missing or cut model.onnx.data or genai_config.json?)") from e
+
+
+def task_choices(choices: str | None, user_path=None) -> tuple:
+    """The label words of `--choices`: "A,B" as given, "auto" the user file's own labels (its __meta__ labels);
+    () when None. InputError naming the file when "auto" finds none."""
+    if not choices:
+        return ()
+    if choices != "auto":
+        return tuple(c.strip() for c in choices.split(","))
+    npz = user_path is not None and Path(user_path).suffix != names.ADAPTER_SUFFIX
+    labels = read_user(user_path).meta.get("labels") if npz else None
+    if not labels:
+        raise InputError(f"{user_path or '--coeffs'}: no labels to ask with (--choices auto needs a user.npz trained on "
+                         "a task); pass them, e.g. --choices ham,spam")
+    return tuple(str(x) for x in labels)
 
 
 def load_llm(bundle, threads: int | None = None) -> LLM:
