@@ -135,3 +135,21 @@ def test_unknown_option_is_refused_before_any_work(bert, tmp_path):
     with pytest.raises(TypeError, match="quantise"):
         export_bundle(bert.model, bert.subspace, tmp_path / "out", config=ExportConfig(task="features"), quantise="int8")
     assert leftovers(tmp_path) == []
+
+
+def test_an_int8_graph_off_by_more_than_its_tolerance_is_one_line(tmp_path, monkeypatch):
+    """A quantized variant beyond its tolerance is a one-line refusal naming the variant and the fix (export
+    without --quantize), checked before the .ort / fused / gradient work; exit 1, nothing written (was a 39-line
+    RuntimeError traceback, issue 26)."""
+    from click.testing import CliRunner
+
+    from edge_lorax.cli import cli
+    from edge_lorax.export import verify
+    from helpers.tiny import tiny_setup
+
+    setup = tiny_setup("bert", tmp_path / "t")
+    monkeypatch.setitem(verify.TOLERANCES, "int8", 1e-12)
+    res = CliRunner().invoke(cli, ["export", "--model", str(setup.model), "--subspace", str(setup.subspace), "-o",
+                                   str(tmp_path / "b"), "--quantize", "int8", "--ort-format"])
+    assert res.exit_code == 1 and "does not keep its accuracy at int8, export it without --quantize" in res.output
+    assert res.output.count("\n") == 1 and "Traceback" not in res.output and not (tmp_path / "b").exists()

@@ -156,8 +156,9 @@ def _copy_tokenizer(path: Path, out: Path) -> list:
 
 def _write_models(tmp: Path, graph: g.Prepared, reference: g.Prepared, exporter: str, quantize, ort_format: bool,
                  fingerprint: str, fused: bool = False) -> tuple:
-    """model.onnx (+ int8, + .ort, + fused), each checked against torch; returns ({variant: file}, {variant: check},
-    the manifest's `fusion` entry or None when not asked)."""
+    """model.onnx (+ int8, + .ort, + fused), each checked against torch (fp32 and int8 first, before the .ort and
+    fused variants and the gradient graph are made); returns ({variant: file}, {variant: check}, the manifest's
+    `fusion` entry or None when not asked)."""
     meta = {"edge_lorax.fingerprint": fingerprint, "edge_lorax.mode": graph.spec.mode, "edge_lorax.task": graph.spec.task}
     fp32 = tmp / names.BUNDLE_MODEL
     proto = build_onnx(graph, exporter, meta)
@@ -168,12 +169,14 @@ def _write_models(tmp: Path, graph: g.Prepared, reference: g.Prepared, exporter:
     with quiet():
         if quantize == "int8":
             models["int8"] = quantize_int8(fp32, tmp / names.BUNDLE_MODEL_INT8, graph.spec.feed_names)
+    checks = {v: check_variant(v, p, graph, reference, tokens).as_dict() for v, p in models.items()}  # before the rest
+    with quiet():
         if ort_format:
             models.update({("ort" if v == "fp32" else f"{v}_ort"): _to_ort_format(p) for v, p in list(models.items())})
         fusion = _write_fused(proto, graph, tmp / names.BUNDLE_MODEL_FUSED, len(written) > 1) if fused else None
     if fusion is not None and fusion["file"]:
         models["fused"] = tmp / fusion["file"]
-    checks = {v: check_variant(v, p, graph, reference, tokens).as_dict() for v, p in models.items()}
+    checks.update({v: check_variant(v, p, graph, reference, tokens).as_dict() for v, p in models.items() if v not in checks})
     files = {v: p.name for v, p in models.items()}
     if graph.spec.mode != names.MODE_SHARED:
         files[graph.spec.mode.replace("-", "_")] = fp32.name  # runtime variant keys: per_example, merged
