@@ -289,8 +289,8 @@ def project(subspace, adapter, output, as_json, overwrite):
 
     check_output(output, overwrite)
     result = project_adapter(read_subspace(subspace), adapter)
-    write_user(result.coeffs, output, overwrite)
-    data = {"output": output, "relative_error": round(result.overall, 6), "bytes": result.coeffs.nbytes()}
+    written = write_user(result.coeffs, output, overwrite)
+    data = {"output": output, "relative_error": round(result.overall, 6), "bytes": written.stat().st_size}  # the file
     _emit({**data, "module_errors": {m: round(e, 6) for m, e in result.errors.items()}} if as_json else data, as_json)
 
 
@@ -663,9 +663,12 @@ def run_cmd(bundle, texts, coeffs, profile, max_length, as_json):
     """
     from edge_lorax.runtime.infer import predict_file
 
-    preds = predict_file(bundle, coeffs, list(texts), profile, max_length)
+    ran = []
+    preds = predict_file(bundle, coeffs, list(texts), profile, max_length, said=ran.append)
+    if not as_json:  # which model file the profile picked (mobile: fp32 when no int8 / .ort); JSON: its "model"
+        click.echo(ran[0], err=True)
     if as_json:
-        click.echo(json.dumps({"bundle": bundle, "coeffs": coeffs, "profile": profile,
+        click.echo(json.dumps({"bundle": bundle, "coeffs": coeffs, "profile": profile, "model": ran[0].split()[1],
                                "predictions": [p.to_dict() for p in preds]}, indent=1, sort_keys=True))
         return
     for p in preds:

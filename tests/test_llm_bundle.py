@@ -590,3 +590,11 @@ def test_choices_ask_in_the_training_format(setup, tmp_path):
     assert json.loads(res.stdout)["prompt_tokens"] == len(prompt_ids(hf, PROMPT, ("w3", "w5")))
     bad = run("generate", root / "bundle", "--coeffs", root / "u3.npz", "--choices", "auto", PROMPT, ok=False)
     assert bad.exit_code == 1 and "no labels to ask with" in bad.output
+
+
+def test_sampling_options_without_a_temperature_are_refused(setup):
+    """--top-p / --top-k without --temperature used to decode greedily without a word (issue 26)."""
+    root, _ = setup
+    for flag, value in (("--top-p", 0.9), ("--top-k", 5)):
+        res = run("generate", root / "bundle", flag, value, PROMPT, ok=False)
+        assert res.exit_code == 1 and "--temperature 0 decodes greedily" in res.output and "Traceback" not in res.output

@@ -56,8 +56,9 @@ main()
 def test_run_json_output(setup):
     res = CliRunner().invoke(cli, ["run", str(setup.bundle), "--coeffs", str(setup.users[1]), "--json", *TEXTS])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
-    assert out["coeffs"] == str(setup.users[1]) and out["profile"] == "default"
+    out = json.loads(res.stdout)
+    assert out["coeffs"] == str(setup.users[1]) and out["profile"] == "default" and out["model"] == names.BUNDLE_MODEL
+    assert res.stderr == ""  # JSON says which file ran in "model"; text mode says it on stderr
     bundle = open_bundle(setup.bundle)
     logits = torch_logits(setup.model, setup.subspace, random_user(setup.subspace, 1), encode(bundle, TEXTS))
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
@@ -72,8 +73,17 @@ def test_run_text_output_and_users_differ(setup):
     runner = CliRunner()
     outs = [runner.invoke(cli, ["run", str(setup.bundle), "--coeffs", str(u), *TEXTS]) for u in setup.users[:2]]
     assert all(o.exit_code == 0 for o in outs)
-    lines = [o.output.strip().splitlines() for o in outs]
+    lines = [o.stdout.strip().splitlines() for o in outs]
     assert [ln.split("\t")[2] for ln in lines[0]] == TEXTS
     assert lines[0] != lines[1]  # two users, two sets of predictions
     adapter = runner.invoke(cli, ["run", str(setup.bundle), "--coeffs", str(setup.bundle / f"user0{names.ADAPTER_SUFFIX}"), *TEXTS])
-    assert adapter.output == outs[0].output  # the .onnx_adapter of user0 predicts exactly like user0.npz
+    assert adapter.stdout == outs[0].stdout  # the .onnx_adapter of user0 predicts exactly like user0.npz
+
+
+def test_mobile_profile_says_which_model_ran(setup):
+    """`run --profile mobile` on a bundle without int8 / .ort runs fp32 and says so on stderr (issue 26: it was silent)."""
+    res = CliRunner().invoke(cli, ["run", str(setup.bundle), "--profile", "mobile", *TEXTS])
+    assert res.exit_code == 0, res.output
+    have = [v for v in ("int8_ort", "int8", "ort") if (setup.bundle / names.BUNDLE_VARIANT_FILES[v]).is_file()]
+    want = names.BUNDLE_VARIANT_FILES[have[0]] if have else names.BUNDLE_MODEL
+    assert res.stderr.startswith(f"model: {want} (profile mobile, variant mobile)")

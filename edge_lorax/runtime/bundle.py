@@ -99,8 +99,8 @@ def _served_manifest(path: Path, decoder: bool = False) -> dict:
     `bench` cannot step a KV cache."""
     manifest = read_manifest(path)
     targets = (TARGET_ENCODER, TARGET_DECODER) if decoder else (TARGET_ENCODER,)
-    check_target(path, manifest, targets, f"generate with `edge-lorax generate {path} PROMPT` (edge_lorax.runtime.llm), "
-                                          "not `run` / `bench`")
+    check_target(path, manifest, targets, "this command serves encoder bundles (run, bench, personalize); generate with "
+                                          f"`edge-lorax generate {path} PROMPT` (edge_lorax.runtime.llm)")
     return manifest
 
 

@@ -278,13 +278,18 @@ def _predict(bundle: Bundle, user: LoadedUser | None, texts: list, max_length: i
     return _to_predictions(bundle, texts, outputs, user)
 
 
-def predict_file(bundle_path, coeffs, texts: list, profile: str = "default", max_length: int = 128) -> list:
-    """One-shot: open the bundle, load the user (None: bundle defaults), predict. What `edge-lorax run` calls."""
+def predict_file(bundle_path, coeffs, texts: list, profile: str = "default", max_length: int = 128,
+                 said=None) -> list:
+    """One-shot: open the bundle, load the user (None: bundle defaults), predict. What `edge-lorax run` calls.
+    said(message): told which model file the profile picked (mobile falls back to fp32 when a bundle has no
+    int8 / .ort variant)."""
     from edge_lorax.runtime.bundle import open_bundle
     from edge_lorax.runtime.users import load_user
 
     texts = _check_texts(texts)  # before the session is built
     bundle = open_bundle(Path(bundle_path), profile)
+    if said is not None:
+        said(f"model: {bundle.model_path.name} (profile {profile}, variant {bundle.config.variant})")
     max_length = check_max_length(bundle, max_length)
     if bundle.per_example:
         raise BundleError(f"{bundle.model_path}: per-example graph; open the bundle's fp32 or int8 model to predict")

@@ -283,6 +283,9 @@ def _check_options(max_new_tokens, temperature, top_p, top_k, seed=None, vocab_s
     if not finite or temperature < 0 or not 0 < top_p <= 1:
         raise InputError(f"--temperature {temperature!r}, --top-p {top_p!r}: need a finite temperature >= 0 (0: greedy) "
                          "and 0 < top_p <= 1")
+    if temperature == 0 and (top_p != 1 or top_k != 0):
+        raise InputError(f"--top-p {top_p} / --top-k {top_k} shape sampling, and --temperature 0 decodes greedily; add "
+                         "--temperature (e.g. 0.7) to sample, or drop them")
     most = vocab_size or MAX_SEED
     if type(top_k) is not int or not 0 <= top_k <= most:
         raise InputError(f"--top-k {top_k!r}: give 0 (no cut) to {most} (the vocabulary)")
