@@ -197,13 +197,17 @@ def _executor(kind: str, address, workers):
     return Executor(kind, address, workers)
 
 
-def _emit(data: dict, as_json: bool):
-    """Results on stdout: JSON, or `key: value` lines."""
+def _emit(data: dict, as_json: bool, indent: str = ""):
+    """Results on stdout: JSON, or `key: value` lines (a dict value as indented `key: value` lines, not a repr)."""
     if as_json:
         click.echo(json.dumps(data, indent=1, sort_keys=True))
-    else:
-        for key, value in data.items():
-            click.echo(f"{key}: {value}")
+        return
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            click.echo(f"{indent}{key}:")
+            _emit(value, False, indent + "  ")
+        else:
+            click.echo(f"{indent}{key}: {value}")
 
 
 @cli.command()
@@ -676,36 +680,79 @@ def run_cmd(bundle, texts, coeffs, profile, max_length, as_json):
         click.echo(f"{value}\t{'' if p.label is None or p.score is None else f'{p.score:.4f}'}\t{p.text}")
 
 
+def _int_list(value: str | None, option: str):
+    """"32,128" -> (32, 128); None -> None; InputError naming the option for anything else."""
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise InputError(f"{option} {value!r}: give whole numbers, comma-separated (e.g. {option} 1,2)") from None
+
+
 @cli.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Report folder to write.")
-@click.option("--subspace", type=click.Path(exists=True, file_okay=False), required=True,
-              help="The bundle's subspace folder (for the multi-LoRA anchor and the torch reference).")
-@click.option("--model", help="Base model folder [default: the manifest's base_model].")
+@click.option("--subspace", type=click.Path(exists=True, file_okay=False),
+              help="Encoder bundles (required): the bundle's subspace folder (for the multi-LoRA anchor and the torch "
+                   "reference).")
+@click.option("--model", help="Base model folder [default: the manifest's base_model]. Decoder bundles: "
+                              "onnxruntime-genai's plain build is made from it (none found: no plain row, the report "
+                              "says why).")
 @click.option("--coeffs", type=click.Path(exists=True, dir_okay=False), help="The bench user [default: seeded random].")
 @click.option("--quick", is_flag=True, help="Few configurations, few runs (a smoke test, not a measurement).")
 @click.option("--optimum-cli", type=click.Path(exists=True, dir_okay=False),
-              help="optimum's CLI for the optimum plain / O2 rows [default: $EDGE_LORAX_OPTIMUM_CLI, beside this Python, "
-                   "or on PATH; none: those rows are left out, the report says so].")
+              help="Encoder bundles: optimum's CLI for the optimum plain / O2 rows [default: $EDGE_LORAX_OPTIMUM_CLI, "
+                   "beside this Python, or on PATH; none: those rows are left out, the report says so].")
+@click.option("--prompt-tokens", help="Decoder bundles: prompt lengths for time to first token, comma-separated "
+                                      "[default: 32,128,512 (those the context fits); quick: 32].")
+@click.option("--threads", help="Decoder bundles: intra-op thread counts, comma-separated [default: 1,2; quick: 1].")
+@click.option("--new-tokens", type=int, help="Decoder bundles: tokens per decode timing [default: 128; quick: 16].")
+@click.option("--users", type=int, help="Decoder bundles: resident users whose memory is measured [default: 1000; "
+                                        "quick: 20].")
 @_friendly
-def bench(bundle, output, subspace, model, coeffs, quick, optimum_cli):
-    """Latency, switch cost and memory vs plain, merged, int8, multi-LoRA, optimum (plain, O2) and torch ->
-    report.json/md/png. A bundle exported with --fuse also gets its fused graph's rows.
+def bench(bundle, output, subspace, model, coeffs, quick, optimum_cli, prompt_tokens, threads, new_tokens, users):
+    """Latency, switch cost and memory report -> report.json/md/png.
+
+    An encoder bundle: vs plain, merged, int8, multi-LoRA, optimum (plain, O2) and torch (a bundle exported with
+    --fuse also gets its fused graph's rows). A decoder bundle: time to first token and decode tokens/s at the prompt
+    lengths and threads asked for, switch cost and resident users' memory, vs onnxruntime-genai's own plain build of
+    the same model (made from --model or the manifest's base model).
 
     \b
-    Example (on a quiet machine):
+    Examples (on a quiet machine):
       edge-lorax bench out/bundle --subspace out/subspace -o benchmarks/reports/minilm \\
           --optimum-cli .venv-optimum/bin/optimum-cli
+      edge-lorax bench out/demo-llm/bundle -o out/bench-llm --prompt-tokens 32,128 --threads 1,2
     """
     import shlex
 
-    from edge_lorax.bench.run import run_bench
+    from edge_lorax.formats.bundle import TARGET_DECODER, read_manifest
 
-    command = shlex.join(["edge-lorax", "bench", bundle, "-o", output, "--subspace", subspace]
-                         + (["--model", model] if model else []) + (["--coeffs", coeffs] if coeffs else [])
-                         + (["--quick"] if quick else []) + (["--optimum-cli", optimum_cli] if optimum_cli else []))
-    out = run_bench(bundle, output, quick, model, subspace, coeffs, command, log=lambda m: click.echo(m, err=True),
-                    optimum_cli=optimum_cli)
+    given = {"--model": model, "--coeffs": coeffs, "--subspace": subspace, "--optimum-cli": optimum_cli,
+             "--prompt-tokens": prompt_tokens, "--threads": threads, "--new-tokens": new_tokens, "--users": users}
+    command = shlex.join(["edge-lorax", "bench", bundle, "-o", output] + (["--quick"] if quick else [])
+                         + [str(a) for k, v in given.items() if v is not None for a in (k, v)])
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if read_manifest(bundle)["target"] == TARGET_DECODER:
+        wrong = [k for k in ("--subspace", "--optimum-cli") if given[k] is not None]
+        if wrong:
+            raise InputError(f"{' and '.join(wrong)}: encoder bundles only; {bundle} is a decoder bundle (its bench "
+                             "takes --model, --coeffs, --prompt-tokens, --threads, --new-tokens, --users, --quick)")
+        from edge_lorax.bench.llm import run_llm_bench
+
+        out = run_llm_bench(bundle, output, quick, model, coeffs, _int_list(prompt_tokens, "--prompt-tokens"),
+                            _int_list(threads, "--threads"), new_tokens, users, command=command, log=log)
+    else:
+        wrong = [k for k in ("--prompt-tokens", "--threads", "--new-tokens", "--users") if given[k] is not None]
+        if wrong:
+            raise InputError(f"{', '.join(wrong)}: decoder bundles only; {bundle} is an encoder bundle (its bench "
+                             "takes --subspace, --model, --coeffs, --optimum-cli, --quick)")
+        if subspace is None:
+            raise click.UsageError("Missing option '--subspace': an encoder bundle's bench needs its subspace folder")
+        from edge_lorax.bench.run import run_bench
+
+        out = run_bench(bundle, output, quick, model, subspace, coeffs, command, log=log, optimum_cli=optimum_cli)
     _emit({"report": str(out / "report.md"), "json": str(out / "report.json"), "plot": str(out / "report.png")}, False)
 
 from edge_lorax.formats import names as _names  # noqa: E402  (export's choices come from the shared names)

@@ -7,8 +7,9 @@ summary counts every tensor it read (LoRA factors and the carried head). Does no
 from pathlib import Path
 
 from edge_lorax.formats import names
-from edge_lorax.formats.bundle import read_manifest
+from edge_lorax.formats.bundle import TARGET_DECODER, bundle_file, read_manifest
 from edge_lorax.formats.errors import MissingInputError
+from edge_lorax.formats.jsonfile import read_json_object
 
 
 def _size(path: Path) -> int:
@@ -57,13 +58,31 @@ def _describe_adapter(path: Path) -> dict:
             "head": info.head_module or None, "bytes": _size(path)}
 
 
+_MODEL_KEYS = (*names.BUNDLE_VARIANT_FILES, "model", "gradient")  # files entries that are graphs
+
+
+def _bundle_config(path: Path) -> dict:
+    """The bundle's config.json ({} when absent or linked out: inspect describes, the runtime refuses)."""
+    config = bundle_file(path, names.BUNDLE_CONFIG)
+    return read_json_object(config, "re-export the bundle") if config is not None else {}
+
+
 def _describe_bundle(path: Path) -> dict:
-    manifest = read_manifest(path)
-    inputs = manifest["inputs"]
-    decoder = {"precision": manifest.get("precision"), "context_length": (manifest.get("kv") or {}).get("context_length"),
-               "builder_options": manifest.get("builder_options")} if manifest.get("kv_cache") else {}
+    """What a newcomer asks of a bundle: its target and task, base model, labels, the graphs it holds, the default
+    user, the longest input, and each precision's verification verdict."""
+    manifest, config = read_manifest(path), _bundle_config(path)
+    files = manifest["files"]
+    id2label = config.get("id2label") if isinstance(config.get("id2label"), dict) else {}
+    decoder = {"precision": manifest.get("precision"), "builder_options": manifest.get("builder_options")} \
+        if manifest["target"] == TARGET_DECODER else {}
+    longest = (manifest.get("kv") or {}).get("context_length") or config.get("max_position_embeddings")
     return {"kind": "bundle", **{k: manifest[k] for k in ("target", "fingerprint", "task", "mode")}, **decoder,
-            "inputs": len(inputs), "user_inputs": len(manifest["user_inputs"]), "bytes": _size(path)}
+            "base_model": manifest.get("base_model"), "labels": [id2label[k] for k in sorted(id2label, key=int)] or None,
+            "variants": sorted(k for k in _MODEL_KEYS if isinstance(files.get(k), str)),
+            "default_user": manifest.get("defaults"), "max_tokens": longest,
+            "inputs": len(manifest["inputs"]), "user_inputs": len(manifest["user_inputs"]),
+            "verification": {v: verdict(c) for v, c in (manifest.get("verification") or {}).items()},
+            "bytes": _size(path)}
 
 
 def verdict(check: dict) -> str:

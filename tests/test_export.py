@@ -236,3 +236,21 @@ def test_manifest_describes_the_files(shared):
     meta = {p.key: p.value for p in onnx.load(str(shared / names.BUNDLE_MODEL), load_external_data=False).metadata_props}
     assert meta["edge_lorax.fingerprint"] == manifest["fingerprint"]
     assert manifest["head"]["default"] == "zeros"  # the tiny checkpoint has no classifier
+
+
+def test_inspect_tells_what_a_bundle_holds(shared):
+    """`inspect BUNDLE` (issue 26): target, base model, labels, the graphs it holds, the default user, the longest
+    input and each precision's verdict — as JSON, and as indented lines (not a dict repr) in text mode."""
+    from click.testing import CliRunner
+
+    from edge_lorax.cli import cli
+
+    res = CliRunner().invoke(cli, ["inspect", str(shared), "--json"])
+    got = json.loads(res.stdout)
+    assert got["target"] == "onnx-encoder" and got["default_user"] == "zeros" and got["labels"] == ["LABEL_0", "LABEL_1"]
+    assert got["variants"] == ["fp32", "int8", "int8_ort", "ort"]  # export_bundle writes no gradient graph by default
+    assert got["max_tokens"] == json.loads((shared / "config.json").read_text())["max_position_embeddings"]
+    assert set(got["verification"]) == {"fp32", "int8", "ort", "int8_ort"}
+    assert all(v.endswith(": pass") for v in got["verification"].values())
+    text = CliRunner().invoke(cli, ["inspect", str(shared)]).stdout
+    assert "verification:\n  fp32: max |Δ|" in text and "{" not in text
