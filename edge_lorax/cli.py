@@ -729,10 +729,11 @@ def bench(bundle, output, subspace, model, coeffs, quick, optimum_cli, prompt_to
 
     from edge_lorax.formats.bundle import TARGET_DECODER, read_manifest
 
-    given = {"--model": model, "--coeffs": coeffs, "--subspace": subspace, "--optimum-cli": optimum_cli,
-             "--prompt-tokens": prompt_tokens, "--threads": threads, "--new-tokens": new_tokens, "--users": users}
-    command = shlex.join(["edge-lorax", "bench", bundle, "-o", output] + (["--quick"] if quick else [])
-                         + [str(a) for k, v in given.items() if v is not None for a in (k, v)])
+    given = {"--subspace": subspace, "--model": model, "--coeffs": coeffs, "--quick": quick or None,
+             "--optimum-cli": optimum_cli, "--prompt-tokens": prompt_tokens, "--threads": threads,
+             "--new-tokens": new_tokens, "--users": users}
+    command = shlex.join(["edge-lorax", "bench", bundle, "-o", output]
+                         + [str(a) for k, v in given.items() if v is not None for a in ((k,) if v is True else (k, v))])
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     if read_manifest(bundle)["target"] == TARGET_DECODER:
         wrong = [k for k in ("--subspace", "--optimum-cli") if given[k] is not None]

@@ -19,29 +19,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
 from edge_lorax.bench import measure  # noqa: E402
+from edge_lorax.bench.llm_report import agreement, median, median_dict  # noqa: E402  (the product's decoder report)
 
 TARGETS = {"decode_vs_lora": 0.9, "decode_vs_plain": 0.85, "ttft_vs_plain": 1.15, "resident_vs_lora": 1 / 20}
-
-
-def median(runs: list, *path) -> float | None:
-    values = []
-    for r in runs:
-        for key in path:
-            r = r.get(key) if isinstance(r, dict) else None
-        if r is not None:
-            values.append(r)
-    return float(np.median(values)) if values else None
-
-
-def agreement(a: list, b: list) -> float:
-    """% of positions where two greedy token lists agree, up to each prompt's first disagreement counting as a miss
-    for the rest (a diverged sequence is not compared further)."""
-    same = total = 0
-    for x, y in zip(a, b):
-        n = min(len(x), len(y))
-        first = next((i for i in range(n) if x[i] != y[i]), n)
-        same, total = same + first, total + n
-    return round(100 * same / total, 1) if total else float("nan")
 
 
 def tables(res: dict) -> dict:
@@ -158,11 +138,6 @@ def export_lines(res: dict) -> list:
                          f"sets): {diff}next-token agreement {v['next_token_agreement_pct']} %, response "
                          f"{v['response']:.3f} (min {v['response_min']})")
     return lines
-
-
-def median_dict(runs: list, key: str) -> dict:
-    rows = [r[key] for r in runs if key in r]
-    return {k: float(np.median([r[k] for r in rows])) for k in rows[0]} if rows else {}
 
 
 def plot(res: dict, path: Path):

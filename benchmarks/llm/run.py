@@ -1,17 +1,21 @@
 """The decoder bundle against onnxruntime-genai's own builds of SmolLM2-135M-Instruct, side by side (issue 13).
 
 Builds, once each (cached under ~/.cache/edge-lorax/bench-llm/, so an interrupted run resumes), at fp32, int8 and int4:
-- plain: `onnxruntime_genai.models.builder` on the converted SmolLM2 (fused qkv, GroupQueryAttention, MatMulNBits);
+- plain: `onnxruntime_genai.models.builder` on the converted SmolLM2 (fused qkv, GroupQueryAttention, MatMulNBits),
+  run as the exporter runs it (export.decoder.run_model_builder);
 - lora: the same with `adapter_path=` one committed decoder LoRA (r=8, q/v), its A/B weights turned into optional
   inputs as Olive's ExtractAdapters does (kept fp32: the builder is told not to quantize them), so LoRA users swap
   through og.Adapters — onnxruntime-genai's multi-LoRA path;
 - ours: `edge-lorax export --model smollm2` on a subspace of the eleven other decoder adapters, with the held-out
   adapter projected as the default user.
 
-Each (build, threads) is measured in a fresh process (`--worker`), in alternating order over rounds: time to first
-token at prompts of 32 / 128 / 512 tokens, decode tokens/s over 128 new tokens (EOS ignored), peak RSS (VmHWM) with
-RssAnon / RssFile, switching a user (a preloaded adapter; loaded from .onnx_adapter; ours also from user.npz), the RSS
-of 1000 resident users, and greedy tokens (4 chat prompts x 32) for the token agreement with torch. A torch eager row
+Each (build, threads) is measured in a fresh process, in alternating order over rounds, by the product's decoder
+bench (edge_lorax/bench/llm.py `alternate`, edge_lorax/bench/llm_workers.py: the code `edge-lorax bench` runs on a
+decoder bundle): time to first token at prompts of 32 / 128 / 512 tokens, decode tokens/s over 128 new tokens (EOS
+ignored), peak RSS (VmHWM) with RssAnon / RssFile, switching a user (a preloaded adapter; registered from
+.onnx_adapter; ours also from user.npz, through runtime.llm's LLM.add_user), the RSS of 1000 resident users, and
+greedy tokens (4 chat prompts x 32) for the token agreement with torch. The plain builds are made by the exporter's
+model builder call (export.decoder.run_model_builder), as `edge-lorax bench` makes its plain row. A torch eager row
 (HF generate with its KV cache) is the reference. Results: runs/*.json, then report.py.
 
     .venv/bin/python benchmarks/llm/run.py            # the whole grid (about 30 min on a quiet 2-core machine)
@@ -25,7 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +39,8 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_lorax.bench import measure  # noqa: E402
+from edge_lorax.bench.llm import LLMPlan, alternate, common_spec  # noqa: E402
+from edge_lorax.bench.llm_workers import prompt_ids  # noqa: E402
 from edge_lorax.formats import names  # noqa: E402
 
 CACHE = Path(os.environ.get("EDGE_LORAX_CACHE", Path.home() / ".cache" / "edge-lorax")) / "bench-llm"
@@ -51,7 +56,7 @@ PROMPT_LENGTHS, NEW_TOKENS, RESIDENT = (32, 128, 512), 128, 1000
 CHATS = ("Write a haiku about the sea.", "What is the capital of France? Answer in one word.",
          "Give me three tips for sleeping well.", "Translate 'good morning' into French.")
 COMMAND = ".venv/bin/python benchmarks/llm/run.py"
-CODE = ("edge_lorax/export", "edge_lorax/runtime", "benchmarks/llm")
+CODE = ("edge_lorax/export", "edge_lorax/runtime", "edge_lorax/bench", "benchmarks/llm")
 
 
 # ------------------------------------------------------------------------------------------------------ builds
@@ -107,8 +112,15 @@ def build(kind: str, precision: str) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     CACHE.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if kind == "plain":
-        _builder(out, precision, [])
+    if kind == "plain":  # as `edge-lorax bench` makes its plain row (edge_lorax.bench.llm.plain_build)
+        from edge_lorax.builder.models import resolve_model
+        from edge_lorax.export.decoder import run_model_builder
+
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        run_model_builder(resolve_model("smollm2"), tmp, precision, MODEL_ID, tuple(OPTIONS))
+        shutil.rmtree(tmp / ".builder_cache", ignore_errors=True)
+        tmp.rename(out)
     elif kind == "lora":
         _builder(out, precision, [f"adapter_path={ADAPTERS / HELD_OUT}", "nodes_to_exclude=" + ",".join(_lora_nodes())])
         write_onnx_adapter(lora_as_inputs(out), out / "user.onnx_adapter")
@@ -145,147 +157,6 @@ def _build_ours(out: Path, precision: str):
     shutil.copyfile(user, out / "user.npz")  # the export wrote user.onnx_adapter beside the model
 
 
-# ------------------------------------------------------------------------------------------------------ worker
-
-def _prompt_ids(tokenizer, n: int) -> list:
-    text = " ".join(["The quick brown fox jumps over the lazy dog near the river bank."] * 80)
-    return tokenizer.encode(text).ids[:n]
-
-
-def _median_ms(values) -> float:
-    return round(float(np.median(values)) * 1e3, 3)
-
-
-def _generator(og, model, length: int, min_length: int = 0):
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=length, min_length=min_length, do_sample=False)
-    return og.Generator(model, params)
-
-
-def _ttft(og, model, ids: list, adapters, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        gen = _generator(og, model, len(ids) + 1)
-        if adapters is not None:
-            gen.set_active_adapter(adapters, "user")
-        start = time.perf_counter()
-        gen.append_tokens(ids)
-        gen.generate_next_token()
-        times.append(time.perf_counter() - start)
-    return _median_ms(times)
-
-
-def _decode(og, model, ids: list, adapters, new: int, reps: int) -> float:
-    rates = []
-    for _ in range(reps):
-        gen = _generator(og, model, len(ids) + new, len(ids) + new)
-        if adapters is not None:
-            gen.set_active_adapter(adapters, "user")
-        gen.append_tokens(ids)
-        gen.generate_next_token()
-        start = time.perf_counter()
-        while not gen.is_done():
-            gen.generate_next_token()
-        rates.append((new - 1) / (time.perf_counter() - start))
-    return round(float(np.median(rates)), 2)
-
-
-def _switch(og, model, folder: Path, reps: int) -> dict:
-    """µs: activate a preloaded adapter on a fresh generator; load from .onnx_adapter + activate; ours: user.npz too."""
-    out, adapters = {}, og.Adapters(model)
-    adapters.load(str(folder / "user.onnx_adapter"), "user")
-    gens = [_generator(og, model, 8) for _ in range(reps)]
-    t = []
-    for g in gens:
-        start = time.perf_counter()
-        g.set_active_adapter(adapters, "user")
-        t.append(time.perf_counter() - start)
-    out["preloaded_us"] = round(float(np.median(t)) * 1e6, 2)
-    t = []
-    for i in range(reps):
-        start = time.perf_counter()
-        adapters.load(str(folder / "user.onnx_adapter"), f"f{i}")
-        _generator(og, model, 8).set_active_adapter(adapters, f"f{i}")
-        t.append(time.perf_counter() - start)
-    out["from_onnx_adapter_us"] = round(float(np.median(t)) * 1e6, 2)
-    if (folder / "user.npz").is_file():  # what runtime.llm.LLM.add_user does, on this model
-        from edge_lorax.formats.onnx_adapter import write_onnx_adapter
-        from edge_lorax.formats.user import read_user
-
-        t = []
-        with tempfile.TemporaryDirectory() as tmp:
-            for i in range(reps):
-                start = time.perf_counter()
-                user = read_user(folder / "user.npz")
-                write_onnx_adapter(user.inputs(), Path(tmp) / f"n{i}.onnx_adapter", user.fingerprint)
-                adapters.load(str(Path(tmp) / f"n{i}.onnx_adapter"), f"n{i}")
-                _generator(og, model, 8).set_active_adapter(adapters, f"n{i}")
-                t.append(time.perf_counter() - start)
-        out["from_user_npz_us"] = round(float(np.median(t)) * 1e6, 2)
-    return out
-
-
-def _resident(og, model, folder: Path, n: int) -> dict:
-    """RSS growth (MiB) with n users loaded (n copies of the user's adapter file, each its own og adapter)."""
-    adapters = og.Adapters(model)
-    measure.trim_heap()
-    before = measure.proc_status()
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(n):
-            path = Path(tmp) / f"u{i}{names.ADAPTER_SUFFIX}"
-            shutil.copyfile(folder / "user.onnx_adapter", path)
-            adapters.load(str(path), f"u{i}")
-        measure.trim_heap()
-        after = measure.proc_status()
-    return {"users": n, "rss_mib": round(after["VmRSS"] - before["VmRSS"], 2),
-            "anon_mib": round(after["RssAnon"] - before["RssAnon"], 2),
-            "bytes_per_user_file": (folder / "user.onnx_adapter").stat().st_size}
-
-
-def _greedy(og, model, tokenizer_ids: list, adapters, n: int) -> list:
-    gen = _generator(og, model, len(tokenizer_ids) + n, len(tokenizer_ids) + n)
-    if adapters is not None:
-        gen.set_active_adapter(adapters, "user")
-    gen.append_tokens(tokenizer_ids)
-    out = []
-    while not gen.is_done():
-        gen.generate_next_token()
-        out.append(int(gen.get_next_tokens()[0]))
-    return out
-
-
-def worker(spec: dict) -> dict:
-    """One (build, threads) measured in this fresh process."""
-    import onnxruntime_genai as og
-
-    folder, quick = Path(spec["folder"]), spec["quick"]
-    config = og.Config(str(folder))
-    config.clear_providers()
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": spec["threads"],
-                                                                          "log_severity_level": 3}}}}))
-    start = time.perf_counter()
-    model = og.Model(config)
-    load_s = time.perf_counter() - start
-    adapters = None
-    if (folder / "user.onnx_adapter").is_file():
-        adapters = og.Adapters(model)
-        adapters.load(str(folder / "user.onnx_adapter"), "user")
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(folder / names.TOKENIZER_FILE))
-    reps, lengths, new = (2, (32,), 16) if quick else (5, PROMPT_LENGTHS, NEW_TOKENS)
-    result = {"load_s": round(load_s, 3),
-              "ttft_ms": {str(n): _ttft(og, model, _prompt_ids(tok, n), adapters, reps) for n in lengths},
-              "decode_tokens_per_s": _decode(og, model, _prompt_ids(tok, 32), adapters, new, reps)}
-    result["memory_mib"] = measure.proc_status()  # before the switch / resident stages add users
-    if spec["threads"] == 1:
-        result["greedy"] = [_greedy(og, model, i, adapters, 32) for i in spec["chat_ids"]]
-        if adapters is not None:
-            result["switch"] = _switch(og, model, folder, 20 if quick else 200)
-            result["resident"] = _resident(og, model, folder, 20 if quick else RESIDENT)
-    return result
-
-
 # --------------------------------------------------------------------------------------------------- orchestrate
 
 def injected_net():
@@ -314,14 +185,14 @@ def torch_reference(net, quick: bool, chat_ids: list, bundle: Path) -> dict:
     out = {"ttft_ms": {}, "greedy": []}
     with torch.no_grad():
         for n in lengths:
-            ids = torch.tensor([_prompt_ids(tok, n)])
+            ids = torch.tensor([prompt_ids(tok, n)])
             times = []
             for _ in range(reps):
                 start = time.perf_counter()
                 net(ids, use_cache=True)
                 times.append(time.perf_counter() - start)
-            out["ttft_ms"][str(n)] = _median_ms(times)
-        ids = torch.tensor([_prompt_ids(tok, 32)])
+            out["ttft_ms"][str(n)] = round(float(np.median(times)) * 1e3, 3)
+        ids = torch.tensor([prompt_ids(tok, 32)])
         start = time.perf_counter()
         net.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
         out["decode_tokens_per_s_incl_prefill"] = round(new / (time.perf_counter() - start), 2)
@@ -422,12 +293,30 @@ def _manifest(folder: Path) -> dict:
     return json.loads((folder / names.BUNDLE_MANIFEST).read_text())
 
 
-def run_worker(folder: Path, threads: int, quick: bool, chat_ids: list) -> dict:
-    spec = {"folder": str(folder), "threads": threads, "quick": quick, "chat_ids": chat_ids}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"worker {folder.name} t{threads} failed: {proc.stderr[-1500:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def plan_of(quick: bool, rounds: int) -> LLMPlan:
+    """The product's decoder-bench plan for this grid (quick: fp32 smoke sizes, one round)."""
+    if quick:
+        return LLMPlan(prompt_tokens=(32,), threads=(1,), new_tokens=16, users=20, rounds=1, reps=2, switch_reps=20)
+    return LLMPlan(prompt_tokens=PROMPT_LENGTHS, threads=(1, 2), new_tokens=NEW_TOKENS, users=RESIDENT, rounds=rounds,
+                   reps=5, switch_reps=200)
+
+
+def measure_builds(folders: dict, plan: LLMPlan, chat_ids: list) -> dict:
+    """{f"{build}_t{threads}": per-round results} by the product's decoder bench (fresh process each, alternating);
+    ours through the runtime (LLM.add_user), lora through og.Adapters; a failed worker stops the run."""
+    builds = {}
+    for name, folder in folders.items():
+        adapter, npz = folder / "user.onnx_adapter", folder / "user.npz"
+        builds[name] = {"folder": str(folder), "bundle": name.startswith("ours"),
+                        **({"user": str(adapter), "adapter_file": str(adapter)} if adapter.is_file() else {}),
+                        **({"npz_file": str(npz)} if npz.is_file() else {})}
+    ours = next(p for n, p in folders.items() if n.startswith("ours"))
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    runs = alternate(builds, plan, common_spec(ours, plan, chat_ids), log, extras_threads=1)
+    failed = [f"{k}: {r['error']}" for k, rs in runs.items() for r in rs if "error" in r]
+    if failed:
+        raise RuntimeError("worker failed: " + " | ".join(failed)[:1500])
+    return runs
 
 
 def main(argv=None):
@@ -438,12 +327,8 @@ def main(argv=None):
                     help="model builder extra option for every build, e.g. algo_config=k_quant_mixed (runs go to "
                          "runs-<options>/)")
     ap.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated subset of fp32,int8,int4")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     OPTIONS[:] = args.builder_option
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return
     precisions = ("fp32",) if args.quick else tuple(args.precisions.split(","))
     subset = [] if precisions == PRECISIONS else list(precisions)
     out = HERE / ("runs_quick" if args.quick else "-".join(["runs", *(o.replace("=", "_") for o in OPTIONS), *subset,
@@ -457,13 +342,7 @@ def main(argv=None):
 
     ours = next(p for n, p in folders.items() if n.startswith("ours"))
     chat_ids = [load_llm(ours).encode(c, chat=True) for c in CHATS]
-    runs = {}
-    for rnd in range(1 if args.quick else args.rounds):
-        for threads in ((1,) if args.quick else (1, 2)):
-            order = list(folders.items()) if rnd % 2 == 0 else list(reversed(folders.items()))
-            for name, folder in order:
-                print(f"round {rnd} t{threads} {name}", file=sys.stderr, flush=True)
-                runs.setdefault(f"{name}_t{threads}", []).append(run_worker(folder, threads, args.quick, chat_ids))
+    runs = measure_builds(folders, plan_of(args.quick, args.rounds), chat_ids)
     (out / "runs.partial.json").write_text(json.dumps(runs))  # the timings, kept should a later stage fail
     rows = 16 if args.quick else ACCURACY_ROWS
     net = injected_net()

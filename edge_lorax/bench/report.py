@@ -1,5 +1,7 @@
 """The bench report: report.json (everything measured), report.md (tables + targets judged against the same run),
-report.png (latency, overhead ratios, resident-user memory).
+report.png (latency with its spread, the paired verdicts' ratios on the time each is judged on, resident-user
+memory): the picture draws what the tables and verdicts say (latency_series, paired_series, memory_series build
+what is drawn).
 
 Targets come from issue 6; each is judged only on numbers of this run, and a miss says by how much and why.
 Overhead targets use the paired measurement: per round, each model's block median over the other's, and the median
@@ -17,6 +19,7 @@ import numpy as np
 from edge_lorax.bench import measure
 from edge_lorax.bench.prepare import AA_COPY, ANCHOR, EIGEN, FUSED, INT8, MERGED, OPTIMUM, OPTIMUM_O2, PLAIN
 from edge_lorax.formats.atomic import atomic_file
+from edge_lorax.formats.bundle import TARGET_DECODER
 
 
 def _round_ratios(row: dict, num: str, den: str, key: str = "block_medians_ms") -> np.ndarray:
@@ -431,57 +434,175 @@ def _method_md() -> list:
             "`![plot](report.png)`", "", PAIRED_METHOD, "", *DRIFT_NOTES]
 
 
-def plot(data: dict, path: Path):
-    """Three panels: p50 latency vs sequence (1 thread), paired overheads, resident-user memory."""
+def latency_series(data: dict) -> dict:
+    """What the latency panel draws: per (model, batch) at the smallest thread count, p50 / p90 / p99 ms per sequence
+    length. `bars`: one sequence length only (quick mode), drawn as bars with their spread, not as a column of dots."""
+    rows = [r for r in data.get("latency", []) if "stats" in r]
+    threads = min((r["threads"] for r in rows), default=1)
+    rows = [r for r in rows if r["threads"] == threads]
+    series = []
+    for model, batch in dict.fromkeys((r["model"], r["batch"]) for r in rows):
+        pts = sorted((r["seq"], r["stats"]) for r in rows if (r["model"], r["batch"]) == (model, batch))
+        series.append({"model": model, "batch": batch, "seq": [p[0] for p in pts],
+                       **{q: [p[1][q] for p in pts] for q in ("p50", "p90", "p99")}})
+    seqs = sorted({r["seq"] for r in rows})
+    return {"threads": threads, "seqs": seqs, "bars": len(seqs) == 1, "series": series}
+
+
+VERDICT_PAIRS = ((EIGEN, ANCHOR, "EigenLoRAx / anchor, fp32"), (EIGEN + INT8, ANCHOR + INT8, "EigenLoRAx / anchor, int8"),
+                 (MERGED, PLAIN, "merged / plain"))
+
+
+def _optimum_judged(row: dict) -> bool:
+    return row["threads"] == 1 and (row["batch"], row["seq"]) in OPTIMUM_CELLS and OPTIMUM_O2 in row.get(WALL, {})
+
+
+def paired_series(data: dict) -> list:
+    """What the paired panel draws, per paired cell: the ratios its verdicts judge, each on the time the verdict uses
+    (report.metric: wall, or the thread's CPU time), by the same function (report.tie): the median per-round ratio, its
+    spread (half the IQR), the band it is judged against, pass or not; the A/A control last, against AA_LIMIT; and
+    whether the cell is valid (an INVALID cell's bars are drawn, marked, never judged)."""
+    out = []
+    for row in data.get("paired", []):
+        if "error" in row or WALL not in row:
+            continue
+        key = metric(data, row)
+        pairs = [(n, d, lab, TIE_BAND) for n, d, lab in VERDICT_PAIRS]
+        if _optimum_judged(row):
+            pairs += [(m, OPTIMUM_O2, f"{name} / optimum O2", OPTIMUM_BAND)
+                      for m, name in ((EIGEN, "EigenLoRAx"), (FUSED, "fused")) if m in row[WALL]]
+        bars = []
+        for num, den, label, band in pairs:
+            t = tie(row, num, den, key, band)
+            bars.append({"label": label, "num": num, "den": den, "ratio": t["ratio"], "spread": t["spread"],
+                         "band": band, "ok": t["ok"]})
+        aa = _round_ratios(row, AA_COPY, PLAIN, key)
+        q1, q3 = np.percentile(aa, [25, 75])
+        bars.append({"label": "A/A control", "num": AA_COPY, "den": PLAIN, "ratio": control(row, key),
+                     "spread": float((q3 - q1) / 2), "band": AA_LIMIT, "ok": control_holds(row, key)})
+        out.append({"cell": _cell(row), "metric": key, "time": "thread CPU time" if key == CPU else "wall time",
+                    "valid": control_holds(row, key), "control": control(row, key), "bars": bars})
+    return out
+
+
+def memory_series(data: dict) -> dict:
+    """What the resident-users panel draws: per kind, N users against Δ RssAnon (MiB, as measured: 0 or below is
+    drawn, not clipped) and the users' own tensor MiB; a linear MiB axis (a log axis cannot show 0)."""
+    out = {}
+    for kind in ("eigenlorax coefficients", "lora A/B"):
+        pts = sorted((r["users"], r["delta_anon_mib"], r.get("tensor_bytes", 0) / 2**20) for r in data.get("memory", [])
+                     if r["users_kind"] == kind and "delta_anon_mib" in r)
+        if pts:
+            out[kind] = {"users": [p[0] for p in pts], "delta_anon_mib": [p[1] for p in pts],
+                         "tensor_mib": [p[2] for p in pts]}
+    return {"series": out, "yscale": "linear"}
+
+
+def title(data: dict) -> str:
+    """The figure's title: machine and commit, quick mode, and the busy-machine warning of report.md."""
+    st = data["stamp"]
+    lines = [f"edge-lorax bench — {st['machine']['cpu']}, commit {st['git_commit'][:10]}"]
+    if data.get("quick"):
+        lines.append("quick mode: few configurations, few runs (a smoke test, not a measurement)")
+    if busy(data):
+        lines.append("warning: the machine was busy (1-min load ≥ 0.5); latencies are noisy, rerun when quiet")
+    return "\n".join(lines)
+
+
+def figure(data: dict):
+    """The report's matplotlib Figure: latency with its spread (1 thread), the paired verdicts' ratios on the time
+    they are judged on with the ±3% band and valid / INVALID cells, resident-user memory on a linear axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    _plot_latency(axes[0], data)
-    _plot_paired(axes[1], data)
-    _plot_memory(axes[2], data)
-    fig.suptitle(f"edge-lorax bench — {data['stamp']['machine']['cpu']}, commit {data['stamp']['git_commit'][:10]}")
+    fig, axes = plt.subplots(1, 3, figsize=(19, 5.8), gridspec_kw={"width_ratios": [1.1, 1.3, 0.9]})
+    _plot_latency(axes[0], latency_series(data))
+    _plot_paired(axes[1], paired_series(data))
+    _plot_memory(axes[2], memory_series(data))
+    fig.suptitle(title(data), color="C3" if busy(data) else "k", fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def plot(data: dict, path: Path):
+    """report.png: figure(data) saved."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(data)
     fig.savefig(path, dpi=110, format="png")  # temp files have no suffix
     plt.close(fig)
 
 
-def _plot_latency(ax, data: dict):
-    rows = [r for r in data.get("latency", []) if "stats" in r]
-    threads = min((r["threads"] for r in rows), default=1)
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    colors = {m: f"C{i}" for i, m in enumerate(models)}  # one colour per model, one line style per batch
-    for (model, batch) in sorted({(r["model"], r["batch"]) for r in rows}):
-        pts = sorted((r["seq"], r["stats"]["p50"]) for r in rows
-                     if (r["model"], r["batch"], r["threads"]) == (model, batch, threads))
-        ax.plot(*zip(*pts), marker="o", color=colors[model], linestyle="-" if batch == 1 else "--",
-                label=f"{model}, batch {batch}")
-    ax.set(xlabel="sequence length", ylabel="p50 ms", title=f"latency, {threads} thread(s)", yscale="log")
-    ax.legend(fontsize=6)
+def _colors(n: int) -> list:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20" if n > 10 else "tab10"]
+    return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _plot_paired(ax, data: dict):
-    rows = [r for r in data.get("paired", []) if "block_medians_ms" in r]
-    pairs = pairs_of(rows)
-    width = 0.8 / max(len(rows), 1)
-    for i, row in enumerate(rows):
-        ax.bar(np.arange(len(pairs)) + i * width, [overhead(row, a, b) - 1 for a, b in pairs], width, label=_cell(row))
-    ax.set_xticks(np.arange(len(pairs)) + width * (len(rows) - 1) / 2)
-    ax.set_xticklabels([a.replace("multi-lora ", "") for a, _ in pairs], rotation=20, fontsize=7)
+def _plot_latency(ax, s: dict):
+    series = s["series"]
+    colors = dict(zip(dict.fromkeys(x["model"] for x in series), _colors(len({x["model"] for x in series}))))
+    if s["bars"]:  # one sequence length: a bar per model with its spread
+        y = np.arange(len(series))
+        p50 = [x["p50"][0] for x in series]
+        ax.barh(y, p50, xerr=[[0] * len(series), [x["p90"][0] - x["p50"][0] for x in series]], capsize=3,
+                color=[colors[x["model"]] for x in series])
+        ax.plot([x["p99"][0] for x in series], y, "kd", ms=4, label="p99")
+        for i, v in enumerate(p50):
+            ax.annotate(f"{v:.2f}", (v, i), textcoords="offset points", xytext=(3, -9), fontsize=6)
+        ax.set_yticks(y)
+        ax.set_yticklabels([f"{x['model']}, batch {x['batch']}" for x in series], fontsize=7)
+        ax.set(xlabel=f"ms at seq {s['seqs'][0] if s['seqs'] else '?'}: bar p50, whisker p90, ◆ p99",
+               title=f"latency, {s['threads']} thread(s)", xscale="linear")
+        ax.legend(fontsize=7)
+        return
+    for x in series:
+        style = "-" if x["batch"] == 1 else "--"
+        ax.plot(x["seq"], x["p50"], marker="o", ms=3, color=colors[x["model"]], linestyle=style,
+                label=f"{x['model']}, batch {x['batch']}")
+        ax.fill_between(x["seq"], x["p50"], x["p90"], color=colors[x["model"]], alpha=0.15)
+    ax.set(xlabel="sequence length", ylabel="ms: line p50, shade to p90", title=f"latency, {s['threads']} thread(s)",
+           yscale="log")
+    ax.legend(fontsize=6, ncol=2, loc="upper left")
+
+
+def _plot_paired(ax, cells: list):
+    if not cells:
+        ax.text(0.5, 0.5, "no paired cell measured", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title="paired verdicts")
+        return
+    labels = list(dict.fromkeys(b["label"] for c in cells for b in c["bars"]))
+    width = 0.8 / len(cells)
+    ax.axhspan(-100 * TIE_BAND, 100 * TIE_BAND, color="0.85", zorder=0, label=f"±{100 * TIE_BAND:g}% band")
+    for i, (cell, color) in enumerate(zip(cells, _colors(len(cells)))):
+        xs = [labels.index(b["label"]) + i * width for b in cell["bars"]]
+        state = "" if cell["valid"] else ", INVALID: A/A control off"
+        ax.bar(xs, [100 * (b["ratio"] - 1) for b in cell["bars"]], width, yerr=[100 * b["spread"] for b in cell["bars"]],
+               capsize=2, color=color, alpha=1.0 if cell["valid"] else 0.35, hatch=None if cell["valid"] else "//",
+               edgecolor="k" if not cell["valid"] else color,
+               label=f"{cell['cell']} ({cell['time']}{state})")
+        for x, b in zip(xs, cell["bars"]):
+            if b["band"] != TIE_BAND:  # another band (optimum O2: 5 %) drawn at its bar
+                ax.hlines(100 * b["band"], x - width / 2, x + width / 2, colors="k", linestyles="--", lw=0.8)
     ax.axhline(0, color="k", lw=0.5)
-    ax.set(ylabel="overhead vs plain (ratio − 1)", title="paired overheads")
+    ax.set_xticks(np.arange(len(labels)) + width * (len(cells) - 1) / 2)
+    ax.set_xticklabels(labels, rotation=20, fontsize=7)
+    ax.set(ylabel="median per-round ratio − 1 (%), whisker: spread", title="paired verdicts: the ratios judged, on the "
+           "time each is judged on")
     ax.legend(fontsize=6)
 
 
-def _plot_memory(ax, data: dict):
-    for kind in ("eigenlorax coefficients", "lora A/B"):
-        pts = sorted((r["users"], max(r["delta_anon_mib"], 1e-3)) for r in data.get("memory", [])
-                     if r["users_kind"] == kind and "delta_anon_mib" in r)
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=kind)
-    ax.set(xscale="log", yscale="log", xlabel="resident users", ylabel="Δ RssAnon MiB", title="resident users")
+def _plot_memory(ax, s: dict):
+    for i, (kind, pts) in enumerate(s["series"].items()):
+        ax.plot(pts["users"], pts["delta_anon_mib"], marker="o", color=f"C{i}", label=f"{kind}: Δ RssAnon")
+        ax.plot(pts["users"], pts["tensor_mib"], linestyle=":", color=f"C{i}", label=f"{kind}: its tensors")
+        for n, v in zip(pts["users"], pts["delta_anon_mib"]):
+            ax.annotate(f"{v:.2f}", (n, v), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=6)
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set(xscale="log", yscale=s["yscale"], xlabel="resident users", ylabel="MiB", title="resident users")
     ax.legend(fontsize=7)
 
 
@@ -501,7 +622,7 @@ def write_report(data: dict, out_dir: Path) -> Path:
 
 def main(argv=None):
     """`python -m edge_lorax.bench.report REPORT_DIR`: re-judge and re-render report.md / report.png from report.json
-    (the same measurements; targets recomputed by this code)."""
+    (the same measurements; targets recomputed by this code); a decoder bench's report by bench/llm_report.py."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
@@ -509,6 +630,11 @@ def main(argv=None):
         sys.exit("usage: python -m edge_lorax.bench.report REPORT_DIR")
     out = Path(args[0])
     data = json.loads((out / "report.json").read_text())
+    if data.get("kind") == TARGET_DECODER:
+        from edge_lorax.bench.llm_report import write_llm_report
+
+        print(write_llm_report(data, out) / "report.md")
+        return
     print(write_report(data, out) / "report.md")
 
 

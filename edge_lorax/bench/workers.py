@@ -2,7 +2,8 @@
 
 Kinds: latency (one model, one shape, one thread count), paired (several models alternated in blocks of equal
 length in a balanced order, idle sessions not spinning: overhead ratios robust to drift), switch (user-switch
-costs), memory (N resident users), torch (eager reference). Every ORT model is fed the same way — preloaded numpy
+costs), memory (N resident users), torch (eager reference), decoder (a decoder build through onnxruntime-genai:
+bench/llm_workers.py). Every ORT model is fed the same way — preloaded numpy
 arrays through session.run, as the runtime does — so paths differ only in the graph. The torch kind (and
 `torch_model`, the reference prepare's parity table is taken against) imports torch; nothing else here does.
 Does not prepare models, judge numbers or write reports.
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from edge_lorax.bench import measure
+from edge_lorax.bench import llm_workers, measure
 from edge_lorax.formats import names
 from edge_lorax.formats.synthetic import random_user
 from edge_lorax.formats.user import read_user
@@ -286,7 +287,8 @@ def _torch_ref(spec: dict) -> dict:
             else measure.cpu_model(), "memory": measure.proc_status()}
 
 
-KINDS = {"latency": latency, "paired": paired, "switch": switch, "memory": memory, "torch": _torch_ref}
+KINDS = {"latency": latency, "paired": paired, "switch": switch, "memory": memory, "torch": _torch_ref,
+         "decoder": llm_workers.decoder}
 
 
 def main(argv=None):
