@@ -1,9 +1,10 @@
 """`edge-lorax export`: the front door every export target shares; the bundle folder is written atomically.
 
-Common to every target, refused before any work: an option of the wrong value or combination, an existing or
-unwritable output (unless overwrite), a --coeffs user of another subspace, of a larger shape or with out-of-range
-values (a lower K' or r' is zero-padded, so the bundle keeps the subspace's input shapes and serves every user), a
-model whose id differs from the subspace's base, an unreadable model config or tokenizer. What was read becomes one
+Common to every target, refused before any work: an option of the wrong value or combination (--num-labels with a
+task that has no classification head: it would be ignored), an existing or unwritable output (unless overwrite), a
+--coeffs user of another subspace, of a larger shape or with out-of-range values (a lower K' or r' is zero-padded,
+so the bundle keeps the subspace's input shapes and serves every user), a model whose id differs from the
+subspace's base, an unreadable model config or tokenizer. What was read becomes one
 `ExportJob` (export.config); `choose_target` picks its target (formats.bundle's TARGET_*: a causal LM whose model
 type gets a KV cache in formats.architectures gets the decoder target, every other model the encoder's); the
 target's `check(job)` refuses the options it does not offer (one line each), then its `write(job, tmp)` writes its
@@ -68,6 +69,8 @@ def _check_config(config: ExportConfig, coeffs_path):
         raise InputError(f"--quantize must be one of {QUANTIZE}, got {config.quantize!r}")
     if config.exporter not in g.EXPORTERS:
         raise InputError(f"exporter must be one of {g.EXPORTERS}, got {config.exporter!r}")
+    if config.num_labels is not None and not (type(config.num_labels) is int and config.num_labels >= 1):
+        raise InputError(f"--num-labels {config.num_labels!r}: a whole number of classes (2 or more) is needed")
 
 
 def read_job(model_path, subspace_path, coeffs_path, config: ExportConfig) -> ExportJob:
@@ -82,6 +85,7 @@ def read_job(model_path, subspace_path, coeffs_path, config: ExportConfig) -> Ex
     task = config.task or _default_task(path, coeffs)
     if task not in names.TASKS:
         raise InputError(f"task must be one of {names.TASKS}, got {task!r}")
+    _check_num_labels(task, config)
     labels = _num_labels_for(task, coeffs, config.num_labels, path)
     return ExportJob(path, cfg, subspace, Path(subspace_path), coeffs, coeffs_path, task, labels, config)
 
@@ -113,6 +117,20 @@ def _default_task(path: Path, coeffs: User | None) -> str:
         return names.TASK_REGRESSION if labels == 1 else names.TASK_CLASSIFICATION
     causal = architectures.is_causal_lm(model_config(path).get("architectures"))
     return names.TASK_CAUSAL_LM if causal else names.TASK_FEATURES
+
+
+def _check_num_labels(task: str, config: ExportConfig):
+    """--num-labels sizes a classification head; any other task would ignore it (regression: 1 is consistent)."""
+    n = config.num_labels
+    if n is None or (task == names.TASK_REGRESSION and n == 1):
+        return
+    said = f"--task {task}" + ("" if config.task else " (the default here: no --task given)")
+    if task != names.TASK_CLASSIFICATION:
+        has = "one output" if task == names.TASK_REGRESSION else "no classification head"
+        raise InputError(f"--num-labels {n} is for --task classification; {said} has {has}, so it would be ignored: "
+                         "pass --task classification or drop --num-labels")
+    if n < 2:
+        raise InputError("--num-labels 1: a classification head needs 2 or more labels; for one output use --task regression")
 
 
 def _num_labels_for(task: str, coeffs: User | None, num_labels: int | None, path: Path) -> int:

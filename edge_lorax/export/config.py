@@ -22,7 +22,7 @@ class ExportConfig:
     ort_format: bool = False  # also .ort files beside each .onnx (encoder only)
     overwrite: bool = False  # replace an existing output folder
     exporter: str = "torchscript"  # torch -> ONNX exporter: torchscript or dynamo (dynamo: encoder only)
-    num_labels: int | None = None  # head labels when the --coeffs user has no head (else its head decides)
+    num_labels: int | None = None  # classification head labels (>= 2) when the --coeffs user has no head; other tasks refuse it
     allow_base_mismatch: bool = False  # accept a model whose id differs from the subspace's base
     builder_options: tuple = ()  # KEY=VALUE options of onnxruntime-genai's model builder (decoder only)
     fused: bool = False  # also model.fused.onnx, attention fused (encoder only)

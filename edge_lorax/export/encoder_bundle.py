@@ -7,7 +7,9 @@ formats.bundle.write_manifest), `<user>.onnx_adapter` when --coeffs is given, th
 projected source adapters, for on-device personalisation) when it has one, and for a features bundle
 sentence-transformers' module files. Every graph is checked against torch (export.verify) before the folder appears;
 a model whose modules or shapes differ from the subspace's is refused while the graphs are prepared.
-Refuses (`check`, before any work): --quantize int4 and --builder-option (decoder options).
+Refuses (`check`, before any work): --quantize int4 and --builder-option (the KV-cache decoder's; a Llama exported
+for another task gets this target and is told so), --task causal-lm on a model whose config names no causal LM head
+(an encoder: AutoModelForCausalLM would bolt a random head on it that `run` cannot serve).
 Does not: read or check the common inputs (export.bundle does, into an export.config.ExportJob), make the folder
 atomic (export.bundle does), export KV-cache decoders (export.llm_bundle), benchmark or serve users
 (edge_lorax.runtime does).
@@ -32,7 +34,7 @@ from edge_lorax.export import graph as g
 from edge_lorax.export.config import ExportJob
 from edge_lorax.export.quantize import quantize_int8
 from edge_lorax.export.verify import TOLERANCE_RULE, TOLERANCES, check_variant
-from edge_lorax.formats import names
+from edge_lorax.formats import architectures, names
 from edge_lorax.formats.bundle import TARGET_ENCODER, write_manifest
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.onnx_adapter import write_onnx_adapter
@@ -49,10 +51,19 @@ VERIFY_TEXTS = ("A short one.", "The exporter checks every graph against torch b
 
 
 def check(job: ExportJob):
-    """What an encoder bundle does not offer, refused before any work: --quantize int4 and --builder-option."""
+    """What an encoder bundle does not offer, refused before any work: --quantize int4 and --builder-option (the
+    KV-cache decoder's), --task causal-lm on a model without a causal LM head."""
     if job.config.quantize == "int4" or job.config.builder_options:
-        raise InputError("--quantize int4 and --builder-option are for decoder bundles (Llama-family models); drop them "
-                         "for this model")
+        kv = ", ".join(architectures.kv_cache_types())
+        raise InputError(f"--quantize int4 and --builder-option are for decoder bundles (the KV-cache decoder: --task "
+                         f"causal-lm on a {kv} model); {job.path} ({job.model_config.get('model_type')}) with --task "
+                         f"{job.task} is exported as the encoder-style graph (onnx-encoder), which takes --quantize "
+                         "int8: use that or drop them")
+    architectures_ = job.model_config.get("architectures")
+    if job.task == names.TASK_CAUSAL_LM and not architectures.is_causal_lm(architectures_):
+        raise InputError(f"{job.path}: --task causal-lm needs a causal language model (config.json architectures "
+                         f"ending in {' or '.join(architectures.CAUSAL_LM_SUFFIXES)}); {architectures_ or 'this model'} "
+                         "has no LM head to export: use --task features, classification or regression")
 
 
 def write(job: ExportJob, tmp: Path):

@@ -7,6 +7,17 @@ unknown tensors) refuses the file with the list, so nothing is dropped silently.
 the tensors as PEFT would: r and rank_pattern against the tensor ranks, lora_alpha and alpha_pattern positive and
 finite, pattern regexes valid, factors of a float dtype. `read_factors` memory-maps one module's A and B.
 
+The config's choice of modules is checked against the tensors by PEFT's own rule (`peft_targets`, after
+peft.tuners.tuners_utils.check_target_module_exists): target_modules as a list matches a name or a dotted suffix of
+it, as a string is a full-match regex ("all-linear": every Linear / Conv1D but the output head), layers_to_transform
+/ layers_pattern restrict the layer index, exclude_modules and modules_to_save keep PEFT off a module. Every module
+the weights hold must be one PEFT targets; with the base model's module names (`ModelModules`, from a caller that
+has the model) the weights must hold exactly the modules PEFT would create. Sharp edge: without the model, a config
+that targets *more* than the tensors (e.g. `key` beside query/value) cannot be told from one naming modules the
+model lacks, so it passes; PEFT would create those modules at their initial value (lora_B zero by default).
+A config regex is matched only when its shape bounds the work (no repeat inside a repeat, at most 3 unbounded
+repeats, module names under 200 characters): a backtracking regex that would hang PEFT is refused instead.
+
 Module names follow one rule (`name_variants`): PEFT's `base_model.model.` key prefix is optional in the file, and
 two names denote the same layer when they differ only by the model's base_model_prefix (`bert.` of a task model vs
 its bare backbone). Never unpickles: `.bin` adapters are refused with the conversion to run. Does not handle DoRA,
@@ -17,6 +28,11 @@ import hashlib
 import json
 import math
 import re
+
+try:
+    from re import _parser  # the regex parser (Python 3.11+), to bound a config regex's matching cost
+except ImportError:  # Python 3.10
+    import sre_parse as _parser
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -42,7 +58,20 @@ _FIX_UNHELD = ("retrain with bias='none', lora_bias=False and Linear/Conv1D targ
                "(or delete tensors that were never trained)")
 _TYPES = {"base_model_name_or_path": ((str, type(None)), "a string"), "fan_in_fan_out": ((bool,), "true or false"),
           "use_rslora": ((bool,), "true or false"), "modules_to_save": ((list, type(None)), "a list of module names"),
-          "rank_pattern": ((dict, type(None)), "an object"), "alpha_pattern": ((dict, type(None)), "an object")}
+          "rank_pattern": ((dict, type(None)), "an object"), "alpha_pattern": ((dict, type(None)), "an object"),
+          "target_modules": ((str, list, type(None)), "a list of module names or a regex string"),
+          "exclude_modules": ((str, list, type(None)), "a list of module names or a regex string"),
+          "layers_to_transform": ((int, list, type(None)), "a layer index or a list of them"),
+          "layers_pattern": ((str, list, type(None)), "a name or a list of names"),
+          "task_type": ((str, type(None)), "a string")}
+_NAME_LISTS = ("modules_to_save", "target_modules", "exclude_modules", "layers_pattern")  # lists of strings when lists
+ALL_LINEAR = "all-linear"  # PEFT's shorthand (compared case-insensitively): every Linear / Conv1D but the output head
+_TASK_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"), "QUESTION_ANS": ("qa_outputs",)}
+_UNSUPPORTED = {"target_parameters": "LoRA on raw parameters (target_parameters)",
+                "layer_replication": "replicated layers (layer_replication)"}
+_FIX_TARGETS = f"fix {ADAPTER_CONFIG} to name the modules the weights hold, or re-save the adapter with PEFT"
+_REPEAT_OPS = ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT")
+MAX_REPEATS, MAX_NAME, MAX_PATTERN = 3, 200, 1000  # regex shape, name and regex length: ~0.03 s a match at most
 
 
 class AdapterError(InputError):
@@ -167,6 +196,7 @@ def _read_config(path: Path) -> dict:
     _check_rank(cfg_path, "r", cfg.get("r", DEFAULT_R))
     _check_alpha(cfg_path, "lora_alpha", cfg.get("lora_alpha", DEFAULT_ALPHA))
     _check_patterns(cfg_path, cfg)
+    _check_target_keys(cfg_path, cfg)
     return cfg
 
 
@@ -175,8 +205,17 @@ def _check_types(cfg_path: Path, cfg: dict):
     for key, (types, what) in _TYPES.items():
         if key in cfg and not isinstance(cfg[key], types):
             raise AdapterError(f"{cfg_path}: {key} is {json.dumps(cfg[key])[:60]}, not {what}; fix it or re-save with PEFT")
-    if not all(isinstance(m, str) for m in cfg.get("modules_to_save") or []):
-        raise AdapterError(f"{cfg_path}: modules_to_save must list module names (strings); fix it or re-save with PEFT")
+    for key in _NAME_LISTS:
+        if isinstance(cfg.get(key), list) and not all(isinstance(m, str) for m in cfg[key]):
+            raise AdapterError(f"{cfg_path}: {key} must list module names (strings); fix it or re-save with PEFT")
+    layers = cfg.get("layers_to_transform")
+    if not all(_is_index(i) for i in (layers if isinstance(layers, list) else [] if layers is None else [layers])):
+        raise AdapterError(f"{cfg_path}: layers_to_transform is {json.dumps(layers)[:60]}, not a layer index or a list "
+                           "of them (integers >= 0); fix it or re-save with PEFT")
+
+
+def _is_index(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _is_number(value) -> bool:
@@ -209,6 +248,165 @@ def _check_patterns(cfg_path: Path, cfg: dict):
                 raise AdapterError(f"{cfg_path}: {name} key {key!r} is not a valid regular expression ({e}); "
                                    "fix or remove it") from e
             check(cfg_path, f"{name}[{key!r}]", value)
+
+
+# ------------------------------------------------------------------------------- the config's modules: PEFT's rule
+
+@dataclass(frozen=True)
+class ModelModules:
+    """The base model's module names as PEFT matches them (`named_modules()` of the model the adapter loads onto) and
+    the ones `all-linear` takes (Linear / Conv1D less the output head); built by a caller that has the model."""
+
+    names: tuple
+    linear: frozenset = frozenset()
+
+
+def _check_target_keys(cfg_path: Path, cfg: dict):
+    """What LoraConfig refuses or this reader cannot follow, from the config alone; every regex compiles."""
+    for key, what in _UNSUPPORTED.items():
+        if cfg.get(key):
+            raise AdapterError(f"{cfg_path}: {what} is not a Linear/Conv1D LoRA a ΔW subspace holds; retrain without {key}")
+    if isinstance(cfg.get("target_modules"), str) and (cfg.get("layers_to_transform") is not None or
+                                                       cfg.get("layers_pattern") is not None):
+        raise AdapterError(f"{cfg_path}: target_modules is a regex string, so layers_to_transform / layers_pattern "
+                           "cannot apply (PEFT refuses the config); put the layer into the regex or list target_modules")
+    if cfg.get("layers_pattern") and cfg.get("layers_to_transform") is None:
+        raise AdapterError(f"{cfg_path}: layers_pattern without layers_to_transform (PEFT refuses the config); "
+                           "set layers_to_transform or remove layers_pattern")
+    for key, value, pattern in _regexes(cfg):
+        try:
+            repeats, nested = _repeats(_parser.parse(pattern))
+        except re.error as e:
+            raise AdapterError(f"{cfg_path}: {key} {value[:60]!r} is not a valid regular expression ({e}); "
+                               "fix or remove it") from e
+        if nested or repeats > MAX_REPEATS or len(value) > MAX_PATTERN:
+            raise AdapterError(f"{cfg_path}: {key} {value[:60]!r} is too costly to match safely (over {MAX_PATTERN} "
+                               f"characters, a repeat inside a repeat, or more than {MAX_REPEATS} unbounded repeats with "
+                               "PEFT's own); list the module names instead")
+
+
+def _regexes(cfg: dict) -> list:
+    """(config key, the entry, the regex PEFT builds from it) for every entry PEFT matches as a regex."""
+    out = [(k, cfg[k], cfg[k]) for k in ("target_modules", "exclude_modules") if isinstance(cfg.get(k), str)]
+    patterns = cfg.get("layers_pattern") or []
+    out += [("layers_pattern", p, rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.")
+            for p in ([patterns] if isinstance(patterns, str) else patterns)]
+    return out + [("modules_to_save", m, rf"(^|.*\.){m}($|\..*)") for m in _saved_names(cfg)]
+
+
+def _children(av):
+    """The sub-patterns inside one parsed regex item's argument."""
+    for item in av if isinstance(av, (tuple, list)) else (av,):
+        if isinstance(item, _parser.SubPattern):
+            yield item
+        elif isinstance(item, (tuple, list)):
+            yield from _children(item)
+
+
+def _repeats(sub, inside: bool = False) -> tuple:
+    """(unbounded repeats, whether a repeat or an alternation sits inside a repeat) of a parsed regex: the shapes
+    whose backtracking grows exponentially (nesting) or as length**repeats, so a config could hang the reader."""
+    count, nested = 0, False
+    for op, av in sub:
+        repeat = str(op) in _REPEAT_OPS and av[1] > 1
+        nested = nested or (inside and (repeat or str(op) == "BRANCH"))
+        for child in _children(av):
+            c, n = _repeats(child, inside or repeat)
+            count, nested = count + c, nested or n
+        count += repeat and av[1] == _parser.MAXREPEAT
+    return count, nested
+
+
+def _saved_names(cfg: dict) -> list:
+    """modules_to_save as PEFT uses it: the config's, plus the task head names its task model class adds."""
+    return list(cfg.get("modules_to_save") or []) + list(_TASK_HEADS.get(cfg.get("task_type"), ()))
+
+
+def _listed(names, key: str) -> bool:
+    """PEFT's list rule: `key` is a listed name or ends with "." + one."""
+    return key in names or any(key.endswith("." + n) for n in names)
+
+
+def _layer_index(cfg: dict, key: str) -> int | None:
+    """The layer index PEFT reads from `key`: the first numbered segment, or the one after a layers_pattern name."""
+    patterns = cfg.get("layers_pattern")
+    if not patterns:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
+    else:
+        found = (re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", key)
+                 for p in ([patterns] if isinstance(patterns, str) else patterns))
+        match = next((m for m in found if m), None)
+    return int(match["idx"]) if match else None
+
+
+def _in_layers(cfg: dict, key: str) -> bool:
+    """layers_to_transform (an index or a list; None or [] means every layer) admits `key`'s layer."""
+    layers = cfg.get("layers_to_transform")
+    if layers is None or layers == []:
+        return True
+    index = _layer_index(cfg, key)
+    return index is not None and index in (layers if isinstance(layers, list) else [layers])
+
+
+def refusing_key(cfg: dict, key: str, linear=None) -> str | None:
+    """The config key that keeps PEFT from putting LoRA on module `key`, or None when PEFT targets it
+    (check_target_module_exists + all-linear). linear: the model's all-linear names; None: unknown, so all-linear
+    admits every module."""
+    excluded = cfg.get("exclude_modules")
+    if excluded and (re.fullmatch(excluded, key) if isinstance(excluded, str) else _listed(excluded, key)):
+        return "exclude_modules"
+    if any(re.match(rf"(^|.*\.){m}($|\..*)", key) for m in _saved_names(cfg)):
+        return "modules_to_save"
+    targets = cfg.get("target_modules")
+    if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
+        return None if linear is None or key in linear else "target_modules"
+    if isinstance(targets, str):
+        return None if re.fullmatch(targets, key) else "target_modules"
+    if key in targets:  # PEFT: a full name listed is taken whatever layers_to_transform says
+        return None
+    if not _listed(targets, key):
+        return "target_modules"
+    return None if _in_layers(cfg, key) else ("layers_pattern" if _layer_index(cfg, key) is None else "layers_to_transform")
+
+
+def peft_targets(cfg: dict, model: ModelModules) -> list:
+    """The modules of `model` PEFT puts LoRA on under this config, in the model's order."""
+    return [n for n in model.names if n and refusing_key(cfg, n, model.linear) is None]
+
+
+def _config_value(cfg: dict, key: str) -> str:
+    return json.dumps(cfg.get(key), sort_keys=True)[:80]
+
+
+def _check_targets(cfg_path: Path, cfg: dict, modules, model: ModelModules | None):
+    """The weights hold exactly the modules PEFT would create from the config (model given), or at least only
+    modules the config targets (model unknown); one line naming the config key and the first module that differs."""
+    if cfg.get("target_modules") is None:
+        leaves = sorted({m.rsplit(".", 1)[-1] for m in modules})
+        raise AdapterError(f"{cfg_path}: no target_modules, so PEFT would pick its own default modules for the base "
+                           f"model, not necessarily the {len(modules)} the weights hold; set target_modules, e.g. {leaves}")
+    long = next((m for m in modules if len(m) > MAX_NAME), None)
+    if long:
+        raise AdapterError(f"{cfg_path.parent / ADAPTER_WEIGHTS}: module name of {len(long)} characters ({long[:60]}...); "
+                           f"module names of a model are under {MAX_NAME}: {FIX_WEIGHTS}")
+    if model is not None:
+        return _check_exact(cfg_path, cfg, modules, model)
+    for module in modules:
+        key = refusing_key(cfg, module)
+        if key:
+            raise AdapterError(f"{cfg_path}: {key} {_config_value(cfg, key)} does not take module {module}, which the "
+                               "weights hold, so PEFT would load a different adapter from this folder; " + _FIX_TARGETS)
+
+
+def _check_exact(cfg_path: Path, cfg: dict, modules, model: ModelModules):
+    want = peft_targets(cfg, model)
+    if align_modules(modules, want) is None:
+        keys = [k for k in ("target_modules", "layers_to_transform", "layers_pattern", "exclude_modules")
+                if cfg.get(k) not in (None, [], "")]
+        said = ", ".join(f"{k} {_config_value(cfg, k)}" for k in keys)
+        raise AdapterError(f"{cfg_path}: {said} select {len(want)} module(s) of the base model, the weights hold "
+                           f"{len(modules)} ({module_difference(modules, want, 'the weights', 'the config')}), so PEFT "
+                           "would load a different adapter from this folder; " + _FIX_TARGETS)
 
 
 # -------------------------------------------------------------------------------------------------- the tensors
@@ -312,8 +510,9 @@ def _module_entry(weights: Path, cfg: dict, module: str, sides: dict, header: di
     return r, (shape_b[0], shape_a[1]), lora_scaling(alpha, r, cfg.get("use_rslora", False))
 
 
-def read_adapter(path) -> AdapterInfo:
-    """Config + header only; every tensor is accounted for (factor, carried head) or the folder is refused."""
+def read_adapter(path, model: ModelModules | None = None) -> AdapterInfo:
+    """Config + header only; every tensor is accounted for (factor, carried head) or the folder is refused, and the
+    config's target modules agree with the tensors (exactly, when `model` gives the base model's module names)."""
     path = Path(path)
     cfg = _read_config(path)
     weights = _weights_file(path)
@@ -321,6 +520,7 @@ def read_adapter(path) -> AdapterInfo:
     factors, rest = _split_keys(weights, header)
     if not factors:
         raise AdapterError(f"{weights}: no lora_A/lora_B weights; is this a LoRA adapter saved by PEFT?")
+    _check_targets(path / ADAPTER_CONFIG, cfg, sorted(factors), model)
     head_module, head = _head(weights, rest, header, cfg.get("modules_to_save") or [])
     _refuse_unheld(weights, sorted(set(rest) - {k.removeprefix(PEFT_PREFIX) for k in head.values()}))
     entries = {m: _module_entry(weights, cfg, m, sides, header) for m, sides in sorted(factors.items())}

@@ -144,9 +144,16 @@ def feeds_for(bundle: Bundle, user: LoadedUser | None, inputs: dict) -> dict:
     if user is not None:
         check_user(bundle, user)
         if bundle.per_example:
-            raise InputError(f"{bundle.model_path.name} is a per-example graph; use run_mixed with one user per example")
+            raise InputError(per_example_refusal(bundle, "take one user for the whole run"))
         feeds.update(user.arrays)
     return feeds
+
+
+def per_example_refusal(bundle: Bundle, what: str) -> str:
+    """The one message for a per-example graph asked for one user per run: its only model is per-example."""
+    return (f"{bundle.model_path}: exported with --per-example (every run takes one user per example), so it cannot "
+            f"{what}; call edge_lorax.runtime.run_mixed(bundle, users, inputs) with a user per text, or re-export "
+            "without --per-example")
 
 
 def run_arrays(bundle: Bundle, user: LoadedUser | None, inputs: dict, outputs=None) -> dict:
@@ -166,7 +173,8 @@ def run_adapter(bundle: Bundle, user: LoadedUser, inputs: dict, outputs=None) ->
 def _stack_users(bundle: Bundle, users: list) -> dict:
     """Per-example feeds: each coefficient input stacked along a new batch axis, one user per example."""
     if not bundle.per_example:
-        raise InputError(f"{bundle.model_path.name} takes one user per run; open the per_example variant for mixed batches")
+        raise InputError(f"{bundle.model_path}: takes one user per run; for a user per example (run_mixed) re-export the "
+                         "bundle with --per-example")
     keys = [k for k, s in bundle.coeff_inputs.items() if s.per_example]
     for i, u in enumerate(users):
         check_user(bundle, u, f"users[{i}]")
@@ -292,6 +300,6 @@ def predict_file(bundle_path, coeffs, texts: list, profile: str = "default", max
         said(f"model: {bundle.model_path.name} (profile {profile}, variant {bundle.config.variant})")
     max_length = check_max_length(bundle, max_length)
     if bundle.per_example:
-        raise BundleError(f"{bundle.model_path}: per-example graph; open the bundle's fp32 or int8 model to predict")
+        raise BundleError(per_example_refusal(bundle, "serve `run` (one user for every text)"))
     user = load_user(bundle, coeffs) if coeffs else None
     return _predict(bundle, user, texts, max_length)
