@@ -2,7 +2,7 @@
 targets judged on this run), report.png (the same figures: what the table and the verdicts say is what is drawn).
 
 Per (build, threads): the median over rounds of each round's median time to first token per prompt length and
-decode tokens/s, with the range over every repetition; ours / plain per round (the two builds' runs of the same
+decode tokens/s, with p10–p90 over every repetition; ours / plain per round (the two builds' runs of the same
 round) and the median of those ratios, which the targets judge (wall time: a generation's threads are the
 session's own). Switch costs and resident users' memory come from the bundle's runs. Also the helpers
 benchmarks/llm/report.py shares (median, agreement, median_dict). matplotlib is imported only to draw. Does not
@@ -69,7 +69,7 @@ def lengths(data: dict) -> list:
 
 def build_rows(data: dict) -> list:
     """Per (build, threads): rounds measured, errors, TTFT per length and decode tokens/s ({"median": median of the
-    rounds' medians, "lo" / "hi": the range over every repetition}), load seconds, memory (MiB, medians)."""
+    rounds' medians, "lo" / "hi": p10 / p90 over every repetition}), load seconds, memory (MiB, medians)."""
     out = []
     for key in sorted(data.get("runs", {}), key=lambda k: (_split(k)[1], _split(k)[0] != OURS, k)):
         build, threads = _split(key)
@@ -87,13 +87,17 @@ def build_rows(data: dict) -> list:
 
 
 def _spread(value, reps: list) -> dict:
+    """{"median": value, "lo" / "hi": the 10th / 90th percentile of every repetition} (one slow repetition, e.g. a
+    preempted one, does not stretch the spread drawn)."""
     reps = reps or ([value] if value is not None else [])
-    return {"median": value, "lo": float(min(reps)) if reps else None, "hi": float(max(reps)) if reps else None}
+    lo, hi = (float(v) for v in np.percentile(reps, [10, 90])) if reps else (None, None)
+    return {"median": value, "lo": lo, "hi": hi}
 
 
 def ratios(data: dict) -> list:
     """Per thread count with runs of both builds: ours / plain for each TTFT length and for decode tokens/s, taken per
-    round (the runs of the same round) — {"ratio": their median, "rounds": each round's, "spread": half their IQR}."""
+    round (the runs of the same round) — {"ratio": their median, "rounds": each round's, "spread": half their IQR,
+    "q1" / "q3"}."""
     out, runs = [], data.get("runs", {})
     for threads in data["plan"]["threads"]:
         ours, plain = runs.get(f"{OURS}_t{threads}", []), runs.get(f"{PLAIN}_t{threads}", [])
@@ -109,7 +113,8 @@ def ratios(data: dict) -> list:
 
 def _ratio(values: list) -> dict:
     q1, med, q3 = np.percentile(values, [25, 50, 75])
-    return {"ratio": float(med), "rounds": [float(v) for v in values], "spread": float((q3 - q1) / 2)}
+    return {"ratio": float(med), "rounds": [float(v) for v in values], "spread": float((q3 - q1) / 2),
+            "q1": float(q1), "q3": float(q3)}
 
 
 def plain_missing(data: dict) -> str:
@@ -194,8 +199,7 @@ def _header_md(data: dict) -> list:
 
 
 def _targets_md(rows: list) -> list:
-    body = [[t["target"], t["measured"], t["status"], (t["why"] + (" " + t["note"] if t["note"] else "")).strip()]
-            for t in rows]
+    body = [[t["target"], t["measured"], t["status"], " — ".join(x for x in (t["why"], t["note"]) if x)] for t in rows]
     return ["\n## Targets, judged on this run\n"] + _table(["target", "measured", "status", "why / note"], body)
 
 
@@ -212,7 +216,7 @@ def _latency_md(data: dict) -> list:
     head = ["build", "threads", *[f"TTFT {n} tokens (ms)" for n in ls], "decode tokens/s", "load s", "peak RSS MiB",
             "RssAnon", "RssFile"]
     out = ["\n## Time to first token and decode speed\n",
-           "Median of the rounds' medians (range over every repetition); memory after the timings.\n"]
+           "Median of the rounds' medians (p10–p90 over every repetition); memory after the timings.\n"]
     return out + _table(head, body)
 
 
@@ -282,7 +286,7 @@ def markdown(data: dict) -> str:
 
 def plot_series(data: dict) -> dict:
     """What report.png draws, from the same functions as the tables: per (build, threads) TTFT per length and decode
-    tokens/s (median, range), and the ours / plain ratios the targets judge (each round's, their median, the target)."""
+    tokens/s (median, p10–p90), and the ours / plain ratios the targets judge (each round's, their median, the target)."""
     rows = [r for r in build_rows(data) if "ttft_ms" in r]
     ratio_bars = []
     for r in ratios(data):
@@ -297,13 +301,13 @@ def plot_series(data: dict) -> dict:
 
 
 def _bars(ax, groups: list, series: list, ylabel: str, title: str):
-    """Grouped bars (one group per x label, one bar per series) with the range as error bars; linear axis."""
+    """Grouped bars (one group per x label, one bar per series), whiskers lo–hi; linear axis."""
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(groups))
     for i, (label, cells) in enumerate(series):
         med = [c["median"] if c and c["median"] is not None else np.nan for c in cells]
-        lo = [m - c["lo"] if c and c["lo"] is not None else 0 for m, c in zip(med, cells)]
-        hi = [c["hi"] - m if c and c["hi"] is not None else 0 for m, c in zip(med, cells)]
+        lo = [max(m - c["lo"], 0) if c and c["lo"] is not None else 0 for m, c in zip(med, cells)]
+        hi = [max(c["hi"] - m, 0) if c and c["hi"] is not None else 0 for m, c in zip(med, cells)]
         ax.bar(x + i * width, med, width, yerr=[lo, hi], capsize=3, label=label, color=f"C{i}")
     ax.set_xticks(x + width * (len(series) - 1) / 2)
     ax.set_xticklabels(groups)
@@ -321,7 +325,7 @@ def _plot_ratios(ax, s: dict):
     x = np.arange(len(bars))
     ok = [(b["ratio"] <= b["target"]) if b["at_most"] else (b["ratio"] >= b["target"]) for b in bars]
     ax.bar(x, [b["ratio"] for b in bars], 0.6, color=["C2" if o else "C3" for o in ok],
-           yerr=[b["spread"] for b in bars], capsize=3)
+           yerr=[[b["ratio"] - b["q1"] for b in bars], [b["q3"] - b["ratio"] for b in bars]], capsize=3)
     for i, b in enumerate(bars):
         ax.plot([i] * len(b["rounds"]), b["rounds"], "k.", ms=4)
         ax.hlines(b["target"], i - 0.4, i + 0.4, colors="k", linestyles="--")
@@ -330,7 +334,7 @@ def _plot_ratios(ax, s: dict):
     ax.axhline(1.0, color="k", lw=0.5)
     ax.set_xticks(x)
     ax.set_xticklabels([b["label"] for b in bars], rotation=20, fontsize=7)
-    ax.set(ylabel="ours / plain (median per-round ratio; dots: rounds)", title="the ratios the targets judge "
+    ax.set(ylabel="ours / plain: median per-round ratio (whisker: IQR; dots: rounds)", title="the ratios the targets judge "
            "(green: met, dashed: target)", yscale="linear")
 
 
@@ -374,9 +378,9 @@ def figure(data: dict):
     s = plot_series(data)
     fig, axes = plt.subplots(1, 4, figsize=(20, 5.2), gridspec_kw={"width_ratios": [1.2, 0.8, 1.2, 1.1]})
     _bars(axes[0], [f"{n} tokens" for n in s["lengths"]], [(b["label"], [b["ttft"][n] for n in s["lengths"]])
-                                                          for b in s["builds"]], "ms (median; range: every repetition)",
+                                                          for b in s["builds"]], "ms (median; whisker: p10–p90 of every repetition)",
           "time to first token")
-    _bars(axes[1], ["decode"], [(b["label"], [b["decode"]]) for b in s["builds"]], "tokens/s (median; range)",
+    _bars(axes[1], ["decode"], [(b["label"], [b["decode"]]) for b in s["builds"]], "tokens/s (median; whisker: p10–p90)",
           f"decode, {data['plan']['new_tokens']} new tokens")
     _plot_ratios(axes[2], s)
     _text_panel(axes[3], data)
