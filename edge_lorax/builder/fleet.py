@@ -46,6 +46,7 @@ from edge_lorax.formats import names
 from edge_lorax.formats.atomic import atomic_dir
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.subspace import Subspace
+from edge_lorax.formats.tasks import SUFFIXES
 from edge_lorax.formats.user import User, write_user
 
 DATA_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -63,16 +64,24 @@ class Trained:
 
 
 def data_files(data_dir) -> list:
-    """The task files of a folder (.csv, .tsv, .jsonl; one user each, named by the file's stem), sorted; refused
-    when there is none or two share a stem."""
-    files = sorted(p for p in Path(data_dir).iterdir() if p.suffix in DATA_SUFFIXES and p.is_file())
-    if not files:
-        raise InputError(f"{data_dir}: no {'/'.join(DATA_SUFFIXES)} files; put one task file per user there")
-    stems = [p.stem for p in files]
-    dup = next((s for s in stems if stems.count(s) > 1), None)
+    """The task files of a folder (.csv, .tsv, .jsonl, .tab, .ndjson in any case, as formats.tasks reads them; one
+    user each, named by the file's stem), sorted. Every other file is refused (a user silently left out is worse
+    than a folder to tidy); hidden files and sub-folders are skipped. Two stems equal but for case are refused: on
+    macOS or Windows their user files would be one file."""
+    entries = sorted(p for p in Path(data_dir).iterdir() if not p.name.startswith(".") and p.is_file())
+    other = [p.name for p in entries if p.suffix.lower() not in SUFFIXES]
+    if other:
+        raise InputError(f"{data_dir}: {other[0]!r} is not a task file ({'/'.join(SUFFIXES)}); every file in the folder is "
+                         "one user's examples: move it out or convert it")
+    if not entries:
+        raise InputError(f"{data_dir}: no {'/'.join(DATA_SUFFIXES)} files (nor .tab/.ndjson, in any case); put one task "
+                         "file per user there")
+    stems = [p.stem.casefold() for p in entries]
+    dup = next((p for p, s in zip(entries, stems) if stems.count(s) > 1), None)
     if dup:
-        raise InputError(f"{data_dir}: two files for user {dup!r}; keep one file per user name")
-    return files
+        twins = [p.name for p, s in zip(entries, stems) if s == dup.stem.casefold()]
+        raise InputError(f"{data_dir}: {' and '.join(twins)} are both user {dup.stem!r}; keep one file per user name")
+    return entries
 
 
 class UserHeads(nn.Module):

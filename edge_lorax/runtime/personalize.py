@@ -34,7 +34,7 @@ from edge_lorax.formats import names
 from edge_lorax.formats.atomic import check_output
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.sources import SOURCES_FILE, read_sources
-from edge_lorax.formats.tasks import CLASSIFICATION, DataError, Split, Task, read_task, target_dtype
+from edge_lorax.formats.tasks import CLASSIFICATION, DataError, Split, Task, frozen, read_task, target_dtype
 from edge_lorax.formats.user import User, split_inputs, write_user
 from edge_lorax.runtime.bundle import Bundle, BundleError, SessionConfig, bundle_file, open_bundle
 from edge_lorax.runtime.head import fit_head, head_loss, head_score
@@ -48,13 +48,19 @@ WARMUP = 0.06  # the host trainer's warm-up fraction (builder.loop.TrainConfig.w
 MIN_ROWS = 8  # local examples needed to fit and hold some out
 REFIT = 10  # SPSA steps between head refits on the feature cache
 L2_GRID = (1.0, 10.0, 100.0)  # head penalties tried at each checkpoint, the held-out loss picks (n ≈ 50–200 rows, d = 384)
+CHECKPOINT_SHARE = 0.08  # of the budget left, what featurising every example used (one checkpoint) may cost
+PROBE_ROWS = 128  # examples timed (features and heads) to size that share
+MIN_SAMPLE = 256  # examples a budget never cuts below
 
 
 @dataclass(frozen=True)
 class FitConfig:
     """steps: optimizer steps over all stages, exactly, whatever the time (None: until budget_s of wall time, setup
     included, is spent). Only a budget makes a fit depend on the machine's speed; a given steps count is reproducible
-    bit for bit."""
+    bit for bit. max_rows: examples used at most (fit + held out; a seeded sample of a larger file, every class
+    kept), since each checkpoint featurises all of them; against a budget also no more than one checkpoint can
+    featurise in CHECKPOINT_SHARE of it, timed on PROBE_ROWS examples. A file of at most max_rows examples fitted
+    for a given steps count gives the same user whatever its size elsewhere."""
 
     method: str = AUTO
     steps: int | None = None
@@ -65,6 +71,7 @@ class FitConfig:
     exact_lr: float = 2e-2  # Adam peak step size on exact gradients (the host trainer's EigenLoRAx rate)
     seed: int = 0
     max_length: int = 48
+    max_rows: int = 4096
 
 
 @dataclass
@@ -96,8 +103,15 @@ def check_bundle(bundle: Bundle, task: Task, source=None):
     width = bundle.coeff_inputs[names.HEAD_BIAS].shape[-1]
     if width != task.num_labels:
         fix = f"--num-labels {task.num_labels}" if task.kind == CLASSIFICATION else "--task regression"
-        raise InputError(f"{source or task.name}: {task.num_labels} {'classes' if task.kind == CLASSIFICATION else 'target'}, but "
-                         f"{bundle.path}'s head has {width} outputs; export a bundle with {fix}")
+        found = "1 target" if task.kind != CLASSIFICATION else f"{task.num_labels} classes ({_listed(task.labels)})"
+        raise InputError(f"{source or task.name}: {found}, but {bundle.path}'s head has {width} outputs; export a "
+                         f"bundle with {fix}")
+
+
+def _listed(labels, n: int = 6) -> str:
+    """The first few class names, quoted and cut short, with how many more."""
+    shown = ", ".join(repr(x) if len(repr(x)) <= 30 else repr(x)[:26] + "...'" for x in labels[:n])
+    return shown + (f", ... {len(labels) - n} more" if len(labels) > n else "")
 
 
 def check_task(task: Task, path):
@@ -131,6 +145,51 @@ def _features(bundle: Bundle, coeffs: dict, tokens: dict, chunk: int = 32) -> np
 
 def _encode_split(bundle: Bundle, split: Split, max_length: int) -> dict:
     return encode(bundle, list(split.texts), max_length)
+
+
+# ------------------------------------------------------------------------------------------- bounded work
+
+def _row_budget(bundle: Bundle, task: Task, coeffs: dict, config: FitConfig, t0: float) -> int:
+    """Examples a fit may use: config.max_rows, and against a budget (no --steps) what one checkpoint (features of
+    every example, a head per L2_GRID penalty) costs in CHECKPOINT_SHARE of the time left, at the rate timed on
+    PROBE_ROWS fit examples (never below MIN_SAMPLE; the rate includes fixed costs, so it errs on the safe side)."""
+    if config.steps is not None or len(task.train) + len(task.validation) <= min(MIN_SAMPLE, config.max_rows):
+        return config.max_rows
+    tick, n = time.perf_counter(), min(PROBE_ROWS, len(task.train))
+    x = _features(bundle, coeffs, encode(bundle, list(task.train.texts[:n]), config.max_length))
+    for l2 in L2_GRID:
+        fit_head(x, np.asarray(task.train.targets[:n]), task.kind, task.num_labels, l2)
+    per_row = (time.perf_counter() - tick) / n
+    left = config.budget_s - (time.perf_counter() - t0)
+    return min(config.max_rows, max(MIN_SAMPLE, int(CHECKPOINT_SHARE * left / max(per_row, 1e-9))))
+
+
+def _sample(split: Split, k: int, rng, kind: str) -> Split:
+    """k rows of a split (seeded, kept in their order); for classification every class of the split keeps a row."""
+    if len(split) <= k:
+        return split
+    targets, order = np.asarray(split.targets), rng.permutation(len(split))
+    pick = order[:k]
+    if kind == CLASSIFICATION:
+        missing = np.setdiff1d(np.unique(targets), targets[pick])
+        pick = np.concatenate([pick, [order[np.argmax(targets[order] == c)] for c in missing]]).astype(np.int64)
+    pick = np.sort(pick)
+    return Split(tuple(split.texts[i] for i in pick), frozen(targets[pick].copy()))
+
+
+def _within(bundle: Bundle, task: Task, coeffs: dict, config: FitConfig, progress, t0: float) -> Task:
+    """The task cut to the examples a fit may use (_row_budget), fit and held-out in proportion; said when cut."""
+    n_fit, n_held = len(task.train), len(task.validation)
+    rows = _row_budget(bundle, task, coeffs, config, t0)
+    if n_fit + n_held <= rows:
+        return task
+    k_held = max(1, round(rows * n_held / (n_fit + n_held))) if n_held else 0
+    rng = np.random.default_rng([config.seed, 25])
+    used = replace(task, train=_sample(task.train, rows - k_held, rng, task.kind),
+                   validation=_sample(task.validation, k_held, rng, task.kind))
+    progress(f"using {len(used.train)} fit + {len(used.validation)} held-out examples of {n_fit + n_held} (a seeded "
+             f"sample: each checkpoint featurises every example used; at most {rows} here, max_rows {config.max_rows})")
+    return used
 
 
 # ---------------------------------------------------------------------------------------- parameterisations
@@ -319,15 +378,17 @@ def _stage_deadlines(config: FitConfig, fitter: _Fitter, stages: list, checkpoin
 def personalize(bundle: Bundle, task: Task, start: LoadedUser | None = None, config: FitConfig = FitConfig(),
                 progress=lambda msg: None, t0: float | None = None) -> Result:
     """Fit a user for `task` (its train split fits, its validation split is held out) on `bundle`, from `start` (None:
-    the bundle's defaults); returns the user (this bundle's fingerprint, the task's labels) and a report."""
+    the bundle's defaults); returns the user (this bundle's fingerprint, the task's labels) and a report. A task
+    larger than the fit may use (FitConfig.max_rows, the budget) is sampled first, before any example is encoded."""
     if config.method not in (AUTO, *METHODS):
         raise InputError(f"method must be one of {(AUTO, *METHODS)}, got {config.method!r}")
     check_bundle(bundle, task)
     t0 = time.perf_counter() if t0 is None else t0
+    coeffs0, read = _start_coeffs(bundle, start), len(task.train) + len(task.validation)
+    task = _within(bundle, task, coeffs0, config, progress, t0)
     data = _Data(_encode_split(bundle, task.train, config.max_length), np.asarray(task.train.targets),
                  _encode_split(bundle, task.validation, config.max_length), np.asarray(task.validation.targets))
     fitter = _Fitter(bundle, task, data, config, progress, t0)
-    coeffs0 = _start_coeffs(bundle, start)
     tick = time.perf_counter()
     best = first = fitter.checkpoint("start", coeffs0)
     checkpoint_s = time.perf_counter() - tick
@@ -362,7 +423,7 @@ def personalize(bundle: Bundle, task: Task, start: LoadedUser | None = None, con
             point["weights"] = dict(zip(sources, (round(float(w0 + w), 4) for w in p)))
         if _better(point, best):
             best, current = point, point["coeffs"]
-    return Result(_final_user(bundle, task, best), _report(fitter, first, best, stages))
+    return Result(_final_user(bundle, task, best), {**_report(fitter, first, best, stages), "examples_read": read})
 
 
 def personalize_file(bundle_path, data_path, out, *, init=None, text_column: str = "text", label_column: str = "label",
@@ -373,13 +434,16 @@ def personalize_file(bundle_path, data_path, out, *, init=None, text_column: str
     personalize` calls. config.budget_s counts from this call; refusals come before the fit, naming the file."""
     t0 = time.perf_counter()
     check_output(out, overwrite)
+    progress = progress or (lambda msg: None)
     task = read_task(data_path, text_column, label_column, kind, fractions=(1 - holdout, holdout, 0.0), seed=config.seed)
     check_task(task, data_path)
     bundle = open_bundle(Path(bundle_path), session)
     check_bundle(bundle, task, data_path)
     config = replace(config, max_length=check_max_length(bundle, config.max_length))
     start = load_user(bundle, init) if init else None
-    result = personalize(bundle, task, start, config, progress or (lambda msg: None), t0)
+    progress(f"{data_path}: {len(task.train) + len(task.validation)} examples ({len(task.train)} to fit, "
+             f"{len(task.validation)} held out), checked in {time.perf_counter() - t0:.1f} s")
+    result = personalize(bundle, task, start, config, progress, t0)
     write_user(result.user, out, overwrite)
     return result
 
