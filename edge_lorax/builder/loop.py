@@ -234,6 +234,9 @@ def fit(model, task: Task, tokenizer, config: TrainConfig = TrainConfig(), param
     total = total_steps(len(task.train), config)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(total, config.warmup))
+    if progress and config.steps is None:  # an epoch of a large task is long: say what it costs before starting
+        print(f"train: {total} steps ({config.epochs} epoch(s) of {len(task.train):,} rows at batch {config.batch_size}); "
+              "pass --steps N to stop sooner", file=sys.stderr)
     loop = _Loop(model, data, config, total, progress, objective)
     for step, index in zip(range(1, total + 1), batch_stream(len(task.train), config.batch_size, config.seed)):
         loop.step(step, index, optimizer, scheduler)
@@ -241,6 +244,9 @@ def fit(model, task: Task, tokenizer, config: TrainConfig = TrainConfig(), param
             break
     loop.finish()
     n_params = sum(p.numel() for g in params for p in (g["params"] if isinstance(g, dict) else [g]))
+    if progress:  # scoring a large split takes a while after the bar has closed
+        print(f"train: scoring the validation and test splits ({objective.size(data['validation']) + objective.size(data['test']):,} "
+              "rows)", file=sys.stderr)
     validation = loop.final_scores or objective.evaluate(model, data["validation"], config.eval_batch_size)
     return loop.result(n_params, validation, objective.evaluate(model, data["test"], config.eval_batch_size))
 
@@ -279,7 +285,9 @@ class _Loop:
 
     def validate(self, step) -> bool:
         """Score validation, record it, keep the best weights; True when early stopping says stop."""
+        self.bar.set_description("train (validating)", refresh=True)
         scores = self.objective.evaluate(self.model, self.data["validation"], self.config.eval_batch_size)
+        self.bar.set_description("train", refresh=False)
         metric = self.objective.metric
         self.history.append((step, round(self.loss_avg, 6), round(scores["loss"], 6), round(scores[metric], 6)))
         self.last_scores = (step, scores)
