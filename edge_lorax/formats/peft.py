@@ -15,8 +15,8 @@ the weights hold must be one PEFT targets; with the base model's module names (`
 has the model) the weights must hold exactly the modules PEFT would create. Sharp edge: without the model, a config
 that targets *more* than the tensors (e.g. `key` beside query/value) cannot be told from one naming modules the
 model lacks, so it passes; PEFT would create those modules at their initial value (lora_B zero by default).
-A config regex is matched only when its shape bounds the work (no repeat inside a repeat, at most 3 unbounded
-repeats, module names under 200 characters): a backtracking regex that would hang PEFT is refused instead.
+A config regex is matched only when its shape bounds the work (no repeat or alternation inside a repeat, at most 3
+unbounded repeats, 1000 characters; module names under 200): a backtracking regex that would hang PEFT is refused.
 
 Module names follow one rule (`name_variants`): PEFT's `base_model.model.` key prefix is optional in the file, and
 two names denote the same layer when they differ only by the model's base_model_prefix (`bert.` of a task model vs
@@ -275,14 +275,13 @@ def _check_target_keys(cfg_path: Path, cfg: dict):
                            "set layers_to_transform or remove layers_pattern")
     for key, value, pattern in _regexes(cfg):
         try:
-            repeats, nested = _repeats(_parser.parse(pattern))
+            costly = _costly(value, pattern)
         except re.error as e:
             raise AdapterError(f"{cfg_path}: {key} {value[:60]!r} is not a valid regular expression ({e}); "
                                "fix or remove it") from e
-        if nested or repeats > MAX_REPEATS or len(value) > MAX_PATTERN:
-            raise AdapterError(f"{cfg_path}: {key} {value[:60]!r} is too costly to match safely (over {MAX_PATTERN} "
-                               f"characters, a repeat inside a repeat, or more than {MAX_REPEATS} unbounded repeats with "
-                               "PEFT's own); list the module names instead")
+        if costly:
+            raise AdapterError(f"{cfg_path}: {key} {value[:60]!r} is too costly to match safely ({costly}); list the "
+                               "module names instead")
 
 
 def _regexes(cfg: dict) -> list:
@@ -292,6 +291,16 @@ def _regexes(cfg: dict) -> list:
     out += [("layers_pattern", p, rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.")
             for p in ([patterns] if isinstance(patterns, str) else patterns)]
     return out + [("modules_to_save", m, rf"(^|.*\.){m}($|\..*)") for m in _saved_names(cfg)]
+
+
+def _costly(value: str, pattern: str) -> str:
+    """Why matching `pattern` (built from the config's `value`) could take hours, or "" (re.error if invalid)."""
+    repeats, nested = _repeats(_parser.parse(pattern))
+    if nested:
+        return "a repeat or an alternation inside a repeat"
+    if repeats > MAX_REPEATS:
+        return f"{repeats} unbounded repeats with PEFT's own, at most {MAX_REPEATS}"
+    return f"{len(value)} characters, at most {MAX_PATTERN}" if len(value) > MAX_PATTERN else ""
 
 
 def _children(av):
@@ -375,6 +384,9 @@ def peft_targets(cfg: dict, model: ModelModules) -> list:
 
 
 def _config_value(cfg: dict, key: str) -> str:
+    """The key's value as the refusal shows it; modules_to_save with the heads its task_type adds."""
+    if key == "modules_to_save" and cfg.get("task_type") in _TASK_HEADS:
+        return f"{json.dumps(_saved_names(cfg))[:80]} (with task_type {cfg['task_type']}'s heads)"
     return json.dumps(cfg.get(key), sort_keys=True)[:80]
 
 
