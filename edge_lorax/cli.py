@@ -5,6 +5,7 @@ Results go to stdout, progress to stderr; bad input is a one-line ClickException
 
 import json
 import sys
+import time
 from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
@@ -814,7 +815,9 @@ def export(model, subspace_dir, coeffs, output, task, num_labels, per_example, m
                           overwrite=overwrite, exporter=exporter, num_labels=num_labels,
                           allow_base_mismatch=allow_base_mismatch, builder_options=builder_options, fused=fused,
                           gradient=gradient)
-    path = export_bundle(model, subspace_dir, output, coeffs, config)
+    start = time.perf_counter()
+    say = lambda phase: click.echo(f"export: {phase} ({time.perf_counter() - start:.0f} s)", err=True)  # noqa: E731
+    path = export_bundle(model, subspace_dir, output, coeffs, config, progress=say)
     manifest = read_manifest(path)
     checks = {v: verdict(c) for v, c in manifest["verification"].items()}  # the rule and the verdict per precision
     _emit({"output": str(path), **describe(path), "task": manifest["task"], "verification": checks}, as_json)

@@ -139,7 +139,7 @@ def test_refine_runs_on_the_int8_model_and_the_user_serves_run(planted, tmp_path
                           "--method", "refine")
     assert report["stages"] == ["start", "mix", "refine"] and report["steps"] == 20
     result = CliRunner().invoke(cli, ["run", str(bundle_dir), "--coeffs", str(tmp_path / "me.npz"), "good fun"])
-    assert result.exit_code == 0 and result.output.split("\t")[0] in ("no", "yes"), result.output
+    assert result.exit_code == 0 and result.stdout.split("\t")[0] in ("no", "yes"), result.output
 
 
 def test_same_seed_same_user(planted, tmp_path):

@@ -43,15 +43,15 @@ TARGETS = {TARGET_ENCODER: encoder_bundle, TARGET_DECODER: llm_bundle}
 
 
 def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, config: ExportConfig = ExportConfig(),
-                  **options) -> Path:
+                  progress=None, **options) -> Path:
     """Export, verify and write a bundle folder; returns its path (docs/formats.md, "Bundle manifest").
     `options`: ExportConfig fields by name (task="features"), replacing config's; a convenience for scripts and tests.
     config.gradient: also model.grad.onnx for a classification / regression bundle (`edge-lorax export` does by
-    default; personalize's exact path needs it; ~30 s more on MiniLM)."""
+    default; personalize's exact path needs it; ~30 s more on MiniLM). progress(phase): told as each long phase starts."""
     config = replace(config, **options) if options else config
     _check_config(config, coeffs_path)
     out_dir = check_output(out_dir, config.overwrite)
-    job = read_job(model_path, subspace_path, coeffs_path, config)
+    job = replace(read_job(model_path, subspace_path, coeffs_path, config), progress=progress)
     target = TARGETS[choose_target(job)]
     target.check(job)
     with atomic_dir(out_dir, config.overwrite) as tmp:

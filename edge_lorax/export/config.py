@@ -42,3 +42,9 @@ class ExportJob:
     task: str
     labels: int  # head labels (0: no head)
     config: ExportConfig
+    progress: object = None  # callable(phase: str): told as each long phase starts (the CLI prints it on stderr)
+
+    def say(self, phase: str):
+        """Report a phase that may take a while (exporting, quantizing, verifying); silent without a callback."""
+        if self.progress is not None:
+            self.progress(phase)

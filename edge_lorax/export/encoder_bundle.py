@@ -69,11 +69,14 @@ def check(job: ExportJob):
 def write(job: ExportJob, tmp: Path):
     """Export, verify and write the bundle into the (temporary) folder `tmp`: graphs, side files, then the manifest."""
     c = job.config
+    job.say("loading the model and injecting the subspace")
     graph, reference = prepare_graphs(job.path, job.subspace, job.coeffs, job.task, job.labels, c.per_example, c.merge)
     side = _write_side_files(tmp, job.path, graph, job.coeffs_path, job.coeffs)  # first: verifying reads the tokenizer
     side["sources"] = _copy_sources(job.subspace_path, job.subspace, tmp)
     files, checks, fusion = _write_models(tmp, graph, reference, c.exporter, c.quantize, c.ort_format,
-                                          job.subspace.fingerprint, c.fused)
+                                          job.subspace.fingerprint, c.fused, job.say)
+    if c.gradient and _has_gradient(graph, files):
+        job.say("exporting the gradient graph (model.grad.onnx, checked against autograd)")
     grads = _write_gradient(tmp, graph) if c.gradient and _has_gradient(graph, files) else None
     if grads is not None:
         side["gradient"] = grads["file"]
@@ -166,21 +169,25 @@ def _copy_tokenizer(path: Path, out: Path) -> list:
 
 
 def _write_models(tmp: Path, graph: g.Prepared, reference: g.Prepared, exporter: str, quantize, ort_format: bool,
-                 fingerprint: str, fused: bool = False) -> tuple:
+                 fingerprint: str, fused: bool = False, say=lambda phase: None) -> tuple:
     """model.onnx (+ int8, + .ort, + fused), each checked against torch (fp32 and int8 first, before the .ort and
     fused variants and the gradient graph are made); returns ({variant: file}, {variant: check}, the manifest's
     `fusion` entry or None when not asked)."""
     meta = {"edge_lorax.fingerprint": fingerprint, "edge_lorax.mode": graph.spec.mode, "edge_lorax.task": graph.spec.task}
     fp32 = tmp / names.BUNDLE_MODEL
+    say(f"exporting the fp32 graph ({exporter})")
     proto = build_onnx(graph, exporter, meta)
     written = save_model(proto, fp32)
     onnx.checker.check_model(str(fp32), full_check=True)
     tokens = _verify_tokens(tmp, graph.wrapper.model.config.vocab_size)
     models = {"fp32": fp32}
+    say("verifying against torch" + (" and quantizing to int8" if quantize == "int8" else ""))
     with quiet():
         if quantize == "int8":
             models["int8"] = quantize_int8(fp32, tmp / names.BUNDLE_MODEL_INT8, graph.spec.feed_names)
     checks = {v: check_variant(v, p, graph, reference, tokens).as_dict() for v, p in models.items()}  # before the rest
+    if ort_format or fused:
+        say("writing " + " and ".join(w for w, on in ((".ort files", ort_format), ("the fused graph", fused)) if on))
     with quiet():
         if ort_format:
             models.update({("ort" if v == "fp32" else f"{v}_ort"): _to_ort_format(p) for v, p in list(models.items())})

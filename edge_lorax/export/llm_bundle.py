@@ -84,7 +84,7 @@ def write(job: ExportJob, tmp: Path):
     """Build, verify and write the decoder bundle into the (temporary) folder `tmp` (export_llm_bundle)."""
     c = job.config
     export_llm_bundle(job.path, job.subspace, tmp, job.coeffs, job.coeffs_path, c.quantize or "fp32", c.per_example,
-                      c.builder_options)
+                      c.builder_options, job.say)
 
 
 def _builder_graph(path: Path, work: Path, precision: str, options=()) -> tuple:
@@ -122,14 +122,16 @@ def _copy_side_files(work: Path, path: Path, out: Path) -> list:
 
 
 def export_llm_bundle(path: Path, subspace: Subspace, tmp: Path, coeffs: User | None, coeffs_path, precision: str,
-                      per_example: bool = False, builder_options=()) -> dict:
+                      per_example: bool = False, builder_options=(), say=lambda phase: None) -> dict:
     """Build, insert, verify and write a decoder bundle into the (temporary) folder `tmp`; returns the manifest.
     per_example: coefficient inputs (batch_size, r, K) / (batch_size, K, r), one user per row (defaults: (1, ...))."""
     if precision not in decoder.PRECISIONS:
         raise ValueError(f"precision must be one of {decoder.PRECISIONS}, got {precision!r}")
     defaults = coeffs.inputs() if coeffs is not None else _zero_user(subspace)
     work, mode = tmp / ".build", names.MODE_PER_EXAMPLE if per_example else names.MODE_SHARED
+    say(f"onnxruntime-genai's model builder ({precision})")
     proto, config = _builder_graph(path, work, precision, builder_options)
+    say("adding the coefficient branches")
     meta = {"edge_lorax.fingerprint": subspace.fingerprint, "edge_lorax.mode": mode, "edge_lorax.task": names.TASK_CAUSAL_LM}
     graph_defaults = {k: v[None] for k, v in defaults.items()} if per_example else defaults
     inserted = decoder.add_coefficients(proto, subspace, config, graph_defaults, per_example)
@@ -138,6 +140,7 @@ def export_llm_bundle(path: Path, subspace: Subspace, tmp: Path, coeffs: User | 
     del proto, inserted
     side = _copy_side_files(work, path, tmp)
     shutil.rmtree(work)
+    say("verifying against torch (prefill logits, 3 coefficient sets)")
     check = verify_llm(tmp, path, subspace, defaults, config, precision, per_example)
     adapter = None
     if coeffs is not None:
