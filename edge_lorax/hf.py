@@ -24,7 +24,7 @@ from pathlib import Path
 
 from edge_lorax.formats.errors import InputError
 from edge_lorax.runtime.bundle import Bundle, bundle_of_session
-from edge_lorax.runtime.infer import check_user
+from edge_lorax.runtime.infer import check_user, per_example_refusal
 from edge_lorax.runtime.users import LoadedUser, make_user
 from edge_lorax.runtime.users import load_user as _load_user
 
@@ -75,8 +75,7 @@ def _bound(model) -> tuple:
     if not isinstance(ort_model.session, UserSession):
         bundle = bundle_of_session(ort_model.session, ort_model.path)
         if bundle.per_example:
-            raise InputError(f"{bundle.model_path}: a per-example graph (one user per row); with_user binds one user "
-                             "per run, open the bundle's fp32 or int8 model")
+            raise InputError(per_example_refusal(bundle, "bind one user per run (with_user)"))
         config = getattr(ort_model, "config", None)
         labels = (dict(config.id2label), dict(config.label2id)) if getattr(config, "id2label", None) else None
         ort_model.session = UserSession(ort_model.session, bundle, labels)

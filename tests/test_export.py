@@ -17,7 +17,8 @@ from edge_lorax.builder.inject import inject_subspace  # noqa: E402
 from edge_lorax.export import export_bundle  # noqa: E402
 from edge_lorax.export.graph import mean_pool, sample_tokens  # noqa: E402
 from edge_lorax.export.passes import overridable  # noqa: E402
-from edge_lorax.formats import names  # noqa: E402
+from edge_lorax.formats import names
+from edge_lorax.formats.errors import InputError  # noqa: E402
 from edge_lorax.formats.onnx_adapter import (
     fingerprint_version,  # noqa: E402
     read_onnx_adapter,  # noqa: E402
@@ -202,6 +203,10 @@ def test_decoders_causal_lm_parity(arch, tmp_path):
     for user in [random_user(sub, s) for s in (1, 2, 3)]:
         got = run(bundle / names.BUNDLE_MODEL, user.inputs())
         assert np.abs(got - torch_reference(setup, user, names.TASK_CAUSAL_LM)).max() <= TOL
+    from edge_lorax.runtime import open_bundle, predict
+
+    with pytest.raises(InputError, match="a causal-lm bundle without a KV cache; .*run_arrays for its logits"):
+        predict(open_bundle(bundle), None, ["hello"], max_length=16)  # was an IndexError traceback (issue 25)
 
 
 def test_dynamo_exporter_gives_the_same_graph_semantics(bert, users, tmp_path):

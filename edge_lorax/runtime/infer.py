@@ -280,6 +280,10 @@ def predict(bundle: Bundle, user: LoadedUser | None, texts: list, max_length: in
 
 def _predict(bundle: Bundle, user: LoadedUser | None, texts: list, max_length: int) -> list:
     """predict() for texts and max_length already checked (predict_file checks texts before building the session)."""
+    if bundle.manifest.get("task") == names.TASK_CAUSAL_LM:  # (batch, sequence, vocab) logits: nothing to label
+        raise BundleError(f"{bundle.path}: a causal-lm bundle without a KV cache; `run` / predict label classes, scores "
+                          "or features, so use run_arrays for its logits, or export a model type that gets a decoder "
+                          f"bundle ({', '.join(architectures.kv_cache_types())}) and `edge-lorax generate`")
     if not texts:
         return []
     outputs = run_arrays(bundle, user, _encode(bundle, texts, max_length))

@@ -38,7 +38,7 @@ from edge_lorax.formats.tasks import CLASSIFICATION, DataError, Split, Task, fro
 from edge_lorax.formats.user import User, split_inputs, write_user
 from edge_lorax.runtime.bundle import Bundle, BundleError, SessionConfig, bundle_file, open_bundle
 from edge_lorax.runtime.head import fit_head, head_loss, head_score
-from edge_lorax.runtime.infer import check_max_length, encode, run_arrays
+from edge_lorax.runtime.infer import check_max_length, encode, per_example_refusal, run_arrays
 from edge_lorax.runtime.users import LoadedUser, load_user, make_user
 
 METHODS = ("head", "mix", "refine", "exact")  # mix includes head; refine and exact start from the mix
@@ -99,7 +99,7 @@ def check_bundle(bundle: Bundle, task: Task, source=None):
         raise BundleError(f"{bundle.model_path}: no {names.HEAD_INPUT} output or head inputs, so no head can be fitted "
                           "on device; export a classification or regression bundle with this edge-lorax")
     if bundle.per_example:
-        raise BundleError(f"{bundle.model_path}: a per-example graph; personalize on the bundle's fp32 or int8 model")
+        raise BundleError(per_example_refusal(bundle, "fit one user (personalize)"))
     width = bundle.coeff_inputs[names.HEAD_BIAS].shape[-1]
     if width != task.num_labels:
         fix = f"--num-labels {task.num_labels}" if task.kind == CLASSIFICATION else "--task regression"
