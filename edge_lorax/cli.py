@@ -297,6 +297,10 @@ def project(subspace, adapter, output, as_json, overwrite):
     written = write_user(result.coeffs, output, overwrite)
     data = {"output": output, "relative_error": round(result.overall, 6), "bytes": written.stat().st_size}  # the file
     _emit({**data, "module_errors": {m: round(e, 6) for m, e in result.errors.items()}} if as_json else data, as_json)
+    if not as_json:  # a bare 0.918 meant nothing to a newcomer (issue 26)
+        click.echo("relative_error: ||ΔW - ΔW projected|| / ||ΔW|| over the adapted modules (0: the subspace holds the "
+                   "adapter exactly, 1: nothing of it); an adapter of a task the sources never saw is close to 1 and "
+                   "still a start for `personalize --init`", err=True)
 
 
 @cli.command("project-many")

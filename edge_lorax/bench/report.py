@@ -145,7 +145,7 @@ def target_optimum(data: dict) -> list:
     return out
 
 
-OPTIMUM_NAME = "EigenLoRAx {graph} within 1.05× of optimum's O2 plain model (fp32, issue 15), "
+OPTIMUM_NAME = "EigenLoRAx {graph} within 1.05× of optimum's O2 plain model (fp32), "
 
 
 def _optimum_tie(data: dict, row: dict, label: str, graph: str) -> dict:
@@ -353,7 +353,7 @@ def _header_md(data: dict) -> list:
     return lines
 
 
-ISSUE_SCALE = ("For scale (issue 6, MiniLM, 1 thread, another run — not compared here): full LoRA A, B inputs ×1.02 "
+ISSUE_SCALE = ("For scale (MiniLM, 1 thread, another run — not compared here): full LoRA A, B inputs ×1.02 "
                "over plain fp32, ×1.04–1.06 int8; activating a preloaded LoraAdapter 0.55 µs, loading one 22–28 µs; "
                "a new session 128 ms; 1000 users' LoRA tensors ≈ +300 MiB.")
 
@@ -362,7 +362,7 @@ def _targets_md(rows: list) -> list:
     """The targets table: each with what was measured, PASS/MISS and why."""
     body = [[t["target"], t["measured"], t["status"], (t["why"] + (" " + t["note"] if t["note"] else "")).strip()]
             for t in rows]
-    return (["\n## Targets (issues 6 and 15), judged on this run\n"] + _table(["target", "measured", "status", "why / note"], body)
+    return (["\n## Targets (runtime overhead and optimum parity), judged on this run\n"] + _table(["target", "measured", "status", "why / note"], body)
             + ["", ISSUE_SCALE])
 
 
@@ -393,7 +393,7 @@ PAIRED_METHOD = (
     f"than {100 * AA_LIMIT:g}% is re-measured in a fresh process (2 more times at most) and otherwise reported "
     f"INVALID; a valid cell's tie passes at ≤ 1 + {100 * TIE_BAND:g}%, a fixed band.")
 DRIFT_NOTES = [
-    "Why the control drifted before (the issue's demo run read ×0.832 wall / ×0.629 CPU at 1 × 64, 1 thread, and "
+    "Why the control drifted before (an earlier demo run read ×0.832 wall / ×0.629 CPU at 1 × 64, 1 thread, and "
     "every target passed inside ±0.371; the committed report read ×1.084 CPU). Measured on the 2-core dev VM "
     "(KVM, Intel Xeon, L3 300 MiB shared with the host), MiniLM bundle, 2026-11-30:",
     "1. Each model calibrated its own block length, the first-calibrated absorbing the process's warm-up: plain vs "
