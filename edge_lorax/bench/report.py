@@ -362,8 +362,8 @@ def _targets_md(rows: list) -> list:
     """The targets table: each with what was measured, PASS/MISS and why."""
     body = [[t["target"], t["measured"], t["status"], (t["why"] + (" " + t["note"] if t["note"] else "")).strip()]
             for t in rows]
-    return (["\n## Targets (runtime overhead and optimum parity), judged on this run\n"] + _table(["target", "measured", "status", "why / note"], body)
-            + ["", ISSUE_SCALE])
+    heading = "\n## Targets (runtime overhead and optimum parity), judged on this run\n"
+    return [heading] + _table(["target", "measured", "status", "why / note"], body) + ["", ISSUE_SCALE]
 
 
 def _sizes_md(data: dict) -> list:
