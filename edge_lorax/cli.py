@@ -849,18 +849,27 @@ def demo(output, steps, no_bench, adapters, llm):
     if llm:
         from edge_lorax.demo_llm import run_llm_demo
 
-        result = run_llm_demo("out/demo-llm" if output == "out/demo" else output, adapters)
+        output = "out/demo-llm" if output == "out/demo" else output
+        result = run_llm_demo(output, adapters)
         for user, rows in result["answers"].items():
             for prompt, answer in rows:
                 click.echo(f"{user:12s} {answer!r:16s} {prompt}")
         for user, t in result["free_generation"].items():
             click.echo(f"{user:12s} {t['time_to_first_token_ms']} ms to first token, {t['tokens_per_s']} tokens/s: {t['text']!r}")
+        _say_written(output)
         return
     from edge_lorax.demo import run_demo
 
     for user, preds in run_demo(output, steps, bench=not no_bench, adapters=adapters).items():
         for p in preds:
             click.echo(f"{user:14s} {p.label:9s} {p.score:.3f}  {p.text}")
+    _say_written(output)
+
+
+def _say_written(output):
+    """The demo's last word: what it wrote, on stderr (a newcomer looks there next)."""
+    items = sorted(p.name + ("/" if p.is_dir() else "") for p in Path(output).iterdir() if not p.name.startswith("."))
+    click.echo(f"[demo] wrote {output}/: {', '.join(items)}", err=True)
 
 
 _TERMINATED = {}  # "status": 128 + the signal that ended the command (main() exits with it)
