@@ -199,7 +199,8 @@ def _executor(kind: str, address, workers):
 
 
 def _emit(data: dict, as_json: bool, indent: str = ""):
-    """Results on stdout: JSON, or `key: value` lines (a dict value as indented `key: value` lines, not a repr)."""
+    """Results on stdout: JSON, or `key: value` lines (a dict value as indented `key: value` lines, a list of dicts
+    as one indented `- k: v, ...` line each; never a Python repr of them)."""
     if as_json:
         click.echo(json.dumps(data, indent=1, sort_keys=True))
         return
@@ -207,6 +208,10 @@ def _emit(data: dict, as_json: bool, indent: str = ""):
         if isinstance(value, dict) and value:
             click.echo(f"{indent}{key}:")
             _emit(value, False, indent + "  ")
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):  # e.g. checkpoints
+            click.echo(f"{indent}{key}:")
+            for item in value:
+                click.echo(f"{indent}  - " + ", ".join(f"{k}: {v}" for k, v in item.items()))
         else:
             click.echo(f"{indent}{key}: {value}")
 

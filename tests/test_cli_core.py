@@ -341,3 +341,17 @@ def test_verdict_states_the_rule_and_the_outcome():
     int4 = {"max_abs_diff": 44.92, "tolerance": None, "scale": 26.0, "response": 0.78, "response_min": 0.5}
     assert verdict(int4) == ("max |Δ| 44.9 (no parity bound at this precision: measured, not asserted), "
                              "response 0.780 >= 0.5: pass")
+
+
+def test_text_output_has_no_python_reprs():
+    """_emit's text mode: nested dicts and lists of dicts (personalize's checkpoints) as indented lines (issue 26)."""
+    from click.testing import CliRunner
+
+    from edge_lorax.cli import _emit
+
+    with CliRunner().isolation() as (out, _err, *_):
+        _emit({"output": "u.npz", "checkpoints": [{"stage": "head", "loss": 0.5}, {"stage": "mix", "loss": 0.4}],
+               "verification": {"fp32": "pass"}, "K": [4]}, False)
+        text = out.getvalue().decode()
+    assert text == ("output: u.npz\ncheckpoints:\n  - stage: head, loss: 0.5\n  - stage: mix, loss: 0.4\n"
+                    "verification:\n  fp32: pass\nK: [4]\n")
