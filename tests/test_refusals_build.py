@@ -36,7 +36,7 @@ from helpers import build_tiny_model, random_user
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = REPO.parent / "shared" / "cases" / "adapters"
+CASES = REPO / "tests" / "cases" / "adapters"  # a copy of ../shared/cases/adapters, shipped so every clone runs them
 WEIGHTS, CONFIG = names.ADAPTER_WEIGHTS, names.ADAPTER_CONFIG
 Q0 = "bert.encoder.layer.0.attention.self.query"
 
@@ -596,7 +596,7 @@ SHARED_REFUSED = {
     "config_is_a_list": "holds a JSON list, an object is needed",
     "negative_alpha": "lora_alpha -16 is negative",
 }
-needs_cases = pytest.mark.skipif(not CASES.is_dir(), reason="../shared/cases is not beside this checkout")
+needs_cases = pytest.mark.skipif(not CASES.is_dir(), reason="tests/cases/adapters is missing from this checkout")
 
 
 @needs_cases
