@@ -89,7 +89,8 @@ def _read_lines(path: Path, text_column: str, label_column: str) -> list[tuple[i
     """(line, text, label) of every data row; every row must have both, non-blank."""
     if not path.is_file():
         raise DataError(f"{path}: {'a folder' if path.is_dir() else 'no such file'}; pass a .csv, .tsv or .jsonl file "
-                        "or a built-in task (vader:tweets-binary, ..., spam:sms, trec:coarse, disaster:request, 20ng:topic)")
+                        "(the host's train / train-lora / data also take a built-in task such as vader:tweets-binary or "
+                        "spam:sms; personalize, on the device, reads files only)")
     if text_column == label_column:
         raise DataError(f"{path}: --text-column and --label-column are both {_short(text_column)}; name two columns")
     records, columns = _read_records(path)
