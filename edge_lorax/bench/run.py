@@ -96,8 +96,9 @@ def sweep(prep, plan: Plan, log=None) -> list:
                             "max_runs": plan.max_runs, "blocks": plan.blocks}
                     res = spawn(spec, plan.timeout_s)
                     rows.append({"model": label, "threads": _threads_of(threads), "batch": batch, "seq": seq, **res})
-                    _log(f"latency {label} t={_threads_of(threads)} b={batch} s={seq}: "
-                         f"{res.get('stats', {}).get('p50', res.get('error'))}", log)
+                    p50 = res.get("stats", {}).get("p50")
+                    _log(f"latency {label}, {_threads_of(threads)} thread(s), batch {batch} x {seq} tokens: "
+                         + (f"p50 {p50:.2f} ms" if p50 is not None else str(res.get("error"))), log)
     return rows
 
 
