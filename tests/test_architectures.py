@@ -28,6 +28,7 @@ def _config_dir(tmp_path, name: str, config: dict):
 @pytest.mark.parametrize("model_type, targets, head", [
     ("bert", ("query", "value"), "classifier"), ("gpt2", ("c_attn",), "score"), ("llama", ("q_proj", "v_proj"), "score"),
     ("mistral", ("q_proj", "v_proj"), "score"), ("qwen2", ("q_proj", "v_proj"), "score"),
+    ("qwen3", ("q_proj", "v_proj"), "score"), ("gemma3_text", ("q_proj", "v_proj"), "score"), ("phi3", ("qkv_proj",), "score"),
 ])
 def test_default_targets_and_heads(model_type, targets, head):
     row = arch.get_architecture(model_type)
@@ -36,15 +37,25 @@ def test_default_targets_and_heads(model_type, targets, head):
     assert arch.head_modules(model_type)[0] == head
 
 
-def test_only_llama_gets_a_kv_cache_bundle_and_its_pattern_maps_llama_projections():
-    assert arch.kv_cache_types() == ("llama",)
-    assert [t for t in arch.supported_types() if arch.supports_kv_cache(t)] == ["llama"]
-    assert not arch.supports_kv_cache("gpt2") and not arch.supports_kv_cache(None)
-    pattern = arch.decoder_pattern("llama")
-    assert pattern.match("model.layers.3.self_attn.q_proj").groups() == ("3", "self_attn", "q")
-    assert pattern.match("model.layers.0.mlp.gate_proj").groups() == ("0", "mlp", "gate")
-    for name in ("model.layers.3.self_attn.qkv_proj", "transformer.h.0.attn.c_attn", "model.layers.3.self_attn.q_proj.x"):
-        assert pattern.match(name) is None, name
+KV_TYPES = ("llama", "qwen2", "qwen3", "gemma3_text", "phi3")
+
+
+def test_the_kv_cache_types_and_their_patterns_map_their_projections():
+    assert arch.kv_cache_types() == KV_TYPES
+    assert [t for t in arch.supported_types() if arch.supports_kv_cache(t)] == list(KV_TYPES)
+    assert not arch.supports_kv_cache("gpt2") and not arch.supports_kv_cache(None) and not arch.supports_kv_cache("mistral")
+    assert [arch.get_architecture(t).genai_type for t in KV_TYPES] == list(KV_TYPES)  # the builder's model.type
+    for genai_type in ("llama", "qwen2", "qwen3", "gemma3_text"):
+        pattern = arch.decoder_pattern(genai_type)
+        assert pattern.match("model.layers.3.self_attn.q_proj").groups() == ("3", "self_attn", "q")
+        assert pattern.match("model.layers.0.mlp.gate_proj").groups() == ("0", "mlp", "gate")
+        for name in ("model.layers.3.self_attn.qkv_proj", "transformer.h.0.attn.c_attn", "model.layers.3.self_attn.q_proj.x"):
+            assert pattern.match(name) is None, name
+    phi3 = arch.decoder_pattern("phi3")
+    assert phi3.match("model.layers.1.self_attn.qkv_proj").groups() == ("1", "self_attn", "qkv")
+    assert phi3.match("model.layers.0.mlp.gate_up_proj").groups() == ("0", "mlp", "gate_up")
+    assert phi3.match("model.layers.0.self_attn.q_proj") is None and phi3.match("model.layers.0.mlp.up_proj") is None
+    assert [t for t in arch.supported_types() if arch.get_architecture(t).scaled_embeddings] == ["gemma3_text"]
 
 
 def test_position_offset_fusion_and_causal_lm_suffixes():
@@ -69,14 +80,15 @@ def test_an_unknown_type_is_refused_in_one_line_naming_the_file_and_the_supporte
         arch.get_architecture("t5", "m/config.json")
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("m/config.json: model_type 't5'")
-    assert "bert, gpt2, llama, mistral, qwen2, roberta" in msg
+    assert "bert, gpt2, llama, mistral, qwen2, qwen3, gemma3_text, phi3, roberta" in msg
 
 
 def test_a_type_without_defaults_or_decoder_is_refused_naming_those_that_have_them():
     with pytest.raises(InputError, match=r"'roberta' has no default target modules.*\(supported: bert, gpt2, llama, "
-                                         r"mistral, qwen2\); pass --targets"):
+                                         r"mistral, qwen2, qwen3, gemma3_text, phi3\); pass --targets"):
         arch.get_default_targets("roberta", "m/config.json")
-    with pytest.raises(InputError, match=r"genai_config.json: model_type 'gpt2' .*\(supported: llama\)"):
+    with pytest.raises(InputError, match=r"genai_config.json: model_type 'gpt2' .*\(supported: llama, qwen2, qwen3, "
+                                         r"gemma3_text, phi3\)"):
         arch.decoder_pattern("gpt2", "genai_config.json")
 
 
@@ -85,8 +97,8 @@ def test_generate_refusal_names_the_kv_cache_types():
         arch.refuse_generate("out/b", "causal-lm", "gpt2")
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("out/b: a causal-lm bundle of model_type 'gpt2', not a decoder")
-    assert "model_type llama" in msg and "edge-lorax run" in msg
-    assert msg.endswith(arch.generate_fix()) and "model_type llama (" in arch.generate_fix()
+    assert "model_type llama or qwen2 or qwen3 or gemma3_text or phi3 (" in msg and "edge-lorax run" in msg
+    assert msg.endswith(arch.generate_fix())
 
 
 # ------------------------------------------------------------------------------------------------ the readers
@@ -104,7 +116,7 @@ def test_builder_refuses_an_unknown_type_naming_config_json_and_the_supported_ty
 
     folder = _config_dir(tmp_path, "m", {"model_type": "t5"})
     with pytest.raises(InputError, match=r"m/config.json: model_type 't5' has no default target modules.*supported: "
-                                         r"bert, gpt2, llama, mistral, qwen2\)"):
+                                         r"bert, gpt2, llama, mistral, qwen2, qwen3, gemma3_text, phi3\)"):
         default_targets(folder)
 
 
@@ -132,17 +144,19 @@ def test_builder_and_exporter_agree_on_causal_lms(tmp_path, archs, task):
     assert task_type(folder) == (CAUSAL_LM if task == "causal-lm" else SEQ_CLS)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "gpt2", "bert", "mistral", "roberta", None])
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "qwen3", "gemma3_text", "phi3", "gemma3", "gpt2", "bert",
+                                        "mistral", "roberta", None])
 def test_llm_bundle_is_llm_follows_the_table(model_type):
     from edge_lorax.export.llm_bundle import is_llm
 
-    assert is_llm({"model_type": model_type}) == (model_type == "llama") == arch.supports_kv_cache(model_type)
+    assert is_llm({"model_type": model_type}) == (model_type in KV_TYPES) == arch.supports_kv_cache(model_type)
 
 
 def test_decoder_export_maps_with_the_row_of_genai_config_type():
     from edge_lorax.export import decoder
 
-    with pytest.raises(InputError, match=r"genai_config.json: model_type 'gpt2' .*\(supported: llama\)"):
+    with pytest.raises(InputError, match=r"genai_config.json: model_type 'gpt2' .*\(supported: llama, qwen2, qwen3, "
+                                         r"gemma3_text, phi3\)"):
         decoder.find_slots(onnx.ModelProto(), None, {"model": {"type": "gpt2"}})
 
 
@@ -179,14 +193,15 @@ def _tiny(kind: str, head: bool):
     import transformers
 
     config = tiny_config(kind) if kind in ("bert", "gpt2", "llama") else getattr(
-        transformers, {"mistral": "MistralConfig", "qwen2": "Qwen2Config"}[kind])(
+        transformers, {"mistral": "MistralConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config",
+                       "gemma3_text": "Gemma3TextConfig", "phi3": "Phi3Config"}[kind])(
         vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=64)
+        intermediate_size=64, max_position_embeddings=64, head_dim=8, pad_token_id=0, eos_token_id=2, bos_token_id=1)
     cls = "AutoModelForSequenceClassification" if head else ("AutoModel" if kind == "bert" else "AutoModelForCausalLM")
     return getattr(transformers, cls).from_config(config).eval()
 
 
-@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3"])
 def test_head_module_and_all_linear_match_what_transformers_and_peft_build(kind):
     from peft import LoraConfig, get_peft_model
     from peft.tuners.lora import LoraLayer

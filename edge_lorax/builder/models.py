@@ -133,10 +133,21 @@ def load_causal_lm(path: Path):
     return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True).eval()
 
 
-def load_tokenizer(path: Path):
-    """A fast HF tokenizer from the model folder."""
-    from transformers import AutoTokenizer
+GENERIC_TOKENIZERS = ("PreTrainedTokenizerFast", "TokenizersBackend")  # tokenizer_config.json: tokenizer.json as is
 
+
+def load_tokenizer(path: Path):
+    """A fast HF tokenizer from the model folder. A folder whose tokenizer_config.json declares a generic class
+    (GENERIC_TOKENIZERS: what a converted GGUF folder and a bundle declare) is read as its tokenizer.json says, as the
+    decoder runtime reads it; AutoTokenizer on transformers 5 would swap in the model type's own class for some types
+    (qwen2, phi3), rebuilt from the vocabulary, which need not tokenize the same."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(path) / names.TOKENIZER_CONFIG
+    declared = read_json_object(config, "pass a folder written by save_pretrained").get("tokenizer_class") \
+        if config.is_file() else None
+    if declared in GENERIC_TOKENIZERS and (Path(path) / names.TOKENIZER_FILE).is_file():
+        return PreTrainedTokenizerFast.from_pretrained(path)
     return AutoTokenizer.from_pretrained(path)
 
 

@@ -1,6 +1,6 @@
 """KV-cache decoder graphs: onnxruntime-genai's model builder makes the base, one pass adds the coefficient inputs.
 
-The builder (`python -m onnxruntime_genai.models.builder`) writes a Llama-family decoder with the KV cache as inputs
+The builder (`python -m onnxruntime_genai.models.builder`) writes a decoder with the KV cache as inputs
 `past_key_values.<i>.key/value` and outputs `present.<i>.key/value`, GroupQueryAttention, fused q/k/v projections and,
 at int4, MatMulNBits weights; `genai_config.json` beside it lets onnxruntime-genai generate from it. `add_coefficients`
 then puts each target module's low-rank path beside the projection that writes it, as a small Model -> Model pass:
@@ -15,6 +15,20 @@ projection adds per token three MatMuls and an Add, however many target modules 
 constants. (Assembling W = M · C_Bᵀ per run instead, one MatMul fewer per token, measured slower on SmolLM2 at int4:
 it rewrites every layer's (K, out) matrix on every decode step; benchmarks/llm.) Coefficient inputs are named like
 the keys of a user.npz and get same-name initializers (optional inputs) holding the default user.
+
+Per family (formats.architectures: the row's genai_type picks its module-name pattern). Every branch is added to
+the projection MatMul's own output, so whatever the builder puts after it sees output + δ, as torch does:
+- llama, qwen2, qwen3, gemma3_text: HF q/k/v_proj are packed into one `attn/qkv_proj/MatMul`; each module is placed
+  at its columns (q, k, v by genai_config's heads × head_size; Gemma 3's head_dim differs from hidden / heads);
+  o/gate/up/down_proj are their own MatMuls. Qwen2's q/k/v bias is a packed `qkv_proj/Add` after the MatMul (only
+  when the bias is non-zero); Qwen3's and Gemma 3's q/k norms follow a `qkv_proj/Split` after it: both then read the
+  sum. Gemma's scaled embeddings: `exact_embedding_scale` sets the builder's rounded sqrt(hidden_size) to torch's.
+- phi3: the HF modules are fused already. self_attn.qkv_proj is the builder's qkv_proj MatMul, whole (columns 0 to
+  q + 2·kv); mlp.gate_up_proj is built as two MatMuls, gate_proj and up_proj, so the module gets one branch on each,
+  with the matching half of its components_B rows (one pair of coefficient inputs, its M assembled for both).
+A module none of these finds whole (a builder that fused or dropped it, e.g. attention with the weights inside the
+op) is refused in one line naming it and the model type; the export's verification against torch (the response
+check) would catch an unwired branch anyway.
 
 Does not: quantize (the builder does, at the precision asked), tokenizers or generation.
 """
@@ -37,18 +51,21 @@ BUILDER = "onnxruntime_genai.models.builder"
 BUILDER_MAIN = "edge_lorax.export.genai_builder"  # BUILDER, on transformers 5.x and 4.57 alike
 PRECISIONS = ("fp32", "int8", "int4")  # the model builder's -p; int8 / int4: weight-only MatMulNBits
 BATCH = "batch_size"  # the builder's name for the batch dim of input_ids
-_FUSED = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}
+_PACKED = {"q": "qkv", "k": "qkv", "v": "qkv", "gate": "gate_up", "up": "gate_up"}  # a module inside a packed MatMul
+_SPLIT = {"gate_up": ("gate", "up")}  # an HF module (Phi-3) whose rows the builder builds as separate MatMuls
 
 
 @dataclass(frozen=True)
 class Slot:
-    """Where one target module's output lives in the builder's graph: columns [lo, hi) of tensor `output`."""
+    """Where (part of) one target module's output lives in the builder's graph: the module's output rows
+    [row, row + hi - lo) are columns [lo, hi) of tensor `output`."""
 
     module: str
     output: str  # the projection MatMul's output tensor
     x: str  # its input tensor (the normed hidden state)
     lo: int
     hi: int
+    row: int = 0  # the module's first output row held here (Phi-3's gate_up_proj: 0 in gate_proj, I in up_proj)
 
 
 def run_model_builder(model_dir: Path, out: Path, precision: str, model_id: str, options=()) -> Path:
@@ -62,8 +79,9 @@ def run_model_builder(model_dir: Path, out: Path, precision: str, model_id: str,
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0 or not (out / names.BUNDLE_MODEL).is_file():
         tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
-        raise InputError(f"{model_dir}: onnxruntime-genai's model builder failed ({tail}); is it a Llama-family HF "
-                         "folder and is onnxruntime-genai installed (pip install 'edge-lorax[decoder]')?")
+        raise InputError(f"{model_dir}: onnxruntime-genai's model builder failed ({tail}); is it an HF folder of "
+                         f"model type {' / '.join(architectures.kv_cache_types())} and is onnxruntime-genai installed "
+                         "(pip install 'edge-lorax[decoder]')?")
     return out
 
 
@@ -97,8 +115,39 @@ def _head_columns(config: dict) -> dict:
     return {"q": (0, q), "k": (q, q + kv), "v": (q + kv, q + 2 * kv)}
 
 
+def _matmul(made: dict, where: str, proj: str) -> str | None:
+    """The output tensor of the builder's MatMul (or MatMulNBits, same name) for projection `proj`, None if absent."""
+    name = f"{where}/{proj}_proj/MatMul/output_0"
+    return name if name in made else None
+
+
+def _module_slots(graph, made: dict, module: str, layer: str, block: str, proj: str, rows: int, config: dict) -> list:
+    """The Slots of one module (rows: its output width), [] when the builder's graph has no MatMul that writes it
+    whole: its own MatMul of that width; its columns in a packed qkv_proj (q / k / v by the head layout) or
+    gate_up_proj (gate / up halves); or, for a fused HF module the builder splits (Phi-3's gate_up_proj), one Slot per
+    part MatMul holding its share of the rows, in order."""
+    where = f"/model/layers.{layer}/{'attn' if block == 'self_attn' else 'mlp'}"
+    own = _matmul(made, where, proj)
+    if own is not None and _width(graph, own) == rows:
+        return [Slot(module, own, made[own].input[0], 0, rows)]
+    packed = _matmul(made, where, _PACKED[proj]) if proj in _PACKED else None
+    if packed is not None:
+        width = _width(graph, packed)
+        lo, hi = _head_columns(config)[proj] if proj in ("q", "k", "v") else ((0, width // 2) if proj == "gate" else (width // 2, width))
+        return [Slot(module, packed, made[packed].input[0], lo, hi)] if hi - lo == rows else []
+    parts = [_matmul(made, where, part) for part in _SPLIT.get(proj, ())]
+    if parts and None not in parts and sum(_width(graph, o) for o in parts) == rows:
+        slots, row = [], 0
+        for out in parts:
+            slots.append(Slot(module, out, made[out].input[0], 0, _width(graph, out), row))
+            row += _width(graph, out)
+        return slots
+    return []
+
+
 def find_slots(model: onnx.ModelProto, subspace: Subspace, config: dict) -> list:
-    """A Slot per subspace module; raises InputError for a module the builder's graph does not expose."""
+    """The Slots of every subspace module; raises InputError (one line, naming the module and the model type) for a
+    module the builder's graph does not expose as a whole."""
     made, slots = _producers(model.graph), []
     genai_type = config["model"].get("type")
     pattern = architectures.decoder_pattern(genai_type, names.GENAI_CONFIG)
@@ -107,16 +156,39 @@ def find_slots(model: onnx.ModelProto, subspace: Subspace, config: dict) -> list
         if not m:
             raise InputError(f"subspace module {module}: not an attention/MLP projection that the decoder export knows "
                              f"for model type {genai_type!r} ({pattern.pattern}); build the subspace on those modules")
-        layer, block, proj = m.groups()
-        where = f"/model/layers.{layer}/{'attn' if block == 'self_attn' else 'mlp'}"
-        own, fused = f"{where}/{proj}_proj/MatMul/output_0", f"{where}/{_FUSED.get(proj)}_proj/MatMul/output_0"
-        if own in made:
-            slots.append(Slot(module, own, made[own].input[0], 0, ms.components_B.shape[0]))
-        elif fused in made and proj in "qkv":
-            slots.append(Slot(module, fused, made[fused].input[0], *_head_columns(config)[proj]))
-        else:
-            raise InputError(f"subspace module {module}: no projection output {own} in the built graph")
+        found = _module_slots(model.graph, made, module, *m.groups(), ms.components_B.shape[0], config)
+        if not found:
+            raise InputError(f"subspace module {module}: the {genai_type} graph of onnxruntime-genai's model builder has "
+                             f"no MatMul that writes its {ms.components_B.shape[0]} outputs, so its coefficients would "
+                             "have no effect; build the subspace without it (e.g. the default --targets)")
+        slots.extend(found)
     return slots
+
+
+EMBED_MUL = "/model/embed_tokens/Mul"  # the builder's scaling of the embeddings (Gemma)
+
+
+def exact_embedding_scale(model: onnx.ModelProto, model_config: dict, where=None) -> onnx.ModelProto:
+    """For a model type whose embeddings are scaled (formats.architectures `scaled_embeddings`: Gemma), point the
+    builder's embedding Mul at torch's factor, sqrt(hidden_size) in the graph's dtype: the builder rounds it to two
+    decimals (25.3 for Gemma 3 270M's 640, torch 25.2982: every logit off by ~1e-4 relative). In place; returns
+    `model`. InputError when the row says scaled and the graph has no such Mul (a builder that changed)."""
+    row = architectures.find_architecture(model_config.get("model_type"))
+    if row is None or not row.scaled_embeddings:
+        return model
+    node = next((n for n in model.graph.node if n.name == EMBED_MUL), None)
+    made = _producers(model.graph)
+    const = made.get(node.input[1]) if node is not None else None
+    if const is None or const.op_type != "Constant":
+        raise InputError(f"{where or 'the model'}: the {row.model_type} graph of onnxruntime-genai's model builder has "
+                         f"no {EMBED_MUL} by a constant (the embedding scale); this builder version is not supported")
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(const.attribute[0].t.data_type)
+    scale = np.asarray(np.float32(model_config["hidden_size"] ** 0.5), dtype=dtype)  # torch: tensor(h ** 0.5).to(dtype)
+    model.graph.initializer.append(numpy_helper.from_array(scale, "/edge_lorax/embed_scale"))
+    node.input[1] = "/edge_lorax/embed_scale"
+    if not any(const.output[0] in n.input for n in model.graph.node):
+        model.graph.node.remove(const)  # the builder's rounded factor, now read by nothing
+    return model
 
 
 def _init(graph, name: str, arr: np.ndarray) -> str:
@@ -188,7 +260,7 @@ def _add_branch(graph, m: str, output: str, slots: list, subspace: Subspace, wid
     cbt = np.zeros((cat.shape[1], width), np.float32)  # (ΣK, width): each C_Bᵀ at its module's rows and columns
     row = 0
     for s in slots:
-        cb = subspace.modules[s.module].components_B  # (out, K)
+        cb = subspace.modules[s.module].components_B[s.row:s.row + s.hi - s.lo]  # (its rows here, K)
         cbt[row:row + cb.shape[1], s.lo:s.hi] = cb.T
         row += cb.shape[1]
     graph.node.extend([
@@ -225,10 +297,13 @@ def add_coefficients(model: onnx.ModelProto, subspace: Subspace, config: dict, d
     for output, slots in groups.items():
         shape = tuple((subspace.modules[s.module].k, subspace.modules[s.module].rank) for s in slots)
         families.setdefault((_width(out.graph, output), shape), []).append((output, slots))
+    declared = set()  # a module split over two MatMuls (Phi-3's gate_up_proj) has one pair of inputs
     for i, ((width, _), outputs) in enumerate(families.items()):
         for _, slots in outputs:
             for slot in slots:
-                _coefficient_inputs(out.graph, slot, subspace.modules[slot.module], per_example)
+                if slot.module not in declared:
+                    _coefficient_inputs(out.graph, slot, subspace.modules[slot.module], per_example)
+                    declared.add(slot.module)
         mixes = _assemble(out.graph, f"/edge_lorax/family{i}", outputs, subspace, per_example)
         for m, (output, slots) in zip(mixes, outputs):
             _add_branch(out.graph, m, output, slots, subspace, width)

@@ -1,4 +1,5 @@
-"""`edge-lorax export` for a Llama-family decoder: a KV-cache bundle that onnxruntime-genai opens as it is.
+"""`edge-lorax export` for a decoder of a KV-cache model type (formats.architectures.kv_cache_types(): llama, qwen2,
+qwen3, gemma3_text, phi3): a KV-cache bundle that onnxruntime-genai opens as it is.
 
 Folder: model.onnx + model.onnx.data (onnxruntime-genai's model builder at fp32 / int8 / int4, then the coefficient
 branches of edge_lorax.export.decoder), genai_config.json, the tokenizer and chat template, the model's config.json
@@ -13,8 +14,7 @@ subspace injected, for the defaults and two random coefficient sets (verify.TOLE
 coefficient inputs that are not wired). Written atomically: any failure leaves nothing behind.
 export.bundle's `genai-decoder` target: `check(job)` refuses, before any work, --merge, --ort-format, --exporter
 dynamo, --fuse, a bad --builder-option and a head size GroupQueryAttention cannot take; `write(job, tmp)` writes.
-Does not: generate (edge_lorax.runtime.llm does), per-example batches, model types other than
-formats.architectures.kv_cache_types().
+Does not: generate (edge_lorax.runtime.llm does), model types other than formats.architectures.kv_cache_types().
 """
 
 import json
@@ -102,13 +102,16 @@ def _save(model: onnx.ModelProto, out: Path) -> list:
 
 
 def _copy_side_files(work: Path, path: Path, out: Path) -> list:
-    """genai_config.json and the builder's processing files (tokenizer, chat template), else the model folder's; then
-    the model folder's HF_FILES. Returns the names written, in that order; tokenizer_config.json is made loadable by
-    both transformers lines (formats.tokenizer_files)."""
+    """genai_config.json; the model folder's tokenizer files (tokenizer, chat template) when it has a tokenizer.json
+    — what training read (builder.models.load_tokenizer) —, else the builder's processing files (the builder re-saves
+    the tokenizer through AutoTokenizer, which on transformers 5 rebuilds Qwen2's / Phi-3's from the vocabulary);
+    then the model folder's HF_FILES. Returns the names written, in that order; tokenizer_config.json is made loadable
+    by both transformers lines (formats.tokenizer_files)."""
     copied = [names.GENAI_CONFIG]
     shutil.copyfile(work / names.GENAI_CONFIG, out / names.GENAI_CONFIG)
+    source = path if (path / names.TOKENIZER_FILE).is_file() else work
     for name in SIDE_FILES:
-        src = work / name if (work / name).is_file() else path / name
+        src = source / name
         if src.is_file():
             shutil.copyfile(src, out / name)
             copied.append(name)
@@ -132,6 +135,7 @@ def export_llm_bundle(path: Path, subspace: Subspace, tmp: Path, coeffs: User | 
     say(f"onnxruntime-genai's model builder ({precision})")
     proto, config = _builder_graph(path, work, precision, builder_options)
     say("adding the coefficient branches")
+    decoder.exact_embedding_scale(proto, json.loads((path / names.BUNDLE_CONFIG).read_text()), path)
     meta = {"edge_lorax.fingerprint": subspace.fingerprint, "edge_lorax.mode": mode, "edge_lorax.task": names.TASK_CAUSAL_LM}
     graph_defaults = {k: v[None] for k, v in defaults.items()} if per_example else defaults
     inserted = decoder.add_coefficients(proto, subspace, config, graph_defaults, per_example)
@@ -169,13 +173,24 @@ def kv_shape(config: dict) -> tuple:
     return dec["num_hidden_layers"], dec["num_key_value_heads"], dec["head_size"]
 
 
+def _window_capacity(config: dict) -> dict:
+    """{layer: KV capacity} of the sliding-window layers that keep a bounded (ring) cache: genai_config.json's
+    decoder.sliding_window (the builder's default for Gemma 3's local layers on CPU); {} for other models."""
+    window = config["model"]["decoder"].get("sliding_window") or {}
+    size = int(window.get("window_size") or 0) + int(window.get("cache_slack") or 0)
+    return {int(i): size for i in window.get("layers", [])} if size > 0 else {}
+
+
 def prefill_feeds(ids: list, config: dict) -> dict:
-    """One prompt's prefill feeds: input_ids, attention_mask (1, T) int64 and empty past_key_values (1, H_kv, 0, d)."""
+    """One prompt's prefill feeds: input_ids, attention_mask (1, T) int64 and empty past_key_values (1, H_kv, 0, d);
+    a sliding-window layer with a bounded cache gets its ring, all zeros, (1, H_kv, window, d) (GroupQueryAttention
+    refuses a smaller one; the attention mask still says no past token)."""
     layers, heads, size = kv_shape(config)
+    ring = _window_capacity(config)
     feeds = {names.INPUT_IDS: np.array([ids], np.int64), names.ATTENTION_MASK: np.ones((1, len(ids)), np.int64)}
     for i in range(layers):
         for kind in ("key", "value"):
-            feeds[names.kv_input_name(i, kind)] = np.zeros((1, heads, 0, size), np.float32)
+            feeds[names.kv_input_name(i, kind)] = np.zeros((1, heads, ring.get(i, 0), size), np.float32)
     return feeds
 
 

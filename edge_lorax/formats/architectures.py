@@ -36,6 +36,7 @@ class Architecture:
     fusion: str | None = None  # onnxruntime transformers-optimizer model_type for export/fuse.py's fused graph
     genai_type: str | None = None  # onnxruntime-genai model builder's model.type: None = no KV-cache decoder bundle
     decoder_modules: str | None = None  # regex over HF module names: (layer, block, projection) for export.decoder
+    scaled_embeddings: bool = False  # embeddings x sqrt(hidden_size) (Gemma): export.decoder sets torch's exact factor
     quirks: str = ""  # free text: what an exporter or trainer must special-case
 
     @property
@@ -45,9 +46,14 @@ class Architecture:
 
 
 _LLAMA_MODULES = r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(q|k|v|o|gate|up|down)_proj$"
+_PHI3_MODULES = r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(qkv|o|gate_up|down)_proj$"
 _LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _NO_DECODER = "causal LM export: the cache-free logits graph (no KV-cache decoder bundle yet)"
 _OFFSET = "position ids start after pad_token_id (RoBERTa's offset)"
+_GQA = "head size a multiple of 16 (GroupQueryAttention)"
+_PACKED = ("the genai builder packs q/k/v into one qkv_proj MatMul (export.decoder places each module at its "
+           "columns: q, then k, then v)")
+_CHAT = "chat template: the tokenizer's own (tokenizer_config.json / chat_template.jinja)"
 
 _ROWS = (
     Architecture("bert", ("query", "value"), ("query", "key", "value", "dense"), head="classifier", fusion="bert",
@@ -58,12 +64,36 @@ _ROWS = (
                         "3 x hidden outputs); " + _NO_DECODER),
     Architecture("llama", ("q_proj", "v_proj"), _LLAMA_LINEAR, head="score", genai_type="llama",
                  decoder_modules=_LLAMA_MODULES,
-                 quirks="grouped-query attention (num_key_value_heads); the genai builder fuses q/k/v into qkv_proj "
-                        "and gate/up into gate_up_proj (export.decoder places each module at its columns); head size "
-                        "a multiple of 16 (GroupQueryAttention)"),
+                 quirks=f"grouped-query attention (num_key_value_heads); {_PACKED}; gate/up stay two MatMuls; {_GQA}; "
+                        + _CHAT),
     Architecture("mistral", ("q_proj", "v_proj"), _LLAMA_LINEAR, head="score", quirks=_NO_DECODER),
-    Architecture("qwen2", ("q_proj", "v_proj"), _LLAMA_LINEAR, head="score",
-                 quirks="q/k/v Linear layers carry a bias; " + _NO_DECODER),
+    Architecture("qwen2", ("q_proj", "v_proj"), _LLAMA_LINEAR, head="score", genai_type="qwen2",
+                 decoder_modules=_LLAMA_MODULES,
+                 quirks=f"q/k/v Linear layers carry a bias: the builder adds it after the packed MatMul (qkv_proj/Add), "
+                        f"so the coefficient branch, added to the MatMul's output, sits before it as in torch; {_PACKED}; "
+                        f"{_GQA}; {_CHAT}"),
+    Architecture("qwen3", ("q_proj", "v_proj"), _LLAMA_LINEAR, head="score", genai_type="qwen3",
+                 decoder_modules=_LLAMA_MODULES,
+                 quirks=f"per-head RMSNorm of queries and keys (q_norm, k_norm) after the projections: the builder "
+                        f"splits the packed output before them, and the branch is added before that Split; {_PACKED}; "
+                        f"head_dim set apart from hidden / heads; {_GQA}; {_CHAT}"),
+    Architecture("gemma3_text", ("q_proj", "v_proj"), _LLAMA_LINEAR, head="score", genai_type="gemma3_text",
+                 decoder_modules=_LLAMA_MODULES, scaled_embeddings=True,
+                 quirks=f"Gemma 3's text decoder (Gemma3ForCausalLM; the multimodal `gemma3` type is not served): "
+                        f"embeddings scaled by sqrt(hidden_size) (the builder rounds it to 2 decimals, export.decoder "
+                        f"restores torch's float32 value), RMSNorm with (1 + weight), q/k norms as in qwen3, four norms "
+                        f"per layer, sliding-window and global layers with their own RoPE bases (on transformers 5.x "
+                        f"export.genai_builder folds the per-layer-type rope_parameters for the builder), attention "
+                        f"scale query_pre_attn_scalar^-0.5; {_PACKED}; {_GQA}; {_CHAT}"),
+    Architecture("phi3", ("qkv_proj",), ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), head="score",
+                 genai_type="phi3", decoder_modules=_PHI3_MODULES,
+                 quirks=f"the HF model's own modules are fused: self_attn.qkv_proj (q, k, v rows) and mlp.gate_up_proj "
+                        f"(gate, up rows), so PEFT targets qkv_proj (not q_proj / v_proj) and all-linear is four modules; "
+                        f"the builder keeps qkv_proj as one MatMul (the branch covers all its columns) and splits "
+                        f"gate_up_proj into gate_proj and up_proj MatMuls (export.decoder adds each half of the "
+                        f"module's rows to its MatMul); max_position_embeddings must equal "
+                        f"original_max_position_embeddings (LongRoPE models are another builder class, not tested); "
+                        f"{_GQA}; {_CHAT}"),
     *(Architecture(t, position_offset=True, quirks=_OFFSET) for t in (
         "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "mpnet", "longformer", "ibert")),
 )

@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from edge_lorax.cli import cli
-from helpers.tiny import tiny_adapters, tiny_decoder_dir
+from helpers.tiny import tiny_adapters, tiny_decoder_dir, tiny_family_dir
 
 WORDS = ["<pad>", "<unk>", "</s>"] + [f"w{i}" for i in range(77)]  # vocab 80: no Linear of the model has 80 outputs
 CHAT = "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}w1{% endif %}"
@@ -33,4 +33,29 @@ def tiny_decoder_bundle(root: Path) -> tuple:
     run("project", root / "sub", adapters[3], "-o", root / "u3.npz")
     run("project", root / "sub", adapters[0], "-o", root / "u0.npz")
     run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", root / "bundle")
+    return root, model
+
+
+def tiny_family_users(root: Path, model: Path, family: str, targets=None) -> Path:
+    """Under root: adapters/ (four random LoRAs of `family`'s model on `targets`: a list or "all-linear"; None: the
+    architectures table's default targets), sub/ (K=3 from adapters 0-2), u3.npz and u0.npz (adapters 3 and 0
+    projected). Returns root."""
+    from edge_lorax.builder.models import default_targets
+
+    root = Path(root)
+    adapters = tiny_adapters(model, family, root / "adapters", targets=targets or list(default_targets(model)))
+    run("build", *adapters[:3], "-o", root / "sub", "-k", 3)
+    run("project", root / "sub", adapters[3], "-o", root / "u3.npz")
+    run("project", root / "sub", adapters[0], "-o", root / "u0.npz")
+    return root
+
+
+def tiny_family_bundle(root: Path, family: str, targets=None, per_example: bool = False, model: Path | None = None):
+    """(root, model folder) for a tiny random `family` decoder (helpers.tiny.FAMILIES; `model` reuses a folder):
+    tiny_family_users' files and bundle/ (fp32, defaults u3, with u3.onnx_adapter; --per-example if asked)."""
+    root = Path(root)
+    model = model or tiny_family_dir(family, root / f"tiny-{family}", WORDS, chat_template=CHAT)
+    tiny_family_users(root, model, family, targets)
+    run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", root / "bundle",
+        *(["--per-example"] if per_example else []))
     return root, model

@@ -41,8 +41,9 @@ def tiny_model(arch: str, out: Path, seed: int = 0) -> Path:
     return Path(out)
 
 
-def tiny_adapters(model_dir: Path, arch: str, out: Path, n: int = 4, rank: int = 4) -> list:
-    """n random PEFT LoRA adapters on model_dir (loaded from disk, so the adapter names it as its base)."""
+def tiny_adapters(model_dir: Path, arch: str, out: Path, n: int = 4, rank: int = 4, targets=None) -> list:
+    """n random PEFT LoRA adapters on model_dir (loaded from disk, so the adapter names it as its base); targets: PEFT
+    target_modules (a list or "all-linear"), else TARGETS[arch]."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel, AutoModelForCausalLM
@@ -52,7 +53,7 @@ def tiny_adapters(model_dir: Path, arch: str, out: Path, n: int = 4, rank: int =
     for i in range(n):
         torch.manual_seed(100 + i)
         model = cls.from_pretrained(model_dir)
-        peft = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS[arch],
+        peft = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets or TARGETS[arch],
                                                 init_lora_weights=False, fan_in_fan_out=arch == "gpt2"))
         peft.save_pretrained(out / f"adapter{i}")
         dirs.append(out / f"adapter{i}")
@@ -112,4 +113,52 @@ def tiny_decoder_dir(out: Path, words, seed: int = 0, chat_template: str | None 
                          eos_token_id=2)
     LlamaForCausalLM(config).eval().save_pretrained(out)
     word_tokenizer(words, chat_template).save_pretrained(out)
+    return Path(out)
+
+
+# The decoder families beside Llama, tiny: 2 layers, 4 query heads of 16 and 2 KV heads (GroupQueryAttention takes
+# head sizes that are multiples of 16), intermediate 128. Gemma 3: hidden 48 (not heads x head_dim, as in the real
+# models; sqrt(48) is not what the builder's two-decimal rounding gives), one sliding-window layer (window 8) and one
+# global layer with their own RoPE bases, attention scale query_pre_attn_scalar^-0.5 = 24^-0.5 (not head_dim's).
+# Phi-3: fused qkv_proj / gate_up_proj modules; max_position_embeddings = original_max_position_embeddings.
+# Weights drawn at std 0.2 (Gemma 0.05: its embeddings are scaled by sqrt(hidden) and tied to the head), so that
+# greedy answers do not collapse into one repeated token.
+FAMILIES = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
+        "hidden_size": 48, "head_dim": 16, "query_pre_attn_scalar": 24, "sliding_window": 8,
+        "layer_types": ["sliding_attention", "full_attention"], "initializer_range": 0.05}),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {"original_max_position_embeddings": 128}),
+}
+
+
+def tiny_family_dir(family: str, out: Path, words, seed: int = 0, chat_template: str | None = None) -> Path:
+    """A seeded random 2-layer causal LM of `family` (FAMILIES) saved with a word-level tokenizer over `words` (pad,
+    unk, EOS first) and its architectures: a model folder `--model` takes. Biases and norm weights are drawn at
+    random too (transformers initialises them to 0 / 1, and the model builder leaves out an all-zero bias). The
+    tokenizer is saved as a PreTrainedTokenizerFast (transformers 5 would otherwise load it as the family's own
+    tokenizer class, which reads a word-level tokenizer.json as empty)."""
+    import torch
+    import transformers
+
+    from edge_lorax.formats.tokenizer_files import make_portable
+
+    transformers.logging.set_verbosity_error()
+    config_cls, model_cls, extra = FAMILIES[family]
+    settings = {"vocab_size": len(words), "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 128,
+                "pad_token_id": 0, "bos_token_id": None, "eos_token_id": 2, "initializer_range": 0.2,
+                "tie_word_embeddings": family in ("qwen2", "gemma3"), **extra}
+    config = getattr(transformers, config_cls)(architectures=[model_cls], **settings)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_cls)(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    model.save_pretrained(out)
+    word_tokenizer(words, chat_template).save_pretrained(out)
+    make_portable(Path(out) / "tokenizer_config.json")
     return Path(out)

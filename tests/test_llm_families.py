@@ -1,0 +1,314 @@
+"""The decoder families beside Llama — Qwen2, Qwen3, Gemma 3 (text) and Phi-3 — through the generative path, on tiny
+random models (helpers.tiny.FAMILIES: GQA, 4 heads of 16, 2 KV heads; random biases and norm weights; Gemma 3 with
+hidden 48, a sliding-window layer of window 8 and a global one; Phi-3 with its fused qkv_proj / gate_up_proj).
+
+Per family (one parametrised module fixture, two exports): the architectures row against what transformers and PEFT
+build; `train-lora` and `train` with the table's default targets; a reconstructed adapter loaded by PEFT generating
+the injected coefficient model's greedy tokens; the fp32 bundle's prefill logits equal to torch's (<= 1e-4 x scale,
+prompts longer than Gemma's window included), for the default targets (shared bundle) and all-linear (per-example
+bundle: Phi-3's gate_up_proj split over the builder's gate and up MatMuls); `generate` giving torch's greedy tokens
+for two users swapped on one session; a per-example batch with two users. Then the one-line refusals. ~3 min on two
+busy cores (eight model-builder runs).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge_lorax.formats import architectures as arch
+from edge_lorax.formats.errors import InputError
+from helpers.decoder import CHAT, WORDS, run, tiny_family_users
+from helpers.tiny import tiny_family_dir
+
+og = pytest.importorskip("onnxruntime_genai")
+
+FAMILIES = ("qwen2", "qwen3", "gemma3", "phi3")
+MODEL_TYPES = {"qwen2": "qwen2", "qwen3": "qwen3", "gemma3": "gemma3_text", "phi3": "phi3"}
+DEFAULT_TARGETS = {"qwen2": ("q_proj", "v_proj"), "qwen3": ("q_proj", "v_proj"), "gemma3": ("q_proj", "v_proj"),
+                   "phi3": ("qkv_proj",)}
+LOGIT_TOL = 1e-4  # x scale, as the export's fp32 verification; measured <= 1e-6 (docs in the report of issue 27)
+NEW_TOKENS = 16
+# Word prompts: the longest has 12 tokens, past Gemma's sliding window of 8; the two at the end have equal lengths
+# (a per-example batch takes no padding).
+PROMPTS = ("w5 w9 w11 w3", "w7 w8 w9 w10 w11 w12 w13 w14 w15 w16 w17 w18", "w20 w4 w4 w61", "w33 w34 w35 w36")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request, tmp_path_factory):
+    """(family, root, model folder): the tiny random model of one family, shared by its exports."""
+    root = tmp_path_factory.mktemp(request.param)
+    return request.param, root, tiny_family_dir(request.param, root / f"tiny-{request.param}", WORDS, chat_template=CHAT)
+
+
+@pytest.fixture(scope="module")
+def shared(family):
+    """The default targets (the table's): four LoRAs, sub (K=3), u3 / u0, bundle/ (fp32, defaults u3)."""
+    name, root, model = family
+    users = tiny_family_users(root / "default", model, name)
+    run("export", "--model", model, "--subspace", users / "sub", "--coeffs", users / "u3.npz", "-o", users / "bundle")
+    return users
+
+
+@pytest.fixture(scope="module")
+def per_example(family):
+    """all-linear: four LoRAs, sub (K=3), u3 / u0, bundle/ exported with --per-example (defaults u3)."""
+    name, root, model = family
+    users = tiny_family_users(root / "all-linear", model, name, targets="all-linear")
+    run("export", "--model", model, "--subspace", users / "sub", "--coeffs", users / "u3.npz", "-o", users / "bundle",
+        "--per-example")
+    return users
+
+
+def torch_model(model: Path, users: Path, user: str):
+    """The causal LM with the subspace of `users` injected and `user`'s coefficients loaded."""
+    from edge_lorax.builder.inject import inject_subspace
+    from edge_lorax.builder.models import load_causal_lm
+    from edge_lorax.formats.subspace import read_subspace
+    from edge_lorax.formats.user import read_user
+
+    net = load_causal_lm(model)
+    inject_subspace(net, read_subspace(users / "sub"), coeffs=read_user(users / user).inputs())
+    return net
+
+
+def greedy(net, ids: list, n: int = NEW_TOKENS, eos: int | None = 2) -> list:
+    """Greedy tokens by full forwards (no cache), up to EOS (not included) or n."""
+    seq, out = torch.tensor([ids]), []
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(net(seq).logits[0, -1].argmax())
+            if nxt == eos:
+                break
+            out.append(nxt)
+            seq = torch.cat([seq, torch.tensor([[nxt]])], 1)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the table's row
+
+def test_the_row_matches_what_transformers_peft_and_the_builder_make(family, shared):
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    from edge_lorax.builder.models import default_targets, load_causal_lm
+
+    name, root, model = family
+    row = arch.get_architecture(MODEL_TYPES[name])
+    assert default_targets(model) == row.default_targets == DEFAULT_TARGETS[name] and row.kv_cache and row.head == "score"
+    peft = get_peft_model(load_causal_lm(model), LoraConfig(r=2, target_modules="all-linear"))
+    assert {n.rsplit(".", 1)[-1] for n, m in peft.named_modules() if isinstance(m, LoraLayer)} == set(row.all_linear)
+    genai = json.loads((shared / "bundle" / "genai_config.json").read_text())
+    assert genai["model"]["type"] == row.genai_type  # what the model builder calls it is what the runtime checks
+    pattern = arch.decoder_pattern(row.genai_type)
+    assert all(pattern.match(n) for n, m in load_causal_lm(model).named_modules()
+               if n.rsplit(".", 1)[-1] in row.all_linear)
+
+
+def test_train_lora_and_train_take_the_default_targets(family, tmp_path):
+    """`train-lora` without --targets adapts the row's default targets (Phi-3: qkv_proj); `train` fits coefficients
+    for generation on a subspace of them. A few steps: the plumbing, not the quality."""
+    name, root, model = family
+    rows = ["text,label"] + [f"w{5 + i % 7} w{20 + i % 5},{'w60' if i % 2 else 'w61'}" for i in range(24)]
+    (tmp_path / "task.csv").write_text("\n".join(rows) + "\n")
+    fit = ["--data", tmp_path / "task.csv", "--steps", 2, "--max-length", 32, "--batch-size", 4]
+    for i in range(2):
+        run("train-lora", "--model", model, "--seed", i, "--rank", 2, "-o", tmp_path / f"lora{i}", *fit)
+    adapter = json.loads((tmp_path / "lora0" / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == sorted(DEFAULT_TARGETS[name]) and adapter["task_type"] == "CAUSAL_LM"
+    run("build", tmp_path / "lora0", tmp_path / "lora1", "-o", tmp_path / "sub", "-k", 2)
+    run("train", "--model", model, "--subspace", tmp_path / "sub", "--lr", 0.1, "-o", tmp_path / "user.npz", *fit)
+    from edge_lorax.formats.user import read_user
+
+    user = read_user(tmp_path / "user.npz")
+    assert user.head == {} and user.meta["task_type"] == "CAUSAL_LM"
+    assert {k.rsplit(".", 2)[-2] for k in user.coefficients} == set(DEFAULT_TARGETS[name])
+
+
+@pytest.mark.parametrize("which", ["shared", "per_example"])
+def test_reconstructed_adapter_in_peft_generates_like_the_injected_model(family, which, request, tmp_path):
+    from peft import PeftModel
+
+    from edge_lorax.builder.models import load_causal_lm
+
+    name, root, model = family
+    users = request.getfixturevalue(which)
+    run("reconstruct", users / "sub", users / "u3.npz", "-o", tmp_path / "lora")
+    ours = torch_model(model, users, "u3.npz").eval()
+    theirs = PeftModel.from_pretrained(load_causal_lm(model), str(tmp_path / "lora")).eval()
+    base, changed = load_causal_lm(model), []
+    for prompt in PROMPTS:
+        ids = [WORDS.index(w) for w in prompt.split()]
+        with torch.no_grad():
+            diff = float((ours(torch.tensor([ids])).logits - theirs(torch.tensor([ids])).logits).abs().max())
+        assert diff <= 1e-5, diff  # measured <= 1e-6
+        mine = greedy(ours, ids, eos=None)
+        assert mine == greedy(theirs, ids, eos=None) and len(mine) == NEW_TOKENS
+        changed.append(mine != greedy(base, ids, eos=None))
+    assert any(changed)  # the user changes answers
+
+
+# ------------------------------------------------------------------------------------------------ the bundles
+
+@pytest.mark.parametrize("which", ["shared", "per_example"])
+def test_fp32_prefill_logits_equal_torch(family, which, request):
+    """Both users on every prompt; the per-example bundle also as one batch of two rows with two users."""
+    import onnxruntime as ort
+
+    from edge_lorax.export.llm_bundle import prefill_feeds
+    from edge_lorax.formats.user import read_user
+
+    name, root, model = family
+    users = request.getfixturevalue(which)
+    bundle = users / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    check = manifest["verification"]["fp32"]
+    assert check["max_abs_diff"] <= LOGIT_TOL * check["scale"] and check["response"] > 0.99 and check["effect"] > 0.1
+    assert manifest["mode"] == ("per-example" if which == "per_example" else "coefficients")
+    config = json.loads((bundle / "genai_config.json").read_text())
+    session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    lift = (lambda a: {k: v[None] for k, v in a.items()}) if which == "per_example" else (lambda a: a)  # noqa: E731
+    coeffs = {u: read_user(users / u).inputs() for u in ("u3.npz", "u0.npz")}
+    nets = {u: torch_model(model, users, u) for u in coeffs}
+    for prompt in PROMPTS:
+        ids = [WORDS.index(w) for w in prompt.split()]
+        for user, net in nets.items():
+            got = session.run(["logits"], {**prefill_feeds(ids, config), **lift(coeffs[user])})[0]
+            with torch.no_grad():
+                want = net(torch.tensor([ids])).logits.numpy()
+            assert np.abs(got - want).max() <= LOGIT_TOL * max(1.0, float(np.abs(want).max())), (prompt, user)
+    if which == "per_example":
+        ids = [WORDS.index(w) for w in PROMPTS[1].split()]
+        feeds = {k: np.concatenate([v, v]) for k, v in prefill_feeds(ids, config).items()}
+        feeds.update({k: np.stack([coeffs["u0.npz"][k], coeffs["u3.npz"][k]]) for k in coeffs["u0.npz"]})
+        got = session.run(["logits"], feeds)[0]
+        with torch.no_grad():
+            for row, user in enumerate(("u0.npz", "u3.npz")):
+                want = nets[user](torch.tensor([ids])).logits.numpy()[0]
+                assert np.abs(got[row] - want).max() <= LOGIT_TOL * max(1.0, float(np.abs(want).max())), user
+
+
+@pytest.mark.parametrize("which", ["shared", "per_example"])
+def test_generate_gives_torch_tokens_for_two_users_swapped_on_one_session(family, which, request):
+    from edge_lorax.formats.onnx_adapter import write_onnx_adapter
+    from edge_lorax.formats.user import read_user
+    from edge_lorax.runtime.llm import load_llm
+
+    name, root, model = family
+    users = request.getfixturevalue(which)
+    u0 = read_user(users / "u0.npz")
+    write_onnx_adapter(u0.inputs(), users / "u0.onnx_adapter", u0.fingerprint)
+    llm = load_llm(users / "bundle", threads=1)
+    llm.add_user("zero", users / "u0.onnx_adapter")
+    llm.add_user("three", users / "u3.npz")
+    nets = {"zero": torch_model(model, users, "u0.npz"), "three": torch_model(model, users, "u3.npz")}
+    answers = {}
+    for prompt in PROMPTS[:3]:
+        ids = llm.encode(prompt)
+        for user in ("three", "zero", "three", None):  # swapped back and forth on one og.Model
+            got = list(llm.generate(prompt, user, NEW_TOKENS))
+            assert got == greedy(nets[user or "three"], ids), (prompt, user)
+            answers[prompt, user] = got
+    assert any(answers[p, "zero"] != answers[p, "three"] for p in PROMPTS[:3])
+    from edge_lorax.builder.models import load_tokenizer
+
+    chat = load_tokenizer(model).apply_chat_template([{"role": "user", "content": PROMPTS[0]}],
+                                                     add_generation_prompt=True, tokenize=True)
+    chat = list(chat["input_ids"] if hasattr(chat, "keys") else chat)
+    assert llm.encode(PROMPTS[0], chat=True) == chat  # the tokenizer's chat template, rendered as transformers does
+    assert list(llm.generate(PROMPTS[0], "zero", NEW_TOKENS, chat=True)) == greedy(nets["zero"], chat)
+
+
+def test_a_per_example_batch_carries_two_users(family, per_example):
+    from edge_lorax.runtime.llm import load_llm
+
+    name, root, model = family
+    llm = load_llm(per_example / "bundle", threads=1)
+    llm.add_user("zero", per_example / "u0.npz")
+    llm.add_user("three", per_example / "u3.npz")
+    prompts, who = [PROMPTS[2], PROMPTS[3], PROMPTS[2]], ["zero", "three", "three"]
+    rows = llm.generate_batch(prompts, who, NEW_TOKENS)
+    nets = {u: torch_model(model, per_example, f) for u, f in (("zero", "u0.npz"), ("three", "u3.npz"))}
+    for prompt, user, row in zip(prompts, who, rows):
+        assert row == greedy(nets[user], llm.encode(prompt)), (prompt, user)
+    assert rows[0] != rows[2] or rows[0] == []  # same prompt, another user (an EOS at once reads alike)
+
+
+# ------------------------------------------------------------------------------------------------ the refusals
+
+def _graph(outputs: dict):
+    """A stand-in for the builder's graph: one MatMul per {output tensor: width}, reading `x`."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    nodes, inits = [], []
+    for out, width in outputs.items():
+        weight = out.replace("/", "_")
+        inits.append(numpy_helper.from_array(np.zeros((8, width), np.float32), weight))
+        nodes.append(helper.make_node("MatMul", ["x", weight], [out], name=out.rsplit("/", 1)[0]))
+    x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8])
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [], inits))
+
+
+def _subspace(modules: dict):
+    from edge_lorax.formats.subspace import ModuleSubspace, Subspace
+
+    none = np.zeros(0, np.float32)
+    return Subspace({m: ModuleSubspace(np.zeros((2, 8), np.float32), np.zeros((out, 2), np.float32), none, none, 2, 2)
+                     for m, out in modules.items()}, {"fingerprint": "0" * 16})
+
+
+def test_a_module_the_builder_does_not_expose_is_refused_naming_it_and_the_type():
+    from edge_lorax.export import decoder
+
+    config = {"model": {"type": "phi3", "decoder": {"num_attention_heads": 2, "num_key_value_heads": 1, "head_size": 4}}}
+    graph = _graph({"/model/layers.0/attn/qkv_proj/MatMul/output_0": 16, "/model/layers.0/mlp/gate_proj/MatMul/output_0": 6})
+    slots = decoder.find_slots(graph, _subspace({"model.layers.0.self_attn.qkv_proj": 16}), config)
+    assert [(s.output, s.lo, s.hi, s.row) for s in slots] == [("/model/layers.0/attn/qkv_proj/MatMul/output_0", 0, 16, 0)]
+    with pytest.raises(InputError) as e:  # gate_up_proj: the builder's up_proj MatMul is missing
+        decoder.find_slots(graph, _subspace({"model.layers.0.mlp.gate_up_proj": 12}), config)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("subspace module model.layers.0.mlp.gate_up_proj: the phi3 graph")
+    with pytest.raises(InputError, match=r"q_proj: not an attention/MLP projection .* 'phi3'"):
+        decoder.find_slots(graph, _subspace({"model.layers.0.self_attn.q_proj": 8}), config)
+    config["model"]["type"] = "qwen2"
+    with pytest.raises(InputError, match=r"v_proj: the qwen2 graph .* no MatMul that writes its 5 outputs"):
+        decoder.find_slots(graph, _subspace({"model.layers.0.self_attn.v_proj": 5}), config)  # not v's 4 columns
+
+
+def test_gemma3_multimodal_and_gemma2_are_refused_naming_the_supported_types(tmp_path):
+    from edge_lorax.builder.models import default_targets
+
+    for model_type in ("gemma3", "gemma2"):
+        folder = tmp_path / model_type
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+        with pytest.raises(InputError, match=rf"'{model_type}' has no default target modules .*gemma3_text, phi3"):
+            default_targets(folder)
+        assert not arch.supports_kv_cache(model_type)
+
+
+def test_an_unwired_branch_is_caught_by_the_exports_verification(family, shared, tmp_path, monkeypatch):
+    """A coefficient pass that left the user's branches out (their coefficient inputs then reach nothing) never
+    becomes a bundle: the verification against torch refuses it and writes nothing."""
+    from edge_lorax.export import decoder
+
+    name, root, model = family
+    if name != "phi3":
+        pytest.skip("one family is enough: the verification is the same code for all")
+    monkeypatch.setattr(decoder, "_add_branch", lambda *args, **kwargs: None)
+    result = run("export", "--model", model, "--subspace", shared / "sub", "--coeffs", shared / "u3.npz", "-o",
+                 tmp_path / "b", ok=False)
+    said = result.output + repr(result.exception)
+    assert result.exit_code != 0 and "nothing written" in said, said
+    assert not (tmp_path / "b").exists()
