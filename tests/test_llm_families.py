@@ -7,8 +7,9 @@ build; `train-lora` and `train` with the table's default targets; a reconstructe
 the injected coefficient model's greedy tokens; the fp32 bundle's prefill logits equal to torch's (<= 1e-4 x scale,
 prompts longer than Gemma's window included), for the default targets (shared bundle) and all-linear (per-example
 bundle: Phi-3's gate_up_proj split over the builder's gate and up MatMuls); `generate` giving torch's greedy tokens
-for two users swapped on one session; a per-example batch with two users. Then the one-line refusals. ~3 min on two
-busy cores (eight model-builder runs).
+for two users swapped on one session; a per-example batch with two users; an int4 export keeping the coefficient
+inputs. Then the one-line refusals. ~1.5 min on two busy cores (eight model-builder runs: the per-example export
+reuses the fp32 builder output of its family, one_builder_run_per_graph).
 """
 
 import json
@@ -42,6 +43,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_builder_run_per_graph(tmp_path_factory):
+    """The model builder's graph depends on the model folder and the precision only, not on the subspace or the mode:
+    the second export of a family at a precision (the per-example one) copies the first one's builder output instead
+    of running the builder again (~12 s each). The coefficient pass, the verification and the files are all real."""
+    import shutil
+
+    from edge_lorax.export import decoder
+
+    real, cache = decoder.run_model_builder, tmp_path_factory.mktemp("builder-cache")
+
+    def cached(model_dir, out, precision, model_id, options=()):
+        key = cache / f"{Path(model_dir).name}-{precision}-{'-'.join(options)}"
+        if not key.is_dir():
+            real(model_dir, key, precision, model_id, options)
+        shutil.copytree(key, out, dirs_exist_ok=True)
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(decoder, "run_model_builder", cached)
+        yield
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -242,6 +266,29 @@ def test_a_per_example_batch_carries_two_users(family, per_example):
     for prompt, user, row in zip(prompts, who, rows):
         assert row == greedy(nets[user], llm.encode(prompt)), (prompt, user)
     assert rows[0] != rows[2] or rows[0] == []  # same prompt, another user (an EOS at once reads alike)
+
+
+def test_int4_keeps_the_coefficient_inputs_and_serves_two_users(family, shared, tmp_path):
+    """--quantize int4 (MatMulNBits weights): the same coefficient inputs, the response check passed (no bound on the
+    logits: the builder's int4 base moves them), and two users generate different answers on one session."""
+    import onnx
+
+    from edge_lorax.runtime.llm import load_llm
+
+    name, root, model = family
+    out = tmp_path / "int4"
+    run("export", "--model", model, "--subspace", shared / "sub", "--coeffs", shared / "u3.npz", "-o", out,
+        "--quantize", "int4")
+    manifest = json.loads((out / "manifest.json").read_text())
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    assert any(n.op_type == "MatMulNBits" for n in graph.node)
+    coeffs = {i.name for i in graph.input if "coeff_" in i.name}
+    assert coeffs == set(json.loads((shared / "bundle" / "manifest.json").read_text())["coefficients"])
+    assert manifest["verification"]["int4"]["response"] >= 0.5
+    llm = load_llm(out, threads=1)
+    llm.add_user("zero", shared / "u0.npz")
+    answers = [[list(llm.generate(p, user, NEW_TOKENS)) for p in PROMPTS[:3]] for user in ("zero", None)]
+    assert answers[0] != answers[1]
 
 
 # ------------------------------------------------------------------------------------------------ the refusals
