@@ -10,7 +10,8 @@ anything, except for Gemma 3 (`gemma3_text`): 5.x writes rope_parameters per lay
 "sliding_attention": ...}) while the builder's Gemma3Model reads one flat rope_parameters (the global layers') and
 rope_local_base_freq (the sliding layers' theta, a 4.57 config field): the global layers' keys are added beside the
 per-type ones (the same config object then loads the torch model, which reads the per-type ones) and
-rope_local_base_freq is set.
+rope_local_base_freq is set; and for LongRoPE (Phi-3 128k, Phi-3.5, Phi-4-mini), whose kind the builder reads from
+4.x's key rope_parameters["type"], that key is added beside 5.x's "rope_type".
 """
 
 import runpy
@@ -34,6 +35,9 @@ def _rope_parameters(config):
         del config.rope_scaling
         config.rope_parameters = {"rope_type": scaling.get("rope_type", scaling.get("type", "default")),
                                   "rope_theta": config.rope_theta, **scaling}
+    rope = getattr(config, "rope_parameters", None)
+    if isinstance(rope, dict) and rope.get("rope_type") == "longrope" and "type" not in rope:
+        rope["type"] = "longrope"  # the builder's Phi3MiniLongRoPEModel reads 4.x's key
 
 
 def main():

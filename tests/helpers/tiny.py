@@ -120,7 +120,8 @@ def tiny_decoder_dir(out: Path, words, seed: int = 0, chat_template: str | None 
 # head sizes that are multiples of 16), intermediate 128. Gemma 3: hidden 48 (not heads x head_dim, as in the real
 # models; sqrt(48) is not what the builder's two-decimal rounding gives), one sliding-window layer (window 8) and one
 # global layer with their own RoPE bases, attention scale query_pre_attn_scalar^-0.5 = 24^-0.5 (not head_dim's).
-# Phi-3: fused qkv_proj / gate_up_proj modules; max_position_embeddings = original_max_position_embeddings.
+# Phi-3: fused qkv_proj / gate_up_proj modules; max_position_embeddings = original_max_position_embeddings (the
+# builder's Phi3MiniModel), or not (phi3-longrope: its Phi3MiniLongRoPEModel).
 # Weights drawn at std 0.2 (Gemma 0.05: its embeddings are scaled by sqrt(hidden) and tied to the head), so that
 # greedy answers do not collapse into one repeated token.
 FAMILIES = {
@@ -131,6 +132,13 @@ FAMILIES = {
         "hidden_size": 48, "head_dim": 16, "query_pre_attn_scalar": 24, "sliding_window": 8,
         "layer_types": ["sliding_attention", "full_attention"], "initializer_range": 0.05}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {"original_max_position_embeddings": 128}),
+    # Phi-3.5-mini / Phi-4-mini style: LongRoPE (the long factors past 64 positions) and a partial rotary embedding
+    # (half of each head; GroupQueryAttention wants the rotated half-width a multiple of 8, hence 2 heads of 32)
+    "phi3-longrope": ("Phi3Config", "Phi3ForCausalLM", {
+        "num_attention_heads": 2, "num_key_value_heads": 1, "partial_rotary_factor": 0.5,
+        "original_max_position_embeddings": 64, "rope_parameters": {
+            "rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 64,
+            "short_factor": [1.0 + 0.1 * i for i in range(8)], "long_factor": [2.0 + 0.3 * i for i in range(8)]}}),
 }
 
 
