@@ -485,7 +485,8 @@ def train_many(subspace_dir, data_dir, output, users_per_batch, text_column, lab
 @click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=16.0, show_default=True,
               help="LoRA alpha (scaling alpha/rank).")
 @click.option("--targets", help="Comma-separated target module names, or all-linear (PEFT: every Linear but the output "
-              "layer) [default: query,value for BERT, q_proj,v_proj for Llama-family, c_attn for GPT-2].")
+              "layer) [default: the model type's attention projections: query,value for BERT, q_proj,v_proj for "
+              "Llama, Qwen and Gemma, qkv_proj for Phi-3, c_attn for GPT-2].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True),
               help="Learning rate [default: lora 2e-3, vera 1e-2, head 5e-3].")
 @click.option("--json", "as_json", is_flag=True, help="Metrics as JSON.")

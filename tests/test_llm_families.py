@@ -142,6 +142,28 @@ def test_the_row_matches_what_transformers_peft_and_the_builder_make(family, sha
                if n.rsplit(".", 1)[-1] in row.all_linear)
 
 
+def test_gemma_embeddings_are_scaled_by_torchs_factor(family, shared):
+    """The builder multiplies Gemma's embeddings by sqrt(hidden) rounded to two decimals (6.93 for 48: logits 2.3e-4
+    off on this model, past the 1e-4 bound); the bundle's graph multiplies by torch's float32 sqrt(48). Other
+    families have no embedding scale; a scaled row whose graph lacks the Mul is refused."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edge_lorax.export import decoder
+
+    name, root, model = family
+    graph = onnx.load(str(shared / "bundle" / "model.onnx")).graph
+    mul = [n for n in graph.node if n.name == decoder.EMBED_MUL]
+    if name != "gemma3":
+        assert mul == [] and not arch.get_architecture(MODEL_TYPES[name]).scaled_embeddings
+        return
+    scale = next(numpy_helper.to_array(t) for t in graph.initializer if t.name == mul[0].input[1])
+    assert scale.dtype == np.float32 and scale == np.float32(48 ** 0.5) != np.float32(6.93)
+    assert not any(n.op_type == "Constant" and "6.93" in n.output[0] for n in graph.node)
+    with pytest.raises(InputError, match=r"gemma3_text graph of onnxruntime-genai's model builder has no "):
+        decoder.exact_embedding_scale(onnx.ModelProto(), {"model_type": "gemma3_text", "hidden_size": 48})
+
+
 def test_train_lora_and_train_take_the_default_targets(family, tmp_path):
     """`train-lora` without --targets adapts the row's default targets (Phi-3: qkv_proj); `train` fits coefficients
     for generation on a subspace of them. A few steps: the plumbing, not the quality."""

@@ -91,9 +91,9 @@ _ROWS = (
                         f"(gate, up rows), so PEFT targets qkv_proj (not q_proj / v_proj) and all-linear is four modules; "
                         f"the builder keeps qkv_proj as one MatMul (the branch covers all its columns) and splits "
                         f"gate_up_proj into gate_proj and up_proj MatMuls (export.decoder adds each half of the "
-                        f"module's rows to its MatMul); max_position_embeddings must equal "
-                        f"original_max_position_embeddings (LongRoPE models are another builder class, not tested); "
-                        f"{_GQA}; {_CHAT}"),
+                        f"module's rows to its MatMul); LongRoPE (Phi-3 128k, Phi-3.5, Phi-4-mini: another builder class, "
+                        f"export.genai_builder gives it 4.x's rope key) and partial rotary embeddings (GroupQueryAttention "
+                        f"wants the rotated half-width a multiple of 8); {_GQA}; {_CHAT}"),
     *(Architecture(t, position_offset=True, quirks=_OFFSET) for t in (
         "roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "mpnet", "longformer", "ibert")),
 )
