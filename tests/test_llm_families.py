@@ -164,6 +164,29 @@ def test_gemma_embeddings_are_scaled_by_torchs_factor(family, shared):
         decoder.exact_embedding_scale(onnx.ModelProto(), {"model_type": "gemma3_text", "hidden_size": 48})
 
 
+def test_gemma_sliding_layers_keep_full_caches_and_short_generations_run(family, shared):
+    """Gemma 3's sliding-window layer masks its window inside GroupQueryAttention over a full-length cache (the
+    builder's ring cache is sized by onnxruntime-genai from max_length and refused below the window): a generation
+    whose prompt + new tokens stay below the window of 8 runs and gives torch's tokens."""
+    import onnx
+
+    from edge_lorax.runtime.llm import load_llm
+
+    name, root, model = family
+    if name != "gemma3":
+        pytest.skip("only Gemma 3 has sliding-window layers here")
+    genai = json.loads((shared / "bundle" / "genai_config.json").read_text())
+    assert "sliding_window" not in genai["model"]["decoder"]
+    graph = onnx.load(str(shared / "bundle" / "model.onnx"), load_external_data=False).graph
+    windows = [next(a.i for a in n.attribute if a.name == "local_window_size")
+               for n in graph.node if n.op_type == "GroupQueryAttention"]
+    assert windows == [8, -1]  # layer 0 sliding, layer 1 global
+    llm = load_llm(shared / "bundle", threads=1)
+    llm.add_user("zero", shared / "u0.npz")
+    got = list(llm.generate("w5 w9", "zero", 3))  # max_length 5 < window 8
+    assert got == greedy(torch_model(model, shared, "u0.npz"), llm.encode("w5 w9"), 3)
+
+
 def test_train_lora_and_train_take_the_default_targets(family, tmp_path):
     """`train-lora` without --targets adapts the row's default targets (Phi-3: qkv_proj); `train` fits coefficients
     for generation on a subspace of them. A few steps: the plumbing, not the quality."""

@@ -22,7 +22,8 @@ the projection MatMul's own output, so whatever the builder puts after it sees o
   at its columns (q, k, v by genai_config's heads × head_size; Gemma 3's head_dim differs from hidden / heads);
   o/gate/up/down_proj are their own MatMuls. Qwen2's q/k/v bias is a packed `qkv_proj/Add` after the MatMul (only
   when the bias is non-zero); Qwen3's and Gemma 3's q/k norms follow a `qkv_proj/Split` after it: both then read the
-  sum. Gemma's scaled embeddings: `exact_embedding_scale` sets the builder's rounded sqrt(hidden_size) to torch's.
+  sum. Gemma's scaled embeddings: `exact_embedding_scale` sets the builder's rounded sqrt(hidden_size) to torch's;
+  its sliding-window layers keep full-length caches (FIXED_OPTIONS).
 - phi3: the HF modules are fused already. self_attn.qkv_proj is the builder's qkv_proj MatMul, whole (columns 0 to
   q + 2·kv); mlp.gate_up_proj is built as two MatMuls, gate_proj and up_proj, so the module gets one branch on each,
   with the matching half of its components_B rows (one pair of coefficient inputs, its M assembled for both).
@@ -68,6 +69,14 @@ class Slot:
     row: int = 0  # the module's first output row held here (Phi-3's gate_up_proj: 0 in gate_proj, I in up_proj)
 
 
+# Always passed: sliding-window layers (Gemma 3) keep a full-length KV cache and GroupQueryAttention masks the window
+# (local_window_size). The builder's default, a ring cache of the window's size, is sized by onnxruntime-genai 0.18's
+# runtime from max_length, and GroupQueryAttention refuses a ring smaller than the window: every generation shorter
+# than 512 tokens failed on Gemma 3 270M ("KV cache capacity (18) must be at least local_window_size (512)"). Same
+# logits; the cost is a full cache per sliding layer (Gemma 3 270M: 2 KiB per token and layer at fp32).
+FIXED_OPTIONS = ("windowed_kv_cache=false",)
+
+
 def run_model_builder(model_dir: Path, out: Path, precision: str, model_id: str, options=()) -> Path:
     """Build the base decoder graph (CPU) into `out`; `options` are the builder's KEY=VALUE extra options (e.g.
     algo_config=k_quant_mixed); raises InputError with the builder's last lines on failure."""
@@ -75,7 +84,9 @@ def run_model_builder(model_dir: Path, out: Path, precision: str, model_id: str,
         raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     check_builder_options(options)
     cmd = [sys.executable, "-m", BUILDER_MAIN, "-m", model_id, "-i", str(model_dir), "-o", str(out), "-p", precision,
-           "-e", "cpu", "-c", str(out / ".builder_cache")] + (["--extra_options", *options] if options else [])
+           "-e", "cpu", "-c", str(out / ".builder_cache")]
+    extra = (*FIXED_OPTIONS, *options)
+    cmd += ["--extra_options", *extra] if extra else []
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0 or not (out / names.BUNDLE_MODEL).is_file():
         tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])

@@ -173,24 +173,13 @@ def kv_shape(config: dict) -> tuple:
     return dec["num_hidden_layers"], dec["num_key_value_heads"], dec["head_size"]
 
 
-def _window_capacity(config: dict) -> dict:
-    """{layer: KV capacity} of the sliding-window layers that keep a bounded (ring) cache: genai_config.json's
-    decoder.sliding_window (the builder's default for Gemma 3's local layers on CPU); {} for other models."""
-    window = config["model"]["decoder"].get("sliding_window") or {}
-    size = int(window.get("window_size") or 0) + int(window.get("cache_slack") or 0)
-    return {int(i): size for i in window.get("layers", [])} if size > 0 else {}
-
-
 def prefill_feeds(ids: list, config: dict) -> dict:
-    """One prompt's prefill feeds: input_ids, attention_mask (1, T) int64 and empty past_key_values (1, H_kv, 0, d);
-    a sliding-window layer with a bounded cache gets its ring, all zeros, (1, H_kv, window, d) (GroupQueryAttention
-    refuses a smaller one; the attention mask still says no past token)."""
+    """One prompt's prefill feeds: input_ids, attention_mask (1, T) int64 and empty past_key_values (1, H_kv, 0, d)."""
     layers, heads, size = kv_shape(config)
-    ring = _window_capacity(config)
     feeds = {names.INPUT_IDS: np.array([ids], np.int64), names.ATTENTION_MASK: np.ones((1, len(ids)), np.int64)}
     for i in range(layers):
         for kind in ("key", "value"):
-            feeds[names.kv_input_name(i, kind)] = np.zeros((1, heads, ring.get(i, 0), size), np.float32)
+            feeds[names.kv_input_name(i, kind)] = np.zeros((1, heads, 0, size), np.float32)
     return feeds
 
 

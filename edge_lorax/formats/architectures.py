@@ -82,7 +82,8 @@ _ROWS = (
                  quirks=f"Gemma 3's text decoder (Gemma3ForCausalLM; the multimodal `gemma3` type is not served): "
                         f"embeddings scaled by sqrt(hidden_size) (the builder rounds it to 2 decimals, export.decoder "
                         f"restores torch's float32 value), RMSNorm with (1 + weight), q/k norms as in qwen3, four norms "
-                        f"per layer, sliding-window and global layers with their own RoPE bases (on transformers 5.x "
+                        f"per layer, sliding-window and global layers with their own RoPE bases (the sliding ones keep "
+                        f"full-length KV caches: export.decoder.FIXED_OPTIONS; on transformers 5.x "
                         f"export.genai_builder folds the per-layer-type rope_parameters for the builder), attention "
                         f"scale query_pre_attn_scalar^-0.5; {_PACKED}; {_GQA}; {_CHAT}"),
     Architecture("phi3", ("qkv_proj",), ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), head="score",
