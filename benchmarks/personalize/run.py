@@ -1,10 +1,13 @@
 """On-device personalisation vs host training (issue 14): `edge-lorax personalize` against `edge-lorax train` on the
 same local examples, the head alone, and the starting user.
 
-Targets: the four VADER domains (binary) and two non-sentiment tasks (spam:sms, disaster:request). Each target gets a
-MiniLM subspace built without its own adapters (K=8, mean kept; sources.npz kept) and a classification bundle (fp32 +
-int8, zero coefficients: the start user is the base model). Per target, local rows (64 / 256, a seeded sample of the
-train split) and seed:
+Targets: the four VADER domains (binary) and two non-sentiment tasks (spam:sms, disaster:request), which the method
+was tuned on; added after (issue 25, cause 7): trec:coarse (6 question types) and disaster:related (binary, skewed).
+Each target gets a MiniLM subspace built without its own adapters (K=8, mean kept; sources.npz kept) and a
+classification bundle (fp32 + int8, as many labels as the task, zero coefficients: the start user is the base model).
+--steps N fits the device cells by exactly N steps instead of the 55 s budget (machine-independent: the added
+targets' cells, `--steps 120`); benchmarks/personalize/robust.py runs the controlled before/after fits.
+Per target, local rows (64 / 256, a seeded sample of the train split) and seed:
 - device: `edge-lorax personalize --threads 1` (the defaults: start -> mix -> exact gradients on the bundle's
   model.grad.onnx, 55 s budget for the fit);
 - refine: `--method refine` (start -> mix -> forward-only SPSA over every coefficient; the defaults before the
@@ -40,9 +43,11 @@ CACHE = Path.home() / ".cache" / "edge-lorax" / "bench-personalize"
 ADAPTERS = ROOT / "adapters"
 TARGETS = {"nyt": ("vader:nyt-binary", "nyt-"), "amazon": ("vader:amazon-binary", "amazon-"),
            "movies": ("vader:movies-binary", "movies-"), "tweets": ("vader:tweets-binary", "tweets-"),
-           "spam": ("spam:sms", "spam-"), "disaster": ("disaster:request", "disaster-")}
+           "spam": ("spam:sms", "spam-"), "disaster": ("disaster:request", "disaster-"),
+           "trec": ("trec:coarse", "trec-"), "related": ("disaster:related", "disaster-")}
 TEST_ROWS = 300
 KINDS = ("device", "head", "host", "int8", "inference", "refine")
+STEPS = []  # --steps N: device fits of N optimizer steps (mix and exact halves) instead of the 55 s budget
 
 
 def _bundle(target: str) -> Path:
@@ -60,7 +65,10 @@ def _bundle(target: str) -> Path:
     sources = sorted(p for p in ADAPTERS.iterdir() if p.is_dir() and not p.name.startswith(TARGETS[target][1]))
     sub = build_subspace(sources, components=8, mean="keep", seed=0)
     write_subspace(sub, out / "subspace", overwrite=True, sources=project_sources(sub, sources))
-    config = ExportConfig(task="classification", num_labels=2, quantize="int8", gradient=True, overwrite=True)
+    from edge_lorax.builder.data import load_task
+
+    labels = len(load_task(TARGETS[target][0]).labels)
+    config = ExportConfig(task="classification", num_labels=labels, quantize="int8", gradient=True, overwrite=True)
     try:
         export_bundle(None, out / "subspace", out / "bundle", config=config)
     except RuntimeError as e:  # the exporter's int8 parity check: recorded, the bundle is fp32 only
@@ -144,7 +152,7 @@ def _run_cell(kind: str, target: str, rows: int, seed: int, bundle: Path, local:
         extra = {"device": [], "head": ["--method", "head"], "int8": ["--variant", "int8"],
                  "refine": ["--method", "refine"]}[kind]
         cmd = ["personalize", str(bundle), "--data", str(local), "-o", str(user), "--threads", "1",
-                     "--seed", str(seed), "--json", "--overwrite", *extra]
+                     "--seed", str(seed), "--json", "--overwrite", *extra, *STEPS]
     result = _measured(cmd)
     if kind == "inference":
         result["report"] = None  # 256 predictions: not needed, only the process's time and memory
@@ -162,7 +170,11 @@ def main():
     ap.add_argument("--rows", default="64,256")
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--kinds", default="device,head,host,int8,inference", help="'none': bundles and start rows only")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="device fits of exactly N steps (machine-independent) instead of the 55 s budget")
     args = ap.parse_args()
+    if args.steps is not None:
+        STEPS[:] = ["--steps", str(args.steps)]
     RUNS.mkdir(parents=True, exist_ok=True)
     st = stamp(portable(" ".join([".venv/bin/python", "benchmarks/personalize/run.py", *sys.argv[1:]])))
     for seed in map(int, args.seeds.split(",")):

@@ -31,7 +31,9 @@ def _logistic(z: np.ndarray, y: np.ndarray, labels: int, l2: float) -> np.ndarra
     n, d = z.shape
     z1 = np.hstack([z, np.ones((n, 1))])  # (n, d + 1)
     onehot = np.eye(labels)[y]  # (n, L)
-    reg = np.full(d + 1, 2 * l2 if labels == 2 else l2)  # two softmax rows split one logistic weight: same penalty
+    # float even for an int λ (an int array made the bias's 1e-4 a 0: a singular Hessian); two softmax rows split
+    # one logistic weight: the same penalty
+    reg = np.full(d + 1, 2 * l2 if labels == 2 else l2, dtype=np.float64)
     reg[-1] = 1e-4  # the bias barely penalised (enough to pin the softmax's shift freedom)
     w = np.zeros((d + 1, labels))
     for _ in range(NEWTON_STEPS):
