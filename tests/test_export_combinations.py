@@ -45,7 +45,7 @@ def one_line(result, *words):
 
 
 NUM_LABELS = "is for --task classification"
-INT4 = "the KV-cache decoder: --task causal-lm on a llama model"
+INT4 = "the KV-cache decoder: --task causal-lm on a llama, qwen2"  # the table's KV-cache types, listed
 # case -> (set-up, export options, words of the refusal)
 CASES = {
     "features-num-labels": ("bert", {"task": "features", "num_labels": 3}, (NUM_LABELS, "--task features has no")),
