@@ -81,3 +81,13 @@ def test_declared_shapes_fuzz(tmp_path_factory, shape, payload):
         assert "\n" not in str(e) and str(path) in str(e)
     else:
         assert user.coefficients["m.coeff_A"].shape == tuple(shape) and int(np.prod(shape)) * 4 == payload
+
+
+def test_a_huge_meta_member_is_refused_before_it_is_inflated(tmp_path):
+    """__meta__ is one element of any length: bounded by its unpacked bytes (the audit's 1 GB __meta__ cost 8.9 s)."""
+    path = npz_with(tmp_path / "meta.npz", {names.META_KEY: forged((), "<U250000000", bytes(2_000_000)),
+                                             "m.coeff_A": np.zeros((2, 2), np.float32)})
+    start = time.perf_counter()
+    with pytest.raises(UserError, match="__meta__ declares"):
+        read_user(path)
+    assert time.perf_counter() - start < 2

@@ -21,6 +21,7 @@ from edge_lorax.formats.atomic import atomic_file
 from edge_lorax.formats.errors import InputError
 
 MAX_ABS = 1e4  # |coefficient| or |head value| above this is refused: trained and projected users stay below ~1e2
+MAX_META_BYTES = 1 << 20  # __meta__ JSON (fingerprint, labels, settings): a few KB
 MAX_ELEMENTS = 1 << 25  # numbers per user file (128 MB of float32): a 7B model's user is ~1e5, sources.npz ~1e7
 
 
@@ -120,7 +121,10 @@ def _check_members(path: Path, zf: zipfile.ZipFile):
             raise UserError(f"{path}: holds pickled objects, which are never loaded; save plain float32 arrays")
         if key != names.META_KEY and dtype != np.float32:
             raise UserError(f"{path}: {key} is {dtype}, expected float32; re-save it with edge-lorax")
-        total += count
+        total += count if key != names.META_KEY else 0
+        if key == names.META_KEY and info.file_size > MAX_META_BYTES:  # one element, but of any length
+            raise UserError(f"{path}: {key} declares {info.file_size:,} bytes unpacked (at most {MAX_META_BYTES:,}); "
+                            "re-create the file with `edge-lorax project` or `edge-lorax train`")
         if total > MAX_ELEMENTS or info.file_size != header + count * dtype.itemsize:
             raise UserError(f"{path}: {key} declares {shape} in {info.file_size:,} bytes unpacked (a user holds at most "
                             f"{MAX_ELEMENTS:,} numbers, each member exactly its header's size); re-create the file with "
