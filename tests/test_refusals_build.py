@@ -631,7 +631,7 @@ def test_shared_bare_backbone_case_is_projected_like_its_prefixed_twin(minilm_su
 # ------------------------------------------------------------------------------------------ kind 4: data files
 
 @pytest.mark.parametrize("name, content, phrase", [
-    ("latin1.csv", b"text,label\ncaf\xe9 ok,1\nbad,0\n", "not UTF-8 text"),
+    ("latin1.csv", b"text,label\ncaf\xe9 ok,1\nbad,0\n", "not UTF-8"),
     ("deep.jsonl", b'{"text": ' + b"[" * 100_000 + b"}\n", "not JSON (nested too deeply)"),
 ])
 def test_undecodable_data_file_is_one_line(name, content, phrase, minilm_sub, work):
