@@ -9,13 +9,11 @@ benchmarks/llm/report.py shares (median, agreement, median_dict). matplotlib is 
 measure anything.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from edge_lorax.bench import measure
-from edge_lorax.formats.atomic import atomic_file
 
 OURS, PLAIN = "ours", "plain"
 # issue 13's targets for a decoder bundle against onnxruntime-genai's plain build of the same model
@@ -393,14 +391,9 @@ def write_llm_report(data: dict, out_dir: Path) -> Path:
     """report.json, report.md, report.png into out_dir (each written atomically); returns out_dir."""
     import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     data["targets"] = targets(data)
-    with atomic_file(out_dir / "report.json") as tmp:
-        tmp.write_text(measure.portable(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n"))
-    with atomic_file(out_dir / "report.md") as tmp:
-        tmp.write_text(measure.portable(markdown(data)))
     fig = figure(data)
-    with atomic_file(out_dir / "report.png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")  # temp files have no suffix
-    plt.close(fig)
-    return out_dir
+    try:
+        return measure.write_report_files(out_dir, data, markdown(data), lambda path: fig.savefig(path, dpi=100, format="png"))
+    finally:
+        plt.close(fig)

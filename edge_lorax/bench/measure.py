@@ -6,6 +6,7 @@ RssAnon private, RssFile file-backed and shareable — mmapped weights land ther
 only. Does not spawn processes or decide what to run (bench/run.py does).
 """
 
+import json
 import os
 import platform
 import subprocess
@@ -16,6 +17,8 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+
+from edge_lorax.formats.atomic import atomic_file
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout; an installed wheel has no .git here: commit "unknown"
 VERSIONS = ("numpy", "onnxruntime", "tokenizers", "onnx", "torch", "transformers", "edge-lorax")
@@ -227,3 +230,16 @@ def busy(st: dict, limit: float = 0.5) -> bool:
 def portable(text: str) -> str:
     """Committed reports carry no local paths: the repo root becomes relative, the venv `$VENV`."""
     return text.replace(sys.prefix, "$VENV").replace(str(REPO) + "/", "").replace(str(REPO), ".")
+
+
+def write_report_files(out_dir: Path, data: dict, markdown_text: str, draw) -> Path:
+    """report.json, report.md and report.png (draw(path) writes the PNG) into out_dir, each written atomically, the
+    text with local paths made portable; returns out_dir. Shared by the encoder and the decoder bench reports."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_file(out_dir / "report.json") as tmp:
+        tmp.write_text(portable(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n"))
+    with atomic_file(out_dir / "report.md") as tmp:
+        tmp.write_text(portable(markdown_text))
+    with atomic_file(out_dir / "report.png") as tmp:
+        draw(tmp)  # temp files have no suffix: draw with an explicit format
+    return out_dir

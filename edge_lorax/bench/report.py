@@ -18,7 +18,6 @@ import numpy as np
 
 from edge_lorax.bench import measure
 from edge_lorax.bench.prepare import AA_COPY, ANCHOR, EIGEN, FUSED, INT8, MERGED, OPTIMUM, OPTIMUM_O2, PLAIN
-from edge_lorax.formats.atomic import atomic_file
 from edge_lorax.formats.bundle import TARGET_DECODER
 
 
@@ -608,15 +607,8 @@ def _plot_memory(ax, s: dict):
 
 def write_report(data: dict, out_dir: Path) -> Path:
     """report.json, report.md, report.png into out_dir (each written atomically); returns out_dir."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     data["targets"] = targets(data)
-    with atomic_file(out_dir / "report.json") as tmp:
-        tmp.write_text(measure.portable(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n"))
-    with atomic_file(out_dir / "report.md") as tmp:
-        tmp.write_text(measure.portable(markdown(data)))
-    with atomic_file(out_dir / "report.png") as tmp:
-        plot(data, tmp)
-    return out_dir
+    return measure.write_report_files(out_dir, data, markdown(data), lambda path: plot(data, path))
 
 
 
