@@ -142,6 +142,16 @@ FAMILIES = {
 }
 
 
+def rope_for_installed_transformers(extra: dict, version: str) -> dict:
+    """transformers 4.x spells `rope_parameters` as `rope_scaling` {type, short_factor, long_factor} and ignores the
+    5.x name silently (the model would keep plain RoPE while config.json claims LongRoPE)."""
+    if int(version.split(".")[0]) >= 5 or "rope_parameters" not in extra:
+        return extra
+    rope = extra["rope_parameters"]
+    scaling = {"type": rope["rope_type"], "short_factor": rope["short_factor"], "long_factor": rope["long_factor"]}
+    return {**{k: v for k, v in extra.items() if k != "rope_parameters"}, "rope_scaling": scaling}
+
+
 def tiny_family_dir(family: str, out: Path, words, seed: int = 0, chat_template: str | None = None) -> Path:
     """A seeded random 2-layer causal LM of `family` (FAMILIES) saved with a word-level tokenizer over `words` (pad,
     unk, EOS first) and its architectures: a model folder `--model` takes. Biases and norm weights are drawn at
@@ -155,6 +165,7 @@ def tiny_family_dir(family: str, out: Path, words, seed: int = 0, chat_template:
 
     transformers.logging.set_verbosity_error()
     config_cls, model_cls, extra = FAMILIES[family]
+    extra = rope_for_installed_transformers(extra, transformers.__version__)
     settings = {"vocab_size": len(words), "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
                 "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 128,
                 "pad_token_id": 0, "bos_token_id": None, "eos_token_id": 2, "initializer_range": 0.2,
