@@ -26,6 +26,15 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "ignore:Could not find a config file in:UserWarning")
     config.addinivalue_line("markers", "slow: needs the real MiniLM or minutes of CPU (deselect with -m 'not slow')")
 
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for a module of tiny-model tests: they gain nothing from more, and the machine is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """Factory: tiny_model(arch="bert"|"gpt2", seed=0, hidden=32, base_id=None) -> a fresh model in eval mode."""

@@ -39,13 +39,7 @@ LOGIT_TOL = 1e-5  # measured max |Δlogit|: 2.5e-7 / 1.2e-7 (PEFT vs injected, t
 NEW_TOKENS = 10
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: the tiny model gains nothing from more, and the machine is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def run(*args) -> str:

@@ -40,12 +40,7 @@ PROMPTS = ("w5 w9 w11 w3", "w7 w8 w9 w10 w11 w12 w13 w14 w15 w16 w17 w18", "w20 
 LONG = " ".join(f"w{3 + (7 * i) % 77}" for i in range(70))  # prefill past 64 positions (LongRoPE's long factors)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)
