@@ -308,6 +308,34 @@ def project(subspace, adapter, output, as_json, overwrite):
                    "still a start for `personalize --init`", err=True)
 
 
+@cli.command()
+@click.argument("subspace", type=click.Path(exists=True, file_okay=False))
+@click.option("--data", help="A few labelled examples of your task: a .csv/.tsv/.jsonl file or a built-in spec.")
+@click.option("--model", default="default", show_default=True, help="Base model folder the subspace was built for.")
+@click.option("--rows", type=click.IntRange(min=2), default=64, show_default=True, help="Examples used.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="The advice as JSON.")
+@_friendly
+def advise(subspace, data, model, rows, text_column, label_column, as_json):
+    """Say whether a subspace is likely to help your task, in seconds, without training.
+
+    With --data: the share of your examples' first gradient that the subspace can follow, against random bases of the
+    same K; always: the number of sources and what the committed study says about it.
+
+    \b
+    Example:
+      edge-lorax advise subspace --data my_task.csv
+    """
+    from edge_lorax.builder.advise import advise as run
+
+    result = run(subspace, data, model=model, rows=rows, text_column=text_column, label_column=label_column)
+    if as_json:
+        _emit(result.to_json(), True)
+    else:
+        click.echo("\n".join(result.lines()))
+
+
 @cli.command("project-many")
 @click.argument("subspace", type=click.Path(exists=True, file_okay=False))
 @click.argument("adapters", nargs=-1, required=True, type=click.Path())  # a bad one is a failed row
