@@ -1,0 +1,347 @@
+"""Turn benchmarks/subspace_count/runs/*.json into report.json, report.md, report.png (accuracy vs N) and ev.png
+(explained variance vs N). Trains nothing; every number in the text comes from the run files.
+
+    .venv/bin/python benchmarks/subspace_count/report.py [--runs DIR]
+"""
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from run import FIT_METHODS, KINDS, LR, STEPS, TARGETS, K  # noqa: E402
+
+from edge_lorax.bench import measure  # noqa: E402
+
+BUDGET = 1843  # 1/40 of LoRA r=8's 73,728 on MiniLM q/v
+COMMANDS = ["nice -n 15 .venv/bin/python benchmarks/train_sources_wide.py",
+            "nice -n 15 .venv/bin/python benchmarks/subspace_count/run.py --phase proj --pool 14 --ns 2,4,8,0 --draws 3",
+            "nice -n 15 .venv/bin/python benchmarks/subspace_count/run.py --phase fit --rows 64 --methods probe,lora",
+            "nice -n 15 .venv/bin/python benchmarks/subspace_count/run.py --phase fit --pool P --rows 64 --kinds mixed "
+            "--ns 2,0 --draws 1 --methods eigen-keep,random",
+            ".venv/bin/python benchmarks/subspace_count/report.py"]
+
+
+def load_runs(folder: Path) -> list:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.name != "pool.json"]
+
+
+def ms(values, scale=100.0, digits=1) -> str:
+    """mean ± sample std (n) of values × scale; '–' when empty."""
+    arr = scale * np.asarray([v for v in values if v is not None], dtype=float)
+    if not len(arr):
+        return "–"
+    return f"{arr.mean():.{digits}f} ± {arr.std(ddof=1):.{digits}f} (n={len(arr)})" if len(arr) > 1 else f"{arr.mean():.{digits}f}"
+
+
+# ------------------------------------------------------------------------------------------ training-free
+
+
+def proj_curves(runs: list) -> dict:
+    """{pool: {(target, kind): {n: {"ev_keep": [...], "ev_drop": [...], "ev_random": [...], "acc": [...]}}}}."""
+    out = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
+    for r in runs:
+        if r["phase"] != "proj":
+            continue
+        c = out[r["pool"]][(r["target"], r["kind"])][r["n"]]
+        for key in ("ev_keep", "ev_drop", "ev_random"):
+            c[key].append(r[key]["overall"])
+        c["acc"].append(r["test_accuracy"])
+        c["modules"].append(r["ev_keep"]["modules"])
+    return out
+
+
+def proj_table(curves: dict, pool: int) -> list:
+    """Markdown: per target and draw kind, EV (keep) % by N, random EV, projected accuracy (draw 0)."""
+    cur = curves[pool]
+    ns = sorted({n for c in cur.values() for n in c})
+    lines = ["| target | draws | " + " | ".join(f"N={n}" for n in ns) + " | random basis (any N) |",
+             "|---|---|" + "---|" * (len(ns) + 1)]
+    for (target, kind), byn in sorted(cur.items(), key=lambda x: (TARGETS.index(x[0][0]), KINDS.index(x[0][1]))):
+        rand = [v for c in byn.values() for v in c["ev_random"]]
+        cells = [ms(byn[n]["ev_keep"]) if n in byn else "–" for n in ns]
+        lines.append(f"| `{target}` | {kind} | " + " | ".join(cells) + f" | {ms(rand, digits=2)} |")
+    return lines
+
+
+def proj_accuracy_table(curves: dict, pool: int) -> list:
+    cur = curves[pool]
+    ns = sorted({n for c in cur.values() for n in c})
+    lines = ["| target | draws | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|---|" + "---|" * len(ns)]
+    for (target, kind), byn in sorted(cur.items(), key=lambda x: (TARGETS.index(x[0][0]), KINDS.index(x[0][1]))):
+        lines.append(f"| `{target}` | {kind} | " + " | ".join(ms(byn[n]["acc"]) if n in byn else "–" for n in ns) + " |")
+    return lines
+
+
+def module_table(curves: dict, pool: int, kind: str = "mixed") -> list:
+    """Per-module EV (keep) by N, mean over targets and draws of one draw kind."""
+    cur = {k: v for k, v in curves[pool].items() if k[1] == kind}
+    ns = sorted({n for c in cur.values() for n in c})
+    per = defaultdict(lambda: defaultdict(list))
+    for byn in cur.values():
+        for n, c in byn.items():
+            for mods in c["modules"]:
+                for m, v in mods.items():
+                    per[m][n].append(v)
+    lines = ["| module | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+    for m in sorted(per, key=_module_order):
+        lines.append(f"| `{_short(m)}` | " + " | ".join(ms(per[m][n]) if per[m][n] else "–" for n in ns) + " |")
+    return lines
+
+
+def _module_order(m: str):
+    parts = m.split(".")
+    layer = next((int(p) for p in parts if p.isdigit()), 0)
+    return (parts[-1], layer)
+
+
+def _short(m: str) -> str:
+    return m.replace("bert.encoder.layer.", "L").replace(".attention.self.", " ")
+
+
+def plateau_n(byn: dict, key: str = "ev_keep", share: float = 0.9) -> int | None:
+    """Smallest N whose mean reaches `share` of the largest mean over N (the N where the curve stops growing)."""
+    means = {n: np.mean(c[key]) for n, c in byn.items() if c[key]}
+    if len(means) < 2:
+        return None
+    top = max(means.values())
+    return min(n for n, v in means.items() if v >= share * top)
+
+
+# ------------------------------------------------------------------------------------------ trained
+
+
+def fit_index(runs: list) -> dict:
+    """{(target, rows): {(method, kind, n): [test accuracies over draws × seeds]}}; LoRA / probe under (m, 'none', 0)."""
+    out = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        if r["phase"] == "fit":
+            out[(r["target"], r["rows"])][(r["method"], r["kind"], r["n"])].append(r["test_accuracy"])
+    return out
+
+
+def fit_table(index: dict) -> list:
+    lines = ["| target | rows | probe | LoRA r=8 | " + " | ".join(f"{m} (kind, N)" for m in ("eigen-keep", "random", "mean",
+             "eigen-drop")) + " |", "|---|---|---|---|---|---|---|---|"]
+    for (target, rows), cells in sorted(index.items(), key=lambda x: (TARGETS.index(x[0][0]), x[0][1] or 10 ** 9)):
+        row = [ms(cells.get(("probe", "none", 0), [])), ms(cells.get(("lora", "none", 0), []))]
+        for m in ("eigen-keep", "random", "mean", "eigen-drop"):
+            found = sorted((k, n) for (mm, k, n) in cells if mm == m)
+            row.append("; ".join(f"{k} N={n}: {ms(cells[(m, k, n)])}" for k, n in found) or "–")
+        lines.append(f"| `{target}` | {rows or 'all'} | " + " | ".join(row) + " |")
+    return lines
+
+
+def gaps(runs: list) -> dict:
+    """{(kind, n, rows): [eigen-keep − random per paired (target, draw, seed)]} in points."""
+    by = {(r["target"], r["kind"], r["n"], r["draw"], r["seed"], r["rows"], r["method"]): r["test_accuracy"]
+          for r in runs if r["phase"] == "fit"}
+    out = defaultdict(list)
+    for (t, k, n, d, s, rows, m), acc in by.items():
+        if m == "eigen-keep" and (t, k, n, d, s, rows, "random") in by:
+            out[(k, n, rows)].append(100 * (acc - by[(t, k, n, d, s, rows, "random")]))
+    return out
+
+
+def vs_lora(runs: list) -> dict:
+    """{(kind, n, rows): [eigen-keep − LoRA r=8 (same target, seed, rows)]} in points."""
+    lora = {(r["target"], r["seed"], r["rows"]): r["test_accuracy"] for r in runs if r["phase"] == "fit" and r["method"] == "lora"}
+    out = defaultdict(list)
+    for r in runs:
+        key = (r["target"], r["seed"], r["rows"])
+        if r["phase"] == "fit" and r["method"] == "eigen-keep" and key in lora:
+            out[(r["kind"], r["n"], r["rows"])].append(100 * (r["test_accuracy"] - lora[key]))
+    return out
+
+
+def plateau_steps(runs: list) -> dict:
+    """{method: [first eval step whose validation accuracy is within 1 point of the run's best]}."""
+    out = defaultdict(list)
+    for r in runs:
+        hist = r.get("history") or []
+        if hist:
+            best = max(h[3] for h in hist)
+            out[r["method"]].append(next(h[0] for h in hist if h[3] >= best - 0.01))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+def draw_ev(curves: dict, pool: int, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cur = curves[pool]
+    targets = [t for t in TARGETS if any(k[0] == t for k in cur)]
+    fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(3.2 * max(1, len(targets)), 3.0), sharey=True, squeeze=False)
+    for ax, t in zip(axes[0], targets):
+        for kind, style in zip(KINDS, ("-o", "-s", "-^")):
+            byn = cur.get((t, kind))
+            if byn:
+                ns = sorted(byn)
+                ax.errorbar(ns, [100 * np.mean(byn[n]["ev_keep"]) for n in ns],
+                            yerr=[100 * np.std(byn[n]["ev_keep"]) for n in ns], fmt=style, label=kind, capsize=2)
+        rand = [v for k, c in cur.items() if k[0] == t for cc in c.values() for v in cc["ev_random"]]
+        ax.axhline(100 * np.mean(rand), color="grey", ls=":", label="random K=8")
+        ax.set_xscale("log", base=2)
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("source adapters N")
+    axes[0][0].set_ylabel("% of held-out ΔW explained (K=8)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=90)
+    plt.close(fig)
+
+
+def draw_accuracy(curves: dict, pool: int, index: dict, path):
+    """Per target: the projected adapter's accuracy vs N (draw 0, per draw kind), trained eigen-keep and random vs N
+    (64 rows, mixed) and LoRA / probe as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cur = curves.get(pool, {})
+    targets = [t for t in TARGETS if any(k[0] == t for k in cur) or any(k[0] == t for k in index)]
+    fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(3.2 * max(1, len(targets)), 3.0), squeeze=False)
+    for ax, t in zip(axes[0], targets):
+        for kind, style in zip(KINDS, ("-o", "-s", "-^")):
+            byn = cur.get((t, kind))
+            if byn:
+                ns = sorted(n for n in byn if byn[n]["acc"] and byn[n]["acc"][0] is not None)
+                ax.plot(ns, [100 * byn[n]["acc"][0] for n in ns], style, label=f"projection, {kind}", alpha=0.6)
+        cells = index.get((t, 64), {})
+        for m, color in (("eigen-keep", "C3"), ("random", "k")):
+            pts = sorted((n, np.mean(v)) for (mm, k, n), v in cells.items() if mm == m and k == "mixed")
+            if pts:
+                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "-D", color=color, label=f"{m} (64 rows)")
+        for m, ls in (("lora", "--"), ("probe", ":")):
+            if cells.get((m, "none", 0)):
+                ax.axhline(100 * np.mean(cells[(m, "none", 0)]), ls=ls, color="C4", label=f"{m} (64 rows)")
+        ax.set_xscale("log", base=2)
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("source adapters N")
+    axes[0][0].set_ylabel("test accuracy %")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=90)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ text
+
+
+def family_status() -> dict:
+    """Adapters trained so far (the fourteen + the wide ones), and the wide ones' summed wall time."""
+    from run import PLANNED
+
+    done = [n for n in PLANNED if (ROOT / "adapters" / n / "training.json").is_file()]
+    wide = [json.loads((ROOT / "adapters" / n / "training.json").read_text()) for n in done[14:]]
+    return {"planned": len(PLANNED), "trained": len(done), "wide_trained": done[14:],
+            "wide_wall_h": round(sum(d.get("wall_s", 0) for d in wide) / 3600, 2)}
+
+
+def summary(runs: list) -> dict:
+    """The numbers the text states: per (kind, N, rows) gaps and vs LoRA, plateau N per target/kind, CPU hours."""
+    curves = proj_curves(runs)
+    g, v = gaps(runs), vs_lora(runs)
+    return {"gap_vs_random": {f"{k} N={n} rows={r or 'all'}": _stat(x) for (k, n, r), x in sorted(g.items())},
+            "eigen_minus_lora": {f"{k} N={n} rows={r or 'all'}": _stat(x) for (k, n, r), x in sorted(v.items())},
+            "plateau_n_ev": {f"P{p} {t} {k}": plateau_n(byn) for p, cur in curves.items() for (t, k), byn in cur.items()},
+            "cpu_h": round(sum(r.get("cpu_s", 0) for r in runs) / 3600, 2),
+            "wall_h": round(sum(r.get("wall_s", 0) for r in runs) / 3600, 2), "runs": len(runs),
+            "steps_to_plateau": {m: sorted(s) for m, s in plateau_steps(runs).items()}, "family": family_status()}
+
+
+def _stat(x) -> dict:
+    a = np.asarray(x, dtype=float)
+    return {"mean": round(float(a.mean()), 2), "min": round(float(a.min()), 2), "max": round(float(a.max()), 2), "n": len(a)}
+
+
+def goal_lines(s: dict) -> list:
+    """The issue's goal, point by point, from what was measured; 'not measured' where no cell exists."""
+    def pick(d, rows):
+        keys = [k for k in d if k.endswith(f"rows={rows}") and k.startswith("mixed")]
+        return max(keys, key=lambda k: int(k.split("N=")[1].split()[0])) if keys else None
+
+    out = [f"Per-user parameters: EigenLoRAx K={K} on MiniLM q/v is 12 × 2 × 8 × 8 = 1,536 ≤ {BUDGET:,} (LoRA r=8: 73,728)."]
+    for rows, what in ((64, "≥ LoRA at 64 rows"), (256, "≥ LoRA at 256 rows"), ("all", "≤ 0.5 below LoRA at all rows")):
+        k = pick(s["eigen_minus_lora"], rows)
+        out.append(f"- {what}: " + (f"{k}: EigenLoRAx − LoRA {s['eigen_minus_lora'][k]['mean']:+.1f} points "
+                                    f"(min {s['eigen_minus_lora'][k]['min']:+.1f}, max {s['eigen_minus_lora'][k]['max']:+.1f}, "
+                                    f"n={s['eigen_minus_lora'][k]['n']} targets)" if k else "not measured (not reached)"))
+    k = pick(s["gap_vs_random"], 64)
+    out.append("- recycled ≥ random + 2 points on average: " + (
+        f"{k}: {s['gap_vs_random'][k]['mean']:+.1f} points (min {s['gap_vs_random'][k]['min']:+.1f}, max "
+        f"{s['gap_vs_random'][k]['max']:+.1f}, n={s['gap_vs_random'][k]['n']})" if k else "not measured (not reached)"))
+    return out
+
+
+def markdown(runs: list, s: dict, stamp: dict) -> str:
+    curves, index = proj_curves(runs), fit_index(runs)
+    pools = sorted(curves)
+    fam = s["family"]
+    parts = ["# How many adapters make a subspace (issue 30): recycled vs random by number and family of sources",
+             "", *measure.stamp_md(stamp), "", "Commands (resumable; each cell one JSON under `runs/`):", "",
+             *[f"- `{c}`" for c in COMMANDS], "",
+             f"CPU: {s['runs']} cells, {s['cpu_h']} CPU hours ({s['wall_h']} h wall) on a 2-core machine shared with "
+             f"other jobs (load average 5–15), all at `nice -n 15`, one torch thread. Family: {fam['trained']} of the "
+             f"{fam['planned']} planned MiniLM adapters trained ({len(fam['wide_trained'])} new: "
+             f"{', '.join(fam['wide_trained']) or 'none'}; {fam['wide_wall_h']} h wall).", ""]
+    parts += ["## Training-free: how much of a held-out adapter a subspace of N sources holds", "",
+              f"Explained variance (%) of the target's own adapter ΔW (all 12 q/v modules, energy-weighted), "
+              f"projected onto a K={K} subspace (mean kept) built from N sources without it; mean ± sample std over "
+              f"the draws. `same`: sources of the target's family; `other`: other families only; `mixed`: any. "
+              f"A random orthonormal basis of the same K holds ~K²/384² = 0.04 %.", ""]
+    for p in pools:
+        parts += [f"Pool P={p} (the first {p} adapters of the family):", "", *proj_table(curves, p), "",
+                  "Projected adapter's test accuracy (%, draw 0, its own head, no training):", "",
+                  *proj_accuracy_table(curves, p), "", "Per module (mixed draws, mean over targets and draws):", "",
+                  *module_table(curves, p), ""]
+    parts += ["## Trained: EigenLoRAx vs random basis vs mean vs LoRA vs probe", "",
+              f"Test accuracy %, {STEPS} steps of batch 16, max length 48, rates from the paper table's one validation "
+              f"sweep: " + ", ".join(f"{m} {LR[m]:g}" for m in FIT_METHODS) + ". Balanced test sets for disaster/20ng "
+              "targets (50 % floor).", "", *fit_table(index), "",
+              "EigenLoRAx (mean kept) − random basis, points, paired by target, draw and seed:", ""]
+    parts += [f"- {k}: {v['mean']:+.1f} (min {v['min']:+.1f}, max {v['max']:+.1f}, n={v['n']})"
+              for k, v in s["gap_vs_random"].items()] or ["- no paired cell yet"]
+    parts += ["", "EigenLoRAx (mean kept) − LoRA r=8, points:", ""]
+    parts += [f"- {k}: {v['mean']:+.1f} (min {v['min']:+.1f}, max {v['max']:+.1f}, n={v['n']})"
+              for k, v in s["eigen_minus_lora"].items()] or ["- no paired cell yet"]
+    parts += ["", "Steps to plateau (first evaluation, every 25 steps, within 1 point of the run's best validation "
+              "accuracy):", ""] + [f"- {m}: {v}" for m, v in s["steps_to_plateau"].items()]
+    parts += ["", "## The goal", "", *goal_lines(s), ""]
+    return "\n".join(parts) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=Path, default=HERE / "runs")
+    ap.add_argument("--extra", type=Path, default=HERE / "notes.md", help="hand-written verdict appended to report.md")
+    args = ap.parse_args(argv)
+    runs = load_runs(args.runs)
+    stamp = measure.finish(measure.stamp(" && ".join(COMMANDS), dirty_paths=("benchmarks/subspace_count",)))
+    s = summary(runs)
+    text = markdown(runs, s, stamp) + (args.extra.read_text() if args.extra.is_file() else "")
+    curves, index = proj_curves(runs), fit_index(runs)
+    pool = max(curves) if curves else 0
+    measure.write_report_files(HERE, {"summary": s, "stamp": stamp}, text,
+                               lambda p: draw_accuracy(curves, pool, index, p))
+    if curves:
+        draw_ev(curves, pool, HERE / "ev.png")
+    print(f"wrote {HERE / 'report.md'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
