@@ -84,7 +84,7 @@ def write(job: ExportJob, tmp: Path):
     """Build, verify and write the decoder bundle into the (temporary) folder `tmp` (export_llm_bundle)."""
     c = job.config
     export_llm_bundle(job.path, job.subspace, tmp, job.coeffs, job.coeffs_path, c.quantize or "fp32", c.per_example,
-                      c.builder_options, job.say)
+                      c.builder_options, job.say, c.gradient)
 
 
 def _builder_graph(path: Path, work: Path, precision: str, options=()) -> tuple:
@@ -125,9 +125,11 @@ def _copy_side_files(work: Path, path: Path, out: Path) -> list:
 
 
 def export_llm_bundle(path: Path, subspace: Subspace, tmp: Path, coeffs: User | None, coeffs_path, precision: str,
-                      per_example: bool = False, builder_options=(), say=lambda phase: None) -> dict:
+                      per_example: bool = False, builder_options=(), say=lambda phase: None,
+                      gradient: bool = False) -> dict:
     """Build, insert, verify and write a decoder bundle into the (temporary) folder `tmp`; returns the manifest.
-    per_example: coefficient inputs (batch_size, r, K) / (batch_size, K, r), one user per row (defaults: (1, ...))."""
+    per_example: coefficient inputs (batch_size, r, K) / (batch_size, K, r), one user per row (defaults: (1, ...)).
+    gradient: also model.grad.onnx (export.decoder_gradient), checked against torch autograd."""
     if precision not in decoder.PRECISIONS:
         raise ValueError(f"precision must be one of {decoder.PRECISIONS}, got {precision!r}")
     defaults = coeffs.inputs() if coeffs is not None else _zero_user(subspace)
@@ -154,8 +156,20 @@ def export_llm_bundle(path: Path, subspace: Subspace, tmp: Path, coeffs: User | 
                          {"model": model_files[0], "external_data": model_files[1:], "side": side, "adapter": adapter},
                          graph_inputs)
     manifest["builder_options"] = sorted(builder_options)
+    if gradient:
+        say("exporting the gradient graph (model.grad.onnx, checked against torch autograd)")
+        manifest["gradient"] = _gradient(tmp, path, subspace, defaults)
+        manifest["files"].update(gradient=manifest["gradient"]["file"], gradient_data=manifest["gradient"]["external_data"])
     write_manifest(tmp, manifest)
     return manifest
+
+
+def _gradient(tmp: Path, path: Path, subspace: Subspace, defaults: dict) -> dict:
+    """model.grad.onnx (+ .data) written and checked (export.decoder_gradient); its manifest entry."""
+    from edge_lorax.export.decoder_gradient import write_decoder_gradient
+
+    vocab = json.loads((path / names.BUNDLE_CONFIG).read_text())["vocab_size"]
+    return write_decoder_gradient(tmp, path, subspace, defaults, vocab)
 
 
 def _zero_user(subspace: Subspace) -> dict:

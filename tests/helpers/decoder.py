@@ -16,8 +16,13 @@ CHAT = "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generati
 
 
 def run(*args, ok: bool = True):
-    """`edge-lorax ARGS` in this process; ok: assert exit code 0 (the output and exception in the message)."""
-    result = CliRunner().invoke(cli, [str(a) for a in args])
+    """`edge-lorax ARGS` in this process; ok: assert exit code 0 (the output and exception in the message). An
+    `export` without --gradient / --no-gradient gets --no-gradient: the decoder gradient graph (on by default) adds
+    ~40 s per export; tests/test_personalize_llm*.py ask for it."""
+    args = [str(a) for a in args]
+    if args[:1] == ["export"] and not {"--gradient", "--no-gradient"} & set(args):
+        args.append("--no-gradient")
+    result = CliRunner().invoke(cli, args)
     if ok:
         assert result.exit_code == 0, result.output + (repr(result.exception) if result.exception else "")
     return result

@@ -1,0 +1,227 @@
+"""The gradient graph of a decoder bundle: masked causal-LM loss and d loss / d every coefficient input.
+
+File `model.grad.onnx` (+ `model.grad.onnx.data`, the base weights) beside the KV-cache graph; no KV cache, one full
+sequence per row. Inputs:
+    input_ids, attention_mask  (B, T) int64; rows may be left-padded (positions come from the mask, as the host
+                               trainer's builder.generative.Generation.loss gives them)
+    labels                     (B, W) int64, W <= T: the next-token target of each of the last W positions of the
+                               row (labels[:, j] is what position T - W + j must predict), -100 where no loss is taken
+    every coefficient input    under its user.npz name (optional inputs: the bundle's defaults)
+Outputs `loss` (scalar float32: mean cross-entropy over the non-ignored targets, HF's causal-LM loss) and
+`grad.<coefficient input>` (the input's shape). Only the last W positions reach the LM head, so a short answer
+(W = its tokens + 1) never pays the 49,152-word output layer on every position.
+
+Made as export/gradient.py makes the encoder's: the causal LM with the subspace injected, each coefficient a
+parameter, traced by `torch.export` (eager attention), torch's joint forward-backward pass appended, written by the
+dynamo exporter; checked against torch autograd (`check_decoder_gradient`, <= GRAD_TOLERANCE relative) before the
+bundle is written. Base weights stay fp32 (the export's precision does not apply to this file; see
+benchmarks/personalize_llm for the memory measured). Does not: train (runtime.personalize_llm does), quantize,
+per-example graphs.
+"""
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.attention
+from onnx import helper
+
+from edge_lorax.export.gradient import _param_key, _quiet, _rename
+from edge_lorax.formats import names
+
+GRAD_TOLERANCE = 1e-5  # max |Δ| <= GRAD_TOLERANCE * max |torch value|, per output (loss, each gradient) and feed set
+FLOOR = 1e-3  # a gradient's scale is at least FLOOR x the largest gradient's (relative_diff)
+IGNORE = -100  # HF's ignore_index (builder.generative.IGNORE)
+GRAD_DATA = names.BUNDLE_MODEL_GRADIENT + names.EXTERNAL_DATA_SUFFIX
+
+
+def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the targets of `labels` (B, W) int64 that are not IGNORE; logits (B, W, V)."""
+    valid = labels != IGNORE
+    safe = torch.where(valid, labels, torch.zeros_like(labels))
+    logp = torch.log_softmax(logits.float(), dim=-1)  # (B, W, V)
+    nll = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)  # (B, W)
+    return (nll * valid).sum() / valid.sum().clamp(min=1)
+
+
+def lm_forward(net, input_ids, attention_mask, labels) -> torch.Tensor:
+    """The loss of the injected causal LM `net` on one batch (the graph's function; the coefficients as `net` holds
+    them or feeds them)."""
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding as the host trainer pads
+    t, w = input_ids.shape[1], labels.shape[1]
+    keep = torch.arange(w, device=input_ids.device) + (t - w)  # (W,): the last W positions
+    logits = net(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, logits_to_keep=keep,
+                 use_cache=False).logits  # (B, W, V)
+    return lm_loss(logits, labels)
+
+
+class _LossModule(torch.nn.Module):
+    """loss(input_ids, attention_mask, labels) of the injected causal LM, every coefficient held as a parameter."""
+
+    def __init__(self, net, defaults: dict):
+        super().__init__()
+        self.net, self.keys = net, list(defaults)
+        self.feeds = torch.nn.ParameterDict({_param_key(k): torch.nn.Parameter(torch.from_numpy(
+            np.array(v, np.float32))) for k, v in defaults.items()})
+
+    def forward(self, input_ids, attention_mask, labels):  # (B, T) int64 x2, (B, W) int64
+        from edge_lorax.builder.inject import set_feed
+
+        set_feed(self.net, {k: self.feeds[_param_key(k)] for k in self.keys})
+        return (lm_forward(self.net, input_ids, attention_mask, labels),)
+
+
+@contextlib.contextmanager
+def eager_attention(net):
+    """Eager attention (SDPA's fused backward has no ONNX export) while tracing, restored after; base frozen."""
+    before = net.config._attn_implementation
+    net.set_attn_implementation("eager")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    try:
+        with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+            yield
+    finally:
+        net.set_attn_implementation(before)
+
+
+def load_injected(model_path: Path, subspace, defaults: dict):
+    """The torch causal LM with the subspace injected, coefficients set to `defaults` (user.npz names)."""
+    from edge_lorax.builder.inject import inject_subspace
+    from edge_lorax.builder.models import load_causal_lm
+
+    net = load_causal_lm(model_path)
+    net.config.use_cache = False
+    inject_subspace(net, subspace, coeffs=defaults)
+    return net
+
+
+def sample_batch(vocab_size: int, batch: int = 2, seq: int = 12, answer: int = 5, seed: int = 0) -> dict:
+    """Tokens to trace and check on: seeded ids, the last row left-padded by two, labels (B, answer) with the last
+    position ignored (an answer's EOS predicts nothing)."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1, vocab_size, size=(batch, seq), dtype=np.int64)  # (B, T)
+    mask = np.ones((batch, seq), np.int64)
+    mask[-1, :2] = 0
+    labels = rng.integers(0, vocab_size, size=(batch, answer), dtype=np.int64)  # (B, W)
+    labels[:, -1] = IGNORE
+    return {names.INPUT_IDS: ids, names.ATTENTION_MASK: mask, names.LABELS: labels}
+
+
+def _empty_permuted(size, physical_layout, **kwargs):
+    """aten.empty_permuted (the backward's buffers; no ONNX translation in torch 2.13) as a plain empty tensor of
+    the same logical shape: its contents are never read before written, and ONNX has no strides."""
+    return torch.empty(size, **kwargs)
+
+
+def export_decoder_gradient(net, defaults: dict, batch: dict) -> onnx.ModelProto:
+    """The gradient graph (module docstring) of the injected `net`, traced on `batch` (dynamic B, T and W)."""
+    from torch.export.experimental import _export_forward_backward
+    from torch.export.graph_signature import OutputKind, OutputSpec
+    from torch.utils import _pytree
+
+    loss_net = _LossModule(net, defaults)
+    args = tuple(torch.from_numpy(batch[k]) for k in (names.INPUT_IDS, names.ATTENTION_MASK, names.LABELS))
+    dyn = torch.export.Dim.DYNAMIC
+    with eager_attention(net), _quiet():
+        program = torch.export.export(loss_net, args, dynamic_shapes=({0: dyn, 1: dyn}, {0: dyn, 1: dyn},
+                                                                      {0: dyn, 1: dyn}), strict=False)
+        joint = _export_forward_backward(program, joint_loss_index=0)
+        joint = joint.run_decompositions({torch.ops.aten.empty_permuted.default: _empty_permuted})
+    specs = joint.graph_signature.output_specs  # the loss, then one gradient per parameter
+    targets = [s.target for s in specs[1:]]
+    joint._graph_signature.output_specs = [OutputSpec(OutputKind.USER_OUTPUT, s.arg, None) for s in specs]
+    joint.module_call_graph[0].signature.out_spec = _pytree.tree_flatten(tuple(range(len(specs))))[1]
+    with _quiet():
+        proto = torch.onnx.export(joint, args, None, dynamo=True, verbose=False, optimize=False).model_proto
+    by_target = {f"feeds.{_param_key(k)}": k for k in loss_net.keys}
+    return _name_io(proto, [by_target[t] for t in targets], by_target, defaults)
+
+
+def _name_io(proto: onnx.ModelProto, grad_order: list, by_target: dict, defaults: dict) -> onnx.ModelProto:
+    """Outputs `loss` + `grad.<input>`, the coefficients as optional inputs under their names, token inputs named."""
+    graph = proto.graph
+    rename = {graph.output[0].name: names.LOSS}
+    rename.update({o.name: names.GRAD_PREFIX + k for o, k in zip(graph.output[1:], grad_order)})
+    rename.update({i.name: n for i, n in zip(graph.input, (names.INPUT_IDS, names.ATTENTION_MASK, names.LABELS))})
+    rename.update(by_target)
+    _rename(graph, rename)
+    present = {i.name for i in graph.initializer}
+    for k, v in defaults.items():
+        if k not in present:
+            raise ValueError(f"{k}: no initializer in the gradient graph; the exporter folded the parameter away")
+        graph.input.append(helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, list(v.shape)))
+    return proto
+
+
+def torch_gradients(net, batch: dict, feeds: dict) -> tuple:
+    """(loss, {input: gradient}) by torch autograd through the injected `net` (eager): check_decoder_gradient's
+    reference."""
+    from edge_lorax.builder.inject import set_feed
+
+    params = {k: torch.tensor(np.asarray(v, np.float32), requires_grad=True) for k, v in feeds.items()}
+    set_feed(net, params)
+    try:
+        loss = lm_forward(net, *(torch.from_numpy(batch[k]) for k in (names.INPUT_IDS, names.ATTENTION_MASK,
+                                                                        names.LABELS)))
+        loss.backward()
+    finally:
+        set_feed(net, None)
+    return loss.item(), {k: p.grad.detach().numpy() for k, p in params.items()}
+
+
+def check_sets(defaults: dict, seed: int = 0) -> list:
+    """The feed sets checked: the defaults, then a seeded U(-0.5, 0.5) set (the defaults may be zeros, where every
+    coefficient gradient is 0: ΔW is bilinear)."""
+    rng = np.random.default_rng(seed)
+    return [defaults, {k: (rng.random(v.shape, dtype=np.float32) - 0.5) for k, v in defaults.items()}]
+
+
+def relative_diff(got: list, want: list) -> float:
+    """The largest max |got - want| / max |want| over the outputs (the loss, then each gradient), each gradient's
+    scale floored at FLOOR x the largest gradient (a gradient that is all but zero is compared at that scale)."""
+    top = max([float(np.abs(w).max()) for w in want[1:]] + [1e-30])
+    return max(float(np.abs(np.asarray(g) - w).max()) / max(float(np.abs(w).max()), FLOOR * top if i else 1e-30)
+               for i, (g, w) in enumerate(zip(got, want)))
+
+
+def check_decoder_gradient(path, net, defaults: dict, batch: dict, seed: int = 0) -> dict:
+    """The graph at `path` against torch autograd on `batch` for check_sets(defaults); RuntimeError past
+    GRAD_TOLERANCE (relative_diff: per output, relative to its largest torch value). Returns the manifest's check
+    entry."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for feeds in check_sets(defaults, seed):
+        loss, grads = torch_gradients(net, batch, feeds)
+        got = sess.run(None, {**batch, **feeds})
+        want = [np.float32(loss)] + [grads[o.name[len(names.GRAD_PREFIX):]] for o in sess.get_outputs()[1:]]
+        worst = max(worst, relative_diff(got, want))
+    if not worst <= GRAD_TOLERANCE:
+        raise RuntimeError(f"{path}: decoder gradient graph differs from torch autograd by {worst:.3g} relative "
+                           f"(tolerance {GRAD_TOLERANCE}); nothing written; export with --no-gradient to skip it")
+    return {"max_rel_diff": worst, "tolerance": GRAD_TOLERANCE, "feed_sets": 2,
+            "batch": list(batch[names.INPUT_IDS].shape), "answer_positions": batch[names.LABELS].shape[1]}
+
+
+def save_decoder_gradient(proto: onnx.ModelProto, folder: Path) -> list:
+    """model.grad.onnx + its external data (the fp32 base weights); returns the file names."""
+    onnx.save_model(proto, str(folder / names.BUNDLE_MODEL_GRADIENT), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=GRAD_DATA, size_threshold=1024)
+    onnx.checker.check_model(str(folder / names.BUNDLE_MODEL_GRADIENT), full_check=False)
+    return [names.BUNDLE_MODEL_GRADIENT, GRAD_DATA]
+
+
+def write_decoder_gradient(folder: Path, model_path: Path, subspace, defaults: dict, vocab_size: int) -> dict:
+    """Export, save and check the gradient graph into the bundle folder; returns the manifest's `gradient` entry."""
+    net = load_injected(model_path, subspace, defaults)
+    batch = sample_batch(vocab_size)
+    files = save_decoder_gradient(export_decoder_gradient(net, defaults, batch), folder)
+    check = check_decoder_gradient(folder / files[0], net, defaults, batch)
+    return {"file": files[0], "external_data": files[1:], "loss": "causal_lm", "labels": names.LABELS,
+            "ignore_index": IGNORE, "base_precision": "fp32", "check": check}
