@@ -50,7 +50,7 @@ def proj_curves(runs: list) -> dict:
     out = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
     for r in runs:
         if r["phase"] != "proj":
-            continue
+            continue  # advise / fit cells
         c = out[r["pool"]][(r["target"], r["kind"])][r["n"]]
         for key in ("ev_keep", "ev_drop", "ev_random"):
             c[key].append(r[key]["overall"])
@@ -171,6 +171,23 @@ def plateau_steps(runs: list) -> dict:
             best = max(h[3] for h in hist)
             out[r["method"]].append(next(h[0] for h in hist if h[3] >= best - 0.01))
     return out
+
+
+def advise_table(runs: list) -> list:
+    """Per advise cell: the gradient share inside the draw's subspace, × random, beside the trained gap at the same
+    (target, kind, N, pool) and 64 rows where one exists."""
+    fits = {(r["target"], r["kind"], r["n"], r["pool"], r["method"]): r["test_accuracy"]
+            for r in runs if r["phase"] == "fit" and r["rows"] == 64 and r["draw"] == 0 and r["seed"] == 0}
+    lines = ["| target | draws | N | P | gradient share in subspace | random (mean) | × random | trained EigenLoRAx − random, 64 rows |",
+             "|---|---|---|---|---|---|---|---|"]
+    cells = sorted((r for r in runs if r["phase"] == "advise"), key=lambda r: (TARGETS.index(r["target"]), r["kind"], r["n"]))
+    for r in cells:
+        key = (r["target"], r["kind"], r["n"], r["pool"])
+        gap = (f"{100 * (fits[key + ('eigen-keep',)] - fits[key + ('random',)]):+.1f}"
+               if key + ("eigen-keep",) in fits and key + ("random",) in fits else "–")
+        lines.append(f"| `{r['target']}` | {r['kind']} | {r['n']} | {r['pool']} | {100 * r['captured']:.2f} % | "
+                     f"{100 * r['random_mean']:.3f} % | {r['ratio']:.0f} | {gap} |")
+    return lines
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -321,6 +338,9 @@ def markdown(runs: list, s: dict, stamp: dict) -> str:
               for k, v in s["eigen_minus_lora"].items()] or ["- no paired cell yet"]
     parts += ["", "Steps to plateau (first evaluation, every 25 steps, within 1 point of the run's best validation "
               "accuracy):", ""] + [f"- {m}: {v}" for m, v in s["steps_to_plateau"].items()]
+    parts += ["", "## What `edge-lorax advise` measures, beside the trained gap", "",
+              "The share of the target's first 64 training rows' gradient (frozen base, logistic-regression head) "
+              "inside the draw's K=8 subspace and inside 8 random bases of the same K:", "", *advise_table(runs)]
     parts += ["", "## The goal", "", *goal_lines(s), ""]
     return "\n".join(parts) + "\n"
 

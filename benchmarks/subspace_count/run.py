@@ -17,6 +17,9 @@ Two phases, each cell one JSON file under runs/ (written atomically; a rerun ski
   picked (benchmarks/paper_table/report.md), not swept again. VeRA is not run: on q/v of MiniLM its smallest
   per-user vector set (12 × (384 + r)) is above the 1,843-parameter budget.
 
+- `advise`: what `edge-lorax advise` measures for the target's first 64 training rows and the draw's subspace (the
+  share of their gradient inside it vs random bases of the same K), to set it beside the trained gap.
+
 The pool of P adapters is the first P of the family in training order (the fourteen, then train_sources_wide.py's
 order), so a cell key (which carries P) names its sources exactly while the family is still growing.
 
@@ -69,7 +72,7 @@ def family(name: str) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    phase: str  # proj | fit
+    phase: str  # proj | advise | fit
     target: str  # adapter folder name of the held-out target
     kind: str  # same | other | mixed | none (LoRA / probe: no subspace)
     n: int  # sources drawn (0: no subspace)
@@ -97,10 +100,15 @@ def load_pool(size: int | None) -> list[str]:
     return PLANNED[:size]
 
 
+def candidates(pool: list, target: str, kind: str) -> list[str]:
+    """The pool's adapters a `kind` draw for `target` picks from (never the target's own)."""
+    fam = family(target)
+    return [p for p in pool if p != target and ((family(p) == fam) == (kind == "same") or kind == "mixed")]
+
+
 def draw_sources(pool: list, target: str, kind: str, n: int, draw: int) -> list[str] | None:
     """n seeded sources of `kind` for `target` (never the target's own), None when the pool has fewer."""
-    fam = family(target)
-    cand = [p for p in pool if p != target and ((family(p) == fam) == (kind == "same") or kind == "mixed")]
+    cand = candidates(pool, target, kind)
     if len(cand) < n:
         return None
     rng = np.random.default_rng([draw, n, KINDS.index(kind), PLANNED.index(target)])
@@ -183,6 +191,21 @@ def proj_cell(cell: Cell, sources: list) -> dict:
     return out
 
 
+def advise_cell(cell: Cell, sources: list) -> dict:
+    """What `edge-lorax advise` measures, for the target's first 64 training rows and this draw's subspace (K=8, mean
+    kept): the share of the examples' gradient inside it and inside 8 random bases of the same K."""
+    from edge_lorax.builder.advise import RANDOM_DRAWS, shares, task_gradients
+    from edge_lorax.builder.models import default_model_path
+    from edge_lorax.builder.subspace import random_like
+
+    sub, task = subspace(sources, "keep"), target_task(cell.target, 64, cell.seed)
+    grads = task_gradients(default_model_path(), sub, task.train.texts, np.asarray(task.train.targets), MAX_LEN)
+    captured, _ = shares(sub, grads)
+    randoms = [shares(random_like(sub, i), grads)[0] for i in range(RANDOM_DRAWS)]
+    return {"captured": captured, "random_mean": float(np.mean(randoms)), "random_max": float(np.max(randoms)),
+            "ratio": captured / float(np.mean(randoms)), "test_accuracy": None}
+
+
 def fit_cell(cell: Cell, sources: list | None) -> dict:
     """One trained run (or the probe) on the target's task at `cell.rows` rows."""
     import torch
@@ -236,7 +259,7 @@ def execute(cell: Cell, pool: list, out_dir: Path) -> dict | None:
     if cell.n and sources is None:
         return None
     start, cpu = time.perf_counter(), time.process_time()
-    measured = proj_cell(cell, sources) if cell.phase == "proj" else fit_cell(cell, sources)
+    measured = {"proj": proj_cell, "advise": advise_cell, "fit": fit_cell}[cell.phase](cell, sources)
     result = {**asdict(cell), "task": SPEC[cell.target], "family": family(cell.target), "sources": sources,
               **measured, "wall_s": round(time.perf_counter() - start, 2), "cpu_s": round(time.process_time() - cpu, 2),
               "load_average": [round(x, 2) for x in os.getloadavg()]}
@@ -248,23 +271,30 @@ def plan(phase: str, pool: list, targets, kinds, ns, draws: int, seeds: int, row
     """proj: every (target, kind, N ≤ pool, draw); fit: rows-major, then N, then draws/seeds (cheap, decisive first);
     LoRA and the probe once per (target, rows, seed)."""
     p, ts = len(pool), [t for t in targets if (ADAPTERS / t / "training.json").is_file()]
-    if phase == "proj":
-        return [Cell("proj", t, k, n, d, "keep", 0, 0, p) for d in range(draws) for n in ns for t in ts for k in kinds]
+    if phase in ("proj", "advise"):
+        method = "keep" if phase == "proj" else "grad"
+        return [Cell(phase, t, k, _n(n, pool, t, k), d, method, 0, 0, p) for d in range(draws) for n in ns for t in ts
+                for k in kinds if _n(n, pool, t, k)]
     cells = []
     for r in rows:
         for s in range(seeds):
             cells += [Cell("fit", t, "none", 0, 0, m, s, r, p) for t in ts for m in ("probe", "lora") if m in methods]
-            cells += [Cell("fit", t, k, n, d, m, s, r, p) for d in range(draws) for n in ns for t in ts for k in kinds
-                      for m in methods if m not in ("lora", "probe")]
+            cells += [Cell("fit", t, k, _n(n, pool, t, k), d, m, s, r, p) for d in range(draws) for n in ns for t in ts
+                      for k in kinds for m in methods if m not in ("lora", "probe") and _n(n, pool, t, k)]
     return cells
+
+
+def _n(n: int, pool: list, target: str, kind: str) -> int:
+    """N as asked, or (0) every candidate of that kind: the whole pool minus the target for `mixed`."""
+    return n or len(candidates(pool, target, kind))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--phase", choices=("proj", "fit"), default="proj")
+    ap.add_argument("--phase", choices=("proj", "advise", "fit"), default="proj")
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--kinds", default=",".join(KINDS))
-    ap.add_argument("--ns", default=",".join(map(str, NS)), help="source counts; 0 = the whole pool minus the target")
+    ap.add_argument("--ns", default=",".join(map(str, NS)), help="source counts; 0 = every candidate of the draw kind")
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--rows", default="64,256,0", help="training rows per fit cell (0: all)")
@@ -278,7 +308,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     pool = load_pool(args.pool)
-    ns = [int(n) or len(pool) - 1 for n in args.ns.split(",")]
+    ns = [int(n) for n in args.ns.split(",")]
     cells = plan(args.phase, pool, args.targets.split(","), args.kinds.split(","), ns, args.draws, args.seeds,
                  [int(r) for r in args.rows.split(",")], args.methods.split(","))
     print(f"pool {len(pool)} adapters; {len(cells)} cells", file=sys.stderr)
