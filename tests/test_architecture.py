@@ -43,6 +43,7 @@ def test_import_rules_hold_on_this_tree():
 
 @pytest.mark.parametrize("module, line, contract", [
     ("edge_lorax.runtime.infer", "import torch", "runtime serves only"),
+    ("edge_lorax.runtime.pte", "import executorch.runtime", "runtime serves only"),
     ("edge_lorax.runtime.users", "from edge_lorax.builder import project", "runtime serves only"),
     ("edge_lorax.builder.train", "import onnx", "the builder knows nothing of ONNX"),
     ("edge_lorax.formats.user", "import torch", "formats import no torch"),

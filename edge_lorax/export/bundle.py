@@ -11,7 +11,8 @@ target's `check(job)` refuses the options it does not offer (one line each), the
 files and manifest (formats.bundle.write_manifest) into the atomic folder. Any failure, including a parity check,
 Ctrl-C or SIGTERM, leaves nothing behind.
 
-Targets (`TARGETS`): onnx-encoder -> export.encoder_bundle, genai-decoder -> export.llm_bundle.
+Targets (`TARGETS`): onnx-encoder -> export.encoder_bundle, genai-decoder -> export.llm_bundle, executorch ->
+export.executorch_bundle (only when asked: ExportConfig.target, `--target executorch`).
 How to add one (e.g. ExecuTorch): a module export/executorch_bundle.py with `check(job)` and `write(job, tmp)` (its
 files, then write_manifest with `target` TARGET_EXECUTORCH and the ordered user_inputs a positional method binds), an
 entry in TARGETS and a rule in `choose_target`; a new option (such as an explicit target) is a field of ExportConfig,
@@ -24,12 +25,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from edge_lorax.builder.models import check_base, resolve_model
-from edge_lorax.export import encoder_bundle, llm_bundle
+from edge_lorax.export import encoder_bundle, executorch_bundle, llm_bundle
 from edge_lorax.export import graph as g
 from edge_lorax.export.config import ExportConfig, ExportJob
 from edge_lorax.formats import architectures, names
 from edge_lorax.formats.atomic import atomic_dir, check_output
-from edge_lorax.formats.bundle import TARGET_DECODER, TARGET_ENCODER
+from edge_lorax.formats.bundle import TARGET_DECODER, TARGET_ENCODER, TARGET_EXECUTORCH
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.jsonfile import read_json_object
 from edge_lorax.formats.subspace import Subspace, read_subspace
@@ -39,7 +40,7 @@ __all__ = ["TARGETS", "ExportConfig", "choose_target", "export_bundle", "model_c
 
 QUANTIZE = ("int8", "int4")  # int4: decoder bundles only (the model builder's MatMulNBits)
 # manifest target -> its module: check(job) refuses what it does not offer, write(job, tmp) writes the bundle
-TARGETS = {TARGET_ENCODER: encoder_bundle, TARGET_DECODER: llm_bundle}
+TARGETS = {TARGET_ENCODER: encoder_bundle, TARGET_DECODER: llm_bundle, TARGET_EXECUTORCH: executorch_bundle}
 
 
 def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, config: ExportConfig = ExportConfig(),
@@ -67,6 +68,8 @@ def _check_config(config: ExportConfig, coeffs_path):
         raise InputError("--merge and --per-example exclude each other: a merged graph serves exactly one user")
     if config.quantize not in (None, *QUANTIZE):
         raise InputError(f"--quantize must be one of {QUANTIZE}, got {config.quantize!r}")
+    if config.target not in (None, *TARGETS):
+        raise InputError(f"--target must be one of {tuple(TARGETS)}, got {config.target!r}")
     if config.exporter not in g.EXPORTERS:
         raise InputError(f"exporter must be one of {g.EXPORTERS}, got {config.exporter!r}")
     if config.num_labels is not None and not (type(config.num_labels) is int and config.num_labels >= 1):
@@ -91,10 +94,16 @@ def read_job(model_path, subspace_path, coeffs_path, config: ExportConfig) -> Ex
 
 
 def choose_target(job: ExportJob) -> str:
-    """The job's manifest target: genai-decoder for a causal LM whose model type gets a KV cache
-    (formats.architectures), else onnx-encoder (other causal LMs keep the cache-free logits graph)."""
+    """The job's manifest target: executorch when asked (its check refuses what it cannot serve); else genai-decoder
+    for a causal LM whose model type gets a KV cache (formats.architectures), else onnx-encoder (other causal LMs
+    keep the cache-free logits graph). An explicit ONNX target other than that choice is refused in one line."""
     kv_cache = architectures.supports_kv_cache(job.model_config.get("model_type"))
-    return TARGET_DECODER if job.task == names.TASK_CAUSAL_LM and kv_cache else TARGET_ENCODER
+    auto = TARGET_DECODER if job.task == names.TASK_CAUSAL_LM and kv_cache else TARGET_ENCODER
+    asked = job.config.target
+    if asked in (None, auto, TARGET_EXECUTORCH):
+        return asked or auto
+    raise InputError(f"--target {asked}: {job.path} ({job.model_config.get('model_type')}) with --task {job.task} is "
+                     f"exported as {auto}; drop --target or pass --target {auto} (or {TARGET_EXECUTORCH} for an encoder)")
 
 
 def _read_export_user(coeffs_path, subspace: Subspace) -> User | None:

@@ -27,6 +27,7 @@ class ExportConfig:
     builder_options: tuple = ()  # KEY=VALUE options of onnxruntime-genai's model builder (decoder only)
     fused: bool = False  # also model.fused.onnx, attention fused (encoder only)
     gradient: bool = False  # also model.grad.onnx for a classification / regression bundle (encoder only)
+    target: str | None = None  # formats.bundle TARGETS name; None: chosen by the model (export.bundle.choose_target)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,204 @@
+"""The ExecuTorch export target (`executorch`): one `.pte` program per base model + subspace whose method inputs are the
+token inputs, then the user's coefficient (and head) tensors, in the manifest's ordered `user_inputs`.
+
+Folder: model.pte (base weights and subspace components as constants, XNNPACK-delegated, fp32; dynamic batch
+1..MAX_BATCH and sequence 2..max positions), defaults.npz (every user input's export default, a user file of the
+subspace: the --coeffs user, zero-padded, its head or the checkpoint's / zeros), tokenizer files, config.json and
+manifest.json (target `executorch`). A user file feeds the program by the manifest's order (runtime.pte reads one
+into that ordered list without torch); an app loads the program once, sets the user's tensors as method inputs and
+executes (docs/bundle.md, "ExecuTorch").
+Verified before the folder appears, with ExecuTorch's Python runtime (it imports torch, so the check lives here on
+the export side): the program against the eager torch wrapper over the export's coefficient sets (defaults and
+random users: max |Δ| <= TOLERANCE x scale, and the coefficient response), and against the ONNX graph the
+onnx-encoder target would write (ONNX Runtime, same texts and users; built in memory, not shipped).
+Refuses (`check`, before any work): decoders (--task causal-lm: the KV-cache .pte is not built), --quantize,
+--per-example, --merge, --ort-format, --fuse, --builder-option, --exporter dynamo; a missing executorch package.
+--gradient does not apply (no gradient program) and is ignored. Does not: read the common inputs (export.bundle
+does), serve users (ExecuTorch's C++ / Kotlin / Swift runtime does on the device).
+"""
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edge_lorax import __version__
+from edge_lorax.builder.models import portable_model_id
+from edge_lorax.export import encoder_bundle
+from edge_lorax.export import graph as g
+from edge_lorax.export.config import ExportJob
+from edge_lorax.export.verify import COEFF_SCALES, RESPONSE_MIN, TOLERANCE_RULE, _feed_sets, _torch_output, cosine
+from edge_lorax.formats import names
+from edge_lorax.formats.bundle import TARGET_EXECUTORCH, write_manifest
+from edge_lorax.formats.errors import InputError
+from edge_lorax.formats.user import User, split_inputs, write_user
+
+PTE_FILE, DEFAULTS_FILE = "model.pte", "defaults.npz"
+MAX_BATCH = 64  # the program's batch bound (ExecuTorch plans memory for the upper bounds of dynamic dims)
+TOLERANCE = 1e-4  # max |Δ| / scale against torch and against ONNX Runtime, as the fp32 ONNX graph's (export.verify)
+INSTALL = "pip install 'edge-lorax[executorch]'"
+
+
+def check(job: ExportJob):
+    """What the ExecuTorch target does not offer, refused before any work (one line)."""
+    c = job.config
+    if job.task == names.TASK_CAUSAL_LM:
+        raise InputError(f"--target executorch serves encoder bundles (classification, regression, features); {job.path} "
+                         "with --task causal-lm would need a KV-cache .pte with coefficient inputs (ExecuTorch's LLM "
+                         "export path), which is not built: drop --target for the ONNX bundle")
+    unsupported = [flag for flag, on in (("--quantize", c.quantize), ("--per-example", c.per_example), ("--merge", c.merge),
+                                         ("--ort-format", c.ort_format), ("--fuse", c.fused),
+                                         ("--builder-option", c.builder_options),
+                                         ("--exporter dynamo", c.exporter != "torchscript")) if on]
+    if unsupported:
+        raise InputError(f"{', '.join(unsupported)}: not offered by --target executorch (one fp32 XNNPACK program, one "
+                         "user per run); drop them, or drop --target for the ONNX bundle")
+    try:
+        import executorch.exir  # noqa: F401
+    except ImportError as e:
+        raise InputError(f"--target executorch needs the executorch package ({e.name} is missing): {INSTALL}") from e
+
+
+def write(job: ExportJob, tmp: Path):
+    """Lower, verify and write the .pte bundle into the (temporary) folder `tmp`, manifest last."""
+    job.say("loading the model and injecting the subspace")
+    graph, _ = encoder_bundle.prepare_graphs(job.path, job.subspace, job.coeffs, job.task, job.labels, False, False)
+    side = encoder_bundle._write_side_files(tmp, job.path, graph, None, None)  # tokenizer, config.json (+ ST files)
+    side["defaults"] = _write_defaults(tmp, graph, job.subspace.fingerprint, job.coeffs)
+    job.say("exporting and lowering to ExecuTorch (XNNPACK)")
+    (tmp / PTE_FILE).write_bytes(lower(graph))
+    job.say("verifying the program against torch and ONNX Runtime")
+    checks = verify(tmp / PTE_FILE, graph, encoder_bundle._verify_tokens(tmp, graph.wrapper.model.config.vocab_size))
+    write_manifest(tmp, _manifest(job, graph, {"pte": PTE_FILE, **side}, checks))
+
+
+def _write_defaults(tmp: Path, graph: g.Prepared, fingerprint: str, coeffs: User | None) -> str:
+    """defaults.npz: every user input's default as a user file (what an app feeds for inputs a user lacks)."""
+    coefficients, head = split_inputs({n: graph.defaults[n] for n in graph.spec.feed_names})
+    meta = {"source": graph.head_source or "zeros", **({"labels": coeffs.meta["labels"]}
+                                                       if coeffs is not None and coeffs.meta.get("labels") else {})}
+    write_user(User(fingerprint, coefficients, head, meta), tmp / DEFAULTS_FILE)
+    return DEFAULTS_FILE
+
+
+def _example_args(graph: g.Prepared) -> tuple:
+    """Trace inputs: sample tokens (batch 2, seq 7), then every user input's default, in the method's order."""
+    import torch
+
+    tokens = g.sample_tokens(graph.wrapper.model.config.vocab_size)
+    return (*(torch.from_numpy(tokens[s.name]) for s in graph.spec.tokens),
+            *(torch.from_numpy(np.ascontiguousarray(graph.defaults[n])) for n in graph.spec.feed_names))
+
+
+def lower(graph: g.Prepared) -> bytes:
+    """torch.export (dynamic batch and sequence) -> edge dialect, XNNPACK partitions -> the .pte bytes."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    positions = int(getattr(graph.wrapper.model.config, "max_position_embeddings", 512) or 512)
+    batch, seq = torch.export.Dim("batch", min=1, max=MAX_BATCH), torch.export.Dim("sequence", min=2, max=positions)
+    dims = (*({0: batch, 1: seq} for _ in graph.spec.tokens), tuple(None for _ in graph.spec.feed_names))
+    with _quiet(), torch.no_grad():
+        program = torch.export.export(graph.wrapper, _example_args(graph), dynamic_shapes=dims, strict=False)
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    return bytes(lowered.buffer)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Exporter and lowering warnings and ExecuTorch's INFO logging muted, stdout kept clean; restored after."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            yield
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def load_method(path: Path):
+    """The program's `forward` through ExecuTorch's Python runtime (imports torch: export side only)."""
+    from executorch.runtime import Runtime
+
+    with _quiet():
+        return Runtime.get().load_program(str(path)).load_method("forward")
+
+
+def run_method(method, graph: g.Prepared, tokens: dict, feeds: dict) -> np.ndarray:
+    """The task output for `tokens` with `feeds` over the defaults, inputs bound positionally in the method's order."""
+    import torch
+
+    args = [torch.from_numpy(tokens[s.name]) for s in graph.spec.tokens]
+    args += [torch.from_numpy(np.ascontiguousarray(feeds.get(n, graph.defaults[n]))) for n in graph.spec.feed_names]
+    return method.execute(args)[0].numpy()
+
+
+def _onnx_outputs(graph: g.Prepared, tokens: dict, sets: list) -> list:
+    """The onnx-encoder target's fp32 graph (built in memory, not written) on the same tokens and feed sets."""
+    import onnxruntime as ort
+
+    from edge_lorax.runtime.bundle import SessionConfig, session_options
+
+    proto = encoder_bundle.build_onnx(graph, "torchscript", {})
+    with encoder_bundle.quiet():
+        session = ort.InferenceSession(proto.SerializeToString(), session_options(SessionConfig(threads=1)),
+                                       providers=["CPUExecutionProvider"])
+    return [session.run(None, {**tokens, **feeds})[0] for feeds in sets]
+
+
+def verify(path: Path, graph: g.Prepared, tokens: dict) -> dict:
+    """The .pte against torch (defaults + COEFF_SCALES random users) and against ONNX Runtime; RuntimeError above
+    TOLERANCE x scale or when its output does not follow the coefficients (cosine < RESPONSE_MIN). Returns the
+    manifest's `verification`: {"fp32": vs torch, "fp32_vs_onnx": vs ONNX Runtime}."""
+    method, sets = load_method(path), _feed_sets(graph, tokens[names.INPUT_IDS].shape[0])
+    got = [run_method(method, graph, tokens, feeds) for feeds in sets]
+    want = [_torch_output(graph, tokens, feeds) for feeds in sets]
+    onnx_out = _onnx_outputs(graph, tokens, sets)
+    scale = max(1.0, max(float(np.abs(w).max()) for w in want))
+    checks = {"fp32": _check(got, want, scale), "fp32_vs_onnx": _check(got, onnx_out, scale)}
+    for name, c in checks.items():
+        if not c["max_abs_diff"] <= TOLERANCE * scale:  # NaN fails too
+            raise RuntimeError(f"{path.name}: ExecuTorch differs from {'torch' if name == 'fp32' else 'ONNX Runtime'} by "
+                               f"{c['max_abs_diff']:.3g} > {TOLERANCE:g} x {scale:.3g}; nothing written")
+        if len(sets) > 1 and not c["response"] >= RESPONSE_MIN:
+            raise RuntimeError(f"{path.name}: its output follows the coefficients with cosine {c['response']:.3f} "
+                               f"(< {RESPONSE_MIN}); the coefficient inputs are not wired; nothing written")
+    return checks
+
+
+def _check(got: list, want: list, scale: float) -> dict:
+    """One verification entry (the keys describe.verdict reads)."""
+    return {"max_abs_diff": max(float(np.abs(a - b).max()) for a, b in zip(got, want)), "tolerance": TOLERANCE,
+            "scale": scale, "effect": max(float(np.abs(w - want[0]).max()) for w in want),
+            "response": cosine(got, want), "response_min": RESPONSE_MIN, "coefficient_sets": len(want)}
+
+
+def _manifest(job: ExportJob, graph: g.Prepared, files: dict, checks: dict) -> dict:
+    """The manifest (docs/formats.md): user_inputs in the method's order, required (a .pte has no optional inputs)."""
+    from importlib.metadata import version
+
+    import torch
+
+    spec = graph.spec
+    feeds = [{**s.as_dict(), "default": False} for s in spec.feeds]
+    tokens = [s.as_dict() for s in spec.tokens]
+    return {
+        "target": TARGET_EXECUTORCH, "fingerprint": job.subspace.fingerprint, "base_model": portable_model_id(job.path),
+        "subspace_base_model": job.subspace.base_model, "task": spec.task, "mode": spec.mode, "user_inputs": feeds,
+        "labels": spec.outputs[0].shape[-1] if spec.task in g.HEAD_TASKS else None,
+        "pooling": "mean" if spec.task == names.TASK_FEATURES else None,
+        "inputs": tokens + feeds, "outputs": [s.as_dict() for s in spec.outputs],
+        "coefficients": {s.name: list(s.shape) for s in spec.feeds if s.name in spec.coeff_names},
+        "head": {"inputs": {s.name: list(s.shape) for s in spec.feeds if s.name.startswith(names.HEAD_PREFIX)},
+                 "default": graph.head_source} if graph.head_source else None,
+        "defaults": Path(job.coeffs_path).name if job.coeffs_path else "zeros",
+        "method": {"name": "forward", "max_batch": MAX_BATCH, "backend": "XnnpackBackend", "precision": "fp32"},
+        "files": files, "tolerances": {v: TOLERANCE for v in checks}, "tolerance_rule": TOLERANCE_RULE,
+        "verification": checks, "coefficient_scales": list(COEFF_SCALES),
+        "exporter": {"name": "torch.export", "edge_lorax": __version__, "torch": torch.__version__,
+                     "executorch": version("executorch")},
+    }
