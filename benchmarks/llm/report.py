@@ -58,7 +58,8 @@ def ratio_lines(tab: dict) -> list:
 
 def markdown(res: dict) -> str:
     tab = tables(res)
-    lines = ["# Decoder bundle vs onnxruntime-genai (SmolLM2-135M-Instruct, CPU)", "", *measure.stamp_md(res["stamp"]),
+    model = res["stamp"].get("model", "HuggingFaceTB/SmolLM2-135M-Instruct").rsplit("/", 1)[-1]
+    lines = [f"# Decoder bundle vs onnxruntime-genai ({model}, CPU)", "", *measure.stamp_md(res["stamp"]),
              f"- quick smoke run: {res['quick']}", "",
              "## Time to first token (ms, median) and decode (tokens/s, median)", "",
              "| build | threads | " + " | ".join(f"TTFT {n}" for n in tab["lengths"]) + " | decode tok/s | VmHWM MiB | "

@@ -50,6 +50,10 @@ HELD_OUT = "spam-sms"
 # (tweets-binary, projected), on the first 200 test rows (the decoder LOO's cap).
 ACCURACY_TASKS, ACCURACY_ROWS = ("spam:sms", "vader:tweets-binary"), 200
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+MODEL, LAYERS, CHAT = "smollm2", 30, True  # --model name, decoder layers (the LoRA build's node names), chat prompts
+# The LoRA anchor's builder: the plain one for SmolLM2 (as its committed runs made it); benchmarks/llm/gemma3.py sets
+# the exporter's (export.decoder.BUILDER_MAIN + FIXED_OPTIONS: Gemma 3 needs the shim and full-length caches).
+LORA_BUILDER, LORA_FIXED = "onnxruntime_genai.models.builder", ()
 PRECISIONS = ("fp32", "int8", "int4")
 KINDS = ("plain", "lora", "ours")
 PROMPT_LENGTHS, NEW_TOKENS, RESIDENT = (32, 128, 512), 128, 1000
@@ -69,9 +73,9 @@ def _builder(out: Path, precision: str, extra: list) -> Path:
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", MODEL_ID, "-i", str(resolve_model("smollm2")),
+    cmd = [sys.executable, "-m", LORA_BUILDER, "-m", MODEL_ID, "-i", str(resolve_model(MODEL)),
            "-o", str(tmp), "-p", precision, "-e", "cpu", "-c", str(tmp / ".cache")]
-    extra = [*OPTIONS, *extra]
+    extra = [*LORA_FIXED, *OPTIONS, *extra]
     subprocess.run(cmd + (["--extra_options", *extra] if extra else []), check=True, capture_output=True)
     shutil.rmtree(tmp / ".cache", ignore_errors=True)
     tmp.rename(out)
@@ -80,7 +84,7 @@ def _builder(out: Path, precision: str, extra: list) -> Path:
 
 def _lora_nodes() -> list:
     """The builder's LoRA MatMul node names (kept fp32 so their weights can become inputs)."""
-    return [f"/model/layers.{i}/attn/{p}_proj/lora_{s}/MatMul" for i in range(30) for p in ("q", "v") for s in "AB"]
+    return [f"/model/layers.{i}/attn/{p}_proj/lora_{s}/MatMul" for i in range(LAYERS) for p in ("q", "v") for s in "AB"]
 
 
 def lora_as_inputs(folder: Path) -> dict:
@@ -118,7 +122,7 @@ def build(kind: str, precision: str) -> Path:
 
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        run_model_builder(resolve_model("smollm2"), tmp, precision, MODEL_ID, tuple(OPTIONS))
+        run_model_builder(resolve_model(MODEL), tmp, precision, MODEL_ID, tuple(OPTIONS))
         shutil.rmtree(tmp / ".builder_cache", ignore_errors=True)
         tmp.rename(out)
     elif kind == "lora":
@@ -153,7 +157,7 @@ def _build_ours(out: Path, precision: str):
         write_user(project_adapter(sub, ADAPTERS / HELD_OUT).coeffs, user)
     config = ExportConfig(quantize=None if precision == "fp32" else precision, overwrite=True,
                           builder_options=tuple(OPTIONS))
-    export_bundle("smollm2", sub_dir, out, user, config)
+    export_bundle(MODEL, sub_dir, out, user, config)
     shutil.copyfile(user, out / "user.npz")  # the export wrote user.onnx_adapter beside the model
 
 
@@ -167,7 +171,7 @@ def injected_net():
     from edge_lorax.formats.subspace import read_subspace
     from edge_lorax.formats.user import read_user
 
-    net = load_causal_lm(resolve_model("smollm2")).eval()
+    net = load_causal_lm(resolve_model(MODEL)).eval()
     inject_subspace(net, read_subspace(CACHE / "subspace"), coeffs=read_user(CACHE / "user.npz").inputs())
     return net
 
@@ -232,18 +236,27 @@ def _exact_match(answers: list, task, split) -> dict:
             "answers": answers}
 
 
+def _ask(llm, text: str, labels, user):
+    """The greedy answer (8 tokens at most) in the format the users were trained on: the chat turn (instruction)
+    for a chat model, the plain template for a model without one (CHAT False)."""
+    from edge_lorax.builder.generative import instruction
+
+    if CHAT:
+        return llm.generate(instruction(text, labels), user, 8, chat=True)
+    return llm.generate(text, user, 8, choices=labels)
+
+
 def task_accuracy(folder: Path, rows: int) -> dict:
     """Exact match (%) of the greedy chat answer with the label word on each ACCURACY task's test rows, served by
     the runtime (runtime.llm, 2 threads) with that task's user registered on the bundle."""
-    from edge_lorax.builder.generative import instruction
     from edge_lorax.runtime.llm import load_llm
 
     llm, out = load_llm(folder, threads=2), {}
     for spec in ACCURACY_TASKS:
         task, split = _task_split(spec, rows)
         user = llm.add_user(spec, accuracy_user(spec))
-        out[spec] = _exact_match([llm.decode(list(llm.generate(instruction(t, task.labels), user, 8, chat=True))).strip()
-                                  for t in split.texts], task, split)
+        out[spec] = _exact_match([llm.decode(list(_ask(llm, t, task.labels, user))).strip() for t in split.texts],
+                                 task, split)
     return out
 
 
@@ -254,7 +267,7 @@ def torch_accuracy(net, rows: int) -> dict:
     from edge_lorax.builder.models import load_tokenizer, resolve_model
     from edge_lorax.formats.user import read_user
 
-    tok, out = load_tokenizer(resolve_model("smollm2")), {}
+    tok, out = load_tokenizer(resolve_model(MODEL)), {}
     for spec in ACCURACY_TASKS:
         task, split = _task_split(spec, rows)
         objective = Generation(task, tok, 512)
@@ -319,7 +332,7 @@ def measure_builds(folders: dict, plan: LLMPlan, chat_ids: list) -> dict:
     return runs
 
 
-def main(argv=None):
+def main(argv=None, prefix: str = "runs"):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds over the builds (fresh process each)")
@@ -331,7 +344,7 @@ def main(argv=None):
     OPTIONS[:] = args.builder_option
     precisions = ("fp32",) if args.quick else tuple(args.precisions.split(","))
     subset = [] if precisions == PRECISIONS else list(precisions)
-    out = HERE / ("runs_quick" if args.quick else "-".join(["runs", *(o.replace("=", "_") for o in OPTIONS), *subset,
+    out = HERE / (f"{prefix}_quick" if args.quick else "-".join([prefix, *(o.replace("=", "_") for o in OPTIONS), *subset,
                                                              *([f"r{args.rounds}"] if args.rounds != 2 else [])]))
     out.mkdir(exist_ok=True)
     st = measure.stamp(" ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])]), dirty_paths=CODE)
@@ -341,10 +354,11 @@ def main(argv=None):
     from edge_lorax.runtime.llm import load_llm
 
     ours = next(p for n, p in folders.items() if n.startswith("ours"))
-    chat_ids = [load_llm(ours).encode(c, chat=True) for c in CHATS]
+    chat_ids = [load_llm(ours).encode(c, chat=CHAT) for c in CHATS]
     runs = measure_builds(folders, plan_of(args.quick, args.rounds), chat_ids)
     (out / "runs.partial.json").write_text(json.dumps(runs))  # the timings, kept should a later stage fail
     rows = 16 if args.quick else ACCURACY_ROWS
+    st["model"] = MODEL_ID
     net = injected_net()
     result = {"stamp": measure.finish(st), "runs": runs, "torch": torch_reference(net, args.quick, chat_ids, ours),
               "sizes": {n: sum(f.stat().st_size for f in p.iterdir() if f.is_file()) for n, p in folders.items()},
