@@ -644,11 +644,12 @@ def _stream(llm, gen, as_json: bool):
 @cli.command()
 @click.argument("bundle", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", required=True, type=click.Path(dir_okay=False),
-              help="Local examples: a .csv, .tsv or .jsonl file with text and label columns.")
+              help="Local examples: a .csv, .tsv or .jsonl file with text and label columns; for a decoder bundle also "
+                   "chat JSONL ({\"messages\": [...]}), prompt/completion JSONL or plain text (.txt).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="user.npz to write.")
 @_task_file_options
 @click.option("--init", type=click.Path(dir_okay=False),
-              help="user.npz or .onnx_adapter to start from [default: the bundle's defaults].")
+              help="user.npz or .onnx_adapter to start from [default: the bundle's defaults; decoders: the base model].")
 @click.option("--method", type=click.Choice(["auto", "head", "mix", "refine", "exact"]), default="auto",
               show_default=True,
               help="head: fit the head only; mix: + mix the bundle's projected sources; then every coefficient by "
@@ -656,36 +657,36 @@ def _stream(llm, gen, as_json: bool):
                    "exact when the bundle ships a gradient graph, else refine.")
 @click.option("--steps", type=click.IntRange(min=0),
               help="Optimizer steps in all, exactly: reproducible, --budget-seconds then does not apply "
-                   "[default: until --budget-seconds].")
-@click.option("--budget-seconds", type=click.FloatRange(min=0, min_open=True), default=55.0, show_default=True,
-              help="Wall time for the fit, loading included (the process with its imports stays under 60 s).")
+                   "[default: until --budget-seconds; decoders: 40 steps of batch 8].")
+@click.option("--budget-seconds", type=click.FloatRange(min=0, min_open=True),
+              help="Wall time for the fit, loading included [default: 55, the process with its imports under 60 s].")
 @click.option("--holdout", type=click.FloatRange(0.05, 0.5), default=0.2, show_default=True,
               help="Share of the examples held out to check the fit.")
-@click.option("--variant", type=click.Choice(["fp32", "int8", "ort", "int8_ort"]), default="fp32", show_default=True,
-              help="The bundle's model file to run.")
+@click.option("--variant", type=click.Choice(["fp32", "int8", "ort", "int8_ort"]),
+              help="Encoders: the bundle's model file to run [default: fp32].")
 @click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime threads [default: all usable cores].")
-@click.option("--max-length", type=click.IntRange(min=1), default=48, show_default=True, help="Tokens per example.")
+@click.option("--max-length", type=click.IntRange(min=1), help="Tokens per example [default: 48; decoders: 96].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Split, minibatches, perturbations.")
 @click.option("--json", "as_json", is_flag=True, help="The fit report as JSON.")
 @click.option("--overwrite", is_flag=True)
 @_friendly
 def personalize(bundle, data, output, text_column, label_column, kind, init, method, steps, budget_seconds, holdout,
                 variant, threads, max_length, seed, as_json, overwrite):
-    """Fit a user on this machine from local examples (torch-free: ONNX Runtime forwards, numpy head).
+    """Fit a user on this machine from local examples (torch-free: ONNX Runtime and numpy). Decoder bundles: every
+    coefficient by Adam on the bundle's gradient graph, kept if it beats the start on held-out examples.
 
     \b
     Examples:
       edge-lorax personalize out/demo/bundle --data my_notes.csv -o me.npz
       edge-lorax personalize out/demo/bundle --data my_notes.csv -o me.npz --variant int8 --threads 1
+      edge-lorax personalize out/demo-llm/bundle --data chats.jsonl -o me.npz --steps 40 --threads 1
     """
-    from edge_lorax.runtime.bundle import SessionConfig
-    from edge_lorax.runtime.personalize import FitConfig, personalize_file
+    from edge_lorax.runtime.personalize_llm import personalize_command
 
-    result = personalize_file(bundle, data, output, init=init, text_column=text_column, label_column=label_column,
-                              kind=kind, holdout=holdout, overwrite=overwrite,
-                              config=FitConfig(method=method, steps=steps, budget_s=budget_seconds, seed=seed, max_length=max_length),
-                              session=SessionConfig(threads=threads or 0, variant=variant),
-                              progress=lambda msg: click.echo(msg, err=True))
+    result = personalize_command(bundle, data, output, init=init, method=method, steps=steps, budget_s=budget_seconds,
+                                 holdout=holdout, variant=variant, threads=threads or 0, max_length=max_length,
+                                 seed=seed, text_column=text_column, label_column=label_column, kind=kind,
+                                 overwrite=overwrite, progress=lambda msg: click.echo(msg, err=True))
     _emit({"output": output, **result.report}, as_json)
 
 
@@ -821,8 +822,8 @@ from edge_lorax.formats import names as _names  # noqa: E402  (export's choices 
                    "/ BiasGelu with the q/k/v coefficient branches inside (runtime variant 'fused'); a graph that cannot "
                    "be fused is left out and the manifest's `fusion` says why.")
 @click.option("--gradient/--no-gradient", default=True, show_default=True,
-              help="Classification / regression bundles: also write model.grad.onnx (loss and its gradient with "
-                   "respect to every coefficient and head input, checked against torch autograd), which "
+              help="Classification / regression and decoder bundles: also write model.grad.onnx (loss and its "
+                   "gradient with respect to every coefficient and head input, checked against torch autograd), which "
                    "`personalize` trains with on the device.")
 @click.option("--builder-option", "builder_options", multiple=True, metavar="KEY=VALUE",
               help="Decoders: an extra option of onnxruntime-genai's model builder, e.g. algo_config=k_quant_mixed "
