@@ -3,7 +3,8 @@
 
 Builds a subspace from eleven of the twelve committed decoder adapters (`adapters-smollm2/`, spam held out), makes two
 users by training-free projection (the held-out spam LoRA, and the TREC question-type LoRA), exports one int8 decoder
-bundle (verified against torch), loads it once, registers both users and answers each user's prompts in turn on the
+bundle (verified against torch; with its gradient graph, model.grad.onnx, which `personalize` fits users on the device
+with), loads it once, registers both users and answers each user's prompts in turn on the
 same model, then times a short free generation per user (time to first token, tokens/s). A few minutes on 2 cores.
 Does not train anything (benchmarks/decoder/sources.py made the adapters; `edge-lorax train` trains users).
 """
@@ -89,7 +90,7 @@ def run_llm_demo(out, adapters=None, precision: str = "int8") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     subspace, users = _build_users(found, out)
     log(f"exporting the {precision} decoder bundle (onnxruntime-genai model builder + coefficient inputs, verified)")
-    config = ExportConfig(quantize=None if precision == "fp32" else precision, overwrite=True)
+    config = ExportConfig(quantize=None if precision == "fp32" else precision, overwrite=True, gradient=True)
     bundle = export_bundle("smollm2", subspace, out / "bundle", users[HELD_OUT], config)
     result = _swap_users(bundle, users)
     (out / "demo.json").write_text(json.dumps(result, indent=1) + "\n")
