@@ -1,0 +1,230 @@
+"""The arm64 check's host side: the same inputs through a bundle on x86 and on each emulated arm64 core, compared.
+
+scripts/check-arm64.sh prepares the arm64 Debian root filesystem (qemu-user-static under binfmt_misc, the torch-free
+runtime installed from PyPI's aarch64 wheels) and then runs this file. For each core named in --cpus it runs
+probe.py inside that root filesystem with QEMU_CPU=<core> (its own mount namespace: /proc, /dev, the bundle and an
+exchange folder bound in, and a small arm64 /proc/cpuinfo for that core bound over /proc's: qemu 7.2 passes the
+host's x86 one through and onnxruntime's cpuinfo then crashes), runs the same probe on x86 with this interpreter, and
+compares per variant:
+
+- encoder: max |Δ| of the outputs (logits or features) and whether the labels (argmax) are equal;
+- decoder: max |Δ| of the prefill logits of the free prompts, whether their greedy continuations are equal, how many
+  task answers are token-equal, and the task's exact match on both sides (an int4 divergence is judged by accuracy).
+
+A variant fails when it differs beyond what its precision explains (TOLERANCE below, written into the result): one
+line on stderr per failure and exit status 1. Results: a JSON file (--json). Timings are the check's own cost
+(wall seconds per side, emulated), never device speed.
+Usage: scripts/check-arm64.sh BUNDLE USER [--cpus cortex-a53,cortex-a76] [--rows 200] [--json out.json]
+Does not build the root filesystem (the script does) or export bundles (edge-lorax export does).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = Path(__file__).with_name("probe.py")
+ROOTFS_PROBE = "/opt/edge-lorax/benchmarks/arm64/probe.py"  # where check-arm64.sh installs the source
+ROOTFS_PYTHON = "/opt/venv/bin/python"
+CPUS = ("cortex-a53", "cortex-a76", "neoverse-n1", "a64fx")
+# /proc/cpuinfo lines per core: implementer, part and the Linux feature names of what qemu 7.2 emulates for it
+CPUINFO = {
+    "cortex-a53": ("0x41", "0xd03", "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"),
+    "cortex-a76": ("0x41", "0xd0b", "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
+                                    "lrcpc dcpop asimddp"),
+    "neoverse-n1": ("0x41", "0xd0c", "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
+                                     "lrcpc dcpop asimddp ssbs"),
+    "a64fx": ("0x46", "0x001", "fp asimd evtstrm sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm fcma dcpop sve"),
+}
+# What a variant may differ by between two CPUs (instruction sets, kernels and summation orders differ):
+# fp32 graphs: float32 rounding; int8 / int4: the activation quantisation kernels differ (x86 u8s8 vs arm s8s8, dot
+# product instructions or not), so their outputs move by up to a quantisation step while labels must hold.
+TOLERANCE = {"fp32": 1e-4, "fused": 1e-4, "per_example": 1e-4, "int8": 0.1}
+DECODER_LOGITS = {"fp32": 1e-3, "int8": 0.5, "int4": None}  # None: judged by task accuracy only
+EXACT_MATCH_POINTS = 2.5  # largest |Δ exact match| in points (of 100) an int4 bundle may show between two CPUs
+ENCODER_TEXTS = 32
+FREE_PROMPTS = ("What is the capital of France? Answer in one word.", "Write one sentence about the sea.",
+                "List three colours.")
+
+
+def encoder_inputs() -> dict:
+    """The demo's four sentences and the first NYT sentences of data/vader (32 texts)."""
+    from edge_lorax.demo import SENTENCES
+
+    rows = (ROOT / "data" / "vader" / "nyt.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    texts = list(SENTENCES) + [r.split("\t", 2)[2] for r in rows[: ENCODER_TEXTS - len(SENTENCES)]]
+    return {"texts": texts}
+
+
+def decoder_inputs(task: str, rows: int) -> dict:
+    """The free prompts and the first `rows` test rows of `task`, as benchmarks/decoder caps them (seeded split)."""
+    sys.path.insert(0, str(ROOT / "benchmarks" / "decoder"))
+    from common import capped_task
+
+    t = capped_task(task)
+    return {"prompts": list(FREE_PROMPTS), "max_new_tokens": 24, "task": task, "labels": list(t.labels),
+            "texts": list(t.test.texts[:rows]), "targets": [int(x) for x in t.test.targets[:rows]]}
+
+
+def cpuinfo(cpu: str) -> str:
+    """A one-core arm64 /proc/cpuinfo for `cpu` (what onnxruntime's cpuinfo parses)."""
+    implementer, part, features = CPUINFO[cpu]
+    return (f"processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: {features}\nCPU implementer\t: {implementer}\n"
+            "CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: " + part + "\nCPU revision\t: 0\n\n")
+
+
+def arm64_command(rootfs: Path, cpu: str, bundle: Path, exchange: Path, args: list) -> list:
+    """probe.py inside the root filesystem under QEMU_CPU=cpu, in a private mount namespace (mounts vanish with it)."""
+    (exchange / f"cpuinfo-{cpu}").write_text(cpuinfo(cpu))
+    r, q = str(rootfs), shlex.quote
+    script = " && ".join([
+        f"mount -t proc proc {q(r + '/proc')}", f"mount --bind {q(str(exchange / ('cpuinfo-' + cpu)))} {q(r + '/proc/cpuinfo')}",
+        f"mount --rbind /dev {q(r + '/dev')}", f"mkdir -p {q(r + '/mnt/bundle')} {q(r + '/mnt/x')}",
+        f"mount --bind -o ro {q(str(bundle))} {q(r + '/mnt/bundle')}", f"mount --bind {q(str(exchange))} {q(r + '/mnt/x')}",
+        f"exec env -i QEMU_CPU={q(cpu)} PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root /usr/sbin/chroot {q(r)} {ROOTFS_PYTHON} {ROOTFS_PROBE} "
+        + " ".join(q(a) for a in args)])
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+
+
+def run_side(name: str, command: list, out: Path, log) -> float:
+    """Run one probe (skipped when its output exists: reruns resume); its wall seconds (0 when skipped)."""
+    if out.is_file():
+        log(f"{name}: reusing {out.name}")
+        return 0.0
+    log(f"{name}: running")
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{name}: the probe failed (exit {done.returncode}): {' | '.join(tail)}")
+    return time.perf_counter() - start
+
+
+def compare_encoder(ref: dict, got: dict) -> list:
+    """Per variant: max |Δ| of the outputs, labels equal (argmax of logits), within tolerance."""
+    rows = []
+    for key in sorted(k for k in ref if k.endswith(".out")):
+        variant, a, b = key[:-4], ref[key], got[key]
+        diff = float(np.abs(a.astype(np.float64) - b).max())
+        labels = bool((a.argmax(-1) == b.argmax(-1)).all()) if a.ndim == 2 and a.shape[-1] > 1 else None
+        ok = diff <= TOLERANCE[variant] and labels is not False
+        rows.append({"variant": variant, "max_abs_diff": diff, "labels_equal": labels, "tolerance": TOLERANCE[variant],
+                     "ok": ok})
+    return rows
+
+
+def compare_decoder(variant: str, ref: dict, got: dict) -> list:
+    """max |Δ| of the prefill logits, free prompts' greedy tokens equal, task answers token-equal, exact match."""
+    diff = float(np.abs(ref["prompt_logits"].astype(np.float64) - got["prompt_logits"]).max())
+    prompts = [k for k in ref if k.startswith("prompt_tokens_")]
+    tasks = [k for k in ref if k.startswith("task_tokens_")]
+    same = lambda k: np.array_equal(ref[k], got[k])  # noqa: E731
+    first = [_first_difference(ref[k], got[k]) for k in prompts if not same(k)]
+    em_ref, em_got = 100 * float(ref["task_exact"].mean()), 100 * float(got["task_exact"].mean())
+    tol = DECODER_LOGITS[variant]
+    ok = abs(em_ref - em_got) <= EXACT_MATCH_POINTS if tol is None else (diff <= tol and not first)
+    return [{"variant": variant, "max_abs_diff": diff, "prompt_tokens_equal": f"{len(prompts) - len(first)}/{len(prompts)}",
+             "first_divergence": min(first) if first else None, "task_answers_equal": f"{sum(map(same, tasks))}/{len(tasks)}",
+             "exact_match_x86": em_ref, "exact_match_arm64": em_got, "rows": len(tasks), "tolerance": tol, "ok": ok}]
+
+
+def _first_difference(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def bundle_variant(manifest: dict) -> str:
+    """A decoder bundle's precision (fp32, int8, int4)."""
+    return manifest.get("precision") or "fp32"
+
+
+def check(bundle: Path, user: Path, cpus: list, rootfs: Path, work: Path, rows: int, task: str, log) -> dict:
+    """Probe x86 and each arm64 core (cached per side under `work`), compare; the result dict."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    decoder = manifest["target"] == "genai-decoder"
+    inputs = decoder_inputs(task, rows) if decoder else encoder_inputs()
+    key = hashlib.sha256(json.dumps([manifest["fingerprint"], str(bundle.resolve()), user.read_bytes().hex()[:4096],
+                                     inputs], sort_keys=True).encode()).hexdigest()[:12]
+    exchange = work / f"{bundle.name}-{key}"
+    exchange.mkdir(parents=True, exist_ok=True)
+    (exchange / "inputs.json").write_text(json.dumps(inputs))
+    (exchange / ("user" + user.suffix)).write_bytes(user.read_bytes())
+    args = lambda b, x, out: [b, f"{x}/user{user.suffix}", f"{x}/inputs.json", f"{x}/{out}"]  # noqa: E731
+    seconds = {"x86": run_side("x86", [sys.executable, str(PROBE), *args(str(bundle), str(exchange), "x86.npz")],
+                               exchange / "x86.npz", log)}
+    for cpu in cpus:
+        seconds[cpu] = run_side(f"arm64 {cpu}", arm64_command(rootfs, cpu, bundle, exchange,
+                                                              args("/mnt/bundle", "/mnt/x", f"{cpu}.npz")),
+                                exchange / f"{cpu}.npz", log)
+    ref = dict(np.load(exchange / "x86.npz"))
+    results = {}
+    for cpu in cpus:
+        got = dict(np.load(exchange / f"{cpu}.npz"))
+        rows_ = compare_decoder(bundle_variant(manifest), ref, got) if decoder else compare_encoder(ref, got)
+        results[cpu] = {"rows": rows_, "probe_seconds": float(got["seconds"]), "wall_seconds": seconds[cpu]}
+    return {"bundle": bundle.name, "target": manifest["target"], "task": manifest.get("task"), "mode": manifest.get("mode"),
+            "inputs": {"texts": len(inputs["texts"]), **({"task": task, "prompts": len(FREE_PROMPTS)} if decoder else {})},
+            "x86": {"probe_seconds": float(ref["seconds"]), "wall_seconds": seconds["x86"],
+                    **({"exact_match": 100 * float(ref["task_exact"].mean())} if decoder else {})},
+            "cpus": results}
+
+
+def failures(result: dict) -> list:
+    """One line per variant and core that differs beyond its tolerance."""
+    out = []
+    for cpu, r in result["cpus"].items():
+        for row in r["rows"]:
+            if not row["ok"]:
+                what = (f"exact match {row['exact_match_arm64']:.1f} vs x86 {row['exact_match_x86']:.1f}"
+                        if "exact_match_x86" in row else f"max |Δ| {row['max_abs_diff']:.3g}, labels equal {row.get('labels_equal')}")
+                out.append(f"{result['bundle']} {row['variant']} on {cpu}: {what} (tolerance {row['tolerance']})")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundle", type=Path)
+    p.add_argument("user", type=Path)
+    p.add_argument("--cpus", default="cortex-a53,cortex-a76,neoverse-n1,a64fx")
+    p.add_argument("--rootfs", type=Path, required=True)
+    p.add_argument("--work", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                   / "edge-lorax" / "arm64-check")
+    p.add_argument("--rows", type=int, default=200, help="decoder task rows (test split)")
+    p.add_argument("--task", default="vader:tweets-binary", help="decoder task the user answers")
+    p.add_argument("--json", type=Path)
+    a = p.parse_args(argv)
+    cpus = [c.strip() for c in a.cpus.split(",") if c.strip()]
+    unknown = [c for c in cpus if c not in CPUINFO]
+    if unknown or not (a.bundle / "manifest.json").is_file() or not a.user.is_file():
+        print(f"check-arm64: {'unknown --cpus ' + ','.join(unknown) + ' (known: ' + ','.join(CPUS) + ')' if unknown else ''}"
+              f"{'' if (a.bundle / 'manifest.json').is_file() else f' {a.bundle}: not a bundle folder'}"
+              f"{'' if a.user.is_file() else f' {a.user}: no such user file'}", file=sys.stderr)
+        return 2
+    log = lambda m: print(f"[check-arm64] {a.bundle.name}: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    result = check(a.bundle.resolve(), a.user.resolve(), cpus, a.rootfs, a.work, a.rows, a.task, log)
+    if a.json:
+        tmp = a.json.with_suffix(".partial")
+        tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+        tmp.replace(a.json)
+    print(json.dumps(summary(result), indent=1))
+    bad = failures(result)
+    for line in bad:
+        print(f"check-arm64: MISMATCH {line}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def summary(result: dict) -> dict:
+    """{core: [variant rows]} without the costs: what stdout shows."""
+    return {cpu: r["rows"] for cpu, r in result["cpus"].items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""One side of the arm64 check: run a bundle for one user on fixed inputs and save what it computed.
+
+Runs wherever edge_lorax's torch-free runtime is installed: on the x86 host (the project's .venv) and inside the
+emulated arm64 root filesystem (numpy, onnxruntime, onnxruntime-genai, tokenizers, jinja2; no torch). It reads an
+inputs file that check.py wrote on the host and writes one .npz:
+
+- encoder bundles: per variant present (fp32, int8, fused; a per-example bundle: `per_example`, one
+  user per text through run_mixed), `<variant>.out` (batch, labels | hidden)
+  for the inputs' texts, one ONNX Runtime thread;
+- decoder bundles: `prompt_logits` (prompts, vocab), the logits after prefilling each free prompt; `prompt_tokens_<i>`
+  the greedy continuation of prompt i; `task_tokens_<i>` the greedy answer to task row i (asked in the task format
+  the user was trained on, formats.prompts) and `task_exact` (rows,) 1 when that answer is the label's own tokens
+  then EOS.
+
+Usage: python probe.py BUNDLE USER INPUTS.json OUT.npz
+Does not compare anything (check.py does) and never imports torch.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ENCODER_VARIANTS = ("fp32", "int8", "fused")
+
+
+def encoder(bundle: Path, user: Path, inputs: dict) -> dict:
+    """{variant.out: outputs (batch, ...)} for every variant the bundle holds (first output: logits or features)."""
+    from edge_lorax.runtime import SessionConfig, encode, load_user, open_bundle, run_arrays, run_mixed
+
+    files = json.loads((bundle / "manifest.json").read_text())["files"]
+    out = {}
+    for variant in [v for v in ENCODER_VARIANTS if files.get(v)]:
+        b = open_bundle(bundle, SessionConfig(threads=1, variant=variant))
+        u, tokens = load_user(b, user), encode(b, inputs["texts"])
+        result = run_mixed(b, [u] * len(inputs["texts"]), tokens) if b.per_example else run_arrays(b, u, tokens)
+        name = "per_example" if b.per_example else variant
+        out[f"{name}.out"] = np.asarray(result[b.outputs[0]], np.float32)
+    return out
+
+
+def _prefill_logits(llm, ids: list, user: str) -> np.ndarray:
+    """The next-token logits after prefilling `ids` for `user` (vocab,)."""
+    og = llm._og
+    params = og.GeneratorParams(llm.model)
+    params.set_search_options(max_length=len(ids) + 1)
+    gen = og.Generator(llm.model, params)
+    gen.set_active_adapter(llm.adapters, user)
+    gen.append_tokens(ids)
+    return np.asarray(gen.get_logits(), np.float32).reshape(-1)
+
+
+def decoder(bundle: Path, user: Path, inputs: dict) -> dict:
+    """Prefill logits and greedy tokens of the free prompts; greedy answers and exact match on the task rows."""
+    from edge_lorax.runtime.llm import load_llm
+
+    llm = load_llm(bundle, threads=1)
+    llm.add_user("u", user)
+    out = {"prompt_logits": np.stack([_prefill_logits(llm, llm.encode(p, chat=True), "u") for p in inputs["prompts"]])}
+    for i, p in enumerate(inputs["prompts"]):
+        out[f"prompt_tokens_{i}"] = np.array(list(llm.generate(p, "u", inputs["max_new_tokens"], chat=True)), np.int64)
+    labels = inputs["labels"]
+    answers = [llm.tokenizer.encode(lab, add_special_tokens=False).ids for lab in labels]
+    longest = max(len(a) for a in answers)
+    exact = []
+    for i, (text, target) in enumerate(zip(inputs["texts"], inputs["targets"])):
+        tokens = list(llm.generate(text, "u", longest + 1, choices=labels))  # stops at EOS, which it does not yield
+        out[f"task_tokens_{i}"] = np.array(tokens, np.int64)
+        exact.append(tokens == answers[target])
+        if (i + 1) % 25 == 0:
+            print(f"[probe] {i + 1}/{len(inputs['texts'])} task rows", file=sys.stderr, flush=True)
+    out["task_exact"] = np.array(exact, np.int8)
+    return out
+
+
+def main(argv: list) -> int:
+    bundle, user, inputs_path, out_path = (Path(a) for a in argv)
+    inputs = json.loads(inputs_path.read_text())
+    start = time.perf_counter()
+    target = json.loads((bundle / "manifest.json").read_text())["target"]
+    arrays = decoder(bundle, user, inputs) if target == "genai-decoder" else encoder(bundle, user, inputs)
+    arrays["seconds"] = np.array(time.perf_counter() - start)
+    tmp = out_path.with_suffix(".partial.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(out_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
