@@ -1,0 +1,174 @@
+"""On-device decoder personalisation vs host training (issue 28): `edge-lorax personalize` on a SmolLM2 decoder
+bundle against `edge-lorax train --model smollm2` on the same local examples, the base model (the start), and the
+speed / memory of the fit.
+
+Set-up (cached under ~/.cache/edge-lorax/bench-personalize-llm): a SmolLM2 subspace from the committed decoder
+adapters minus the held-out targets' own (K=8, mean kept: demo --llm's recipe) and one int8 decoder bundle with its
+gradient graph (`edge-lorax export --model smollm2 --quantize int8`, gradient on by default).
+Cells (each one JSON file under runs/, so a rerun skips finished cells; every command its own process, wall seconds
+and peak RSS = VmHWM at exit):
+- speed-t{1,2}: `personalize --steps 40 --threads T` on 256 spam rows (batch 8, <= 96 tokens)
+- {target}-{rows}-s{seed}-device: `personalize --steps 40 --threads 2` (80 % fit, 20 % held out)
+- {target}-{rows}-s{seed}-host: `train --model smollm2 --steps 40 --batch-size 8 --lr 0.05 --max-length 96
+  --threads 2` on the same file (its own 80/10/10 split: 80 % trained on)
+Every user (and the base model) is scored by one evaluator: exact match of the greedy answer (label word + EOS) on
+the first TEST_ROWS test rows, teacher-forced on the bundle's own int8 model.onnx (runtime.personalize_llm.Scorer:
+greedy yields exactly the answer iff each answer token is the argmax).
+
+    nice -n 15 .venv/bin/python benchmarks/personalize_llm/run.py && .venv/bin/python benchmarks/personalize_llm/report.py
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+
+RUNS = HERE / "runs"
+CACHE = Path.home() / ".cache" / "edge-lorax" / "bench-personalize-llm"
+TARGETS = {"spam": ("spam:sms", "spam-sms"), "trec": ("trec:coarse", "trec-coarse")}
+TEST_ROWS = 100
+STEPS, LR = 40, 0.05  # benchmarks/decoder's schedule for EigenLoRAx users (40 steps of batch 8, lr 0.05)
+
+_WRAP = ("import atexit, os, runpy, sys\n"
+         "def _hwm():\n"
+         "    line = next(x for x in open('/proc/self/status') if x.startswith('VmHWM'))\n"
+         "    open(os.environ['EDGE_BENCH_RSS'], 'w').write(line.split()[1])\n"
+         "atexit.register(_hwm)\n"
+         "sys.argv = ['edge-lorax', *sys.argv[1:]]\n"
+         "runpy.run_module('edge_lorax', run_name='__main__')\n")
+
+
+def measured(args: list) -> dict:
+    """`edge-lorax ARGS` as its own process: wall seconds, peak RSS (VmHWM at exit, MiB), exit code, JSON stdout."""
+    rss_file = CACHE / f"rss-{os.getpid()}.txt"
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "EDGE_BENCH_RSS": str(rss_file)}
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _WRAP, *map(str, args)], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    try:
+        data = json.loads(done.stdout) if done.stdout.strip().startswith("{") else None
+    except ValueError:
+        data = None
+    return {"seconds": round(wall, 2), "peak_rss_mib": round(int(rss_file.read_text()) / 1024, 1),
+            "exit": done.returncode, "report": data, "stderr_tail": done.stderr.strip().splitlines()[-3:]}
+
+
+def bundle() -> tuple:
+    """(subspace, int8 decoder bundle with its gradient graph), built once."""
+    sub, out = CACHE / "subspace", CACHE / "bundle"
+    if not sub.is_dir():
+        from edge_lorax.builder.subspace import build_subspace
+        from edge_lorax.formats.subspace import write_subspace
+
+        held = {folder for _, folder in TARGETS.values()}
+        sources = sorted(p for p in (ROOT / "adapters-smollm2").iterdir() if p.is_dir() and p.name not in held)
+        write_subspace(build_subspace(sources, components=8, mean="keep"), sub, overwrite=True)
+    if not (out / "manifest.json").is_file():
+        done = measured(["export", "--model", "smollm2", "--subspace", sub, "-o", out, "--quantize", "int8", "--json",
+                         "--overwrite"])
+        (CACHE / "export.json").write_text(json.dumps(done, indent=1))
+        if done["exit"]:
+            raise SystemExit(f"export failed: {done['stderr_tail']}")
+    return sub, out
+
+
+def local_file(target: str, rows: int, seed: int) -> tuple:
+    """(local CSV of `rows` train rows, a seeded sample; test rows [(text, label index)]; labels)."""
+    import numpy as np
+
+    from edge_lorax.builder.data import load_task
+
+    task = load_task(TARGETS[target][0])
+    path = CACHE / target / f"local-{rows}-{seed}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file():
+        pick = np.random.default_rng(seed).permutation(len(task.train))[:rows]
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label"])
+            w.writerows((task.train.texts[i], task.labels[int(task.train.targets[i])]) for i in pick)
+    test = list(zip(task.test.texts[:TEST_ROWS], (int(y) for y in task.test.targets[:TEST_ROWS])))
+    return path, test, list(task.labels)
+
+
+def exact_match(bundle_dir: Path, user, test: list, labels: list) -> dict:
+    """Exact match (%) and mean answer loss of a user (None: the base model) on the test rows (module docstring)."""
+    import numpy as np
+
+    from edge_lorax.formats.bundle import user_input_shapes
+    from edge_lorax.formats.user import read_user
+    from edge_lorax.runtime import personalize_llm as pl
+    from edge_lorax.runtime.local_data import Encoder, Example, task_prompt
+
+    manifest = pl.decoder_manifest(bundle_dir)
+    enc = Encoder(bundle_dir, pl._token_ids(manifest)[0])
+    answers = [enc.ids(lab if enc.chat else f" {lab}") + [enc.eos] for lab in labels]
+    rows = []
+    for i, (text, y) in enumerate(test):
+        prompt = task_prompt(enc, text, labels)[-(pl.MAX_LENGTH - len(answers[y])):]
+        rows.append(Example(tuple(prompt + answers[y]), tuple([False] * len(prompt) + [True] * len(answers[y])), i))
+    coeffs = (read_user(user).inputs() if user else
+              {k: np.zeros(s, np.float32) for k, s in user_input_shapes(manifest).items()})
+    score = pl.Scorer(bundle_dir, manifest, 2).score(rows, coeffs)
+    return {"exact_match_pct": round(100 * score["exact_match"], 2), "answer_loss": score["loss"]}
+
+
+def run_cell(name: str, args: list, scoring=None) -> dict:
+    path = RUNS / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    print(f"[personalize_llm] {name}", file=sys.stderr, flush=True)
+    cell = {"cell": name, "command": "edge-lorax " + " ".join(str(a) for a in args), **measured(args)}
+    if scoring is not None and cell["exit"] == 0:
+        cell["test"] = scoring()
+    RUNS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cell, indent=1, default=str) + "\n")
+    return cell
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", default="64,256")
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--phases", default="speed,fits")
+    a = ap.parse_args()
+    sub, out = bundle()
+    if "speed" in a.phases:
+        local, _, _ = local_file("spam", 256, 0)
+        for t in (1, 2):
+            run_cell(f"speed-t{t}", ["personalize", out, "--data", local, "-o", CACHE / f"speed-t{t}.npz", "--steps",
+                                     STEPS, "--threads", t, "--json", "--overwrite"])
+    for target in a.targets.split(","):
+        for rows in map(int, a.rows.split(",")):
+            for seed in map(int, a.seeds.split(",")):
+                fits(target, rows, seed, sub, out)
+
+
+def fits(target: str, rows: int, seed: int, sub: Path, out: Path):
+    local, test, labels = local_file(target, rows, seed)
+    base = RUNS / f"{target}-base.json"
+    if not base.is_file():
+        RUNS.mkdir(parents=True, exist_ok=True)
+        base.write_text(json.dumps({"cell": base.stem, "test": exact_match(out, None, test, labels)}) + "\n")
+    for kind in ("device", "host"):
+        user = CACHE / target / f"{rows}-s{seed}-{kind}.npz"
+        args = (["personalize", out, "--data", local, "-o", user, "--steps", STEPS, "--threads", 2, "--seed", seed,
+                 "--json"]
+                if kind == "device" else
+                ["train", "--model", "smollm2", "--subspace", sub, "--data", local, "-o", user, "--steps", STEPS,
+                 "--batch-size", 8, "--lr", LR, "--max-length", 96, "--threads", 2, "--seed", seed])
+        run_cell(f"{target}-{rows}-s{seed}-{kind}", [*args, "--overwrite"],
+                 lambda u=user: exact_match(out, u, test, labels))
+
+
+if __name__ == "__main__":
+    main()
