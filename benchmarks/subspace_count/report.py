@@ -48,9 +48,12 @@ def ms(values, scale=100.0, digits=1) -> str:
 def proj_curves(runs: list) -> dict:
     """{pool: {(target, kind): {n: {"ev_keep": [...], "ev_drop": [...], "ev_random": [...], "acc": [...]}}}}."""
     out = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
+    seen = set()
     for r in runs:
-        if r["phase"] != "proj":
-            continue  # advise / fit cells
+        key = (r["pool"], r["target"], r["kind"], tuple(r["sources"] or ()))
+        if r["phase"] != "proj" or key in seen:
+            continue  # advise / fit cells; a draw of every candidate repeats draw 0's sources: counted once
+        seen.add(key)
         c = out[r["pool"]][(r["target"], r["kind"])][r["n"]]
         for key in ("ev_keep", "ev_drop", "ev_random"):
             c[key].append(r[key]["overall"])
