@@ -7,7 +7,9 @@ bundle's chat template; a projected user, so every gradient is non-zero). Report
 cosine and relative error of the concatenated gradient, and the sign agreement. Measures fidelity, not memory: the
 fake-quantized graph still holds fp32 numbers (the memory an int8 graph would save is its weights' bytes, stated).
 
-    .venv/bin/python benchmarks/personalize_llm/int8_base.py BUNDLE USER.npz LOCAL.csv -o int8_base.json
+    .venv/bin/python benchmarks/personalize_llm/int8_base.py BUNDLE/model.grad.onnx SMOLLM2_DIR USER.npz LOCAL.csv \
+        -o benchmarks/personalize_llm/int8_base.json
+(SMOLLM2_DIR: a folder with the model's tokenizer files, e.g. the converted model in ~/.cache/edge-lorax/models.)
 """
 
 import argparse
@@ -24,6 +26,7 @@ from edge_lorax.runtime import personalize_llm as pl  # noqa: E402
 from edge_lorax.runtime.local_data import read_local_data  # noqa: E402
 
 BLOCK = 32
+EOS = 2  # SmolLM2's <|im_end|> (the bundle manifest's eos_token_id)
 
 
 def fake_int8(w: np.ndarray) -> np.ndarray:
@@ -35,12 +38,12 @@ def fake_int8(w: np.ndarray) -> np.ndarray:
     return (q * scale).reshape(out, cols).astype(np.float32)
 
 
-def quantized_copy(bundle: Path, folder: Path) -> tuple:
+def quantized_copy(graph: Path, folder: Path) -> tuple:
     """(path of the fake-int8 graph, bytes of the weights rounded)."""
     import onnx
     from onnx import numpy_helper
 
-    model = onnx.load(str(bundle / "model.grad.onnx"))
+    model = onnx.load(str(graph))
     rounded = 0
     for init in model.graph.initializer:
         if len(init.dims) == 2 and init.dims[0] * init.dims[1] > 100_000 and init.dims[1] % BLOCK == 0:
@@ -52,21 +55,23 @@ def quantized_copy(bundle: Path, folder: Path) -> tuple:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("bundle", type=Path)
+    ap.add_argument("graph", type=Path)
+    ap.add_argument("tokenizer_dir", type=Path)
     ap.add_argument("user", type=Path)
     ap.add_argument("data", type=Path)
     ap.add_argument("-o", "--output", type=Path, required=True)
     ap.add_argument("--batches", type=int, default=3)
     a = ap.parse_args()
-    manifest = pl.decoder_manifest(a.bundle)
-    eos, pad = pl._token_ids(manifest)
-    data = read_local_data(a.data, a.bundle, eos, 96, manifest["kv"]["context_length"])
-    coeffs = pl.start_user(a.bundle, manifest, a.user, np.random.default_rng(0))
-    fp32 = pl._session(a.bundle / "model.grad.onnx", 2)
+    from edge_lorax.formats.user import read_user
+
+    eos = pad = EOS
+    data = read_local_data(a.data, a.tokenizer_dir, eos, 96, 8192)
+    coeffs = read_user(a.user).inputs()
+    fp32 = pl._session(a.graph, 1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        path, rounded = quantized_copy(a.bundle, Path(tmp))
-        int8 = pl._session(path, 2)
+        path, rounded = quantized_copy(a.graph, Path(tmp))
+        int8 = pl._session(path, 1)
         for b in range(a.batches):
             batch = list(data.examples[8 * b:8 * b + 8])
             (l32, g32), (l8, g8) = (pl.gradients(s, batch, coeffs, pad, 8) for s in (fp32, int8))

@@ -49,6 +49,8 @@ def _fits(cells: dict) -> list:
 def main():
     cells = _cells()
     commands = sorted({c["command"] for c in cells.values() if "command" in c})
+    if not cells:  # the speed / fit cells are run by run.py; none yet
+        commands = ["(no run.py cells yet: the SmolLM2 bundle export did not finish in the first session)"]
     md = ["# On-device decoder personalisation (SmolLM2-135M-Instruct) vs host training", "",
           "Written by `benchmarks/personalize_llm/report.py` from `runs/` (run.py's docstring says how each cell is made).",
           "", "## Fit speed and memory (40 steps of batch 8, <= 96 tokens, 256 spam:sms rows)", "", *_speed(cells), "",
@@ -60,7 +62,10 @@ def main():
         data = json.loads(int8.read_text())
         md += ["## int8 base weights in the gradient graph (fidelity)", "",
                f"Base weights rounded to int8 (block {data['block']}): {data['weights_rounded_mib']} MiB of fp32 weights "
-               f"would take {data['int8_bytes_mib']} MiB.", "",
+               f"would take {data['int8_bytes_mib']} MiB. Command: `.venv/bin/python benchmarks/personalize_llm/int8_base.py "
+               "BUNDLE/model.grad.onnx SMOLLM2_DIR trec-coarse.npz spam-64.csv -o benchmarks/personalize_llm/int8_base.json "
+               "--batches 2` (a SmolLM2 gradient graph of a subspace of the 11 decoder adapters without spam-sms, the "
+               "projected trec-coarse user, the first 16 spam:sms train rows; 2-core shared machine).", "",
                "| batch | loss fp32 | loss int8 | gradient cosine | relative error | sign agreement |", "|---|---|---|---|---|---|"]
         md += [f"| {i} | {r['loss_fp32']} | {r['loss_int8']} | {r['grad_cosine']} | {r['grad_rel_error']} | "
                f"{r['sign_agreement']} |" for i, r in enumerate(data["batches"])] + [""]
