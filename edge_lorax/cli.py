@@ -875,7 +875,8 @@ def export(model, subspace_dir, coeffs, output, task, num_labels, per_example, m
               help="Folder of the committed source adapters [default: adapters/ (adapters-smollm2/ with --llm) of the "
                    "source checkout].")
 @click.option("--llm", is_flag=True, help="The generative job on the embedded SmolLM2: two projected users, one int8 "
-              "KV-cache bundle, answers and timings per user (-o default: out/demo-llm).")
+              "KV-cache bundle, a user personalised on the device from 48 local examples, answers (before/after for "
+              "that one) and timings per user (-o default: out/demo-llm).")
 @_friendly
 def demo(output, steps, no_bench, adapters, llm):
     """The main job on the embedded defaults: subspace from the committed adapters, two users, export, swap, bench.
@@ -891,6 +892,8 @@ def demo(output, steps, no_bench, adapters, llm):
 
         output = "out/demo-llm" if output == "out/demo" else output
         result = run_llm_demo(output, adapters)
+        for prompt, answer in result["before"]:
+            click.echo(f"{'base':12s} {answer!r:16s} {prompt}  (before the on-device fit)")
         for user, rows in result["answers"].items():
             for prompt, answer in rows:
                 click.echo(f"{user:12s} {answer!r:16s} {prompt}")

@@ -280,3 +280,27 @@ def test_context_and_bundle_refusals(gbundle, decoder_bundle, tmp_path):
         assert result.exit_code != 0 and expected in result.output
     result = run("personalize", decoder_bundle[0] / "bundle", "--data", data, "-o", tmp_path / "me.npz", ok=False)
     assert "ships no gradient graph" in result.output and not (tmp_path / "me.npz").exists()
+
+
+# ------------------------------------------------------------------------------------------------ demo --llm
+def test_demo_on_device_user_beside_projected(gbundle, tmp_path):
+    """demo --llm's on-device step on the tiny bundle: a user fitted from a task CSV of local examples, then asked
+    beside a projected user on one model, with the base model's answers as its before."""
+    from edge_lorax.demo_llm import DEVICE, _swap_users, personalize_on_device
+
+    root, _, bundle = gbundle
+    csv = tmp_path / "local.csv"
+    csv.write_text("text,label\n" + "".join(f"w{i} w{i + 1} w{i + 2},{'w8' if i % 2 else 'w9'}\n" for i in range(24)))
+    fit = personalize_on_device(bundle, csv, tmp_path / "me.npz", steps=4)
+    assert fit["examples"] == 24 and fit["steps"] == 4 and isinstance(fit["kept"], bool)
+    assert read_user(tmp_path / "me.npz").fingerprint == read_manifest(bundle)["fingerprint"]
+    prompts = {"u0": [("w3 w4 w5", ("w8", "w9"))], DEVICE: [("w6 w7 w8", ("w8", "w9")), ("w9 w10 w11", ("w8", "w9"))]}
+    result = _swap_users(bundle, {"u0": root / "u0.npz", DEVICE: tmp_path / "me.npz"}, prompts)
+    assert list(result["answers"]) == ["u0", DEVICE] and len(result["before"]) == 2
+    from edge_lorax.runtime.llm import load_llm
+
+    llm = load_llm(bundle)  # after = the fitted user's own greedy answer, before = the base model's
+    llm.add_user("me", tmp_path / "me.npz")
+    ask = lambda user, rows: [(t, llm.decode(list(llm.generate(t, user, 8, choices=c)))) for t, c in rows]  # noqa: E731
+    assert result["answers"][DEVICE] == ask("me", prompts[DEVICE]) and result["before"] == ask(None, prompts[DEVICE])
+    assert set(result["free_generation"]) == {"u0", DEVICE}
