@@ -899,6 +899,10 @@ def demo(output, steps, no_bench, adapters, llm):
                 click.echo(f"{user:12s} {answer!r:16s} {prompt}")
         for user, t in result["free_generation"].items():
             click.echo(f"{user:12s} {t['time_to_first_token_ms']} ms to first token, {t['tokens_per_s']} tokens/s: {t['text']!r}")
+        d = result["device"]
+        click.echo(f"{'on-device':12s} held-out exact match {d['heldout_before']['exact_match']:.2f} -> "
+                   f"{d['heldout_after']['exact_match']:.2f} on a fifth of its {d['examples']} local examples, "
+                   f"{d['steps']} steps, {d['seconds']:.0f} s")
         _say_written(output)
         return
     from edge_lorax.demo import run_demo
