@@ -1,12 +1,64 @@
-"""report.md from benchmarks/personalize_llm/runs/*.json (run.py's cells) and int8_base.json when present.
+"""report.md from benchmarks/personalize_llm/runs/*.json (run.py's cells) and int8_base.json when present: a header
+(command, machine, commit, load), speed / memory, device vs host exact match per cell and mean per row count, the
+cells of run.py's grid that are missing.
 
     .venv/bin/python benchmarks/personalize_llm/report.py
 """
 
 import json
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from run import STEPS, TARGETS  # noqa: E402
+
+ROWS, SEEDS = (256, 64), (0, 1, 2)  # the issue's grid
+
+
+FREE_TEXT = ["## Free-text set (held-out perplexity): not done", "",
+             "A corpus exists that we can ship (VADER's sentences, committed under data/vader/, MIT: e.g. the movie "
+             "review snippets as one person's style, plain text, one document per line), and `personalize` reads plain "
+             "text (loss on every token). What is missing is the host side: `train --model smollm2` trains only task "
+             "files (prompt + label word), so there is no host fit on plain text to compare with, and a benchmark-only "
+             "torch trainer for it was not written in this session; neither were the device fits on it run.", ""]
+
+
+def _header(cells: dict) -> list:
+    """Command, machine, commit and load of the run (the machine is shared: timings are inflated by other jobs)."""
+    cpu = next((x.split(":", 1)[1].strip() for x in open("/proc/cpuinfo") if x.startswith("model name")), "?")
+    mem = int(next(x for x in open("/proc/meminfo") if x.startswith("MemTotal")).split()[1]) / 2**20
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    loads = [x for c in cells.values() for x in c.get("load_1min", [])]
+    load = (f"1-minute load average {min(loads):.1f}-{max(loads):.1f} over the cells that recorded it"
+            if loads else "load not recorded per cell")
+    return [f"Command: `nice -n 15 .venv/bin/python benchmarks/personalize_llm/run.py && .venv/bin/python "
+            f"benchmarks/personalize_llm/report.py`. Machine: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, "
+            f"{platform.system()} {platform.machine()}, Python {platform.python_version()}; shared with other jobs "
+            f"(another session's exports and tests ran beside it), fits on 1 thread at nice 15 ({load}; at render "
+            f"{os.getloadavg()[0]:.1f}). Rendered at commit {commit}. Exact match is unaffected by the load; wall "
+            "seconds are upper bounds.", ""]
+
+
+def _export(cells: dict) -> list:
+    c = cells.get("export")
+    if not c:
+        return []
+    r = c.get("report") or {}
+    return [f"Bundle: `{c['command']}` (SmolLM2 subspace K=8 from the decoder adapters minus the four targets' own, mean "
+            f"kept): {c['seconds']:.0f} s wall, peak RSS {c['peak_rss_mib']:.0f} MiB, {r.get('bytes', 0) / 2**20:.0f} MiB "
+            f"on disk (int8 model.onnx + fp32 gradient graph), verification: {r.get('verification')}.", ""]
+
+
+def _missing(cells: dict) -> list:
+    want = [f"{t}-{n}-s{s}-{k}" for s in SEEDS for n in ROWS for t in TARGETS for k in ("device", "host")]
+    want += ["speed-t1", "speed-t2"]
+    gone = [w for w in want if w not in cells]
+    return ["## Missing cells", "", (f"{len(gone)} of {len(want)} cells of the issue's grid did not finish in this session: "
+            + ", ".join(gone) + ".") if gone else "None.", ""]
 
 
 def _cells() -> dict:
@@ -32,6 +84,7 @@ def _fits(cells: dict) -> list:
     lines = ["| task | rows | seed | base EM % | device EM % | host EM % | device - host | device kept | device s | host s "
              "| device RSS MiB | host RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    pairs = {}
     for name, c in cells.items():
         if not name.endswith("-device"):
             continue
@@ -43,6 +96,13 @@ def _fits(cells: dict) -> list:
         lines.append(f"| {target} | {rows} | {seed[1:]} | {em(base)} | {d} | {h} | {gap} | "
                      f"{(c.get('report') or {}).get('kept')} | {c['seconds']} | {host['seconds'] if host else '-'} | "
                      f"{c['peak_rss_mib']} | {host['peak_rss_mib'] if host else '-'} |")
+        if d is not None and h is not None:
+            pairs.setdefault(int(rows), []).append((em(base), d, h))
+    lines += ["", "| rows | fits (task x seed) | base EM % | device EM % | host EM % | device - host (target >= -2 at 256) |",
+              "|---|---|---|---|---|---|"]
+    for rows, got in sorted(pairs.items(), reverse=True):
+        b, d, h = (sum(x[i] for x in got) / len(got) for i in range(3))
+        lines.append(f"| {rows} | {len(got)} | {b:.1f} | {d:.1f} | {h:.1f} | {d - h:+.1f} |")
     return lines
 
 
@@ -53,10 +113,14 @@ def main():
         commands = ["(no run.py cells yet: the SmolLM2 bundle export did not finish in the first session)"]
     md = ["# On-device decoder personalisation (SmolLM2-135M-Instruct) vs host training", "",
           "Written by `benchmarks/personalize_llm/report.py` from `runs/` (run.py's docstring says how each cell is made).",
-          "", "## Fit speed and memory (40 steps of batch 8, <= 96 tokens, 256 spam:sms rows)", "", *_speed(cells), "",
+          "", *_header(cells), *_export(cells),
+          "## Fit speed and memory (40 steps of batch 8, <= 96 tokens, 256 spam:sms rows)", "", *_speed(cells), "",
           "## On-device fit vs host `train --model smollm2` (same file, 40 steps of batch 8, lr 0.05)", "",
-          "Exact match on the first 100 test rows, one evaluator for every user (the bundle's int8 model.onnx).", "",
-          *_fits(cells), ""]
+          f"Exact match on the first 100 test rows, one evaluator for every user (the bundle's int8 model.onnx). Both fits "
+          f"start from the base model (the host trainer's zero-B start; `personalize` without --init), so the start is "
+          f"the base column. {STEPS} steps each; device: 80 % of the file fitted, 20 % held out for its kept rule; host: "
+          "its own 80/10/10 split. Seconds: the whole process (load, fit, held-out scoring), 1 thread.", "",
+          *_fits(cells), "", *_missing(cells), *FREE_TEXT]
     int8 = HERE / "int8_base.json"
     if int8.is_file():
         data = json.loads(int8.read_text())

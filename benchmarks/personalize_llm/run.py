@@ -79,6 +79,10 @@ def bundle() -> tuple:
         done = measured(["export", "--model", "smollm2", "--subspace", sub, "-o", out, "--quantize", "int8", "--json",
                          "--overwrite"])
         (CACHE / "export.json").write_text(json.dumps(done, indent=1))
+        RUNS.mkdir(parents=True, exist_ok=True)
+        cell = {"cell": "export", "command": "edge-lorax export --model smollm2 --subspace SUB -o BUNDLE --quantize int8 "
+                "--json --overwrite", **done}
+        (RUNS / "export.json").write_text(portable(json.dumps(cell, indent=1, default=str)) + "\n")
         if done["exit"]:
             raise SystemExit(f"export failed: {done['stderr_tail']}")
     return sub, out
@@ -125,16 +129,23 @@ def exact_match(bundle_dir: Path, user, test: list, labels: list) -> dict:
     return {"exact_match_pct": round(100 * score["exact_match"], 2), "answer_loss": score["loss"]}
 
 
+def portable(text: str) -> str:
+    """A cell's JSON with no local absolute path: the cache and the checkout as ~/.cache/... and '.'."""
+    return text.replace(str(CACHE), "~/.cache/edge-lorax/bench-personalize-llm").replace(str(ROOT), ".")
+
+
 def run_cell(name: str, args: list, scoring=None) -> dict:
     path = RUNS / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
     print(f"[personalize_llm] {name}", file=sys.stderr, flush=True)
+    load = os.getloadavg()[0]  # the machine is shared: the 1-minute load average before and after each cell
     cell = {"cell": name, "command": "edge-lorax " + " ".join(str(a) for a in args), **measured(args)}
+    cell["load_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
     if scoring is not None and cell["exit"] == 0:
         cell["test"] = scoring()
     RUNS.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(cell, indent=1, default=str) + "\n")
+    path.write_text(portable(json.dumps(cell, indent=1, default=str)) + "\n")
     return cell
 
 
