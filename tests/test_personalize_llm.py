@@ -166,7 +166,7 @@ BLOCKED = ("torch", "transformers", "peft", "onnx", "onnxscript", "safetensors")
 
 
 def test_personalize_cli_torch_blocked_then_generate(gbundle, tmp_path):
-    root, _, bundle = gbundle
+    root, model, bundle = gbundle
     data, out = _jsonl(tmp_path / "chats.jsonl", CHATS), tmp_path / "me.npz"
     prelude = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in BLOCKED)
     for argv in (["personalize", str(bundle), "--data", str(data), "-o", str(out), "--steps", "6", "--threads", "1",
@@ -178,10 +178,14 @@ def test_personalize_cli_torch_blocked_then_generate(gbundle, tmp_path):
             report = json.loads(proc.stdout)
             assert report["kind"] == "chat" and report["steps"] == 6 and report["fit_rows"] + report["heldout_rows"] == 20
             assert "step 6/6" in proc.stderr and "held-out loss" in proc.stderr
+        else:
+            row = json.loads(proc.stdout)
     user = read_user(out)
     assert user.fingerprint == read_manifest(bundle)["fingerprint"] and not user.head
     run("reconstruct", root / "sub", out, "-o", tmp_path / "lora")
     assert (tmp_path / "lora" / "adapter_config.json").is_file()
+    run("export", "--model", model, "--subspace", root / "sub", "--coeffs", out, "-o", tmp_path / "mine")  # its default
+    assert json.loads(run("generate", tmp_path / "mine", "--json", "--max-new-tokens", 4, "w5").stdout)["tokens"] == row["tokens"]
 
 
 def test_a_fit_no_better_than_the_start_writes_the_start(gbundle, tmp_path):
