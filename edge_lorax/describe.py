@@ -90,11 +90,13 @@ def verdict(check: dict) -> str:
     0.9: pass`; a precision without a parity bound (quantized decoders) says so and passes by the response alone
     (manifest verification.<precision>, docs/formats.md)."""
     worst, tol, scale = check.get("max_abs_diff"), check.get("tolerance"), check.get("scale", 1.0)
-    response, floor = check.get("response"), check.get("response_min")
-    parity = (f"max |Δ| {worst:.3g} <= {tol:g} x {scale:.3g}" if tol is not None else
+    response, least = check.get("response"), check.get("response_min")
+    floor = max(check.get("fp32_floor") or [0.0])  # decoders: vs float64 torch, plus torch float32's own error
+    plus = f" + {floor:.3g} (torch float32's own error)" if "fp32_floor" in check else ""
+    parity = (f"max |Δ| {worst:.3g} <= {tol:g} x {scale:.3g}{plus}" if tol is not None else
               f"max |Δ| {worst:.3g} (no parity bound at this precision: measured, not asserted)")
-    passed = (tol is None or worst <= tol * scale) and (floor is None or response is None or response >= floor)
-    wired = f", response {response:.3f} >= {floor:g}" if response is not None and floor is not None else ""
+    passed = (tol is None or worst <= tol * scale + floor) and (least is None or response is None or response >= least)
+    wired = f", response {response:.3f} >= {least:g}" if response is not None and least is not None else ""
     return f"{parity}{wired}: {'pass' if passed else 'FAIL'}"
 
 

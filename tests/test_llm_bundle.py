@@ -598,3 +598,23 @@ def test_sampling_options_without_a_temperature_are_refused(setup):
     for flag, value in (("--top-p", 0.9), ("--top-k", 5)):
         res = run("generate", root / "bundle", flag, value, PROMPT, ok=False)
         assert res.exit_code == 1 and "--temperature 0 decodes greedily" in res.output and "Traceback" not in res.output
+
+
+def test_parity_rule_allows_torch_float32_error_but_catches_a_miswired_set():
+    """The decoder check vs float64 torch (LLM_TOLERANCE_RULE): a graph as far from float64 as torch float32 is passes
+    on an ill-conditioned set; 0.01 off on a well-conditioned set fails; ill-conditioned sets leave the response."""
+    from edge_lorax.export.llm_bundle import _parity
+
+    rng = np.random.default_rng(0)
+    w = [rng.normal(0, 10, 50) for _ in range(4)]  # float64 torch per set; scale 10s
+    w32 = [w[0], w[1] + 1e-6, w[2] + 1e-6, w[3] + 0.02]  # set 3 ill-conditioned: float32 torch 0.02 off
+    g = [w[0] + 1e-6, w[1], w[2], w[3] - 0.02]  # the graph as far off as torch float32, other side
+    check = _parity(g, w32, w, "fp32", 4)
+    assert check["fp32_floor"][3] == pytest.approx(0.02) and check["response_sets"] == [0, 1, 2]
+    assert check["max_abs_diff"] == pytest.approx(0.02) and check["response"] > 0.999
+    g[2] = w[2] + 0.01  # > 1e-4 x scale (~40) + 1e-6 on a well-conditioned set
+    with pytest.raises(RuntimeError, match="differs from float64 torch by 0.01 .* on coefficient set 2; nothing written"):
+        _parity(g, w32, w, "fp32", 4)
+    noisy = [w[0], -w[1], w[2], w[3]]  # set 1 answers backwards: not wired
+    with pytest.raises(RuntimeError, match="not wired"):
+        _parity(noisy, w32, w, "int8", 4)

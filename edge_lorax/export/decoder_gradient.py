@@ -13,10 +13,10 @@ Outputs `loss` (scalar float32: mean cross-entropy over the non-ignored targets,
 
 Made as export/gradient.py makes the encoder's: the causal LM with the subspace injected, each coefficient a
 parameter, traced by `torch.export` (eager attention), torch's joint forward-backward pass appended, written by the
-dynamo exporter; checked against torch autograd in float64 (`check_decoder_gradient`, <= GRAD_TOLERANCE relative) before the
-bundle is written. Base weights stay fp32 (the export's precision does not apply to this file; see
-benchmarks/personalize_llm for the memory measured). Does not: train (runtime.personalize_llm does), quantize,
-per-example graphs.
+dynamo exporter; checked against torch autograd in float64 (`check_decoder_gradient`, <= GRAD_TOLERANCE relative plus
+torch float32's own error on the same set) before the bundle is written. Base weights stay fp32 (the export's
+precision does not apply to this file; see benchmarks/personalize_llm for the memory measured). Does not: train
+(runtime.personalize_llm does), quantize, per-example graphs.
 """
 
 import contextlib
@@ -33,7 +33,8 @@ from edge_lorax.formats import names
 
 # relative error (relative_diff) of the loss and of the gradient, per feed set, against float64 torch. Measured: tiny
 # random Llama ~1e-6; SmolLM2-135M 1.04e-5 at check_sets' random user on random tokens (ONNX Runtime's fp32 vs float64;
-# fp32 torch is as far off): fp32's floor through 30 layers, hence 3e-5, not 1e-5. A wrong backward is >= 1e-3.
+# fp32 torch is as far off): fp32's floor through 30 layers, hence 3e-5, not 1e-5. A wrong backward is >= 1e-3. Each set
+# is also allowed torch float32's own error on it (Gemma 3 270M: ONNX Runtime 1.1e-4, see check_decoder_gradient).
 GRAD_TOLERANCE = 3e-5
 B_SCALE = 0.2  # the random check set's coeff_B range (check_sets)
 IGNORE = -100  # HF's ignore_index (builder.generative.IGNORE)
@@ -198,25 +199,33 @@ def relative_diff(got: list, want: list) -> float:
 
 def check_decoder_gradient(path, net, defaults: dict, batch: dict, seed: int = 0) -> dict:
     """The graph at `path` against torch autograd in float64 (`net` is converted in place) on `batch` for
-    check_sets(defaults); RuntimeError past
-    GRAD_TOLERANCE (relative_diff). Returns the manifest's check entry."""
+    check_sets(defaults); RuntimeError when a set's relative_diff exceeds GRAD_TOLERANCE + that set's float32 floor
+    (torch float32's own relative_diff from float64: Gemma 3 270M's is ~1e-4). Returns the manifest's check entry."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sets, order = check_sets(defaults, seed), [o.name[len(names.GRAD_PREFIX):] for o in sess.get_outputs()[1:]]
+    ours = [sess.run(None, {**batch, **feeds}) for feeds in sets]
+    torch32 = [_reference(net.float(), batch, feeds, order) for feeds in sets]
     net.double()  # the reference in float64: fp32 torch itself is ~1e-5 off on SmolLM2's gradients (30 layers)
-    worst = 0.0
-    for feeds in check_sets(defaults, seed):
-        loss, grads = torch_gradients(net, batch, feeds)
-        got = sess.run(None, {**batch, **feeds})
-        want = [np.float32(loss)] + [grads[o.name[len(names.GRAD_PREFIX):]] for o in sess.get_outputs()[1:]]
-        worst = max(worst, relative_diff(got, want))
-    if not worst <= GRAD_TOLERANCE:
-        raise RuntimeError(f"{path}: decoder gradient graph differs from torch autograd by {worst:.3g} relative "
-                           f"(tolerance {GRAD_TOLERANCE}); nothing written; export with --no-gradient to skip it")
-    return {"max_rel_diff": worst, "tolerance": GRAD_TOLERANCE, "feed_sets": 2,
+    want = [_reference(net, batch, feeds, order) for feeds in sets]
+    diffs = [relative_diff(g, w) for g, w in zip(ours, want)]
+    floors = [relative_diff(t, w) for t, w in zip(torch32, want)]
+    for d, f in zip(diffs, floors):
+        if not d <= GRAD_TOLERANCE + f:
+            raise RuntimeError(f"{path}: decoder gradient graph differs from torch autograd by {d:.3g} relative "
+                               f"(tolerance {GRAD_TOLERANCE} + {f:.3g}, torch float32's own error); nothing written; "
+                               "export with --no-gradient to skip it")
+    return {"max_rel_diff": max(diffs), "tolerance": GRAD_TOLERANCE, "fp32_floor": floors, "feed_sets": len(sets),
             "batch": list(batch[names.INPUT_IDS].shape), "answer_positions": batch[names.LABELS].shape[1]}
+
+
+def _reference(net, batch: dict, feeds: dict, order: list) -> list:
+    """[loss, gradient per input in `order`] by torch autograd in the net's dtype (relative_diff's layout)."""
+    loss, grads = torch_gradients(net, batch, feeds)
+    return [np.float32(loss)] + [grads[k] for k in order]
 
 
 def save_decoder_gradient(proto: onnx.ModelProto, folder: Path) -> list:

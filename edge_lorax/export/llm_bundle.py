@@ -10,7 +10,7 @@ user.npz's keys); outputs: logits, present.<i>.key/value. Position ids come from
 GroupQueryAttention (the builder's graph has no position_ids input).
 
 Before the folder appears, the prefill logits of a few fixed prompts are checked against the torch model with the
-subspace injected, for the defaults and two random coefficient sets (verify.TOLERANCE_RULE; the response check catches
+subspace injected (float64, LLM_TOLERANCE_RULE), for the defaults and two random coefficient sets (the response check catches
 coefficient inputs that are not wired). Written atomically: any failure leaves nothing behind.
 export.bundle's `genai-decoder` target: `check(job)` refuses, before any work, --merge, --ort-format, --exporter
 dynamo, --fuse, a bad --builder-option and a head size GroupQueryAttention cannot take; `write(job, tmp)` writes.
@@ -29,7 +29,7 @@ from edge_lorax import __version__
 from edge_lorax.builder.models import portable_model_id
 from edge_lorax.export import decoder, passes
 from edge_lorax.export.config import ExportJob
-from edge_lorax.export.verify import COEFF_SCALES, RESPONSE_MIN, TOLERANCE_RULE, cosine
+from edge_lorax.export.verify import COEFF_SCALES, RESPONSE_MIN, cosine
 from edge_lorax.formats import architectures, names
 from edge_lorax.formats.bundle import TARGET_DECODER, make_user_inputs, write_manifest
 from edge_lorax.formats.errors import InputError
@@ -46,6 +46,14 @@ TOLERANCES = {"fp32": 1e-4, "int8": None, "int4": None}
 # cos(Δgraph, Δtorch) over the coefficient sets: an unwired graph scores ~0. int4 noise alone brings a wired SmolLM2
 # graph to 0.77 (int8 0.997, fp32 1.0), hence its lower floor.
 RESPONSE_MINS = {"fp32": RESPONSE_MIN, "int8": RESPONSE_MIN, "int4": 0.5}
+# The reference is float64 torch: under the strong U(-2, 2) set, Gemma 3 270M's logits move by 0.0106 (of 33.8) between
+# torch float32 and float64 alone (SmolLM2: ~1e-5), so float32 torch is no exact reference there; the graph may be as
+# far from float64 as torch float32 is, plus the tolerance. Sets where that floor exceeds the fp32 tolerance are
+# ill-conditioned (int8 noise is amplified chaotically there: Gemma int8 cosine 0.72 at U(-2, 2), 0.999 at U(-0.5,
+# 0.5)) and are left out of the response check, which still needs the defaults and one well-conditioned set.
+LLM_TOLERANCE_RULE = ("per coefficient set: max |ONNX Runtime - float64 torch| <= tolerance x scale + max |float32 torch"
+                      " - float64 torch|, scale = max(1, max |float64 torch logit|); response over the sets whose "
+                      "float32 floor <= 1e-4 x scale")
 VERIFY_PROMPTS = ("The capital of France is", "Write one word about the sea:", "ok")
 SIDE_FILES = (names.TOKENIZER_FILE, names.TOKENIZER_CONFIG, names.CHAT_TEMPLATE, "special_tokens_map.json")
 # The model folder's own, copied as they are: optimum's ORTModelForCausalLM.from_pretrained(bundle) needs config.json
@@ -197,15 +205,25 @@ def prefill_feeds(ids: list, config: dict) -> dict:
     return feeds
 
 
-def _reference_logits(path: Path, subspace: Subspace, prompts: list, feed_sets: list) -> list:
-    """Torch prefill logits (1, T, vocab) per feed set and prompt: the causal LM with the subspace injected."""
+def _reference_logits(path: Path, subspace: Subspace, prompts: list, feed_sets: list) -> tuple:
+    """Torch prefill logits (1, T, vocab) per feed set and prompt, run in float32 and again in float64: the causal LM
+    with the subspace injected. float64 is the reference; float32's distance from it is the set's own rounding floor."""
     import torch
 
-    from edge_lorax.builder.inject import inject_subspace, load_coeff_tensors
+    from edge_lorax.builder.inject import inject_subspace
     from edge_lorax.builder.models import load_causal_lm
 
     net = load_causal_lm(path)
     inject_subspace(net, subspace, coeffs=feed_sets[0])
+    return tuple(_logits(net.to(dtype), prompts, feed_sets) for dtype in (torch.float32, torch.float64))
+
+
+def _logits(net, prompts: list, feed_sets: list) -> list:
+    """[[logits (1, T, vocab) per prompt] per feed set] of the torch model in its current dtype."""
+    import torch
+
+    from edge_lorax.builder.inject import load_coeff_tensors
+
     out = []
     with torch.no_grad():
         for feeds in feed_sets:
@@ -239,34 +257,49 @@ def _prompts(bundle: Path) -> list:
 
 def verify_llm(bundle: Path, path: Path, subspace: Subspace, defaults: dict, config: dict, precision: str,
                per_example: bool = False) -> dict:
-    """Prefill logits of the written graph vs torch for the defaults and random coefficient sets (per example: fed as
-    (1, ...), and the last prompt once more as a batch of two rows with two different sets); raises RuntimeError
-    (nothing is written) above TOLERANCES[precision] x scale or when the logits do not follow the coefficients."""
+    """Prefill logits of the written graph vs float64 torch for the defaults and random coefficient sets (per example:
+    fed as (1, ...), and the last prompt once more as a batch of two rows with two different sets); raises RuntimeError
+    (nothing is written) when a set's max |Δ| exceeds TOLERANCES[precision] x scale + that set's float32 floor
+    (LLM_TOLERANCE_RULE), or when the logits do not follow the coefficients (response over the well-conditioned sets)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.log_severity_level = 1, 3
     session = ort.InferenceSession(str(bundle / names.BUNDLE_MODEL), opts, providers=["CPUExecutionProvider"])
     prompts, sets = _prompts(bundle), _random_sets(defaults)
-    want = _reference_logits(path, subspace, prompts, sets)
+    want32, want = _reference_logits(path, subspace, prompts, sets)
     lift = (lambda f: {k: v[None] for k, v in f.items()}) if per_example else (lambda f: f)  # noqa: E731
     got = [[session.run([names.LOGITS], {**prefill_feeds(ids, config), **lift(feeds)})[0] for ids in prompts]
            for feeds in sets]
     if per_example:  # two rows, two users: row i must be set i's logits
         pair = _two_rows(session, prompts[-1], config, sets[1], sets[2])
-        got, want = got + [[pair[0:1]], [pair[1:2]]], want + [[want[1][-1]], [want[2][-1]]]
+        got = got + [[pair[0:1]], [pair[1:2]]]
+        want, want32 = (w + [[w[1][-1]], [w[2][-1]]] for w in (want, want32))
     flat = lambda runs: [np.concatenate([x.ravel() for x in r]) for r in runs]  # noqa: E731
-    g, w = flat(got), flat(want)
-    worst, scale = max(float(np.abs(a - b).max()) for a, b in zip(g, w)), max(1.0, max(float(np.abs(x).max()) for x in w))
-    n = len(sets)  # the response compares the sets over the same prompts (the per-example pair is extra)
-    response, tol, floor = cosine(g[:n], w[:n]), TOLERANCES[precision], RESPONSE_MINS[precision]
-    if tol is not None and not worst <= tol * scale:
-        raise RuntimeError(f"{precision} decoder graph: ONNX Runtime differs from torch by {worst:.3g} > {tol:g} x "
-                           f"{scale:.3g}; nothing written")
+    check = _parity(flat(got), flat(want32), flat(want), precision, len(sets))
+    check.update(coefficient_sets=len(sets), prompts=len(prompts), next_token_agreement_pct=[
+        int(np.mean([a[0, -1].argmax() == b[0, -1].argmax() for a, b in zip(gr, wr)]) * 100) for gr, wr in zip(got, want)])
+    return check
+
+
+def _parity(g: list, w32: list, w: list, precision: str, n: int) -> dict:
+    """The verification record of flattened logits per set (graph g, torch float32 w32, torch float64 w); raises
+    RuntimeError as verify_llm says. Only the first n sets (not the per-example pair) enter the response."""
+    diffs = [float(np.abs(a - b).max()) for a, b in zip(g, w)]
+    floors = [float(np.abs(a - b).max()) for a, b in zip(w32, w)]  # torch float32's own rounding error per set
+    scale, tol = max(1.0, max(float(np.abs(x).max()) for x in w)), TOLERANCES[precision]
+    bad = [i for i, (d, f) in enumerate(zip(diffs, floors)) if tol is not None and not d <= tol * scale + f]
+    if bad:
+        i = bad[0]
+        raise RuntimeError(f"{precision} decoder graph: ONNX Runtime differs from float64 torch by {diffs[i]:.3g} > "
+                           f"{tol:g} x {scale:.3g} + {floors[i]:.3g} (torch float32's own error) on coefficient set "
+                           f"{i}; nothing written")
+    calm = [0] + [i for i in range(1, n) if floors[i] <= TOLERANCES["fp32"] * scale]
+    calm = calm if len(calm) > 1 else list(range(n))  # sets where float32 arithmetic itself is stable
+    response, floor = cosine([g[i] for i in calm], [w[i] for i in calm]), RESPONSE_MINS[precision]
     if not response >= floor:
         raise RuntimeError(f"{precision} decoder graph: its logits follow the coefficients with cosine {response:.3f} "
                            f"to torch's (< {floor}); the coefficient inputs are not wired; nothing written")
-    greedy = [int(np.mean([a[0, -1].argmax() == b[0, -1].argmax() for a, b in zip(gr, wr)]) * 100) for gr, wr in zip(got, want)]
-    return {"max_abs_diff": worst, "tolerance": tol, "scale": scale, "response": response, "response_min": floor,
-            "coefficient_sets": len(sets), "prompts": len(prompts), "next_token_agreement_pct": greedy,
+    return {"max_abs_diff": max(diffs), "tolerance": tol, "scale": scale, "fp32_floor": floors,
+            "response": response, "response_min": floor, "response_sets": calm,
             "effect": max(float(np.abs(x - w[0]).max()) for x in w[:n])}
 
 
@@ -287,7 +320,7 @@ def _manifest(subspace: Subspace, path: Path, config: dict, defaults: dict, mode
         "eos_token_id": config["model"]["eos_token_id"], "pad_token_id": config["model"].get("pad_token_id"),
         "inputs": graph_inputs,
         "coefficients": coeffs, "defaults": Path(coeffs_path).name if coeffs_path else "zeros",
-        "files": files, "verification": {precision: check}, "tolerance_rule": TOLERANCE_RULE,
+        "files": files, "verification": {precision: check}, "tolerance_rule": LLM_TOLERANCE_RULE,
         "exporter": {"name": "onnxruntime-genai model builder + edge_lorax.export.decoder", "edge_lorax": __version__,
                      "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                      "onnxruntime_genai": onnxruntime_genai.__version__},
