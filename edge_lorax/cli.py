@@ -440,25 +440,57 @@ def train(subspace_dir, data, text_column, label_column, kind, output, model, ta
           epochs, batch_size, max_length, patience, seed, threads, overwrite):
     """Train a new user's coefficients (+ task head) on frozen components -> user.npz.
 
+    A decoder (--model smollm2) also takes the local files `personalize` reads (chat or prompt/completion JSONL,
+    plain text .txt): the same token examples and loss masks, personalize's seeded 20 % held out (perplexity).
+
     \b
     Examples:
       edge-lorax train --subspace subspace --data vader:nyt-binary -o nyt.npz --steps 100
       edge-lorax train --model smollm2 --subspace decoder-subspace --data spam:sms -o spam.npz \\
           --steps 60 --batch-size 8 --max-length 96
+      edge-lorax train --model smollm2 --subspace decoder-subspace --data notes.txt -o me.npz --steps 40 --batch-size 8
     """
     from edge_lorax.builder.data import load_task
     from edge_lorax.builder.loop import TrainConfig
     from edge_lorax.builder.train import train_coeffs
     from edge_lorax.formats.subspace import read_subspace
+    from edge_lorax.runtime.local_data import token_format
 
     check_output(output, overwrite)  # before the work: exists, or cannot be written
     config = TrainConfig(lr=lr, batch_size=batch_size, max_length=max_length, steps=steps, epochs=epochs, seed=seed,
                          patience=patience)  # range-checked here, the subspace and model in train_coeffs
-    task = load_task(data, text_column=text_column, label_column=label_column, kind=kind, seed=seed)
+    task, objective = (_token_task(data, model, task_type, max_length, seed) if token_format(data) else
+                       (load_task(data, text_column=text_column, label_column=label_column, kind=kind, seed=seed), None))
     _set_threads(threads)
     report = train_coeffs(read_subspace(subspace_dir), task, output, model=model, rank=rank, k=k, init=init, config=config,
-                          kind=task_type, overwrite=overwrite)
+                          kind=task_type, overwrite=overwrite, objective=objective)
     click.echo(report.summary())
+
+
+def _token_task(data, model, task_type, max_length: int, seed: int) -> tuple:
+    """(Task, TokenLoss) of a chat / completion / plain-text file: read by runtime.local_data with the model folder's
+    tokenizer, split by personalize's seeded 20 % hold-out, so host and device train on identical token examples."""
+    import numpy as np
+
+    from edge_lorax.builder.generative import pad_id
+    from edge_lorax.builder.models import CAUSAL_LM, check_max_length, load_tokenizer, max_positions, resolve_model
+    from edge_lorax.builder.models import task_type as task_type_of
+    from edge_lorax.builder.token_examples import TokenLoss, token_task
+    from edge_lorax.runtime.local_data import read_local_data
+    from edge_lorax.runtime.personalize_llm import split_rows
+
+    path = resolve_model(model)
+    if task_type_of(path, task_type) != CAUSAL_LM:
+        raise InputError(f"--data {data}: chat, prompt/completion and plain-text files train a causal LM's user "
+                         "(e.g. --model smollm2); an encoder with a task head takes a .csv/.tsv/.jsonl task file")
+    check_max_length(path, max_length)
+    tokenizer = load_tokenizer(path)
+    local = read_local_data(data, path, tokenizer.eos_token_id, max_length, max_positions(path) or max_length)
+    fit, held = split_rows(local, 0.2, seed)
+    print(f"{data}: {len(local.examples)} {local.kind} examples ({len(fit)} to fit, {len(held)} held out)",
+          file=sys.stderr)
+    arrays = [[(np.asarray(e.ids, np.int64), np.asarray(e.loss, bool)) for e in rows] for rows in (fit, held)]
+    return token_task(Path(data).stem, local.kind, *arrays), TokenLoss(pad_id(tokenizer))
 
 
 @cli.command("train-many")

@@ -88,7 +88,7 @@ class CoeffReport:
 
     def summary(self) -> str:
         """The final line: test metric, trainable params (coefficients, head), file bytes, time."""
-        metric = "accuracy" if "accuracy" in self.result.test else "pearson"
+        metric = next((m for m in ("accuracy", "perplexity") if m in self.result.test), "pearson")
         return (f"{self.task} eigenlorax: test {metric} {self.result.test.get(metric, float('nan')):.4f} | trainable "
                 f"{self.coeff_params:,} coefficients + {self.head_params:,} head | {self.bytes:,} bytes | "
                 f"{self.wall_s:.1f} s wall, {self.result.s_per_step:.3f} s/step x {self.result.steps}")
@@ -100,10 +100,11 @@ def task_meta(task, result, settings: dict) -> dict:
 
 
 def train_coeffs(subspace: Subspace, task, output, *, model=None, rank=None, k=None, init="zero_b",
-                 config=None, progress=True, kind=None, overwrite: bool = True) -> CoeffReport:
+                 config=None, progress=True, kind=None, overwrite: bool = True, objective=None) -> CoeffReport:
     """Train one user's coefficients (+ head for SEQ_CLS) on `task` and save them as user.npz (carries the
-    fingerprint); kind None: models.task_type's pick for the model; without `overwrite` an output that appeared
-    meanwhile is refused (formats.atomic's publish rule)."""
+    fingerprint); kind None: models.task_type's pick for the model; objective None: loop.objective_for's (label
+    words or a head), else e.g. token_examples.TokenLoss for token examples; without `overwrite` an output that
+    appeared meanwhile is refused (formats.atomic's publish rule)."""
     from edge_lorax.builder.loop import TrainConfig, fit, objective_for
     from edge_lorax.builder.models import load_tokenizer
     from edge_lorax.formats.user import write_user
@@ -116,7 +117,7 @@ def train_coeffs(subspace: Subspace, task, output, *, model=None, rank=None, k=N
     check_max_length(path, config.max_length)
     check_output(output, overwrite=True)
     tokenizer = load_tokenizer(path)
-    objective = objective_for(kind, task, tokenizer, config.max_length)  # refuses what the task type cannot train
+    objective = objective or objective_for(kind, task, tokenizer, config.max_length)  # refuses what it cannot train
     torch.manual_seed(config.seed)
     net = coeff_model(model, subspace, task.num_labels, rank=rank, k=k, init=init, seed=config.seed, kind=kind)
     result = fit(net, task, tokenizer, config, progress=progress, objective=objective)

@@ -218,6 +218,26 @@ def _text_examples(enc: Encoder, path: Path, max_length: int) -> LocalData:
     return LocalData(TEXT, tuple(out))
 
 
+def token_format(path) -> str | None:
+    """TEXT, CHAT or COMPLETION when `path` is a file of those formats (by suffix, then by the first JSON row's keys),
+    else None (a task file, a malformed first row or a data set name: the task reader's to judge). Lets `train`
+    send a local file that `personalize` reads as token examples to the same reader."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file() or suffix not in TEXT_SUFFIXES + JSON_SUFFIXES:
+        return None
+    if suffix in TEXT_SUFFIXES:
+        return TEXT
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            first = json.loads(next((line for line in f if line.strip()), "null"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(first, dict) and "messages" in first:
+        return CHAT
+    return COMPLETION if isinstance(first, dict) and {"prompt", "completion"} <= set(first) else None
+
+
 def read_local_data(path, bundle: Path, eos_id: int, max_length: int, context: int, text_column: str = "text",
                     label_column: str = "label") -> LocalData:
     """The examples of a local data file (module docstring) for the decoder bundle at `bundle`; DataError (one line)
