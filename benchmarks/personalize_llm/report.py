@@ -1,6 +1,6 @@
 """report.md from benchmarks/personalize_llm/runs/*.json (run.py's cells) and int8_base.json when present: a header
 (command, machine, commit, load), speed / memory, device vs host exact match per cell and mean per row count, the
-cells of run.py's grid that are missing.
+cells of run.py's grid that are missing, the free-text set's held-out perplexity (device vs host vs base).
 
     .venv/bin/python benchmarks/personalize_llm/report.py
 """
@@ -14,17 +14,23 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import STEPS, TARGETS, TEST_ROWS  # noqa: E402
+from run import HELD_DOCS, STEPS, TARGETS, TEST_ROWS  # noqa: E402
 
 ROWS, SEEDS = (256, 64), (0, 1, 2)  # the issue's grid
 
 
-FREE_TEXT = ["## Free-text set (held-out perplexity): not done", "",
-             "A corpus exists that we can ship (VADER's sentences, committed under data/vader/, MIT: e.g. the movie "
-             "review snippets as one person's style, plain text, one document per line), and `personalize` reads plain "
-             "text (loss on every token). What is missing is the host side: `train --model smollm2` trains only task "
-             "files (prompt + label word), so there is no host fit on plain text to compare with, and a benchmark-only "
-             "torch trainer for it was not written in this session; neither were the device fits on it run.", ""]
+FREE_TEXT = ("## Free-text set: held-out perplexity (a person's style from plain text)\n\n"
+             "Corpus: VADER's tweets (data/vader/tweets.tsv, MIT, committed), one tweet per line as one \"person's\" "
+             "notes (`personalize` / `train` read a .txt as plain text: loss on every token); {held} fixed held-out "
+             "tweets scored, the training documents a seeded sample of the other 4,000. Device: `personalize --steps "
+             "40 --threads 1`; host: `train --model smollm2 --steps 40 --batch-size 8 --lr 0.05 --max-length 96 "
+             "--threads 1` on the same .txt: both read it with runtime.local_data and fit the same 80 % of its "
+             "documents (personalize's seeded split; the other 20 % are the device's kept-rule check and the host's "
+             "test split); the batch order and the random coeff_A of the zero-B start differ (numpy vs torch). Both "
+             "start from the base model, so the start is the base column. Perplexity: exp(mean next-token loss over "
+             "the held-out tweets' tokens after each tweet's first), one evaluator (the bundle's int8 model.onnx). "
+             "The subspace holds the tweets-3class adapter (a label-word task on these tweets, not free text); the "
+             "tweets-binary adapter is left out. Target: device perplexity within 5 % of host's.\n")
 
 
 def _majority() -> dict:
@@ -100,7 +106,7 @@ def _fits(cells: dict) -> list:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     pairs = {}
     for name, c in cells.items():
-        if not name.endswith("-device"):
+        if not name.endswith("-device") or name.split("-")[0] not in TARGETS:
             continue
         target, rows, seed = name.split("-")[:3]
         host, base = cells.get(name[:-len("device")] + "host"), cells.get(f"{target}-base")
@@ -124,6 +130,35 @@ def _fits(cells: dict) -> list:
     return lines
 
 
+def _text(cells: dict) -> list:
+    """The free-text cells: perplexity of base, device and host users per (documents, seed), and means per size."""
+    base = (cells.get("text-base") or {}).get("test", {}).get("perplexity")
+    lines = [FREE_TEXT.format(held=HELD_DOCS),
+             "| documents | seed | base ppl | device ppl | host ppl | device / host - 1 | device kept | device fit s "
+             "| device s | host s | device RSS MiB | host RSS MiB | load 1 min |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    got = {}
+    for docs in ROWS:
+        for seed in SEEDS:
+            d, h = cells.get(f"text-{docs}-s{seed}-device"), cells.get(f"text-{docs}-s{seed}-host")
+            if not (d and h and "test" in d and "test" in h):
+                continue
+            dp, hp = d["test"]["perplexity"], h["test"]["perplexity"]
+            got.setdefault(docs, []).append((dp, hp))
+            r = d.get("report") or {}
+            lines.append(f"| {docs} | {seed} | {base} | {dp} | {hp} | {100 * (dp / hp - 1):+.1f} % | {r.get('kept')} | "
+                         f"{r.get('fit_seconds')} | {d['seconds']} | {h['seconds']} | {d['peak_rss_mib']} | "
+                         f"{h['peak_rss_mib']} | {d.get('load_1min')} / {h.get('load_1min')} |")
+    lines += ["", "Means over the seeds that finished:", "",
+              "| documents | seeds | base ppl | device ppl | host ppl | device / host - 1 (target <= +5 %) | met |",
+              "|---|---|---|---|---|---|---|"]
+    for docs, pairs in got.items():
+        dp, hp = (sum(p[i] for p in pairs) / len(pairs) for i in (0, 1))
+        lines.append(f"| {docs} | {len(pairs)} | {base} | {dp:.2f} | {hp:.2f} | {100 * (dp / hp - 1):+.1f} % | "
+                     f"{'yes' if dp <= 1.05 * hp else 'no'} |")
+    gone = [f"text-{n}-s{s}-{k}" for s in SEEDS for n in ROWS for k in ("device", "host") if f"text-{n}-s{s}-{k}" not in cells]
+    return lines + ["", f"Missing free-text cells: {', '.join(gone)}." if gone else "No free-text cell missing.", ""]
+
+
 def main():
     cells = _cells()
     commands = sorted({c["command"] for c in cells.values() if "command" in c})
@@ -140,7 +175,7 @@ def main():
           "its own 80/10/10 split. Device fit s: the 40 Adam steps alone; device / host s: the whole process (load, "
           "fit, held-out scoring; the host's includes its validation and test scoring), 1 thread; RSS: VmHWM of the "
           "process (the device's holds the int8 model.onnx session for scoring and the fp32 gradient session).", "",
-          *_fits(cells), "", *_missing(cells), *FREE_TEXT]
+          *_fits(cells), "", *_missing(cells), *_text(cells)]
     int8 = HERE / "int8_base.json"
     if int8.is_file():
         data = json.loads(int8.read_text())
