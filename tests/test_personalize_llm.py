@@ -153,6 +153,28 @@ def test_minibatch_chunks_give_the_same_gradient(gbundle):
     assert max(float(np.abs(whole[1][k] - chunks[1][k]).max()) for k in coeffs) < 1e-5
 
 
+def test_host_train_loss_equals_the_gradient_graph_loss_on_plain_text(gbundle, net, tmp_path):
+    """`train --data notes.txt`'s objective (builder.token_examples, examples read by the CLI with the model folder's
+    tokenizer) and the device's gradient graph (examples read from the bundle) give the same loss on a batch."""
+    import torch
+
+    from edge_lorax.builder.token_examples import token_nll
+    from edge_lorax.cli import _token_task
+    from edge_lorax.runtime import personalize_llm as pl
+    from edge_lorax.runtime.local_data import read_local_data
+
+    root, model, bundle = gbundle
+    notes = tmp_path / "notes.txt"
+    notes.write_text("".join(" ".join(f"w{(i * j) % 70 + 3}" for j in range(3 + i % 11)) + "\n" for i in range(20)))
+    task, objective = _token_task(str(notes), model, None, 10, 0)
+    fit, _ = pl.split_rows(read_local_data(notes, bundle, *pl._token_ids(read_manifest(bundle))[:1], 10, 64), 0.2, 0)
+    with torch.no_grad():
+        total, count = token_nll(net, list(task.train[:6]), objective.pad)
+    device, _ = pl.gradients(pl._session(bundle / "model.grad.onnx", 1), fit[:6], read_user(root / "u3.npz").inputs(),
+                             objective.pad, 6)
+    assert count == pl.answer_tokens(fit[:6]) and abs(float(total) / count - device) < 1e-5 * device
+
+
 CHATS = [{"messages": [{"role": "system", "content": "w2"}, {"role": "user", "content": f"w{i} w{i + 1}"},
                        {"role": "assistant", "content": f"w{(i * 7) % 70} w{i % 9}"}]} for i in range(3, 23)]
 
