@@ -281,7 +281,7 @@ MALFORMED = {
     "completion not text": ("x.jsonl", '{"prompt": "w3", "completion": 4}\n', "must be strings"),
     "too long": ("x.jsonl", json.dumps({"prompt": " ".join(["w3"] * 70), "completion": "w4"}) + "\n",
                  "tokens, more than --max-length"),
-    "too few": ("x.jsonl", "".join(json.dumps(c) + "\n" for c in CHATS[:3]), "3 examples; personalize needs at least"),
+    "too few": ("x.jsonl", "".join(json.dumps(c) + "\n" for c in CHATS[:3]), "3 examples; fitting needs at least"),
     "not UTF-8": ("x.txt", b"w3 \xff w4\n", "not UTF-8"),
     "unknown suffix": ("x.parquet", "w3\n", "is not a known data format"),
 }

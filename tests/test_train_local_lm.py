@@ -93,7 +93,7 @@ def test_host_train_on_completions_writes_a_user_generate_takes(decoder_bundle, 
     ("bad.jsonl", '{"prompt": "w3", "completion": "w4"}\n{"prompt": "w3", "completion": ""}\n', "row 2: an empty"),
     ("bad.jsonl", json.dumps({"messages": [{"role": "user", "content": "w3"}]}) + "\n", "row 1: no assistant turn"),
     ("bad.txt", b"w3 w4\nw5 \xff\n", "not UTF-8"),
-    ("few.txt", "w3 w4\nw5 w6\n", "2 examples; personalize needs at least"),
+    ("few.txt", "w3 w4\nw5 w6\n", "2 examples; fitting needs at least"),
 ])
 def test_malformed_local_data_refused_in_one_line(decoder_bundle, tmp_path, name, content, expected):
     root, model = decoder_bundle

@@ -258,7 +258,7 @@ def read_local_data(path, bundle: Path, eos_id: int, max_length: int, context: i
         raise DataError(f"{path}: suffix {path.suffix!r} is not a known data format; use .jsonl (chat or prompt/"
                         "completion rows), .csv / .tsv (text + label) or .txt (plain text)")
     if len(data.examples) < MIN_EXAMPLES:
-        raise DataError(f"{path}: {len(data.examples)} examples; personalize needs at least {MIN_EXAMPLES} (some are "
+        raise DataError(f"{path}: {len(data.examples)} examples; fitting needs at least {MIN_EXAMPLES} (some are "
                         "held out to check the fit)")
     return data
 
