@@ -145,7 +145,7 @@ def _text(cells: dict) -> list:
             dp, hp = d["test"]["perplexity"], h["test"]["perplexity"]
             got.setdefault(docs, []).append((dp, hp))
             r = d.get("report") or {}
-            lines.append(f"| {docs} | {seed} | {base} | {dp} | {hp} | {100 * (dp / hp - 1):+.1f} % | {r.get('kept')} | "
+            lines.append(f"| {docs} | {seed} | {base:.2f} | {dp:.2f} | {hp:.2f} | {100 * (dp / hp - 1):+.1f} % | {r.get('kept')} | "
                          f"{r.get('fit_seconds')} | {d['seconds']} | {h['seconds']} | {d['peak_rss_mib']} | "
                          f"{h['peak_rss_mib']} | {d.get('load_1min')} / {h.get('load_1min')} |")
     lines += ["", "Means over the seeds that finished:", "",
@@ -153,7 +153,7 @@ def _text(cells: dict) -> list:
               "|---|---|---|---|---|---|---|"]
     for docs, pairs in got.items():
         dp, hp = (sum(p[i] for p in pairs) / len(pairs) for i in (0, 1))
-        lines.append(f"| {docs} | {len(pairs)} | {base} | {dp:.2f} | {hp:.2f} | {100 * (dp / hp - 1):+.1f} % | "
+        lines.append(f"| {docs} | {len(pairs)} | {base:.2f} | {dp:.2f} | {hp:.2f} | {100 * (dp / hp - 1):+.1f} % | "
                      f"{'yes' if dp <= 1.05 * hp else 'no'} |")
     gone = [f"text-{n}-s{s}-{k}" for s in SEEDS for n in ROWS for k in ("device", "host") if f"text-{n}-s{s}-{k}" not in cells]
     return lines + ["", f"Missing free-text cells: {', '.join(gone)}." if gone else "No free-text cell missing.", ""]
