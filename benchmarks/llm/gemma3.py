@@ -26,6 +26,7 @@ import report  # noqa: E402
 import run  # noqa: E402
 
 from edge_lorax.export.decoder import BUILDER_MAIN, FIXED_OPTIONS  # noqa: E402
+from edge_lorax.formats import names  # noqa: E402
 
 PREFIX, PRECISIONS, ROUNDS = "runs-gemma3-270m", "int4,int8", 2
 PROMPTS = ("The capital of France is", "Write a haiku about the sea.", "Three tips for sleeping well:",
@@ -57,6 +58,7 @@ def _ours_from_demo(out: Path, precision: str):
         shutil.copyfile(work / f"{run.HELD_OUT}.npz", run.CACHE / "user.npz")
     shutil.copytree(work / precision, out)
     shutil.copyfile(run.CACHE / "user.npz", out / "user.npz")
+    shutil.copyfile(out / f"{run.HELD_OUT}{names.ADAPTER_SUFFIX}", out / f"user{names.ADAPTER_SUFFIX}")  # run.py's name
 
 
 def add_parity(out: Path):
@@ -67,7 +69,7 @@ def add_parity(out: Path):
     chat_ids = [load_llm(folder).encode(c, chat=False) for c in PROMPTS]
     res = json.loads((out / "results.json").read_text())
     res["parity"] = run.logits_parity(run.injected_net(), folder, chat_ids)
-    res["sizes"]["ours-fp32"] = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    res["sizes"]["ours-fp32"] = run.serving_bytes(folder)
     res["build_s"]["ours-fp32"] = run.build_seconds(folder)
     res["verification"]["ours-fp32"] = run._manifest(folder).get("verification")
     demo = json.loads((HERE / "gemma3-demo" / "demo.json").read_text())["steps_s"]

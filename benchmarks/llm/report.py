@@ -120,20 +120,21 @@ def accuracy_lines(res: dict) -> list:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Majority class: " + ", ".join(f"{t} {acc['torch'][t]['majority']:.1f} %" for t in tasks) +
-                 ". spam:sms is served by the held-out spam adapter projected (the bundles' default user); "
-                 "vader:tweets-binary by a source adapter projected onto the subspace it is part of.")
+                 f". {tasks[0]} is served by its held-out adapter projected (the bundles' default user); "
+                 f"{', '.join(tasks[1:])} by a source adapter projected onto the subspace it is part of.")
     return lines
 
 
 def export_lines(res: dict) -> list:
     """Build wall time and size per build; ours' export verification (manifest) per precision."""
-    lines = ["", "## Builds: wall time (s) and size (bytes)", ""]
+    lines = ["", "## Builds: wall time (s) and size (bytes; ours without the gradient graph, which serving does not load)", ""]
     for name, size in sorted(res["sizes"].items()):
         secs = res.get("build_s", {}).get(name)
         lines.append(f"- {name}: {'' if secs is None else f'{secs:.1f} s, '}{size:,} bytes")
     for name, ver in sorted(res.get("verification", {}).items()):
         for v in (ver or {}).values():
-            diff = f"max |Δ logits| {v['max_abs_diff']:.2e} (tolerance {v['tolerance']:g} × scale {v['scale']:.1f}), " \
+            floor = f" + torch float32's own {max(v['fp32_floor']):.2g}, vs float64 torch" if "fp32_floor" in v else ""
+            diff = f"max |Δ logits| {v['max_abs_diff']:.2e} (tolerance {v['tolerance']:g} × scale {v['scale']:.1f}{floor}), " \
                 if v.get("tolerance") is not None else f"max |Δ logits| {v['max_abs_diff']:.3g} (no tolerance), "
             lines.append(f"- {name} export check vs torch ({v['prompts']} prompts, {v['coefficient_sets']} coefficient "
                          f"sets): {diff}next-token agreement {v['next_token_agreement_pct']} %, response "

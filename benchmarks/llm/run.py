@@ -48,7 +48,7 @@ ADAPTERS = ROOT / "adapters-smollm2"
 HELD_OUT = "spam-sms"
 # Quantization's task accuracy change: the held-out spam user (the default) and a source inside the subspace
 # (tweets-binary, projected), on the first 200 test rows (the decoder LOO's cap).
-ACCURACY_TASKS, ACCURACY_ROWS = ("spam:sms", "vader:tweets-binary"), 200
+ACCURACY_TASKS, ACCURACY_ROWS = ("spam:sms", "vader:tweets-binary"), 200  # the first is HELD_OUT's task (report.py)
 MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MODEL, LAYERS, CHAT = "smollm2", 30, True  # --model name, decoder layers (the LoRA build's node names), chat prompts
 # The LoRA anchor's builder: the plain one for SmolLM2 (as its committed runs made it); benchmarks/llm/gemma3.py sets
@@ -132,6 +132,12 @@ def build(kind: str, precision: str) -> Path:
         _build_ours(out, precision)
     (out / "done").write_text(json.dumps({"build_s": round(time.perf_counter() - start, 1)}) + "\n")
     return out
+
+
+def serving_bytes(folder: Path) -> int:
+    """Bytes of a build's files a serving app ships: all but the decoder bundle's gradient graph (model.grad.onnx and
+    its data, used only to fit users on the device)."""
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file() and not f.name.startswith(names.BUNDLE_MODEL_GRADIENT))
 
 
 def build_seconds(folder: Path) -> float | None:
@@ -361,7 +367,7 @@ def main(argv=None, prefix: str = "runs"):
     st["model"] = MODEL_ID
     net = injected_net()
     result = {"stamp": measure.finish(st), "runs": runs, "torch": torch_reference(net, args.quick, chat_ids, ours),
-              "sizes": {n: sum(f.stat().st_size for f in p.iterdir() if f.is_file()) for n, p in folders.items()},
+              "sizes": {n: serving_bytes(p) for n, p in folders.items()},
               "build_s": {n: build_seconds(p) for n, p in folders.items()},
               "verification": {n: _manifest(p).get("verification") for n, p in folders.items() if n.startswith("ours")},
               "parity": logits_parity(net, folders["ours-fp32"], chat_ids) if "ours-fp32" in folders else None,
