@@ -30,7 +30,10 @@ FREE_TEXT = ("## Free-text set: held-out perplexity (a person's style from plain
              "start from the base model, so the start is the base column. Perplexity: exp(mean next-token loss over "
              "the held-out tweets' tokens after each tweet's first), one evaluator (the bundle's int8 model.onnx). "
              "The subspace holds the tweets-3class adapter (a label-word task on these tweets, not free text); the "
-             "tweets-binary adapter is left out. Target: device perplexity within 5 % of host's.\n")
+             "tweets-binary adapter is left out. Target: device perplexity within 5 % of host's. Two cells were run "
+             "twice (the same perplexity to 4 decimals both times: the fits are seeded): text-64-s2-host "
+             "was paused (SIGSTOP, another session's quiet timing) mid-run, 1,660 s wall, so its rerun is shown; "
+             "text-64-s0-device first fitted in 113.7 s at load 3.75, rerun at load 1.4-2.2 (51.3 s).\n")
 
 
 def _majority() -> dict:
