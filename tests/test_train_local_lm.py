@@ -111,3 +111,14 @@ def test_an_encoder_refuses_free_text(decoder_bundle, tmp_path):
     result = run("train", "--subspace", root / "sub", "--data", _files(tmp_path)["text"], "-o", tmp_path / "me.npz",
                  ok=False)
     assert result.exit_code != 0 and "train a causal LM's user" in result.output and not (tmp_path / "me.npz").exists()
+
+
+def test_task_files_and_data_set_names_keep_the_task_path(tmp_path):
+    from edge_lorax.runtime.local_data import token_format
+
+    task_jsonl, task_csv = tmp_path / "t.jsonl", tmp_path / "t.csv"
+    task_jsonl.write_text('{"text": "w3", "label": "w4"}\n')
+    task_csv.write_text("text,label\nw3,w4\n")
+    files = _files(tmp_path)
+    assert [token_format(p) for p in (task_jsonl, task_csv, "vader:tweets-binary", tmp_path / "none.txt")] == [None] * 4
+    assert [token_format(files[k]) for k in ("text", "completion", "chat")] == ["text", "completion", "chat"]
