@@ -91,7 +91,7 @@ class LLM:
         names, float32, finite and bounded values, shapes; a lower K' or r' is zero-padded, exactly as `run` and
         `export --coeffs` do). InputError naming the file for a name taken or any defect. A file the graph takes as
         it is is memory-mapped; otherwise (a user.npz, a padded user, one user's file on a per-example bundle) a
-        converted copy is."""
+        converted copy is. Only a per-example bundle keeps the user's arrays in Python as well (to stack a batch)."""
         path = Path(path)
         if name in self.users:
             raise InputError(f"user name {name!r} is taken (by {self.users[name]}); register {path} under another name")
@@ -102,7 +102,9 @@ class LLM:
         else:
             with unnamed_onnx_adapter(arrays, self.manifest["fingerprint"]) as file:  # nothing left on disk
                 self.adapters.load(file, name)
-        self.users[name], self._arrays[name] = path, arrays
+        self.users[name] = path
+        if self.manifest["mode"] == names.MODE_PER_EXAMPLE:  # kept to stack a batch's users; else ORT holds them
+            self._arrays[name] = arrays
         return name
 
     def _read_user_file(self, path: Path) -> tuple:
