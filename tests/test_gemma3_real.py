@@ -1,7 +1,7 @@
 """The second embedded decoder (`--model gemma3-270m`): the chunked GGUF read out of its packages (concatenated,
 SHA-256 checked, refusals), name resolution and portable ids; one slow test converts (or reuses) the real Gemma 3 270M
-and checks its greedy continuation. Skips cleanly when the packages are not installed (scripts/setup.sh installs
-them)."""
+and checks its greedy continuation, another runs its adapter family through build -> project -> export -> generate.
+Skips cleanly when the packages are not installed (scripts/setup.sh installs them)."""
 
 import hashlib
 from importlib import metadata
@@ -103,3 +103,46 @@ def test_real_gemma3_270m_converts_and_continues_greedily():
         out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert text.startswith(" the capital of the country of France. It is the largest")
+
+
+ADAPTERS = Path(__file__).resolve().parents[1] / "adapters-gemma3"
+ASKS = (("tweets-binary", "what a wonderful day, I love this place", ("negative", "positive")),
+        ("spam-sms", "WINNER!! You have been selected for a free cruise. Call 0800 now to claim.", ("ham", "spam")),
+        ("tweets-binary", "worst service ever, never again", ("negative", "positive")))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not installed() or not (ADAPTERS / "tweets-binary").is_dir(),
+                    reason="needs the gemma3 packages and the committed adapters-gemma3/ family")
+def test_real_gemma3_270m_held_out_user_exports_and_two_users_match_torch(tmp_path):
+    """The CLI on the real model: build (the family without tweets-binary) -> project the held-out adapter and a
+    source -> fp32 export (its own check vs float64 torch passes) -> generate on one session, users alternating, gives
+    torch fp32's greedy tokens for each user (about 8 minutes on 2 busy cores)."""
+    from edge_lorax.builder.inject import inject_subspace, load_coeff_tensors
+    from edge_lorax.builder.models import load_causal_lm
+    from edge_lorax.formats.bundle import read_manifest
+    from edge_lorax.formats.subspace import read_subspace
+    from edge_lorax.formats.user import read_user
+    from edge_lorax.runtime.llm import load_llm
+    from helpers.decoder import run
+
+    sources = sorted(p for p in ADAPTERS.iterdir() if (p / "adapter_config.json").is_file() and p.name != "tweets-binary")
+    run("build", *sources, "-o", tmp_path / "sub", "-k", 8)
+    for name in ("tweets-binary", "spam-sms"):
+        run("project", tmp_path / "sub", ADAPTERS / name, "-o", tmp_path / f"{name}.npz")
+    run("export", "--model", "gemma3-270m", "--subspace", tmp_path / "sub", "--coeffs", tmp_path / "tweets-binary.npz",
+        "-o", tmp_path / "fp32")
+    check = read_manifest(tmp_path / "fp32")["verification"]["fp32"]
+    assert check["response"] >= 0.9 and check["max_abs_diff"] <= 1e-4 * check["scale"] + max(check["fp32_floor"])
+    session = load_llm(tmp_path / "fp32", threads=2)
+    for name in ("tweets-binary", "spam-sms"):
+        session.add_user(name, tmp_path / f"{name}.npz")
+    net = load_causal_lm(resolve_model("gemma3-270m"))
+    inject_subspace(net, read_subspace(tmp_path / "sub"))
+    for name, text, labels in ASKS:
+        ids = session.encode(text, choices=labels)
+        load_coeff_tensors(net, read_user(tmp_path / f"{name}.npz").inputs())
+        with torch.no_grad():
+            ref = net.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False)[0, len(ids):].tolist()
+        got = list(session.generate(text, name, 4, choices=labels))
+        assert len(got) >= 1 and got == ref[:len(got)], (name, text, session.decode(got), session.decode(ref))

@@ -406,3 +406,28 @@ def test_an_unwired_branch_is_caught_by_the_exports_verification(family, shared,
     said = result.output + repr(result.exception)
     assert result.exit_code != 0 and "nothing written" in said, said
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_personalize_fits_a_user_on_each_familys_gradient_graph(family, shared, tmp_path):
+    """`export --gradient` per family (its own check against torch autograd in float64 passes), then `personalize`
+    on plain text: a user of the bundle's fingerprint whose held-out loss is below the start's, served by generate."""
+    from edge_lorax.formats.bundle import read_manifest
+    from edge_lorax.formats.user import read_user
+
+    name, _, model = family
+    if name in VARIANTS:
+        pytest.skip("a builder variant of a family tested in full")
+    run("export", "--model", model, "--subspace", shared / "sub", "--coeffs", shared / "u0.npz", "-o", tmp_path / "g",
+        "--gradient")
+    manifest = read_manifest(tmp_path / "g")
+    assert manifest["gradient"]["check"]["max_rel_diff"] <= 3e-5
+    notes = tmp_path / "notes.txt"
+    notes.write_text("".join(f"w{5 + i % 3} w11 w20 w11 w20 w11 w20 w11 w20\n" for i in range(16)))  # learnable
+    report = json.loads(run("personalize", tmp_path / "g", "--data", notes, "-o", tmp_path / "me.npz", "--steps", 20,
+                            "--threads", 1, "--json").stdout)
+    assert report["kept"] and report["fitted"]["loss"] < report["start"]["loss"], json.dumps(report)
+    assert read_user(tmp_path / "me.npz").fingerprint == manifest["fingerprint"]
+    out = json.loads(run("generate", tmp_path / "g", "--coeffs", tmp_path / "me.npz", "--json", "--max-new-tokens", 4,
+                         "w5").stdout)
+    assert len(out["tokens"]) >= 1
