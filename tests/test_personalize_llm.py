@@ -270,6 +270,7 @@ def test_completion_task_and_text_masks(gbundle, decoder_bundle, tmp_path):
 MALFORMED = {
     "not JSON": ("x.jsonl", '{"messages": [}\n', "row 1: not JSON"),
     "not an object": ("x.jsonl", "[1, 2]\n", "row 1: a JSON list"),
+    "nested too deeply": ("x.jsonl", '{"prompt": ' + "[" * 100_000 + "}\n", "row 1: not JSON (nested too deeply)"),
     "unknown keys": ("x.jsonl", '{"question": "w3"}\n', "match no known formats"),
     "two formats": ("x.jsonl", json.dumps(CHATS[0]) + '\n{"prompt": "w3", "completion": "w4"}\n', "row 2: a different format"),
     "unknown role": ("x.jsonl", json.dumps({"messages": [{"role": "bot", "content": "w3"}]}) + "\n", "role 'bot'"),

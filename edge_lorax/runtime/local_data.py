@@ -83,6 +83,8 @@ def _json_rows(path: Path) -> list:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{_where(path, n)}: not JSON ({e.msg}); write one JSON object per line") from None
+        except RecursionError:
+            raise DataError(f"{_where(path, n)}: not JSON (nested too deeply); write one flat JSON object per line") from None
         if not isinstance(obj, dict):
             raise DataError(f"{_where(path, n)}: a JSON {type(obj).__name__}, not an object; write one "
                             '{"messages": [...]} or {"prompt": ..., "completion": ...} object per line')
@@ -231,7 +233,7 @@ def token_format(path) -> str | None:
     try:
         with open(path, encoding="utf-8-sig") as f:
             first = json.loads(next((line for line in f if line.strip()), "null"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # the task reader refuses it in one line
         return None
     if isinstance(first, dict) and "messages" in first:
         return CHAT
