@@ -153,6 +153,21 @@ def test_minibatch_chunks_give_the_same_gradient(gbundle):
     assert max(float(np.abs(whole[1][k] - chunks[1][k]).max()) for k in coeffs) < 1e-5
 
 
+def test_lean_gradient_session_gives_the_default_session_gradients(gbundle):
+    """gradient_session (no constant folding, prepacking or arena: the weights held once) changes memory, not values:
+    loss and every gradient as ORT's default session gives them (<= 1e-5 relative), and they move with the user."""
+    from edge_lorax.runtime import personalize_llm as pl
+
+    root, _, bundle = gbundle
+    rows = _teacher_examples(bundle, root / "u0.npz", n=4, seed=5)
+    path, coeffs = bundle / "model.grad.onnx", read_user(root / "u3.npz").inputs()
+    lean, plain = (pl.gradients(s, rows, coeffs, 0, 2) for s in (pl.gradient_session(path), pl._session(path, 1)))
+    other = pl.gradients(pl.gradient_session(path), rows, read_user(root / "u0.npz").inputs(), 0, 2)
+    assert abs(lean[0] - plain[0]) <= 1e-5 * abs(plain[0]) and abs(other[0] - plain[0]) > 1e-3
+    for k in coeffs:
+        assert float(np.abs(lean[1][k] - plain[1][k]).max()) <= 1e-5 * float(np.abs(plain[1][k]).max()) + 1e-9
+
+
 def test_host_train_loss_equals_the_gradient_graph_loss_on_plain_text(gbundle, net, tmp_path):
     """`train --data notes.txt`'s objective (builder.token_examples, examples read by the CLI with the model folder's
     tokenizer) and the device's gradient graph (examples read from the bundle) give the same loss on a batch."""

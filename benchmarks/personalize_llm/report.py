@@ -55,13 +55,14 @@ def _header(cells: dict) -> list:
     mem = int(next(x for x in open("/proc/meminfo") if x.startswith("MemTotal")).split()[1]) / 2**20
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
     loads = [x for c in cells.values() for x in c.get("load_1min", [])]
+    ran = sorted({c.get("commit", "unrecorded") for c in cells.values() if c.get("command")})
     load = (f"1-minute load average {min(loads):.1f}-{max(loads):.1f} over the cells that recorded it"
             if loads else "load not recorded per cell")
     return [f"Command: `nice -n 15 .venv/bin/python benchmarks/personalize_llm/run.py && .venv/bin/python "
             f"benchmarks/personalize_llm/report.py`. Machine: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, "
             f"{platform.system()} {platform.machine()}, Python {platform.python_version()}; shared with other jobs "
             f"(another session's exports and tests ran beside it), fits on 1 thread at nice 15 ({load}; at render "
-            f"{os.getloadavg()[0]:.1f}). Rendered at commit {commit}. Exact match is unaffected by the load; wall "
+            f"{os.getloadavg()[0]:.1f}). Cells ran at commits {', '.join(ran)}; rendered at commit {commit}. Exact match is unaffected by the load; wall "
             "seconds are upper bounds.", ""]
 
 

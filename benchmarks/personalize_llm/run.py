@@ -200,6 +200,8 @@ def run_cell(name: str, args: list, scoring=None) -> dict:
     load = os.getloadavg()[0]  # the machine is shared: the 1-minute load average before and after each cell
     cell = {"cell": name, "command": "edge-lorax " + " ".join(str(a) for a in args), **measured(args)}
     cell["load_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+    cell["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=ROOT).stdout.strip()  # the code the cell ran (device cells: 2 sessions)
     if scoring is not None and cell["exit"] == 0:
         cell["test"] = scoring()
     RUNS.mkdir(parents=True, exist_ok=True)

@@ -184,11 +184,9 @@ def check_decoder_gradient(path, net, defaults: dict, batch: dict, seed: int = 0
     """The graph at `path` against torch autograd in float64 (`net` is converted in place) on `batch` for
     check_sets(defaults); RuntimeError when a set's relative_diff exceeds GRAD_TOLERANCE + that set's float32 floor
     (torch float32's own relative_diff from float64: Gemma 3 270M's is ~1e-4). Returns the manifest's check entry."""
-    import onnxruntime as ort
+    from edge_lorax.runtime.personalize_llm import gradient_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = gradient_session(path, threads=0)  # the fitter's session options: what is checked is what runs
     sets, order = check_sets(defaults, seed), [o.name[len(names.GRAD_PREFIX):] for o in sess.get_outputs()[1:]]
     ours = [sess.run(None, {**batch, **feeds}) for feeds in sets]
     torch32 = [_reference(net.float(), batch, feeds, order) for feeds in sets]
