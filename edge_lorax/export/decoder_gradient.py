@@ -19,15 +19,13 @@ precision does not apply to this file; see benchmarks/personalize_llm for the me
 (runtime.personalize_llm does), quantize, per-example graphs.
 """
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
-import torch.nn.attention
 
-from edge_lorax.export.gradient import _name_io, _param_key, _quiet
+from edge_lorax.export.gradient import _name_io, _param_key, _quiet, eager_frozen
 from edge_lorax.formats import names
 
 # relative error (relative_diff) of the loss and of the gradient, per feed set, against float64 torch. Measured: tiny
@@ -76,20 +74,6 @@ class _LossModule(torch.nn.Module):
         return (lm_forward(self.net, input_ids, attention_mask, labels),)
 
 
-@contextlib.contextmanager
-def eager_attention(net):
-    """Eager attention (SDPA's fused backward has no ONNX export) while tracing, restored after; base frozen."""
-    before = net.config._attn_implementation
-    net.set_attn_implementation("eager")
-    for p in net.parameters():
-        p.requires_grad_(False)
-    try:
-        with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
-            yield
-    finally:
-        net.set_attn_implementation(before)
-
-
 def load_injected(model_path: Path, subspace, defaults: dict):
     """The torch causal LM with the subspace injected, coefficients set to `defaults` (user.npz names)."""
     from edge_lorax.builder.inject import inject_subspace
@@ -128,7 +112,7 @@ def export_decoder_gradient(net, defaults: dict, batch: dict) -> onnx.ModelProto
     loss_net = _LossModule(net, defaults)
     args = tuple(torch.from_numpy(batch[k]) for k in (names.INPUT_IDS, names.ATTENTION_MASK, names.LABELS))
     dyn = torch.export.Dim.DYNAMIC
-    with eager_attention(net), _quiet():
+    with eager_frozen(net), _quiet():
         program = torch.export.export(loss_net, args, dynamic_shapes=({0: dyn, 1: dyn}, {0: dyn, 1: dyn},
                                                                       {0: dyn, 1: dyn}), strict=False)
         joint = _export_forward_backward(program, joint_loss_index=0)

@@ -50,20 +50,21 @@ def _param_key(feed: str) -> str:
 
 
 @contextlib.contextmanager
-def _eager_frozen(prepared: Prepared):
-    """Eager attention and frozen base weights while tracing; both restored after."""
-    model = prepared.wrapper.model
+def eager_frozen(model, owner=None):
+    """Eager attention (SDPA's fused backward has no ONNX export; under transformers 4.57, which keeps its SDPA
+    modules, SDPA runs as math) and frozen weights of `owner` (default: `model`) while tracing; both restored after."""
+    owner = model if owner is None else owner
     before = model.config._attn_implementation
-    grads = {n: p.requires_grad for n, p in prepared.wrapper.named_parameters()}
-    model.set_attn_implementation("eager")  # transformers 5.x; 4.57 keeps its SDPA modules, so SDPA runs as math
-    for p in prepared.wrapper.parameters():
+    grads = {n: p.requires_grad for n, p in owner.named_parameters()}
+    model.set_attn_implementation("eager")
+    for p in owner.parameters():
         p.requires_grad_(False)
     try:
         with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
             yield
     finally:
         model.set_attn_implementation(before)
-        for n, p in prepared.wrapper.named_parameters():
+        for n, p in owner.named_parameters():
             p.requires_grad_(grads[n])
 
 
@@ -87,7 +88,7 @@ def export_gradient(prepared: Prepared, tokens: dict) -> onnx.ModelProto:
     ids, mask = (torch.from_numpy(tokens[k]) for k in (names.INPUT_IDS, names.ATTENTION_MASK))
     labels = torch.from_numpy(np.zeros(ids.shape[0], target_dtype(prepared.spec.task)))  # (B,) int64 ids / float32
     dyn = torch.export.Dim.DYNAMIC
-    with _eager_frozen(prepared), _quiet():
+    with eager_frozen(prepared.wrapper.model, prepared.wrapper), _quiet():
         program = torch.export.export(net, (ids, mask, labels), dynamic_shapes=({0: dyn, 1: dyn}, {0: dyn, 1: dyn},
                                                                                {0: dyn}), strict=False)
         joint = _export_forward_backward(program, joint_loss_index=0)
