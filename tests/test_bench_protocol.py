@@ -133,3 +133,12 @@ def test_optimum_target_without_optimum_rows_says_why():
     (t,) = report.target_optimum(data)
     assert t["status"] == "not measured" and "optimum-cli" in t["why"]
     assert all(OPTIMUM not in a for a, _ in report.pairs_of(data["paired"]))
+
+
+def test_run_cli_reports_the_child_process_peak_rss_exit_and_json(tmp_path):
+    """benchmarks' `edge-lorax ARGS` cells: the child's own VmHWM (not this process's), its exit code, its JSON."""
+    sub = tmp_path / "absent"
+    ok = measure.run_cli(["--version"], tmp_path / "rss.txt")
+    bad = measure.run_cli(["inspect", sub, "--json"], tmp_path / "rss.txt")
+    assert ok["exit"] == 0 and 5 < ok["peak_rss_mib"] < 500 and ok["seconds"] > 0
+    assert bad["exit"] != 0 and bad["report"] is None and str(sub) in " ".join(bad["stderr_tail"])

@@ -27,9 +27,7 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -95,28 +93,12 @@ def _local_file(target: str, rows: int, seed: int) -> tuple:
     return path, test, list(task.labels)
 
 
-_WRAP = ("import atexit, os, runpy, sys\n"
-         "def _hwm():\n"
-         "    line = next(x for x in open('/proc/self/status') if x.startswith('VmHWM'))\n"
-         "    open(os.environ['EDGE_BENCH_RSS'], 'w').write(line.split()[1])\n"
-         "atexit.register(_hwm)\n"
-         "sys.argv = ['edge-lorax', *sys.argv[1:]]\n"
-         "runpy.run_module('edge_lorax', run_name='__main__')\n")
-
-
 def _measured(args: list) -> dict:
-    """`edge-lorax ARGS` as its own process: wall seconds, peak RSS (its VmHWM at exit, MiB), exit code, stdout."""
-    rss_file = CACHE / f"rss-{os.getpid()}.txt"  # one per bench process: two may run side by side
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "EDGE_BENCH_RSS": str(rss_file)}
-    t = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _WRAP, *args], capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t
-    try:
-        data = json.loads(done.stdout) if done.stdout.strip().startswith("{") else None
-    except ValueError:
-        data = None
-    return {"seconds": round(wall, 2), "peak_rss_mib": round(int(rss_file.read_text()) / 1024, 1), "exit": done.returncode,
-            "report": data, "stderr_tail": done.stderr.strip().splitlines()[-2:] if done.returncode else []}
+    """`edge-lorax ARGS` as its own process (edge_lorax.bench.measure.run_cli); stderr kept only when it failed."""
+    from edge_lorax.bench.measure import run_cli
+
+    cell = run_cli(args, CACHE / f"rss-{os.getpid()}.txt", tail=2)  # one per bench process: two may run side by side
+    return {**cell, "stderr_tail": cell["stderr_tail"] if cell["exit"] else []}
 
 
 def _accuracy(bundle: Path, user: Path, test: list, labels: list) -> float:

@@ -34,7 +34,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -50,28 +49,11 @@ TEST_ROWS = 100
 HELD_DOCS = 200  # free-text set: tweets held out for perplexity, fixed across seeds and sizes
 STEPS, LR = 40, 0.05  # benchmarks/decoder's schedule for EigenLoRAx users (40 steps of batch 8, lr 0.05)
 
-_WRAP = ("import atexit, os, runpy, sys\n"
-         "def _hwm():\n"
-         "    line = next(x for x in open('/proc/self/status') if x.startswith('VmHWM'))\n"
-         "    open(os.environ['EDGE_BENCH_RSS'], 'w').write(line.split()[1])\n"
-         "atexit.register(_hwm)\n"
-         "sys.argv = ['edge-lorax', *sys.argv[1:]]\n"
-         "runpy.run_module('edge_lorax', run_name='__main__')\n")
-
-
 def measured(args: list) -> dict:
-    """`edge-lorax ARGS` as its own process: wall seconds, peak RSS (VmHWM at exit, MiB), exit code, JSON stdout."""
-    rss_file = CACHE / f"rss-{os.getpid()}.txt"
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "EDGE_BENCH_RSS": str(rss_file)}
-    t = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _WRAP, *map(str, args)], capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t
-    try:
-        data = json.loads(done.stdout) if done.stdout.strip().startswith("{") else None
-    except ValueError:
-        data = None
-    return {"seconds": round(wall, 2), "peak_rss_mib": round(int(rss_file.read_text()) / 1024, 1),
-            "exit": done.returncode, "report": data, "stderr_tail": done.stderr.strip().splitlines()[-3:]}
+    """`edge-lorax ARGS` as its own process (edge_lorax.bench.measure.run_cli): wall s, peak RSS, exit, JSON stdout."""
+    from edge_lorax.bench.measure import run_cli
+
+    return run_cli(args, CACHE / f"rss-{os.getpid()}.txt")
 
 
 def bundle() -> tuple:

@@ -116,6 +116,31 @@ def proc_status() -> dict:
     return out
 
 
+_CLI_WRAP = ("import atexit, os, runpy, sys\n"
+             "def _hwm():\n"
+             "    line = next(x for x in open('/proc/self/status') if x.startswith('VmHWM'))\n"
+             "    open(os.environ['EDGE_BENCH_RSS'], 'w').write(line.split()[1])\n"
+             "atexit.register(_hwm)\n"
+             "sys.argv = ['edge-lorax', *sys.argv[1:]]\n"
+             "runpy.run_module('edge_lorax', run_name='__main__')\n")
+
+
+def run_cli(args: list, rss_file: Path, tail: int = 3) -> dict:
+    """`edge-lorax ARGS` as its own single-threaded-BLAS process (Linux): {"seconds": wall s, "peak_rss_mib": its
+    VmHWM at exit in MiB, "exit": code, "report": its stdout as JSON or None, "stderr_tail": the last `tail` lines}.
+    `rss_file` is where the child writes its VmHWM: one per calling process, so two benchmarks may run side by side."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "EDGE_BENCH_RSS": str(rss_file)}
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _CLI_WRAP, *map(str, args)], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    try:
+        data = json.loads(done.stdout) if done.stdout.strip().startswith("{") else None
+    except ValueError:
+        data = None
+    return {"seconds": round(wall, 2), "peak_rss_mib": round(int(Path(rss_file).read_text()) / 1024, 1),
+            "exit": done.returncode, "report": data, "stderr_tail": done.stderr.strip().splitlines()[-tail:]}
+
+
 def trim_heap():
     """glibc malloc_trim(0): hand freed heap pages back to the OS so RSS deltas measure new allocations (no-op elsewhere)."""
     try:
