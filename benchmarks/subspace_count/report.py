@@ -196,16 +196,36 @@ def advise_table(runs: list) -> list:
 # ------------------------------------------------------------------------------------------ figures
 
 
-def draw_ev(curves: dict, pool: int, path):
+def _panels(targets: list, sharey: bool = False):
+    """One panel per target, side by side: (matplotlib.pyplot, figure, axes row)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    n = max(1, len(targets))
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.0), sharey=sharey, squeeze=False)
+    return plt, fig, axes[0]
+
+
+def _save(plt, fig, axes, targets: list, ylabel: str, legend: int, path):
+    """Every panel's N axis (log 2) and title, the shared y label and legend, written as a PNG."""
+    for ax, t in zip(axes, targets):
+        ax.set_xscale("log", base=2)
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("source adapters N")
+    axes[0].set_ylabel(ylabel)
+    axes[0].legend(fontsize=legend)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=90)
+    plt.close(fig)
+
+
+def draw_ev(curves: dict, pool: int, path):
     cur = curves[pool]
     targets = [t for t in TARGETS if any(k[0] == t for k in cur)]
-    fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(3.2 * max(1, len(targets)), 3.0), sharey=True, squeeze=False)
-    for ax, t in zip(axes[0], targets):
+    plt, fig, axes = _panels(targets, sharey=True)
+    for ax, t in zip(axes, targets):
         for kind, style in zip(KINDS, ("-o", "-s", "-^")):
             byn = cur.get((t, kind))
             if byn:
@@ -214,28 +234,16 @@ def draw_ev(curves: dict, pool: int, path):
                             yerr=[100 * np.std(byn[n]["ev_keep"]) for n in ns], fmt=style, label=kind, capsize=2)
         rand = [v for k, c in cur.items() if k[0] == t for cc in c.values() for v in cc["ev_random"]]
         ax.axhline(100 * np.mean(rand), color="grey", ls=":", label="random K=8")
-        ax.set_xscale("log", base=2)
-        ax.set_title(t, fontsize=9)
-        ax.set_xlabel("source adapters N")
-    axes[0][0].set_ylabel("% of held-out ΔW explained (K=8)")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=90)
-    plt.close(fig)
+    _save(plt, fig, axes, targets, "% of held-out ΔW explained (K=8)", 7, path)
 
 
 def draw_accuracy(curves: dict, pool: int, index: dict, path):
     """Per target: the projected adapter's accuracy vs N (draw 0, per draw kind), trained eigen-keep and random vs N
     (64 rows, mixed) and LoRA / probe as horizontal lines."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cur = curves.get(pool, {})
     targets = [t for t in TARGETS if any(k[0] == t for k in cur) or any(k[0] == t for k in index)]
-    fig, axes = plt.subplots(1, max(1, len(targets)), figsize=(3.2 * max(1, len(targets)), 3.0), squeeze=False)
-    for ax, t in zip(axes[0], targets):
+    plt, fig, axes = _panels(targets)
+    for ax, t in zip(axes, targets):
         for kind, style in zip(KINDS, ("-o", "-s", "-^")):
             byn = cur.get((t, kind))
             if byn:
@@ -249,14 +257,7 @@ def draw_accuracy(curves: dict, pool: int, index: dict, path):
         for m, ls in (("lora", "--"), ("probe", ":")):
             if cells.get((m, "none", 0)):
                 ax.axhline(100 * np.mean(cells[(m, "none", 0)]), ls=ls, color="C4", label=f"{m} (64 rows)")
-        ax.set_xscale("log", base=2)
-        ax.set_title(t, fontsize=9)
-        ax.set_xlabel("source adapters N")
-    axes[0][0].set_ylabel("test accuracy %")
-    axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=90)
-    plt.close(fig)
+    _save(plt, fig, axes, targets, "test accuracy %", 6, path)
 
 
 # ------------------------------------------------------------------------------------------ text
