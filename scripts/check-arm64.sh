@@ -9,7 +9,9 @@
 # Makes, once, an arm64 Debian 12 root filesystem under $EDGE_LORAX_ARM64_ROOTFS (default
 # ~/.cache/edge-lorax/arm64-rootfs, ~0.6 GB, ~15 min) with a venv of the runtime's aarch64 wheels at the host's
 # versions (onnxruntime, onnxruntime-genai, numpy, tokenizers, jinja2, safetensors, click) and this checkout installed
-# with --no-deps (reinstalled when its source changes); later checks reuse it. Exit 0: every variant on every core
+# with --no-deps (reinstalled when its source changes); later checks reuse it. An ExecuTorch bundle (export --target
+# executorch) also gets /opt/venv-et (torch + executorch at the host's versions, ~3 GB: PyPI's aarch64 torch is a CUDA
+# build whose libraries load without a GPU). Exit 0: every variant on every core
 # within tolerance; 1: a mismatch (one line each on stderr); 2: bad arguments; other: set-up failed.
 set -euo pipefail
 
@@ -22,7 +24,7 @@ say() { echo "[check-arm64] $*" >&2; }
 die() { echo "check-arm64: $*" >&2; exit 3; }
 
 if [ $# -lt 2 ] || [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2
+  sed -n '2,/^set -e/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 2
 fi
 [ "$(id -u)" = 0 ] || die "needs root (binfmt_misc, debootstrap, chroot and mounts); run it with sudo"
 command -v apt-get >/dev/null || die "needs a Debian/Ubuntu host (apt-get) for qemu-user-static, binfmt-support, debootstrap"
@@ -86,8 +88,23 @@ install_project() {  # this checkout, --no-deps, reinstalled when its source cha
   echo "$stamp" > "$src/.stamp"
 }
 
+executorch_venv() {  # ExecuTorch bundles only: torch + executorch at the host's versions in a second venv
+  grep -q '"target": *"executorch"' "$1/manifest.json" 2>/dev/null || return 0
+  local want
+  want="$("$PY" -c 'from importlib.metadata import version as v; print("torch==" + v("torch").split("+")[0], "executorch==" + v("executorch"))')" \
+    || die "the host's $PY has no executorch; install the project's executorch extra (scripts/setup.sh)"
+  [ "$(cat "$ROOTFS/opt/venv-et/.requirements" 2>/dev/null)" = "$want" ] && return 0
+  # ExecuTorch's Python binding imports torch; PyPI's aarch64 torch is a CUDA build, so its CUDA libraries (~2.3 GB)
+  # come with it: they load without a GPU and stay unused
+  say "installing $want into /opt/venv-et (once; ~3 GB)"
+  in_rootfs "/usr/bin/python3 -m venv /opt/venv-et" >&2
+  in_rootfs "/opt/venv-et/bin/pip install -q --only-binary=:all: $want" >&2
+  echo "$want" > "$ROOTFS/opt/venv-et/.requirements"
+}
+
 host_tools
 make_rootfs
 runtime_venv
+executorch_venv "$1"
 install_project
 exec "$PY" "$REPO/benchmarks/arm64/check.py" --rootfs "$ROOTFS" "$@"

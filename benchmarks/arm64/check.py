@@ -9,7 +9,10 @@ compares per variant:
 
 - encoder: max |Δ| of the outputs (logits or features) and whether the labels (argmax) are equal;
 - decoder: max |Δ| of the prefill logits of the free prompts, whether their greedy continuations are equal, how many
-  task answers are token-equal, and the task's exact match on both sides (an int4 divergence is judged by accuracy).
+  task answers are token-equal, and the task's exact match on both sides (an int4 divergence is judged by accuracy);
+- ExecuTorch bundle (`--target executorch`): the program's logits (`pte`) as an encoder variant, run in the root
+  filesystem's second venv (/opt/venv-et: torch + executorch, as ExecuTorch's binding imports torch) with a minimal
+  /sys (cpu/present, possible, online) for XNNPACK's cpuinfo.
 
 A variant fails when it differs beyond what its precision explains (TOLERANCE below, written into the result): one
 line on stderr per failure and exit status 1. Results: a JSON file (--json). Timings are the check's own cost
@@ -34,6 +37,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("probe.py")
 ROOTFS_PROBE = "/opt/edge-lorax/benchmarks/arm64/probe.py"  # where check-arm64.sh installs the source
 ROOTFS_PYTHON = "/opt/venv/bin/python"
+# ExecuTorch bundles: ExecuTorch's binding imports torch, so they run in a second venv (check-arm64.sh makes it) that
+# also sees the runtime venv's packages (tokenizers, edge_lorax) after its own
+ROOTFS_ET_PYTHON = "/opt/venv-et/bin/python"
+ROOTFS_ET_PATH = "/opt/venv/lib/python3.11/site-packages"
 CPUS = ("cortex-a53", "cortex-a76", "neoverse-n1", "a64fx")
 # /proc/cpuinfo lines per core: implementer, part and the Linux feature names of what qemu 7.2 emulates for it
 CPUINFO = {
@@ -47,7 +54,7 @@ CPUINFO = {
 # What a variant may differ by between two CPUs (instruction sets, kernels and summation orders differ):
 # fp32 graphs: float32 rounding; int8 / int4: the activation quantisation kernels differ (x86 u8s8 vs arm s8s8, dot
 # product instructions or not), so their outputs move by up to a quantisation step while labels must hold.
-TOLERANCE = {"fp32": 1e-4, "fused": 1e-4, "per_example": 1e-4, "int8": 0.1}
+TOLERANCE = {"fp32": 1e-4, "fused": 1e-4, "per_example": 1e-4, "int8": 0.1, "pte": 1e-4}
 DECODER_LOGITS = {"fp32": 1e-3, "int8": 0.5, "int4": None}  # None: judged by task accuracy only
 EXACT_MATCH_POINTS = 2.5  # largest |Δ exact match| in points (of 100) an int4 bundle may show between two CPUs
 ENCODER_TEXTS = 32
@@ -81,15 +88,26 @@ def cpuinfo(cpu: str) -> str:
             "CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: " + part + "\nCPU revision\t: 0\n\n")
 
 
-def arm64_command(rootfs: Path, cpu: str, bundle: Path, exchange: Path, args: list) -> list:
-    """probe.py inside the root filesystem under QEMU_CPU=cpu, in a private mount namespace (mounts vanish with it)."""
+def _sys_cpu(root: str, q) -> list:
+    """A tmpfs /sys holding only cpu/present, possible and online ("0"): XNNPACK's cpuinfo reads them (without them
+    ExecuTorch's XNNPACK backend fails to initialise), while the host's real /sys stays out (see the module docstring)."""
+    cpu = q(root + "/sys/devices/system/cpu")
+    return [f"mount -t tmpfs tmpfs {q(root + '/sys')}", f"mkdir -p {cpu}",
+            *(f"echo 0 > {cpu}/{name}" for name in ("present", "possible", "online"))]
+
+
+def arm64_command(rootfs: Path, cpu: str, bundle: Path, exchange: Path, args: list, pte: bool = False) -> list:
+    """probe.py inside the root filesystem under QEMU_CPU=cpu, in a private mount namespace (mounts vanish with it);
+    `pte`: with the ExecuTorch venv and a minimal /sys."""
     (exchange / f"cpuinfo-{cpu}").write_text(cpuinfo(cpu))
     r, q = str(rootfs), shlex.quote
+    python = f"env PYTHONPATH={ROOTFS_ET_PATH} {ROOTFS_ET_PYTHON}" if pte else ROOTFS_PYTHON
     script = " && ".join([
         f"mount -t proc proc {q(r + '/proc')}", f"mount --bind {q(str(exchange / ('cpuinfo-' + cpu)))} {q(r + '/proc/cpuinfo')}",
-        f"mount --rbind /dev {q(r + '/dev')}", f"mkdir -p {q(r + '/mnt/bundle')} {q(r + '/mnt/x')}",
+        f"mount --rbind /dev {q(r + '/dev')}", *(_sys_cpu(r, q) if pte else []),
+        f"mkdir -p {q(r + '/mnt/bundle')} {q(r + '/mnt/x')}",
         f"mount --bind -o ro {q(str(bundle))} {q(r + '/mnt/bundle')}", f"mount --bind {q(str(exchange))} {q(r + '/mnt/x')}",
-        f"exec env -i QEMU_CPU={q(cpu)} PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root /usr/sbin/chroot {q(r)} {ROOTFS_PYTHON} {ROOTFS_PROBE} "
+        f"exec env -i QEMU_CPU={q(cpu)} PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root /usr/sbin/chroot {q(r)} {python} {ROOTFS_PROBE} "
         + " ".join(q(a) for a in args)])
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
 
@@ -162,7 +180,8 @@ def check(bundle: Path, user: Path, cpus: list, rootfs: Path, work: Path, rows: 
                                exchange / "x86.npz", log)}
     for cpu in cpus:
         seconds[cpu] = run_side(f"arm64 {cpu}", arm64_command(rootfs, cpu, bundle, exchange,
-                                                              args("/mnt/bundle", "/mnt/x", f"{cpu}.npz")),
+                                                              args("/mnt/bundle", "/mnt/x", f"{cpu}.npz"),
+                                                              manifest["target"] == "executorch"),
                                 exchange / f"{cpu}.npz", log)
     ref = dict(np.load(exchange / "x86.npz"))
     results = {}

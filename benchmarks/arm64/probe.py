@@ -10,10 +10,11 @@ inputs file that check.py wrote on the host and writes one .npz:
 - decoder bundles: `prompt_logits` (prompts, vocab), the logits after prefilling each free prompt; `prompt_tokens_<i>`
   the greedy continuation of prompt i; `task_tokens_<i>` the greedy answer to task row i (asked in the task format
   the user was trained on, formats.prompts) and `task_exact` (rows,) 1 when that answer is the label's own tokens
-  then EOS.
+  then EOS;
+- ExecuTorch bundles (`target: executorch`): `pte.out` (texts, labels), the program's logits, one text per call.
 
 Usage: python probe.py BUNDLE USER INPUTS.json OUT.npz
-Does not compare anything (check.py does) and never imports torch.
+Does not compare anything (check.py does); imports torch only for an ExecuTorch bundle (its binding needs it).
 """
 
 import json
@@ -39,6 +40,27 @@ def encoder(bundle: Path, user: Path, inputs: dict) -> dict:
         name = "per_example" if b.per_example else variant
         out[f"{name}.out"] = np.asarray(result[b.outputs[0]], np.float32)
     return out
+
+
+def pte(bundle: Path, user: Path, inputs: dict) -> dict:
+    """{"pte.out": logits (texts, labels)} from an ExecuTorch bundle's model.pte (XNNPACK, fp32), one text per call
+    (no padding), the user's tensors in the manifest's order (runtime.pte). Imports torch: ExecuTorch's binding needs it."""
+    import torch
+    from executorch.runtime import Runtime
+    from tokenizers import Tokenizer
+
+    from edge_lorax.runtime.pte import method_inputs, user_tensors
+
+    method = Runtime.get().load_program(str(bundle / "model.pte")).load_method("forward")
+    tok, tensors, out = Tokenizer.from_file(str(bundle / "tokenizer.json")), user_tensors(bundle, user), []
+    tok.no_padding()  # tokenizer.json may pad to a fixed width; one text per call needs none
+    tok.enable_truncation(128)
+    for text in inputs["texts"]:
+        ids = np.array([tok.encode(text).ids], np.int64)  # (1, T)
+        tokens = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        feeds = [torch.from_numpy(a) for a in method_inputs(bundle, tokens, tensors)]
+        out.append(method.execute(feeds)[0].numpy())
+    return {"pte.out": np.concatenate(out).astype(np.float32)}
 
 
 def _prefill_logits(llm, ids: list, user: str) -> np.ndarray:
@@ -80,7 +102,8 @@ def main(argv: list) -> int:
     inputs = json.loads(inputs_path.read_text())
     start = time.perf_counter()
     target = json.loads((bundle / "manifest.json").read_text())["target"]
-    arrays = decoder(bundle, user, inputs) if target == "genai-decoder" else encoder(bundle, user, inputs)
+    probe = {"genai-decoder": decoder, "executorch": pte}.get(target, encoder)
+    arrays = probe(bundle, user, inputs)
     arrays["seconds"] = np.array(time.perf_counter() - start)
     tmp = out_path.with_suffix(".partial.npz")
     np.savez(tmp, **arrays)
