@@ -12,7 +12,7 @@
              (greedy decoding yields exactly the answer: every answer token is the argmax after the ones before it)
     keep     the fit only if its held-out loss is below the start's; else the start is written (the report says so)
     memory   one session at a time (the scorer is closed while the gradient graph runs), and the gradient graph's
-             session holds its weights once (gradient_session): SmolLM2-135M's fit peaks at ~0.86 GiB, not 2.2
+             session holds its weights once (gradient_session): SmolLM2-135M's fit peaks at 863 MiB, not 2,169 (benchmarks/personalize_llm)
 The result is a user.npz bound to the bundle's subspace fingerprint (formats.user.write_user), which `generate`,
 `export --coeffs` and `reconstruct` take. `personalize_llm_file` is the front door (`edge-lorax personalize` on a
 decoder bundle). Does not: train a head, change the base model, fit per-example users in one run.
