@@ -26,6 +26,11 @@ def _many_numbers() -> str:
 
 def _cases() -> list:
     """(id, file name, content (str: UTF-8, bytes: as is), read_task kwargs, fragments | None)."""
+    return _label_cases() + _json_cases() + _file_cases()
+
+
+def _label_cases() -> list:
+    """Labels and columns of delimited files."""
     return [
         ("duplicate-column", "dup.csv", "text,label,label\n" + "".join(f"{t},{lab},{lab == 'pos'}\n" for t, lab in GOOD), {},
          ["dup.csv:1:", "'label' appears twice", "rename"]),
@@ -45,6 +50,12 @@ def _cases() -> list:
          ["ids.csv", "30 distinct labels in 30 rows", "--label-column"]),
         ("nfc-nfd-labels", "cafe.csv", csv_text(GOOD + [("x", "caf\u00e9"), ("y", "cafe\u0301")]), {},
          ["cafe.csv", "written two ways"]),
+    ]
+
+
+def _json_cases() -> list:
+    """JSON Lines values."""
+    return [
         ("json-true-and-True", "bool.jsonl", jsonl_text(_good_objects(4) + [{"text": "a", "label": True},
                                                                           {"text": "b", "label": "True"}]), {},
          ["bool.jsonl:5:", "'true' and 'True'"]),
@@ -78,6 +89,12 @@ def _cases() -> list:
          ["arr.jsonl:3:", "a JSON list, not an object"]),
         ("json-deep-nesting", "deep.jsonl", jsonl_text(_good_objects(2) + ["[" * 100_000 + "]" * 100_000]), {},
          ["deep.jsonl:3:", "not JSON"]),
+    ]
+
+
+def _file_cases() -> list:
+    """Whole files: empty, encodings, quoting, headers, a folder."""
+    return [
         ("empty-file", "empty.csv", "", {}, ["empty.csv", "the file is empty"]),
         ("bom-only", "bom.csv", b"\xef\xbb\xbf", {}, ["bom.csv", "the file is empty"]),
         ("blank-lines-only", "blank.jsonl", "\n\n  \n", {}, ["blank.jsonl", "the file is empty"]),
