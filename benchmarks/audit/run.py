@@ -438,56 +438,67 @@ class Case:
     why: str = ""
 
 
-def cases() -> list:
-    def gen(bundle: str, *a) -> list:
-        """generate on a bundle; --max-new-tokens 8 unless given: the tiny model's context is 64 tokens, and the default
-        of 64 new ones is refused on both trees (79a785f checks it before loading anything, which would mask the case)."""
-        return ["generate", bundle, *a, *(() if "--max-new-tokens" in a else ("--max-new-tokens", 8)), PROMPT]
+def _gen(bundle: str, *a) -> list:
+    """generate on a bundle; --max-new-tokens 8 unless given: the tiny model's context is 64 tokens, and the default
+    of 64 new ones is refused on both trees (79a785f checks it before loading anything, which would mask the case)."""
+    return ["generate", bundle, *a, *(() if "--max-new-tokens" in a else ("--max-new-tokens", 8)), PROMPT]
 
-    g = lambda *a: gen("{bundle}", *a)  # noqa: E731
-    R, OK = "refused", "ok"
+
+def _g(*a) -> list:
+    return _gen("{bundle}", *a)
+
+
+R, OK = "refused", "ok"
+
+
+def _cause1() -> list:
+    """Cause 1: the decoder runtime makes the checks the encoder runtime makes."""
     return [
-        # cause 1: the decoder runtime makes the checks the encoder runtime makes
-        Case("generate-adapter-values-1e30", 1, "user files", g("--coeffs", "{ad-huge}"), R, r"values|finite|large"),
-        Case("generate-adapter-nan", 1, "user files", g("--coeffs", "{ad-nan}"), R, r"nan|finite"),
-        Case("generate-npz-values-1e30", 1, "user files", g("--coeffs", "{u0-huge}"), R, r"values|finite|large"),
+        Case("generate-adapter-values-1e30", 1, "user files", _g("--coeffs", "{ad-huge}"), R, r"values|finite|large"),
+        Case("generate-adapter-nan", 1, "user files", _g("--coeffs", "{ad-nan}"), R, r"nan|finite"),
+        Case("generate-npz-values-1e30", 1, "user files", _g("--coeffs", "{u0-huge}"), R, r"values|finite|large"),
         Case("run-npz-values-1e30 (encoder control)", 1, "user files", ["run", "{bbundle}", "--coeffs", "{b0-huge}", "good fun"], R,
              r"values|finite|large"),
-        Case("generate-adapter-float16", 1, "user files", g("--coeffs", "{ad-float16}"), R, r"float16"),
-        Case("generate-adapter-float64", 1, "user files", g("--coeffs", "{ad-float64}"), R, r"float64"),
-        Case("generate-adapter-int32", 1, "user files", g("--coeffs", "{ad-int32}"), R, r"int32"),
-        Case("generate-npz-float64", 1, "user files", g("--coeffs", "{u0-float64}"), R, r"float64"),
-        Case("generate-adapter-missing-tensor", 1, "user files", g("--coeffs", "{ad-missing}"), R, r"missing|lacks|no .*coeff"),
-        Case("generate-adapter-wrong-shape", 1, "user files", g("--coeffs", "{ad-shape}"), R, r"shape|\(7, 5\)"),
-        Case("generate-adapter-other-subspace", 1, "user files", g("--coeffs", "{ad-otherfp}"), R, r"subspace|fingerprint"),
-        Case("generate-lower-K-user", 1, "user files", g("--coeffs", "{u0-lowk}"), OK),
-        Case("generate-user-npz (control)", 1, "user files", g("--coeffs", "{u0}"), OK),
-        Case("generate-bundle-default (control)", 1, "decoder bundle", g(), OK),
-        Case("generate-model-symlink-outside", 1, "decoder bundle", gen("{b-symlink-model}"), R, r"outside"),
-        Case("generate-data-symlink-outside", 1, "decoder bundle", gen("{b-symlink-data}"), R, r"outside|path validation"),
-        Case("generate-manifest-no-fingerprint+coeffs", 1, "decoder bundle", gen("{b-nofp}", "--coeffs", "{u0}"), R,
+        Case("generate-adapter-float16", 1, "user files", _g("--coeffs", "{ad-float16}"), R, r"float16"),
+        Case("generate-adapter-float64", 1, "user files", _g("--coeffs", "{ad-float64}"), R, r"float64"),
+        Case("generate-adapter-int32", 1, "user files", _g("--coeffs", "{ad-int32}"), R, r"int32"),
+        Case("generate-npz-float64", 1, "user files", _g("--coeffs", "{u0-float64}"), R, r"float64"),
+        Case("generate-adapter-missing-tensor", 1, "user files", _g("--coeffs", "{ad-missing}"), R, r"missing|lacks|no .*coeff"),
+        Case("generate-adapter-wrong-shape", 1, "user files", _g("--coeffs", "{ad-shape}"), R, r"shape|\(7, 5\)"),
+        Case("generate-adapter-other-subspace", 1, "user files", _g("--coeffs", "{ad-otherfp}"), R, r"subspace|fingerprint"),
+        Case("generate-lower-K-user", 1, "user files", _g("--coeffs", "{u0-lowk}"), OK),
+        Case("generate-user-npz (control)", 1, "user files", _g("--coeffs", "{u0}"), OK),
+        Case("generate-bundle-default (control)", 1, "decoder bundle", _g(), OK),
+        Case("generate-model-symlink-outside", 1, "decoder bundle", _gen("{b-symlink-model}"), R, r"outside"),
+        Case("generate-data-symlink-outside", 1, "decoder bundle", _gen("{b-symlink-data}"), R, r"outside|path validation"),
+        Case("generate-manifest-no-fingerprint+coeffs", 1, "decoder bundle", _gen("{b-nofp}", "--coeffs", "{u0}"), R,
              r"fingerprint"),
-        Case("generate-context-length-mismatch", 1, "decoder bundle", gen("{b-ctx}"), R, r"context_length"),
-        Case("generate-genai-type-gpt2", 1, "decoder bundle", gen("{b-type}"), R, r"model[._]type"),
-        Case("generate-genai-type-unknown", 1, "decoder bundle", gen("{b-type-unknown}"), R, r"model[._]type"),
-        Case("generate-eos-string", 1, "decoder bundle", gen("{b-eos-str}"), R, r"eos_token_id"),
-        Case("generate-eos-bool", 1, "decoder bundle", gen("{b-eos-bool}"), R, r"eos_token_id"),
-        Case("generate-eos-string-list", 1, "decoder bundle", gen("{b-eos-strlist}"), R, r"eos_token_id"),
-        Case("generate-manifest-path-dotdot", 1, "decoder bundle", gen("{b-dotdot}"), R, r"outside"),
-        Case("generate-manifest-path-absolute", 1, "decoder bundle", gen("{b-abspath}"), R, r"outside|absolute"),
-        Case("generate-no-genai-config", 1, "decoder bundle", gen("{b-nogenai}"), R, r"genai_config\.json"),
-        Case("generate-manifest-not-json", 1, "decoder bundle", gen("{b-badjson}"), R, r"manifest\.json"),
-        # cause 2: bounded work before any check
-        Case("generate-chat-nested-range", 2, "chat template", gen("{chat-loops}", "--chat"), R, r"chat"),
-        Case("generate-chat-string-times-1e8", 2, "chat template", gen("{chat-mul}", "--chat"), R, r"chat"),
-        Case("generate-chat-power", 2, "chat template", gen("{chat-pow}", "--chat"), R, r"chat"),
-        Case("generate-chat-huge-output", 2, "chat template", gen("{chat-output}", "--chat"), R, r"chat"),
-        Case("generate-threads-10000", 2, "generate options", g("--threads", 10000), R, r"threads"),
+        Case("generate-context-length-mismatch", 1, "decoder bundle", _gen("{b-ctx}"), R, r"context_length"),
+        Case("generate-genai-type-gpt2", 1, "decoder bundle", _gen("{b-type}"), R, r"model[._]type"),
+        Case("generate-genai-type-unknown", 1, "decoder bundle", _gen("{b-type-unknown}"), R, r"model[._]type"),
+        Case("generate-eos-string", 1, "decoder bundle", _gen("{b-eos-str}"), R, r"eos_token_id"),
+        Case("generate-eos-bool", 1, "decoder bundle", _gen("{b-eos-bool}"), R, r"eos_token_id"),
+        Case("generate-eos-string-list", 1, "decoder bundle", _gen("{b-eos-strlist}"), R, r"eos_token_id"),
+        Case("generate-manifest-path-dotdot", 1, "decoder bundle", _gen("{b-dotdot}"), R, r"outside"),
+        Case("generate-manifest-path-absolute", 1, "decoder bundle", _gen("{b-abspath}"), R, r"outside|absolute"),
+        Case("generate-no-genai-config", 1, "decoder bundle", _gen("{b-nogenai}"), R, r"genai_config\.json"),
+        Case("generate-manifest-not-json", 1, "decoder bundle", _gen("{b-badjson}"), R, r"manifest\.json"),
+    ]
+
+
+def _cause2() -> list:
+    """Cause 2: bounded work before any check."""
+    return [
+        Case("generate-chat-nested-range", 2, "chat template", _gen("{chat-loops}", "--chat"), R, r"chat"),
+        Case("generate-chat-string-times-1e8", 2, "chat template", _gen("{chat-mul}", "--chat"), R, r"chat"),
+        Case("generate-chat-power", 2, "chat template", _gen("{chat-pow}", "--chat"), R, r"chat"),
+        Case("generate-chat-huge-output", 2, "chat template", _gen("{chat-output}", "--chat"), R, r"chat"),
+        Case("generate-threads-10000", 2, "generate options", _g("--threads", 10000), R, r"threads"),
         Case("personalize-threads-10000", 2, "generate options",
              ["personalize", "{bbundle}", "--data", "{local}/local.csv", "-o", "@case/me.npz", "--threads", 10000, "--steps", 0], OK,
              why="bounded either way: the encoder runtime caps intra-op threads at the usable cores (generate refuses instead)"),
         Case("run-declared-8x1e8", 2, "user files", ["run", "{bbundle}", "--coeffs", "{b0-declared}", "good fun"], R, r"declares|\(8, 100000000\)"),
-        Case("generate-declared-8x1e8", 2, "user files", g("--coeffs", "{u0-declared}"), R, r"declares|\(8, 100000000\)"),
+        Case("generate-declared-8x1e8", 2, "user files", _g("--coeffs", "{u0-declared}"), R, r"declares|\(8, 100000000\)"),
         Case("export-declared-8x1e8", 2, "user files",
              ["export", "--model", "{models}/tiny-bert", "--subspace", "{bsub}", "--coeffs", "{b0-declared}", "--no-gradient",
               "-o", "@case/out"], R, r"declares|\(8, 100000000\)"),
@@ -498,11 +509,16 @@ def cases() -> list:
         Case("inspect-truncated-8x1e8", 2, "user files", ["inspect", "{b0-truncated}"], R, r"declares|\(8, 100000000\)|damaged"),
         Case("run-zip-bomb-tail", 2, "user files", ["run", "{bbundle}", "--coeffs", "{b0-bomb}", "good fun"], R,
              r"unpack|inflat|bytes", why="the right shape, then 1 GB of deflated zeros after the data"),
-        Case("generate-zip-bomb-tail", 2, "user files", g("--coeffs", "{u0-bomb}"), R, r"unpack|inflat|bytes",
+        Case("generate-zip-bomb-tail", 2, "user files", _g("--coeffs", "{u0-bomb}"), R, r"unpack|inflat|bytes",
              why="the right shape, then 1 GB of deflated zeros after the data"),
         Case("run-zip-bomb-meta", 2, "user files", ["run", "{bbundle}", "--coeffs", "{b0-meta-bomb}", "good fun"], R,
              r"__meta__|unpack|inflat|bytes", why="__meta__ declared as 250M characters (1 GB inflated, ~1 MB on disk)"),
-        # cause 4: publishing
+    ]
+
+
+def _cause4() -> list:
+    """Cause 4: publishing."""
+    return [
         Case("personalize-concurrent-same-output", 4, "publishing",
              ["personalize", "{bbundle}", "--data", "{local}/local.csv", "-o", "@case/same.npz", "--threads", 1, "--steps", 1500],
              R, r"exists|appeared|--overwrite", kind="race"),
@@ -513,18 +529,23 @@ def cases() -> list:
              R, r"exists|--overwrite", why="taken.npz exists before the run"),
         Case("project-many-all-failed", 4, "publishing",
              ["project-many", "{sub}", "{broken-adapter}", "@case/missing-adapter", "-o", "@case/users"], R, r"no adapter|failed"),
-        Case("sigkill-generate-user-npz", 4, "publishing", g("--coeffs", "{u0}", "--max-new-tokens", 32), "nothing-left", kind="kill"),
-        Case("sigkill-generate-lower-K-user", 4, "publishing", g("--coeffs", "{u0-lowk}", "--max-new-tokens", 32), "nothing-left",
+        Case("sigkill-generate-user-npz", 4, "publishing", _g("--coeffs", "{u0}", "--max-new-tokens", 32), "nothing-left", kind="kill"),
+        Case("sigkill-generate-lower-K-user", 4, "publishing", _g("--coeffs", "{u0-lowk}", "--max-new-tokens", 32), "nothing-left",
              kind="kill"),
-        # cause 5: options that pass validation but mean nothing
-        Case("generate-temperature-nan", 5, "generate options", g("--temperature", "nan"), R, r"temperature"),
-        Case("generate-temperature-inf", 5, "generate options", g("--temperature", "inf"), R, r"temperature"),
-        Case("generate-top-k-1e9", 5, "generate options", g("--top-k", 1_000_000_000, "--temperature", 1), R, r"top[-_]k"),
-        Case("generate-seed-1e20", 5, "generate options", g("--seed", 10**20, "--temperature", 1), R, r"seed"),
-        Case("generate-top-p-without-temperature", 5, "generate options", g("--top-p", 0.9), R, r"--temperature"),
-        Case("generate-top-k-without-temperature", 5, "generate options", g("--top-k", 5), R, r"--temperature"),
-        Case("generate-top-p-nan", 5, "generate options", g("--top-p", "nan", "--temperature", 1), R, r"top[-_]p"),
-        Case("generate-sampling (control)", 5, "generate options", g("--temperature", 0.7, "--top-k", 5, "--seed", 1), OK),
+    ]
+
+
+def _cause5() -> list:
+    """Cause 5: options that pass validation but mean nothing."""
+    return [
+        Case("generate-temperature-nan", 5, "generate options", _g("--temperature", "nan"), R, r"temperature"),
+        Case("generate-temperature-inf", 5, "generate options", _g("--temperature", "inf"), R, r"temperature"),
+        Case("generate-top-k-1e9", 5, "generate options", _g("--top-k", 1_000_000_000, "--temperature", 1), R, r"top[-_]k"),
+        Case("generate-seed-1e20", 5, "generate options", _g("--seed", 10**20, "--temperature", 1), R, r"seed"),
+        Case("generate-top-p-without-temperature", 5, "generate options", _g("--top-p", 0.9), R, r"--temperature"),
+        Case("generate-top-k-without-temperature", 5, "generate options", _g("--top-k", 5), R, r"--temperature"),
+        Case("generate-top-p-nan", 5, "generate options", _g("--top-p", "nan", "--temperature", 1), R, r"top[-_]p"),
+        Case("generate-sampling (control)", 5, "generate options", _g("--temperature", 0.7, "--top-k", 5, "--seed", 1), OK),
         Case("export-features-num-labels-3", 5, "export combinations",
              ["export", "--model", "{models}/tiny-bert", "--subspace", "{bsub}", "--task", "features", "--num-labels", 3,
               "--no-gradient", "-o", "@case/out"], R, r"--num-labels"),
@@ -541,9 +562,13 @@ def cases() -> list:
         Case("personalize-per-example-bundle", 5, "export combinations",
              ["personalize", "{pebundle}", "--data", "{local}/local.csv", "-o", "@case/me.npz", "--threads", 1], R, r"--per-example"),
         Case("run-on-decoder-bundle", 5, "decoder bundle", ["run", "{bundle}", "good fun"], R, r"generate"),
-        Case("generate-on-encoder-bundle", 5, "decoder bundle", gen("{bbundle}"), R, r"KV-cache|decoder|causal"),
+        Case("generate-on-encoder-bundle", 5, "decoder bundle", _gen("{bbundle}"), R, r"KV-cache|decoder|causal"),
         Case("run-encoder-user (control)", 5, "export combinations", ["run", "{bbundle}", "--coeffs", "{b0}", "good fun"], OK),
     ]
+
+
+def cases() -> list:
+    return _cause1() + _cause2() + _cause4() + _cause5()
 
 
 # ------------------------------------------------------------------------------------------ running and classifying
