@@ -92,10 +92,12 @@ def _json_rows(path: Path) -> list:
     return rows
 
 
+FORMAT_KEYS = {CHAT: ("messages",), COMPLETION: ("prompt", "completion")}  # a JSON row's keys per token format
+
+
 def row_kind(path: Path, n: int, obj: dict, text_column: str, label_column: str) -> str:
     """CHAT, COMPLETION or TASK from the row's keys; DataError for none or two of them."""
-    found = [k for k, keys in ((CHAT, ("messages",)), (COMPLETION, ("prompt", "completion")),
-                               (TASK, (text_column, label_column))) if all(x in obj for x in keys)]
+    found = [k for k, keys in (*FORMAT_KEYS.items(), (TASK, (text_column, label_column))) if all(x in obj for x in keys)]
     if len(found) != 1:
         raise DataError(f"{_where(path, n)}: keys {sorted(obj)[:6]} match {'no' if not found else 'two'} known formats; "
                         f'give "messages" (chat), "prompt" + "completion", or "{text_column}" + "{label_column}" (task)')
@@ -235,9 +237,9 @@ def token_format(path) -> str | None:
             first = json.loads(next((line for line in f if line.strip()), "null"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # the task reader refuses it in one line
         return None
-    if isinstance(first, dict) and "messages" in first:
-        return CHAT
-    return COMPLETION if isinstance(first, dict) and {"prompt", "completion"} <= set(first) else None
+    if not isinstance(first, dict):
+        return None
+    return next((kind for kind, keys in FORMAT_KEYS.items() if all(x in first for x in keys)), None)
 
 
 def read_local_data(path, bundle: Path, eos_id: int, max_length: int, context: int, text_column: str = "text",
