@@ -72,14 +72,15 @@ def main():
     if len(sys.argv) > 1:  # a child: one variant
         print(json.dumps(probe(sys.argv[1:] if sys.argv[1] != "-" else [])))
         return
-    from edge_lorax.bench.measure import stamp
+    from edge_lorax.bench.measure import finish, portable, stamp
 
     out = {"stamp": stamp(".venv/bin/python benchmarks/personalize_llm/session_options.py"), "variants": {}}
     for name, opts in VARIANTS.items():
         done = subprocess.run([sys.executable, __file__, *(opts or ["-"])], capture_output=True, text=True, check=True)
         out["variants"][name] = json.loads(done.stdout.strip().splitlines()[-1])
         print(name, out["variants"][name], file=sys.stderr, flush=True)
-    (HERE / "session_options.json").write_text(json.dumps(out, indent=1) + "\n")
+    out["stamp"] = finish(out["stamp"])
+    (HERE / "session_options.json").write_text(portable(json.dumps(out, indent=1)) + "\n")
 
 
 if __name__ == "__main__":
