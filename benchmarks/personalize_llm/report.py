@@ -98,6 +98,25 @@ MEMORY = ("Memory (f3bf9a2): ONNX Runtime's default session kept SmolLM2's 513 M
           "(tests/test_personalize_llm.py::test_lean_gradient_session_gives_the_default_session_gradients).")
 
 
+def _session_options() -> list:
+    """session_options.json (session_options.py) as a table: why gradient_session's options."""
+    path = HERE / "session_options.json"
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    st = data["stamp"]
+    lines = [f"Session options, the gradient session alone (`{st['command']}`, commit {st['git_commit'][:7]}, load "
+             f"{st['machine'].get('load_average', '?')} at the start; other jobs shared the 2 cores, so s / step is "
+             "indicative, memory is not affected): load the graph, 2 steps of batch 8 (micro-batch 1), 1 thread.", "",
+             "| options | VmHWM after load MiB | VmHWM after 2 steps MiB | RssAnon MiB | RssFile MiB (mapped weights) | s / step | loss |",
+             "|---|---|---|---|---|---|---|"]
+    for name, v in data["variants"].items():
+        a, b = v["after_load_mib"], v["after_2_steps_mib"]
+        lines.append(f"| {name} | {a['VmHWM']} | {b['VmHWM']} | {b['RssAnon']} | {b['RssFile']} | {v['s_per_step']} | "
+                     f"{v['loss']} |")
+    return lines + [""]
+
+
 def _speed(cells: dict) -> list:
     lines = ["| threads | wall s (process) | fit s (40 steps) | s / step | peak RSS MiB (VmHWM) | held-out loss start -> fit "
              "| exact match start -> fit |",
@@ -203,7 +222,7 @@ def main():
           "Written by `benchmarks/personalize_llm/report.py` from `runs/` (run.py's docstring says how each cell is made).",
           "", *_header(cells), *_export(cells),
           "## Fit speed and memory (40 steps of batch 8, <= 96 tokens, 256 spam:sms rows)", "", *_speed(cells), "",
-          MEMORY, "",
+          MEMORY, "", *_session_options(),
           "## On-device fit vs host `train --model smollm2` (same file, 40 steps of batch 8, lr 0.05)", "",
           f"Exact match on the first 100 test rows, one evaluator for every user (the bundle's int8 model.onnx). Both fits "
           f"start from the base model (the host trainer's zero-B start; `personalize` without --init), so the start is "
