@@ -90,15 +90,25 @@ install_project() {  # this checkout, --no-deps, reinstalled when its source cha
 
 executorch_venv() {  # ExecuTorch bundles only: torch + executorch at the host's versions in a second venv
   grep -q '"target": *"executorch"' "$1/manifest.json" 2>/dev/null || return 0
-  local want
+  local want site
   want="$("$PY" -c 'from importlib.metadata import version as v; print("torch==" + v("torch").split("+")[0], "executorch==" + v("executorch"))')" \
     || die "the host's $PY has no executorch; install the project's executorch extra (scripts/setup.sh)"
   [ "$(cat "$ROOTFS/opt/venv-et/.requirements" 2>/dev/null)" = "$want" ] && return 0
   # ExecuTorch's Python binding imports torch; PyPI's aarch64 torch is a CUDA build, so its CUDA libraries (~2.3 GB)
-  # come with it: they load without a GPU and stay unused
-  say "installing $want into /opt/venv-et (once; ~3 GB)"
+  # come with it: they load without a GPU and stay unused. pip runs on the host (pip under qemu took > 40 min here):
+  # the aarch64 wheels of Debian 12's Python 3.11 go straight into the venv's site-packages
+  say "installing $want into /opt/venv-et (once; ~3 GB of aarch64 wheels)"
   in_rootfs "/usr/bin/python3 -m venv /opt/venv-et" >&2
-  in_rootfs "/opt/venv-et/bin/pip install -q --only-binary=:all: $want" >&2
+  site="$ROOTFS/opt/venv-et/lib/python3.11/site-packages"
+  local tags=() v
+  for v in 17 18 24 25 26 27 28 29 31 34; do tags+=(--platform "manylinux_2_${v}_aarch64"); done
+  # pip evaluates dependency markers on the host (executorch wants x86-only coremltools there): torch with its
+  # dependencies (their markers hold on any Linux), then executorch and what its runtime imports without theirs
+  local pip=("$PY" -m pip install -q --upgrade --target "$site" "${tags[@]}" --platform manylinux2014_aarch64
+             --python-version 3.11 --implementation cp --only-binary=:all:)
+  "${pip[@]}" ${want%% *} >&2
+  "${pip[@]}" --no-deps ${want#* } "numpy==$("$PY" -c 'import numpy; print(numpy.__version__)')" flatbuffers ruamel.yaml \
+    tabulate pyyaml packaging >&2
   echo "$want" > "$ROOTFS/opt/venv-et/.requirements"
 }
 
