@@ -862,7 +862,7 @@ from edge_lorax.formats import names as _names  # noqa: E402  (export's choices 
                    "(int4 with int8 for the LM head and the most sensitive layers). Repeatable.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
 @click.option("--target", type=click.Choice(["onnx-encoder", "genai-decoder", "executorch"]),
-              help="executorch: an encoder's .pte program (XNNPACK, fp32; the executorch extra) whose inputs are the "
+              help="executorch: an encoder's .pte program (XNNPACK, fp32 or --quantize int8; the executorch extra) whose inputs are the "
                    "tokens, then the user's tensors in the manifest's user_inputs order [default: by the model].")
 @click.option("--allow-base-mismatch", is_flag=True, help="Accept a model whose id differs from the subspace's base.")
 @click.option("--overwrite", is_flag=True)

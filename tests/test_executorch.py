@@ -106,6 +106,23 @@ def test_two_users_swap_on_one_loaded_program(users, bundles):
 
 
 @pytest.mark.slow
+def test_int8_program_keeps_the_users_as_inputs(bert, users, bundles, tmp_path):
+    """--quantize int8 (XNNPACKQuantizer, dynamic): the base Linear weights go int8, the coefficient path stays fp32,
+    so each user's output stays near the fp32 program's and two users still differ by far more than int8 noise."""
+    pte, _ = bundles
+    q = export_bundle(bert.model, bert.subspace, tmp_path / "int8", users[0], target="executorch", quantize="int8")
+    manifest = read_manifest(q)
+    assert manifest["method"]["precision"] == "int8" and set(manifest["verification"]) == {"int8", "int8_vs_onnx"}
+    assert all(c["response"] >= 0.99 for c in manifest["verification"].values())
+    method, exact, tokens = _program(q), _program(pte), _tokens(batch=2, seq=12, seed=7)
+    got = {u: _run(method, q, tokens, u) for u in users[:2]}
+    want = {u: _run(exact, pte, tokens, u) for u in users[:2]}
+    noise = max(np.abs(got[u] - want[u]).max() for u in users[:2])
+    assert 0 < noise <= 0.05  # quantised, and close
+    assert np.abs(got[users[0]] - got[users[1]]).max() > 10 * noise
+
+
+@pytest.mark.slow
 def test_manifest_order_and_default_head(users, bundles):
     pte, onnx_bundle = bundles
     manifest, onnx_manifest = read_manifest(pte), read_manifest(onnx_bundle)
@@ -140,7 +157,7 @@ def test_pte_reader_refuses_other_bundles_and_users(bert, bundles, tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"quantize": "int8"}, "--quantize"), ({"per_example": True}, "--per-example"), ({"fused": True}, "--fuse"),
+    ({"quantize": "int4"}, "--quantize int4"), ({"per_example": True}, "--per-example"), ({"fused": True}, "--fuse"),
     ({"ort_format": True}, "--ort-format"), ({"task": "causal-lm"}, "encoder bundles"),
 ])
 def test_refused_before_any_work(bert, tmp_path, options, message):

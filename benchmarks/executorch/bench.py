@@ -3,13 +3,14 @@
 Rows (each measurement in its own fresh process, runtimes alternated, `rounds` times over):
 - latency p50 / p90 (ms) at 1 and 2 threads, batch 1 x seq 16 / 64 (token ids seeded, no padding): ORT fp32
   (`model.onnx`, the runtime's session options), ORT int8 (`model.int8.onnx`), ExecuTorch fp32 (`model.pte`, XNNPACK,
-  its threadpool reset to the thread count);
+  its threadpool reset to the thread count) and, with --pte-int8, ExecuTorch int8 (`export --target executorch
+  --quantize int8`: XNNPACKQuantizer's dynamic int8 Linear layers);
 - switch cost: per-run time alternating two preloaded users minus the time with one user (batch 1 x seq 16, 1
   thread), and the time to make a user ready from its file (ORT: runtime.load_user; ExecuTorch: runtime.pte
   user_tensors + torch.from_numpy);
 - memory for 1000 resident users: RssAnon growth while holding 1000 loaded copies of a user;
 - file sizes.
-Usage: python benchmarks/executorch/bench.py --pte PTE_BUNDLE --onnx ONNX_BUNDLE --user U1 --user U2 [--rounds 2]
+Usage: python benchmarks/executorch/bench.py --pte PTE_BUNDLE [--pte-int8 PTE_BUNDLE] --onnx ONNX_BUNDLE --user U1 --user U2 [--rounds 2]
        [--out benchmarks/executorch]   (writes report.json and report.md)
 The machine is shared: compare rows of one run only, as ratios. Does not export (edge-lorax export does).
 """
@@ -27,7 +28,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS, WARMUP = 200, 20
-CONFIGS = [(rt, t, s) for s in (16, 64) for t in (1, 2) for rt in ("ort-fp32", "ort-int8", "executorch")]
 
 
 def _tokens(seq: int, seed: int = 0) -> dict:
@@ -66,9 +66,13 @@ class _Et:
                                                              torch.from_numpy(tokens["attention_mask"]), *user])
 
 
+def _runtimes(args) -> tuple:
+    return ("ort-fp32", "ort-int8", "executorch") + (("executorch-int8",) if args.pte_int8 else ())
+
+
 def _open(args) -> object:
-    if args.runtime == "executorch":
-        return _Et(args.pte, args.threads)
+    if args.runtime.startswith("executorch"):
+        return _Et(args.pte_int8 if args.runtime == "executorch-int8" else args.pte, args.threads)
     return _Ort(args.onnx, args.threads, args.runtime.split("-")[1])
 
 
@@ -113,7 +117,8 @@ def _nbytes(user) -> int:
 
 def _spawn(args, runtime: str, what: str, threads: int = 1, seq: int = 16) -> dict:
     cmd = [sys.executable, __file__, "--worker", what, "--runtime", runtime, "--threads", str(threads), "--seq", str(seq),
-           "--pte", args.pte, "--onnx", args.onnx, *sum((["--user", u] for u in args.user), [])]
+           "--pte", args.pte, "--onnx", args.onnx, *sum((["--user", u] for u in args.user), []),
+           *(["--pte-int8", args.pte_int8] if args.pte_int8 else [])]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
     if done.returncode != 0:
         raise RuntimeError(f"{runtime} {what}: {done.stderr.strip().splitlines()[-1:]}")
@@ -122,19 +127,24 @@ def _spawn(args, runtime: str, what: str, threads: int = 1, seq: int = 16) -> di
 
 def run(args) -> dict:
     rows = {"latency": [], "switch": {}, "memory": {}}
+    configs = [(rt, t, s) for s in (16, 64) for t in (1, 2) for rt in _runtimes(args)]
     for r in range(args.rounds):
-        for rt, t, s in CONFIGS:
+        for rt, t, s in configs:
             print(f"[bench] round {r + 1}: {rt} {t} thread(s) seq {s}", file=sys.stderr, flush=True)
             rows["latency"].append({"runtime": rt, "threads": t, "seq": s, "round": r, **_spawn(args, rt, "latency", t, s)})
-    for rt in ("ort-fp32", "executorch"):
+    for rt in [r for r in _runtimes(args) if r != "ort-int8"]:
         rows["switch"][rt] = _spawn(args, rt, "switch")
         rows["memory"][rt] = _spawn(args, rt, "memory")
     pte, onnx_dir = Path(args.pte), Path(args.onnx)
     rows["sizes_bytes"] = {"model.pte": (pte / "model.pte").stat().st_size, "model.onnx": (onnx_dir / "model.onnx").stat().st_size,
                            "model.int8.onnx": (onnx_dir / "model.int8.onnx").stat().st_size,
                            "user.npz": Path(args.user[0]).stat().st_size}
+    if args.pte_int8:
+        rows["sizes_bytes"]["model.pte (int8)"] = (Path(args.pte_int8) / "model.pte").stat().st_size
     rows["machine"] = {"cpu": _cpu(), "cores": len(os.sched_getaffinity(0)), "load_1min_at_end": os.getloadavg()[0],
                        "python": platform.python_version(), "commit": _commit()}
+    if args.machine_note:
+        rows["quiet"] = args.machine_note
     rows["command"] = ("python benchmarks/executorch/bench.py " + " ".join(sys.argv[1:])).replace(str(Path.home()), "~")
     return rows
 
@@ -157,11 +167,11 @@ def markdown(rows: dict) -> str:
         lat.setdefault((r["runtime"], r["threads"], r["seq"]), []).append(r)
     lines = ["# ExecuTorch (.pte) beside ONNX Runtime: MiniLM encoder bundle, one user per run", "",
              f"- command: `{rows['command']}`", f"- machine: {rows['machine']['cpu']}, {rows['machine']['cores']} cores "
-             f"shared with other jobs (1-min load at the end {rows['machine']['load_1min_at_end']:.1f}), commit "
+             f"({rows.get('quiet', 'shared with other jobs')}; 1-min load at the end {rows['machine']['load_1min_at_end']:.1f}), commit "
              f"{rows['machine']['commit']}; each row its own fresh process, runtimes alternated; compare within this run only",
              "", "## Latency, batch 1 (ms, p50 / p90, median over rounds)", "",
              "| runtime | threads | seq 16 | seq 64 |", "|---|---|---|---|"]
-    for rt in ("ort-fp32", "ort-int8", "executorch"):
+    for rt in dict.fromkeys(r["runtime"] for r in rows["latency"]):
         for t in (1, 2):
             cells = []
             for s in (16, 64):
@@ -184,6 +194,8 @@ def markdown(rows: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pte", required=True)
+    p.add_argument("--pte-int8")
+    p.add_argument("--machine-note", help="how loaded the machine was (default: shared with other jobs)")
     p.add_argument("--onnx", required=True)
     p.add_argument("--user", action="append", required=True)
     p.add_argument("--rounds", type=int, default=2)
