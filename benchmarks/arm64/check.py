@@ -10,7 +10,8 @@ compares per variant:
 - encoder: max |Δ| of the outputs (logits or features) and whether the labels (argmax) are equal;
 - decoder: max |Δ| of the prefill logits of the free prompts, whether their greedy continuations are equal, how many
   task answers are token-equal, and the task's exact match on both sides (an int4 divergence is judged by accuracy);
-- ExecuTorch bundle (`--target executorch`): the program's logits (`pte`) as an encoder variant, run in the root
+- ExecuTorch bundle (`--target executorch`): the program's logits (`pte`, or `pte_int8` for an int8 program) as an
+  encoder variant, run in the root
   filesystem's second venv (/opt/venv-et: torch + executorch, as ExecuTorch's binding imports torch) with a minimal
   /sys (cpu/present, possible, online) for XNNPACK's cpuinfo.
 
@@ -54,7 +55,7 @@ CPUINFO = {
 # What a variant may differ by between two CPUs (instruction sets, kernels and summation orders differ):
 # fp32 graphs: float32 rounding; int8 / int4: the activation quantisation kernels differ (x86 u8s8 vs arm s8s8, dot
 # product instructions or not), so their outputs move by up to a quantisation step while labels must hold.
-TOLERANCE = {"fp32": 1e-4, "fused": 1e-4, "per_example": 1e-4, "int8": 0.1, "pte": 1e-4}
+TOLERANCE = {"fp32": 1e-4, "fused": 1e-4, "per_example": 1e-4, "int8": 0.1, "pte": 1e-4, "pte_int8": 0.1}
 DECODER_LOGITS = {"fp32": 1e-3, "int8": 0.5, "int4": None}  # None: judged by task accuracy only
 EXACT_MATCH_POINTS = 2.5  # largest |Δ exact match| in points (of 100) an int4 bundle may show between two CPUs
 ENCODER_TEXTS = 32

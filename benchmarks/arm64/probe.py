@@ -43,8 +43,9 @@ def encoder(bundle: Path, user: Path, inputs: dict) -> dict:
 
 
 def pte(bundle: Path, user: Path, inputs: dict) -> dict:
-    """{"pte.out": logits (texts, labels)} from an ExecuTorch bundle's model.pte (XNNPACK, fp32), one text per call
-    (no padding), the user's tensors in the manifest's order (runtime.pte). Imports torch: ExecuTorch's binding needs it."""
+    """{"pte.out" (fp32) or "pte_int8.out": logits (texts, labels)} from an ExecuTorch bundle's model.pte (XNNPACK, its
+    manifest's precision), one text per call (no padding), the user's tensors in the manifest's order (runtime.pte).
+    Imports torch: ExecuTorch's binding needs it."""
     import torch
     from executorch.runtime import Runtime
     from tokenizers import Tokenizer
@@ -60,7 +61,8 @@ def pte(bundle: Path, user: Path, inputs: dict) -> dict:
         tokens = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         feeds = [torch.from_numpy(a) for a in method_inputs(bundle, tokens, tensors)]
         out.append(method.execute(feeds)[0].numpy())
-    return {"pte.out": np.concatenate(out).astype(np.float32)}
+    precision = json.loads((bundle / "manifest.json").read_text())["method"].get("precision", "fp32")
+    return {("pte" if precision == "fp32" else f"pte_{precision}") + ".out": np.concatenate(out).astype(np.float32)}
 
 
 def _prefill_logits(llm, ids: list, user: str) -> np.ndarray:
