@@ -158,7 +158,7 @@ def test_pte_reader_refuses_other_bundles_and_users(bert, bundles, tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     ({"quantize": "int4"}, "--quantize int4"), ({"per_example": True}, "--per-example"), ({"fused": True}, "--fuse"),
-    ({"ort_format": True}, "--ort-format"), ({"task": "causal-lm"}, "encoder bundles"),
+    ({"ort_format": True}, "--ort-format"), ({"task": "causal-lm"}, "KV-cache model types"),
 ])
 def test_refused_before_any_work(bert, tmp_path, options, message):
     with pytest.raises(InputError, match=message):

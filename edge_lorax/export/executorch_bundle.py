@@ -19,19 +19,16 @@ than int8, --per-example, --merge, --ort-format, --fuse, --builder-option, --exp
 does), serve users (ExecuTorch's C++ / Kotlin / Swift runtime does on the device).
 """
 
-import contextlib
-import io
-import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from edge_lorax import __version__
 from edge_lorax.builder.models import portable_model_id
-from edge_lorax.export import encoder_bundle
+from edge_lorax.export import encoder_bundle, executorch_decoder
 from edge_lorax.export import graph as g
 from edge_lorax.export.config import ExportJob
+from edge_lorax.export.executorch_program import DEFAULTS_FILE, PTE_FILE, load_method, quiet
 from edge_lorax.export.verify import (
     COEFF_SCALES,
     QUANTIZED,
@@ -48,7 +45,6 @@ from edge_lorax.formats.bundle import TARGET_EXECUTORCH, write_manifest
 from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.user import User, split_inputs, write_user
 
-PTE_FILE, DEFAULTS_FILE = "model.pte", "defaults.npz"
 MAX_BATCH = 64  # the program's batch bound (ExecuTorch plans memory for the upper bounds of dynamic dims)
 TOLERANCE = 1e-4  # max |Δ| / scale against torch and against ONNX Runtime, as the fp32 ONNX graph's (export.verify)
 INSTALL = "pip install 'edge-lorax[executorch]'"
@@ -57,10 +53,8 @@ INSTALL = "pip install 'edge-lorax[executorch]'"
 def check(job: ExportJob):
     """What the ExecuTorch target does not offer, refused before any work (one line)."""
     c = job.config
-    if job.task == names.TASK_CAUSAL_LM:
-        raise InputError(f"--target executorch serves encoder bundles (classification, regression, features); {job.path} "
-                         "with --task causal-lm would need a KV-cache .pte with coefficient inputs (ExecuTorch's LLM "
-                         "export path), which is not built: drop --target for the ONNX bundle")
+    if job.task == names.TASK_CAUSAL_LM:  # a decoder: the static-KV-cache program (export.executorch_decoder)
+        return executorch_decoder.check(job)
     unsupported = [flag for flag, on in (("--quantize " + str(c.quantize), c.quantize not in (None, "int8")),
                                          ("--per-example", c.per_example), ("--merge", c.merge),
                                          ("--ort-format", c.ort_format), ("--fuse", c.fused),
@@ -77,6 +71,8 @@ def check(job: ExportJob):
 
 def write(job: ExportJob, tmp: Path):
     """Lower, verify and write the .pte bundle into the (temporary) folder `tmp`, manifest last."""
+    if job.task == names.TASK_CAUSAL_LM:
+        return executorch_decoder.write(job, tmp)
     job.say("loading the model and injecting the subspace")
     graph, _ = encoder_bundle.prepare_graphs(job.path, job.subspace, job.coeffs, job.task, job.labels, False, False)
     side = encoder_bundle._write_side_files(tmp, job.path, graph, None, None)  # tokenizer, config.json (+ ST files)
@@ -119,7 +115,7 @@ def lower(graph: g.Prepared, precision: str = "fp32") -> bytes:
     batch, seq = torch.export.Dim("batch", min=1, max=MAX_BATCH), torch.export.Dim("sequence", min=2, max=positions)
     tokens = [{0: batch, 1: seq} for _ in graph.spec.tokens]
     args = _example_args(graph)
-    with _quiet(), torch.no_grad():
+    with quiet(), torch.no_grad():
         program = torch.export.export(graph.wrapper, args, dynamic_shapes=(*tokens, tuple(None for _ in
                                                                                           graph.spec.feed_names)),
                                       strict=False)
@@ -150,26 +146,6 @@ def quantize_int8(module, args: tuple):
     prepared = prepare_pt2e(module, quantizer)
     prepared(*args)  # dynamic activations: one pass records the weights' per-channel ranges
     return convert_pt2e(prepared)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Exporter and lowering warnings and ExecuTorch's INFO logging muted, stdout kept clean; restored after."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(logging.NOTSET)
-
-
-def load_method(path: Path):
-    """The program's `forward` through ExecuTorch's Python runtime (imports torch: export side only)."""
-    from executorch.runtime import Runtime
-
-    with _quiet():
-        return Runtime.get().load_program(str(path)).load_method("forward")
 
 
 def run_method(method, graph: g.Prepared, tokens: dict, feeds: dict) -> np.ndarray:

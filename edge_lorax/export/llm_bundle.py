@@ -280,7 +280,7 @@ def verify_llm(bundle: Path, path: Path, subspace: Subspace, defaults: dict, con
     return check
 
 
-def _parity(g: list, w32: list, w: list, precision: str, n: int) -> dict:
+def _parity(g: list, w32: list, w: list, precision: str, n: int, runtime: str = "ONNX Runtime") -> dict:
     """The verification record of flattened logits per set (graph g, torch float32 w32, torch float64 w); raises
     RuntimeError as verify_llm says. Only the first n sets (not the per-example pair) enter the response."""
     diffs = [float(np.abs(a - b).max()) for a, b in zip(g, w)]
@@ -289,7 +289,7 @@ def _parity(g: list, w32: list, w: list, precision: str, n: int) -> dict:
     bad = [i for i, (d, f) in enumerate(zip(diffs, floors)) if tol is not None and not d <= tol * scale + f]
     if bad:
         i = bad[0]
-        raise RuntimeError(f"{precision} decoder graph: ONNX Runtime differs from float64 torch by {diffs[i]:.3g} > "
+        raise RuntimeError(f"{precision} decoder graph: {runtime} differs from float64 torch by {diffs[i]:.3g} > "
                            f"{tol:g} x {scale:.3g} + {floors[i]:.3g} (torch float32's own error) on coefficient set "
                            f"{i}; nothing written")
     calm = [0] + [i for i in range(1, n) if floors[i] <= TOLERANCES["fp32"] * scale]
