@@ -862,14 +862,18 @@ from edge_lorax.formats import names as _names  # noqa: E402  (export's choices 
                    "(int4 with int8 for the LM head and the most sensitive layers). Repeatable.")
 @click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True)
 @click.option("--target", type=click.Choice(["onnx-encoder", "genai-decoder", "executorch"]),
-              help="executorch: an encoder's .pte program (XNNPACK, fp32 or --quantize int8; the executorch extra) whose inputs are the "
-                   "tokens, then the user's tensors in the manifest's user_inputs order [default: by the model].")
+              help="executorch: a .pte program (XNNPACK; the executorch extra) whose inputs are the tokens (decoders: and "
+                   "their cache positions, the KV cache inside), then the user's tensors in the manifest's user_inputs "
+                   "order; encoders fp32 or --quantize int8, decoders fp32 [default: by the model].")
+@click.option("--max-cache-len", type=click.IntRange(min=2),
+              help="Decoders with --target executorch: KV positions the program holds (prompt + generated tokens) "
+                   "[default: 256]; every decode step attends over all of them, so it sets the speed.")
 @click.option("--allow-base-mismatch", is_flag=True, help="Accept a model whose id differs from the subspace's base.")
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @_friendly
 def export(model, subspace_dir, coeffs, output, task, num_labels, per_example, merge, quantize, ort_format, fused,
-           gradient, builder_options, exporter, target, allow_base_mismatch, overwrite, as_json):
+           gradient, builder_options, exporter, target, max_cache_len, allow_base_mismatch, overwrite, as_json):
     """Export an ONNX bundle: components baked in, each user's coefficients as swappable inputs, verified vs torch.
 
     \b
@@ -882,6 +886,7 @@ def export(model, subspace_dir, coeffs, output, task, num_labels, per_example, m
       edge-lorax export --subspace subspace --task classification --num-labels 3 -o bundle3   # for personalize
       edge-lorax export --model smollm2 --subspace smollm2-sub --coeffs spam.npz -o llm --quantize int8
       edge-lorax export --subspace subspace --coeffs nyt.npz -o nyt-pte --target executorch   # ExecuTorch .pte
+      edge-lorax export --model smollm2 --subspace smollm2-sub --coeffs spam.npz -o llm-pte --target executorch
     """
     from edge_lorax.describe import describe, verdict
     from edge_lorax.export import ExportConfig, export_bundle
@@ -890,7 +895,7 @@ def export(model, subspace_dir, coeffs, output, task, num_labels, per_example, m
     config = ExportConfig(task=task, per_example=per_example, merge=merge, quantize=quantize, ort_format=ort_format,
                           overwrite=overwrite, exporter=exporter, num_labels=num_labels,
                           allow_base_mismatch=allow_base_mismatch, builder_options=builder_options, fused=fused,
-                          gradient=gradient, target=target)
+                          gradient=gradient, target=target, max_cache_len=max_cache_len)
     start = time.perf_counter()
     say = lambda phase: click.echo(f"export: {phase} ({time.perf_counter() - start:.0f} s)", err=True)  # noqa: E731
     path = export_bundle(model, subspace_dir, output, coeffs, config, progress=say)

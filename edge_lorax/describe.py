@@ -75,7 +75,8 @@ def _describe_bundle(path: Path) -> dict:
     id2label = config.get("id2label") if isinstance(config.get("id2label"), dict) else {}
     decoder = {"precision": manifest.get("precision"), "builder_options": manifest.get("builder_options")} \
         if manifest["target"] == TARGET_DECODER else {}
-    longest = (manifest.get("kv") or {}).get("context_length") or config.get("max_position_embeddings")
+    longest = ((manifest.get("kv") or {}).get("context_length") or (manifest.get("method") or {}).get("max_cache_len")
+               or config.get("max_position_embeddings"))  # a decoder .pte holds max_cache_len positions
     return {"kind": "bundle", **{k: manifest[k] for k in ("target", "fingerprint", "task", "mode")}, **decoder,
             "base_model": manifest.get("base_model"), "labels": [id2label[k] for k in sorted(id2label, key=int)] or None,
             "variants": sorted(k for k in _MODEL_KEYS if isinstance(files.get(k), str)),

@@ -21,6 +21,7 @@ from edge_lorax.runtime.pte import user_tensors  # noqa: E402
 from helpers.decoder import run  # noqa: E402
 
 PROMPT = [5, 9, 14, 3, 22, 7]
+CACHE = 32  # KV positions: the prompt and 10 new tokens fit
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def pte(decoder_bundle, tmp_path_factory):
     root, model = decoder_bundle
     out = tmp_path_factory.mktemp("pte") / "bundle"
     run("export", "--model", model, "--subspace", root / "sub", "--coeffs", root / "u3.npz", "-o", out,
-        "--target", "executorch")
+        "--target", "executorch", "--max-cache-len", CACHE)
     return out
 
 
@@ -74,7 +75,7 @@ def test_manifest_binds_the_onnx_bundles_user_inputs(decoder_bundle, pte):
     assert manifest["target"] == "executorch" and manifest["task"] == "causal-lm"
     assert [u["name"] for u in manifest["user_inputs"]] == [u["name"] for u in onnx_manifest["user_inputs"]]
     assert [i["name"] for i in manifest["inputs"][:2]] == ["input_ids", "cache_position"]
-    assert manifest["method"]["max_cache_len"] == executorch_decoder.MAX_CACHE
+    assert manifest["method"]["max_cache_len"] == CACHE
     check = manifest["verification"]["fp32"]
     assert check["greedy_tokens"]["equal"] and check["response"] > 0.99
     assert check["max_abs_diff"] <= 1e-4 * check["scale"] + max(check["fp32_floor"])
@@ -87,4 +88,12 @@ def test_refused_before_any_work(decoder_bundle, tmp_path, flag):
     result = run("export", "--model", model, "--subspace", root / "sub", "-o", tmp_path / "out", "--target",
                  "executorch", *flag, ok=False)
     assert result.exit_code != 0 and flag[0] in result.output and "--target executorch for decoders" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cache_length_is_refused_outside_a_decoder_program(decoder_bundle, tmp_path):
+    root, model = decoder_bundle
+    result = run("export", "--model", model, "--subspace", root / "sub", "-o", tmp_path / "out", "--max-cache-len",
+                 64, ok=False)
+    assert result.exit_code != 0 and "--max-cache-len" in result.output and "genai-decoder" in result.output
     assert not (tmp_path / "out").exists()

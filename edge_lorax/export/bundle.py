@@ -53,7 +53,11 @@ def export_bundle(model_path, subspace_path, out_dir, coeffs_path=None, config: 
     _check_config(config, coeffs_path)
     out_dir = check_output(out_dir, config.overwrite)
     job = replace(read_job(model_path, subspace_path, coeffs_path, config), progress=progress)
-    target = TARGETS[choose_target(job)]
+    name = choose_target(job)
+    if config.max_cache_len is not None and not (name == TARGET_EXECUTORCH and job.task == names.TASK_CAUSAL_LM):
+        raise InputError(f"--max-cache-len sets the KV cache of a decoder .pte (--target executorch on a causal LM); "
+                         f"this export is {name} with --task {job.task}: drop it")
+    target = TARGETS[name]
     target.check(job)
     with atomic_dir(out_dir, config.overwrite) as tmp:
         target.write(job, tmp)

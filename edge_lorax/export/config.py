@@ -28,6 +28,7 @@ class ExportConfig:
     fused: bool = False  # also model.fused.onnx, attention fused (encoder only)
     gradient: bool = False  # also model.grad.onnx for a classification / regression bundle (encoder only)
     target: str | None = None  # formats.bundle TARGETS name; None: chosen by the model (export.bundle.choose_target)
+    max_cache_len: int | None = None  # KV positions a decoder .pte holds (--target executorch, decoders only); None: 256
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ inside the program.
 Method `forward`, inputs by position: `input_ids` (1, T) int64, `cache_position` (T,) int64 (the absolute positions
 of those tokens: 0..T-1 for a prompt, then one position per generated token), then every `<module>.coeff_A` (r, K)
 and `coeff_B` (K, r) in the manifest's `user_inputs` order; output `logits` (1, T, vocab) float32. The KV cache is
-transformers' static cache (StaticCache, MAX_CACHE positions per layer) held as mutable buffers of the program: a call
+transformers' static cache (StaticCache, --max-cache-len positions per layer, MAX_CACHE by default) held as mutable
+buffers of the program: a call
 writes its tokens' keys and values at `cache_position` and attends to positions <= its own, so a new prompt (from
 position 0) needs no reset and another user is other tensors on the next call, no reload. fp32, XNNPACK-delegated.
 Folder: model.pte, defaults.npz (the --coeffs user or zeros, as a user file), the tokenizer and chat template, the
@@ -14,7 +15,7 @@ Verified before the folder appears, with ExecuTorch's Python runtime (it imports
 logits of llm_bundle.VERIFY_PROMPTS against float64 torch for the defaults and two random coefficient sets
 (llm_bundle's LLM_TOLERANCE_RULE and response check), and the greedy continuation of the first prompt under the
 defaults against torch's (recorded). Refuses (`check`): --quantize, --per-example, --merge, --fuse, --ort-format,
---builder-option, --exporter dynamo. Does not: batch > 1, contexts beyond MAX_CACHE, generation (an app's loop, as
+--builder-option, --exporter dynamo. Does not: batch > 1, contexts beyond the cache length, generation (an app's loop, as
 docs/bundle.md shows; `greedy` here is the verification's).
 """
 
@@ -34,7 +35,10 @@ from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.tokenizer_files import make_portable
 from edge_lorax.formats.user import User, write_user
 
-MAX_CACHE = 1024  # KV positions per layer held in the program (SmolLM2-135M: 30 layers x 2 x 3 x 1024 x 64 fp32 = 45 MiB)
+# KV positions per layer the program holds unless --max-cache-len says otherwise. Each decode step attends over all
+# of them (the static cache masks the unused ones), so this sets the speed: SmolLM2-135M, 1 thread, decode 60 ms per
+# token at 256 vs 142 ms at 1024 (benchmarks/executorch/decoder.md).
+MAX_CACHE = 256
 CACHE_POSITION = "cache_position"
 GREEDY_TOKENS = 8  # of the first verification prompt, defaults, .pte vs torch
 
@@ -65,10 +69,15 @@ def write(job: ExportJob, tmp: Path):
                     {"source": Path(job.coeffs_path).name if job.coeffs_path else "zeros"}), tmp / program.DEFAULTS_FILE)
     job.say("loading the model, injecting the subspace, exporting and lowering to ExecuTorch (XNNPACK, fp32)")
     net = _load(job)
-    (tmp / program.PTE_FILE).write_bytes(lower(net, order, defaults))
+    (tmp / program.PTE_FILE).write_bytes(lower(net, order, defaults, cache_len(job)))
     job.say("verifying the program against torch")
     check_record = verify(tmp, job, order, defaults)
     write_manifest(tmp, _manifest(job, net.config, order, defaults, files, check_record))
+
+
+def cache_len(job: ExportJob) -> int:
+    """--max-cache-len, else MAX_CACHE."""
+    return job.config.max_cache_len or MAX_CACHE
 
 
 def _load(job: ExportJob):
@@ -84,14 +93,14 @@ def _load(job: ExportJob):
 class _CachedDecoder:
     """Factory of the exported module: transformers' static-cache wrapper, the coefficients fed as method inputs."""
 
-    def __new__(cls, net, order: list):
+    def __new__(cls, net, order: list, max_cache_len: int):
         import torch
         from transformers.integrations.executorch import TorchExportableModuleWithStaticCache
 
         from edge_lorax.builder.inject import set_feed
 
         net.generation_config.use_cache, net.generation_config.cache_implementation = True, "static"
-        inner = TorchExportableModuleWithStaticCache(net, batch_size=1, max_cache_len=MAX_CACHE)
+        inner = TorchExportableModuleWithStaticCache(net, batch_size=1, max_cache_len=max_cache_len)
 
         class CachedDecoder(torch.nn.Module):
             def __init__(self):
@@ -112,17 +121,17 @@ class _CachedDecoder:
         return CachedDecoder().eval()
 
 
-def lower(net, order: list, defaults: dict) -> bytes:
-    """torch.export (dynamic token count 1..MAX_CACHE-1) of the cached decoder -> edge dialect, XNNPACK partitions ->
-    the .pte bytes."""
+def lower(net, order: list, defaults: dict, max_cache_len: int = MAX_CACHE) -> bytes:
+    """torch.export (dynamic token count 1..max_cache_len-1) of the cached decoder -> edge dialect, XNNPACK partitions
+    -> the .pte bytes."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    module = _CachedDecoder(net, order)
+    module = _CachedDecoder(net, order, max_cache_len)
     tokens = torch.arange(4, dtype=torch.long)[None] + 1  # (1, 4)
     args = (tokens, torch.arange(4), *(torch.from_numpy(np.ascontiguousarray(defaults[k])) for k in order))
-    count = torch.export.Dim("tokens", min=1, max=MAX_CACHE - 1)
+    count = torch.export.Dim("tokens", min=1, max=max_cache_len - 1)
     with program.quiet(), torch.no_grad():
         exported = torch.export.export(module, args, dynamic_shapes=({1: count}, {0: count}, tuple(None for _ in order)),
                                        strict=False)
@@ -210,7 +219,7 @@ def _manifest(job: ExportJob, config, order: list, defaults: dict, files: dict, 
         "outputs": [{"name": names.LOGITS, "dtype": "float32", "shape": [1, "sequence", int(config.vocab_size)]}],
         "coefficients": coeffs, "labels": None, "head": None, "eos_token_id": eos if eos is not None else [],
         "defaults": Path(job.coeffs_path).name if job.coeffs_path else "zeros",
-        "method": {"name": "forward", "max_batch": 1, "max_cache_len": MAX_CACHE, "backend": "XnnpackBackend",
+        "method": {"name": "forward", "max_batch": 1, "max_cache_len": cache_len(job), "backend": "XnnpackBackend",
                    "precision": "fp32", "kv_cache": "static, inside the program"},
         "files": {"pte": files["pte"], "defaults": files["defaults"], "tokenizer": files["side"]},
         "verification": {"fp32": check}, "tolerance_rule": llm_bundle.LLM_TOLERANCE_RULE.replace("ONNX Runtime", "ExecuTorch"),

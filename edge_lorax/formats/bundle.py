@@ -43,7 +43,7 @@ _TYPES = {"kind": (str,), "format_version": (int,), "target": (str,), "fingerpri
           "files": (dict,), "coefficients": (dict,), "inputs": (list,), "user_inputs": (list,), "outputs": (list,),
           "head": (dict, _NULL), "defaults": (str,), "verification": (dict,), "precision": (str,), "kv_cache": (bool,),
           "kv": (dict,), "eos_token_id": (int, list), "pad_token_id": (int, _NULL), "builder_options": (list,),
-          "gradient": (dict,), "fusion": (dict,)}
+          "gradient": (dict,), "fusion": (dict,), "method": (dict,)}
 _KV_TYPES = {"layers": (int,), "heads": (int,), "head_size": (int,), "context_length": (int,)}
 _JSON_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
                _NULL: "null"}
