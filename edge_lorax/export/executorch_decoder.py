@@ -35,6 +35,8 @@ from edge_lorax.formats.errors import InputError
 from edge_lorax.formats.tokenizer_files import make_portable
 from edge_lorax.formats.user import User, write_user
 
+__all__ = ["MAX_CACHE", "check", "write", "lower", "prefill", "greedy"]
+
 # KV positions per layer the program holds unless --max-cache-len says otherwise. Each decode step attends over all
 # of them (the static cache masks the unused ones), so this sets the speed: SmolLM2-135M, 1 thread, decode 60 ms per
 # token at 256 vs 142 ms at 1024 (benchmarks/executorch/decoder.md).

@@ -9,6 +9,8 @@ import logging
 import warnings
 from pathlib import Path
 
+__all__ = ["PTE_FILE", "DEFAULTS_FILE", "quiet", "load_method"]
+
 PTE_FILE, DEFAULTS_FILE = "model.pte", "defaults.npz"
 
 
