@@ -92,8 +92,10 @@ def verdict(check: dict) -> str:
     (manifest verification.<precision>, docs/formats.md)."""
     worst, tol, scale = check.get("max_abs_diff"), check.get("tolerance"), check.get("scale", 1.0)
     response, least = check.get("response"), check.get("response_min")
-    floor = max(check.get("fp32_floor") or [0.0])  # decoders: vs float64 torch, plus torch float32's own error
-    plus = f" + {floor:.3g} (torch float32's own error)" if "fp32_floor" in check else ""
+    factor = check.get("floor_factor", 1)  # decoders: vs float64 torch, plus factor x torch float32's own error
+    floor = factor * max(check.get("fp32_floor") or [0.0])
+    plus = (f" + {factor} x {floor / factor:.3g} (torch float32's own error)" if factor != 1 else
+            f" + {floor:.3g} (torch float32's own error)") if "fp32_floor" in check else ""
     parity = (f"max |Δ| {worst:.3g} <= {tol:g} x {scale:.3g}{plus}" if tol is not None else
               f"max |Δ| {worst:.3g} (no parity bound at this precision: measured, not asserted)")
     passed = (tol is None or worst <= tol * scale + floor) and (least is None or response is None or response >= least)

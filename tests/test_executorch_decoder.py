@@ -78,7 +78,7 @@ def test_manifest_binds_the_onnx_bundles_user_inputs(decoder_bundle, pte):
     assert manifest["method"]["max_cache_len"] == CACHE
     check = manifest["verification"]["fp32"]
     assert check["greedy_tokens"]["equal"] and check["response"] > 0.99
-    assert check["max_abs_diff"] <= 1e-4 * check["scale"] + max(check["fp32_floor"])
+    assert check["max_abs_diff"] <= 1e-4 * check["scale"] + check["floor_factor"] * max(check["fp32_floor"])
     assert _method(pte).metadata.num_inputs() == len(manifest["inputs"])
 
 

@@ -51,8 +51,12 @@ RESPONSE_MINS = {"fp32": RESPONSE_MIN, "int8": RESPONSE_MIN, "int4": 0.5}
 # far from float64 as torch float32 is, plus the tolerance. Sets where that floor exceeds the fp32 tolerance are
 # ill-conditioned (int8 noise is amplified chaotically there: Gemma int8 cosine 0.72 at U(-2, 2), 0.999 at U(-0.5,
 # 0.5)) and are left out of the response check, which still needs the defaults and one well-conditioned set.
-LLM_TOLERANCE_RULE = ("per coefficient set: max |ONNX Runtime - float64 torch| <= tolerance x scale + max |float32 torch"
-                      " - float64 torch|, scale = max(1, max |float64 torch logit|); response over the sets whose "
+# ONNX Runtime's own float32 rounding is a second sample of that floor, not bounded by torch's: on Gemma 3 270M's U(-2,
+# 2) set ORT was 0.0087 from float64 against torch float32's 0.0106 on an AMD EPYC and 0.0039 on an Intel Xeon (2.2x),
+# so a graph may be FLOOR_FACTOR floors away. A miswired graph stays caught: on well-conditioned sets the floor is ~1e-5.
+FLOOR_FACTOR = 3
+LLM_TOLERANCE_RULE = ("per coefficient set: max |ONNX Runtime - float64 torch| <= tolerance x scale + 3 x max |float32 "
+                      "torch - float64 torch|, scale = max(1, max |float64 torch logit|); response over the sets whose "
                       "float32 floor <= 1e-4 x scale")
 VERIFY_PROMPTS = ("The capital of France is", "Write one word about the sea:", "ok")
 SIDE_FILES = (names.TOKENIZER_FILE, names.TOKENIZER_CONFIG, names.CHAT_TEMPLATE, "special_tokens_map.json")
@@ -286,11 +290,11 @@ def _parity(g: list, w32: list, w: list, precision: str, n: int, runtime: str = 
     diffs = [float(np.abs(a - b).max()) for a, b in zip(g, w)]
     floors = [float(np.abs(a - b).max()) for a, b in zip(w32, w)]  # torch float32's own rounding error per set
     scale, tol = max(1.0, max(float(np.abs(x).max()) for x in w)), TOLERANCES[precision]
-    bad = [i for i, (d, f) in enumerate(zip(diffs, floors)) if tol is not None and not d <= tol * scale + f]
+    bad = [i for i, (d, f) in enumerate(zip(diffs, floors)) if tol is not None and not d <= tol * scale + FLOOR_FACTOR * f]
     if bad:
         i = bad[0]
         raise RuntimeError(f"{precision} decoder graph: {runtime} differs from float64 torch by {diffs[i]:.3g} > "
-                           f"{tol:g} x {scale:.3g} + {floors[i]:.3g} (torch float32's own error) on coefficient set "
+                           f"{tol:g} x {scale:.3g} + {FLOOR_FACTOR} x {floors[i]:.3g} (torch float32's own error) on coefficient set "
                            f"{i}; nothing written")
     calm = [0] + [i for i in range(1, n) if floors[i] <= TOLERANCES["fp32"] * scale]
     calm = calm if len(calm) > 1 else list(range(n))  # sets where float32 arithmetic itself is stable
@@ -298,7 +302,7 @@ def _parity(g: list, w32: list, w: list, precision: str, n: int, runtime: str = 
     if not response >= floor:
         raise RuntimeError(f"{precision} decoder graph: its logits follow the coefficients with cosine {response:.3f} "
                            f"to torch's (< {floor}); the coefficient inputs are not wired; nothing written")
-    return {"max_abs_diff": max(diffs), "tolerance": tol, "scale": scale, "fp32_floor": floors,
+    return {"max_abs_diff": max(diffs), "tolerance": tol, "scale": scale, "fp32_floor": floors, "floor_factor": FLOOR_FACTOR,
             "response": response, "response_min": floor, "response_sets": calm,
             "effect": max(float(np.abs(x - w[0]).max()) for x in w[:n])}
 
