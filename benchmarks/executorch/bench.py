@@ -208,10 +208,14 @@ def main(argv=None) -> int:
     if args.what:
         print(json.dumps(worker(args)))
         return 0
-    rows = run(args)
-    (args.out / "report.json").write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
-    (args.out / "report.md").write_text(markdown(rows))
-    print(markdown(rows))
+    return publish(run(args), args.out, "report", markdown)
+
+
+def publish(rows: dict, out: Path, stem: str, render) -> int:
+    """out/STEM.json (sorted, indented) and out/STEM.md (render(rows)), the markdown also on stdout; exit status 0."""
+    (out / f"{stem}.json").write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+    (out / f"{stem}.md").write_text(render(rows))
+    print(render(rows))
     return 0
 
 

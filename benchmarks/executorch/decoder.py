@@ -26,6 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks" / "arm64"))
+from bench import publish  # noqa: E402  (benchmarks/executorch, this script's folder)
 from check import FREE_PROMPTS, decoder_inputs  # noqa: E402
 
 NEW_TOKENS, PROMPT_LENGTHS = 32, (32, 128)
@@ -204,11 +205,7 @@ def main(argv=None) -> int:
     if args.worker:
         print(json.dumps(speed_worker(args)))
         return 0
-    rows = run(args)
-    (args.out / "decoder.json").write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
-    (args.out / "decoder.md").write_text(markdown(rows))
-    print(markdown(rows))
-    return 0
+    return publish(run(args), args.out, "decoder", markdown)
 
 
 if __name__ == "__main__":
