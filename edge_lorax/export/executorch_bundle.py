@@ -28,7 +28,7 @@ from edge_lorax.builder.models import portable_model_id
 from edge_lorax.export import encoder_bundle, executorch_decoder
 from edge_lorax.export import graph as g
 from edge_lorax.export.config import ExportJob
-from edge_lorax.export.executorch_program import DEFAULTS_FILE, PTE_FILE, load_method, quiet
+from edge_lorax.export.executorch_program import DEFAULTS_FILE, PTE_FILE, load_method, quiet, unsupported_flags
 from edge_lorax.export.verify import (
     COEFF_SCALES,
     QUANTIZED,
@@ -55,11 +55,7 @@ def check(job: ExportJob):
     c = job.config
     if job.task == names.TASK_CAUSAL_LM:  # a decoder: the static-KV-cache program (export.executorch_decoder)
         return executorch_decoder.check(job)
-    unsupported = [flag for flag, on in (("--quantize " + str(c.quantize), c.quantize not in (None, "int8")),
-                                         ("--per-example", c.per_example), ("--merge", c.merge),
-                                         ("--ort-format", c.ort_format), ("--fuse", c.fused),
-                                         ("--builder-option", c.builder_options),
-                                         ("--exporter dynamo", c.exporter != "torchscript")) if on]
+    unsupported = unsupported_flags(c, quantize=(None, "int8"))
     if unsupported:
         raise InputError(f"{', '.join(unsupported)}: not offered by --target executorch (one fp32 XNNPACK program, one "
                          "user per run, fp32 or --quantize int8); drop them, or drop --target for the ONNX bundle")

@@ -49,10 +49,7 @@ def check(job: ExportJob):
     """What the decoder program does not offer, refused before any work (one line); the model type must be one of
     the KV-cache types (transformers' static cache serves them)."""
     c = job.config
-    unsupported = [flag for flag, on in (("--quantize", c.quantize), ("--per-example", c.per_example), ("--merge", c.merge),
-                                         ("--fuse", c.fused), ("--ort-format", c.ort_format),
-                                         ("--builder-option", c.builder_options),
-                                         ("--exporter dynamo", c.exporter != "torchscript")) if on]
+    unsupported = program.unsupported_flags(c)
     if unsupported:
         raise InputError(f"{', '.join(unsupported)}: not offered by --target executorch for decoders (one fp32 program "
                          "with a static KV cache, one user per run); drop them, or drop --target for the ONNX bundle")

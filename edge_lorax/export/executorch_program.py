@@ -9,7 +9,7 @@ import logging
 import warnings
 from pathlib import Path
 
-__all__ = ["PTE_FILE", "DEFAULTS_FILE", "quiet", "load_method"]
+__all__ = ["PTE_FILE", "DEFAULTS_FILE", "quiet", "load_method", "unsupported_flags"]
 
 PTE_FILE, DEFAULTS_FILE = "model.pte", "defaults.npz"
 
@@ -32,3 +32,13 @@ def load_method(path: Path):
 
     with quiet():
         return Runtime.get().load_program(str(path)).load_method("forward")
+
+
+def unsupported_flags(config, quantize=(None,)) -> list:
+    """The export options (ExportConfig) set on `config` that no .pte program takes, `--quantize` unless its value is
+    in `quantize`, as the CLI spells them."""
+    c = config
+    return [flag for flag, on in (("--quantize " + str(c.quantize), c.quantize not in quantize),
+                                  ("--per-example", c.per_example), ("--merge", c.merge), ("--ort-format", c.ort_format),
+                                  ("--fuse", c.fused), ("--builder-option", c.builder_options),
+                                  ("--exporter dynamo", c.exporter != "torchscript")) if on]
