@@ -17,7 +17,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from run import FIT_METHODS, KINDS, LR, STEPS, TARGETS, K  # noqa: E402
+from run import FIT_METHODS, KINDS, LR, STEPS_BY_ROWS, TARGETS, VERA_RANK, K  # noqa: E402
 
 from edge_lorax.bench import measure  # noqa: E402
 
@@ -30,8 +30,10 @@ COMMANDS = ["nice -n 15 .venv/bin/python benchmarks/train_sources_wide.py",
             ".venv/bin/python benchmarks/subspace_count/report.py"]
 
 
-def load_runs(folder: Path) -> list:
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.name != "pool.json"]
+def load_runs(folder: Path, pool: int | None = None) -> list:
+    """Every cell under `folder`; with `pool`, subspace cells of that pool only (LoRA, VeRA, probe have none)."""
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json")) if p.name != "pool.json"]
+    return [r for r in runs if pool is None or not r["n"] or r["pool"] == pool]
 
 
 def ms(values, scale=100.0, digits=1) -> str:
@@ -132,10 +134,10 @@ def fit_index(runs: list) -> dict:
 
 
 def fit_table(index: dict) -> list:
-    lines = ["| target | rows | probe | LoRA r=8 | " + " | ".join(f"{m} (kind, N)" for m in ("eigen-keep", "random", "mean",
-             "eigen-drop")) + " |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| target | rows | probe | LoRA r=8 | VeRA (1,792) | " + " | ".join(f"{m} (kind, N)" for m in ("eigen-keep",
+             "random", "mean", "eigen-drop")) + " |", "|---|---|---|---|---|---|---|---|---|"]
     for (target, rows), cells in sorted(index.items(), key=lambda x: (TARGETS.index(x[0][0]), x[0][1] or 10 ** 9)):
-        row = [ms(cells.get(("probe", "none", 0), [])), ms(cells.get(("lora", "none", 0), []))]
+        row = [ms(cells.get((m, "none", 0), [])) for m in ("probe", "lora", "vera")]
         for m in ("eigen-keep", "random", "mean", "eigen-drop"):
             found = sorted((k, n) for (mm, k, n) in cells if mm == m)
             row.append("; ".join(f"{k} N={n}: {ms(cells[(m, k, n)])}" for k, n in found) or "–")
@@ -144,36 +146,56 @@ def fit_table(index: dict) -> list:
 
 
 def gaps(runs: list) -> dict:
-    """{(kind, n, rows): [eigen-keep − random per paired (target, draw, seed)]} in points."""
-    by = {(r["target"], r["kind"], r["n"], r["draw"], r["seed"], r["rows"], r["method"]): r["test_accuracy"]
-          for r in runs if r["phase"] == "fit"}
-    out = defaultdict(list)
-    for (t, k, n, d, s, rows, m), acc in by.items():
-        if m == "eigen-keep" and (t, k, n, d, s, rows, "random") in by:
-            out[(k, n, rows)].append(100 * (acc - by[(t, k, n, d, s, rows, "random")]))
-    return out
-
-
-def vs_lora(runs: list) -> dict:
-    """{(kind, n, rows): [eigen-keep − LoRA r=8 (same target, seed, rows)]} in points."""
-    lora = {(r["target"], r["seed"], r["rows"]): r["test_accuracy"] for r in runs if r["phase"] == "fit" and r["method"] == "lora"}
+    """{(kind, n, rows): [eigen-keep − random per paired (target, seed, rows)]} in points; the random basis depends on
+    the seed alone (run.py: random_like), so every draw and N of a target pairs with the same random run."""
+    rand = {(r["target"], r["seed"], r["rows"]): r["test_accuracy"] for r in runs
+            if r["phase"] == "fit" and r["method"] == "random"}
     out = defaultdict(list)
     for r in runs:
         key = (r["target"], r["seed"], r["rows"])
-        if r["phase"] == "fit" and r["method"] == "eigen-keep" and key in lora:
-            out[(r["kind"], r["n"], r["rows"])].append(100 * (r["test_accuracy"] - lora[key]))
+        if r["phase"] == "fit" and r["method"] == "eigen-keep" and key in rand:
+            out[(r["kind"], r["n"], r["rows"])].append(100 * (r["test_accuracy"] - rand[key]))
+    return out
+
+
+def gap_table(g: dict) -> list:
+    """Markdown: EigenLoRAx − random (points, mean ± std over targets × draws × seeds) by draw kind and rows × N, and
+    the N where the mean gap stops growing (first N within 90 % of the row's largest positive mean)."""
+    ns = sorted({n for (_, n, _) in g})
+    lines = ["| draws | rows | " + " | ".join(f"N={n}" for n in ns) + " | gap stops growing at |",
+             "|---|---|" + "---|" * (len(ns) + 1)]
+    for kind, rows in sorted({(k, r) for (k, _, r) in g}, key=lambda x: (KINDS.index(x[0]), x[1] or 10 ** 9)):
+        means = {n: float(np.mean(g[(kind, n, rows)])) for n in ns if g.get((kind, n, rows))}
+        top = max(means.values())
+        stop = min(n for n, v in means.items() if v >= 0.9 * top) if top > 0 and len(means) > 1 else None
+        lines.append(f"| {kind} | {rows or 'all'} | " + " | ".join(ms(g.get((kind, n, rows), []), scale=1)
+                                                                  for n in ns) + f" | {stop or '–'} |")
+    return lines
+
+
+def vs_alone(runs: list, method: str = "lora") -> dict:
+    """{(kind, n, rows): [eigen-keep − `method` (a run without a subspace: LoRA, VeRA, probe) of the same target, seed
+    and rows]} in points."""
+    alone = {(r["target"], r["seed"], r["rows"]): r["test_accuracy"] for r in runs
+             if r["phase"] == "fit" and r["method"] == method}
+    out = defaultdict(list)
+    for r in runs:
+        key = (r["target"], r["seed"] if method != "probe" else 0, r["rows"])
+        if r["phase"] == "fit" and r["method"] == "eigen-keep" and key in alone:
+            out[(r["kind"], r["n"], r["rows"])].append(100 * (r["test_accuracy"] - alone[key]))
     return out
 
 
 def plateau_steps(runs: list) -> dict:
-    """{method: [first eval step whose validation accuracy is within 1 point of the run's best]}."""
+    """{"method rows=R of S steps": [first eval step whose validation accuracy is within 1 point of the run's best]}."""
     out = defaultdict(list)
     for r in runs:
         hist = r.get("history") or []
         if hist:
             best = max(h[3] for h in hist)
-            out[r["method"]].append(next(h[0] for h in hist if h[3] >= best - 0.01))
-    return out
+            out[f"{r['method']} rows={r['rows'] or 'all'} of {r['steps']} steps"].append(
+                next(h[0] for h in hist if h[3] >= best - 0.01))
+    return dict(sorted(out.items()))
 
 
 def advise_table(runs: list) -> list:
@@ -238,8 +260,8 @@ def draw_ev(curves: dict, pool: int, path):
 
 
 def draw_accuracy(curves: dict, pool: int, index: dict, path):
-    """Per target: the projected adapter's accuracy vs N (draw 0, per draw kind), trained eigen-keep and random vs N
-    (64 rows, mixed) and LoRA / probe as horizontal lines."""
+    """Per target: the projected adapter's accuracy vs N (draw 0, per draw kind), trained eigen-keep vs N (64 rows, per
+    draw kind) and the random basis, LoRA, VeRA and the probe (64 rows) as horizontal lines."""
     cur = curves.get(pool, {})
     targets = [t for t in TARGETS if any(k[0] == t for k in cur) or any(k[0] == t for k in index)]
     plt, fig, axes = _panels(targets)
@@ -250,13 +272,13 @@ def draw_accuracy(curves: dict, pool: int, index: dict, path):
                 ns = sorted(n for n in byn if byn[n]["acc"] and byn[n]["acc"][0] is not None)
                 ax.plot(ns, [100 * byn[n]["acc"][0] for n in ns], style, label=f"projection, {kind}", alpha=0.6)
         cells = index.get((t, 64), {})
-        for m, color in (("eigen-keep", "C3"), ("random", "k")):
-            pts = sorted((n, np.mean(v)) for (mm, k, n), v in cells.items() if mm == m and k == "mixed")
+        for kind, color in zip(KINDS, ("C3", "C5", "C1")):
+            pts = sorted((n, np.mean(v)) for (mm, k, n), v in cells.items() if mm == "eigen-keep" and k == kind)
             if pts:
-                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "-D", color=color, label=f"{m} (64 rows)")
-        for m, ls in (("lora", "--"), ("probe", ":")):
+                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], "-D", color=color, label=f"trained, {kind}")
+        for m, ls, color in (("random", "-.", "k"), ("lora", "--", "C4"), ("vera", "--", "C8"), ("probe", ":", "C4")):
             if cells.get((m, "none", 0)):
-                ax.axhline(100 * np.mean(cells[(m, "none", 0)]), ls=ls, color="C4", label=f"{m} (64 rows)")
+                ax.axhline(100 * np.mean(cells[(m, "none", 0)]), ls=ls, color=color, label=m)
     _save(plt, fig, axes, targets, "test accuracy %", 6, path)
 
 
@@ -276,12 +298,14 @@ def family_status() -> dict:
 def summary(runs: list) -> dict:
     """The numbers the text states: per (kind, N, rows) gaps and vs LoRA, plateau N per target/kind, CPU hours."""
     curves = proj_curves(runs)
-    g, v = gaps(runs), vs_lora(runs)
+    g, v, vv = gaps(runs), vs_alone(runs, "lora"), vs_alone(runs, "vera")
     return {"gap_vs_random": {f"{k} N={n} rows={r or 'all'}": _stat(x) for (k, n, r), x in sorted(g.items())},
             "eigen_minus_lora": {f"{k} N={n} rows={r or 'all'}": _stat(x) for (k, n, r), x in sorted(v.items())},
+            "eigen_minus_vera": {f"{k} N={n} rows={r or 'all'}": _stat(x) for (k, n, r), x in sorted(vv.items())},
             "plateau_n_ev": {f"P{p} {t} {k}": plateau_n(byn) for p, cur in curves.items() for (t, k), byn in cur.items()},
             "cpu_h": round(sum(r.get("cpu_s", 0) for r in runs) / 3600, 2),
             "wall_h": round(sum(r.get("wall_s", 0) for r in runs) / 3600, 2), "runs": len(runs),
+            "load_median": round(float(np.median([r["load_average"][0] for r in runs] or [0])), 2),
             "steps_to_plateau": {m: sorted(s) for m, s in plateau_steps(runs).items()}, "family": family_status()}
 
 
@@ -316,8 +340,9 @@ def markdown(runs: list, s: dict, stamp: dict) -> str:
     parts = ["# How many adapters make a subspace (issue 30): recycled vs random by number and family of sources",
              "", *measure.stamp_md(stamp), "", "Commands (resumable; each cell one JSON under `runs/`):", "",
              *[f"- `{c}`" for c in COMMANDS], "",
-             f"CPU: {s['runs']} cells, {s['cpu_h']} CPU hours ({s['wall_h']} h wall) on a 2-core machine shared with "
-             f"other jobs (load average 5–15), all at `nice -n 15`, one torch thread. Family: {fam['trained']} of the "
+             f"CPU: {s['runs']} cells in this report, {s['cpu_h']} CPU hours ({s['wall_h']} h wall) on a 2-core machine "
+             f"(two cells at a time; 1-minute load average over the cells: median {s['load_median']}), all at "
+             f"`nice -n 15`, one torch thread. Family: {fam['trained']} of the "
              f"{fam['planned']} planned MiniLM adapters trained ({len(fam['wide_trained'])} new: "
              f"{', '.join(fam['wide_trained']) or 'none'}; {fam['wide_wall_h']} h wall).", ""]
     parts += ["## Training-free: how much of a held-out adapter a subspace of N sources holds", "",
@@ -331,15 +356,21 @@ def markdown(runs: list, s: dict, stamp: dict) -> str:
                   *proj_accuracy_table(curves, p), "", "Per module (mixed draws, mean over targets and draws):", "",
                   *module_table(curves, p), ""]
     parts += ["## Trained: EigenLoRAx vs random basis vs mean vs LoRA vs probe", "",
-              f"Test accuracy %, {STEPS} steps of batch 16, max length 48, rates from the paper table's one validation "
-              f"sweep: " + ", ".join(f"{m} {LR[m]:g}" for m in FIT_METHODS) + ". Balanced test sets for disaster/20ng "
-              "targets (50 % floor).", "", *fit_table(index), "",
-              "EigenLoRAx (mean kept) − random basis, points, paired by target, draw and seed:", ""]
+              "Test accuracy %, batch 16, max length 48, steps by training rows: " + ", ".join(
+                  f"{r or 'all'} rows {st}" for r, st in STEPS_BY_ROWS.items()) + "; rates from the paper table's one "
+              "validation sweep: " + ", ".join(f"{m} {LR[m]:g}" for m in FIT_METHODS) + f". VeRA r={VERA_RANK} on "
+              "q/v of layers 4–5 (4 × (384 + 64) = 1,792 per-user parameters: EigenLoRAx's budget). Balanced test sets "
+              "for disaster/20ng targets (50 % floor).", "", *fit_table(index), "",
+              "EigenLoRAx (mean kept) − random basis of the same K, points, paired by target, draw and seed:", "",
+              *gap_table(gaps(runs)), "", "The same, one line per cell group:", ""]
     parts += [f"- {k}: {v['mean']:+.1f} (min {v['min']:+.1f}, max {v['max']:+.1f}, n={v['n']})"
               for k, v in s["gap_vs_random"].items()] or ["- no paired cell yet"]
     parts += ["", "EigenLoRAx (mean kept) − LoRA r=8, points:", ""]
     parts += [f"- {k}: {v['mean']:+.1f} (min {v['min']:+.1f}, max {v['max']:+.1f}, n={v['n']})"
               for k, v in s["eigen_minus_lora"].items()] or ["- no paired cell yet"]
+    parts += ["", "EigenLoRAx (mean kept) − VeRA at the same per-user budget, points:", ""]
+    parts += [f"- {k}: {v['mean']:+.1f} (min {v['min']:+.1f}, max {v['max']:+.1f}, n={v['n']})"
+              for k, v in s["eigen_minus_vera"].items()] or ["- no paired cell yet"]
     parts += ["", "Steps to plateau (first evaluation, every 25 steps, within 1 point of the run's best validation "
               "accuracy):", ""] + [f"- {m}: {v}" for m, v in s["steps_to_plateau"].items()]
     parts += ["", "## What `edge-lorax advise` measures, beside the trained gap", "",
@@ -353,8 +384,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=Path, default=HERE / "runs")
     ap.add_argument("--extra", type=Path, default=HERE / "notes.md", help="hand-written verdict appended to report.md")
+    ap.add_argument("--pool", type=int, help="subspace cells of this pool only (default: the largest pool in runs/)")
     args = ap.parse_args(argv)
     runs = load_runs(args.runs)
+    runs = load_runs(args.runs, args.pool or max((r["pool"] for r in runs if r["n"]), default=None))
     stamp = measure.finish(measure.stamp(" && ".join(COMMANDS), dirty_paths=("benchmarks/subspace_count",)))
     s = summary(runs)
     text = markdown(runs, s, stamp) + (args.extra.read_text() if args.extra.is_file() else "")

@@ -57,9 +57,12 @@ TARGETS = ("tweets-binary", "amazon-3class", "nyt-binary", "spam-sms", "trec-coa
 KINDS = ("same", "other", "mixed")
 NS = (2, 4, 8, 16, 32, 64)
 K = 8
-LR = {"eigen-keep": 2e-2, "eigen-drop": 5e-2, "random": 5e-2, "mean": 2e-2, "lora": 2e-3}  # paper table sweep picks
-FIT_METHODS = ("eigen-keep", "random", "mean", "lora", "eigen-drop")
+LR = {"eigen-keep": 2e-2, "eigen-drop": 5e-2, "random": 5e-2, "mean": 2e-2, "lora": 2e-3, "vera": 3e-2}  # paper table sweep
+FIT_METHODS = ("eigen-keep", "random", "mean", "lora", "eigen-drop", "vera")
+# VeRA at EigenLoRAx's per-user budget: its per-module vectors (r + 384) only fit 1,843 on 4 modules: q/v of the last 2 layers
+VERA_RANK, VERA_TARGETS = 64, tuple(f"layer.{i}.attention.self.{m}" for i in (4, 5) for m in ("query", "value"))
 STEPS, BATCH, MAX_LEN, VAL_ROWS, TEST_ROWS, EVAL_EVERY = 100, 16, 48, 128, 512, 25
+STEPS_BY_ROWS = {64: 100, 256: 100, 0: 100}  # set from the plateau study (report: "Steps to plateau")
 
 
 def family(name: str) -> str:
@@ -81,11 +84,14 @@ class Cell:
     seed: int
     rows: int  # training rows (0: all); proj: 0
     pool: int
+    steps: int = STEPS  # fit: optimizer steps of batch BATCH
 
     @property
     def key(self) -> str:
         pool = f"_P{self.pool}" if self.n else ""  # LoRA / probe do not depend on the pool
-        return f"{self.phase}_{self.target}_{self.kind}_N{self.n}_d{self.draw}_{self.method}_s{self.seed}_r{self.rows}{pool}"
+        steps = f"_t{self.steps}" if self.steps != STEPS and self.phase == "fit" and self.method != "probe" else ""
+        return (f"{self.phase}_{self.target}_{self.kind}_N{self.n}_d{self.draw}_{self.method}_s{self.seed}_r{self.rows}"
+                f"{pool}{steps}")
 
 
 def load_pool(size: int | None) -> list[str]:
@@ -219,13 +225,16 @@ def fit_cell(cell: Cell, sources: list | None) -> dict:
     task = target_task(cell.target, cell.rows, cell.seed)
     if cell.method == "probe":
         return probe(task)
-    config = TrainConfig(lr=LR[cell.method], batch_size=BATCH, max_length=MAX_LEN, steps=STEPS, seed=cell.seed,
+    config = TrainConfig(lr=LR[cell.method], batch_size=BATCH, max_length=MAX_LEN, steps=cell.steps, seed=cell.seed,
                          eval_every=EVAL_EVERY)
     if cell.method == "lora":
         net = baseline_model(default_model_path(), task.num_labels, "lora", rank=8, seed=cell.seed)
+    elif cell.method == "vera":
+        net = baseline_model(default_model_path(), task.num_labels, "vera", rank=VERA_RANK, targets=VERA_TARGETS,
+                             seed=cell.seed)
     else:
         mean, k = {"eigen-drop": ("drop", K), "mean": ("keep", 1)}.get(cell.method, ("keep", K))
-        sub = subspace(sources, mean, k)
+        sub = subspace(sources, mean, k)  # random: `sources` only lend the shapes (K, module sizes)
         sub = random_like(sub, cell.seed) if cell.method == "random" else sub
         torch.manual_seed(cell.seed)
         net = coeff_model(None, sub, task.num_labels, init="zero_b", seed=cell.seed)
@@ -256,6 +265,8 @@ def execute(cell: Cell, pool: list, out_dir: Path) -> dict | None:
     if path.exists():
         return json.loads(path.read_text())
     sources = draw_sources(pool, cell.target, cell.kind, cell.n, cell.draw) if cell.n else None
+    if cell.method == "random" and not cell.n:  # the control is the same for every draw: shapes from any two sources
+        sources = candidates(pool, cell.target, "mixed")[:2]
     if cell.n and sources is None:
         return None
     start, cpu = time.perf_counter(), time.process_time()
@@ -267,20 +278,22 @@ def execute(cell: Cell, pool: list, out_dir: Path) -> dict | None:
     return result
 
 
-def plan(phase: str, pool: list, targets, kinds, ns, draws: int, seeds: int, rows, methods) -> list[Cell]:
+def plan(phase: str, pool: list, targets, kinds, ns, draws: int, seeds: int, rows, methods, steps=None) -> list[Cell]:
     """proj: every (target, kind, N ≤ pool, draw); fit: rows-major, then N, then draws/seeds (cheap, decisive first);
-    LoRA and the probe once per (target, rows, seed)."""
+    LoRA, VeRA, the probe and the random basis (seeded by the seed alone, so the same for every draw and N: random_like)
+    once per (target, rows, seed); steps: STEPS_BY_ROWS unless given."""
     p, ts = len(pool), [t for t in targets if (ADAPTERS / t / "training.json").is_file()]
     if phase in ("proj", "advise"):
         method = "keep" if phase == "proj" else "grad"
         return [Cell(phase, t, k, _n(n, pool, t, k), d, method, 0, 0, p) for d in range(draws) for n in ns for t in ts
                 for k in kinds if _n(n, pool, t, k)]
-    cells = []
+    cells, alone = [], ("probe", "lora", "vera", "random")  # no subspace (random: independent of the draw and N)
     for r in rows:
+        st = steps or STEPS_BY_ROWS.get(r, STEPS)
         for s in range(seeds):
-            cells += [Cell("fit", t, "none", 0, 0, m, s, r, p) for t in ts for m in ("probe", "lora") if m in methods]
-            cells += [Cell("fit", t, k, _n(n, pool, t, k), d, m, s, r, p) for d in range(draws) for n in ns for t in ts
-                      for k in kinds for m in methods if m not in ("lora", "probe") and _n(n, pool, t, k)]
+            cells += [Cell("fit", t, "none", 0, 0, m, s, r, p, st) for t in ts for m in alone if m in methods]
+            cells += [Cell("fit", t, k, _n(n, pool, t, k), d, m, s, r, p, st) for d in range(draws) for n in ns
+                      for t in ts for k in kinds for m in methods if m not in alone and _n(n, pool, t, k)]
     return cells
 
 
@@ -300,6 +313,7 @@ def main(argv=None):
     ap.add_argument("--rows", default="64,256,0", help="training rows per fit cell (0: all)")
     ap.add_argument("--methods", default=",".join(("probe", *FIT_METHODS)))
     ap.add_argument("--pool", type=int, help="pool size P (default: every adapter trained so far, in order)")
+    ap.add_argument("--steps", type=int, help="fit: optimizer steps (default: STEPS_BY_ROWS for the rows)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=HERE / "runs")
     args = ap.parse_args(argv)
@@ -310,7 +324,7 @@ def main(argv=None):
     pool = load_pool(args.pool)
     ns = [int(n) for n in args.ns.split(",")]
     cells = plan(args.phase, pool, args.targets.split(","), args.kinds.split(","), ns, args.draws, args.seeds,
-                 [int(r) for r in args.rows.split(",")], args.methods.split(","))
+                 [int(r) for r in args.rows.split(",")], args.methods.split(","), args.steps)
     print(f"pool {len(pool)} adapters; {len(cells)} cells", file=sys.stderr)
     for i, cell in enumerate(cells, 1):
         r = execute(cell, pool, args.out)
