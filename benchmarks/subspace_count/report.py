@@ -295,7 +295,12 @@ def family_status() -> dict:
             "wide_wall_h": round(sum(d.get("wall_s", 0) for d in wide) / 3600, 2)}
 
 
-def summary(runs: list) -> dict:
+def on_grid(r: dict) -> bool:
+    """False for the plateau study's cells (a trained run at other steps than STEPS_BY_ROWS gives its rows)."""
+    return r["phase"] != "fit" or r["method"] == "probe" or r.get("steps") == STEPS_BY_ROWS.get(r["rows"])
+
+
+def summary(runs: list, study: list = ()) -> dict:
     """The numbers the text states: per (kind, N, rows) gaps and vs LoRA, plateau N per target/kind, CPU hours."""
     curves = proj_curves(runs)
     g, v, vv = gaps(runs), vs_alone(runs, "lora"), vs_alone(runs, "vera")
@@ -303,10 +308,11 @@ def summary(runs: list) -> dict:
             "eigen_minus_lora": {f"{k} N={n} rows={r or 'all'}": _stat(x) for (k, n, r), x in sorted(v.items())},
             "eigen_minus_vera": {f"{k} N={n} rows={r or 'all'}": _stat(x) for (k, n, r), x in sorted(vv.items())},
             "plateau_n_ev": {f"P{p} {t} {k}": plateau_n(byn) for p, cur in curves.items() for (t, k), byn in cur.items()},
-            "cpu_h": round(sum(r.get("cpu_s", 0) for r in runs) / 3600, 2),
-            "wall_h": round(sum(r.get("wall_s", 0) for r in runs) / 3600, 2), "runs": len(runs),
-            "load_median": round(float(np.median([r["load_average"][0] for r in runs] or [0])), 2),
-            "steps_to_plateau": {m: sorted(s) for m, s in plateau_steps(runs).items()}, "family": family_status()}
+            "cpu_h": round(sum(r.get("cpu_s", 0) for r in [*runs, *study]) / 3600, 2),
+            "wall_h": round(sum(r.get("wall_s", 0) for r in [*runs, *study]) / 3600, 2), "runs": len(runs) + len(study),
+            "load_median": round(float(np.median([r["load_average"][0] for r in [*runs, *study]] or [0])), 2),
+            "steps_to_plateau": {m: sorted(s) for m, s in plateau_steps([*runs, *study]).items()},
+            "family": family_status()}
 
 
 def _stat(x) -> dict:
@@ -388,8 +394,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     runs = load_runs(args.runs)
     runs = load_runs(args.runs, args.pool or max((r["pool"] for r in runs if r["n"]), default=None))
+    study, runs = [r for r in runs if not on_grid(r)], [r for r in runs if on_grid(r)]
     stamp = measure.finish(measure.stamp(" && ".join(COMMANDS), dirty_paths=("benchmarks/subspace_count",)))
-    s = summary(runs)
+    s = summary(runs, study)
     text = markdown(runs, s, stamp) + (args.extra.read_text() if args.extra.is_file() else "")
     curves, index = proj_curves(runs), fit_index(runs)
     pool = max(curves) if curves else 0
