@@ -36,6 +36,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -60,7 +61,8 @@ HELD_OUT = ("vader:tweets-binary", "spam:sms", "trec:coarse", "disaster:food")
 LR_GRID = {"eigen-keep": (5e-3, 2e-2, 5e-2, 1e-1), "random": (5e-3, 2e-2, 5e-2, 1e-1, 2e-1), "lora": (5e-4, 2e-3, 5e-3)}
 STEPS, K = 40, 8
 CONFIG = replace(SOURCE_CONFIG, steps=STEPS)  # batch 8, prompt + answer <= 96 tokens, 6 % warm-up, linear decay
-STAGES = ("zero-shot", "probe", "projection", "sweep", "seeds", "drop", "lowdata")
+STAGES = ("zero-shot", "probe", "projection", "sweep", "seeds", "drop", "lowdata")  # + "sources" (issue 30, on request)
+FEWER_SOURCES = (2, 5)  # issue 30's repeat: eigen-keep on a seeded draw of N of the eleven (the random control ignores N)
 COMMAND = ".venv/bin/python benchmarks/decoder/loo.py"
 CODE = ("edge_lorax/builder", "edge_lorax/formats", "benchmarks/decoder")
 
@@ -73,11 +75,13 @@ class Run:
     seed: int = 0
     lr: float | None = None
     stage: str = "sweep"
+    sources: int = 0  # subspace from this many of the eleven other sources (0: all eleven)
 
     @property
     def key(self) -> str:
         lr = "" if self.lr is None else f"_lr{self.lr:g}"
-        return f"{folder_name(self.task)}_{self.method}_n{self.rows}_s{self.seed}{lr}"
+        src = f"_src{self.sources}" if self.sources else ""
+        return f"{folder_name(self.task)}_{self.method}_n{self.rows}_s{self.seed}{lr}{src}"
 
 
 def picks(out: Path) -> dict:
@@ -113,6 +117,9 @@ def plan(stages, out: Path, seeds: int = 3) -> list:
         elif stage == "lowdata":
             runs += [Run(t, m, rows=n, lr=chosen[m], stage=stage) for n in ("256", "64") for m in ("eigen-keep", "lora")
                      if m in chosen for t in HELD_OUT]
+        elif stage == "sources" and "eigen-keep" in chosen:
+            runs += [Run(t, "eigen-keep", lr=chosen["eigen-keep"], stage=stage, sources=n) for n in FEWER_SOURCES
+                     for t in HELD_OUT]
     return runs
 
 
@@ -121,12 +128,14 @@ def plan(stages, out: Path, seeds: int = 3) -> list:
 _SUBSPACES: dict = {}
 
 
-def subspace_for(task: str, mean: str = "keep"):
-    """The leave-one-task-out subspace: the eleven other sources, K=8 (cached per process)."""
-    if (task, mean) not in _SUBSPACES:
+def subspace_for(task: str, mean: str = "keep", n: int = 0):
+    """The leave-one-task-out subspace: the eleven other sources (or a seeded draw of n of them), K=8 (cached)."""
+    if (task, mean, n) not in _SUBSPACES:
         sources = [ADAPTERS / folder_name(s) for s in SOURCE_TASKS if s != task]
-        _SUBSPACES[(task, mean)] = build_subspace(sources, components=K, mean=mean, seed=0)
-    return _SUBSPACES[(task, mean)]
+        sources = sorted(sources[i] for i in np.random.default_rng([n, HELD_OUT.index(task)]).permutation(11)[:n]) \
+            if n else sources
+        _SUBSPACES[(task, mean, n)] = build_subspace(sources, components=K, mean=mean, seed=0)
+    return _SUBSPACES[(task, mean, n)]
 
 
 def model_for(run: Run, num_labels: int):
@@ -134,7 +143,7 @@ def model_for(run: Run, num_labels: int):
     if run.method == "lora":
         path = resolve_model(MODEL)
         return baseline_model(path, num_labels, "lora", 8, 16, ("q_proj", "v_proj"), run.seed, CAUSAL_LM), None
-    sub = subspace_for(run.task, "drop" if run.method == "eigen-drop" else "keep")
+    sub = subspace_for(run.task, "drop" if run.method == "eigen-drop" else "keep", run.sources)
     sub = random_like(sub, run.seed) if run.method == "random" else sub
     torch.manual_seed(run.seed)
     return coeff_model(MODEL, sub, num_labels, init="zero_b", seed=run.seed, kind=CAUSAL_LM), sub
@@ -158,7 +167,8 @@ def train_run(run: Run, task, tokenizer, config) -> dict:
     objective = objective_for(CAUSAL_LM, task, tokenizer, config.max_length)
     result = fit(net, task, tokenizer, replace(config, lr=run.lr, seed=run.seed), progress=False, objective=objective)
     adapter, _ = count_params(net, None)
-    return {"validation": _rounded(result.validation), "test": _rounded(result.test), "params": adapter,
+    used = [x["name"] for x in sub.config["sources"]] if run.sources else None  # the draw's adapters
+    return {"validation": _rounded(result.validation), "test": _rounded(result.test), "params": adapter, "used": used,
             "user_bytes": user_bytes(net, sub), "steps": result.steps, "s_per_step": result.s_per_step,
             "threads": torch.get_num_threads()}
 

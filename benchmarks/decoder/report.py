@@ -28,7 +28,10 @@ ORDER = ("zero-shot", "probe", "projection", "random", "eigen-drop", "eigen-keep
 
 
 def load(folder: Path) -> list:
-    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    """The leave-one-task-out runs (every other source in the subspace); issue 30's fewer-source runs
+    (`sources` > 0) belong to benchmarks/subspace_count's report."""
+    runs = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    return [r for r in runs if not r.get("sources")]
 
 
 def shown(runs, chosen: dict) -> list:
