@@ -215,6 +215,24 @@ def advise_table(runs: list) -> list:
     return lines
 
 
+def decoder_repeat() -> list:
+    """Markdown: SmolLM2 test exact match of EigenLoRAx on N of the eleven sources (benchmarks/decoder/loo.py --stages
+    sources; N=11 is the LOO run) beside the random basis, seed 0, all rows, the LOO sweep's rates; [] if none ran."""
+    runs = [json.loads(p.read_text()) for p in sorted((ROOT / "benchmarks/decoder/runs").glob("*.json"))]
+    picks = json.loads((ROOT / "benchmarks/decoder/report.json").read_text())["picks"]
+    cell = {(r["task"], r["method"], r.get("sources") or 11): r["test"]["accuracy"] for r in runs
+            if r["rows"] == "all" and r["seed"] == 0 and r.get("lr") is not None and r["lr"] == picks.get(r["method"])}
+    ns = sorted({n for (_, m, n) in cell if m == "eigen-keep"})
+    if ns == [11]:
+        return []
+    tasks = sorted({t for (t, _, _) in cell})
+    lines = ["| task | " + " | ".join(f"EigenLoRAx N={n}" for n in ns) + " | random basis |", "|---|" + "---|" * (len(ns) + 1)]
+    for t in tasks:
+        vals = [cell.get((t, "eigen-keep", n)) for n in ns] + [cell.get((t, "random", 11))]
+        lines.append(f"| `{t}` | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in vals) + " |")
+    return lines
+
+
 # ------------------------------------------------------------------------------------------ figures
 
 
@@ -382,6 +400,12 @@ def markdown(runs: list, s: dict, stamp: dict) -> str:
     parts += ["", "## What `edge-lorax advise` measures, beside the trained gap", "",
               "The share of the target's first 64 training rows' gradient (frozen base, logistic-regression head) "
               "inside the draw's K=8 subspace and inside 8 random bases of the same K:", "", *advise_table(runs)]
+    dec = decoder_repeat()
+    if dec:
+        parts += ["", "## SmolLM2 repeat, trained (test exact match %, seed 0, all rows)", "",
+                  "`.venv/bin/python benchmarks/decoder/loo.py --stages sources` (EigenLoRAx on a seeded draw of N of the "
+                  "eleven other decoder adapters; N=11 and the random basis are the leave-one-task-out runs of "
+                  "benchmarks/decoder/report.md; the random basis does not depend on N):", "", *dec]
     parts += ["", "## The goal", "", *goal_lines(s), ""]
     return "\n".join(parts) + "\n"
 
