@@ -6,7 +6,9 @@
 #
 # Cells, per worker: training-free projections (10 targets x 3 kinds x N in 2..64 x 3 draws), then trained cells at 64
 # rows (probe, LoRA r=8, VeRA at the budget, random basis, EigenLoRAx mixed N=2/8/all and same-family N=2/all), 256 rows
-# and all rows (steps from the plateau study: run.py STEPS_BY_ROWS), the advise measure, then the spread (seeds 1-2).
+# and all rows (steps from the plateau study: run.py STEPS_BY_ROWS; VeRA at 64 rows only, the random basis at all rows
+# for the first target only: the 2-core budget), the advise measure, then the spread (other-family draws, seeds 1-2,
+# mean alone and mean dropped, more draws at N=8/32) as far as time allows.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RUN="nice -n 15 .venv/bin/python benchmarks/subspace_count/run.py"
@@ -17,8 +19,8 @@ worker() {  # $1: fit targets, $2: extra projection-only target
     $RUN --phase proj --targets "$1,$2" --ns 2,4,8,16,32,0 --draws 3
     $RUN --phase fit --targets "$1" --rows 64 --methods probe,lora,vera,random,eigen-keep --kinds mixed --ns 2,8,0 --draws 1
     $RUN --phase fit --targets "$1" --rows 64 --methods eigen-keep --kinds same --ns 2,0 --draws 1
-    $RUN --phase fit --targets "$1" --rows 256 --methods probe,lora,vera,random,eigen-keep --kinds mixed --ns 0 --draws 1
-    $RUN --phase fit --targets "$1" --rows 0 --methods probe,lora,random,eigen-keep --kinds mixed --ns 0 --draws 1
+    $RUN --phase fit --targets "$1" --rows 256 --methods probe,lora,random,eigen-keep --kinds mixed --ns 0 --draws 1
+    $RUN --phase fit --targets "$1" --rows 0 --methods probe,lora,eigen-keep --kinds mixed --ns 0 --draws 1
     $RUN --phase advise --targets "$1" --kinds mixed --ns 2,0 --draws 1
     $RUN --phase fit --targets "$1" --rows 64 --methods eigen-keep --kinds other --ns 0 --draws 1
     $RUN --phase fit --targets "$1" --rows 64 --methods random,eigen-keep --kinds mixed --ns 0 --draws 1 --seeds 3
