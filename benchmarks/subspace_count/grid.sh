@@ -11,7 +11,7 @@
 # mean alone and mean dropped, more draws at N=8/32) as far as time allows.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-RUN="nice -n 15 .venv/bin/python benchmarks/subspace_count/run.py"
+RUN="nice -n 15 .venv/bin/python benchmarks/subspace_count/run.py${POOL:+ --pool $POOL}"  # POOL=64: the first 64
 HALF_A=tweets-binary,spam-sms,disaster-request,20ng-sci.med
 HALF_B=amazon-3class,trec-coarse,disaster-earthquake,20ng-rec.autos
 
