@@ -22,11 +22,16 @@ from run import FIT_METHODS, KINDS, LR, STEPS_BY_ROWS, TARGETS, VERA_RANK, K  # 
 from edge_lorax.bench import measure  # noqa: E402
 
 BUDGET = 1843  # 1/40 of LoRA r=8's 73,728 on MiniLM q/v
+FIT8 = "tweets-binary,spam-sms,disaster-request,20ng-sci.med,amazon-3class,trec-coarse,disaster-earthquake,20ng-rec.autos"
 COMMANDS = ["nice -n 15 .venv/bin/python benchmarks/train_sources_wide.py",
-            "nice -n 15 .venv/bin/python benchmarks/subspace_count/run.py --phase proj --pool 14 --ns 2,4,8,0 --draws 3",
-            "nice -n 15 .venv/bin/python benchmarks/subspace_count/run.py --phase fit --rows 64 --methods probe,lora",
-            "nice -n 15 .venv/bin/python benchmarks/subspace_count/run.py --phase fit --pool P --rows 64 --kinds mixed "
-            "--ns 2,0 --draws 1 --methods eigen-keep,random",
+            "nice -n 15 .venv/bin/python benchmarks/subspace_count/run.py --phase fit --rows 0 --steps 600 "
+            "--targets trec-coarse,disaster-request --methods lora",
+            f"nice -n 15 .venv/bin/python benchmarks/subspace_count/run.py --phase fit --targets {FIT8} --rows 0 "
+            "--methods probe,lora",
+            f"nice -n 15 .venv/bin/python benchmarks/subspace_count/run.py --phase fit --targets {FIT8} --rows 256 "
+            "--methods probe,lora,random",
+            "POOL=64 bash benchmarks/subspace_count/grid.sh",
+            ".venv/bin/python benchmarks/subspace_count/decoder_ev.py",
             ".venv/bin/python benchmarks/subspace_count/report.py"]
 
 
@@ -64,25 +69,30 @@ def proj_curves(runs: list) -> dict:
     return out
 
 
+COLUMNS = (2, 4, 8, 16, 32)  # then "all": every candidate of the draw kind (its N differs by target and kind)
+
+
+def _by_column(byn: dict, field: str, fmt) -> list:
+    """One cell per COLUMNS N, then the 'all' cell (the largest N drawn when it is not a column, with its N)."""
+    top = max(byn)
+    last = f"{fmt(byn[top][field])} (N={top})" if top not in COLUMNS else "–"
+    return [fmt(byn[n][field]) if n in byn else "–" for n in COLUMNS] + [last]
+
+
 def proj_table(curves: dict, pool: int) -> list:
-    """Markdown: per target and draw kind, EV (keep) % by N, random EV, projected accuracy (draw 0)."""
-    cur = curves[pool]
-    ns = sorted({n for c in cur.values() for n in c})
-    lines = ["| target | draws | " + " | ".join(f"N={n}" for n in ns) + " | random basis (any N) |",
-             "|---|---|" + "---|" * (len(ns) + 1)]
-    for (target, kind), byn in sorted(cur.items(), key=lambda x: (TARGETS.index(x[0][0]), KINDS.index(x[0][1]))):
+    """Markdown: per target and draw kind, EV (keep) % by N, random EV."""
+    lines = ["| target | draws | " + " | ".join(f"N={n}" for n in COLUMNS) + " | all | random basis (any N) |",
+             "|---|---|" + "---|" * (len(COLUMNS) + 2)]
+    for (target, kind), byn in sorted(curves[pool].items(), key=lambda x: (TARGETS.index(x[0][0]), KINDS.index(x[0][1]))):
         rand = [v for c in byn.values() for v in c["ev_random"]]
-        cells = [ms(byn[n]["ev_keep"]) if n in byn else "–" for n in ns]
-        lines.append(f"| `{target}` | {kind} | " + " | ".join(cells) + f" | {ms(rand, digits=2)} |")
+        lines.append(f"| `{target}` | {kind} | " + " | ".join(_by_column(byn, "ev_keep", ms)) + f" | {ms(rand, digits=2)} |")
     return lines
 
 
 def proj_accuracy_table(curves: dict, pool: int) -> list:
-    cur = curves[pool]
-    ns = sorted({n for c in cur.values() for n in c})
-    lines = ["| target | draws | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|---|" + "---|" * len(ns)]
-    for (target, kind), byn in sorted(cur.items(), key=lambda x: (TARGETS.index(x[0][0]), KINDS.index(x[0][1]))):
-        lines.append(f"| `{target}` | {kind} | " + " | ".join(ms(byn[n]["acc"]) if n in byn else "–" for n in ns) + " |")
+    lines = ["| target | draws | " + " | ".join(f"N={n}" for n in COLUMNS) + " | all |", "|---|---|" + "---|" * (len(COLUMNS) + 1)]
+    for (target, kind), byn in sorted(curves[pool].items(), key=lambda x: (TARGETS.index(x[0][0]), KINDS.index(x[0][1]))):
+        lines.append(f"| `{target}` | {kind} | " + " | ".join(_by_column(byn, "acc", ms)) + " |")
     return lines
 
 
@@ -145,6 +155,11 @@ def fit_table(index: dict) -> list:
     return lines
 
 
+def _n_key(n: int) -> int:
+    """N as a table key: a COLUMNS value, or 0 for 'every candidate' (whose N differs by target and kind)."""
+    return n if n in COLUMNS else 0
+
+
 def gaps(runs: list) -> dict:
     """{(kind, n, rows): [eigen-keep − random per paired (target, seed, rows)]} in points; the random basis depends on
     the seed alone (run.py: random_like), so every draw and N of a target pairs with the same random run."""
@@ -154,22 +169,23 @@ def gaps(runs: list) -> dict:
     for r in runs:
         key = (r["target"], r["seed"], r["rows"])
         if r["phase"] == "fit" and r["method"] == "eigen-keep" and key in rand:
-            out[(r["kind"], r["n"], r["rows"])].append(100 * (r["test_accuracy"] - rand[key]))
+            out[(r["kind"], _n_key(r["n"]), r["rows"])].append(100 * (r["test_accuracy"] - rand[key]))
     return out
 
 
 def gap_table(g: dict) -> list:
     """Markdown: EigenLoRAx − random (points, mean ± std over targets × draws × seeds) by draw kind and rows × N, and
     the N where the mean gap stops growing (first N within 90 % of the row's largest positive mean)."""
-    ns = sorted({n for (_, n, _) in g})
-    lines = ["| draws | rows | " + " | ".join(f"N={n}" for n in ns) + " | gap stops growing at |",
+    ns = sorted({n for (_, n, _) in g}, key=lambda n: n or 10 ** 6)  # 0 ("all") last
+    label = lambda n: f"N={n}" if n else "all"  # noqa: E731
+    lines = ["| draws | rows | " + " | ".join(label(n) for n in ns) + " | gap stops growing at |",
              "|---|---|" + "---|" * (len(ns) + 1)]
     for kind, rows in sorted({(k, r) for (k, _, r) in g}, key=lambda x: (KINDS.index(x[0]), x[1] or 10 ** 9)):
         means = {n: float(np.mean(g[(kind, n, rows)])) for n in ns if g.get((kind, n, rows))}
         top = max(means.values())
-        stop = min(n for n, v in means.items() if v >= 0.9 * top) if top > 0 and len(means) > 1 else None
+        stop = next((n for n in ns if n in means and means[n] >= 0.9 * top), None) if top > 0 and len(means) > 1 else None
         lines.append(f"| {kind} | {rows or 'all'} | " + " | ".join(ms(g.get((kind, n, rows), []), scale=1)
-                                                                  for n in ns) + f" | {stop or '–'} |")
+                                                                  for n in ns) + f" | {'–' if stop is None else label(stop)} |")
     return lines
 
 
@@ -182,7 +198,7 @@ def vs_alone(runs: list, method: str = "lora") -> dict:
     for r in runs:
         key = (r["target"], r["seed"] if method != "probe" else 0, r["rows"])
         if r["phase"] == "fit" and r["method"] == "eigen-keep" and key in alone:
-            out[(r["kind"], r["n"], r["rows"])].append(100 * (r["test_accuracy"] - alone[key]))
+            out[(r["kind"], _n_key(r["n"]), r["rows"])].append(100 * (r["test_accuracy"] - alone[key]))
     return out
 
 
@@ -322,9 +338,11 @@ def summary(runs: list, study: list = ()) -> dict:
     """The numbers the text states: per (kind, N, rows) gaps and vs LoRA, plateau N per target/kind, CPU hours."""
     curves = proj_curves(runs)
     g, v, vv = gaps(runs), vs_alone(runs, "lora"), vs_alone(runs, "vera")
-    return {"gap_vs_random": {f"{k} N={n} rows={r or 'all'}": _stat(x) for (k, n, r), x in sorted(g.items())},
-            "eigen_minus_lora": {f"{k} N={n} rows={r or 'all'}": _stat(x) for (k, n, r), x in sorted(v.items())},
-            "eigen_minus_vera": {f"{k} N={n} rows={r or 'all'}": _stat(x) for (k, n, r), x in sorted(vv.items())},
+    name = lambda k, n, r: f"{k} N={n or 'all'} rows={r or 'all'}"  # noqa: E731
+    order = lambda item: (item[0][0], item[0][2] or 10 ** 9, item[0][1] or 10 ** 6)  # noqa: E731
+    return {"gap_vs_random": {name(*key): _stat(x) for key, x in sorted(g.items(), key=order)},
+            "eigen_minus_lora": {name(*key): _stat(x) for key, x in sorted(v.items(), key=order)},
+            "eigen_minus_vera": {name(*key): _stat(x) for key, x in sorted(vv.items(), key=order)},
             "plateau_n_ev": {f"P{p} {t} {k}": plateau_n(byn) for p, cur in curves.items() for (t, k), byn in cur.items()},
             "cpu_h": round(sum(r.get("cpu_s", 0) for r in [*runs, *study]) / 3600, 2),
             "wall_h": round(sum(r.get("wall_s", 0) for r in [*runs, *study]) / 3600, 2), "runs": len(runs) + len(study),
@@ -342,7 +360,8 @@ def goal_lines(s: dict) -> list:
     """The issue's goal, point by point, from what was measured; 'not measured' where no cell exists."""
     def pick(d, rows):
         keys = [k for k in d if k.endswith(f"rows={rows}") and k.startswith("mixed")]
-        return max(keys, key=lambda k: int(k.split("N=")[1].split()[0])) if keys else None
+        n_of = lambda k: k.split("N=")[1].split()[0]  # noqa: E731
+        return max(keys, key=lambda k: 10 ** 6 if n_of(k) == "all" else int(n_of(k))) if keys else None
 
     out = [f"Per-user parameters: EigenLoRAx K={K} on MiniLM q/v is 12 × 2 × 8 × 8 = 1,536 ≤ {BUDGET:,} (LoRA r=8: 73,728)."]
     for rows, what in ((64, "≥ LoRA at 64 rows"), (256, "≥ LoRA at 256 rows"), ("all", "≤ 0.5 below LoRA at all rows")):

@@ -63,7 +63,7 @@ FIT_METHODS = ("eigen-keep", "random", "mean", "lora", "eigen-drop", "vera")
 VERA_RANK, VERA_TARGETS = 64, tuple(f"layer.{i}.attention.self.{m}" for i in (4, 5) for m in ("query", "value"))
 STEPS, BATCH, MAX_LEN, VAL_ROWS, TEST_ROWS, EVAL_EVERY = 100, 16, 48, 128, 512, 25
 # From the plateau study (report: "Steps to plateau"): LoRA r=8 on every TREC row (5,452) reached its best validation
-# accuracy (within 1 point) at step 350 of 600, disaster-request (4,000 balanced) at 475 (0.75 of a best 0.758 at 400);
+# accuracy (within 1 point) at step 350 of 600, disaster-request (4,000 balanced) at 400 (0.750; best 0.758 at 475);
 # at 64 rows every method was there by step 50-75 of 100 (P14 runs)
 STEPS_BY_ROWS = {64: 100, 256: 200, 0: 400}
 
