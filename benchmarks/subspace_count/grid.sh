@@ -17,9 +17,10 @@ HALF_B=amazon-3class,trec-coarse,disaster-earthquake,20ng-rec.autos
 
 worker() {  # $1: fit targets, $2: extra projection-only target
     $RUN --phase proj --targets "$1,$2" --ns 2,4,8,16,32,0 --draws 3
-    $RUN --phase fit --targets "$1" --rows 64 --methods probe,lora,vera,random,eigen-keep --kinds mixed --ns 0,2,8 --draws 1
+    $RUN --phase fit --targets "$1" --rows 64 --methods probe,lora,vera,random,eigen-keep --kinds mixed --ns 0,2 --draws 1
     $RUN --phase fit --targets "$1" --rows 256 --methods probe,lora,random,eigen-keep --kinds mixed --ns 0 --draws 1
     $RUN --phase fit --targets "$1" --rows 0 --methods probe,lora,eigen-keep --kinds mixed --ns 0 --draws 1
+    $RUN --phase fit --targets "$1" --rows 64 --methods eigen-keep --kinds mixed --ns 8 --draws 1
     $RUN --phase fit --targets "$1" --rows 64 --methods eigen-keep --kinds same --ns 0,2 --draws 1
     $RUN --phase advise --targets "$1" --kinds mixed --ns 2,0 --draws 1
     $RUN --phase fit --targets "$1" --rows 64 --methods eigen-keep --kinds other --ns 0 --draws 1
