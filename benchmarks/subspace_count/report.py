@@ -384,7 +384,7 @@ def markdown(runs: list, s: dict, stamp: dict) -> str:
              "", *measure.stamp_md(stamp), "", "Commands (resumable; each cell one JSON under `runs/`):", "",
              *[f"- `{c}`" for c in COMMANDS], "",
              f"CPU: {s['runs']} cells in this report, {s['cpu_h']} CPU hours ({s['wall_h']} h wall) on a 2-core machine "
-             f"(two cells at a time; 1-minute load average over the cells: median {s['load_median']}), all at "
+             f"(two or three cells at a time; 1-minute load average over the cells: median {s['load_median']}), all at "
              f"`nice -n 15`, one torch thread. Family: {fam['trained']} of the "
              f"{fam['planned']} planned MiniLM adapters trained ({len(fam['wide_trained'])} new: "
              f"{', '.join(fam['wide_trained']) or 'none'}; {fam['wide_wall_h']} h wall).", ""]
