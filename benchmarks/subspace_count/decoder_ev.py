@@ -21,7 +21,7 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from run import KINDS, K, family  # noqa: E402
+from run import KINDS, K, candidates  # noqa: E402
 
 from edge_lorax.bench import measure  # noqa: E402
 
@@ -37,7 +37,7 @@ def pool() -> list[str]:
 
 def draw(names: list, target: str, kind: str, n: int, d: int) -> list[str] | None:
     """n seeded sources of `kind` for `target` (never its own); None when there are fewer candidates."""
-    cand = [p for p in names if p != target and ((family(p) == family(target)) == (kind == "same") or kind == "mixed")]
+    cand = candidates(names, target, kind)
     if len(cand) < n:
         return None
     rng = np.random.default_rng([d, n, KINDS.index(kind), TARGETS.index(target)])

@@ -160,19 +160,6 @@ def _n_key(n: int) -> int:
     return n if n in COLUMNS else 0
 
 
-def gaps(runs: list) -> dict:
-    """{(kind, n, rows): [eigen-keep − random per paired (target, seed, rows)]} in points; the random basis depends on
-    the seed alone (run.py: random_like), so every draw and N of a target pairs with the same random run."""
-    rand = {(r["target"], r["seed"], r["rows"]): r["test_accuracy"] for r in runs
-            if r["phase"] == "fit" and r["method"] == "random"}
-    out = defaultdict(list)
-    for r in runs:
-        key = (r["target"], r["seed"], r["rows"])
-        if r["phase"] == "fit" and r["method"] == "eigen-keep" and key in rand:
-            out[(r["kind"], _n_key(r["n"]), r["rows"])].append(100 * (r["test_accuracy"] - rand[key]))
-    return out
-
-
 def gap_table(g: dict) -> list:
     """Markdown: EigenLoRAx − random (points, mean ± std over targets × draws × seeds) by draw kind and rows × N, and
     the N where the mean gap stops growing (first N within 90 % of the row's largest positive mean)."""
@@ -190,8 +177,8 @@ def gap_table(g: dict) -> list:
 
 
 def vs_alone(runs: list, method: str = "lora") -> dict:
-    """{(kind, n, rows): [eigen-keep − `method` (a run without a subspace: LoRA, VeRA, probe) of the same target, seed
-    and rows]} in points."""
+    """{(kind, n, rows): [eigen-keep − `method` (a run without a subspace: LoRA, VeRA, probe, or the random basis, which
+    depends on the seed alone: run.py random_like) of the same target, seed and rows]} in points."""
     alone = {(r["target"], r["seed"], r["rows"]): r["test_accuracy"] for r in runs
              if r["phase"] == "fit" and r["method"] == method}
     out = defaultdict(list)
@@ -337,7 +324,7 @@ def on_grid(r: dict) -> bool:
 def summary(runs: list, study: list = ()) -> dict:
     """The numbers the text states: per (kind, N, rows) gaps and vs LoRA, plateau N per target/kind, CPU hours."""
     curves = proj_curves(runs)
-    g, v, vv = gaps(runs), vs_alone(runs, "lora"), vs_alone(runs, "vera")
+    g, v, vv = (vs_alone(runs, m) for m in ("random", "lora", "vera"))
     name = lambda k, n, r: f"{k} N={n or 'all'} rows={r or 'all'}"  # noqa: E731
     order = lambda item: (item[0][0], item[0][2] or 10 ** 9, item[0][1] or 10 ** 6)  # noqa: E731
     return {"gap_vs_random": {name(*key): _stat(x) for key, x in sorted(g.items(), key=order)},
@@ -376,6 +363,12 @@ def goal_lines(s: dict) -> list:
     return out
 
 
+def _stat_lines(stats: dict) -> list:
+    """One Markdown bullet per cell group of a summary's {name: _stat} dict."""
+    return [f"- {k}: {v['mean']:+.1f} (min {v['min']:+.1f}, max {v['max']:+.1f}, n={v['n']})"
+            for k, v in stats.items()] or ["- no paired cell yet"]
+
+
 def markdown(runs: list, s: dict, stamp: dict) -> str:
     curves, index = proj_curves(runs), fit_index(runs)
     pools = sorted(curves)
@@ -405,15 +398,12 @@ def markdown(runs: list, s: dict, stamp: dict) -> str:
               "q/v of layers 4–5 (4 × (384 + 64) = 1,792 per-user parameters: EigenLoRAx's budget). Balanced test sets "
               "for disaster/20ng targets (50 % floor).", "", *fit_table(index), "",
               "EigenLoRAx (mean kept) − random basis of the same K, points, paired by target, draw and seed:", "",
-              *gap_table(gaps(runs)), "", "The same, one line per cell group:", ""]
-    parts += [f"- {k}: {v['mean']:+.1f} (min {v['min']:+.1f}, max {v['max']:+.1f}, n={v['n']})"
-              for k, v in s["gap_vs_random"].items()] or ["- no paired cell yet"]
+              *gap_table(vs_alone(runs, "random")), "", "The same, one line per cell group:", ""]
+    parts += _stat_lines(s["gap_vs_random"])
     parts += ["", "EigenLoRAx (mean kept) − LoRA r=8, points:", ""]
-    parts += [f"- {k}: {v['mean']:+.1f} (min {v['min']:+.1f}, max {v['max']:+.1f}, n={v['n']})"
-              for k, v in s["eigen_minus_lora"].items()] or ["- no paired cell yet"]
+    parts += _stat_lines(s["eigen_minus_lora"])
     parts += ["", "EigenLoRAx (mean kept) − VeRA at the same per-user budget, points:", ""]
-    parts += [f"- {k}: {v['mean']:+.1f} (min {v['min']:+.1f}, max {v['max']:+.1f}, n={v['n']})"
-              for k, v in s["eigen_minus_vera"].items()] or ["- no paired cell yet"]
+    parts += _stat_lines(s["eigen_minus_vera"])
     parts += ["", "Steps to plateau (first evaluation, every 25 steps, within 1 point of the run's best validation "
               "accuracy):", ""] + [f"- {m}: {v}" for m, v in s["steps_to_plateau"].items()]
     parts += ["", "## What `edge-lorax advise` measures, beside the trained gap", "",
