@@ -10,7 +10,7 @@ inputs file that check.py wrote on the host and writes one .npz:
 - decoder bundles: `prompt_logits` (prompts, vocab), the logits after prefilling each free prompt; `prompt_tokens_<i>`
   the greedy continuation of prompt i; `task_tokens_<i>` the greedy answer to task row i (asked in the task format
   the user was trained on, formats.prompts) and `task_exact` (rows,) 1 when that answer is the label's own tokens
-  then EOS;
+  then EOS; the task rows are checkpointed every 25 rows to OUT.rows.npz, so an interrupted run resumes there;
 - ExecuTorch bundles (`target: executorch`): `pte.out` (texts, labels), the program's logits, one text per call.
 
 Usage: python probe.py BUNDLE USER INPUTS.json OUT.npz
@@ -76,26 +76,52 @@ def _prefill_logits(llm, ids: list, user: str) -> np.ndarray:
     return np.asarray(gen.get_logits(), np.float32).reshape(-1)
 
 
-def decoder(bundle: Path, user: Path, inputs: dict) -> dict:
-    """Prefill logits and greedy tokens of the free prompts; greedy answers and exact match on the task rows."""
-    from edge_lorax.runtime.llm import load_llm
+def _load_rows(progress: Path) -> dict:
+    """What an interrupted decoder probe saved (empty when none): its arrays and the seconds it had spent."""
+    if not progress.is_file():
+        return {}
+    with np.load(progress) as saved:
+        return {k: saved[k] for k in saved.files}
 
-    llm = load_llm(bundle, threads=1)
-    llm.add_user("u", user)
+
+def _save_rows(progress: Path, arrays: dict) -> None:
+    """Checkpoint the decoder probe's arrays so far, atomically (a rerun resumes after the last saved row)."""
+    tmp = progress.with_suffix(".partial.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(progress)
+
+
+def _prompts(llm, inputs: dict) -> dict:
+    """Prefill logits (prompts, vocab) and greedy tokens of the free prompts."""
     out = {"prompt_logits": np.stack([_prefill_logits(llm, llm.encode(p, chat=True), "u") for p in inputs["prompts"]])}
     for i, p in enumerate(inputs["prompts"]):
         out[f"prompt_tokens_{i}"] = np.array(list(llm.generate(p, "u", inputs["max_new_tokens"], chat=True)), np.int64)
+    return out
+
+
+def decoder(bundle: Path, user: Path, inputs: dict, progress: Path) -> dict:
+    """Prefill logits and greedy tokens of the free prompts; greedy answers and exact match on the task rows.
+    Checkpoints to `progress` every 25 rows: an emulated 200-row run takes hours, a rerun resumes where it stopped."""
+    from edge_lorax.runtime.llm import load_llm
+
+    start, llm = time.perf_counter(), load_llm(bundle, threads=1)
+    llm.add_user("u", user)
+    out = _load_rows(progress)
+    spent = float(out.pop("seconds_spent", 0.0))
+    out = out or _prompts(llm, inputs)
     labels = inputs["labels"]
     answers = [llm.tokenizer.encode(lab, add_special_tokens=False).ids for lab in labels]
     longest = max(len(a) for a in answers)
-    exact = []
-    for i, (text, target) in enumerate(zip(inputs["texts"], inputs["targets"])):
-        tokens = list(llm.generate(text, "u", longest + 1, choices=labels))  # stops at EOS, which it does not yield
-        out[f"task_tokens_{i}"] = np.array(tokens, np.int64)
-        exact.append(tokens == answers[target])
-        if (i + 1) % 25 == 0:
+    for i, text in enumerate(inputs["texts"]):
+        if f"task_tokens_{i}" in out:
+            continue
+        out[f"task_tokens_{i}"] = np.array(list(llm.generate(text, "u", longest + 1, choices=labels)), np.int64)
+        if (i + 1) % 25 == 0:  # generate stops at EOS, which it does not yield
             print(f"[probe] {i + 1}/{len(inputs['texts'])} task rows", file=sys.stderr, flush=True)
+            _save_rows(progress, {**out, "seconds_spent": np.array(spent + time.perf_counter() - start)})
+    exact = [out[f"task_tokens_{i}"].tolist() == answers[t] for i, t in enumerate(inputs["targets"])]
     out["task_exact"] = np.array(exact, np.int8)
+    out["seconds_spent"] = np.array(spent + time.perf_counter() - start)
     return out
 
 
@@ -104,12 +130,16 @@ def main(argv: list) -> int:
     inputs = json.loads(inputs_path.read_text())
     start = time.perf_counter()
     target = json.loads((bundle / "manifest.json").read_text())["target"]
-    probe = {"genai-decoder": decoder, "executorch": pte}.get(target, encoder)
-    arrays = probe(bundle, user, inputs)
-    arrays["seconds"] = np.array(time.perf_counter() - start)
+    if target == "genai-decoder":
+        arrays = decoder(bundle, user, inputs, out_path.with_suffix(".rows.npz"))
+        arrays["seconds"] = arrays.pop("seconds_spent")  # over every resumed run
+    else:
+        arrays = (pte if target == "executorch" else encoder)(bundle, user, inputs)
+        arrays["seconds"] = np.array(time.perf_counter() - start)
     tmp = out_path.with_suffix(".partial.npz")
     np.savez(tmp, **arrays)
     tmp.replace(out_path)
+    out_path.with_suffix(".rows.npz").unlink(missing_ok=True)  # the decoder's checkpoint, now in OUT
     return 0
 
 
