@@ -117,9 +117,9 @@ def plan(stages, out: Path, seeds: int = 3) -> list:
         elif stage == "lowdata":
             runs += [Run(t, m, rows=n, lr=chosen[m], stage=stage) for n in ("256", "64") for m in ("eigen-keep", "lora")
                      if m in chosen for t in HELD_OUT]
-        elif stage == "sources" and "eigen-keep" in chosen:
-            runs += [Run(t, "eigen-keep", lr=chosen["eigen-keep"], stage=stage, sources=n) for n in FEWER_SOURCES
-                     for t in HELD_OUT]
+        elif stage == "sources" and "eigen-keep" in chosen:  # every seed 0 first, then N=2 before N=5 per seed
+            runs += [Run(t, "eigen-keep", seed=s, lr=chosen["eigen-keep"], stage=stage, sources=n) for s in range(seeds)
+                     for n in FEWER_SOURCES for t in HELD_OUT]
     return runs
 
 

@@ -220,20 +220,26 @@ def advise_table(runs: list) -> list:
 
 def decoder_repeat() -> list:
     """Markdown: SmolLM2 test exact match of EigenLoRAx on N of the eleven sources (benchmarks/decoder/loo.py --stages
-    sources; N=11 is the LOO run) beside the random basis, seed 0, all rows, the LOO sweep's rates; [] if none ran."""
+    sources; N=11 is the LOO run) beside the random basis: mean ± std over the seeds run, all rows, the LOO sweep's
+    rates; [] if none ran."""
     runs = [json.loads(p.read_text()) for p in sorted((ROOT / "benchmarks/decoder/runs").glob("*.json"))]
     picks = json.loads((ROOT / "benchmarks/decoder/report.json").read_text())["picks"]
-    cell = {(r["task"], r["method"], r.get("sources") or 11): r["test"]["accuracy"] for r in runs
-            if r["rows"] == "all" and r["seed"] == 0 and r.get("lr") is not None and r["lr"] == picks.get(r["method"])}
+    cell = defaultdict(dict)  # (task, method, N) -> {seed: test exact match}
+    for r in runs:
+        if r["rows"] == "all" and r.get("lr") is not None and r["lr"] == picks.get(r["method"]):
+            cell[(r["task"], r["method"], r.get("sources") or 11)][r["seed"]] = r["test"]["accuracy"]
     ns = sorted({n for (_, m, n) in cell if m == "eigen-keep"})
     if ns == [11]:
         return []
-    tasks = sorted({t for (t, _, _) in cell})
-    lines = ["| task | " + " | ".join(f"EigenLoRAx N={n}" for n in ns) + " | random basis |", "|---|" + "---|" * (len(ns) + 1)]
+    tasks, keys = sorted({t for (t, _, _) in cell}), [("eigen-keep", n) for n in ns] + [("random", 11)]
+    lines = ["| task | " + " | ".join(f"EigenLoRAx N={n}" for n in ns) + " | random basis |", "|---|" + "---|" * len(keys)]
     for t in tasks:
-        vals = [cell.get((t, "eigen-keep", n)) for n in ns] + [cell.get((t, "random", 11))]
-        lines.append(f"| `{t}` | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in vals) + " |")
-    return lines
+        lines.append(f"| `{t}` | " + " | ".join(ms(cell[(t, *k)].values()) for k in keys) + " |")
+    seeds = {k: set.intersection(*(set(cell[(t, *k)]) for t in tasks)) for k in keys}  # seeds every task has
+    mean = [ms([sum(cell[(t, *k)][s] for t in tasks) / len(tasks) for s in sorted(seeds[k])]) for k in keys]
+    gap = [ms([sum(cell[(t, *k)][s] - cell[(t, "random", 11)][s] for t in tasks) / len(tasks)
+               for s in sorted(seeds[k] & seeds[("random", 11)])]) for k in keys[:-1]]
+    return lines + ["| mean over tasks | " + " | ".join(mean) + " |", "| − random basis | " + " | ".join(gap) + " | |"]
 
 
 # ------------------------------------------------------------------------------------------ figures
