@@ -201,21 +201,72 @@ def plateau_steps(runs: list) -> dict:
     return dict(sorted(out.items()))
 
 
+def _advise_pairs(runs: list) -> dict:
+    """{(target, kind, N, pool): (eigen-keep, random) test accuracy at 64 rows, draw 0, seed 0} where both exist."""
+    fits = {(r["target"], r["kind"], r["n"], r["pool"]): r["test_accuracy"] for r in runs if r["phase"] == "fit"
+            and r["method"] == "eigen-keep" and r["rows"] == 64 and r["draw"] == 0 and r["seed"] == 0}
+    random = {r["target"]: r["test_accuracy"] for r in runs  # the random basis depends on the seed alone
+              if r["phase"] == "fit" and r["method"] == "random" and r["rows"] == 64 and r["seed"] == 0}
+    return {k: (v, random[k[0]]) for k, v in fits.items() if k[0] in random}
+
+
 def advise_table(runs: list) -> list:
-    """Per advise cell: the gradient share inside the draw's subspace, × random, beside the trained gap at the same
-    (target, kind, N, pool) and 64 rows where one exists."""
-    fits = {(r["target"], r["kind"], r["n"], r["pool"], r["method"]): r["test_accuracy"]
-            for r in runs if r["phase"] == "fit" and r["rows"] == 64 and r["draw"] == 0 and r["seed"] == 0}
-    lines = ["| target | draws | N | P | gradient share in subspace | random (mean) | × random | trained EigenLoRAx − random, 64 rows |",
-             "|---|---|---|---|---|---|---|---|"]
-    cells = sorted((r for r in runs if r["phase"] == "advise"), key=lambda r: (TARGETS.index(r["target"]), r["kind"], r["n"]))
+    """Per advise cell: the share of the examples' gradient (or quick LoRA) inside the draw's subspace, × random,
+    beside the trained gap at the same (target, kind, N, pool) and 64 rows where one exists."""
+    pairs = _advise_pairs(runs)
+    lines = ["| target | measure | draws | N | P | share in subspace | random (mean) | × random | trained EigenLoRAx − random, 64 rows |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    cells = sorted((r for r in runs if r["phase"] == "advise"),
+                   key=lambda r: (r["method"], TARGETS.index(r["target"]), r["kind"], r["n"]))
     for r in cells:
-        key = (r["target"], r["kind"], r["n"], r["pool"])
-        gap = (f"{100 * (fits[key + ('eigen-keep',)] - fits[key + ('random',)]):+.1f}"
-               if key + ("eigen-keep",) in fits and key + ("random",) in fits else "–")
-        lines.append(f"| `{r['target']}` | {r['kind']} | {r['n']} | {r['pool']} | {100 * r['captured']:.2f} % | "
+        pair = pairs.get((r["target"], r["kind"], r["n"], r["pool"]))
+        gap = f"{100 * (pair[0] - pair[1]):+.1f}" if pair else "–"
+        lines.append(f"| `{r['target']}` | {r['method']} | {r['kind']} | {r['n']} | {r['pool']} | {100 * r['captured']:.2f} % | "
                      f"{100 * r['random_mean']:.3f} % | {r['ratio']:.0f} | {gap} |")
     return lines
+
+
+def _ranks(x) -> np.ndarray:
+    """Ranks 0..n-1, ties averaged (Spearman's convention)."""
+    x = np.asarray(x, dtype=float)
+    r = np.empty(len(x))
+    r[x.argsort(kind="stable")] = np.arange(len(x))
+    for v in np.unique(x):
+        r[x == v] = r[x == v].mean()
+    return r
+
+
+def _spearman(x, y) -> float:
+    return round(float(np.corrcoef(_ranks(x), _ranks(y))[0, 1]), 2)
+
+
+def adapter_ev_floor(runs: list, floor: float = 0.06) -> dict:
+    """Over every trained pair (64 rows, draw 0, seed 0): the held-out adapter's explained variance vs the gain over
+    the random basis: its rank correlation, and the cells below `floor` with their largest gain (points)."""
+    pairs = _advise_pairs(runs)
+    ev = {(r["target"], r["kind"], r["n"], r["pool"]): r["ev_keep"]["overall"] for r in runs
+          if r["phase"] == "proj" and r["draw"] == 0}
+    keys = [k for k in pairs if k in ev]
+    gap = {k: 100 * (pairs[k][0] - pairs[k][1]) for k in keys}
+    low = [gap[k] for k in keys if ev[k] < floor]
+    return {"cells": len(keys), "rho": _spearman([ev[k] for k in keys], [gap[k] for k in keys]), "floor": floor,
+            "below_floor": len(low), "largest_gain_below_floor": round(max(low), 1) if low else None}
+
+
+def advise_rank_correlation(runs: list) -> dict:
+    """{measure: (Spearman ρ with the trained gap, cells)} over the cells an advise measure and a trained pair share;
+    `adapter` is the held-out adapter's own explained variance (training-free, draw 0) on those cells."""
+    pairs, out = _advise_pairs(runs), {}
+    ev = {(r["target"], r["kind"], r["n"], r["pool"]): r["ev_keep"]["overall"] for r in runs
+          if r["phase"] == "proj" and r["draw"] == 0}
+    for m in sorted({r["method"] for r in runs if r["phase"] == "advise"}):
+        cells = {(r["target"], r["kind"], r["n"], r["pool"]): r["ratio"] for r in runs if r["phase"] == "advise"
+                 and r["method"] == m and (r["target"], r["kind"], r["n"], r["pool"]) in pairs}
+        if len(cells) > 2:
+            gap = [pairs[k][0] - pairs[k][1] for k in cells]
+            out[m] = {"rho": _spearman(list(cells.values()), gap), "cells": len(cells),
+                      "adapter_ev_rho": _spearman([ev[k] for k in cells], gap) if all(k in ev for k in cells) else None}
+    return out
 
 
 def decoder_repeat() -> list:
@@ -341,7 +392,8 @@ def summary(runs: list, study: list = ()) -> dict:
             "wall_h": round(sum(r.get("wall_s", 0) for r in [*runs, *study]) / 3600, 2), "runs": len(runs) + len(study),
             "load_median": round(float(np.median([r["load_average"][0] for r in [*runs, *study]] or [0])), 2),
             "steps_to_plateau": {m: sorted(s) for m, s in plateau_steps([*runs, *study]).items()},
-            "family": family_status()}
+            "family": family_status(), "advise_rank": advise_rank_correlation(runs),
+            "adapter_ev_floor": adapter_ev_floor(runs)}
 
 
 def _stat(x) -> dict:
@@ -415,6 +467,15 @@ def markdown(runs: list, s: dict, stamp: dict) -> str:
     parts += ["", "## What `edge-lorax advise` measures, beside the trained gap", "",
               "The share of the target's first 64 training rows' gradient (frozen base, logistic-regression head) "
               "inside the draw's K=8 subspace and inside 8 random bases of the same K:", "", *advise_table(runs)]
+    parts += ["", "Does it rank the trained gain? Spearman ρ between the measure's × random and the trained EigenLoRAx − "
+              "random gap over the cells both exist for, beside the held-out adapter's own explained variance (which a "
+              "user does not have) on the same cells:", ""]
+    parts += [f"- {m}: ρ = {c['rho']:+.2f} ({c['cells']} cells); held-out adapter's explained variance on them: "
+              f"ρ = {c['adapter_ev_rho']:+.2f}" for m, c in s["advise_rank"].items()]
+    f = s["adapter_ev_floor"]
+    parts += [f"- the held-out adapter's explained variance over every trained pair ({f['cells']} cells: kinds, N): "
+              f"ρ = {f['rho']:+.2f}; the {f['below_floor']} cells below {100 * f['floor']:.0f} % gained at most "
+              f"{f['largest_gain_below_floor']:+.1f} points over the random basis"]
     dec = decoder_repeat()
     if dec:
         parts += ["", "## SmolLM2 repeat, trained (test exact match %, seed 0, all rows)", "",

@@ -18,7 +18,8 @@ Two phases, each cell one JSON file under runs/ (written atomically; a rerun ski
   per-user vector set (12 × (384 + r)) is above the 1,843-parameter budget.
 
 - `advise`: what `edge-lorax advise` measures for the target's first 64 training rows and the draw's subspace (the
-  share of their gradient inside it vs random bases of the same K), to set it beside the trained gap.
+  share of their gradient, `--methods grad`, or of a LoRA trained on them for 100 steps, `--methods quick-lora`, inside
+  it vs random bases of the same K), to set it beside the trained gap.
 
 The pool of P adapters is the first P of the family in training order (the fourteen, then train_sources_wide.py's
 order), so a cell key (which carries P) names its sources exactly while the family is still growing.
@@ -59,6 +60,7 @@ NS = (2, 4, 8, 16, 32, 64)
 K = 8
 LR = {"eigen-keep": 2e-2, "eigen-drop": 5e-2, "random": 5e-2, "mean": 2e-2, "lora": 2e-3, "vera": 3e-2}  # paper table sweep
 FIT_METHODS = ("eigen-keep", "random", "mean", "lora", "eigen-drop", "vera")
+ADVISE_METHODS = ("grad", "quick-lora")  # advise: the examples' first gradient, or a LoRA trained on them (quick_lora)
 # VeRA at EigenLoRAx's per-user budget: its per-module vectors (r + 384) only fit 1,843 on 4 modules: q/v of the last 2 layers
 VERA_RANK, VERA_TARGETS = 64, tuple(f"layer.{i}.attention.self.{m}" for i in (4, 5) for m in ("query", "value"))
 STEPS, BATCH, MAX_LEN, VAL_ROWS, TEST_ROWS, EVAL_EVERY = 100, 16, 48, 128, 512, 25
@@ -173,11 +175,12 @@ def subspace(sources: list, mean: str = "keep", k: int = K):
     return build_subspace([ADAPTERS / s for s in sources], components=k, mean=mean, seed=0)
 
 
-def explained(sub, target: str) -> dict:
-    """{module: 1 − relative squared error} of the target's own adapter projected onto `sub`, and the overall value."""
+def explained(sub, target) -> dict:
+    """{module: 1 − relative squared error} of the target's own adapter (or the adapter folder `target`) projected onto
+    `sub`, and the overall value."""
     from edge_lorax.builder.project import project_adapter
 
-    proj = project_adapter(sub, ADAPTERS / target)
+    proj = project_adapter(sub, target if isinstance(target, Path) else ADAPTERS / target)
     return {"modules": {m: round(1 - e ** 2, 6) for m, e in proj.errors.items()}, "overall": round(1 - proj.overall ** 2, 6)}, proj
 
 
@@ -200,14 +203,38 @@ def proj_cell(cell: Cell, sources: list) -> dict:
     return out
 
 
+def quick_lora(target: str, seed: int) -> Path:
+    """A LoRA r=8 trained on the target's first 64 training rows (100 steps of 16 at the grid's LoRA rate, no
+    evaluation passes), saved once per process under a temporary folder: the task direction a user can get in a
+    minute."""
+    import tempfile
+
+    from edge_lorax.builder.baselines import train_lora
+    from edge_lorax.builder.loop import TrainConfig
+
+    if (target, seed) not in _CACHE:
+        out = Path(tempfile.mkdtemp(prefix="quick-lora-")) / target
+        config = TrainConfig(lr=LR["lora"], batch_size=BATCH, max_length=MAX_LEN, steps=STEPS, seed=seed, eval_every=0)
+        train_lora(target_task(target, 64, seed), out, config=config, progress=False)
+        _CACHE[(target, seed)] = out
+    return _CACHE[(target, seed)]
+
+
 def advise_cell(cell: Cell, sources: list) -> dict:
     """What `edge-lorax advise` measures, for the target's first 64 training rows and this draw's subspace (K=8, mean
-    kept): the share of the examples' gradient inside it and inside 8 random bases of the same K."""
+    kept): the share of the examples' gradient (`grad`) or of a quick LoRA's ΔW (`quick-lora`) inside it and inside 8
+    random bases of the same K."""
     from edge_lorax.builder.advise import RANDOM_DRAWS, shares, task_gradients
     from edge_lorax.builder.models import default_model_path
     from edge_lorax.builder.subspace import random_like
 
     sub, task = subspace(sources, "keep"), target_task(cell.target, 64, cell.seed)
+    if cell.method == "quick-lora":
+        lora = quick_lora(cell.target, cell.seed)
+        captured = explained(sub, lora)[0]["overall"]
+        randoms = [explained(random_like(sub, i), lora)[0]["overall"] for i in range(RANDOM_DRAWS)]
+        return {"captured": captured, "random_mean": float(np.mean(randoms)), "random_max": float(np.max(randoms)),
+                "ratio": captured / float(np.mean(randoms)), "test_accuracy": None}
     grads = task_gradients(default_model_path(), sub, task.train.texts, np.asarray(task.train.targets), MAX_LEN)
     captured, _ = shares(sub, grads)
     randoms = [shares(random_like(sub, i), grads)[0] for i in range(RANDOM_DRAWS)]
@@ -287,9 +314,9 @@ def plan(phase: str, pool: list, targets, kinds, ns, draws: int, seeds: int, row
     once per (target, rows, seed); steps: STEPS_BY_ROWS unless given."""
     p, ts = len(pool), [t for t in targets if (ADAPTERS / t / "training.json").is_file()]
     if phase in ("proj", "advise"):
-        method = "keep" if phase == "proj" else "grad"
-        return [Cell(phase, t, k, _n(n, pool, t, k), d, method, 0, 0, p) for d in range(draws) for n in ns for t in ts
-                for k in kinds if _n(n, pool, t, k)]
+        ms = ["keep"] if phase == "proj" else [m for m in methods if m in ADVISE_METHODS] or ["grad"]
+        return [Cell(phase, t, k, _n(n, pool, t, k), d, m, 0, 0, p) for m in ms for d in range(draws) for n in ns
+                for t in ts for k in kinds if _n(n, pool, t, k)]
     cells, alone = [], ("probe", "lora", "vera", "random")  # no subspace (random: independent of the draw and N)
     for r in rows:
         st = steps or STEPS_BY_ROWS.get(r, STEPS)
