@@ -189,6 +189,18 @@ def vs_alone(runs: list, method: str = "lora") -> dict:
     return out
 
 
+def vs_same_draw(runs: list, method: str) -> dict:
+    """{(kind, n, rows): [eigen-keep − `method` on the same subspace draw (target, kind, N, draw, seed, rows)]} in
+    points: the mean alone (K=1) or the mean dropped."""
+    key = lambda r: (r["target"], r["kind"], r["n"], r["draw"], r["seed"], r["rows"])  # noqa: E731
+    other = {key(r): r["test_accuracy"] for r in runs if r["phase"] == "fit" and r["method"] == method}
+    out = defaultdict(list)
+    for r in runs:
+        if r["phase"] == "fit" and r["method"] == "eigen-keep" and key(r) in other:
+            out[(r["kind"], _n_key(r["n"]), r["rows"])].append(100 * (r["test_accuracy"] - other[key(r)]))
+    return out
+
+
 def plateau_steps(runs: list) -> dict:
     """{"method rows=R of S steps": [first eval step whose validation accuracy is within 1 point of the run's best]}."""
     out = defaultdict(list)
@@ -387,6 +399,9 @@ def summary(runs: list, study: list = ()) -> dict:
     return {"gap_vs_random": {name(*key): _stat(x) for key, x in sorted(g.items(), key=order)},
             "eigen_minus_lora": {name(*key): _stat(x) for key, x in sorted(v.items(), key=order)},
             "eigen_minus_vera": {name(*key): _stat(x) for key, x in sorted(vv.items(), key=order)},
+            **{f"eigen_minus_{m.replace('-', '_')}": {name(*key): _stat(x) for key, x in
+                                                     sorted(vs_same_draw(runs, m).items(), key=order)}
+               for m in ("mean", "eigen-drop")},
             "plateau_n_ev": {f"P{p} {t} {k}": plateau_n(byn) for p, cur in curves.items() for (t, k), byn in cur.items()},
             "cpu_h": round(sum(r.get("cpu_s", 0) for r in [*runs, *study]) / 3600, 2),
             "wall_h": round(sum(r.get("wall_s", 0) for r in [*runs, *study]) / 3600, 2), "runs": len(runs) + len(study),
@@ -462,6 +477,10 @@ def markdown(runs: list, s: dict, stamp: dict) -> str:
     parts += _stat_lines(s["eigen_minus_lora"])
     parts += ["", "EigenLoRAx (mean kept) − VeRA at the same per-user budget, points:", ""]
     parts += _stat_lines(s["eigen_minus_vera"])
+    parts += ["", "EigenLoRAx (mean kept, K=8) − the mean adapter's direction alone (K=1) on the same draw, points:", ""]
+    parts += _stat_lines(s["eigen_minus_mean"])
+    parts += ["", "EigenLoRAx mean kept − mean dropped on the same draw (each at its own swept rate), points:", ""]
+    parts += _stat_lines(s["eigen_minus_eigen_drop"])
     parts += ["", "Steps to plateau (first evaluation, every 25 steps, within 1 point of the run's best validation "
               "accuracy):", ""] + [f"- {m}: {v}" for m, v in s["steps_to_plateau"].items()]
     parts += ["", "## What `edge-lorax advise` measures, beside the trained gap", "",
