@@ -497,7 +497,7 @@ def markdown(runs: list, s: dict, stamp: dict) -> str:
               f"{f['largest_gain_below_floor']:+.1f} points over the random basis"]
     dec = decoder_repeat()
     if dec:
-        parts += ["", "## SmolLM2 repeat, trained (test exact match %, seed 0, all rows)", "",
+        parts += ["", "## SmolLM2 repeat, trained (test exact match %, mean ± std over seeds, all rows)", "",
                   "`.venv/bin/python benchmarks/decoder/loo.py --stages sources` (EigenLoRAx on a seeded draw of N of the "
                   "eleven other decoder adapters; N=11 and the random basis are the leave-one-task-out runs of "
                   "benchmarks/decoder/report.md; the random basis does not depend on N):", "", *dec]
