@@ -31,7 +31,10 @@ COMMANDS = ["nice -n 15 .venv/bin/python benchmarks/train_sources_wide.py",
             f"nice -n 15 .venv/bin/python benchmarks/subspace_count/run.py --phase fit --targets {FIT8} --rows 256 "
             "--methods probe,lora,random",
             "POOL=64 bash benchmarks/subspace_count/grid.sh",
+            f"nice -n 15 .venv/bin/python benchmarks/subspace_count/run.py --pool 64 --phase advise --methods quick-lora "
+            f"--kinds mixed --ns 0,2 --draws 1 --targets {FIT8}",
             ".venv/bin/python benchmarks/subspace_count/decoder_ev.py",
+            "nice -n 15 .venv/bin/python benchmarks/decoder/loo.py --stages sources --threads 1",
             ".venv/bin/python benchmarks/subspace_count/report.py"]
 
 
