@@ -84,11 +84,11 @@ def _load_rows(progress: Path) -> dict:
         return {k: saved[k] for k in saved.files}
 
 
-def _save_rows(progress: Path, arrays: dict) -> None:
-    """Checkpoint the decoder probe's arrays so far, atomically (a rerun resumes after the last saved row)."""
-    tmp = progress.with_suffix(".partial.npz")
+def _save_npz(path: Path, arrays: dict) -> None:
+    """Write `arrays` to `path` atomically (a killed run leaves the old file or none, never half of one)."""
+    tmp = path.with_suffix(".partial.npz")
     np.savez(tmp, **arrays)
-    tmp.replace(progress)
+    tmp.replace(path)
 
 
 def _prompts(llm, inputs: dict) -> dict:
@@ -118,7 +118,7 @@ def decoder(bundle: Path, user: Path, inputs: dict, progress: Path) -> dict:
         out[f"task_tokens_{i}"] = np.array(list(llm.generate(text, "u", longest + 1, choices=labels)), np.int64)
         if (i + 1) % 25 == 0:  # generate stops at EOS, which it does not yield
             print(f"[probe] {i + 1}/{len(inputs['texts'])} task rows", file=sys.stderr, flush=True)
-            _save_rows(progress, {**out, "seconds_spent": np.array(spent + time.perf_counter() - start)})
+            _save_npz(progress, {**out, "seconds_spent": np.array(spent + time.perf_counter() - start)})
     exact = [out[f"task_tokens_{i}"].tolist() == answers[t] for i, t in enumerate(inputs["targets"])]
     out["task_exact"] = np.array(exact, np.int8)
     out["seconds_spent"] = np.array(spent + time.perf_counter() - start)
@@ -136,9 +136,7 @@ def main(argv: list) -> int:
     else:
         arrays = (pte if target == "executorch" else encoder)(bundle, user, inputs)
         arrays["seconds"] = np.array(time.perf_counter() - start)
-    tmp = out_path.with_suffix(".partial.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(out_path)
+    _save_npz(out_path, arrays)
     out_path.with_suffix(".rows.npz").unlink(missing_ok=True)  # the decoder's checkpoint, now in OUT
     return 0
 

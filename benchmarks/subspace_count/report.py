@@ -179,29 +179,26 @@ def gap_table(g: dict) -> list:
     return lines
 
 
-def vs_alone(runs: list, method: str = "lora") -> dict:
-    """{(kind, n, rows): [eigen-keep − `method` (a run without a subspace: LoRA, VeRA, probe, or the random basis, which
-    depends on the seed alone: run.py random_like) of the same target, seed and rows]} in points."""
-    alone = {(r["target"], r["seed"], r["rows"]): r["test_accuracy"] for r in runs
-             if r["phase"] == "fit" and r["method"] == method}
-    out = defaultdict(list)
-    for r in runs:
-        key = (r["target"], r["seed"] if method != "probe" else 0, r["rows"])
-        if r["phase"] == "fit" and r["method"] == "eigen-keep" and key in alone:
-            out[(r["kind"], _n_key(r["n"]), r["rows"])].append(100 * (r["test_accuracy"] - alone[key]))
-    return out
-
-
-def vs_same_draw(runs: list, method: str) -> dict:
-    """{(kind, n, rows): [eigen-keep − `method` on the same subspace draw (target, kind, N, draw, seed, rows)]} in
-    points: the mean alone (K=1) or the mean dropped."""
-    key = lambda r: (r["target"], r["kind"], r["n"], r["draw"], r["seed"], r["rows"])  # noqa: E731
+def _paired(runs: list, method: str, key) -> dict:
+    """{(kind, n, rows): [eigen-keep − `method` for every eigen-keep run whose key(run) a `method` run shares]} in points."""
     other = {key(r): r["test_accuracy"] for r in runs if r["phase"] == "fit" and r["method"] == method}
     out = defaultdict(list)
     for r in runs:
         if r["phase"] == "fit" and r["method"] == "eigen-keep" and key(r) in other:
             out[(r["kind"], _n_key(r["n"]), r["rows"])].append(100 * (r["test_accuracy"] - other[key(r)]))
     return out
+
+
+def vs_alone(runs: list, method: str = "lora") -> dict:
+    """{(kind, n, rows): [eigen-keep − `method` (a run without a subspace: LoRA, VeRA, probe, or the random basis, which
+    depends on the seed alone: run.py random_like) of the same target, seed and rows]} in points."""
+    return _paired(runs, method, lambda r: (r["target"], r["seed"] if method != "probe" else 0, r["rows"]))
+
+
+def vs_same_draw(runs: list, method: str) -> dict:
+    """{(kind, n, rows): [eigen-keep − `method` on the same subspace draw (target, kind, N, draw, seed, rows)]} in
+    points: the mean alone (K=1) or the mean dropped."""
+    return _paired(runs, method, lambda r: (r["target"], r["kind"], r["n"], r["draw"], r["seed"], r["rows"]))
 
 
 def plateau_steps(runs: list) -> dict:
@@ -216,9 +213,18 @@ def plateau_steps(runs: list) -> dict:
     return dict(sorted(out.items()))
 
 
+def _draw_key(r: dict) -> tuple:
+    return r["target"], r["kind"], r["n"], r["pool"]
+
+
+def _adapter_ev(runs: list) -> dict:
+    """{(target, kind, N, pool): the held-out adapter's explained variance in draw 0's subspace (training-free)}."""
+    return {_draw_key(r): r["ev_keep"]["overall"] for r in runs if r["phase"] == "proj" and r["draw"] == 0}
+
+
 def _advise_pairs(runs: list) -> dict:
     """{(target, kind, N, pool): (eigen-keep, random) test accuracy at 64 rows, draw 0, seed 0} where both exist."""
-    fits = {(r["target"], r["kind"], r["n"], r["pool"]): r["test_accuracy"] for r in runs if r["phase"] == "fit"
+    fits = {_draw_key(r): r["test_accuracy"] for r in runs if r["phase"] == "fit"
             and r["method"] == "eigen-keep" and r["rows"] == 64 and r["draw"] == 0 and r["seed"] == 0}
     random = {r["target"]: r["test_accuracy"] for r in runs  # the random basis depends on the seed alone
               if r["phase"] == "fit" and r["method"] == "random" and r["rows"] == 64 and r["seed"] == 0}
@@ -234,7 +240,7 @@ def advise_table(runs: list) -> list:
     cells = sorted((r for r in runs if r["phase"] == "advise"),
                    key=lambda r: (r["method"], TARGETS.index(r["target"]), r["kind"], r["n"]))
     for r in cells:
-        pair = pairs.get((r["target"], r["kind"], r["n"], r["pool"]))
+        pair = pairs.get(_draw_key(r))
         gap = f"{100 * (pair[0] - pair[1]):+.1f}" if pair else "–"
         lines.append(f"| `{r['target']}` | {r['method']} | {r['kind']} | {r['n']} | {r['pool']} | {100 * r['captured']:.2f} % | "
                      f"{100 * r['random_mean']:.3f} % | {r['ratio']:.0f} | {gap} |")
@@ -258,9 +264,7 @@ def _spearman(x, y) -> float:
 def adapter_ev_floor(runs: list, floor: float = 0.06) -> dict:
     """Over every trained pair (64 rows, draw 0, seed 0): the held-out adapter's explained variance vs the gain over
     the random basis: its rank correlation, and the cells below `floor` with their largest gain (points)."""
-    pairs = _advise_pairs(runs)
-    ev = {(r["target"], r["kind"], r["n"], r["pool"]): r["ev_keep"]["overall"] for r in runs
-          if r["phase"] == "proj" and r["draw"] == 0}
+    pairs, ev = _advise_pairs(runs), _adapter_ev(runs)
     keys = [k for k in pairs if k in ev]
     gap = {k: 100 * (pairs[k][0] - pairs[k][1]) for k in keys}
     low = [gap[k] for k in keys if ev[k] < floor]
@@ -271,12 +275,10 @@ def adapter_ev_floor(runs: list, floor: float = 0.06) -> dict:
 def advise_rank_correlation(runs: list) -> dict:
     """{measure: (Spearman ρ with the trained gap, cells)} over the cells an advise measure and a trained pair share;
     `adapter` is the held-out adapter's own explained variance (training-free, draw 0) on those cells."""
-    pairs, out = _advise_pairs(runs), {}
-    ev = {(r["target"], r["kind"], r["n"], r["pool"]): r["ev_keep"]["overall"] for r in runs
-          if r["phase"] == "proj" and r["draw"] == 0}
+    pairs, ev, out = _advise_pairs(runs), _adapter_ev(runs), {}
     for m in sorted({r["method"] for r in runs if r["phase"] == "advise"}):
-        cells = {(r["target"], r["kind"], r["n"], r["pool"]): r["ratio"] for r in runs if r["phase"] == "advise"
-                 and r["method"] == m and (r["target"], r["kind"], r["n"], r["pool"]) in pairs}
+        cells = {_draw_key(r): r["ratio"] for r in runs
+                 if r["phase"] == "advise" and r["method"] == m and _draw_key(r) in pairs}
         if len(cells) > 2:
             gap = [pairs[k][0] - pairs[k][1] for k in cells]
             out[m] = {"rho": _spearman(list(cells.values()), gap), "cells": len(cells),
@@ -445,6 +447,23 @@ def _stat_lines(stats: dict) -> list:
             for k, v in stats.items()] or ["- no paired cell yet"]
 
 
+def advise_section(runs: list, s: dict) -> list:
+    """Markdown: the advise cells beside the trained gap, and how well each measure ranks that gap."""
+    f = s["adapter_ev_floor"]
+    return ["", "## What `edge-lorax advise` measures, beside the trained gap", "",
+            "The share of the target's first 64 training rows' gradient (frozen base, logistic-regression head; "
+            "`grad`) or of a LoRA trained on them for 100 steps (`quick-lora`) inside the draw's K=8 subspace and "
+            "inside 8 random bases of the same K:", "", *advise_table(runs), "",
+            "Does it rank the trained gain? Spearman ρ between the measure's × random and the trained EigenLoRAx − "
+            "random gap over the cells both exist for, beside the held-out adapter's own explained variance (which a "
+            "user does not have) on the same cells:", "",
+            *[f"- {m}: ρ = {c['rho']:+.2f} ({c['cells']} cells); held-out adapter's explained variance on them: "
+              f"ρ = {c['adapter_ev_rho']:+.2f}" for m, c in s["advise_rank"].items()],
+            f"- the held-out adapter's explained variance over every trained pair ({f['cells']} cells: kinds, N): "
+            f"ρ = {f['rho']:+.2f}; the {f['below_floor']} cells below {100 * f['floor']:.0f} % gained at most "
+            f"{f['largest_gain_below_floor']:+.1f} points over the random basis"]
+
+
 def markdown(runs: list, s: dict, stamp: dict) -> str:
     curves, index = proj_curves(runs), fit_index(runs)
     pools = sorted(curves)
@@ -486,18 +505,7 @@ def markdown(runs: list, s: dict, stamp: dict) -> str:
     parts += _stat_lines(s["eigen_minus_eigen_drop"])
     parts += ["", "Steps to plateau (first evaluation, every 25 steps, within 1 point of the run's best validation "
               "accuracy):", ""] + [f"- {m}: {v}" for m, v in s["steps_to_plateau"].items()]
-    parts += ["", "## What `edge-lorax advise` measures, beside the trained gap", "",
-              "The share of the target's first 64 training rows' gradient (frozen base, logistic-regression head) "
-              "inside the draw's K=8 subspace and inside 8 random bases of the same K:", "", *advise_table(runs)]
-    parts += ["", "Does it rank the trained gain? Spearman ρ between the measure's × random and the trained EigenLoRAx − "
-              "random gap over the cells both exist for, beside the held-out adapter's own explained variance (which a "
-              "user does not have) on the same cells:", ""]
-    parts += [f"- {m}: ρ = {c['rho']:+.2f} ({c['cells']} cells); held-out adapter's explained variance on them: "
-              f"ρ = {c['adapter_ev_rho']:+.2f}" for m, c in s["advise_rank"].items()]
-    f = s["adapter_ev_floor"]
-    parts += [f"- the held-out adapter's explained variance over every trained pair ({f['cells']} cells: kinds, N): "
-              f"ρ = {f['rho']:+.2f}; the {f['below_floor']} cells below {100 * f['floor']:.0f} % gained at most "
-              f"{f['largest_gain_below_floor']:+.1f} points over the random basis"]
+    parts += advise_section(runs, s)
     dec = decoder_repeat()
     if dec:
         parts += ["", "## SmolLM2 repeat, trained (test exact match %, mean ± std over seeds, all rows)", "",
