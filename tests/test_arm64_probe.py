@@ -1,6 +1,7 @@
 """The arm64 check's decoder probe (benchmarks/arm64/probe.py) resumes an interrupted task-row run: an emulated 200-row
-run takes hours, so it checkpoints every 25 rows and a rerun keeps the saved rows and computes only the rest. Run here
-on x86 on the tiny decoder bundle (helpers.decoder); ~10 s on top of the shared bundle."""
+run takes hours, so it checkpoints every 25 rows and a rerun keeps the saved rows and computes only the rest; the check
+(check.py --progress) mirrors that checkpoint to a folder a session can commit, and a fresh machine resumes from it.
+Run here on x86 on the tiny decoder bundle (helpers.decoder); ~10 s on top of the shared bundle."""
 
 import importlib.util
 import json
@@ -10,15 +11,24 @@ import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime_genai")
-PROBE = Path(__file__).resolve().parents[1] / "benchmarks" / "arm64" / "probe.py"
+ARM64 = Path(__file__).resolve().parents[1] / "benchmarks" / "arm64"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"arm64_{name}", ARM64 / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("arm64_probe", PROBE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _load("probe")
+
+
+@pytest.fixture(scope="module")
+def check():
+    return _load("check")
 
 
 def _inputs(path: Path, rows: int = 30) -> Path:
@@ -39,7 +49,7 @@ def test_a_rerun_keeps_the_checkpointed_rows_and_computes_the_rest(probe, decode
     assert not (tmp_path / "full.rows.npz").exists()  # the checkpoint is folded into OUT
 
     # an interrupted run's checkpoint after 25 rows, row 0 marked so a recomputation would show
-    saved = {k: v for k, v in full.items() if k.startswith("prompt_") or k in {f"task_tokens_{i}" for i in range(25)}}
+    saved = {k: v for k, v in full.items() if k in {f"task_tokens_{i}" for i in range(25)}}
     saved["task_tokens_0"] = np.array([9, 9, 9], np.int64)
     np.savez(tmp_path / "resumed.rows.npz", **saved, seconds_spent=np.array(100.0))
     assert probe.main([*args, tmp_path / "resumed.npz"]) == 0
@@ -56,7 +66,37 @@ def test_the_probe_checkpoints_every_25_rows(probe, decoder_bundle, tmp_path):
     inputs = json.loads(_inputs(tmp_path / "inputs.json").read_text())
     out = probe.decoder(root / "bundle", root / "u3.npz", inputs, tmp_path / "x.rows.npz")
     saved = dict(np.load(tmp_path / "x.rows.npz"))  # written after row 25, not after 30 (main folds it into OUT)
-    assert {k for k in saved if k.startswith("task_tokens_")} == {f"task_tokens_{i}" for i in range(25)}
+    assert set(saved) == {f"task_tokens_{i}" for i in range(25)} | {"seconds_spent"}  # no prompt logits: KB to carry
     for i in range(25):
         np.testing.assert_array_equal(saved[f"task_tokens_{i}"], out[f"task_tokens_{i}"])
     assert float(saved["seconds_spent"]) > 0
+
+
+def test_progress_mirrors_the_checkpoint_while_the_probe_runs_and_seeds_a_rerun(check, tmp_path, monkeypatch):
+    monkeypatch.setattr(check, "MIRROR_SECONDS", 0.05)
+    out, mirror, log = tmp_path / "x" / "a53.npz", tmp_path / "progress" / "b-a53-1.rows.npz", []
+    out.parent.mkdir()
+    # a probe that checkpoints, then dies: the mirror keeps its checkpoint
+    dies = ["sh", "-c", f"printf rows25 > {out.with_suffix('.rows.npz')}; echo boom; exit 3"]
+    with pytest.raises(RuntimeError, match="exit 3.*boom"):
+        check.run_side("arm64 a53", dies, out, log.append, mirror)
+    assert mirror.read_text() == "rows25"
+    # a fresh machine: no checkpoint in the exchange; the rerun starts from the mirror's, and on success drops it
+    out.with_suffix(".rows.npz").unlink()
+    resumes = ["sh", "-c", f"cat {out.with_suffix('.rows.npz')} > {out}"]
+    check.run_side("arm64 a53", resumes, out, log.append, mirror)
+    assert out.read_text() == "rows25" and not mirror.exists()
+    assert any("resuming from" in m for m in log)
+
+
+def test_the_progress_file_is_named_by_content_not_by_path(check, tmp_path):
+    user = tmp_path / "u.npz"
+    user.write_bytes(b"coefficients")
+    for where in ("a", "b"):
+        (tmp_path / where / "int4").mkdir(parents=True)
+        (tmp_path / where / "int4" / "model.onnx").write_bytes(b"weights")
+    name = lambda where, inputs: check.progress_file(tmp_path / "p", tmp_path / where / "int4", user, inputs, "a64fx").name  # noqa: E731
+    assert name("a", {"rows": 1}) == name("b", {"rows": 1})  # a rebuilt bundle elsewhere finds it
+    assert name("a", {"rows": 1}).startswith("int4-a64fx-") and name("a", {"rows": 2}) != name("a", {"rows": 1})
+    (tmp_path / "b" / "int4" / "model.onnx").write_bytes(b"other weights")
+    assert name("a", {"rows": 1}) != name("b", {"rows": 1})  # another build starts afresh

@@ -18,7 +18,9 @@ compares per variant:
 A variant fails when it differs beyond what its precision explains (TOLERANCE below, written into the result): one
 line on stderr per failure and exit status 1. Results: a JSON file (--json). Timings are the check's own cost
 (wall seconds per side, emulated), never device speed.
-Usage: scripts/check-arm64.sh BUNDLE USER [--cpus cortex-a53,cortex-a76] [--rows 200] [--json out.json]
+Usage: scripts/check-arm64.sh BUNDLE USER [--cpus cortex-a53,cortex-a76] [--rows 200] [--json out.json] [--progress DIR]
+(--progress: each decoder probe's checkpoint mirrored to DIR while it runs and seeded from it, so a run that outlives
+a machine resumes on the next one from a committed DIR.)
 Does not build the root filesystem (the script does) or export bundles (edge-lorax export does).
 """
 
@@ -27,6 +29,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -59,6 +62,7 @@ TOLERANCE = {"fp32": 1e-4, "fused": 1e-4, "per_example": 1e-4, "int8": 0.1, "pte
 DECODER_LOGITS = {"fp32": 1e-3, "int8": 0.5, "int4": None}  # None: judged by task accuracy only
 EXACT_MATCH_POINTS = 2.5  # largest |Δ exact match| in points (of 100) an int4 bundle may show between two CPUs
 ENCODER_TEXTS = 32
+MIRROR_SECONDS = 30  # how often --progress copies a running probe's checkpoint
 FREE_PROMPTS = ("What is the capital of France? Answer in one word.", "Write one sentence about the sea.",
                 "List three colours.")
 
@@ -113,17 +117,54 @@ def arm64_command(rootfs: Path, cpu: str, bundle: Path, exchange: Path, args: li
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
 
 
-def run_side(name: str, command: list, out: Path, log) -> float:
-    """Run one probe (skipped when its output exists: reruns resume); its wall seconds (0 when skipped)."""
+def progress_file(progress: Path, bundle: Path, user: Path, inputs: dict, cpu: str) -> Path:
+    """Where --progress keeps `cpu`'s decoder checkpoint: named by the bundle, the core and a hash of what the rows
+    depend on (every file of the bundle, the user, the inputs), never by a local path: a bit-identical rebuild on
+    another machine finds it, any other build starts afresh."""
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode() + user.read_bytes())
+    for f in sorted(f for f in bundle.iterdir() if f.is_file()):
+        digest.update(f.name.encode() + f.read_bytes())
+    return progress / f"{bundle.name}-{cpu}-{digest.hexdigest()[:12]}.rows.npz"
+
+
+def _mirror(src: Path, dst: Path) -> None:
+    """Copy a newer checkpoint `src` over `dst` atomically."""
+    if src.is_file() and (not dst.is_file() or src.stat().st_mtime > dst.stat().st_mtime):
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst.with_suffix(".partial"))
+        dst.with_suffix(".partial").replace(dst)
+
+
+def run_side(name: str, command: list, out: Path, log, mirror: Path = None) -> float:
+    """Run one probe (skipped when its output exists: reruns resume); its wall seconds (0 when skipped). `mirror`: a
+    copy of the probe's checkpoint (OUT.rows.npz) kept up to date while it runs, seeding it when absent, and removed
+    once OUT holds every row."""
     if out.is_file():
         log(f"{name}: reusing {out.name}")
         return 0.0
+    checkpoint = out.with_suffix(".rows.npz")
+    if mirror is not None and mirror.is_file() and not checkpoint.is_file():
+        shutil.copyfile(mirror, checkpoint)
+        log(f"{name}: resuming from {mirror}")
+    elif mirror is not None and not mirror.is_file():
+        others = sorted(mirror.parent.glob(mirror.name.rsplit("-", 1)[0] + "-*.rows.npz"))
+        log(f"{name}: no checkpoint of this build in {mirror.parent}" + (f" (other builds: {', '.join(o.name for o in others)})"
+                                                                       if others else ""))
     log(f"{name}: running")
     start = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-        raise RuntimeError(f"{name}: the probe failed (exit {done.returncode}): {' | '.join(tail)}")
+    with open(out.with_suffix(".log"), "w") as err:
+        probe = subprocess.Popen(command, stdout=err, stderr=subprocess.STDOUT)
+        while probe.poll() is None:
+            time.sleep(MIRROR_SECONDS if mirror is not None else 1)
+            if mirror is not None:
+                _mirror(checkpoint, mirror)
+    if mirror is not None:  # what a probe saved just before it stopped
+        _mirror(checkpoint, mirror)
+    if probe.returncode != 0:
+        tail = out.with_suffix(".log").read_text(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"{name}: the probe failed (exit {probe.returncode}): {' | '.join(tail)}")
+    if mirror is not None:
+        mirror.unlink(missing_ok=True)
     return time.perf_counter() - start
 
 
@@ -165,8 +206,10 @@ def bundle_variant(manifest: dict) -> str:
     return manifest.get("precision") or "fp32"
 
 
-def check(bundle: Path, user: Path, cpus: list, rootfs: Path, work: Path, rows: int, task: str, log) -> dict:
-    """Probe x86 and each arm64 core (cached per side under `work`), compare; the result dict."""
+def check(bundle: Path, user: Path, cpus: list, rootfs: Path, work: Path, rows: int, task: str, log,
+          progress: Path = None) -> dict:
+    """Probe x86 and each arm64 core (cached per side under `work`; `progress`: decoder checkpoints mirrored there),
+    compare; the result dict."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     decoder = manifest["target"] == "genai-decoder"
     inputs = decoder_inputs(task, rows) if decoder else encoder_inputs()
@@ -183,7 +226,8 @@ def check(bundle: Path, user: Path, cpus: list, rootfs: Path, work: Path, rows: 
         seconds[cpu] = run_side(f"arm64 {cpu}", arm64_command(rootfs, cpu, bundle, exchange,
                                                               args("/mnt/bundle", "/mnt/x", f"{cpu}.npz"),
                                                               manifest["target"] == "executorch"),
-                                exchange / f"{cpu}.npz", log)
+                                exchange / f"{cpu}.npz", log,
+                                progress_file(progress, bundle, user, inputs, cpu) if progress and decoder else None)
     ref = dict(np.load(exchange / "x86.npz"))
     results = {}
     for cpu in cpus:
@@ -220,6 +264,8 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=200, help="decoder task rows (test split)")
     p.add_argument("--task", default="vader:tweets-binary", help="decoder task the user answers")
     p.add_argument("--json", type=Path)
+    p.add_argument("--progress", type=Path, help="folder that mirrors each decoder probe's 25-row checkpoint while it "
+                   "runs (commit it to resume an hours-long emulated run on another machine)")
     a = p.parse_args(argv)
     cpus = [c.strip() for c in a.cpus.split(",") if c.strip()]
     unknown = [c for c in cpus if c not in CPUINFO]
@@ -229,7 +275,7 @@ def main(argv=None) -> int:
               f"{'' if a.user.is_file() else f' {a.user}: no such user file'}", file=sys.stderr)
         return 2
     log = lambda m: print(f"[check-arm64] {a.bundle.name}: {m}", file=sys.stderr, flush=True)  # noqa: E731
-    result = check(a.bundle.resolve(), a.user.resolve(), cpus, a.rootfs, a.work, a.rows, a.task, log)
+    result = check(a.bundle.resolve(), a.user.resolve(), cpus, a.rootfs, a.work, a.rows, a.task, log, a.progress)
     if a.json:
         tmp = a.json.with_suffix(".partial")
         tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")

@@ -10,7 +10,8 @@ inputs file that check.py wrote on the host and writes one .npz:
 - decoder bundles: `prompt_logits` (prompts, vocab), the logits after prefilling each free prompt; `prompt_tokens_<i>`
   the greedy continuation of prompt i; `task_tokens_<i>` the greedy answer to task row i (asked in the task format
   the user was trained on, formats.prompts) and `task_exact` (rows,) 1 when that answer is the label's own tokens
-  then EOS; the task rows are checkpointed every 25 rows to OUT.rows.npz, so an interrupted run resumes there;
+  then EOS; the task rows are checkpointed every 25 rows to OUT.rows.npz (task tokens only; the free prompts run
+  after the rows), so an interrupted run resumes there;
 - ExecuTorch bundles (`target: executorch`): `pte.out` (texts, labels), the program's logits, one text per call.
 
 Usage: python probe.py BUNDLE USER INPUTS.json OUT.npz
@@ -87,7 +88,7 @@ def _load_rows(progress: Path) -> dict:
 def _save_npz(path: Path, arrays: dict) -> None:
     """Write `arrays` to `path` atomically (a killed run leaves the old file or none, never half of one)."""
     tmp = path.with_suffix(".partial.npz")
-    np.savez(tmp, **arrays)
+    np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
 
 
@@ -100,15 +101,15 @@ def _prompts(llm, inputs: dict) -> dict:
 
 
 def decoder(bundle: Path, user: Path, inputs: dict, progress: Path) -> dict:
-    """Prefill logits and greedy tokens of the free prompts; greedy answers and exact match on the task rows.
-    Checkpoints to `progress` every 25 rows: an emulated 200-row run takes hours, a rerun resumes where it stopped."""
+    """Greedy answers and exact match on the task rows, then prefill logits and greedy tokens of the free prompts.
+    Checkpoints the task tokens to `progress` every 25 rows: an emulated 200-row run takes hours, a rerun resumes
+    where it stopped (check.py --progress carries that file across machines)."""
     from edge_lorax.runtime.llm import load_llm
 
     start, llm = time.perf_counter(), load_llm(bundle, threads=1)
     llm.add_user("u", user)
     out = _load_rows(progress)
     spent = float(out.pop("seconds_spent", 0.0))
-    out = out or _prompts(llm, inputs)
     labels = inputs["labels"]
     answers = [llm.tokenizer.encode(lab, add_special_tokens=False).ids for lab in labels]
     longest = max(len(a) for a in answers)
@@ -119,6 +120,7 @@ def decoder(bundle: Path, user: Path, inputs: dict, progress: Path) -> dict:
         if (i + 1) % 25 == 0:  # generate stops at EOS, which it does not yield
             print(f"[probe] {i + 1}/{len(inputs['texts'])} task rows", file=sys.stderr, flush=True)
             _save_npz(progress, {**out, "seconds_spent": np.array(spent + time.perf_counter() - start)})
+    out.update(_prompts(llm, inputs))  # after the rows: the checkpoint holds task tokens only (a few KB to carry)
     exact = [out[f"task_tokens_{i}"].tolist() == answers[t] for i, t in enumerate(inputs["targets"])]
     out["task_exact"] = np.array(exact, np.int8)
     out["seconds_spent"] = np.array(spent + time.perf_counter() - start)
