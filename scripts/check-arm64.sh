@@ -13,7 +13,7 @@
 # with --no-deps (reinstalled when its source changes); later checks reuse it. An ExecuTorch bundle (export --target
 # executorch) also gets /opt/venv-et (torch + executorch at the host's versions, ~3 GB: PyPI's aarch64 torch is a CUDA
 # build whose libraries load without a GPU). Interrupted? Run the same command again: each side's output is kept and a
-# decoder probe resumes after its last 25-row checkpoint (an emulated 200-row int4 run takes hours); --progress DIR
+# decoder probe resumes after its last checkpoint (every 5 rows) (an emulated 200-row int4 run takes hours); --progress DIR
 # mirrors those checkpoints to DIR (commit it, and a fresh machine with a bit-identical bundle resumes). Exit 0: every variant on every core
 # within tolerance; 1: a mismatch (one line each on stderr); 2: bad arguments; other: set-up failed.
 set -euo pipefail

@@ -1,5 +1,5 @@
 """The arm64 check's decoder probe (benchmarks/arm64/probe.py) resumes an interrupted task-row run: an emulated 200-row
-run takes hours, so it checkpoints every 25 rows and a rerun keeps the saved rows and computes only the rest; the check
+run takes hours, so it checkpoints every few rows and a rerun keeps the saved rows and computes only the rest; the check
 (check.py --progress) mirrors that checkpoint to a folder a session can commit, and a fresh machine resumes from it.
 Run here on x86 on the tiny decoder bundle (helpers.decoder); ~10 s on top of the shared bundle."""
 
@@ -61,7 +61,8 @@ def test_a_rerun_keeps_the_checkpointed_rows_and_computes_the_rest(probe, decode
     assert float(resumed["seconds"]) >= 100.0  # the interrupted run's seconds count
 
 
-def test_the_probe_checkpoints_every_25_rows(probe, decoder_bundle, tmp_path):
+def test_the_probe_checkpoints_every_few_rows(probe, decoder_bundle, tmp_path, monkeypatch):
+    monkeypatch.setattr(probe, "CHECKPOINT_ROWS", 25)
     root, _ = decoder_bundle
     inputs = json.loads(_inputs(tmp_path / "inputs.json").read_text())
     out = probe.decoder(root / "bundle", root / "u3.npz", inputs, tmp_path / "x.rows.npz")

@@ -264,7 +264,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=200, help="decoder task rows (test split)")
     p.add_argument("--task", default="vader:tweets-binary", help="decoder task the user answers")
     p.add_argument("--json", type=Path)
-    p.add_argument("--progress", type=Path, help="folder that mirrors each decoder probe's 25-row checkpoint while it "
+    p.add_argument("--progress", type=Path, help="folder that mirrors each decoder probe's checkpoint (every 5 rows) while it "
                    "runs (commit it to resume an hours-long emulated run on another machine)")
     a = p.parse_args(argv)
     cpus = [c.strip() for c in a.cpus.split(",") if c.strip()]

@@ -10,7 +10,7 @@ inputs file that check.py wrote on the host and writes one .npz:
 - decoder bundles: `prompt_logits` (prompts, vocab), the logits after prefilling each free prompt; `prompt_tokens_<i>`
   the greedy continuation of prompt i; `task_tokens_<i>` the greedy answer to task row i (asked in the task format
   the user was trained on, formats.prompts) and `task_exact` (rows,) 1 when that answer is the label's own tokens
-  then EOS; the task rows are checkpointed every 25 rows to OUT.rows.npz (task tokens only; the free prompts run
+  then EOS; the task rows are checkpointed every CHECKPOINT_ROWS rows to OUT.rows.npz (task tokens only; the free prompts run
   after the rows), so an interrupted run resumes there;
 - ExecuTorch bundles (`target: executorch`): `pte.out` (texts, labels), the program's logits, one text per call.
 
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 ENCODER_VARIANTS = ("fp32", "int8", "fused")
+CHECKPOINT_ROWS = 5  # ~6-10 min of an emulated core; a stopped run loses less than that
 
 
 def encoder(bundle: Path, user: Path, inputs: dict) -> dict:
@@ -102,7 +103,7 @@ def _prompts(llm, inputs: dict) -> dict:
 
 def decoder(bundle: Path, user: Path, inputs: dict, progress: Path) -> dict:
     """Greedy answers and exact match on the task rows, then prefill logits and greedy tokens of the free prompts.
-    Checkpoints the task tokens to `progress` every 25 rows: an emulated 200-row run takes hours, a rerun resumes
+    Checkpoints the task tokens to `progress` every CHECKPOINT_ROWS rows: an emulated 200-row run takes hours, a rerun resumes
     where it stopped (check.py --progress carries that file across machines)."""
     from edge_lorax.runtime.llm import load_llm
 
@@ -117,7 +118,7 @@ def decoder(bundle: Path, user: Path, inputs: dict, progress: Path) -> dict:
         if f"task_tokens_{i}" in out:
             continue
         out[f"task_tokens_{i}"] = np.array(list(llm.generate(text, "u", longest + 1, choices=labels)), np.int64)
-        if (i + 1) % 25 == 0:  # generate stops at EOS, which it does not yield
+        if (i + 1) % CHECKPOINT_ROWS == 0:  # generate stops at EOS, which it does not yield
             print(f"[probe] {i + 1}/{len(inputs['texts'])} task rows", file=sys.stderr, flush=True)
             _save_npz(progress, {**out, "seconds_spent": np.array(spent + time.perf_counter() - start)})
     out.update(_prompts(llm, inputs))  # after the rows: the checkpoint holds task tokens only (a few KB to carry)
