@@ -91,13 +91,17 @@ def test_progress_mirrors_the_checkpoint_while_the_probe_runs_and_seeds_a_rerun(
 
 
 def test_the_progress_file_is_named_by_content_not_by_path(check, tmp_path):
+    import onnx
+
     user = tmp_path / "u.npz"
     user.write_bytes(b"coefficients")
-    for where in ("a", "b"):
+    for where, commit in (("a", "0.18.0+8567c6c"), ("b", "0.18.0+ce9cf94")):  # exported at two commits
         (tmp_path / where / "int4").mkdir(parents=True)
-        (tmp_path / where / "int4" / "model.onnx").write_bytes(b"weights")
+        (tmp_path / where / "int4" / "model.onnx.data").write_bytes(b"weights")
+        model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []), producer_version=commit)
+        onnx.save(model, tmp_path / where / "int4" / "model.onnx")
     name = lambda where, inputs: check.progress_file(tmp_path / "p", tmp_path / where / "int4", user, inputs, "a64fx").name  # noqa: E731
     assert name("a", {"rows": 1}) == name("b", {"rows": 1})  # a rebuilt bundle elsewhere finds it
     assert name("a", {"rows": 1}).startswith("int4-a64fx-") and name("a", {"rows": 2}) != name("a", {"rows": 1})
-    (tmp_path / "b" / "int4" / "model.onnx").write_bytes(b"other weights")
+    (tmp_path / "b" / "int4" / "model.onnx.data").write_bytes(b"other weights")
     assert name("a", {"rows": 1}) != name("b", {"rows": 1})  # another build starts afresh

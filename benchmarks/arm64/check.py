@@ -119,11 +119,19 @@ def arm64_command(rootfs: Path, cpu: str, bundle: Path, exchange: Path, args: li
 
 def progress_file(progress: Path, bundle: Path, user: Path, inputs: dict, cpu: str) -> Path:
     """Where --progress keeps `cpu`'s decoder checkpoint: named by the bundle, the core and a hash of what the rows
-    depend on (every file of the bundle, the user, the inputs), never by a local path: a bit-identical rebuild on
-    another machine finds it, any other build starts afresh."""
+    depend on (every file of the bundle, the user, the inputs), never by a local path: a rebuild on another machine
+    finds it when it computes the same (its .onnx files may differ only in producer_version, the exporting commit),
+    any other build starts afresh."""
+    import onnx
+
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode() + user.read_bytes())
     for f in sorted(f for f in bundle.iterdir() if f.is_file()):
-        digest.update(f.name.encode() + f.read_bytes())
+        data = f.read_bytes()
+        if f.suffix == ".onnx":
+            model = onnx.load_from_string(data)  # the graph only; its external data is hashed as its own file
+            model.producer_version = ""
+            data = model.SerializeToString()
+        digest.update(f.name.encode() + data)
     return progress / f"{bundle.name}-{cpu}-{digest.hexdigest()[:12]}.rows.npz"
 
 
