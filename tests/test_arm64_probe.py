@@ -105,3 +105,10 @@ def test_the_progress_file_is_named_by_content_not_by_path(check, tmp_path):
     assert name("a", {"rows": 1}).startswith("int4-a64fx-") and name("a", {"rows": 2}) != name("a", {"rows": 1})
     (tmp_path / "b" / "int4" / "model.onnx.data").write_bytes(b"other weights")
     assert name("a", {"rows": 1}) != name("b", {"rows": 1})  # another build starts afresh
+
+
+def test_the_armv9_core_runs_qemu_max_with_128_bit_sve_and_no_sme(check, tmp_path):
+    command = check.arm64_command(tmp_path / "rootfs", "max-sve128", tmp_path / "bundle", tmp_path, ["/mnt/bundle"])
+    assert "QEMU_CPU=max,sme=off,sve-default-vector-length=16 " in command[-1]
+    assert "sve2" in (tmp_path / "cpuinfo-max-sve128").read_text() and "i8mm" in check.cpuinfo("max-sve128")
+    assert "QEMU_CPU=cortex-a53 " in check.arm64_command(tmp_path / "r", "cortex-a53", tmp_path / "b", tmp_path, [])[-1]

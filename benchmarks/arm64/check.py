@@ -45,7 +45,11 @@ ROOTFS_PYTHON = "/opt/venv/bin/python"
 # also sees the runtime venv's packages (tokenizers, edge_lorax) after its own
 ROOTFS_ET_PYTHON = "/opt/venv-et/bin/python"
 ROOTFS_ET_PATH = "/opt/venv/lib/python3.11/site-packages"
-CPUS = ("cortex-a53", "cortex-a76", "neoverse-n1", "a64fx")
+CPUS = ("cortex-a53", "cortex-a76", "neoverse-n1", "a64fx", "max-sve128")
+# --cpus names that are not one of qemu's models: the QEMU_CPU they stand for. max-sve128: qemu's max core with SME off
+# and SVE2 at 128 bits, the instruction set of Armv9 phone cores (Cortex-A710 / X2 and later: SVE2 at 128 bits, i8mm,
+# dotprod, bf16); qemu 7.2's default 512-bit SVE (max, a64fx) emulates this decoder ~8x slower with the same logits
+QEMU_MODELS = {"max-sve128": "max,sme=off,sve-default-vector-length=16"}
 # /proc/cpuinfo lines per core: implementer, part and the Linux feature names of what qemu 7.2 emulates for it
 CPUINFO = {
     "cortex-a53": ("0x41", "0xd03", "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"),
@@ -54,6 +58,10 @@ CPUINFO = {
     "neoverse-n1": ("0x41", "0xd0c", "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
                                      "lrcpc dcpop asimddp ssbs"),
     "a64fx": ("0x46", "0x001", "fp asimd evtstrm sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm fcma dcpop sve"),
+    "max-sve128": ("0x00", "0x051", "fp asimd aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc "
+                                    "dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm ilrcpc flagm sb paca pacg dcpodp sve2 "
+                                    "sveaes svepmull svebitperm svesha3 svesm4 flagm2 frint svei8mm svef32mm svef64mm "
+                                    "svebf16 i8mm bf16 rng bti mte"),  # qemu's max: implementer 0 ("software"), part 'Q'
 }
 # What a variant may differ by between two CPUs (instruction sets, kernels and summation orders differ):
 # fp32 graphs: float32 rounding; int8 / int4: the activation quantisation kernels differ (x86 u8s8 vs arm s8s8, dot
@@ -107,12 +115,13 @@ def arm64_command(rootfs: Path, cpu: str, bundle: Path, exchange: Path, args: li
     (exchange / f"cpuinfo-{cpu}").write_text(cpuinfo(cpu))
     r, q = str(rootfs), shlex.quote
     python = f"env PYTHONPATH={ROOTFS_ET_PATH} {ROOTFS_ET_PYTHON}" if pte else ROOTFS_PYTHON
+    qemu_cpu = q(QEMU_MODELS.get(cpu, cpu))
     script = " && ".join([
         f"mount -t proc proc {q(r + '/proc')}", f"mount --bind {q(str(exchange / ('cpuinfo-' + cpu)))} {q(r + '/proc/cpuinfo')}",
         f"mount --rbind /dev {q(r + '/dev')}", *(_sys_cpu(r, q) if pte else []),
         f"mkdir -p {q(r + '/mnt/bundle')} {q(r + '/mnt/x')}",
         f"mount --bind -o ro {q(str(bundle))} {q(r + '/mnt/bundle')}", f"mount --bind {q(str(exchange))} {q(r + '/mnt/x')}",
-        f"exec env -i QEMU_CPU={q(cpu)} PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root /usr/sbin/chroot {q(r)} {python} {ROOTFS_PROBE} "
+        f"exec env -i QEMU_CPU={qemu_cpu} PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root /usr/sbin/chroot {q(r)} {python} {ROOTFS_PROBE} "
         + " ".join(q(a) for a in args)])
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
 
