@@ -152,6 +152,16 @@ def _mirror(src: Path, dst: Path) -> None:
         dst.with_suffix(".partial").replace(dst)
 
 
+def _seed(checkpoint: Path, mirror: Path, log) -> None:
+    """Start a probe from --progress's checkpoint of this build when its exchange has none."""
+    if mirror.is_file() and not checkpoint.is_file():
+        shutil.copyfile(mirror, checkpoint)
+        log(f"resuming from {mirror}")
+    elif not mirror.is_file():
+        others = ", ".join(o.name for o in sorted(mirror.parent.glob(mirror.name.rsplit("-", 1)[0] + "-*.rows.npz")))
+        log(f"no checkpoint of this build in {mirror.parent}" + (f" (other builds: {others})" if others else ""))
+
+
 def run_side(name: str, command: list, out: Path, log, mirror: Path = None) -> float:
     """Run one probe (skipped when its output exists: reruns resume); its wall seconds (0 when skipped). `mirror`: a
     copy of the probe's checkpoint (OUT.rows.npz) kept up to date while it runs, seeding it when absent, and removed
@@ -160,13 +170,8 @@ def run_side(name: str, command: list, out: Path, log, mirror: Path = None) -> f
         log(f"{name}: reusing {out.name}")
         return 0.0
     checkpoint = out.with_suffix(".rows.npz")
-    if mirror is not None and mirror.is_file() and not checkpoint.is_file():
-        shutil.copyfile(mirror, checkpoint)
-        log(f"{name}: resuming from {mirror}")
-    elif mirror is not None and not mirror.is_file():
-        others = sorted(mirror.parent.glob(mirror.name.rsplit("-", 1)[0] + "-*.rows.npz"))
-        log(f"{name}: no checkpoint of this build in {mirror.parent}" + (f" (other builds: {', '.join(o.name for o in others)})"
-                                                                       if others else ""))
+    if mirror is not None:
+        _seed(checkpoint, mirror, lambda m: log(f"{name}: {m}"))
     log(f"{name}: running")
     start = time.perf_counter()
     with open(out.with_suffix(".log"), "w") as err:
@@ -175,7 +180,7 @@ def run_side(name: str, command: list, out: Path, log, mirror: Path = None) -> f
             time.sleep(MIRROR_SECONDS if mirror is not None else 1)
             if mirror is not None:
                 _mirror(checkpoint, mirror)
-    if mirror is not None:  # what a probe saved just before it stopped
+    if mirror is not None:  # what the probe saved just before it stopped
         _mirror(checkpoint, mirror)
     if probe.returncode != 0:
         tail = out.with_suffix(".log").read_text(errors="replace").strip().splitlines()[-3:]
