@@ -3,7 +3,7 @@
 # arm64 cores, compared (benchmarks/arm64/check.py says what is compared and what counts as a mismatch).
 #
 #   sudo scripts/check-arm64.sh BUNDLE USER [--cpus cortex-a53,cortex-a76,neoverse-n1,a64fx] [--rows 200] [--json out.json]
-#                               [--progress DIR]
+#                               [--progress DIR] [--shards K]
 #
 # Needs: root (binfmt_misc, debootstrap, chroot, mounts) on Debian/Ubuntu with apt (installs qemu-user-static,
 # binfmt-support, debootstrap when missing), network to Debian's mirror and PyPI, and the project's .venv (x86 side).
@@ -14,7 +14,8 @@
 # executorch) also gets /opt/venv-et (torch + executorch at the host's versions, ~3 GB: PyPI's aarch64 torch is a CUDA
 # build whose libraries load without a GPU). Interrupted? Run the same command again: each side's output is kept and a
 # decoder probe resumes after its last checkpoint (every 5 rows) (an emulated 200-row int4 run takes hours); --progress DIR
-# mirrors those checkpoints to DIR (commit it, and a fresh machine with a bit-identical bundle resumes). Exit 0: every variant on every core
+# mirrors those checkpoints to DIR (commit it, and a fresh machine with a bit-identical bundle resumes); --shards K
+# splits a decoder core's task rows over K emulated probes at once (one host core each). Exit 0: every variant on every core
 # within tolerance; 1: a mismatch (one line each on stderr); 2: bad arguments; other: set-up failed.
 set -euo pipefail
 

@@ -112,3 +112,63 @@ def test_the_armv9_core_runs_qemu_max_with_128_bit_sve_and_no_sme(check, tmp_pat
     assert "QEMU_CPU=max,sme=off,sve-default-vector-length=16 " in command[-1]
     assert "sve2" in (tmp_path / "cpuinfo-max-sve128").read_text() and "i8mm" in check.cpuinfo("max-sve128")
     assert "QEMU_CPU=cortex-a53 " in check.arm64_command(tmp_path / "r", "cortex-a53", tmp_path / "b", tmp_path, [])[-1]
+
+
+def test_shards_answer_their_rows_and_merge_to_the_unsharded_run(probe, check, decoder_bundle, tmp_path):
+    root, _ = decoder_bundle
+    inputs = _inputs(tmp_path / "inputs.json", rows=12)
+    args = [root / "bundle", root / "u3.npz", inputs]
+    assert probe.main([*args, tmp_path / "full.npz"]) == 0
+    full = dict(np.load(tmp_path / "full.npz"))
+    parts = []
+    for j in range(3):  # a shard writes its rows' checkpoint and nothing else
+        assert probe.main([*args, tmp_path / f"a.shard{j}.npz", f"--shard={j}/3"]) == 0
+        parts.append(tmp_path / f"a.shard{j}.rows.npz")
+        assert {k for k in np.load(parts[-1]).files if k.startswith("task_")} == {f"task_tokens_{i}" for i in range(j, 12, 3)}
+        assert not (tmp_path / f"a.shard{j}.npz").exists()
+    merged = check.merge_rows({"seconds_spent": np.array(5.0)}, parts)
+    assert float(merged["seconds_spent"]) > 5.0 and len(merged) == 13
+    probe.save_npz(tmp_path / "a.rows.npz", merged)
+    assert probe.main([*args, tmp_path / "a.npz"]) == 0  # the unsharded run finds every row and completes
+    done = dict(np.load(tmp_path / "a.npz"))
+    assert done.keys() == full.keys()
+    for k in full:
+        if k != "seconds":
+            np.testing.assert_array_equal(done[k], full[k])
+
+
+def test_merging_refuses_two_checkpoints_that_disagree_on_a_row(check, probe, tmp_path):
+    probe.save_npz(tmp_path / "s0.rows.npz", {"task_tokens_0": np.array([1, 2]), "seconds_spent": np.array(1.0)})
+    probe.save_npz(tmp_path / "s1.rows.npz", {"task_tokens_0": np.array([1, 3]), "seconds_spent": np.array(1.0)})
+    with pytest.raises(RuntimeError, match="s1.rows.npz: task_tokens_0 differs"):
+        check.merge_rows({}, [tmp_path / "s0.rows.npz", tmp_path / "s1.rows.npz"])
+
+
+SHARD = """import os, sys
+import numpy as np
+path, row = sys.argv[1], int(sys.argv[2])
+saved = dict(np.load(path))
+if saved["task_tokens_0"].tolist() != [7] or float(saved["seconds_spent"]) != 0:
+    sys.exit("not seeded with the rows done")
+saved[f"task_tokens_{row}"], saved["seconds_spent"] = np.array([row]), np.array(2.0)
+np.savez(path + ".tmp.npz", **saved)
+os.replace(path + ".tmp.npz", path)
+"""
+
+
+def test_run_shards_seeds_each_shard_with_the_rows_done_merges_and_mirrors(check, probe, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(check, "MIRROR_SECONDS", 0.05)
+    out, mirror = tmp_path / "a53.npz", tmp_path / "progress" / "b-a53-1.rows.npz"
+    mirror.parent.mkdir()
+    probe.save_npz(mirror, {"task_tokens_0": np.array([7]), "seconds_spent": np.array(10.0)})  # a committed run's rows
+    commands = [[sys.executable, "-c", SHARD, str(out.with_suffix(f".shard{j}.rows.npz")), str(j + 1)] for j in range(2)]
+    check.run_shards("arm64 a53", commands, out, lambda m: None, mirror)
+    merged = {k: v.tolist() for k, v in np.load(out.with_suffix(".rows.npz")).items()}
+    assert merged == {"task_tokens_0": [7], "task_tokens_1": [1], "task_tokens_2": [2], "seconds_spent": 14.0}
+    assert {k: v.tolist() for k, v in np.load(mirror).items()} == merged
+    out.with_suffix(".rows.npz").unlink()  # a shard that fails is named with its last lines
+    with pytest.raises(RuntimeError, match="shard 0 failed .*exit 1.*not seeded"):
+        check.run_shards("arm64 a53", [[sys.executable, "-c", "import sys; sys.exit('not seeded')"]], out,
+                         lambda m: None)

@@ -19,8 +19,10 @@ A variant fails when it differs beyond what its precision explains (TOLERANCE be
 line on stderr per failure and exit status 1. Results: a JSON file (--json). Timings are the check's own cost
 (wall seconds per side, emulated), never device speed.
 Usage: scripts/check-arm64.sh BUNDLE USER [--cpus cortex-a53,cortex-a76] [--rows 200] [--json out.json] [--progress DIR]
+                              [--shards K]
 (--progress: each decoder probe's checkpoint mirrored to DIR while it runs and seeded from it, so a run that outlives
-a machine resumes on the next one from a committed DIR.)
+a machine resumes on the next one from a committed DIR; --shards: a decoder core's task rows over K probes at once,
+rows i % K == j each, merged before the probe that completes the core.)
 Does not build the root filesystem (the script does) or export bundles (edge-lorax export does).
 """
 
@@ -36,6 +38,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from probe import load_rows, save_npz  # noqa: E402  (the probe's own checkpoint format)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("probe.py")
@@ -162,6 +167,10 @@ def _seed(checkpoint: Path, mirror: Path, log) -> None:
         log(f"no checkpoint of this build in {mirror.parent}" + (f" (other builds: {others})" if others else ""))
 
 
+def _tail(log: Path) -> str:
+    return " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:])
+
+
 def run_side(name: str, command: list, out: Path, log, mirror: Path = None) -> float:
     """Run one probe (skipped when its output exists: reruns resume); its wall seconds (0 when skipped). `mirror`: a
     copy of the probe's checkpoint (OUT.rows.npz) kept up to date while it runs, seeding it when absent, and removed
@@ -183,11 +192,54 @@ def run_side(name: str, command: list, out: Path, log, mirror: Path = None) -> f
     if mirror is not None:  # what the probe saved just before it stopped
         _mirror(checkpoint, mirror)
     if probe.returncode != 0:
-        tail = out.with_suffix(".log").read_text(errors="replace").strip().splitlines()[-3:]
-        raise RuntimeError(f"{name}: the probe failed (exit {probe.returncode}): {' | '.join(tail)}")
+        raise RuntimeError(f"{name}: the probe failed (exit {probe.returncode}): {_tail(out.with_suffix('.log'))}")
     if mirror is not None:
         mirror.unlink(missing_ok=True)
     return time.perf_counter() - start
+
+
+def merge_rows(base: dict, parts: list) -> dict:
+    """`base` (task_tokens_<i>, seconds_spent) with the rows of the shard checkpoints `parts` added and their
+    seconds_spent summed on top; a row two of them hold must be equal (RuntimeError naming the file)."""
+    merged = dict(base)
+    for part in (p for p in parts if p.is_file()):
+        rows = load_rows(part)
+        merged["seconds_spent"] = np.array(float(merged.get("seconds_spent", 0.0)) + float(rows.pop("seconds_spent", 0.0)))
+        for k, v in rows.items():
+            if k in merged and not np.array_equal(merged[k], v):
+                raise RuntimeError(f"{part}: {k} differs from the same row in another checkpoint")
+            merged[k] = v
+    return merged
+
+
+def _merge_into(merged: Path, base: dict, parts: list, mirror: Path = None) -> None:
+    save_npz(merged, merge_rows(base, parts))
+    if mirror is not None:
+        _mirror(merged, mirror)
+
+
+def run_shards(name: str, commands: list, out: Path, log, mirror: Path = None) -> None:
+    """A decoder's task rows split over len(commands) probes at once (probe.py --shard=j/K, one host core each), their
+    checkpoints merged into OUT.rows.npz (and mirrored) as they go; run_side's probe then finds every row done."""
+    merged, parts = out.with_suffix(".rows.npz"), [out.with_suffix(f".shard{j}.rows.npz") for j in range(len(commands))]
+    if mirror is not None:
+        _seed(merged, mirror, lambda m: log(f"{name}: {m}"))
+    previous = load_rows(merged)  # a stopped run's shard rows join it; their seconds are in it already
+    base = {**merge_rows(previous, parts), "seconds_spent": previous.get("seconds_spent", np.array(0.0))}
+    for part in parts:  # each shard starts from every row done, its own seconds at 0
+        save_npz(part, {**base, "seconds_spent": np.array(0.0)})
+    log(f"{name}: running {len(commands)} shards")
+    logs = [open(part.with_suffix(".log"), "w") for part in parts]
+    probes = [subprocess.Popen(c, stdout=f, stderr=subprocess.STDOUT) for c, f in zip(commands, logs)]
+    while any(p.poll() is None for p in probes):
+        time.sleep(MIRROR_SECONDS)
+        _merge_into(merged, base, parts, mirror)
+    _merge_into(merged, base, parts, mirror)  # what the shards saved last
+    for f in logs:
+        f.close()
+    for j, p in enumerate(probes):
+        if p.returncode != 0:
+            raise RuntimeError(f"{name}: shard {j} failed (exit {p.returncode}): {_tail(parts[j].with_suffix('.log'))}")
 
 
 def compare_encoder(ref: dict, got: dict) -> list:
@@ -228,10 +280,21 @@ def bundle_variant(manifest: dict) -> str:
     return manifest.get("precision") or "fp32"
 
 
+def arm64_side(cpu: str, command, out: Path, log, shards: int = 1, mirror: Path = None) -> float:
+    """One core's probe into `out` (`command(out_name, extra_args)` runs it), a decoder's rows split over `shards`
+    probes at once first when shards > 1; wall seconds of both (0 when `out` exists)."""
+    start = time.perf_counter()
+    if shards > 1 and not out.is_file():
+        run_shards(f"arm64 {cpu}", [command(f"{cpu}.shard{j}.npz", [f"--shard={j}/{shards}"]) for j in range(shards)],
+                   out, log, mirror)
+    reused = not run_side(f"arm64 {cpu}", command(out.name), out, log, mirror)
+    return 0.0 if reused else time.perf_counter() - start
+
+
 def check(bundle: Path, user: Path, cpus: list, rootfs: Path, work: Path, rows: int, task: str, log,
-          progress: Path = None) -> dict:
-    """Probe x86 and each arm64 core (cached per side under `work`; `progress`: decoder checkpoints mirrored there),
-    compare; the result dict."""
+          progress: Path = None, shards: int = 1) -> dict:
+    """Probe x86 and each arm64 core (cached per side under `work`; `progress`: decoder checkpoints mirrored there;
+    `shards`: a decoder core's task rows over that many probes at once), compare; the result dict."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     decoder = manifest["target"] == "genai-decoder"
     inputs = decoder_inputs(task, rows) if decoder else encoder_inputs()
@@ -245,11 +308,10 @@ def check(bundle: Path, user: Path, cpus: list, rootfs: Path, work: Path, rows: 
     seconds = {"x86": run_side("x86", [sys.executable, str(PROBE), *args(str(bundle), str(exchange), "x86.npz")],
                                exchange / "x86.npz", log)}
     for cpu in cpus:
-        seconds[cpu] = run_side(f"arm64 {cpu}", arm64_command(rootfs, cpu, bundle, exchange,
-                                                              args("/mnt/bundle", "/mnt/x", f"{cpu}.npz"),
-                                                              manifest["target"] == "executorch"),
-                                exchange / f"{cpu}.npz", log,
-                                progress_file(progress, bundle, user, inputs, cpu) if progress and decoder else None)
+        command = lambda out, extra=(), cpu=cpu: arm64_command(  # noqa: E731
+            rootfs, cpu, bundle, exchange, [*args("/mnt/bundle", "/mnt/x", out), *extra], manifest["target"] == "executorch")
+        seconds[cpu] = arm64_side(cpu, command, exchange / f"{cpu}.npz", log, shards if decoder else 1,
+                                  progress_file(progress, bundle, user, inputs, cpu) if progress and decoder else None)
     ref = dict(np.load(exchange / "x86.npz"))
     results = {}
     for cpu in cpus:
@@ -286,6 +348,8 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=200, help="decoder task rows (test split)")
     p.add_argument("--task", default="vader:tweets-binary", help="decoder task the user answers")
     p.add_argument("--json", type=Path)
+    p.add_argument("--shards", type=int, default=1, choices=range(1, 17), metavar="K", help="decoder task rows of each core over this many emulated "
+                   "probes at once (one host core each; the answers do not change)")
     p.add_argument("--progress", type=Path, help="folder that mirrors each decoder probe's checkpoint (every 5 rows) while it "
                    "runs (commit it to resume an hours-long emulated run on another machine)")
     a = p.parse_args(argv)
@@ -297,7 +361,7 @@ def main(argv=None) -> int:
               f"{'' if a.user.is_file() else f' {a.user}: no such user file'}", file=sys.stderr)
         return 2
     log = lambda m: print(f"[check-arm64] {a.bundle.name}: {m}", file=sys.stderr, flush=True)  # noqa: E731
-    result = check(a.bundle.resolve(), a.user.resolve(), cpus, a.rootfs, a.work, a.rows, a.task, log, a.progress)
+    result = check(a.bundle.resolve(), a.user.resolve(), cpus, a.rootfs, a.work, a.rows, a.task, log, a.progress, a.shards)
     if a.json:
         tmp = a.json.with_suffix(".partial")
         tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")

@@ -14,7 +14,8 @@ inputs file that check.py wrote on the host and writes one .npz:
   after the rows), so an interrupted run resumes there;
 - ExecuTorch bundles (`target: executorch`): `pte.out` (texts, labels), the program's logits, one text per call.
 
-Usage: python probe.py BUNDLE USER INPUTS.json OUT.npz
+Usage: python probe.py BUNDLE USER INPUTS.json OUT.npz [--shard=J/K]
+(--shard: a decoder's task rows i % K == J only, into OUT.rows.npz and nothing else; check.py --shards runs K at once)
 Does not compare anything (check.py does); imports torch only for an ExecuTorch bundle (its binding needs it).
 """
 
@@ -78,7 +79,7 @@ def _prefill_logits(llm, ids: list, user: str) -> np.ndarray:
     return np.asarray(gen.get_logits(), np.float32).reshape(-1)
 
 
-def _load_rows(progress: Path) -> dict:
+def load_rows(progress: Path) -> dict:
     """What an interrupted decoder probe saved (empty when none): its arrays and the seconds it had spent."""
     if not progress.is_file():
         return {}
@@ -86,7 +87,7 @@ def _load_rows(progress: Path) -> dict:
         return {k: saved[k] for k in saved.files}
 
 
-def _save_npz(path: Path, arrays: dict) -> None:
+def save_npz(path: Path, arrays: dict) -> None:
     """Write `arrays` to `path` atomically (a killed run leaves the old file or none, never half of one)."""
     tmp = path.with_suffix(".partial.npz")
     np.savez_compressed(tmp, **arrays)
@@ -101,45 +102,59 @@ def _prompts(llm, inputs: dict) -> dict:
     return out
 
 
-def decoder(bundle: Path, user: Path, inputs: dict, progress: Path) -> dict:
+def _task_rows(llm, inputs: dict, progress: Path, rows: range, start: float) -> dict:
+    """Greedy answers to the task rows `rows` (task_tokens_<i>), skipping those `progress` holds and checkpointing
+    there every CHECKPOINT_ROWS rows; seconds_spent counts every resumed run since `start`."""
+    out = load_rows(progress)
+    spent = float(out.pop("seconds_spent", 0.0))
+    labels = inputs["labels"]
+    longest = max(len(llm.tokenizer.encode(lab, add_special_tokens=False).ids) for lab in labels)
+    todo = [i for i in rows if f"task_tokens_{i}" not in out]
+    for n, i in enumerate(todo):  # generate stops at EOS, which it does not yield
+        out[f"task_tokens_{i}"] = np.array(list(llm.generate(inputs["texts"][i], "u", longest + 1, choices=labels)), np.int64)
+        if (n + 1) % CHECKPOINT_ROWS == 0:
+            print(f"[probe] {len(out)}/{len(inputs['texts'])} task rows", file=sys.stderr, flush=True)
+            save_npz(progress, {**out, "seconds_spent": np.array(spent + time.perf_counter() - start)})
+    return {**out, "seconds_spent": np.array(spent + time.perf_counter() - start)}
+
+
+def decoder(bundle: Path, user: Path, inputs: dict, progress: Path, shard: tuple = (0, 1)) -> dict:
     """Greedy answers and exact match on the task rows, then prefill logits and greedy tokens of the free prompts.
-    Checkpoints the task tokens to `progress` every CHECKPOINT_ROWS rows: an emulated 200-row run takes hours, a rerun resumes
-    where it stopped (check.py --progress carries that file across machines)."""
+    Checkpoints the task tokens to `progress` every CHECKPOINT_ROWS rows: an emulated 200-row run takes hours, a rerun
+    resumes where it stopped (check.py --progress carries that file across machines). shard (j, K), K > 1: only the
+    rows i % K == j, and nothing but the checkpoint (check.py merges the shards; an unsharded run then completes)."""
     from edge_lorax.runtime.llm import load_llm
 
     start, llm = time.perf_counter(), load_llm(bundle, threads=1)
     llm.add_user("u", user)
-    out = _load_rows(progress)
-    spent = float(out.pop("seconds_spent", 0.0))
-    labels = inputs["labels"]
-    answers = [llm.tokenizer.encode(lab, add_special_tokens=False).ids for lab in labels]
-    longest = max(len(a) for a in answers)
-    for i, text in enumerate(inputs["texts"]):
-        if f"task_tokens_{i}" in out:
-            continue
-        out[f"task_tokens_{i}"] = np.array(list(llm.generate(text, "u", longest + 1, choices=labels)), np.int64)
-        if (i + 1) % CHECKPOINT_ROWS == 0:  # generate stops at EOS, which it does not yield
-            print(f"[probe] {i + 1}/{len(inputs['texts'])} task rows", file=sys.stderr, flush=True)
-            _save_npz(progress, {**out, "seconds_spent": np.array(spent + time.perf_counter() - start)})
+    out = _task_rows(llm, inputs, progress, range(shard[0], len(inputs["texts"]), shard[1]), start)
+    if shard[1] > 1:
+        save_npz(progress, out)  # a shard's product: its rows
+        return out
+    rows_done = time.perf_counter()
     out.update(_prompts(llm, inputs))  # after the rows: the checkpoint holds task tokens only (a few KB to carry)
+    answers = [llm.tokenizer.encode(lab, add_special_tokens=False).ids for lab in inputs["labels"]]
     exact = [out[f"task_tokens_{i}"].tolist() == answers[t] for i, t in enumerate(inputs["targets"])]
     out["task_exact"] = np.array(exact, np.int8)
-    out["seconds_spent"] = np.array(spent + time.perf_counter() - start)
+    out["seconds_spent"] += time.perf_counter() - rows_done
     return out
 
 
 def main(argv: list) -> int:
-    bundle, user, inputs_path, out_path = (Path(a) for a in argv)
+    bundle, user, inputs_path, out_path = (Path(a) for a in argv[:4])
+    shard = tuple(int(n) for n in argv[4].removeprefix("--shard=").split("/")) if len(argv) > 4 else (0, 1)
     inputs = json.loads(inputs_path.read_text())
     start = time.perf_counter()
     target = json.loads((bundle / "manifest.json").read_text())["target"]
     if target == "genai-decoder":
-        arrays = decoder(bundle, user, inputs, out_path.with_suffix(".rows.npz"))
+        arrays = decoder(bundle, user, inputs, out_path.with_suffix(".rows.npz"), shard)
+        if shard[1] > 1:
+            return 0  # a shard's product is its checkpoint
         arrays["seconds"] = arrays.pop("seconds_spent")  # over every resumed run
     else:
         arrays = (pte if target == "executorch" else encoder)(bundle, user, inputs)
         arrays["seconds"] = np.array(time.perf_counter() - start)
-    _save_npz(out_path, arrays)
+    save_npz(out_path, arrays)
     out_path.with_suffix(".rows.npz").unlink(missing_ok=True)  # the decoder's checkpoint, now in OUT
     return 0
 
