@@ -172,3 +172,10 @@ def test_run_shards_seeds_each_shard_with_the_rows_done_merges_and_mirrors(check
     with pytest.raises(RuntimeError, match="shard 0 failed .*exit 1.*not seeded"):
         check.run_shards("arm64 a53", [[sys.executable, "-c", "import sys; sys.exit('not seeded')"]], out,
                          lambda m: None)
+
+
+def test_the_report_joins_runs_of_one_bundle_on_the_same_inputs_into_one_table():
+    report = _load("report")
+    run = lambda cpu, em: {"bundle": "int4", "inputs": {"texts": 200}, "x86": {"exact_match": em}, "cpus": {cpu: {}}}  # noqa: E731
+    joined = report.grouped([run("cortex-a76", 91.5), run("cortex-a53", 91.5), run("a64fx", 90.0)])
+    assert [list(g["cpus"]) for g in joined] == [["cortex-a76", "cortex-a53"], ["a64fx"]]  # another x86 side: apart

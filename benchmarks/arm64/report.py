@@ -35,8 +35,22 @@ def bundle_section(res: dict) -> list:
     for cpu, c in res["cpus"].items():
         lines += [_row(cpu, r) for r in c["rows"]]
     cost = ", ".join(f"{cpu} {c['probe_seconds']:.0f} s" for cpu, c in res["cpus"].items())
-    return lines + ["", f"Cost of the check (probe wall time, emulated; the machine was shared): x86 {res['x86']['probe_seconds']:.1f} s; "
+    return lines + ["", "Cost of the check (probe seconds, emulated, summed over a core's resumed runs and shards; the machine "
+                        f"was shared): x86 {res['x86']['probe_seconds']:.1f} s; "
                         f"{cost}.", ""]
+
+
+def grouped(results: list) -> list:
+    """Runs of one bundle on the same inputs whose x86 side agrees (a core per run: runs that outlive a session) as
+    one result, cores in run order."""
+    groups = {}
+    for res in results:
+        key = json.dumps([res["bundle"], res["inputs"], res["x86"].get("exact_match")], sort_keys=True)
+        if key in groups:
+            groups[key]["cpus"].update(res["cpus"])
+        else:
+            groups[key] = {**res, "cpus": dict(res["cpus"])}
+    return list(groups.values())
 
 
 def main(argv=None) -> int:
@@ -54,7 +68,7 @@ def main(argv=None) -> int:
              "qemu-user 7.2 (Debian 12) emulating each core (`QEMU_CPU`) in an arm64 Debian 12 root filesystem with "
              "the runtime's aarch64 wheels (the host's versions); x86 is the host's .venv. One ONNX Runtime thread "
              "both sides. Emulated time says what the check costs, not how fast a device is.", ""]
-    for res in results:
+    for res in grouped(results):
         lines += bundle_section(res)
     if a.notes.is_file():
         lines += [a.notes.read_text().rstrip(), ""]
