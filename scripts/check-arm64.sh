@@ -76,7 +76,7 @@ runtime_venv() {
   [ "$(cat "$ROOTFS/opt/venv/.requirements" 2>/dev/null)" = "${want[*]} setuptools" ] && return 0
   say "installing the runtime's aarch64 wheels: ${want[*]}"
   in_rootfs "/usr/bin/python3 -m venv /opt/venv" >&2
-  in_rootfs "/opt/venv/bin/pip install -q --only-binary=:all: ${want[*]} setuptools>=68 wheel" >&2
+  in_rootfs "/opt/venv/bin/pip install -q --only-binary=:all: ${want[*]} 'setuptools>=68' wheel" >&2
   echo "${want[*]} setuptools" > "$ROOTFS/opt/venv/.requirements"
 }
 
