@@ -42,6 +42,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from probe import load_rows, save_npz  # noqa: E402  (the probe's own checkpoint format)
 
+from edge_lorax.formats.atomic import atomic_file  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("probe.py")
 ROOTFS_PROBE = "/opt/edge-lorax/benchmarks/arm64/probe.py"  # where check-arm64.sh installs the source
@@ -131,9 +133,9 @@ def arm64_command(rootfs: Path, cpu: str, bundle: Path, exchange: Path, args: li
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
 
 
-def progress_file(progress: Path, bundle: Path, user: Path, inputs: dict, cpu: str) -> Path:
-    """Where --progress keeps `cpu`'s decoder checkpoint: named by the bundle, the core and a hash of what the rows
-    depend on (every file of the bundle, the user, the inputs), never by a local path: a rebuild on another machine
+def progress_key(bundle: Path, user: Path, inputs: dict) -> str:
+    """What --progress names a decoder checkpoint by (progress_file): a hash of what the rows
+    depend on (every file of the bundle, the user, the inputs), never a local path: a rebuild on another machine
     finds it when it computes the same (its .onnx files may differ only in producer_version, the exporting commit),
     any other build starts afresh."""
     import onnx
@@ -146,15 +148,32 @@ def progress_file(progress: Path, bundle: Path, user: Path, inputs: dict, cpu: s
             model.producer_version = ""
             data = model.SerializeToString()
         digest.update(f.name.encode() + data)
-    return progress / f"{bundle.name}-{cpu}-{digest.hexdigest()[:12]}.rows.npz"
+    return digest.hexdigest()[:12]
+
+
+def progress_file(progress: Path, bundle: Path, cpu: str, key: str) -> Path:
+    """`cpu`'s decoder checkpoint under --progress: <bundle>-<core>-<progress_key>.rows.npz."""
+    return progress / f"{bundle.name}-{cpu}-{key}.rows.npz"
 
 
 def _mirror(src: Path, dst: Path) -> None:
     """Copy a newer checkpoint `src` over `dst` atomically."""
     if src.is_file() and (not dst.is_file() or src.stat().st_mtime > dst.stat().st_mtime):
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst.with_suffix(".partial"))
-        dst.with_suffix(".partial").replace(dst)
+        with atomic_file(dst) as tmp:
+            shutil.copyfile(src, tmp)
+
+
+def _wait(probes: list, tick) -> None:
+    """Wait for every probe, calling tick() every MIRROR_SECONDS while any runs and once after the last stops."""
+    for probe in probes:
+        while True:
+            try:
+                probe.wait(timeout=MIRROR_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                tick()
+    tick()
 
 
 def _seed(checkpoint: Path, mirror: Path, log) -> None:
@@ -185,12 +204,7 @@ def run_side(name: str, command: list, out: Path, log, mirror: Path = None) -> f
     start = time.perf_counter()
     with open(out.with_suffix(".log"), "w") as err:
         probe = subprocess.Popen(command, stdout=err, stderr=subprocess.STDOUT)
-        while probe.poll() is None:
-            time.sleep(MIRROR_SECONDS if mirror is not None else 1)
-            if mirror is not None:
-                _mirror(checkpoint, mirror)
-    if mirror is not None:  # what the probe saved just before it stopped
-        _mirror(checkpoint, mirror)
+        _wait([probe], lambda: mirror is not None and _mirror(checkpoint, mirror))
     if probe.returncode != 0:
         raise RuntimeError(f"{name}: the probe failed (exit {probe.returncode}): {_tail(out.with_suffix('.log'))}")
     if mirror is not None:
@@ -231,10 +245,7 @@ def run_shards(name: str, commands: list, out: Path, log, mirror: Path = None) -
     log(f"{name}: running {len(commands)} shards")
     logs = [open(part.with_suffix(".log"), "w") for part in parts]
     probes = [subprocess.Popen(c, stdout=f, stderr=subprocess.STDOUT) for c, f in zip(commands, logs)]
-    while any(p.poll() is None for p in probes):
-        time.sleep(MIRROR_SECONDS)
-        _merge_into(merged, base, parts, mirror)
-    _merge_into(merged, base, parts, mirror)  # what the shards saved last
+    _wait(probes, lambda: _merge_into(merged, base, parts, mirror))
     for f in logs:
         f.close()
     for j, p in enumerate(probes):
@@ -307,11 +318,12 @@ def check(bundle: Path, user: Path, cpus: list, rootfs: Path, work: Path, rows: 
     args = lambda b, x, out: [b, f"{x}/user{user.suffix}", f"{x}/inputs.json", f"{x}/{out}"]  # noqa: E731
     seconds = {"x86": run_side("x86", [sys.executable, str(PROBE), *args(str(bundle), str(exchange), "x86.npz")],
                                exchange / "x86.npz", log)}
+    key = progress_key(bundle, user, inputs) if progress and decoder else None
     for cpu in cpus:
         command = lambda out, extra=(), cpu=cpu: arm64_command(  # noqa: E731
             rootfs, cpu, bundle, exchange, [*args("/mnt/bundle", "/mnt/x", out), *extra], manifest["target"] == "executorch")
         seconds[cpu] = arm64_side(cpu, command, exchange / f"{cpu}.npz", log, shards if decoder else 1,
-                                  progress_file(progress, bundle, user, inputs, cpu) if progress and decoder else None)
+                                  key and progress_file(progress, bundle, cpu, key))
     ref = dict(np.load(exchange / "x86.npz"))
     results = {}
     for cpu in cpus:

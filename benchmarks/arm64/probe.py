@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_lorax.formats.atomic import atomic_file
+
 ENCODER_VARIANTS = ("fp32", "int8", "fused")
 CHECKPOINT_ROWS = 5  # ~6-10 min of an emulated core; a stopped run loses less than that
 
@@ -89,9 +91,8 @@ def load_rows(progress: Path) -> dict:
 
 def save_npz(path: Path, arrays: dict) -> None:
     """Write `arrays` to `path` atomically (a killed run leaves the old file or none, never half of one)."""
-    tmp = path.with_suffix(".partial.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:  # a file object: savez would add .npz to a bare name
+        np.savez_compressed(f, **arrays)
 
 
 def _prompts(llm, inputs: dict) -> dict:
