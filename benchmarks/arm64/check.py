@@ -375,9 +375,8 @@ def main(argv=None) -> int:
     log = lambda m: print(f"[check-arm64] {a.bundle.name}: {m}", file=sys.stderr, flush=True)  # noqa: E731
     result = check(a.bundle.resolve(), a.user.resolve(), cpus, a.rootfs, a.work, a.rows, a.task, log, a.progress, a.shards)
     if a.json:
-        tmp = a.json.with_suffix(".partial")
-        tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-        tmp.replace(a.json)
+        with atomic_file(a.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(json.dumps(summary(result), indent=1))
     bad = failures(result)
     for line in bad:
