@@ -5,6 +5,9 @@ Run here on x86 on the tiny decoder bundle (helpers.decoder); ~10 s on top of th
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -158,8 +161,6 @@ os.replace(path + ".tmp.npz", path)
 
 
 def test_run_shards_seeds_each_shard_with_the_rows_done_merges_and_mirrors(check, probe, tmp_path, monkeypatch):
-    import sys
-
     monkeypatch.setattr(check, "MIRROR_SECONDS", 0.05)
     out, mirror = tmp_path / "a53.npz", tmp_path / "progress" / "b-a53-1.rows.npz"
     mirror.parent.mkdir()
@@ -175,8 +176,19 @@ def test_run_shards_seeds_each_shard_with_the_rows_done_merges_and_mirrors(check
                          lambda m: None)
 
 
-def test_the_report_joins_runs_of_one_bundle_on_the_same_inputs_into_one_table():
+def test_the_report_joins_runs_of_one_bundle_on_the_same_inputs_into_one_table(tmp_path):
     report = _load("report")
-    run = lambda cpu, em: {"bundle": "int4", "inputs": {"texts": 200}, "x86": {"exact_match": em}, "cpus": {cpu: {}}}  # noqa: E731
-    joined = report.grouped([run("cortex-a76", 91.5), run("cortex-a53", 91.5), run("a64fx", 90.0)])
+    made = {"commit": "abc123", "host": "x86_64, 2 cores", "qemu": "qemu-aarch64 version 7.2"}
+    run = lambda cpu, em, **m: (tmp_path / f"{cpu}.json", {"bundle": "int4", "inputs": {"texts": 200},  # noqa: E731
+                                                             "x86": {"exact_match": em}, "cpus": {cpu: {}}, **m})
+    joined = report.grouped([run("cortex-a76", 91.5), run("cortex-a53", 91.5, made_with=made), run("a64fx", 90.0)])
     assert [list(g["cpus"]) for g in joined] == [["cortex-a76", "cortex-a53"], ["a64fx"]]  # another x86 side: apart
+    assert joined[0]["runs"] == ["`cortex-a76.json`: added in commit (not committed)",
+                                 "`cortex-a53.json`: commit abc123, x86_64, 2 cores, qemu-aarch64 version 7.2"]
+
+
+def test_a_check_result_records_the_commit_host_and_qemu_it_was_made_with(check):
+    made = check.provenance()
+    assert made["commit"].removesuffix("+dirty") == subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=check.ROOT).stdout.strip()
+    assert made["host"].startswith(os.uname().machine) and set(made) == {"commit", "host", "qemu"}

@@ -334,7 +334,20 @@ def check(bundle: Path, user: Path, cpus: list, rootfs: Path, work: Path, rows: 
             "inputs": {"texts": len(inputs["texts"]), **({"task": task, "prompts": len(FREE_PROMPTS)} if decoder else {})},
             "x86": {"probe_seconds": float(ref["seconds"]), "wall_seconds": seconds["x86"],
                     **({"exact_match": 100 * float(ref["task_exact"].mean())} if decoder else {})},
-            "cpus": results}
+            "cpus": results, "made_with": provenance()}
+
+
+def provenance() -> dict:
+    """What a result was made with: this checkout's commit ("+dirty" with uncommitted changes), the host, qemu."""
+    def first_line(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.splitlines()[0].strip()
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return "unknown"
+    commit = first_line(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"])
+    dirty = first_line(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"]) not in ("unknown", "")
+    return {"commit": commit + ("+dirty" if dirty else ""), "host": f"{os.uname().machine}, {os.cpu_count()} cores",
+            "qemu": first_line(["qemu-aarch64-static", "--version"])}
 
 
 def failures(result: dict) -> list:

@@ -2,12 +2,14 @@
 
 Usage: python benchmarks/arm64/report.py [--runs benchmarks/arm64/runs] [--notes benchmarks/arm64/notes.md]
 One table per bundle: per arm64 core and variant, max |Δ| against x86, labels / tokens equal, exact match on both
-sides for decoders, within tolerance or not; then the check's own cost (emulated wall time, never device speed). The
+sides for decoders, within tolerance or not; then the check's own cost (emulated wall time, never device speed) and
+each run file's commit, host and qemu. The
 notes file (findings written by hand, each with its command) is appended as it is. Does not run anything.
 """
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,19 +39,31 @@ def bundle_section(res: dict) -> list:
     cost = ", ".join(f"{cpu} {c['probe_seconds']:.0f} s" for cpu, c in res["cpus"].items())
     return lines + ["", "Cost of the check (probe seconds, emulated, summed over a core's resumed runs and shards; the machine "
                         f"was shared): x86 {res['x86']['probe_seconds']:.1f} s; "
-                        f"{cost}.", ""]
+                        f"{cost}.", "", "Runs: " + "; ".join(res["runs"]) + ".", ""]
+
+
+def made_with(run: Path, res: dict) -> str:
+    """A run file's provenance: the commit, host and qemu the check recorded, or (runs from before it recorded
+    them) the commit that added the file."""
+    if "made_with" in res:
+        m = res["made_with"]
+        return f"`{run.name}`: commit {m['commit']}, {m['host']}, {m['qemu']}"
+    added = subprocess.run(["git", "-C", str(run.parent), "log", "--diff-filter=A", "--format=%h", "-1", "--", run.name],
+                           capture_output=True, text=True).stdout.strip()
+    return f"`{run.name}`: added in commit {added or '(not committed)'}"
 
 
 def grouped(results: list) -> list:
     """Runs of one bundle on the same inputs whose x86 side agrees (a core per run: runs that outlive a session) as
-    one result, cores in run order."""
+    one result, cores in run order; `results`: (run file, result) pairs."""
     groups = {}
-    for res in results:
+    for run, res in results:
         key = json.dumps([res["bundle"], res["inputs"], res["x86"].get("exact_match")], sort_keys=True)
         if key in groups:
             groups[key]["cpus"].update(res["cpus"])
+            groups[key]["runs"].append(made_with(run, res))
         else:
-            groups[key] = {**res, "cpus": dict(res["cpus"])}
+            groups[key] = {**res, "cpus": dict(res["cpus"]), "runs": [made_with(run, res)]}
     return list(groups.values())
 
 
@@ -58,7 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=Path, default=HERE / "runs")
     p.add_argument("--notes", type=Path, default=HERE / "notes.md")
     a = p.parse_args(argv)
-    results = [json.loads(f.read_text()) for f in sorted(a.runs.glob("*.json"))]
+    results = [(f, json.loads(f.read_text())) for f in sorted(a.runs.glob("*.json"))]
     if not results:
         print(f"no results in {a.runs}; run scripts/check-arm64.sh ... --json {a.runs}/NAME.json first", file=sys.stderr)
         return 2
@@ -73,7 +87,7 @@ def main(argv=None) -> int:
     if a.notes.is_file():
         lines += [a.notes.read_text().rstrip(), ""]
     (HERE / "report.md").write_text("\n".join(lines))
-    (HERE / "report.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    (HERE / "report.json").write_text(json.dumps([res for _, res in results], indent=1, sort_keys=True) + "\n")
     print("\n".join(lines))
     return 0
 
