@@ -5,7 +5,6 @@ Run here on x86 on the tiny decoder bundle (helpers.decoder); ~10 s on top of th
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -178,17 +177,37 @@ def test_run_shards_seeds_each_shard_with_the_rows_done_merges_and_mirrors(check
 
 def test_the_report_joins_runs_of_one_bundle_on_the_same_inputs_into_one_table(tmp_path):
     report = _load("report")
-    made = {"commit": "abc123", "host": "x86_64, 2 cores", "qemu": "qemu-aarch64 version 7.2"}
+    made = {"command": "scripts/check-arm64.sh b u --cpus cortex-a53", "git_commit": "0123456789abcdef+dirty",
+            "machine": {"cpu": "Xeon", "usable_cores": 2}, "qemu": "qemu-aarch64 version 7.2", "started": "t0", "finished": "t1"}
     run = lambda cpu, em, **m: (tmp_path / f"{cpu}.json", {"bundle": "int4", "inputs": {"texts": 200},  # noqa: E731
                                                              "x86": {"exact_match": em}, "cpus": {cpu: {}}, **m})
     joined = report.grouped([run("cortex-a76", 91.5), run("cortex-a53", 91.5, made_with=made), run("a64fx", 90.0)])
     assert [list(g["cpus"]) for g in joined] == [["cortex-a76", "cortex-a53"], ["a64fx"]]  # another x86 side: apart
     assert joined[0]["runs"] == ["`cortex-a76.json`: added in commit (not committed)",
-                                 "`cortex-a53.json`: commit abc123, x86_64, 2 cores, qemu-aarch64 version 7.2"]
+                                 "`cortex-a53.json`: `scripts/check-arm64.sh b u --cpus cortex-a53`, commit 0123456789+dirty, "
+                                 "Xeon (2 cores), qemu-aarch64 version 7.2, t0 – t1"]
 
 
-def test_a_check_result_records_the_commit_host_and_qemu_it_was_made_with(check):
-    made = check.provenance()
-    assert made["commit"].removesuffix("+dirty") == subprocess.run(
-        ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=check.ROOT).stdout.strip()
-    assert made["host"].startswith(os.uname().machine) and set(made) == {"commit", "host", "qemu"}
+def test_a_check_result_carries_the_report_stamp_taken_before_the_run_and_the_qemu(check):
+    st = check.stamp("scripts/check-arm64.sh b u", dirty_paths=check.DEPENDS)
+    made = check.made_with({"cpus": {"cortex-a53": {}}}, st)
+    assert made["cpus"] == {"cortex-a53": {}} and made["made_with"]["started"] == st["started"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=check.ROOT).stdout.strip()
+    assert made["made_with"]["git_commit"].removesuffix("+dirty") == head
+    assert {"command", "machine", "versions", "finished", "qemu"} <= set(made["made_with"])
+
+
+def test_the_json_a_check_writes_is_stamped_and_holds_no_local_path(check, tmp_path, monkeypatch):
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    (tmp_path / "u.npz").write_bytes(b"u")
+    monkeypatch.setattr(check, "check", lambda *a: {"cpus": {}})
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(check.Path, "home", staticmethod(lambda: tmp_path))
+    out = tmp_path / "run.json"
+    assert check.main([str(bundle), str(tmp_path / "u.npz"), "--cpus", "cortex-a53", "--rootfs", str(tmp_path / "r"),
+                       "--json", str(out)]) == 0
+    text = out.read_text()
+    assert str(tmp_path) not in text and str(check.ROOT) not in text
+    assert json.loads(text)["made_with"]["command"] == "scripts/check-arm64.sh ~/bundle ~/u.npz --cpus cortex-a53 --rootfs ~/r --json ~/run.json"

@@ -42,12 +42,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from probe import load_rows, save_npz  # noqa: E402  (the probe's own checkpoint format)
 
+from edge_lorax.bench.measure import finish, portable, stamp  # noqa: E402  (the stamp every report carries)
 from edge_lorax.formats.atomic import atomic_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("probe.py")
 ROOTFS_PROBE = "/opt/edge-lorax/benchmarks/arm64/probe.py"  # where check-arm64.sh installs the source
 ROOTFS_PYTHON = "/opt/venv/bin/python"
+DEPENDS = ("benchmarks/arm64", "scripts/check-arm64.sh", "edge_lorax")  # the code a result depends on (+dirty scope)
 # ExecuTorch bundles: ExecuTorch's binding imports torch, so they run in a second venv (check-arm64.sh makes it) that
 # also sees the runtime venv's packages (tokenizers, edge_lorax) after its own
 ROOTFS_ET_PYTHON = "/opt/venv-et/bin/python"
@@ -334,20 +336,22 @@ def check(bundle: Path, user: Path, cpus: list, rootfs: Path, work: Path, rows: 
             "inputs": {"texts": len(inputs["texts"]), **({"task": task, "prompts": len(FREE_PROMPTS)} if decoder else {})},
             "x86": {"probe_seconds": float(ref["seconds"]), "wall_seconds": seconds["x86"],
                     **({"exact_match": 100 * float(ref["task_exact"].mean())} if decoder else {})},
-            "cpus": results, "made_with": provenance()}
+            "cpus": results}
 
 
-def provenance() -> dict:
-    """What a result was made with: this checkout's commit ("+dirty" with uncommitted changes), the host, qemu."""
-    def first_line(cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.splitlines()[0].strip()
-        except (OSError, IndexError, subprocess.SubprocessError):
-            return "unknown"
-    commit = first_line(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"])
-    dirty = first_line(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"]) not in ("unknown", "")
-    return {"commit": commit + ("+dirty" if dirty else ""), "host": f"{os.uname().machine}, {os.cpu_count()} cores",
-            "qemu": first_line(["qemu-aarch64-static", "--version"])}
+def qemu_version() -> str:
+    """The first line of `qemu-aarch64-static --version` ("unknown" without it): what emulated the cores."""
+    try:
+        out = subprocess.run(["qemu-aarch64-static", "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.splitlines()[0].strip() if out.strip() else "unknown"
+
+
+def made_with(result: dict, st: dict) -> dict:
+    """`result` with what made it: the project's report stamp `st` (command, commit, machine, versions; taken before
+    the probes ran, so a commit made during an hours-long run does not claim it) finished now, and the qemu."""
+    return {**result, "made_with": {**finish(st), "qemu": qemu_version()}}
 
 
 def failures(result: dict) -> list:
@@ -386,10 +390,11 @@ def main(argv=None) -> int:
               f"{'' if a.user.is_file() else f' {a.user}: no such user file'}", file=sys.stderr)
         return 2
     log = lambda m: print(f"[check-arm64] {a.bundle.name}: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    st = stamp("scripts/check-arm64.sh " + shlex.join(argv if argv is not None else sys.argv[1:]), dirty_paths=DEPENDS)
     result = check(a.bundle.resolve(), a.user.resolve(), cpus, a.rootfs, a.work, a.rows, a.task, log, a.progress, a.shards)
     if a.json:
         with atomic_file(a.json) as tmp:
-            tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+            tmp.write_text(portable(json.dumps(made_with(result, st), indent=1, sort_keys=True)).replace(str(Path.home()), "~") + "\n")
     print(json.dumps(summary(result), indent=1))
     bad = failures(result)
     for line in bad:

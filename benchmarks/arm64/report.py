@@ -3,7 +3,7 @@
 Usage: python benchmarks/arm64/report.py [--runs benchmarks/arm64/runs] [--notes benchmarks/arm64/notes.md]
 One table per bundle: per arm64 core and variant, max |Δ| against x86, labels / tokens equal, exact match on both
 sides for decoders, within tolerance or not; then the check's own cost (emulated wall time, never device speed) and
-each run file's commit, host and qemu. The
+each run file's command, commit, host and qemu. The
 notes file (findings written by hand, each with its command) is appended as it is. Does not run anything.
 """
 
@@ -43,11 +43,12 @@ def bundle_section(res: dict) -> list:
 
 
 def made_with(run: Path, res: dict) -> str:
-    """A run file's provenance: the commit, host and qemu the check recorded, or (runs from before it recorded
-    them) the commit that added the file."""
+    """A run file's provenance: the command, commit, host, qemu and times the check stamped, or (runs from before it
+    stamped them) the commit that added the file."""
     if "made_with" in res:
         m = res["made_with"]
-        return f"`{run.name}`: commit {m['commit']}, {m['host']}, {m['qemu']}"
+        return (f"`{run.name}`: `{m['command']}`, commit {m['git_commit'][:10]}{'+dirty' * m['git_commit'].endswith('+dirty')}, "
+                f"{m['machine']['cpu']} ({m['machine']['usable_cores']} cores), {m['qemu']}, {m['started']} – {m['finished']}")
     added = subprocess.run(["git", "-C", str(run.parent), "log", "--diff-filter=A", "--format=%h", "-1", "--", run.name],
                            capture_output=True, text=True).stdout.strip()
     return f"`{run.name}`: added in commit {added or '(not committed)'}"
